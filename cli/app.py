@@ -1,0 +1,78 @@
+"""The ``sd3d`` Typer application and its error policy.
+
+Each command group lives in its own module exposing ``register(app)``; importing a module must be
+cheap (heavy imports go inside the command functions) so ``sd3d --help`` stays fast and never
+breaks on a missing optional extra.
+
+Error policy: a :class:`sd3d.errors.UserError` prints ``error: <one line>`` on stderr and exits 2
+(``--debug`` shows the traceback); Ctrl-C exits 130; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+# Command modules, in the order they appear in ``sd3d --help``.
+COMMAND_MODULES = (
+    "cli.preprocess",
+    "cli.weights",
+    "cli.cameras",
+)
+
+app = typer.Typer(
+    name="sd3d",
+    help="One photo -> 16 multiview-consistent views (SyncDreamer) -> textured 3D mesh.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _global_options(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for user errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Global options (the values are read by :func:`main` and :func:`cli.common.quiet`)."""
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(_name).register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the exit code (also used in-process by tests)."""
+    import click
+
+    from sd3d.errors import UserError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        result = app(args=args, prog_name="sd3d", standalone_mode=False)
+        return int(result) if isinstance(result, int) else 0
+    except UserError as exc:
+        if debug:
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except click.ClickException as exc:
+        exc.show(file=sys.stderr)
+        return int(exc.exit_code)
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,9 @@
+"""`sd3d preprocess` (being written)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Registers nothing until the command is implemented."""

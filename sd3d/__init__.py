@@ -1,0 +1,7 @@
+"""sd3d: one photo -> 16 multiview-consistent views (SyncDreamer) -> textured mesh.
+
+Importing the package must stay cheap and must never fail because an optional extra (rembg,
+tinycudann, nerfacc, ...) is missing: heavy modules are imported where they are used.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,70 @@
+"""Shared test fixtures.
+
+Tests that need ``../shared`` (reference fixtures, test data) use the ``shared_dir`` fixture, which
+skips with a message when the folder is absent. Never write into ``../shared``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = Path(os.environ.get("SD3D_SHARED", REPO_ROOT.parent / "shared"))
+
+
+def _torch_threads() -> None:
+    try:
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    except Exception:  # pragma: no cover - torch always present in the test env
+        pass
+
+
+_torch_threads()
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED_DIR.is_dir():
+        pytest.skip(f"shared reference folder not found at {SHARED_DIR} (set SD3D_SHARED)")
+    return SHARED_DIR
+
+
+@pytest.fixture(scope="session")
+def reference_dir(shared_dir: Path) -> Path:
+    return shared_dir / "reference"
+
+
+class CliResult:
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+    def __repr__(self) -> str:
+        return f"CliResult(code={self.code}, out={self.out[-400:]!r}, err={self.err[-400:]!r})"
+
+
+@pytest.fixture
+def run_cli():
+    """Run ``sd3d ARGS`` in-process; returns ``CliResult(code, stdout, stderr)``."""
+    from cli.app import main
+
+    def _run(*args: str) -> CliResult:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            old_argv = sys.argv
+            try:
+                code = main([str(a) for a in args])
+            finally:
+                sys.argv = old_argv
+        return CliResult(code, out.getvalue(), err.getvalue())
+
+    return _run
