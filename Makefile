@@ -2,7 +2,12 @@
 PYTHON ?= python
 SHELL := /bin/bash
 
-.PHONY: install test lint format
+IN ?= photos
+OUT ?= out
+JOBS ?= 1
+ARGS ?=
+
+.PHONY: install test lint format batch
 
 install:
 	$(PYTHON) -m pip install -q torch==2.13.0 || $(PYTHON) -m pip install -q "torch>=2.4"
@@ -19,3 +24,11 @@ lint:
 format:
 	$(PYTHON) -m ruff format sd3d recon cli tests benchmarks
 	$(PYTHON) -m ruff check --fix sd3d recon cli tests benchmarks
+
+# Batch over a folder: one `sd3d run` per image, JOBS in parallel, up-to-date images skipped, one log
+# per image, failures recorded without stopping the others, a summary and a non-zero exit if any failed.
+batch:
+	@test -d "$(IN)" || { echo "error: input folder $(IN) not found (make batch IN=photos/ OUT=out/)" >&2; exit 2; }
+	@mkdir -p "$(OUT)/logs"
+	@$(MAKE) --no-print-directory -k -j$(JOBS) -f scripts/batch.mk IN="$(IN)" OUT="$(OUT)" ARGS='$(ARGS)' all; \
+	  $(PYTHON) scripts/batch_summary.py "$(OUT)" "$(IN)"
