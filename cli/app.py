@@ -44,10 +44,34 @@ for _name in COMMAND_MODULES:
     importlib.import_module(_name).register(app)
 
 
+def _click_exception_types() -> tuple[type[BaseException], ...]:
+    """ClickException classes: typer >= 0.2x vendors click as ``typer._click``; older typer uses click."""
+    types: list[type[BaseException]] = []
+    for cls in typer.BadParameter.__mro__:
+        if cls.__name__ == "ClickException":
+            types.append(cls)
+    try:
+        import click
+
+        types.append(click.ClickException)
+    except ImportError:  # pragma: no cover - click is optional once typer vendors it
+        pass
+    return tuple(types)
+
+
+def _exit_types() -> tuple[type[BaseException], ...]:
+    types: list[type[BaseException]] = [typer.Exit]
+    try:
+        import click
+
+        types.append(click.exceptions.Exit)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(types)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code (also used in-process by tests)."""
-    import click
-
     from sd3d.errors import UserError
 
     args = list(sys.argv[1:] if argv is None else argv)
@@ -61,17 +85,17 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"error: {msg}", file=sys.stderr)
         return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return int(exc.exit_code)
-    except click.exceptions.Abort:
-        print("aborted", file=sys.stderr)
-        return 130
+    except _exit_types() as exc:
+        return int(getattr(exc, "exit_code", 0) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except click.ClickException as exc:
-        exc.show(file=sys.stderr)
-        return int(exc.exit_code)
+    except _click_exception_types() as exc:
+        exc.show(file=sys.stderr)  # type: ignore[attr-defined]
+        return int(getattr(exc, "exit_code", 2))
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        return 130
 
 
 def entry() -> None:

@@ -8,10 +8,14 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    app.command("cameras", help="Write transforms.json (nerfstudio / instant-ngp) for a views folder.")(cameras)
+    app.command("cameras", help="Write transforms.json (nerfstudio / instant-ngp) for a views folder.")(
+        cameras
+    )
 
 
-def cameras(views: Path = typer.Argument(..., help="Views folder (000.png ... 015.png [+ cameras.json]).")) -> None:
+def cameras(
+    views: Path = typer.Argument(..., help="Views folder (000.png ... 015.png [+ cameras.json])."),
+) -> None:
     from cli.common import echo
     from sd3d.io import write_transforms_json
 

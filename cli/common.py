@@ -15,9 +15,12 @@ def is_quiet() -> bool:
 
 
 def click_context():
-    import click
-
-    return click.get_current_context(silent=True)
+    """The running command's context (typer vendors click as ``typer._click`` in recent versions)."""
+    try:
+        from typer._click.globals import get_current_context
+    except ImportError:  # older typer: plain click
+        from click import get_current_context
+    return get_current_context(silent=True)
 
 
 def progress() -> Progress:

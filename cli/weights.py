@@ -1,9 +1,140 @@
-"""`sd3d weights` (being written)."""
+"""``sd3d weights list|download|verify|path|convert``: manage checkpoints (a thin layer over sd3d.weights)."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import typer
+
+WEIGHTS_DIR_HELP = "Weights folder (default: $SD3D_WEIGHTS, else ./weights if it exists, else ~/.cache/sd3d)."
 
 
 def register(app: typer.Typer) -> None:
-    """Registers nothing until the command is implemented."""
+    group = typer.Typer(
+        help="List, download, verify and convert model checkpoints.",
+        no_args_is_help=True,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    group.command("list", help="Show known checkpoints, whether present and verified.")(list_weights)
+    group.command("download", help="Download a checkpoint (resumable, sha256-verified).")(download)
+    group.command("verify", help="Check the sha256 of one or all present checkpoints.")(verify)
+    group.command("path", help="Print where a checkpoint is (or must be placed by hand).")(path)
+    group.command("convert", help="Write a safetensors copy of a checkpoint (fast mmap loading).")(convert)
+    app.add_typer(group, name="weights")
+
+
+def _human(size: int | None) -> str:
+    if size is None:
+        return "?"
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1000
+    return f"{size} B"  # pragma: no cover
+
+
+def list_weights(
+    weights_dir: Path | None = typer.Option(None, "--weights-dir", help=WEIGHTS_DIR_HELP),
+) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from sd3d.weights import entries, resolve_weights_dir
+    from sd3d.weights.verify import file_status
+
+    folder = resolve_weights_dir(weights_dir)
+    table = Table(title=f"weights folder: {folder}", title_justify="left")
+    for column in ("name", "file", "size", "present", "verified", "needed by"):
+        table.add_column(column, overflow="fold")
+    for entry in entries():
+        status = file_status(entry, folder / entry.filename)
+        if status.present:
+            present = "yes"
+        elif status.partial_bytes is not None and entry.size:
+            present = f"partial {100 * status.partial_bytes / entry.size:.0f}%"
+        else:
+            present = "no"
+        size = _human(entry.size)
+        table.add_row(entry.name, entry.filename, size, present, status.verified, entry.needed_by)
+    provisional = [e.name for e in entries() if e.sha256_provisional]
+    if provisional:
+        table.caption = f"sha256 provisional (third-party listing) for: {', '.join(provisional)}"
+        table.caption_justify = "left"
+    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160)
+    console.print(table)
+
+
+def download(
+    name: str = typer.Argument(..., help="Registered name (see `sd3d weights list`)."),
+    url: str | None = typer.Option(None, "--url", help="Download from this URL instead (a mirror)."),
+    weights_dir: Path | None = typer.Option(None, "--weights-dir", help=WEIGHTS_DIR_HELP),
+    sha256: str | None = typer.Option(None, "--sha256", help="Expect this sha256 instead of the registry's."),
+    force: bool = typer.Option(False, "--force", help="Download again even if the file is present."),
+) -> None:
+    from cli.common import echo, progress
+    from sd3d.weights.download import download as fetch
+
+    result = fetch(name, weights_dir, url=url, sha256=sha256, force=force, progress=progress())
+    if not result.downloaded:
+        echo(f"already present: {result.path}")
+    else:
+        echo(str(result.path))
+
+
+def verify(
+    name: str | None = typer.Argument(None, help="Registered name; all present files when omitted."),
+    weights_dir: Path | None = typer.Option(None, "--weights-dir", help=WEIGHTS_DIR_HELP),
+) -> None:
+    from cli.common import echo, progress
+    from sd3d.errors import WeightsError
+    from sd3d.weights import entries, get_entry, require, resolve_weights_dir
+    from sd3d.weights.verify import verify_file
+
+    if name is not None:
+        entry = get_entry(name)
+        todo = [(entry, require(entry.name, weights_dir))]
+    else:
+        folder = resolve_weights_dir(weights_dir)
+        todo = [(e, folder / e.filename) for e in entries() if (folder / e.filename).is_file()]
+        if not todo:
+            echo(f"no known weights present in {folder}")
+            return
+    failed = []
+    for entry, file in todo:
+        result = verify_file(entry, file, progress())
+        if result.ok:
+            note = "" if entry.sha256 else " (size only: no published sha256)"
+            echo(f"ok  {entry.name}  {file}{note}")
+        else:
+            failed.append(f"{entry.filename} {result.problem}")
+    if failed:
+        more = f" (+{len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise WeightsError(f"{failed[0]}{more}; download it again with --force")
+
+
+def path(
+    name: str = typer.Argument(..., help="Registered name."),
+    weights_dir: Path | None = typer.Option(None, "--weights-dir", help=WEIGHTS_DIR_HELP),
+) -> None:
+    from cli.common import echo
+    from sd3d.weights import expected_path
+
+    echo(str(expected_path(name, weights_dir)))
+
+
+def convert(
+    src: Path = typer.Argument(..., help="Checkpoint to read (.ckpt/.pt/.pth/.bin/.safetensors)."),
+    dst: Path = typer.Argument(..., help="Output .safetensors file."),
+    dtype: str = typer.Option("fp32", "--dtype", help="Floating-point dtype of the copy: fp32|fp16|bf16."),
+    drop_prefix: list[str] = typer.Option(
+        [], "--drop-prefix", help="Leave out keys starting with this (repeatable), e.g. model_ema."
+    ),
+) -> None:
+    from cli.common import echo, progress
+    from sd3d.weights.convert import convert_checkpoint
+
+    result = convert_checkpoint(src, dst, dtype=dtype, drop_prefixes=drop_prefix, progress=progress())
+    dropped = f", {result.dropped} dropped" if result.dropped else ""
+    echo(f"{result.path} ({result.tensors} tensors{dropped}, {result.dtype}, {_human(result.bytes)})")

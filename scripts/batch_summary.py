@@ -18,7 +18,9 @@ def main(out: str, inp: str) -> int:
             ok.append(img.name)
         else:
             missing.append(img.name)
-    print(f"batch summary: {len(ok)} ok, {len(failed)} failed, {len(missing)} not run, of {len(images)} images")
+    print(
+        f"batch summary: {len(ok)} ok, {len(failed)} failed, {len(missing)} not run, of {len(images)} images"
+    )
     for name in failed:
         print(f"  FAILED  {name}  (log: {out_dir / 'logs' / (Path(name).stem + '.log')})")
     for name in missing:

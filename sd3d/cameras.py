@@ -143,5 +143,7 @@ def viewpoint_embedding(input_elevation_deg: float, num_views: int = NUM_VIEWS) 
     target_el = np.float32(np.deg2rad(np.float32(TARGET_ELEVATION_DEG)))
     d_e = float(np.float32(-target_el) - np.float32(-theta_in))
     d_a = azimuth - azimuth[0]
-    emb = torch.stack([torch.full_like(d_a, d_e), torch.sin(d_a), torch.cos(d_a), torch.zeros_like(d_a)], dim=-1)
+    emb = torch.stack(
+        [torch.full_like(d_a, d_e), torch.sin(d_a), torch.cos(d_a), torch.zeros_like(d_a)], dim=-1
+    )
     return emb.numpy().astype(np.float32)

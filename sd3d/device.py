@@ -22,7 +22,9 @@ def resolve_device(name: str = "auto") -> torch.device:
         if not torch.cuda.is_available():
             raise UserError(f"device {name!r} requested but CUDA is not available on this machine")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"device {name!r} requested but only {torch.cuda.device_count()} CUDA devices exist")
+            raise UserError(
+                f"device {name!r} requested but only {torch.cuda.device_count()} CUDA devices exist"
+            )
     elif device.type != "cpu":
         raise UserError(f"unsupported device {name!r}: use auto, cpu, cuda or cuda:N")
     return device

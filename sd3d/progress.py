@@ -43,7 +43,10 @@ class Progress:
             TimeRemainingColumn(),
             TextColumn("{task.fields[info]}"),
         ]
-        with RichProgress(*columns, transient=self.transient) as bar:
+        from rich.console import Console
+
+        # Progress goes to stderr so that stdout carries only results (paths, tables, JSON).
+        with RichProgress(*columns, transient=self.transient, console=Console(stderr=True)) as bar:
             task_id = bar.add_task(description, total=total, info="")
 
             def advance(n: int = 1, info: str | None = None) -> None:

@@ -22,7 +22,9 @@ def test_target_cameras_match_official_pickle(reference_dir):
 
 def test_azimuth_buffer_and_viewpoint_embedding_exact(reference_dir):
     vec = json.loads((reference_dir / "syncdreamer-reference-vectors.json").read_text())
-    np.testing.assert_array_equal(cam.model_azimuth_buffer(), np.asarray(vec["model_azimuth_buffer"], np.float32))
+    np.testing.assert_array_equal(
+        cam.model_azimuth_buffer(), np.asarray(vec["model_azimuth_buffer"], np.float32)
+    )
     for elev, table in vec["viewpoint_embedding_by_input_elevation_deg"].items():
         emb = cam.viewpoint_embedding(float(elev))
         assert emb.dtype == np.float32
