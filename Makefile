@@ -11,7 +11,8 @@ ARGS ?=
 
 install:
 	$(PYTHON) -m pip install -q torch==2.13.0 || $(PYTHON) -m pip install -q "torch>=2.4"
-	$(PYTHON) -m pip install -q -e ".[dev]"
+	$(PYTHON) -m pip install -q -e ".[dev,rembg]"
+	$(PYTHON) scripts/fetch_u2netp.py --dest weights
 
 # The test command (README.md and .ci/run use exactly this target).
 test:

@@ -15,16 +15,17 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from sd3d import cameras as cam
-from sd3d.errors import OutputPathError, ViewsFolderError
+from sd3d.errors import InputImageError, OutputPathError, ViewsFolderError
 
 
 # --------------------------------------------------------------------------------------------------
@@ -233,7 +234,9 @@ def contact_sheet(images: list[np.ndarray], columns: int = 4) -> np.ndarray:
     return sheet
 
 
-def write_views_into(folder: Path, views_u8: list[np.ndarray], cameras: list[cam.Camera], extra: dict | None = None) -> None:
+def write_views_into(
+    folder: Path, views_u8: list[np.ndarray], cameras: list[cam.Camera], extra: dict | None = None
+) -> None:
     """Write the views-folder files into an existing (temporary) folder."""
     files = VIEW_FILES[: len(views_u8)]
     for f, im in zip(files, views_u8, strict=True):
@@ -289,7 +292,9 @@ def read_views(source: str | os.PathLike, expected_size: int | None = None) -> V
     missing = [f for f in VIEW_FILES if f not in present]
     extra = [f for f in present if f not in VIEW_FILES]
     if missing:
-        raise ViewsFolderError(f"views folder {source} is missing {len(missing)} view(s): {', '.join(missing[:4])}")
+        raise ViewsFolderError(
+            f"views folder {source} is missing {len(missing)} view(s): {', '.join(missing[:4])}"
+        )
     if extra:
         raise ViewsFolderError(f"views folder {source} has unexpected extra view(s): {', '.join(extra[:4])}")
     arrays = [_load_rgba(source / f) for f in VIEW_FILES]
@@ -352,4 +357,139 @@ def _read_strip(path: Path) -> ViewSet:
         )
     arrays = [arr[:, i * h : (i + 1) * h] for i in range(cam.NUM_VIEWS)]
     images, alphas = _split_alpha(arrays)
-    return ViewSet(images=images, cameras=cam.target_cameras(size=h), alphas=alphas, provenance={"source": str(path)})
+    return ViewSet(
+        images=images, cameras=cam.target_cameras(size=h), alphas=alphas, provenance={"source": str(path)}
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# reading input images (with limits)
+# --------------------------------------------------------------------------------------------------
+DEFAULT_MAX_PIXELS = 50_000_000
+"""Refuse larger inputs unless the caller raises the limit: a 50 MP photo is already ~200 MB as RGBA,
+and a tiny file that claims a huge size (a decompression bomb) must fail before any pixel is decoded."""
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split()) or "unknown error"
+
+
+def _check_pixel_limit(size: tuple[int, int], limit: int, name: str) -> None:
+    w, h = size
+    if w <= 0 or h <= 0:
+        raise InputImageError(f"{name} has an empty size ({w}x{h})")
+    if w * h > limit:
+        raise InputImageError(
+            f"{name} is {w}x{h} = {w * h:,} pixels, more than the limit of {limit:,} "
+            "(possible decompression bomb; raise it with --max-pixels)"
+        )
+
+
+def _has_transparency(im: Image.Image) -> bool:
+    bands = im.getbands()
+    if "A" in bands or "a" in bands or im.info.get("transparency") is not None:
+        return True
+    return im.mode == "P" and im.palette is not None and im.palette.mode == "RGBA"
+
+
+def _sixteen_bit_to_l(im: Image.Image) -> Image.Image:
+    """16-bit (or 32-bit integer / float) grey to 8-bit by *scaling*, not clipping.
+
+    Pillow's own ``convert("L")`` clips I;16 values above 255, which turns almost every 16-bit
+    photo white. Integer modes are taken as 0..65535 (what 16-bit PNG and TIFF hold), float as 0..1.
+    """
+    arr = np.asarray(im)
+    if im.mode == "F":
+        scaled = np.clip(arr.astype(np.float64), 0.0, 1.0) * 255.0
+    else:
+        scaled = np.clip(arr.astype(np.float64), 0.0, 65535.0) / 257.0
+    return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
+
+
+def to_rgb_or_rgba(im: Image.Image) -> Image.Image:
+    """Any Pillow mode -> ``RGB`` or ``RGBA`` (``RGBA`` exactly when the image carries transparency).
+
+    Covers 1, L, LA, La, P (with or without a transparent index or RGBA palette), PA, RGB with a
+    ``tRNS`` colour, RGBX, RGBa, CMYK (Adobe-inverted JPEGs are handled by Pillow), YCbCr, HSV,
+    I;16 / I / F. No colour management: ICC profiles are ignored, as in the official pipeline.
+    """
+    mode = im.mode
+    if mode == "RGBA":
+        return im
+    if mode in _SIXTEEN_BIT_MODES or mode == "F":
+        grey = _sixteen_bit_to_l(im)
+        trns = im.info.get("transparency")
+        if isinstance(trns, int):
+            alpha = Image.fromarray(np.where(np.asarray(im) == trns, 0, 255).astype(np.uint8), mode="L")
+            return Image.merge("RGBA", (grey, grey, grey, alpha))
+        return grey.convert("RGB")
+    if _has_transparency(im):
+        return im.convert("RGBA")
+    if mode == "RGB":
+        return im
+    try:
+        return im.convert("RGB")
+    except ValueError as exc:
+        raise InputImageError(f"unsupported colour mode {mode}: {_one_line(exc)}") from exc
+
+
+def read_image(source: str | os.PathLike | Image.Image, max_pixels: int | None = None) -> Image.Image:
+    """Read an input photo into a decoded ``RGB``/``RGBA`` PIL image, upright per its EXIF orientation.
+
+    Anything Pillow reads is accepted (PNG, JPEG, WebP, TIFF, ...; see :func:`to_rgb_or_rgba` for
+    modes); animated files give their first frame. ``max_pixels`` (default
+    :data:`DEFAULT_MAX_PIXELS`) is checked on the header *before* decoding. Every way a file can be
+    wrong (missing, a folder, empty, not an image, truncated, corrupt, too large) raises
+    :class:`~sd3d.errors.InputImageError` with one line; a PIL image passed in is not modified.
+    """
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+    if limit <= 0:
+        raise InputImageError(f"the pixel limit must be positive, got {limit}")
+    if isinstance(source, Image.Image):
+        _check_pixel_limit(source.size, limit, "input image")
+        return _upright(source, "input image")
+    path = Path(source)
+    name = str(path)
+    if not path.exists():
+        raise InputImageError(f"input image not found: {name}")
+    if path.is_dir():
+        raise InputImageError(f"{name} is a folder, not an image file")
+    if not path.is_file():
+        raise InputImageError(f"{name} is not a regular file")
+    if path.stat().st_size == 0:
+        raise InputImageError(f"{name} is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # Our own limit applies; Pillow's warning threshold (~89 MP) would only add noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                _check_pixel_limit(im.size, limit, name)
+                im.load()
+                return _upright(im, name)
+    except InputImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        hard_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise InputImageError(
+            f"{name} is larger than Pillow's hard safety limit of {hard_limit:,} pixels"
+        ) from exc
+    except Image.UnidentifiedImageError as exc:
+        raise InputImageError(f"{name} is not an image (format not recognised)") from exc
+    except PermissionError as exc:
+        raise InputImageError(f"cannot read {name}: permission denied") from exc
+    except MemoryError as exc:
+        raise InputImageError(f"{name} is too large to decode in the available memory") from exc
+    except Exception as exc:  # noqa: BLE001 - a decoder fed hostile bytes can raise nearly anything
+        raise InputImageError(f"{name} is truncated or corrupt: {_one_line(exc)}") from exc
+
+
+def _upright(im: Image.Image, name: str) -> Image.Image:
+    """Apply the EXIF orientation, then normalise the mode (always returns a new, loaded image)."""
+    try:
+        upright = ImageOps.exif_transpose(im)
+    except Exception as exc:  # noqa: BLE001 - broken EXIF blocks raise a variety of errors
+        raise InputImageError(f"{name} has an unreadable EXIF orientation: {_one_line(exc)}") from exc
+    out = to_rgb_or_rgba(upright if upright is not None else im)
+    return out.copy() if out is im else out

@@ -1,0 +1,90 @@
+"""rembg with the small U^2-Net model (``u2netp.onnx``, MIT/Apache-2.0, 4.6 MB) read from our weights dir.
+
+rembg and onnxruntime are an optional extra (``pip install 'sd3d[rembg]'``) imported only when this
+backend runs. rembg finds models through ``U2NET_HOME``; we point it at the sd3d weights folder only
+while the session is created (and restore the variable afterwards), so rembg never downloads anything:
+``scripts/fetch_u2netp.py`` (run by ``make install``) places the file there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from sd3d.background.base import clean_matte, with_alpha
+from sd3d.errors import MissingDependencyError, WeightsError
+
+MODEL_NAME = "u2netp"
+
+
+def model_path(weights_dir: str | os.PathLike | None = None) -> Path:
+    """Where ``u2netp.onnx`` is expected (the weights registry decides the folder and file name)."""
+    from sd3d.weights import expected_path
+
+    return expected_path(MODEL_NAME, weights_dir)
+
+
+def rembg_installed() -> bool:
+    """Cheap check (no import): both rembg and onnxruntime are importable."""
+    return all(importlib.util.find_spec(m) is not None for m in ("rembg", "onnxruntime"))
+
+
+def is_available(weights_dir: str | os.PathLike | None = None) -> bool:
+    """True when ``auto`` may pick rembg: installed and the model file present locally."""
+    return rembg_installed() and model_path(weights_dir).is_file()
+
+
+@contextlib.contextmanager
+def _u2net_home(folder: Path) -> Iterator[None]:
+    old = os.environ.get("U2NET_HOME")
+    os.environ["U2NET_HOME"] = str(folder.resolve())
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("U2NET_HOME", None)
+        else:
+            os.environ["U2NET_HOME"] = old
+
+
+class RembgBackend:
+    name = "rembg"
+
+    def __init__(self, weights_dir: str | os.PathLike | None = None) -> None:
+        self.weights_dir = weights_dir
+
+    def segment(self, image: Image.Image) -> Image.Image:
+        return with_alpha(image, self.mask(image))
+
+    def mask(self, image: Image.Image) -> np.ndarray:
+        if not rembg_installed():
+            raise MissingDependencyError(
+                "--background rembg needs rembg and onnxruntime: pip install 'sd3d[rembg]'"
+            )
+        path = model_path(self.weights_dir)
+        if not path.is_file():
+            raise WeightsError(
+                f"rembg model {path.name} not found at {path}; "
+                f"run: python scripts/fetch_u2netp.py --dest {path.parent}"
+            )
+        from rembg import new_session, remove
+
+        with _u2net_home(path.parent):
+            session = new_session(MODEL_NAME, providers=_providers())
+        matte = remove(image.convert("RGB"), session=session, only_mask=True)
+        alpha = np.asarray(matte.convert("L") if matte.mode != "L" else matte)
+        return clean_matte(alpha)
+
+
+def _providers() -> list[str]:
+    """CUDA when onnxruntime has it, else CPU (device-agnostic like the rest of sd3d)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available] or available
