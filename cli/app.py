@@ -20,6 +20,9 @@ COMMAND_MODULES = (
     "cli.preprocess",
     "cli.weights",
     "cli.cameras",
+    "cli.render",
+    "cli.evaluate",
+    "cli.elevation",
 )
 
 app = typer.Typer(

@@ -1,0 +1,47 @@
+"""``sd3d elevation``: estimate the input photo's camera elevation (no weights needed with --views)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("elevation", help="Estimate the elevation of a photo's camera from 16 views of the object.")(
+        elevation
+    )
+
+
+def elevation(
+    photo: Path = typer.Argument(..., help="Input photo (RGBA with the object's alpha, or any image)."),
+    views: Path | None = typer.Option(
+        None, "--views", help="Views folder (000..015.png [+ cameras.json]) at the 16 target cameras."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the score curve."),
+    crop_size: int = typer.Option(
+        200, "--crop-size", help="Recentring as for the generator (object size, px)."
+    ),
+    background: str = typer.Option(
+        "auto", "--background", help="Foreground backend: auto, alpha, rembg, grabcut."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed for generating the views (without --views)."),
+) -> None:
+    from cli.common import echo, progress
+    from sd3d.elevation import estimate_elevation, generate_views_for_estimation
+    from sd3d.preprocess import prepare_input
+
+    prepared = prepare_input(photo, crop_size=crop_size, background=background)
+    if views is None:
+        view_set = generate_views_for_estimation(prepared, seed=seed)
+    else:
+        from sd3d.io import read_views
+
+        view_set = read_views(views)
+    mask = prepared.rgba[..., 3].astype("float32") / 255.0
+    result = estimate_elevation(mask, view_set, progress=progress())
+    if as_json:
+        echo(json.dumps({"photo": str(photo), "views": str(views) if views else None, **result.as_dict()}))
+    else:
+        echo(f"elevation: {result.elevation_deg:.1f} deg (silhouette score {result.score:.3f})")

@@ -1,0 +1,56 @@
+"""``sd3d eval``: metrics. ``eval mesh`` (Chamfer, F-score, volume IoU); ``eval nvs`` and
+``eval consistency`` join this group later."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+eval_app = typer.Typer(
+    help="Evaluate results against ground truth (mesh metrics; image metrics later).",
+    no_args_is_help=True,
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("mesh", help="Chamfer distance, F-score@0.01/0.02 and volume IoU of PRED against GT.")
+def mesh(
+    pred: Path = typer.Argument(..., help="Predicted mesh (.glb/.obj/.ply ...; glTF is converted to +Z up)."),
+    gt: Path = typer.Argument(..., help="Ground-truth mesh in the same frame (e.g. mesh_normalized.ply)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    samples: int = typer.Option(
+        100_000, "--samples", min=1000, help="Surface samples per mesh (Chamfer, F-score)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the surface sampling."),
+    grid: int = typer.Option(128, "--grid", min=8, max=512, help="Volume IoU grid size over [-0.6, 0.6]^3."),
+    pred_up: str = typer.Option(
+        "auto", "--pred-up", help="Up axis of PRED: auto (glTF: y, others: z), y or z."
+    ),
+    gt_up: str = typer.Option("auto", "--gt-up", help="Up axis of GT: auto, y or z."),
+) -> None:
+    from cli.common import echo
+    from recon.metrics import mesh_metrics
+    from recon.raster import load_trimesh
+
+    p = load_trimesh(pred, up=pred_up.lower())
+    g = load_trimesh(gt, up=gt_up.lower())
+    result = mesh_metrics(p, g, num_samples=samples, seed=seed, grid=grid)
+    if as_json:
+        echo(json.dumps({"pred": str(pred), "gt": str(gt), **result}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{pred} vs {gt}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("Chamfer distance (lower is better)", f"{result['chamfer']:.5f}")
+    table.add_row("F-score @ 0.01", f"{result['fscore_0.01']:.4f}")
+    table.add_row("F-score @ 0.02", f"{result['fscore_0.02']:.4f}")
+    table.add_row(f"volume IoU ({grid}^3)", f"{result['volume_iou']:.4f}")
+    Console().print(table)

@@ -1,0 +1,272 @@
+"""Weight-free estimate of the input photo's camera elevation (``sd3d elevation``).
+
+SyncDreamer needs the elevation of the input view (it was trained on -10..40 deg) and the official
+tool makes the user guess it. Render-and-compare of silhouettes:
+
+1. Carve a visual hull from the masks of 16 views at known cameras (the generated views, or any
+   views at the target cameras): a voxel survives if it projects inside every mask.
+2. Render the hull's silhouette from azimuth 0 at candidate elevations (``-20..60``, coarse then
+   fine) with the target cameras' distance and field of view.
+3. Compare each with the input's mask in a frame that removes scale and translation (the input is
+   recentred and rescaled by preprocessing): the silhouette's width maps to a fixed size, its
+   horizontal centre and its top row to fixed positions. Width and top are where a hull carved
+   from cameras at 30 deg elevation is tight; its bottom is not (nothing sees under the object),
+   which is why the bounding-box height is not used.
+4. Score = ``1 - (missed + w * excess) / area(input)``: ``missed`` is input mask outside the hull's
+   silhouette (impossible at the right elevation: the hull contains the object), ``excess`` hull
+   silhouette outside the input mask, down-weighted by ``w`` (the hull is an over-estimate) and not
+   counted at all below the input's lowest row (where the hull's unobserved underside shows).
+   The best candidate's neighbours refine it with a parabola.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from sd3d import cameras as cam
+from sd3d.errors import InputImageError, UserError, ViewsFolderError
+from sd3d.progress import Progress, resolve
+
+ELEVATION_RANGE_DEG = (-20.0, 60.0)
+FRAME_SIZE = 96  # side of the normalised comparison frame, pixels
+FRAME_WIDTH = 0.8  # the silhouette's width in the frame, as a fraction of its side
+FRAME_TOP = 0.1  # the silhouette's top row in the frame, as a fraction of its side
+EXCESS_WEIGHT = 0.5
+
+
+@dataclass(frozen=True)
+class ElevationEstimate:
+    """``elevation_deg``: the estimate; ``score``: its silhouette agreement in [.., 1] (1 = perfect);
+    ``curve``: (elevation, score) of every candidate rendered, sorted by elevation;
+    ``seconds``: wall time of the estimate."""
+
+    elevation_deg: float
+    score: float
+    curve: tuple[tuple[float, float], ...]
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return {
+            "elevation_deg": self.elevation_deg,
+            "score": self.score,
+            "seconds": self.seconds,
+            "curve": [{"elevation_deg": e, "score": s} for e, s in self.curve],
+        }
+
+
+# ------------------------------------------------------------------------------------------------
+# masks
+# ------------------------------------------------------------------------------------------------
+
+
+def mask_from_views_images(images: np.ndarray, threshold: float = 0.96) -> np.ndarray:
+    """Masks (N, H, W) of RGB views on white without alpha: not-white pixels, largest component."""
+    from scipy import ndimage
+
+    masks = []
+    for im in images:
+        fg = np.asarray(im).min(axis=-1) < threshold
+        labels, n = ndimage.label(fg)
+        if n > 1:
+            sizes = ndimage.sum(fg, labels, index=np.arange(1, n + 1))
+            fg = labels == (1 + int(np.argmax(sizes)))
+        masks.append(fg.astype(np.float32))
+    return np.stack(masks)
+
+
+def view_masks(views) -> np.ndarray:
+    """(N, H, W) float masks of a :class:`sd3d.io.ViewSet`: its alphas, else from the white background."""
+    masks = views.alphas if views.alphas is not None else mask_from_views_images(views.images)
+    for i, m in enumerate(masks):
+        if not (m > 0.5).any():
+            raise ViewsFolderError(f"view {i:03d} has an empty mask: cannot carve a visual hull")
+    return masks
+
+
+# ------------------------------------------------------------------------------------------------
+# visual hull
+# ------------------------------------------------------------------------------------------------
+
+
+def carve_visual_hull(
+    masks: np.ndarray,
+    cameras: list[cam.Camera],
+    resolution: int = 96,
+    bound: float = 0.6,
+    threshold: float = 0.5,
+) -> np.ndarray:
+    """Occupancy (r, r, r) ``[ix, iy, iz]`` of the voxel centres over ``[-bound, bound]^3`` that
+    project inside every mask (``mask > threshold`` at the pixel containing the projection)."""
+    xs = -bound + (np.arange(resolution) + 0.5) * (2.0 * bound / resolution)
+    gx, gy, gz = np.meshgrid(xs, xs, xs, indexing="ij")
+    points = np.stack([gx.ravel(), gy.ravel(), gz.ravel()], 1)
+    alive = np.ones(len(points), bool)
+    for mask, camera in zip(masks, cameras, strict=True):
+        idx = np.nonzero(alive)[0]
+        uv, z = camera.project(points[idx])
+        i = np.floor(uv[:, 0]).astype(np.int64)
+        j = np.floor(uv[:, 1]).astype(np.int64)
+        h, w = mask.shape
+        ok = (z > 0) & (i >= 0) & (i < w) & (j >= 0) & (j < h)
+        inside = np.zeros(len(idx), bool)
+        inside[ok] = mask[j[ok], i[ok]] > threshold
+        alive[idx[~inside]] = False
+    return alive.reshape(resolution, resolution, resolution)
+
+
+def hull_mesh(occupancy: np.ndarray, bound: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+    """Marching-cubes surface (vertices (V, 3) world, faces (F, 3)) of a voxel occupancy."""
+    import mcubes
+
+    r = occupancy.shape[0]
+    step = 2.0 * bound / r
+    verts, faces = mcubes.marching_cubes(np.pad(occupancy, 1).astype(np.float32), 0.5)
+    verts = (verts - 1.0) * step + (-bound + 0.5 * step)
+    return verts, faces.astype(np.int64)
+
+
+# ------------------------------------------------------------------------------------------------
+# comparison
+# ------------------------------------------------------------------------------------------------
+
+
+def normalized_frame(mask: np.ndarray, size: int = FRAME_SIZE) -> np.ndarray:
+    """``mask`` resampled (area-averaged) so its width spans ``FRAME_WIDTH * size`` pixels, centred,
+    with its top row at ``FRAME_TOP * size``: a frame free of the mask's scale and position."""
+    from PIL import Image
+
+    m = np.asarray(mask, np.float32)
+    ys, xs = np.nonzero(m > 0.5)
+    if len(xs) == 0:
+        raise InputImageError("the mask is empty: no object to compare")
+    left, right, top = float(xs.min()), float(xs.max() + 1), float(ys.min())
+    scale = FRAME_WIDTH * size / (right - left)  # frame pixels per mask pixel
+    cx = 0.5 * (left + right)
+    x0, y0 = cx - 0.5 * size / scale, top - FRAME_TOP * size / scale
+    span = size / scale
+    # pad so the source box never leaves the image, then let Pillow area-average the box
+    pad = int(math.ceil(span)) + 2
+    padded = np.pad(m, pad)
+    im = Image.fromarray(padded, mode="F")
+    box = (x0 + pad, y0 + pad, x0 + pad + span, y0 + pad + span)
+    return np.asarray(im.resize((size, size), Image.Resampling.BOX, box=box), np.float32)
+
+
+def silhouette_score(
+    hull_frame: np.ndarray,
+    input_frame: np.ndarray,
+    excess_weight: float = EXCESS_WEIGHT,
+    below_free: bool = True,
+) -> float:
+    """``1 - (missed + w * excess) / area(input)`` of two normalised frames (see module doc);
+    ``below_free``: excess below the input's lowest row costs nothing."""
+    missed = np.clip(input_frame - hull_frame, 0.0, None).sum()
+    extra = np.clip(hull_frame - input_frame, 0.0, None)
+    if below_free:
+        rows = np.nonzero((input_frame > 0.5).any(axis=1))[0]
+        if len(rows):
+            extra[rows.max() + 1 :] = 0.0
+    excess = extra.sum()
+    return float(1.0 - (missed + excess_weight * excess) / max(float(input_frame.sum()), 1e-9))
+
+
+# ------------------------------------------------------------------------------------------------
+# the estimate
+# ------------------------------------------------------------------------------------------------
+
+
+def estimate_elevation(
+    input_mask: np.ndarray,
+    views,
+    *,
+    elevation_range: tuple[float, float] = ELEVATION_RANGE_DEG,
+    coarse_step: float = 5.0,
+    fine_step: float = 1.0,
+    hull_resolution: int = 96,
+    render_size: int = 160,
+    excess_weight: float = EXCESS_WEIGHT,
+    progress: Progress | None = None,
+) -> ElevationEstimate:
+    """Elevation (degrees) of the camera that saw ``input_mask``, from 16 ``views`` (a ViewSet).
+
+    ``input_mask``: (H, W) coverage in [0, 1] of the input photo (any size and framing; e.g. the
+    alpha of ``sd3d.preprocess.prepare_input``). The input camera is assumed at azimuth 0 (as the
+    generator assumes) and at the views' distance. Coarse search over ``elevation_range`` every
+    ``coarse_step`` degrees, then every ``fine_step`` degrees around the best, then a parabola
+    through the best and its neighbours.
+    """
+    from recon.raster import render_silhouettes
+
+    start = time.perf_counter()
+    lo, hi = elevation_range
+    if not lo < hi:
+        raise UserError(f"empty elevation range {lo}..{hi}")
+    masks = view_masks(views)
+    distance = float(
+        np.mean([c.distance if c.distance is not None else np.linalg.norm(c.center) for c in views.cameras])
+    )
+    target = normalized_frame(input_mask)
+    coarse = list(np.arange(lo, hi + 1e-9, coarse_step))
+    fine_count = max(0, 2 * int(round(coarse_step / fine_step)) - 2)
+    with resolve(progress).task("elevation", 1 + len(coarse) + fine_count) as advance:
+        occupancy = carve_visual_hull(masks, views.cameras, resolution=hull_resolution)
+        if not occupancy.any():
+            raise ViewsFolderError("the views' masks do not agree on any volume: is cameras.json right?")
+        verts, faces = hull_mesh(occupancy)
+        advance(info="visual hull")
+        scores: dict[float, float] = {}
+
+        def evaluate(elevations: list[float]) -> None:
+            todo = [
+                round(float(e), 6) for e in elevations if lo <= e <= hi and round(float(e), 6) not in scores
+            ]
+            if not todo:
+                return
+            cameras = [cam.orbit_camera(e, 0.0, distance, render_size) for e in todo]
+            sils = render_silhouettes(verts, faces, cameras, supersample=1)
+            for e, sil in zip(todo, sils, strict=True):
+                if (sil > 0.5).any():
+                    scores[e] = silhouette_score(normalized_frame(sil), target, excess_weight)
+                else:
+                    scores[e] = -math.inf
+            advance(len(todo), info=f"{len(scores)} candidates")
+
+        evaluate(coarse)
+        best = max(scores, key=scores.get)
+        evaluate(list(np.arange(best - coarse_step + fine_step, best + coarse_step - 1e-9, fine_step)))
+        best = max(scores, key=scores.get)
+    estimate = _parabola_peak(best, fine_step, scores)
+    curve = tuple(sorted(scores.items()))
+    return ElevationEstimate(
+        elevation_deg=float(np.clip(estimate, lo, hi)),
+        score=float(scores[best]),
+        curve=curve,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _parabola_peak(best: float, step: float, scores: dict[float, float]) -> float:
+    """Sub-step peak of the parabola through the best candidate and its two neighbours."""
+    left, right = scores.get(round(best - step, 6)), scores.get(round(best + step, 6))
+    if left is None or right is None or not (math.isfinite(left) and math.isfinite(right)):
+        return best
+    denom = left - 2.0 * scores[best] + right
+    if denom >= 0:
+        return best
+    return best + 0.5 * step * (left - right) / denom
+
+
+def generate_views_for_estimation(prepared_input, seed: int = 0):
+    """HOOK for the pipeline: make the 16 target views to estimate the elevation from.
+
+    ``sd3d elevation`` without ``--views`` calls this; the lead wires it to the generator
+    (``sd3d.pipeline.generate_views`` at the default elevation guess, e.g. 30 deg). Until then it
+    refuses with a one-line error.
+    """
+    raise UserError(
+        "elevation estimation without --views needs the generator, which is not wired yet: pass --views DIR"
+    )
