@@ -1,5 +1,5 @@
-"""``sd3d eval``: metrics. ``eval mesh`` (Chamfer, F-score, volume IoU); ``eval nvs`` and
-``eval consistency`` join this group later."""
+"""``sd3d eval``: metrics. ``eval mesh`` (Chamfer, F-score, volume IoU), ``eval nvs`` (PSNR / SSIM /
+LPIPS of views against ground truth)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 eval_app = typer.Typer(
-    help="Evaluate results against ground truth (mesh metrics; image metrics later).",
+    help="Evaluate results: mesh metrics, novel-view image metrics.",
     no_args_is_help=True,
 )
 
@@ -54,3 +54,38 @@ def mesh(
     table.add_row("F-score @ 0.02", f"{result['fscore_0.02']:.4f}")
     table.add_row(f"volume IoU ({grid}^3)", f"{result['volume_iou']:.4f}")
     Console().print(table)
+
+
+@eval_app.command("nvs", help="PSNR / SSIM (/ LPIPS) of 16 predicted views against 16 ground-truth views.")
+def nvs(
+    pred: Path = typer.Argument(..., help="Predicted views folder (000..015.png) or strip image."),
+    gt: Path = typer.Argument(..., help="Ground-truth views folder (RGBA composited on white)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    from cli.common import echo
+    from recon.view_metrics import nvs_metrics
+    from sd3d.io import read_views
+
+    result = nvs_metrics(read_views(pred), read_views(gt))
+    if as_json:
+        echo(json.dumps({"pred": str(pred), "gt": str(gt), **result.as_dict()}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{pred} vs {gt}")
+    for col in ("view", "PSNR", "SSIM") + (("LPIPS",) if result.lpips is not None else ()):
+        table.add_column(col, justify="right")
+    for i, (p, s) in enumerate(zip(result.psnr, result.ssim, strict=True)):
+        row = [f"{i:03d}", f"{p:.3f}", f"{s:.4f}"]
+        if result.lpips is not None:
+            row.append(f"{result.lpips[i]:.4f}")
+        table.add_row(*row)
+    mean = ["mean", f"{result.mean_psnr:.3f}", f"{result.mean_ssim:.4f}"]
+    if result.lpips is not None:
+        mean.append(f"{float(sum(result.lpips) / len(result.lpips)):.4f}")
+    table.add_row(*mean)
+    console = Console()
+    console.print(table)
+    if result.lpips is None:
+        console.print(result.lpips_note)
