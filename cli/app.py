@@ -20,6 +20,8 @@ COMMAND_MODULES = (
     "cli.preprocess",
     "cli.weights",
     "cli.cameras",
+    "cli.generate",
+    "cli.novel_view",
     "cli.render",
     "cli.evaluate",
     "cli.elevation",

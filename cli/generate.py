@@ -1,0 +1,138 @@
+"""``sd3d generate``: one photo -> the 16 SyncDreamer views (a views folder).
+
+Options are read as text and checked here so every bad value is one ``error:`` line with exit code
+2; the work is done by :mod:`sd3d.pipeline`. Cheap checks (options, output folder, input image,
+weights file) all run before the model is loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+_BACKENDS = "auto|alpha|rembg|carvekit|grabcut|none"
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "generate",
+        help="SyncDreamer: generate 16 consistent views of the object in a photo (a views folder for "
+        "`sd3d reconstruct`).",
+    )(generate)
+
+
+def _number(text: str, option: str, kind: type = float):
+    import math
+
+    from sd3d.errors import UserError
+
+    try:
+        value = kind(str(text).strip())
+    except (ValueError, AttributeError):
+        what = "an integer" if kind is int else "a number"
+        raise UserError(f"{option} must be {what}, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise UserError(f"{option} must be a finite number, got {text!r}")
+    return value
+
+
+def generate(
+    image: Path = typer.Argument(
+        ...,
+        help="Input photo, or an already prepared 256x256 RGBA from `sd3d preprocess`.",
+        show_default=False,
+    ),
+    output: Path = typer.Option(
+        ..., "--output", "-o", help="Views folder to write (replaced as a whole).", show_default=False
+    ),
+    elevation: str = typer.Option(
+        "30",
+        "--elevation",
+        "-e",
+        metavar="DEG",
+        help="Elevation of the input view in degrees (roughly -10..40).",
+    ),
+    samples: str = typer.Option(
+        "1", "--samples", "-n", metavar="N", help="Independent 16-view sets (1..64)."
+    ),
+    steps: str = typer.Option("50", "--steps", metavar="N", help="Sampling steps."),
+    cfg: str = typer.Option(
+        "2.0", "--cfg", metavar="SCALE", help="Classifier-free guidance scale (1.5-2 works)."
+    ),
+    eta: str = typer.Option(
+        "1.0", "--eta", metavar="ETA", help="DDIM eta (1 = the official stochastic sampler)."
+    ),
+    seed: str = typer.Option("6033", "--seed", metavar="INT", help="Random seed (same seed, same views)."),
+    batch_view_num: str = typer.Option(
+        "auto",
+        "--batch-view-num",
+        metavar="N",
+        help="Views per UNet chunk (memory knob; auto: from free memory).",
+    ),
+    crop_size: str = typer.Option(
+        "200",
+        "--crop-size",
+        metavar="PX",
+        help="Object size after recentring (150-200); -1 keeps the framing: use it for a 256x256 RGBA "
+        "made by `sd3d preprocess`, which is then used as is.",
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    dtype: str = typer.Option(
+        "auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16."
+    ),
+    sampler: str = typer.Option("ddim", "--sampler", help="ddim (official), dpmpp or unipc."),
+    weights: Path = typer.Option(
+        None,
+        "--weights",
+        help="SyncDreamer checkpoint (.ckpt or .safetensors; default: syncdreamer-pretrain.ckpt in the weights folder).",
+        show_default=False,
+    ),
+    weights_dir: Path = typer.Option(None, "--weights-dir", help="Weights folder.", show_default=False),
+    background: str = typer.Option(
+        "auto", "--background", "-b", metavar=_BACKENDS, help="Foreground backend for preprocessing."
+    ),
+) -> None:
+    from cli.common import echo, progress
+    from sd3d.background import check_backend_name
+    from sd3d.device import resolve_device, resolve_dtype
+    from sd3d.pipeline import (
+        GenerationSettings,
+        as_prepared,
+        check_output_folder,
+        load_model,
+        run_generation,
+        weights_path,
+        write_generated,
+    )
+
+    settings = GenerationSettings(
+        elevation_deg=_number(elevation, "--elevation"),
+        steps=_number(steps, "--steps", int),
+        cfg=_number(cfg, "--cfg"),
+        eta=_number(eta, "--eta"),
+        seed=_number(seed, "--seed", int),
+        samples=_number(samples, "--samples", int),
+        batch_view_num=None
+        if batch_view_num.strip() == "auto"
+        else _number(batch_view_num, "--batch-view-num", int),
+        sampler=sampler.strip().lower(),
+    ).check()
+    crop = _number(crop_size, "--crop-size", int)
+    method = check_backend_name(background)
+    torch_device = resolve_device(device)
+    resolve_dtype(dtype, torch_device)
+    check_output_folder(output)
+    prepared = as_prepared(image, crop, method, weights_dir)
+    path = weights_path(weights, weights_dir)
+
+    model = load_model(path, device=torch_device)
+    views = run_generation(model, prepared, settings, dtype=dtype, progress=progress())
+    write_generated(output, views, prepared.rgba)
+    info = views[0].provenance
+    what = "16 views" if settings.samples == 1 else f"{settings.samples} x 16 views"
+    echo(f"wrote {what} to {output}")
+    echo(
+        f"elevation {settings.elevation_deg:g} deg, seed {settings.seed}, {settings.steps} {settings.sampler} steps, "
+        f"cfg {settings.cfg:g}, {info['settings']['dtype']} on {info['device']}, {info['seconds']:.1f} s"
+    )

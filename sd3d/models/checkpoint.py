@@ -1,0 +1,218 @@
+"""Official SyncDreamer state dict <-> :class:`~sd3d.models.syncdreamer.SyncDreamer`.
+
+Our modules carry the official names, so every parameter key maps to itself. Each key of the
+official checkpoint (``reference/syncdreamer-state-dict-keys.json``, 1618 entries) is accounted for:
+
+* consumed: every parameter of the model, with the same shape (1602 keys);
+* ignored: CLIP's text-side leftovers, kept by the official code after ``del model.transformer``
+  but never used by the image encoder (:data:`IGNORED_KEYS`, 6 keys);
+* checked: the schedule and camera buffers (:data:`CHECKED_BUFFER_KEYS`, 10 keys). We recompute
+  them (``sd3d.sampling.schedule``, ``sd3d.cameras``) and require the checkpoint's copies to agree,
+  so a checkpoint trained with another schedule or camera rig is refused instead of silently
+  producing wrong views.
+
+Ignored and checked keys may be absent (a converted copy may drop them); a missing parameter, an
+unexpected key or a shape mismatch is a :class:`~sd3d.errors.WeightsError` naming the key.
+
+Loading builds the model on the ``meta`` device (no random initialisation of 1.39 G parameters) and
+assigns the checkpoint tensors directly, so a memory-mapped checkpoint is never copied on the CPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from sd3d.errors import WeightsError
+from sd3d.models.clip import text_leftover_shapes
+from sd3d.models.configs import SyncDreamerConfig
+from sd3d.models.syncdreamer import SyncDreamer, camera_buffers
+from sd3d.sampling.schedule import scaled_linear_schedule
+
+SCHEDULE_BUFFER_KEYS = (
+    "betas",
+    "alphas",
+    "alphas_cumprod",
+    "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod",
+    "posterior_variance",
+    "posterior_log_variance_clipped",
+)
+CAMERA_BUFFER_KEYS = ("poses", "Ks", "azimuth")
+CHECKED_BUFFER_KEYS = SCHEDULE_BUFFER_KEYS + CAMERA_BUFFER_KEYS
+CLIP_PREFIX = "clip_image_encoder.model."
+IGNORED_KEYS = tuple(CLIP_PREFIX + k for k in text_leftover_shapes(SyncDreamerConfig().clip))
+
+# Checkpoint buffers must match our recomputation within these (atol, rtol): the schedule is the
+# same float32 arithmetic; the official poses are Blender float32 values (1.5e-7 off the formula).
+_BUFFER_TOLERANCE = {"schedule": (1e-6, 1e-5), "camera": (1e-5, 0.0)}
+
+
+def reference_buffers(config: SyncDreamerConfig) -> dict[str, torch.Tensor]:
+    """The 10 official buffers as we recompute them (float32, CPU)."""
+    schedule = scaled_linear_schedule(config.num_timesteps, config.linear_start, config.linear_end)
+    return {**schedule.buffers(), **camera_buffers(config)}
+
+
+def _buffer_matches(value: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float) -> bool:
+    """``value`` equals ``ref`` within (atol, rtol), widened to 2 ulps of a half-precision copy's dtype
+    (``sd3d weights convert --dtype fp16/bf16`` rounds the buffers too)."""
+    value = value.detach().to("cpu")
+    if not value.is_floating_point():
+        return False
+    if torch.finfo(value.dtype).bits < 32:
+        eps = torch.finfo(value.dtype).eps
+        rtol = max(rtol, 2 * eps)
+        atol = max(atol, 2 * eps * float(ref.abs().max()))
+    return torch.allclose(value.double(), ref.double(), atol=atol, rtol=rtol)
+
+
+def build_meta_model(config: SyncDreamerConfig) -> SyncDreamer:
+    """A model whose parameters live on ``meta`` (no memory, no init); buffers are real."""
+    with torch.device("meta"):
+        return SyncDreamer(config)
+
+
+def expected_shapes(config: SyncDreamerConfig) -> dict[str, tuple[int, ...]]:
+    """Every key an official-layout checkpoint holds for ``config``, in official order, with shapes."""
+    model = build_meta_model(config)
+    buffers = reference_buffers(config)
+    shapes: dict[str, tuple[int, ...]] = {k: tuple(buffers[k].shape) for k in CHECKED_BUFFER_KEYS}
+    leftovers = {CLIP_PREFIX + k: s for k, s in text_leftover_shapes(config.clip).items()}
+    # The official CLIP module registers three text-side parameters before ``visual`` and the
+    # token embedding / final LayerNorm after it.
+    before = [k for k in leftovers if k.endswith(("positional_embedding", "text_projection", "logit_scale"))]
+    after = [k for k in leftovers if k not in before]
+    visual = CLIP_PREFIX + "visual."
+    for key, param in model.state_dict(keep_vars=True).items():
+        if key.startswith(visual) and before:
+            shapes.update((k, leftovers[k]) for k in before)
+            before = []
+        if not key.startswith(visual) and shapes and next(reversed(shapes)).startswith(visual):
+            shapes.update((k, leftovers[k]) for k in after)
+        shapes[key] = tuple(param.shape)
+    return shapes
+
+
+def _describe(source: str | os.PathLike | None) -> str:
+    return f" in {source}" if source is not None else ""
+
+
+def split_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    config: SyncDreamerConfig,
+    source: str | os.PathLike | None = None,
+    model: SyncDreamer | None = None,
+) -> dict[str, torch.Tensor]:
+    """Validate an official-layout state dict; return only the tensors the model consumes.
+
+    Raises :class:`WeightsError` naming the first missing, unexpected or mis-shaped key, or the first
+    checked buffer that disagrees with our recomputation.
+    """
+    model = build_meta_model(config) if model is None else model
+    params = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+    ignored = {CLIP_PREFIX + k for k in text_leftover_shapes(config.clip)}
+    buffers = reference_buffers(config)
+    where = _describe(source)
+
+    for key in state_dict:
+        if key not in params and key not in ignored and key not in buffers:
+            raise WeightsError(f"unexpected key {key!r}{where}: not a SyncDreamer checkpoint for this model")
+    for key, shape in params.items():
+        if key not in state_dict:
+            raise WeightsError(f"checkpoint{where} is missing key {key!r}")
+        got = tuple(state_dict[key].shape)
+        if got != shape:
+            raise WeightsError(f"key {key!r}{where} has shape {list(got)}, expected {list(shape)}")
+    for key, ref in buffers.items():
+        if key not in state_dict:
+            continue
+        value = state_dict[key]
+        if tuple(value.shape) != tuple(ref.shape):
+            raise WeightsError(
+                f"key {key!r}{where} has shape {list(value.shape)}, expected {list(ref.shape)}"
+            )
+        kind = "schedule" if key in SCHEDULE_BUFFER_KEYS else "camera"
+        if not _buffer_matches(value, ref, *_BUFFER_TOLERANCE[kind]):
+            err = (value.detach().to("cpu", torch.float64) - ref.double()).abs().max().item()
+            raise WeightsError(
+                f"buffer {key!r}{where} differs from the SyncDreamer {kind} values (max abs diff "
+                f"{err:.3g}): not an official SyncDreamer checkpoint"
+            )
+    return {k: state_dict[k] for k in params}
+
+
+# One key per sub-network whose shape tells the known configs apart.
+_SIGNATURE_KEYS = (
+    "first_stage_model.encoder.conv_in.weight",
+    "clip_image_encoder.model.visual.conv1.weight",
+    "spatial_volume.spatial_volume_feats.init_conv.weight",
+    "model.diffusion_model.input_blocks.0.0.weight",
+    "model.diffusion_model.out.2.weight",
+)
+
+
+def detect_config(state_dict: Mapping[str, torch.Tensor]) -> SyncDreamerConfig:
+    """The known config (official or tiny) whose sizes the checkpoint has; official if none fits.
+
+    Lets one loader read the real checkpoint and the small synthetic ones tests write. A checkpoint
+    matching none is then reported key by key by :func:`split_state_dict`.
+    """
+    from sd3d.models.configs import CONFIGS
+
+    for factory in CONFIGS.values():
+        config = factory()
+        shapes = _signature_shapes(config)
+        if all(k in state_dict and tuple(state_dict[k].shape) == s for k, s in shapes.items()):
+            return config
+    return SyncDreamerConfig()
+
+
+@functools.lru_cache(maxsize=8)
+def _signature_shapes(config: SyncDreamerConfig) -> dict[str, tuple[int, ...]]:
+    model = build_meta_model(config)
+    params = model.state_dict(keep_vars=True)
+    return {k: tuple(params[k].shape) for k in _SIGNATURE_KEYS}
+
+
+def load_syncdreamer(
+    source: str | os.PathLike | Mapping[str, torch.Tensor],
+    config: SyncDreamerConfig | None = None,
+    device: torch.device | str = "cpu",
+) -> SyncDreamer:
+    """Load a SyncDreamer checkpoint (``.ckpt`` / ``.safetensors`` path, or a state dict) for inference.
+
+    ``config=None`` picks the known config matching the checkpoint (:func:`detect_config`). The
+    returned model is in eval mode, float32, without gradients, on ``device``.
+    """
+    path: Path | None = None
+    if isinstance(source, Mapping):
+        state_dict = source
+    else:
+        from sd3d.weights import load_state_dict
+
+        path = Path(source)
+        state_dict = load_state_dict(path)
+    config = detect_config(state_dict) if config is None else config
+    model = build_meta_model(config)
+    params = split_state_dict(state_dict, config, path, model)
+    params = {k: _as_float32(v) for k, v in params.items()}
+    model.load_state_dict(params, strict=False, assign=True)
+    del params, state_dict
+    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if leftover:  # pragma: no cover - split_state_dict guarantees every parameter is present
+        raise WeightsError(f"checkpoint{_describe(path)} is missing key {leftover[0]!r}")
+    model.requires_grad_(False)
+    model.eval()
+    return model.to(device)
+
+
+def _as_float32(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach()
+    if t.dtype != torch.float32:
+        t = t.to(torch.float32)
+    return t if t.is_contiguous() else t.contiguous()

@@ -1,0 +1,285 @@
+"""The SD-1.x UNet shared by Zero123 and SyncDreamer (CompVis key names under ``model.diffusion_model``).
+
+With ``UNetConfig.depth_attention_dims = None`` this is Zero123's UNet; with it set, SyncDreamer's
+``DepthWiseAttention``: a :class:`~sd3d.models.depth_attention.DepthTransformer` after the middle
+block (``middle_conditions``) and after every output block except the lowest-resolution level's
+(``output_conditions.{i}``), each attending to the frustum-feature level whose width equals the
+hidden state's width.
+
+Numerics follow the CompVis ``openaimodel.py`` / ``attention.py``: GroupNorm32 (eps 1e-5, computed
+in float32) in ResBlocks and the output head, GroupNorm eps 1e-6 in SpatialTransformers, GEGLU
+feed-forward with exact-erf GELU, timestep embedding ``[cos, sin]``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sd3d.models.configs import UNetConfig
+from sd3d.models.depth_attention import DepthTransformer
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding ``[cos(t f_k), sin(t f_k)]``, ``f_k = exp(-ln(max_period) k / (dim/2))``, fp32."""
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
+    )
+    args = timesteps[:, None].float() * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm evaluated in float32 for half-precision inputs (CompVis ``GroupNorm32``); float64 stays."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float64:
+            return super().forward(x)
+        return super().forward(x.float()).to(x.dtype)
+
+
+def _group_norm32(cfg: UNetConfig, channels: int) -> GroupNorm32:
+    return GroupNorm32(cfg.norm_groups, channels, eps=1e-5)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cfg: UNetConfig, channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.in_layers = nn.Sequential(
+            _group_norm32(cfg, channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, 1, 1)
+        )
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(cfg.time_embed_dim, out_channels))
+        self.out_layers = nn.Sequential(
+            _group_norm32(cfg, out_channels),
+            nn.SiLU(),
+            nn.Dropout(0.0),
+            nn.Conv2d(out_channels, out_channels, 3, 1, 1),
+        )
+        self.skip_connection = (
+            nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
+        )
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.in_layers(x)
+        h = h + self.emb_layers(emb).to(h.dtype)[..., None, None]
+        h = self.out_layers(h)
+        return self.skip_connection(x) + h
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.op = nn.Conv2d(channels, channels, 3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention; ``context=None`` is self-attention. No bias on q/k/v, bias on ``to_out.0``."""
+
+    def __init__(self, query_dim: int, heads: int, dim_head: int, context_dim: int | None = None) -> None:
+        super().__init__()
+        inner = heads * dim_head
+        context_dim = query_dim if context_dim is None else context_dim
+        self.heads = heads
+        self.to_q = nn.Linear(query_dim, inner, bias=False)
+        self.to_k = nn.Linear(context_dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim, inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(0.0))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        context = x if context is None else context
+        if context is not x and context.shape[1] == 1:
+            # One key: the softmax weight is exactly 1, so every query receives v (spec §10.1).
+            return self.to_out(self.to_v(context)).expand(-1, x.shape[1], -1)
+        b, n, _ = x.shape
+        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+        q, k, v = (t.reshape(b, t.shape[1], self.heads, -1).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class GEGLU(nn.Module):
+    def __init__(self, dim_in: int, dim_out: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, gate = self.proj(x).chunk(2, dim=-1)
+        return x * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, mult: int = 4) -> None:
+        super().__init__()
+        self.net = nn.Sequential(GEGLU(dim, dim * mult), nn.Dropout(0.0), nn.Linear(dim * mult, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class BasicTransformerBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int) -> None:
+        super().__init__()
+        self.attn1 = CrossAttention(dim, heads, dim_head)
+        self.ff = FeedForward(dim)
+        self.attn2 = CrossAttention(dim, heads, dim_head, context_dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        x = self.attn1(self.norm1(x)) + x
+        x = self.attn2(self.norm2(x), context) + x
+        return self.ff(self.norm3(x)) + x
+
+
+class SpatialTransformer(nn.Module):
+    """SD-1 form: GroupNorm(eps 1e-6), 1x1-conv in/out projections, residual to the input."""
+
+    def __init__(self, cfg: UNetConfig, channels: int, heads: int, dim_head: int) -> None:
+        super().__init__()
+        inner = heads * dim_head
+        self.norm = nn.GroupNorm(cfg.norm_groups, channels, eps=1e-6)
+        self.proj_in = nn.Conv2d(channels, inner, 1)
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(inner, heads, dim_head, cfg.context_dim)
+            for _ in range(cfg.transformer_depth)
+        )
+        self.proj_out = nn.Conv2d(inner, channels, 1)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        y = self.proj_in(self.norm(x))
+        y = y.flatten(2).transpose(1, 2)
+        for block in self.transformer_blocks:
+            y = block(y, context)
+        y = y.transpose(1, 2).reshape(b, -1, h, w)
+        return self.proj_out(y) + x
+
+
+class TimestepEmbedSequential(nn.Sequential):
+    """Feeds ``emb`` to ResBlocks and ``context`` to SpatialTransformers."""
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        for layer in self:
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, SpatialTransformer):
+                x = layer(x, context)
+            else:
+                x = layer(x)
+        return x
+
+
+class UNetModel(nn.Module):
+    """``forward(x, timesteps, context, source_dict=None)`` -> eps (B, out_channels, H, W).
+
+    ``source_dict`` maps a feature width (32, 16, 8, 4 at full size) to the frustum features
+    (n, C, D, width, width) used by the depth-wise attention; it is required iff the config enables
+    it. ``n`` may be smaller than the batch: rows ``n..`` then get all-zero features (classifier-free
+    guidance's unconditional half), applied as exact constant offsets.
+    """
+
+    def __init__(self, cfg: UNetConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        mc, ted = cfg.model_channels, cfg.time_embed_dim
+        self.time_embed = nn.Sequential(nn.Linear(mc, ted), nn.SiLU(), nn.Linear(ted, ted))
+
+        def transformer(ch: int) -> SpatialTransformer:
+            return SpatialTransformer(cfg, ch, cfg.num_heads, ch // cfg.num_heads)
+
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(cfg.in_channels, mc, 3, 1, 1))])
+        skip_channels = [mc]
+        ch, ds = mc, 1
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                layers: list[nn.Module] = [ResBlock(cfg, ch, mult * mc)]
+                ch = mult * mc
+                if ds in cfg.attention_resolutions:
+                    layers.append(transformer(ch))
+                self.input_blocks.append(TimestepEmbedSequential(*layers))
+                skip_channels.append(ch)
+            if level != len(cfg.channel_mult) - 1:
+                self.input_blocks.append(TimestepEmbedSequential(Downsample(ch)))
+                skip_channels.append(ch)
+                ds *= 2
+
+        self.middle_block = TimestepEmbedSequential(
+            ResBlock(cfg, ch, ch), transformer(ch), ResBlock(cfg, ch, ch)
+        )
+        middle_ch, middle_ds = ch, ds
+
+        self.output_blocks = nn.ModuleList()
+        # (channels, downsampling factor) of the hidden state after each output block.
+        output_shapes: list[tuple[int, int]] = []
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for i in range(cfg.num_res_blocks + 1):
+                layers = [ResBlock(cfg, ch + skip_channels.pop(), mc * mult)]
+                ch = mc * mult
+                if ds in cfg.attention_resolutions:
+                    layers.append(transformer(ch))
+                if level and i == cfg.num_res_blocks:
+                    layers.append(Upsample(ch))
+                    ds //= 2
+                self.output_blocks.append(TimestepEmbedSequential(*layers))
+                output_shapes.append((ch, ds))
+
+        self.out = nn.Sequential(_group_norm32(cfg, ch), nn.SiLU(), nn.Conv2d(mc, cfg.out_channels, 3, 1, 1))
+
+        # SyncDreamer's depth-wise attention: after the middle block and after the output blocks of
+        # every level but the lowest-resolution one (output blocks 3..11 at full size).
+        self.depth_blocks: tuple[int, ...] = ()
+        if cfg.depth_attention_dims is not None:
+            dims = cfg.depth_attention_dims
+
+            def depth(ch_: int, ds_: int) -> DepthTransformer:
+                ctx = dims[int(math.log2(ds_))]
+                return DepthTransformer(ch_, cfg.depth_attention_heads, ctx // 2, ctx, cfg.depth_norm_groups)
+
+            self.middle_conditions = depth(middle_ch, middle_ds)
+            self.depth_blocks = tuple(range(cfg.num_res_blocks + 1, len(self.output_blocks)))
+            self.output_conditions = nn.ModuleList(depth(*output_shapes[i]) for i in self.depth_blocks)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor,
+        source_dict: dict[int, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        if self.depth_blocks and source_dict is None:
+            raise ValueError("this UNet has depth-wise attention and needs source_dict")
+        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(x.dtype))
+        hs = []
+        h = x
+        for module in self.input_blocks:
+            h = module(h, emb, context)
+            hs.append(h)
+        h = self.middle_block(h, emb, context)
+        if self.depth_blocks:
+            h = self.middle_conditions(h, source_dict[h.shape[-1]])
+        depth_index = {block: i for i, block in enumerate(self.depth_blocks)}
+        for index, module in enumerate(self.output_blocks):
+            h = module(torch.cat([h, hs.pop()], dim=1), emb, context)
+            if index in depth_index:
+                h = self.output_conditions[depth_index[index]](h, source_dict[h.shape[-1]])
+        return self.out(h)

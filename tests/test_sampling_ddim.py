@@ -1,0 +1,143 @@
+"""Schedule, DDIM tables and update rule vs the official numbers; sampler mechanics; diffusers samplers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sd3d.sampling.ddim import ddim_sample, ddim_step, ddim_tables, ddim_timesteps
+from sd3d.sampling.diffusers_samplers import diffusers_sample, make_scheduler
+from sd3d.sampling.schedule import scaled_linear_schedule
+
+
+@pytest.fixture(scope="module")
+def vectors(reference_dir):
+    return json.loads((reference_dir / "syncdreamer-reference-vectors.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def schedule():
+    return scaled_linear_schedule()
+
+
+def test_schedule_is_the_official_float32_one(vectors, schedule):
+    np.testing.assert_array_equal(schedule.betas.numpy(), np.float32(vectors["betas_float32"]))
+    np.testing.assert_array_equal(
+        schedule.alphas_cumprod.numpy(), np.float32(vectors["alphas_cumprod_float32"])
+    )
+    assert schedule.betas.dtype == schedule.alphas_cumprod.dtype == torch.float32
+
+
+@pytest.mark.parametrize("steps", [50, 200])
+def test_ddim_tables_match_the_official_sampler(vectors, schedule, steps):
+    ref = vectors[f"ddim{steps}"]
+    tables = ddim_tables(schedule, steps, eta=1.0)
+    np.testing.assert_array_equal(tables.timesteps, ref["timesteps_ascending"])
+    for ours, name in [
+        (tables.alphas, "alphas"),
+        (tables.alphas_prev, "alphas_prev"),
+        (tables.sigmas, "sigmas_eta1"),
+        (tables.sqrt_one_minus_alphas, "sqrt_one_minus_alphas"),
+    ]:
+        assert ours.dtype == torch.float32
+        np.testing.assert_array_equal(ours.numpy(), np.float32(ref[name]), err_msg=name)
+
+
+def test_timesteps_and_first_alpha_prev(schedule):
+    assert ddim_timesteps(50).tolist() == list(range(1, 1000, 20))
+    assert ddim_timesteps(30).tolist() == list(range(1, 1000, 33))  # 30 does not divide 1000: 31 steps
+    with pytest.raises(ValueError, match="1000"):
+        ddim_timesteps(3)  # 1, 334, 667, 1000: past the schedule (the official code would crash)
+    tables = ddim_tables(schedule, 50)
+    assert tables.alphas_prev[0] == schedule.alphas_cumprod[0] != 1.0
+    assert float(ddim_tables(schedule, 50, eta=0.0).sigmas.abs().max()) == 0.0
+    with pytest.raises(ValueError):
+        ddim_timesteps(0)
+
+
+def test_ddim_step_is_the_official_update(schedule):
+    tables = ddim_tables(schedule, 50, eta=1.0)
+    gen = torch.Generator().manual_seed(0)
+    x, eps, z = (torch.randn(2, 16, 4, 8, 8, generator=gen) for _ in range(3))
+    for index in (49, 20, 0):
+        a = tables.alphas[index].double()
+        a_prev = tables.alphas_prev[index].double()
+        sigma = tables.sigmas[index].double()
+        s1m = tables.sqrt_one_minus_alphas[index].double()
+        x0 = (x.double() - s1m * eps.double()) / a.sqrt()
+        expected = a_prev.sqrt() * x0 + torch.clamp(1 - a_prev - sigma**2, min=1e-7).sqrt() * eps.double()
+        if index != 0:
+            expected = expected + sigma * z.double()
+        got = ddim_step(x, eps, index, tables, z)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+    # the last step ignores the noise and still keeps the direction term
+    no_noise = ddim_step(x, eps, 0, tables, None)
+    assert torch.equal(ddim_step(x, eps, 0, tables, z), no_noise)
+    x0 = (x - tables.sqrt_one_minus_alphas[0] * eps) / tables.alphas[0].sqrt()
+    assert not torch.allclose(no_noise, tables.alphas_prev[0].sqrt() * x0, atol=1e-4)
+
+
+def test_ddim_sample_visits_timesteps_downwards_and_draws_noise_per_step(schedule):
+    tables = ddim_tables(schedule, 10)
+    seen = []
+
+    def eps_fn(x, t, index):
+        seen.append((t, index))
+        return torch.zeros_like(x)
+
+    x_T = torch.ones(1, 2, 4, 2, 2)
+    gen = torch.Generator().manual_seed(3)
+    out = ddim_sample(eps_fn, x_T, tables, generator=gen)
+    assert seen == [(int(tables.timesteps[i]), i) for i in reversed(range(10))]
+    # the generator advanced by exactly 9 draws of x_T's shape (none on the last step)
+    replay = torch.Generator().manual_seed(3)
+    for _ in range(9):
+        torch.randn(x_T.shape, generator=replay)
+    assert torch.equal(torch.randn(4, generator=gen), torch.randn(4, generator=replay))
+    again = ddim_sample(eps_fn, x_T, tables, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(out, again)
+    other = ddim_sample(eps_fn, x_T, tables, generator=torch.Generator().manual_seed(4))
+    assert not torch.equal(out, other)
+
+
+def _delta_eps(schedule, mu):
+    """The exact eps of a data distribution concentrated on ``mu``."""
+    abar = schedule.alphas_cumprod
+
+    def eps_fn(x, t, index):
+        a = abar[t]
+        return (x - a.sqrt() * mu) / (1 - a).sqrt()
+
+    return eps_fn
+
+
+@pytest.mark.parametrize("name", ["dpmpp", "unipc"])
+def test_diffusers_samplers_use_our_betas_and_recover_a_known_target(schedule, name):
+    scheduler = make_scheduler(name, schedule, 20)
+    assert torch.equal(scheduler.alphas_cumprod, schedule.alphas_cumprod)
+    ts = [int(t) for t in scheduler.timesteps]
+    assert ts == sorted(ts, reverse=True) and len(ts) == 20
+    mu = torch.tensor([0.3, -0.5, 0.8, 0.0]).view(1, 1, 4, 1, 1)
+    x_T = torch.randn(1, 2, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+    out = diffusers_sample(name, _delta_eps(schedule, mu), x_T, schedule, 20)
+    torch.testing.assert_close(out, mu.expand_as(out), rtol=0, atol=1e-4)
+
+
+def test_ddim_recovers_a_known_target_up_to_the_final_direction_term(schedule):
+    mu = torch.tensor([0.3, -0.5, 0.8, 0.0]).view(1, 1, 4, 1, 1)
+    x_T = torch.randn(1, 2, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+    out = ddim_sample(_delta_eps(schedule, mu), x_T, ddim_tables(schedule, 50, 0.0))
+    # eta 0 keeps eps constant along the path: x_0 = sqrt(abar_0) mu + sqrt(1 - abar_0) eps_T
+    a0, aT = schedule.alphas_cumprod[0], schedule.alphas_cumprod[981]
+    eps_T = (x_T - aT.sqrt() * mu) / (1 - aT).sqrt()
+    expected = a0.sqrt() * mu + (1 - a0).sqrt() * eps_T
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-4)
+
+
+def test_unknown_diffusers_sampler(schedule):
+    with pytest.raises(ValueError, match="unknown"):
+        make_scheduler("euler", schedule, 10)
