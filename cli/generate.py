@@ -58,7 +58,10 @@ def generate(
     ),
     steps: str = typer.Option("50", "--steps", metavar="N", help="Sampling steps."),
     cfg: str = typer.Option(
-        "2.0", "--cfg", metavar="SCALE", help="Classifier-free guidance scale (1.5-2 works)."
+        "auto",
+        "--cfg",
+        metavar="SCALE",
+        help="Classifier-free guidance scale (auto: 2.0 for SyncDreamer, 3.0 for Zero123).",
     ),
     eta: str = typer.Option(
         "1.0", "--eta", metavar="ETA", help="DDIM eta (1 = the official stochastic sampler)."
@@ -81,7 +84,17 @@ def generate(
     dtype: str = typer.Option(
         "auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16."
     ),
-    sampler: str = typer.Option("ddim", "--sampler", help="ddim (official), dpmpp or unipc."),
+    sampler: str = typer.Option(
+        "ddim",
+        "--sampler",
+        help="SyncDreamer: ddim (official), dpmpp or unipc. Zero123: independent (= ddim) or "
+        "stochastic-conditioning (3DiM).",
+    ),
+    model_name: str = typer.Option(
+        "syncdreamer",
+        "--model",
+        help="syncdreamer (synchronized 16 views) or zero123 (each view on its own: the paper's baseline).",
+    ),
     weights: Path = typer.Option(
         None,
         "--weights",
@@ -96,6 +109,7 @@ def generate(
     from cli.common import echo, progress
     from sd3d.background import check_backend_name
     from sd3d.device import resolve_device, resolve_dtype
+    from sd3d.errors import UserError
     from sd3d.pipeline import (
         GenerationSettings,
         as_prepared,
@@ -106,10 +120,31 @@ def generate(
         write_generated,
     )
 
+    model_name = model_name.strip().lower()
+    if model_name not in ("syncdreamer", "zero123"):
+        raise UserError(f"unknown --model {model_name!r}: use syncdreamer or zero123")
+    if model_name == "zero123":
+        _generate_zero123(
+            image,
+            output,
+            elevation,
+            samples,
+            steps,
+            cfg,
+            seed,
+            crop_size,
+            device,
+            dtype,
+            sampler,
+            weights,
+            weights_dir,
+            background,
+        )
+        return
     settings = GenerationSettings(
         elevation_deg=_number(elevation, "--elevation"),
         steps=_number(steps, "--steps", int),
-        cfg=_number(cfg, "--cfg"),
+        cfg=2.0 if cfg.strip() == "auto" else _number(cfg, "--cfg"),
         eta=_number(eta, "--eta"),
         seed=_number(seed, "--seed", int),
         samples=_number(samples, "--samples", int),
@@ -136,3 +171,72 @@ def generate(
         f"elevation {settings.elevation_deg:g} deg, seed {settings.seed}, {settings.steps} {settings.sampler} steps, "
         f"cfg {settings.cfg:g}, {info['settings']['dtype']} on {info['device']}, {info['seconds']:.1f} s"
     )
+
+
+def _generate_zero123(
+    image,
+    output,
+    elevation,
+    samples,
+    steps,
+    cfg,
+    seed,
+    crop_size,
+    device,
+    dtype,
+    sampler,
+    weights,
+    weights_dir,
+    background,
+) -> None:
+    """``--model zero123``: the same 16 target cameras, each view from Zero123 (independently, or with
+    3DiM stochastic conditioning); same output layout as SyncDreamer's."""
+    import numpy as np
+
+    from cli.common import echo, progress
+    from sd3d.background import check_backend_name
+    from sd3d.device import resolve_device, resolve_dtype
+    from sd3d.errors import UserError
+    from sd3d.pipeline import check_output_folder, write_generated
+    from sd3d.zero123_pipeline import generate_views_zero123, prepare_zero123_input
+    from sd3d.zero123_pipeline import load_model as load_zero123_model
+
+    sampler = sampler.strip().lower()
+    sampler = {"ddim": "independent"}.get(sampler, sampler)
+    if sampler not in ("independent", "stochastic-conditioning"):
+        raise UserError(
+            f"--sampler {sampler!r} is not available for Zero123: use independent or stochastic-conditioning"
+        )
+    elev = _number(elevation, "--elevation")
+    n = _number(samples, "--samples", int)
+    if not 1 <= n <= 64:
+        raise UserError("--samples must be between 1 and 64")
+    n_steps = _number(steps, "--steps", int)
+    scale = 3.0 if cfg.strip() == "auto" else _number(cfg, "--cfg")
+    base_seed = _number(seed, "--seed", int)
+    method = check_backend_name(background)
+    torch_device = resolve_device(device)
+    resolve_dtype(dtype, torch_device)
+    check_output_folder(output)
+    prepared = prepare_zero123_input(image, background=method, weights_dir=weights_dir)
+    model = load_zero123_model(weights, weights_dir, torch_device, dtype)
+    views = [
+        generate_views_zero123(
+            prepared,
+            elev,
+            sampler,
+            n_steps,
+            scale,
+            base_seed + i,
+            torch_device,
+            dtype,
+            progress(),
+            model=model,
+        )
+        for i in range(n)
+    ]
+    rgba = np.concatenate(
+        [np.rint(prepared.image * 255).astype(np.uint8), np.full((256, 256, 1), 255, np.uint8)], axis=-1
+    )
+    write_generated(output, views, rgba)
+    echo(f"wrote {n} x 16 Zero123 views ({sampler}) to {output}")
