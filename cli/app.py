@@ -22,9 +22,11 @@ COMMAND_MODULES = (
     "cli.cameras",
     "cli.generate",
     "cli.novel_view",
+    "cli.reconstruct",
     "cli.render",
     "cli.evaluate",
     "cli.elevation",
+    "cli.run",
 )
 
 app = typer.Typer(

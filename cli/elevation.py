@@ -27,6 +27,8 @@ def elevation(
         "auto", "--background", help="Foreground backend: auto, alpha, rembg, grabcut."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed for generating the views (without --views)."),
+    weights_dir: Path = typer.Option(None, "--weights-dir", help="Weights folder (generator path only)."),
+    device: str = typer.Option("auto", "--device", help="Device for the generator (without --views)."),
 ) -> None:
     from cli.common import echo, progress
     from sd3d.elevation import estimate_elevation, generate_views_for_estimation
@@ -34,7 +36,7 @@ def elevation(
 
     prepared = prepare_input(photo, crop_size=crop_size, background=background)
     if views is None:
-        view_set = generate_views_for_estimation(prepared, seed=seed)
+        view_set = generate_views_for_estimation(prepared, seed=seed, weights_dir=weights_dir, device=device)
     else:
         from sd3d.io import read_views
 

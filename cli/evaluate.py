@@ -1,5 +1,5 @@
 """``sd3d eval``: metrics. ``eval mesh`` (Chamfer, F-score, volume IoU), ``eval nvs`` (PSNR / SSIM /
-LPIPS of views against ground truth)."""
+LPIPS of views against ground truth), ``eval consistency`` (the 3DiM 3D-consistency score)."""
 
 from __future__ import annotations
 
@@ -89,3 +89,43 @@ def nvs(
     console.print(table)
     if result.lpips is None:
         console.print(result.lpips_note)
+
+
+@eval_app.command(
+    "consistency",
+    help="3DiM 3D-consistency score: fit a field on 12 of the 16 views, score the held-out ones.",
+)
+def consistency(
+    views: Path = typer.Argument(..., help="Views folder (000..015.png [+ cameras.json]) or strip image."),
+    held_out: str = typer.Option("3,7,11,15", "--held-out", help="Comma-separated held-out view indices."),
+    quality: str = typer.Option("draft", "--quality", help="Reconstruction preset for the fit."),
+    steps: int = typer.Option(None, "--steps", help="Override the preset's training steps."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the fit."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    from cli.common import echo, progress
+    from recon.consistency import consistency_score
+    from sd3d.errors import UserError
+    from sd3d.io import read_views
+
+    try:
+        idx = tuple(int(x) for x in held_out.split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"--held-out must be comma-separated integers, got {held_out!r}") from None
+    result = consistency_score(
+        read_views(views), idx, quality=quality, steps=steps, seed=seed, device=device, progress=progress()
+    )
+    if as_json:
+        echo(json.dumps({"views": str(views), **result.as_dict()}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"3D consistency of {views} (fit on the other views)")
+    for col in ("held-out view", "PSNR", "SSIM"):
+        table.add_column(col, justify="right")
+    for v, p, s in zip(result.held_out, result.psnr, result.ssim, strict=True):
+        table.add_row(f"{v:03d}", f"{p:.2f}", f"{s:.4f}")
+    table.add_row("mean", f"{result.mean_psnr:.2f}", f"{result.mean_ssim:.4f}")
+    Console().print(table)

@@ -260,13 +260,15 @@ def _parabola_peak(best: float, step: float, scores: dict[float, float]) -> floa
     return best + 0.5 * step * (left - right) / denom
 
 
-def generate_views_for_estimation(prepared_input, seed: int = 0):
-    """HOOK for the pipeline: make the 16 target views to estimate the elevation from.
+def generate_views_for_estimation(prepared_input, seed: int = 0, weights_dir=None, device: str = "auto"):
+    """Make the 16 target views to estimate the elevation from, with the generator.
 
-    ``sd3d elevation`` without ``--views`` calls this; the lead wires it to the generator
-    (``sd3d.pipeline.generate_views`` at the default elevation guess, e.g. 30 deg). Until then it
-    refuses with a one-line error.
+    The views are generated for an input elevation of 30 deg (the middle of the model's training
+    range); the silhouettes of the generated views carry the object's shape, which is what the
+    render-and-compare needs. ``sd3d run`` regenerates at the estimate when it differs.
     """
-    raise UserError(
-        "elevation estimation without --views needs the generator, which is not wired yet: pass --views DIR"
-    )
+    from sd3d.pipeline import generate_views
+
+    return generate_views(
+        prepared_input, weights_dir=weights_dir, elevation_deg=30.0, seed=seed, device=device
+    )[0]

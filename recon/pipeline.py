@@ -1,0 +1,163 @@
+"""The reconstruction API the CLI and benchmarks call.
+
+``reconstruct(views, quality=...) -> ReconResult`` trains the field; ``export_mesh(result, path)``
+turns it into a file (marching cubes, cleanup, optional decimation, UV + baking). Splitting the two
+lets callers export several formats from one training run and time each stage.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recon.export import check_output_path, write_mesh
+from recon.fields import NeuSField
+from recon.masks import view_masks
+from recon.mesh import Mesh, decimate, extract_mesh
+from recon.render import OccupancyGrid
+from recon.texture import bake_texture, unwrap_uv, vertex_colors
+from recon.train import Preset, get_preset, resolve_quality, train
+from sd3d.device import resolve_device
+from sd3d.errors import MissingDependencyError, ViewsFolderError
+from sd3d.io import ViewSet, read_views
+from sd3d.progress import Progress
+
+
+@dataclass(frozen=True)
+class ReconResult:
+    """A trained field, ready to export. ``grid.hull`` carves the mesh; ``timings`` in seconds."""
+
+    field: NeuSField
+    grid: OccupancyGrid
+    preset: Preset
+    device: torch.device
+    seed: int
+    mask_source: str
+    final_loss: float
+    timings: dict[str, float] = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What ``export_mesh`` wrote. ``textured`` is False when it fell back to vertex colours."""
+
+    paths: list[Path]
+    num_vertices: int
+    num_faces: int
+    textured: bool
+    fallback_reason: str
+    timings: dict[str, float]
+    mesh: Mesh
+
+
+def reconstruct(
+    views: ViewSet | str | os.PathLike,
+    quality: str = "auto",
+    steps: int | None = None,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    progress: Progress | None = None,
+) -> ReconResult:
+    """Fit a hash-grid NeuS to 16 views (a :class:`ViewSet`, a views folder or a strip image).
+
+    ``quality``: ``draft``, ``standard``, ``high`` or ``auto`` (standard on CUDA, draft on CPU).
+    """
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    preset = get_preset(resolve_quality(quality, dev), steps)
+    t0 = time.perf_counter()
+    vs = views if isinstance(views, ViewSet) else read_views(views)
+    masks, source = view_masks(vs)
+    t_load = time.perf_counter() - t0
+    out = train(vs, preset, dev, seed=seed, progress=progress, masks=masks)
+    return ReconResult(
+        field=out.field,
+        grid=out.grid,
+        preset=preset,
+        device=dev,
+        seed=seed,
+        mask_source=source,
+        final_loss=out.final_loss,
+        timings={"load": t_load, "train": out.seconds},
+        history=out.history,
+    )
+
+
+def export_mesh(
+    result: ReconResult,
+    out_path: str | os.PathLike,
+    faces: int | None = None,
+    texture_size: int | None = None,
+) -> ExportResult:
+    """Extract, clean, (decimate), UV-unwrap + bake (or vertex-colour) and write ``out_path``.
+
+    ``faces`` (any format) decimates to at most that many faces. Without it, textured formats
+    (.glb, .obj) are decimated to the preset's ``uv_max_faces`` before unwrapping (xatlas time
+    grows quickly with the face count); a failed unwrap falls back to vertex colours with a warning.
+    """
+    path = check_output_path(out_path)
+    dev = result.device
+    preset = result.preset
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    mesh = extract_mesh(result.field, result.grid, preset.mesh_res, dev)
+    if mesh.num_faces == 0:
+        raise ViewsFolderError(
+            "reconstruction produced an empty surface: the views do not show a consistent object"
+        )
+    timings["marching_cubes"] = time.perf_counter() - t
+
+    textured_format = path.suffix.lower() in (".glb", ".obj")
+    target = faces
+    if textured_format and faces is None:
+        target = preset.uv_max_faces
+    t = time.perf_counter()
+    if target is not None:
+        try:
+            mesh = decimate(mesh, target)
+        except MissingDependencyError:
+            if faces is not None:  # asked for explicitly: the user must install it
+                raise
+            warnings.warn("fast-simplification is missing: unwrapping the full mesh (slower)", stacklevel=2)
+    timings["decimate"] = time.perf_counter() - t
+
+    uvs = texture = None
+    reason = ""
+    if textured_format:
+        t = time.perf_counter()
+        size = texture_size or preset.texture_size
+        uv_mesh, reason = unwrap_uv(mesh.vertices, mesh.faces, size)
+        timings["uv"] = time.perf_counter() - t
+        t = time.perf_counter()
+        if uv_mesh is not None:
+            texture = bake_texture(result.field, uv_mesh, size, dev)
+            verts, tris, uvs = uv_mesh.vertices, uv_mesh.faces, uv_mesh.uvs
+            colors = None
+        else:
+            warnings.warn(f"UV unwrapping failed ({reason}); writing vertex colours instead", stacklevel=2)
+            verts, tris = mesh.vertices, mesh.faces
+            colors = vertex_colors(result.field, verts, dev)
+        timings["bake"] = time.perf_counter() - t
+    else:
+        t = time.perf_counter()
+        verts, tris = mesh.vertices, mesh.faces
+        colors = vertex_colors(result.field, verts, dev)
+        timings["bake"] = time.perf_counter() - t
+    t = time.perf_counter()
+    paths = write_mesh(path, verts, tris, uvs=uvs, texture=texture, colors=colors)
+    timings["write"] = time.perf_counter() - t
+    return ExportResult(
+        paths=paths,
+        num_vertices=int(np.asarray(verts).shape[0]),
+        num_faces=int(np.asarray(tris).shape[0]),
+        textured=texture is not None,
+        fallback_reason=reason,
+        timings=timings,
+        mesh=mesh,
+    )

@@ -1,0 +1,361 @@
+"""Rays, occupancy grid, sampling and NeuS volume rendering (pure PyTorch, CPU and CUDA).
+
+* Rays go through pixel **centres** ``(i + 0.5, j + 0.5)`` with the ViewSet's own ``K`` and pose.
+* Empty-space skipping: an :class:`OccupancyGrid` over [-bound, bound]^3 starts as the masks' visual
+  hull and is later narrowed to a band around the zero level set whose width follows NeuS' current
+  sharpness (``5/s`` plus a voxel: beyond that a sample's opacity is < e^-5). Only samples in
+  occupied voxels reach the networks; everything else has alpha 0.
+* Samples are a fixed-step march (``dt``) through the occupied region's bounding box, jittered per
+  ray in training. The per-sample work is packed (only occupied samples), the compositing is done
+  on a dense (rays, steps) array, which keeps shapes simple and memory bounded.
+* NeuS alpha from the SDF and its directional derivative at the section mid-point, in log-space
+  (``1 - sigmoid(s*next)/sigmoid(s*prev)``) so large ``s`` never divides by ~0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sd3d.cameras import Camera
+
+
+# --------------------------------------------------------------------------------------------------
+# rays
+# --------------------------------------------------------------------------------------------------
+def camera_rays(camera: Camera, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """World-space ray origins and unit directions, (H/stride, W/stride, 3) float32 each.
+
+    With ``stride`` s the ray of output pixel (i, j) goes through the centre of the s x s block it
+    averages: ``((i + 0.5) s, (j + 0.5) s)`` in the full-resolution pixel frame.
+    """
+    w, h = camera.width // stride, camera.height // stride
+    cols = (np.arange(w, dtype=np.float64) + 0.5) * stride
+    rows = (np.arange(h, dtype=np.float64) + 0.5) * stride
+    uu, vv = np.meshgrid(cols, rows)  # (h, w)
+    pix = np.stack([uu, vv, np.ones_like(uu)], axis=-1)
+    d_cam = pix @ np.linalg.inv(camera.K).T
+    d_world = d_cam @ camera.R  # R^T d for each row vector
+    d_world /= np.linalg.norm(d_world, axis=-1, keepdims=True)
+    origins = np.broadcast_to(camera.center, d_world.shape)
+    return origins.astype(np.float32), d_world.astype(np.float32)
+
+
+def ray_box(origins: torch.Tensor, dirs: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
+    """Slab test: entry/exit distances (R,), entry clamped at 0; a miss has ``far <= near``."""
+    inv = 1.0 / torch.where(dirs.abs() < 1e-9, torch.full_like(dirs, 1e-9), dirs)
+    t_lo, t_hi = (lo - origins) * inv, (hi - origins) * inv
+    near = torch.minimum(t_lo, t_hi).amax(-1).clamp_min(0.0)
+    far = torch.maximum(t_lo, t_hi).amin(-1)
+    return near, far
+
+
+# --------------------------------------------------------------------------------------------------
+# occupancy grid
+# --------------------------------------------------------------------------------------------------
+class OccupancyGrid:
+    """Boolean voxels over [-bound, bound]^3, indexed [x, y, z]: the visual hull and the current band."""
+
+    def __init__(self, hull: torch.Tensor, bound: float) -> None:
+        self.hull = hull
+        self.occupied = hull.clone()
+        self.bound = bound
+        self.res = hull.shape[0]
+
+    @property
+    def voxel_size(self) -> float:
+        return 2 * self.bound / self.res
+
+    def centres(self, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """World coordinates of voxel centres (all, or where ``mask``)."""
+        idx = mask.nonzero() if mask is not None else torch.ones_like(self.hull).nonzero()
+        return (idx.float() + 0.5) * self.voxel_size - self.bound
+
+    def _flat_index(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.floor((points + self.bound) / self.voxel_size).long()
+        inside = ((g >= 0) & (g < self.res)).all(-1)
+        g = g.clamp(0, self.res - 1)
+        return (g[..., 0] * self.res + g[..., 1]) * self.res + g[..., 2], inside
+
+    def lookup(self, points: torch.Tensor, which: str = "occupied") -> torch.Tensor:
+        grid = self.occupied if which == "occupied" else self.hull
+        flat, inside = self._flat_index(points)
+        return grid.reshape(-1)[flat] & inside
+
+    def free_space_sign(self) -> torch.Tensor:
+        """(R, R, R) float: 0 in the band, +1 for free voxels connected to the grid's border (outside),
+        -1 for free voxels enclosed by the band (inside).
+
+        What rendering saw is the band; away from it the network is unconstrained (occluded or deep
+        regions), so the mesh takes its inside/outside from this flood fill instead of the SDF there.
+        """
+        from scipy.ndimage import label
+
+        free = ~self.occupied.cpu().numpy()
+        labels, _ = label(free)  # 6-connectivity
+        border = np.unique(
+            np.concatenate(
+                [labels[[0, -1]].ravel(), labels[:, [0, -1]].ravel(), labels[:, :, [0, -1]].ravel()]
+            )
+        )
+        outside = np.isin(labels, border[border > 0])
+        sign = np.where(free, np.where(outside, 1.0, -1.0), 0.0).astype(np.float32)
+        return torch.from_numpy(sign).to(self.hull.device)
+
+    def lookup_values(self, volume: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """Nearest-voxel values of a (R, R, R) grid at world points (outside the cube: the border voxel)."""
+        flat, _ = self._flat_index(points)
+        return volume.reshape(-1)[flat]
+
+    def bbox(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Axis-aligned bounds of the occupied voxels (the whole cube if none)."""
+        idx = self.occupied.nonzero()
+        if idx.shape[0] == 0:
+            full = torch.full((3,), self.bound, device=self.hull.device)
+            return -full, full
+        vs = self.voxel_size
+        return idx.amin(0).float() * vs - self.bound, (idx.amax(0).float() + 1) * vs - self.bound
+
+    @torch.no_grad()
+    def update_band(self, sdf_fn, inv_s: float, outside_margin: float, chunk: int = 262144) -> float:
+        """Keep the hull voxels near the current zero level set (where NeuS still has density).
+
+        The band is found topologically, which stays right even when the SDF is badly scaled: voxels
+        next to a sign change of the SDF (at voxel centres) are the surface; the band is the surface
+        dilated by ``5/s`` inside (deeper, transmittance is below e^-5) and ``5/s + outside_margin``
+        outside (the margin keeps parts that have not formed yet reachable by rays), plus one voxel.
+        With no sign change at all the grid falls back to the whole hull instead of going empty.
+        Returns the occupied fraction of the hull.
+        """
+        pts = self.centres(self.hull)
+        sdf = torch.cat([sdf_fn(pts[i : i + chunk]) for i in range(0, pts.shape[0], chunk)])
+        inside = torch.zeros_like(self.hull)
+        inside[self.hull] = sdf < 0
+        outside = ~inside
+        surface = (_dilate(inside, 1) & outside) | (_dilate(outside, 1) & inside)
+        if not bool(surface.any()):
+            self.occupied = self.hull.clone()
+            return 1.0
+        vs = self.voxel_size
+        r_in = 1 + math.ceil(5.0 / max(inv_s, 1e-3) / vs)
+        r_out = 1 + math.ceil((5.0 / max(inv_s, 1e-3) + outside_margin) / vs)
+        limit = self.res // 2
+        band = (_dilate(surface, min(r_in, limit)) & inside) | (_dilate(surface, min(r_out, limit)) & outside)
+        self.occupied = band & self.hull
+        return float(self.occupied.sum().item()) / max(1, int(self.hull.sum().item()))
+
+
+def _dilate(mask: torch.Tensor, r: int) -> torch.Tensor:
+    """Cube dilation of a (R, R, R) bool grid by ``r`` voxels (three separable 1-D max-pools)."""
+    if r <= 0:
+        return mask
+    x = mask[None, None].float()
+    k = 2 * r + 1
+    x = F.max_pool3d(x, (k, 1, 1), stride=1, padding=(r, 0, 0))
+    x = F.max_pool3d(x, (1, k, 1), stride=1, padding=(0, r, 0))
+    x = F.max_pool3d(x, (1, 1, k), stride=1, padding=(0, 0, r))
+    return x[0, 0] > 0
+
+
+def visual_hull(
+    masks: np.ndarray,
+    cameras: list[Camera],
+    res: int,
+    bound: float,
+    device: torch.device,
+    dilate_px: int = 3,
+    allowed_misses: int = 1,
+    dilate_voxels: int = 1,
+) -> torch.Tensor:
+    """(res, res, res) bool: voxels whose centre projects into the (dilated) mask of all views but
+    ``allowed_misses``; then dilated by ``dilate_voxels``. Points projecting outside an image count as misses."""
+    lin = (torch.arange(res, device=device, dtype=torch.float32) + 0.5) * (2 * bound / res) - bound
+    gy, gz = torch.meshgrid(lin, lin, indexing="ij")
+    binaries = []
+    for m in masks:
+        binary = torch.from_numpy(np.ascontiguousarray(m > 0.5)).to(device)
+        if dilate_px > 0:
+            k = 2 * dilate_px + 1
+            binary = F.max_pool2d(binary[None, None].float(), k, stride=1, padding=dilate_px)[0, 0] > 0
+        binaries.append(binary)
+    Ks = [torch.as_tensor(c.K, dtype=torch.float32, device=device) for c in cameras]
+    Rts = [torch.as_tensor(c.w2c, dtype=torch.float32, device=device) for c in cameras]
+    misses = torch.zeros(res, res, res, dtype=torch.int32, device=device)
+    slabs = max(1, (1 << 21) // (res * res))  # ~2M points at a time
+    for i0 in range(0, res, slabs):
+        xs = lin[i0 : i0 + slabs]
+        n = xs.shape[0]
+        pts = torch.stack(
+            [xs[:, None, None].expand(-1, res, res), gy.expand(n, -1, -1), gz.expand(n, -1, -1)], dim=-1
+        ).reshape(-1, 3)
+        for binary, K, Rt in zip(binaries, Ks, Rts, strict=True):
+            cam_pts = pts @ Rt[:, :3].T + Rt[:, 3]
+            uvw = cam_pts @ K.T
+            z = cam_pts[:, 2]
+            col = torch.floor(uvw[:, 0] / z).long()
+            row = torch.floor(uvw[:, 1] / z).long()
+            ok = (z > 0) & (col >= 0) & (col < binary.shape[1]) & (row >= 0) & (row < binary.shape[0])
+            inside = binary[row.clamp(0, binary.shape[0] - 1), col.clamp(0, binary.shape[1] - 1)] & ok
+            misses[i0 : i0 + n] += (~inside).view(n, res, res).int()
+    hull = misses <= allowed_misses
+    if dilate_voxels <= 0:
+        return hull
+    k = 2 * dilate_voxels + 1
+    return F.max_pool3d(hull[None, None].float(), k, stride=1, padding=dilate_voxels)[0, 0].bool()
+
+
+def hull_sdf(hull: torch.Tensor, bound: float) -> torch.Tensor:
+    """Approximate signed distance (negative inside) of a voxelised hull, on its voxel centres."""
+    from scipy.ndimage import distance_transform_edt
+
+    inside = hull.cpu().numpy()
+    voxel = 2 * bound / hull.shape[0]
+    outside_d = distance_transform_edt(~inside) - 0.5  # voxel centres to the nearest inside centre
+    inside_d = distance_transform_edt(inside) - 0.5
+    sdf = np.where(inside, -inside_d, outside_d) * voxel
+    return torch.from_numpy(sdf.astype(np.float32)).to(hull.device)
+
+
+def sample_volume(volume: torch.Tensor, points: torch.Tensor, bound: float) -> torch.Tensor:
+    """Trilinear lookup of a (R, R, R) voxel-centred grid indexed [x, y, z] at world points (N, 3)."""
+    # grid_sample wants (x, y, z) -> (W, H, D) = dims (2, 1, 0) of the volume
+    g = (points / bound).flip(-1)[None, :, None, None, :]  # align_corners=False: cube faces at +-1
+    vol = volume[None, None]
+    return F.grid_sample(vol, g, mode="bilinear", padding_mode="border", align_corners=False).view(-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# sampling and rendering
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class RayBatchSamples:
+    """Occupied samples of a ray batch: dense distances (R, K) and packed (ray, step) indices."""
+
+    t: torch.Tensor
+    ray_idx: torch.Tensor
+    step_idx: torch.Tensor
+    num_rays: int
+
+
+def sample_rays(
+    origins: torch.Tensor,
+    dirs: torch.Tensor,
+    grid: OccupancyGrid,
+    dt: float,
+    generator: torch.Generator | None = None,
+    max_samples: int | None = None,
+    max_steps: int = 2048,
+    max_per_ray: int | None = None,
+) -> RayBatchSamples:
+    """March every ray through the occupied bbox with step ``dt``; keep samples in occupied voxels.
+
+    With ``generator`` the march is jittered per ray (training). ``max_per_ray`` keeps only each
+    ray's first occupied samples: once the band is narrow these cover the first surface crossing,
+    and what lies behind it is hidden anyway. With ``max_samples`` only the leading rays whose
+    samples fit the budget are kept (rays are already random, so this is an unbiased smaller
+    batch: Instant-NGP's dynamic batch size).
+    """
+    lo, hi = grid.bbox()
+    near, far = ray_box(origins, dirs, lo, hi)
+    span = (far - near).clamp_min(0.0)
+    k = int(min(max_steps, max(1, math.ceil(float(span.max().item()) / dt))))
+    if generator is not None:
+        jitter = torch.rand(origins.shape[0], generator=generator, device=generator.device).to(origins.device)
+    else:
+        jitter = torch.full((origins.shape[0],), 0.5, device=origins.device)
+    steps = torch.arange(k, device=origins.device, dtype=origins.dtype)
+    t = near[:, None] + (steps[None, :] + jitter[:, None]) * dt
+    valid = t < far[:, None]
+    pts = origins[:, None, :] + t[..., None] * dirs[:, None, :]
+    occ = valid & grid.lookup(pts)
+    if max_per_ray is not None:
+        occ = occ & (occ.cumsum(1, dtype=torch.int32) <= max_per_ray)
+    num_rays = origins.shape[0]
+    if max_samples is not None:
+        counts = occ.sum(1).cumsum(0)
+        fits = int((counts <= max_samples).sum().item())
+        num_rays = max(1, fits)
+        occ = occ[:num_rays]
+        t = t[:num_rays]
+    ray_idx, step_idx = occ.nonzero(as_tuple=True)
+    return RayBatchSamples(t=t, ray_idx=ray_idx, step_idx=step_idx, num_rays=num_rays)
+
+
+def neus_alpha(
+    sdf: torch.Tensor,
+    grad: torch.Tensor,
+    dirs: torch.Tensor,
+    dt: float,
+    inv_s: torch.Tensor,
+    cos_anneal: float,
+) -> torch.Tensor:
+    """Per-sample NeuS opacity of a section of length ``dt`` centred on the sample.
+
+    The SDF at the section ends is extrapolated with the directional derivative; ``cos_anneal``
+    (0 -> 1 early in training) blends NeuS' "half cosine" into the true one.
+    """
+    true_cos = (dirs * grad).sum(-1)
+    iter_cos = -(F.relu(-true_cos * 0.5 + 0.5) * (1.0 - cos_anneal) + F.relu(-true_cos) * cos_anneal)
+    half = iter_cos * (dt * 0.5)
+    prev, nxt = (sdf - half) * inv_s, (sdf + half) * inv_s
+    return (1.0 - torch.exp(F.logsigmoid(nxt) - F.logsigmoid(prev))).clamp(0.0, 1.0)
+
+
+@dataclass
+class RenderOutput:
+    rgb: torch.Tensor  # (R', 3)
+    opacity: torch.Tensor  # (R',)
+    depth: torch.Tensor  # (R',) expected distance (only meaningful where opacity ~ 1)
+    grad: torch.Tensor  # (P, 3) SDF gradients at the samples (eikonal loss)
+    entry_sdf: torch.Tensor  # (R'',) SDF at each ray's first sample (the free space before it is outside)
+    num_rays: int  # R' <= R: rays kept under the sample budget
+    num_samples: int
+
+
+def render_rays(
+    field,
+    grid: OccupancyGrid,
+    origins: torch.Tensor,
+    dirs: torch.Tensor,
+    dt: float,
+    cos_anneal: float = 1.0,
+    generator: torch.Generator | None = None,
+    max_samples: int | None = None,
+    background: float = 1.0,
+    inv_s: torch.Tensor | None = None,
+    max_per_ray: int | None = None,
+) -> RenderOutput:
+    """NeuS volume rendering of a batch of rays over a white (``background``) backdrop."""
+    s = sample_rays(
+        origins, dirs, grid, dt, generator=generator, max_samples=max_samples, max_per_ray=max_per_ray
+    )
+    r, k = s.t.shape
+    o, d = origins[s.ray_idx], dirs[s.ray_idx]
+    t_packed = s.t[s.ray_idx, s.step_idx]
+    pts = o + t_packed[:, None] * d
+    inv_s = field.inv_s() if inv_s is None else inv_s
+    if pts.shape[0] > 0:
+        sdf, feat, grad = field.sdf_net(pts, with_grad=True)
+        alpha = neus_alpha(sdf, grad, d, dt, inv_s, cos_anneal)
+        color = field.color_net(feat, F.normalize(grad, dim=-1), d)
+    else:
+        grad, sdf = pts.new_zeros(0, 3), pts.new_zeros(0)
+        alpha, color = pts.new_zeros(0), pts.new_zeros(0, 3)
+    dense = torch.zeros(r, k, device=pts.device, dtype=pts.dtype)
+    dense = dense.index_put((s.ray_idx, s.step_idx), alpha)
+    trans = torch.cumprod(
+        torch.cat([torch.ones_like(dense[:, :1]), 1.0 - dense[:, :-1] + 1e-7], dim=1), dim=1
+    )
+    w = (dense * trans)[s.ray_idx, s.step_idx]
+    rgb = torch.zeros(r, 3, device=pts.device, dtype=pts.dtype).index_add(0, s.ray_idx, w[:, None] * color)
+    opacity = torch.zeros(r, device=pts.device, dtype=pts.dtype).index_add(0, s.ray_idx, w)
+    depth = torch.zeros(r, device=pts.device, dtype=pts.dtype).index_add(0, s.ray_idx, w * t_packed)
+    rgb = rgb + (1.0 - opacity)[:, None] * background
+    # packed samples are ordered by ray, then step: a ray's first sample is where the ray index changes
+    first = torch.ones_like(s.ray_idx, dtype=torch.bool)
+    first[1:] = s.ray_idx[1:] != s.ray_idx[:-1]
+    return RenderOutput(rgb, opacity, depth, grad, sdf[first], s.num_rays, int(pts.shape[0]))

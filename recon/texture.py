@@ -1,0 +1,204 @@
+"""UV unwrapping (xatlas, in a subprocess) and texture baking from the colour network.
+
+xatlas can crash the interpreter on some meshes (it is a C++ extension), so it runs in a child
+process (``python -m recon.texture IN.npz OUT.npz``); a crash, a timeout or a missing module
+returns ``None`` with the reason, and the caller falls back to vertex colours.
+
+Baking: every texel centre inside a UV triangle is mapped back to the 3D surface (barycentric
+interpolation) and coloured by the colour network there, seen head-on (view direction = -normal).
+Empty texels next to charts are then filled from their neighbours (seam dilation) so bilinear
+filtering and mip-maps never pull in the background.
+
+UVs follow the OBJ/trimesh convention: (0, 0) is the bottom-left of the image, v points up.
+This module imports only numpy at the top so the child process starts fast.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+UV_TIMEOUT_S = 300
+
+
+@dataclass(frozen=True)
+class UVMesh:
+    """A mesh split along UV seams: ``vmap[i]`` is the source vertex of new vertex ``i``."""
+
+    vertices: np.ndarray  # (V', 3) float64
+    faces: np.ndarray  # (F, 3) int64
+    uvs: np.ndarray  # (V', 2) float32 in [0, 1]
+    vmap: np.ndarray  # (V',) int64
+
+
+def _xatlas_worker(in_path: str, out_path: str) -> None:
+    import xatlas
+
+    data = np.load(in_path)
+    atlas = xatlas.Atlas()
+    atlas.add_mesh(data["vertices"].astype(np.float32), data["faces"].astype(np.uint32))
+    chart = xatlas.ChartOptions()
+    chart.max_iterations = int(data["max_iterations"])
+    pack = xatlas.PackOptions()
+    pack.resolution = int(data["resolution"])
+    pack.padding = int(data["padding"])
+    pack.bilinear = True
+    atlas.generate(chart, pack)
+    vmap, indices, uvs = atlas[0]
+    np.savez(out_path, vmap=vmap.astype(np.int64), faces=indices.astype(np.int64), uvs=uvs.astype(np.float32))
+
+
+def unwrap_uv(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    resolution: int,
+    padding: int = 2,
+    timeout_s: float = UV_TIMEOUT_S,
+) -> tuple[UVMesh | None, str]:
+    """UV-unwrap in a child process. Returns ``(UVMesh, "")`` or ``(None, reason)``."""
+    with tempfile.TemporaryDirectory(prefix="sd3d-uv-") as tmp:
+        src, dst = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")
+        np.savez(
+            src,
+            vertices=vertices,
+            faces=faces,
+            resolution=resolution,
+            padding=padding,
+            max_iterations=1,
+        )
+        root = str(Path(__file__).resolve().parents[1])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "recon.texture", src, dst],
+                capture_output=True,
+                timeout=timeout_s,
+                env=env,
+                cwd=root,
+            )
+        except subprocess.TimeoutExpired:
+            return None, f"xatlas did not finish within {timeout_s:.0f} s"
+        if proc.returncode != 0 or not os.path.exists(dst):
+            tail = proc.stderr.decode(errors="replace").strip().splitlines()
+            why = tail[-1] if tail else f"exit code {proc.returncode}"
+            if proc.returncode < 0:
+                why = f"xatlas crashed (signal {-proc.returncode})"
+            return None, why
+        out = np.load(dst)
+        vmap = out["vmap"]
+        return UVMesh(vertices[vmap], out["faces"], out["uvs"], vmap), ""
+
+
+def rasterize_uv(uvs: np.ndarray, faces: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which triangle covers each texel centre, and where.
+
+    Returns ``(rows, cols, face, bary)`` flattened over covered texels: ``rows``/``cols`` (K,) texel
+    coordinates (row 0 = top = v 1), ``face`` (K,) and barycentrics (K, 3). Triangles are processed
+    in buckets of similar bounding-box size so the work stays vectorised.
+    """
+    tri = uvs[faces].astype(np.float64) * size  # (F, 3, 2) in pixel units, x = u*size, y = v*size
+    tri[..., 1] = size - tri[..., 1]  # image rows grow downwards
+    lo = np.floor(tri.min(1) - 0.5).astype(np.int64)
+    hi = np.ceil(tri.max(1) - 0.5).astype(np.int64)
+    extent = np.maximum(hi - lo + 1, 1)
+    side = extent.max(1)
+    out_r, out_c, out_f, out_b = [], [], [], []
+    bucket = np.ceil(np.log2(side)).astype(np.int64)
+    for b in np.unique(bucket):
+        sel = np.nonzero(bucket == b)[0]
+        m = int(2**b)
+        for chunk in np.array_split(sel, max(1, (sel.shape[0] * m * m) // 4_000_000 + 1)):
+            if chunk.shape[0] == 0:
+                continue
+            oy, ox = np.meshgrid(np.arange(m), np.arange(m), indexing="ij")
+            cols = lo[chunk, 0, None] + ox.reshape(1, -1)  # (T, m*m)
+            rows = lo[chunk, 1, None] + oy.reshape(1, -1)
+            px, py = cols + 0.5, rows + 0.5
+            a, b_, c = tri[chunk, 0], tri[chunk, 1], tri[chunk, 2]
+            den = (b_[:, 1] - c[:, 1]) * (a[:, 0] - c[:, 0]) + (c[:, 0] - b_[:, 0]) * (a[:, 1] - c[:, 1])
+            den = np.where(np.abs(den) < 1e-12, 1e-12, den)[:, None]
+            l0 = (
+                (b_[:, 1, None] - c[:, 1, None]) * (px - c[:, 0, None])
+                + (c[:, 0, None] - b_[:, 0, None]) * (py - c[:, 1, None])
+            ) / den
+            l1 = (
+                (c[:, 1, None] - a[:, 1, None]) * (px - c[:, 0, None])
+                + (a[:, 0, None] - c[:, 0, None]) * (py - c[:, 1, None])
+            ) / den
+            l2 = 1.0 - l0 - l1
+            eps = -1e-6
+            inside = (
+                (l0 >= eps)
+                & (l1 >= eps)
+                & (l2 >= eps)
+                & (cols >= 0)
+                & (cols < size)
+                & (rows >= 0)
+                & (rows < size)
+            )
+            t_idx, k_idx = np.nonzero(inside)
+            out_r.append(rows[t_idx, k_idx])
+            out_c.append(cols[t_idx, k_idx])
+            out_f.append(chunk[t_idx])
+            out_b.append(np.stack([l0[t_idx, k_idx], l1[t_idx, k_idx], l2[t_idx, k_idx]], axis=-1))
+    if not out_r:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty, np.zeros((0, 3))
+    return np.concatenate(out_r), np.concatenate(out_c), np.concatenate(out_f), np.concatenate(out_b)
+
+
+def dilate_texture(image: np.ndarray, filled: np.ndarray, iterations: int = 16) -> np.ndarray:
+    """Grow chart colours into empty texels (average of filled 8-neighbours), the rest gets the mean."""
+    from scipy.ndimage import uniform_filter
+
+    img = image.astype(np.float32).copy()
+    mask = filled.astype(np.float32)
+    for _ in range(iterations):
+        empty = mask < 0.5
+        if not empty.any():
+            break
+        num = uniform_filter(img * mask[..., None], size=(3, 3, 1), mode="constant")
+        den = uniform_filter(mask, size=3, mode="constant")
+        grow = empty & (den > 1e-6)
+        img[grow] = num[grow] / den[grow][:, None]
+        mask[grow] = 1.0
+    if (mask < 0.5).any() and (mask > 0.5).any():
+        img[mask < 0.5] = img[mask > 0.5].mean(0)
+    return img
+
+
+def bake_texture(field, uv_mesh: UVMesh, size: int, device) -> np.ndarray:
+    """(size, size, 3) uint8 texture from the colour network at the surface points of each texel."""
+    import torch
+
+    rows, cols, face, bary = rasterize_uv(uv_mesh.uvs, uv_mesh.faces, size)
+    image = np.ones((size, size, 3), np.float32)
+    filled = np.zeros((size, size), bool)
+    if rows.shape[0]:
+        corners = uv_mesh.vertices[uv_mesh.faces[face]]  # (K, 3, 3)
+        points = np.einsum("kc,kcd->kd", bary, corners)
+        colors, _ = field.surface_color(torch.from_numpy(points.astype(np.float32)).to(device))
+        image[rows, cols] = colors.cpu().numpy()
+        filled[rows, cols] = True
+    image = dilate_texture(image, filled)
+    return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+
+
+def vertex_colors(field, vertices: np.ndarray, device) -> np.ndarray:
+    """(V, 4) uint8 RGBA colours at the vertices (the no-UV fallback and the .ply output)."""
+    import torch
+
+    colors, _ = field.surface_color(torch.from_numpy(vertices.astype(np.float32)).to(device))
+    rgb = np.clip(np.rint(colors.cpu().numpy() * 255.0), 0, 255).astype(np.uint8)
+    return np.concatenate([rgb, np.full((rgb.shape[0], 1), 255, np.uint8)], axis=1)
+
+
+if __name__ == "__main__":  # the xatlas child process
+    _xatlas_worker(sys.argv[1], sys.argv[2])

@@ -1,0 +1,136 @@
+"""Rays, visual hull, occupancy band and NeuS compositing, checked on an analytic sphere."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from recon.render import OccupancyGrid, camera_rays, neus_alpha, render_rays, sample_rays, visual_hull
+from sd3d.cameras import orbit_camera, target_cameras
+
+CPU = torch.device("cpu")
+RADIUS = 0.3
+
+
+class _SphereSDF:
+    """A stand-in for the SDF network: exact sphere distance, unit gradient, constant feature."""
+
+    def __call__(self, x, with_grad=True):
+        n = x.norm(dim=-1, keepdim=True)
+        return n[:, 0] - RADIUS, torch.zeros(x.shape[0], 4), x / n.clamp_min(1e-9)
+
+    def sdf(self, x):
+        return x.norm(dim=-1) - RADIUS
+
+
+class _SphereField:
+    sdf_net = _SphereSDF()
+
+    def color_net(self, feat, normal, d):
+        return torch.full((feat.shape[0], 3), 0.25)
+
+    def inv_s(self):
+        return torch.tensor(2000.0)
+
+
+def _sphere_masks(cameras, size):
+    """Exact silhouettes: a pixel is covered when its centre ray hits the sphere."""
+    masks = []
+    for cam in cameras:
+        o, d = camera_rays(cam)
+        b = (o * d).sum(-1)
+        c = (o * o).sum(-1) - RADIUS**2
+        masks.append((b * b - c > 0).astype(np.float32))
+    return np.stack(masks)
+
+
+def test_rays_go_through_pixel_centres():
+    cam = orbit_camera(30.0, 45.0, 1.5, size=64)
+    origins, dirs = camera_rays(cam)
+    assert np.allclose(origins, cam.center)
+    assert np.allclose(np.linalg.norm(dirs, axis=-1), 1.0, atol=1e-6)
+    for row, col in [(0, 0), (10, 50), (63, 63)]:
+        uv, z = cam.project((origins[row, col] + 0.7 * dirs[row, col])[None].astype(np.float64))
+        assert np.allclose(uv[0], [col + 0.5, row + 0.5], atol=1e-4) and z[0] > 0
+    # stride 2: the ray of a 2x2 block goes through the block's centre
+    _, d2 = camera_rays(cam, stride=2)
+    uv, _ = cam.project((origins[0, 0] + d2[3, 5]).astype(np.float64)[None])
+    assert np.allclose(uv[0], [11.0, 7.0], atol=1e-4)
+
+
+def test_visual_hull_contains_sphere_and_is_tight():
+    cams = target_cameras(size=64)
+    masks = _sphere_masks(cams, 64)
+    hull = visual_hull(masks, cams, 48, 0.6, CPU, dilate_px=0, allowed_misses=0, dilate_voxels=0)
+    grid = OccupancyGrid(hull, 0.6)
+    centres = grid.centres()
+    r = centres.norm(dim=-1).view(48, 48, 48)
+    voxel = 1.2 / 48
+    assert bool(hull[r < RADIUS - 2 * voxel].all())  # nothing of the sphere is carved
+    assert not bool(hull[r > 0.5].any())  # the hull of 16 views is close to the sphere
+    assert grid.lookup(torch.tensor([[0.0, 0.0, 0.0], [0.59, 0.59, 0.59], [2.0, 0.0, 0.0]])).tolist() == [
+        True,
+        False,
+        False,
+    ]
+
+
+def test_neus_alpha_saturates_across_surface_and_vanishes_leaving_it():
+    dirs = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    grad = torch.tensor([[-1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])  # entering / leaving the solid
+    a = neus_alpha(torch.zeros(2), grad, dirs, 0.01, torch.tensor(2000.0), 1.0)
+    assert a[0] > 0.99 and a[1] == 0.0
+
+
+def test_render_sphere_opacity_depth_and_background():
+    cam = orbit_camera(30.0, 0.0, 1.5, size=32)
+    origins, dirs = camera_rays(cam)
+    o, d = torch.from_numpy(origins.reshape(-1, 3)), torch.from_numpy(dirs.reshape(-1, 3))
+    mask = _sphere_masks([cam], 32)[0].reshape(-1)
+    hull = visual_hull(_sphere_masks(target_cameras(32), 32), target_cameras(32), 48, 0.6, CPU)
+    grid = OccupancyGrid(hull, 0.6)
+    out = render_rays(_SphereField(), grid, o, d, dt=0.004)
+    assert out.num_rays == o.shape[0]
+    hit = mask > 0.5
+    # pixels whose centre ray hits the sphere well inside the silhouette are opaque, with the
+    # sphere's colour; misses render the white background
+    b = (o * d).sum(-1)
+    disc = (b * b - ((o * o).sum(-1) - RADIUS**2)).numpy()
+    core = disc > 0.01
+    assert torch.all(out.opacity[core] > 0.98)
+    torch.testing.assert_close(out.rgb[core], torch.full_like(out.rgb[core], 0.25), atol=0.02, rtol=0)
+    assert torch.all(out.opacity[~hit] < 0.02) and torch.all(out.rgb[~hit] > 0.98)
+    depth = (-b - torch.from_numpy(np.sqrt(np.maximum(disc, 0))))[core]
+    torch.testing.assert_close(out.depth[core] / out.opacity[core], depth, atol=0.005, rtol=0)
+
+
+def test_band_narrows_around_surface_and_falls_back_without_one():
+    cams = target_cameras(size=64)
+    hull = visual_hull(_sphere_masks(cams, 64), cams, 64, 0.6, CPU)
+    grid = OccupancyGrid(hull, 0.6)
+    kept = grid.update_band(_SphereSDF().sdf, inv_s=1000.0, outside_margin=0.0)
+    assert 0.0 < kept < 0.8
+    r = grid.centres(grid.occupied).norm(dim=-1)
+    assert float((r - RADIUS).abs().max()) < 6 * grid.voxel_size  # surface voxel + 2-voxel cube dilation
+    assert not bool(grid.lookup(torch.zeros(1, 3)))  # the deep interior is skipped
+    # an SDF with no zero crossing (e.g. a diverged field) must not empty the grid: all positive
+    # falls back to the hull, all negative keeps a shell at the hull's boundary
+    kept = grid.update_band(lambda x: torch.full_like(x[:, 0], 1.0), inv_s=1000.0, outside_margin=0.0)
+    assert kept == 1.0 and torch.equal(grid.occupied, grid.hull)
+    kept = grid.update_band(lambda x: torch.full_like(x[:, 0], -1.0), inv_s=1000.0, outside_margin=0.0)
+    assert 0.2 < kept < 1.0 and not bool(grid.lookup(torch.zeros(1, 3)))
+    # the flood fill of the free space: inside the band's shell is "inside", beyond it "outside"
+    grid.update_band(_SphereSDF().sdf, inv_s=1000.0, outside_margin=0.0)
+    sign = grid.free_space_sign()
+    assert grid.lookup_values(sign, torch.tensor([[0.0, 0.0, 0.0], [0.55, 0.0, 0.0]])).tolist() == [-1.0, 1.0]
+
+
+def test_max_per_ray_and_sample_budget():
+    cam = orbit_camera(30.0, 0.0, 1.5, size=16)
+    origins, dirs = camera_rays(cam)
+    o, d = torch.from_numpy(origins.reshape(-1, 3)), torch.from_numpy(dirs.reshape(-1, 3))
+    grid = OccupancyGrid(torch.ones(16, 16, 16, dtype=torch.bool), 0.6)
+    s = sample_rays(o, d, grid, 0.01, max_per_ray=7)
+    assert int(torch.bincount(s.ray_idx).max()) == 7
+    s = sample_rays(o, d, grid, 0.01, max_samples=500)
+    assert s.ray_idx.shape[0] <= 500 and s.num_rays < o.shape[0]

@@ -1,0 +1,222 @@
+"""``sd3d run`` / ``sd3d batch`` / ``make batch`` end to end on CPU with a tiny synthetic checkpoint.
+
+The tiny model's views are not an object (synthetic weights), so these tests check the plumbing and
+every output's content (mesh loads, video has frames, report filled), not the quality.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from support import object_decoder
+
+from sd3d.models.configs import tiny_config
+from sd3d.models.synthetic import make_synthetic_checkpoint
+
+FAST = ("--steps", "2", "--quality", "draft", "--recon-steps", "30", "--preview-frames", "6")
+
+
+@pytest.fixture(autouse=True)
+def _object_views():
+    """Decoded views show an object on white (see tests/support/object_decoder.py)."""
+    object_decoder.install()
+    yield
+    object_decoder.uninstall()
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    return make_synthetic_checkpoint(tmp_path_factory.mktemp("weights") / "tiny.ckpt", tiny_config())
+
+
+def _photo(path: Path, shift: int = 0) -> Path:
+    yy, xx = np.mgrid[:200, :220]
+    rgba = np.zeros((200, 220, 4), np.uint8)
+    body = (yy - 110) ** 2 / 70**2 + (xx - 110 - shift) ** 2 / 60**2 < 1
+    rgba[body] = (200, 90, 40, 255)
+    rgba[40:80, 90 + shift : 130 + shift] = (30, 80, 200, 255)
+    Image.fromarray(rgba, "RGBA").save(path)
+    return path
+
+
+def test_run_writes_every_output(run_cli, tiny_ckpt, tmp_path):
+    import imageio_ffmpeg
+    import trimesh
+
+    photo = _photo(tmp_path / "photo.png")
+    out = tmp_path / "out"
+    res = run_cli(
+        "--quiet",
+        "run",
+        photo,
+        "-o",
+        out,
+        "--weights",
+        tiny_ckpt,
+        *FAST,
+        "--formats",
+        "obj,ply",
+        "--seed",
+        "3",
+    )
+    assert res.code == 0, res
+    names = {p.name for p in out.iterdir()}
+    assert {"input.png", "views", "mesh.glb", "mesh.obj", "mesh.ply", "preview.mp4", "report.json"} <= names
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".out")], "temporary folder left behind"
+
+    assert Image.open(out / "input.png").mode == "RGBA" and Image.open(out / "input.png").size == (256, 256)
+    assert len(list((out / "views").glob("[0-9][0-9][0-9].png"))) == 16
+    mesh = trimesh.load(out / "mesh.glb", force="mesh")
+    assert len(mesh.faces) > 0 and np.isfinite(mesh.vertices).all()
+    assert len(trimesh.load(out / "mesh.ply", force="mesh").faces) > 0
+    reader = imageio_ffmpeg.read_frames(str(out / "preview.mp4"))
+    meta = next(reader)
+    frames = sum(1 for _ in reader)
+    assert frames == 6 and tuple(meta["size"]) == (256, 256)
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["seed"] == 3
+    assert report["elevation"]["source"] == "estimated"
+    assert -10.0 <= report["elevation"]["elevation_deg"] <= 40.0 and report["elevation"]["curve"]
+    for stage in ("preprocess", "generate", "elevation", "reconstruct", "export", "preview"):
+        assert report["stage_seconds"][stage] >= 0.0
+    assert report["versions"]["torch"] and report["device"] == "cpu"
+    assert report["peak_gpu_memory_bytes"] is None
+    assert set(report["exports"]) == {"glb", "obj", "ply"}
+    assert set(report["outputs"]) == names
+
+
+def test_run_given_elevation_samples_and_gif(run_cli, tiny_ckpt, tmp_path):
+    photo = _photo(tmp_path / "photo.png")
+    out = tmp_path / "out"
+    res = run_cli(
+        "--quiet",
+        "run",
+        photo,
+        "-o",
+        out,
+        "--weights",
+        tiny_ckpt,
+        *FAST,
+        "--elevation",
+        "20",
+        "--samples",
+        "2",
+        "--preview",
+        "gif",
+    )
+    assert res.code == 0, res
+    report = json.loads((out / "report.json").read_text())
+    assert report["elevation"] == {"source": "given", "elevation_deg": 20.0}
+    assert report["samples"]["count"] == 2 and len(report["samples"]["consistency_scores"]) == 2
+    assert report["samples"]["chosen"] == int(np.argmax(report["samples"]["consistency_scores"]))
+    assert (out / "views" / "sample-1" / "015.png").exists()
+    gif = Image.open(out / "preview.gif")
+    assert gif.n_frames == 6
+
+
+def test_run_without_weights_fails_before_any_work(run_cli, tmp_path):
+    photo = _photo(tmp_path / "photo.png")
+    out = tmp_path / "out"
+    res = run_cli("run", photo, "-o", out, "--weights-dir", tmp_path / "empty")
+    assert res.code == 2
+    assert res.err.count("\n") == 1 and "sd3d weights download syncdreamer" in res.err
+    assert not out.exists()
+
+
+def test_run_bad_input_leaves_nothing(run_cli, tiny_ckpt, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image at all")
+    out = tmp_path / "out"
+    res = run_cli("run", bad, "-o", out, "--weights", tiny_ckpt, *FAST)
+    assert res.code == 2 and res.err.count("\n") == 1 and not out.exists()
+    res = run_cli("run", _photo(tmp_path / "p.png"), "-o", out, "--weights", tiny_ckpt, "--formats", "fbx")
+    assert res.code == 2 and "fbx" in res.err and not out.exists()
+
+
+def test_python_batch_resumes_and_records_failures(run_cli, tiny_ckpt, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _photo(photos / "a.png")
+    _photo(photos / "b.png", shift=10)
+    (photos / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "out"
+    res = run_cli(
+        "--quiet",
+        "batch",
+        photos,
+        "-o",
+        out,
+        "--weights",
+        tiny_ckpt,
+        *FAST,
+        "--preview",
+        "none",
+        "--elevation",
+        "30",
+    )
+    assert res.code == 1, res
+    status = {i["image"]: i["status"] for i in json.loads((out / "batch.json").read_text())["items"]}
+    assert status == {"a.png": "done", "b.png": "done", "corrupt.png": "failed"}
+    assert (out / "a" / "mesh.glb").exists() and not (out / "corrupt").exists()
+    stamp = (out / "a" / "report.json").stat().st_mtime
+    res = run_cli(
+        "--quiet",
+        "batch",
+        photos,
+        "-o",
+        out,
+        "--weights",
+        tiny_ckpt,
+        *FAST,
+        "--preview",
+        "none",
+        "--elevation",
+        "30",
+    )
+    status = {i["image"]: i["status"] for i in json.loads((out / "batch.json").read_text())["items"]}
+    assert status == {"a.png": "skipped", "b.png": "skipped", "corrupt.png": "failed"}
+    assert (out / "a" / "report.json").stat().st_mtime == stamp
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_batch_two_succeed_one_corrupt(tiny_ckpt, tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _photo(photos / "a.png")
+    _photo(photos / "b.png", shift=10)
+    (photos / "corrupt.png").write_bytes(b"")
+    out = tmp_path / "out"
+    sd3d = f"{sys.executable} {repo / 'tests' / 'support' / 'object_decoder.py'}"
+    args = f"--weights {tiny_ckpt} {' '.join(FAST)} --preview none --elevation 30"
+    cmd = [
+        "make",
+        "-s",
+        "-C",
+        str(repo),
+        "batch",
+        f"IN={photos}",
+        f"OUT={out}",
+        "JOBS=2",
+        f"SD3D={sd3d}",
+        f"ARGS={args}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode != 0, first.stdout + first.stderr
+    assert "2 ok, 1 failed" in first.stdout
+    assert (out / "a" / "report.json").exists() and (out / "b" / "report.json").exists()
+    assert (out / "logs" / "corrupt.failed").exists() and (out / "logs" / "corrupt.log").read_text().strip()
+    stamps = {n: (out / n / "report.json").stat().st_mtime for n in ("a", "b")}
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert second.returncode != 0 and "[batch] " + str(photos / "a.png") not in second.stdout
+    assert {n: (out / n / "report.json").stat().st_mtime for n in ("a", "b")} == stamps
