@@ -79,7 +79,12 @@ def test_estimate_on_a_synthetic_object(true_elevation):
 
 
 def test_gt_views_and_inputs_of_the_shared_objects(shared_dir):
-    """The bar: within +-5 deg in >= 14 of the 16 cases, each estimate under 2 s on CPU."""
+    """The bar: within +-5 deg in >= 14 of the 16 cases, each estimate under 2 s on CPU.
+
+    The time is this process's CPU time (single-threaded torch): a wall-clock bound would measure
+    whatever else the 2-core CI machine runs at the same moment (the parallel test worker)."""
+    import time
+
     from sd3d.io import read_views
     from sd3d.preprocess import prepare_input
 
@@ -89,9 +94,10 @@ def test_gt_views_and_inputs_of_the_shared_objects(shared_dir):
         views = read_views(folder)
         for true in (0, 15, 30, 45):
             prepared = prepare_input(folder / f"input-e{true}.png", crop_size=200, background="alpha")
+            cpu0 = time.process_time()
             est = el.estimate_elevation(prepared.rgba[..., 3] / 255.0, views)
+            seconds.append(time.process_time() - cpu0)
             errors.append(est.elevation_deg - true)
-            seconds.append(est.seconds)
     assert sum(abs(e) <= 5.0 for e in errors) >= 14, errors
     assert max(seconds) < 2.0, seconds
 
@@ -109,7 +115,8 @@ def test_cli_prints_the_estimate_and_the_curve(shared_dir, run_cli):
 
 def test_cli_user_errors_are_one_line(shared_dir, tmp_path, run_cli):
     photo = shared_dir / "data" / "objects" / "duck" / "views" / "input-e15.png"
-    res = run_cli("elevation", photo)  # no --views: the generator hook is not wired
-    assert res.code == 2 and "--views" in res.err and len(res.err.strip().splitlines()) == 1
+    res = run_cli("elevation", photo, "--weights-dir", tmp_path / "none")  # no --views: needs the generator
+    assert res.code == 2 and "sd3d weights download syncdreamer" in res.err
+    assert len(res.err.strip().splitlines()) == 1
     res = run_cli("elevation", photo, "--views", tmp_path)
     assert res.code == 2 and "missing" in res.err
