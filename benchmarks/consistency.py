@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -18,8 +19,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from recon.consistency import consistency_score
-from sd3d.io import ViewSet, read_views
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # before benchmarks/ itself, whose recon.py would shadow the package
+
+from recon.consistency import consistency_score  # noqa: E402
+from sd3d.io import ViewSet, read_views  # noqa: E402
 
 OBJECTS = ("spot", "bob", "duck", "banana")
 

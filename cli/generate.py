@@ -90,6 +90,12 @@ def generate(
         help="SyncDreamer: ddim (official), dpmpp or unipc. Zero123: independent (= ddim) or "
         "stochastic-conditioning (3DiM).",
     ),
+    compile_steps: bool = typer.Option(
+        False,
+        "--compile",
+        help="SyncDreamer on a GPU: torch.compile the denoiser (1.45 s instead of 2.5 s per image on an "
+        "H100) after ~1 min of compiling (~8 s with a warm cache): worth it for many images per process.",
+    ),
     model_name: str = typer.Option(
         "syncdreamer",
         "--model",
@@ -161,8 +167,10 @@ def generate(
     prepared = as_prepared(image, crop, method, weights_dir)
     path = weights_path(weights, weights_dir)
 
-    model = load_model(path, device=torch_device)
-    views = run_generation(model, prepared, settings, dtype=dtype, progress=progress())
+    model = load_model(path, device=torch_device, dtype=dtype)
+    views = run_generation(
+        model, prepared, settings, dtype=dtype, progress=progress(), use_compile=compile_steps
+    )
     write_generated(output, views, prepared.rgba)
     info = views[0].provenance
     what = "16 views" if settings.samples == 1 else f"{settings.samples} x 16 views"

@@ -9,8 +9,21 @@ Randomness comes from one ``torch.Generator`` seeded with ``seed`` on the comput
 a fixed order (posterior noise, ``x_T``, then one draw per DDIM step but the last), so the same
 seed, settings and device give the same views. Several ``samples`` are generated as one batch.
 
-``dtype`` ``bf16``/``fp16`` runs the denoising loop under autocast (GroupNorms, softmaxes and the
-projection grids stay float32); the conditioning encoders and the VAE decoder always run in fp32.
+Precision and speed (issue 7; numbers in benchmarks/generate.py's table):
+
+* ``dtype`` ``auto`` is bf16 on CUDA and fp32 on CPU. :func:`load_model` stores the weights in that
+  dtype (norm layers keep float32); a half-precision run executes everything -- conditioning,
+  denoising, decoding -- under autocast, with GroupNorm, softmax, the projection grids, the
+  guidance combination and the DDIM update in float32. ``fp32`` is the exact (parity) path.
+* On CUDA each denoising step is replayed from a CUDA graph (:mod:`sd3d.sampling.cuda_graph`):
+  bit-identical to eager execution, captured once per generation for about one step's host time.
+* ``use_compile=True`` (``sd3d generate --compile``) also ``torch.compile``s the per-step networks
+  (1.45 s instead of 2.47 s per generation on an H100), but the first generation of a process pays
+  the compilation: 67 s with cold caches, ~8 s once the on-disk inductor cache is warm. That pays
+  off only for many images per process, so it is not the default.
+* ``batch_view_num`` and the decoder batch are chosen from free device memory; the conditioning
+  encoders are parked in host memory when the device is short of it
+  (:mod:`sd3d.models.inference`).
 """
 
 from __future__ import annotations
@@ -39,11 +52,6 @@ if TYPE_CHECKING:
 SAMPLERS = ("ddim", "dpmpp", "unipc")
 DEFAULT_SEED = 6033  # the official generate.py default
 WEIGHTS_NAME = "syncdreamer"
-VIEW_CHOICES = (16, 8, 4, 2, 1)
-# Device memory one target view of one sample needs inside a denoising step (UNet with CFG,
-# frustum volumes, depth attention), with a margin: benchmarks/generate.py measured 14.3 GiB (fp32)
-# and 2.9 GiB (bf16) above the 5.2 GiB of weights for 16 views on an H200.
-_BYTES_PER_VIEW = {"fp32": 1.0e9, "half": 0.25e9}
 
 
 @dataclass(frozen=True)
@@ -113,13 +121,28 @@ def load_model(
     weights_dir: str | os.PathLike | None = None,
     device: str | torch.device = "auto",
     config=None,
+    dtype: str | torch.dtype = "auto",
+    offload: bool | None = None,
 ) -> SyncDreamer:
-    """Find, validate and load the SyncDreamer checkpoint onto ``device`` (fp32 weights)."""
-    from sd3d.device import resolve_device
+    """Find, validate and load the SyncDreamer checkpoint onto ``device``, ready for inference.
+
+    On CUDA the weights are stored in the dtype ``dtype`` resolves to (``auto``: bf16; norm layers
+    stay float32), read tensor by tensor, so no float32 copy of the model is ever made on the GPU.
+    On CPU they stay float32 (a ``bf16`` run there uses autocast). ``offload``: keep the conditioning
+    encoders in host memory between inputs (``None``: only when the GPU is short of memory).
+    """
+    import torch
+
+    from sd3d.device import resolve_device, resolve_dtype
     from sd3d.models.checkpoint import load_syncdreamer
+    from sd3d.models.inference import prepare_for_inference
 
     path = weights_path(weights, weights_dir)
-    return load_syncdreamer(path, config, resolve_device(str(device)))
+    dev = device if not isinstance(device, str) else resolve_device(device)
+    dt = dtype if not isinstance(dtype, str) else resolve_dtype(dtype, dev)
+    weight_dtype = dt if dev.type == "cuda" else torch.float32
+    model = load_syncdreamer(path, config, dev, weight_dtype)
+    return prepare_for_inference(model, weight_dtype, offload)
 
 
 def as_prepared(
@@ -152,16 +175,39 @@ def as_prepared(
 
 def default_batch_view_num(device: torch.device, dtype: torch.dtype, samples: int = 1) -> int:
     """16 on CPU; on CUDA the largest of 16/8/4/2/1 views per chunk that fits the free memory."""
+    from sd3d.models.inference import choose_batch_view_num
+
+    return choose_batch_view_num(device, dtype, samples, cam.NUM_VIEWS)
+
+
+def compute_dtype_for(model: SyncDreamer, dtype: str | torch.dtype = "auto") -> torch.dtype:
+    """The dtype a run computes in: ``auto`` follows half-precision weights, else ``resolve_dtype``.
+
+    An fp32 run on a model whose weights were loaded in half precision upcasts them in place (with
+    a warning: the values keep their half-precision rounding); load with ``dtype='fp32'`` instead.
+    """
+    import warnings
+
     import torch
 
-    if device.type != "cuda":
-        return cam.NUM_VIEWS
-    free, _ = torch.cuda.mem_get_info(device)
-    per_view = _BYTES_PER_VIEW["fp32" if dtype == torch.float32 else "half"] * max(1, samples)
-    for n in VIEW_CHOICES:
-        if n * per_view <= 0.85 * free:
-            return n
-    return 1
+    from sd3d.device import resolve_dtype
+    from sd3d.models.inference import HALF_DTYPES, cast_weights_
+
+    device, weights = model.device, model.weight_dtype
+    if isinstance(dtype, torch.dtype):
+        compute = dtype
+    elif (dtype or "auto").strip().lower() == "auto" and weights in HALF_DTYPES:
+        return weights
+    else:
+        compute = resolve_dtype(dtype, device)
+    if compute == torch.float32 and weights != torch.float32:
+        warnings.warn(
+            f"the model's weights were loaded as {str(weights).replace('torch.', '')}; an fp32 run uses "
+            "them upcast (not the checkpoint's exact values): load the model with dtype='fp32'",
+            stacklevel=3,
+        )
+        cast_weights_(model, torch.float32)
+    return compute
 
 
 # --------------------------------------------------------------------------------------------------
@@ -217,8 +263,22 @@ def generate_views(
     ).check()
     prepared = as_prepared(image_or_prepared, crop_size, background, weights_dir)
     if model is None:
-        model = load_model(weights, weights_dir, device)
+        model = load_model(weights, weights_dir, device, dtype=dtype)
     return run_generation(model, prepared, settings, dtype=dtype, progress=progress)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What one run made, before it becomes :class:`~sd3d.io.ViewSet` objects.
+
+    ``latents``: (B, N, 4, h, w) float32 final latents on the model's device (the benchmark compares
+    them across precisions); ``views_u8``: (B, N, H, W, 3) officially quantised views; ``record``:
+    the provenance written to ``cameras.json``.
+    """
+
+    latents: torch.Tensor
+    views_u8: np.ndarray
+    record: dict[str, Any]
 
 
 def run_generation(
@@ -227,19 +287,57 @@ def run_generation(
     settings: GenerationSettings,
     dtype: str = "auto",
     progress: Progress | None = None,
+    *,
+    cuda_graph: bool | None = None,
+    use_compile: bool = False,
 ) -> list[ViewSet]:
     """:func:`generate_views` with a loaded model and a prepared input (on the model's device)."""
+    result = sample_views(
+        model, prepared, settings, dtype, progress, cuda_graph=cuda_graph, use_compile=use_compile
+    )
+    cameras = cam.target_cameras(size=model.config.image_size)
+    return [
+        ViewSet(
+            images=result.views_u8[b].astype(np.float32) / 255.0,
+            cameras=cameras,
+            alphas=None,
+            input_elevation_deg=settings.elevation_deg,
+            seed=settings.seed,
+            provenance={**result.record, "sample": b},
+        )
+        for b in range(result.views_u8.shape[0])
+    ]
+
+
+def sample_views(
+    model: SyncDreamer,
+    prepared: PreparedInput,
+    settings: GenerationSettings,
+    dtype: str | torch.dtype = "auto",
+    progress: Progress | None = None,
+    *,
+    cuda_graph: bool | None = None,
+    use_compile: bool = False,
+) -> Generation:
+    """Conditioning, the sampling loop and decoding; ``cuda_graph`` (None: on CUDA) replays the steps
+    from a CUDA graph; ``use_compile`` compiles the per-step networks first (once per model)."""
     import torch
 
-    from sd3d.device import make_generator, resolve_dtype
+    from sd3d.device import make_generator
+    from sd3d.models.inference import choose_decode_batch
     from sd3d.sampling.ddim import ddim_sample, ddim_tables
     from sd3d.sampling.schedule import scaled_linear_schedule
 
     settings.check()
     device = model.device
-    compute_dtype = resolve_dtype(dtype, device)
+    compute_dtype = compute_dtype_for(model, dtype)
     B, N = settings.samples, model.config.view_num
     bvn = settings.batch_view_num or default_batch_view_num(device, compute_dtype, B)
+    use_graph = device.type == "cuda" and cuda_graph is not False
+    if use_compile:
+        from sd3d.models.inference import compile_step_modules_
+
+        compile_step_modules_(model)
     generator = make_generator(settings.seed, device)
     progress = resolve(progress)
     started = time.perf_counter()
@@ -247,15 +345,16 @@ def run_generation(
     image = torch.from_numpy(np.array(prepared.model_rgb)).permute(2, 0, 1)[None].to(device)
     image = image.expand(B, -1, -1, -1).contiguous()
     cfg = model.config
-    with torch.inference_mode():
+    half = compute_dtype != torch.float32
+    with torch.inference_mode(), torch.autocast(device.type, dtype=compute_dtype, enabled=half):
         cond = model.condition(image, [settings.elevation_deg] * B, generator=generator)
         shape = (B, N, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
         x_T = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
 
-        def eps_fn(x: torch.Tensor, t: int, index: int) -> torch.Tensor:
-            with torch.autocast(device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32):
-                return model.predict_eps(x, t, cond, settings.cfg, bvn).float()
+        def step(x: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+            return model.predict_eps(x, t, cond, settings.cfg, bvn).float()
 
+        eps_fn = _graphed(step, device) if use_graph else (lambda x, t, index: step(x, t))
         schedule = scaled_linear_schedule(cfg.num_timesteps, cfg.linear_start, cfg.linear_end)
         if settings.sampler == "ddim":
             tables = ddim_tables(schedule, settings.steps, settings.eta)
@@ -266,13 +365,23 @@ def run_generation(
             latents = diffusers_sample(
                 settings.sampler, eps_fn, x_T, schedule, settings.steps, progress=progress
             )
-        with progress.task("decoding", 1) as advance:
-            decoded = model.decode_latents(latents.reshape(B * N, *shape[2:]).float())
+        use_graph = use_graph and not getattr(eps_fn, "failed", False)  # a failed capture ran eagerly
+        del eps_fn  # frees a CUDA graph and its memory pool before decoding
+        # The decoder is ~10 TFLOP for 16 views: half precision on CUDA. On CPU autocast buys it
+        # nothing, and float32 keeps its output stable (the synthetic test weights amplify bf16
+        # round-off in the decoder, not in the denoiser).
+        decoder_dtype = model.first_stage_model.post_quant_conv.weight.dtype
+        half_decode = half and (device.type == "cuda" or decoder_dtype != torch.float32)
+        with (
+            progress.task("decoding", 1) as advance,
+            torch.autocast(device.type, dtype=compute_dtype, enabled=half_decode),
+        ):
+            flat = latents.reshape(B * N, *shape[2:]).float()
+            decode_dtype = compute_dtype if half_decode else torch.float32
+            decoded = model.decode_latents(flat, choose_decode_batch(device, decode_dtype, B * N))
             advance(1)
     views_u8 = quantize_official(decoded).reshape(B, N, cfg.image_size, cfg.image_size, 3)
     elapsed = time.perf_counter() - started
-
-    cameras = cam.target_cameras(size=cfg.image_size)
     record = {
         "model": "syncdreamer",
         "settings": {
@@ -281,20 +390,18 @@ def run_generation(
             "dtype": str(compute_dtype).replace("torch.", ""),
         },
         "device": str(device),
+        "cuda_graph": use_graph,
+        "compiled": model.step_modules_compiled,
         "seconds": round(elapsed, 2),
         "input": str(prepared.source) if prepared.source is not None else None,
     }
-    return [
-        ViewSet(
-            images=views_u8[b].astype(np.float32) / 255.0,
-            cameras=cameras,
-            alphas=None,
-            input_elevation_deg=settings.elevation_deg,
-            seed=settings.seed,
-            provenance={**record, "sample": b},
-        )
-        for b in range(B)
-    ]
+    return Generation(latents=latents, views_u8=views_u8, record=record)
+
+
+def _graphed(step, device):
+    from sd3d.sampling.cuda_graph import GraphedEps
+
+    return GraphedEps(step, device)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -156,7 +156,7 @@ def run_photo(
     note("load model")
     with stages("load_model"):
         if model is None:
-            model = load_model(weights_file, None, settings.device)
+            model = load_model(weights_file, None, settings.device, dtype=settings.dtype)
     device = model.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -388,7 +388,7 @@ def run_batch(
     check_run_output(out_dir)
     weights_file = weights_path(weights, weights_dir)
     todo = [img for img in images if not is_up_to_date(img, out_dir / img.stem)]
-    model = load_model(weights_file, None, settings.device) if todo else None
+    model = load_model(weights_file, None, settings.device, dtype=settings.dtype) if todo else None
     items: list[BatchItem] = []
     out_dir.mkdir(parents=True, exist_ok=True)
     progress = resolve(progress)

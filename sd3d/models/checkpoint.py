@@ -16,6 +16,11 @@ unexpected key or a shape mismatch is a :class:`~sd3d.errors.WeightsError` namin
 
 Loading builds the model on the ``meta`` device (no random initialisation of 1.39 G parameters) and
 assigns the checkpoint tensors directly, so a memory-mapped checkpoint is never copied on the CPU.
+Each consumed tensor goes to the target device on its own and is cast there to the target dtype
+(:func:`sd3d.models.inference.keeps_float32` names the parameters that stay float32), so loading
+for bf16 inference never holds an fp32 copy of the model on the GPU. A ``.safetensors`` file is
+opened lazily: shapes come from its header, and only the consumed tensors are ever read (the CLIP
+text leftovers never are).
 """
 
 from __future__ import annotations
@@ -102,6 +107,38 @@ def _describe(source: str | os.PathLike | None) -> str:
     return f" in {source}" if source is not None else ""
 
 
+class LazySafetensors(Mapping):
+    """The tensors of an open ``.safetensors`` file by name; shapes from the header, data read on access."""
+
+    def __init__(self, handle) -> None:
+        self._handle = handle
+        self._keys = list(handle.keys())  # noqa: SIM118 - safe_open is not a dict
+        self._key_set = set(self._keys)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._key_set:
+            raise KeyError(key)
+        return self._handle.get_tensor(key)
+
+    def __contains__(self, key: object) -> bool:  # Mapping's default would read the tensor
+        return key in self._key_set
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def shape_of(self, key: str) -> tuple[int, ...]:
+        return tuple(self._handle.get_slice(key).get_shape())
+
+
+def _shape(state_dict: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
+    if isinstance(state_dict, LazySafetensors):
+        return state_dict.shape_of(key)
+    return tuple(state_dict[key].shape)
+
+
 def split_state_dict(
     state_dict: Mapping[str, torch.Tensor],
     config: SyncDreamerConfig,
@@ -113,6 +150,16 @@ def split_state_dict(
     Raises :class:`WeightsError` naming the first missing, unexpected or mis-shaped key, or the first
     checked buffer that disagrees with our recomputation.
     """
+    return {k: state_dict[k] for k in consumed_keys(state_dict, config, source, model)}
+
+
+def consumed_keys(
+    state_dict: Mapping[str, torch.Tensor],
+    config: SyncDreamerConfig,
+    source: str | os.PathLike | None = None,
+    model: SyncDreamer | None = None,
+) -> list[str]:
+    """:func:`split_state_dict`'s checks, returning the consumed keys without touching their data."""
     model = build_meta_model(config) if model is None else model
     params = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
     ignored = {CLIP_PREFIX + k for k in text_leftover_shapes(config.clip)}
@@ -125,7 +172,7 @@ def split_state_dict(
     for key, shape in params.items():
         if key not in state_dict:
             raise WeightsError(f"checkpoint{where} is missing key {key!r}")
-        got = tuple(state_dict[key].shape)
+        got = _shape(state_dict, key)
         if got != shape:
             raise WeightsError(f"key {key!r}{where} has shape {list(got)}, expected {list(shape)}")
     for key, ref in buffers.items():
@@ -143,7 +190,7 @@ def split_state_dict(
                 f"buffer {key!r}{where} differs from the SyncDreamer {kind} values (max abs diff "
                 f"{err:.3g}): not an official SyncDreamer checkpoint"
             )
-    return {k: state_dict[k] for k in params}
+    return list(params)
 
 
 # One key per sub-network whose shape tells the known configs apart.
@@ -167,7 +214,7 @@ def detect_config(state_dict: Mapping[str, torch.Tensor]) -> SyncDreamerConfig:
     for factory in CONFIGS.values():
         config = factory()
         shapes = _signature_shapes(config)
-        if all(k in state_dict and tuple(state_dict[k].shape) == s for k, s in shapes.items()):
+        if all(k in state_dict and _shape(state_dict, k) == s for k, s in shapes.items()):
             return config
     return SyncDreamerConfig()
 
@@ -183,12 +230,19 @@ def load_syncdreamer(
     source: str | os.PathLike | Mapping[str, torch.Tensor],
     config: SyncDreamerConfig | None = None,
     device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> SyncDreamer:
     """Load a SyncDreamer checkpoint (``.ckpt`` / ``.safetensors`` path, or a state dict) for inference.
 
     ``config=None`` picks the known config matching the checkpoint (:func:`detect_config`). The
-    returned model is in eval mode, float32, without gradients, on ``device``.
+    returned model is in eval mode, without gradients, on ``device``; its weights are ``dtype``
+    except those :func:`~sd3d.models.inference.keeps_float32` keeps in float32 (norms).
     """
+    from sd3d.models.inference import keeps_float32
+
+    device = torch.device(device)
+    if source is not None and not isinstance(source, Mapping) and Path(source).suffix == ".safetensors":
+        return _load_safetensors(Path(source), config, device, dtype)
     path: Path | None = None
     if isinstance(source, Mapping):
         state_dict = source
@@ -197,10 +251,37 @@ def load_syncdreamer(
 
         path = Path(source)
         state_dict = load_state_dict(path)
+    return _assemble(state_dict, config, device, dtype, path, keeps_float32)
+
+
+def _load_safetensors(
+    path: Path, config: SyncDreamerConfig | None, device: torch.device, dtype: torch.dtype
+) -> SyncDreamer:
+    from safetensors import SafetensorError, safe_open
+
+    from sd3d.models.inference import keeps_float32
+    from sd3d.weights.loading import sniff_format
+
+    if not path.is_file():
+        raise WeightsError(f"checkpoint not found: {path}")
+    if sniff_format(path) != "safetensors":
+        raise WeightsError(f"cannot read {path}: not a safetensors file")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return _assemble(LazySafetensors(handle), config, device, dtype, path, keeps_float32)
+    except (SafetensorError, OSError) as exc:
+        raise WeightsError(f"cannot read {path}: {str(exc).strip().splitlines()[0]}") from exc
+
+
+def _assemble(state_dict, config, device, dtype, path, keeps_float32) -> SyncDreamer:
     config = detect_config(state_dict) if config is None else config
     model = build_meta_model(config)
-    params = split_state_dict(state_dict, config, path, model)
-    params = {k: _as_float32(v) for k, v in params.items()}
+    keys = consumed_keys(state_dict, config, path, model)
+    fp32_keys = keeps_float32(model)
+    params = {}
+    for key in keys:  # one tensor at a time: read, move, cast
+        target = torch.float32 if key in fp32_keys else dtype
+        params[key] = _to(state_dict[key], device, target)
     model.load_state_dict(params, strict=False, assign=True)
     del params, state_dict
     leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
@@ -211,8 +292,13 @@ def load_syncdreamer(
     return model.to(device)
 
 
-def _as_float32(t: torch.Tensor) -> torch.Tensor:
+def _to(t: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` on ``device`` in ``dtype``, contiguous; moved before a down-cast (the GPU casts fast),
+    cast before an up-cast (less to move)."""
     t = t.detach()
-    if t.dtype != torch.float32:
-        t = t.to(torch.float32)
+    narrowing = t.is_floating_point() and torch.finfo(dtype).bits < torch.finfo(t.dtype).bits
+    if narrowing:
+        t = t.to(device).to(dtype)
+    else:
+        t = t.to(dtype).to(device)
     return t if t.is_contiguous() else t.contiguous()

@@ -15,12 +15,38 @@ Two exact shortcuts (spec §10.5):
   ``C`` (not spatially constant only because of the 3x3 convs' zero padding). When the context
   covers only the first rows of the batch, the remaining rows are treated as zero context that way,
   without building or attending to all-zero frustum volumes.
+
+And one exact re-association (``impl="fast"``, the default): keys and values are linear in the
+context, so ``q . (W_k c) = (W_k^T q) . c`` and ``sum_d a_d W_v c_d = W_v sum_d a_d c_d``. The layer
+then never materialises k and v (2 x inner channels for every frustum sample, 0.4 GB per layer at
+the full width for 16 views in bf16): it projects the query into the context space, takes the
+logits and the attention-weighted context with two small batched matrix products per pixel, and
+projects the result with W_v. Fewer bytes and fewer FLOPs, the same function up to round-off;
+``impl="reference"`` keeps the direct form (tests and the benchmark compare both).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+IMPLEMENTATIONS = ("fast", "reference")
+
+
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """Softmax inputs in float32 under autocast; float64 (tests) stays float64."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def set_depth_attention_impl(model: nn.Module, impl: str) -> None:
+    """Switch every :class:`DepthAttention` in ``model`` to ``impl`` (``fast`` or ``reference``)."""
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"unknown depth-attention implementation {impl!r}; known: {', '.join(IMPLEMENTATIONS)}"
+        )
+    for module in model.modules():
+        if isinstance(module, DepthAttention):
+            module.impl = impl
 
 
 def pointwise_conv3d(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
@@ -39,12 +65,19 @@ class DepthAttention(nn.Module):
         self.heads = heads
         self.dim_head = dim_head
         self.scale = dim_head**-0.5
+        self.impl = "fast"
         self.to_q = nn.Conv2d(query_dim, inner, 1, bias=False)
         self.to_k = nn.Conv3d(context_dim, inner, 1, bias=False)
         self.to_v = nn.Conv3d(context_dim, inner, 1, bias=False)
         self.to_out = nn.Conv2d(inner, query_dim, 1, bias=False)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        if self.impl == "reference":
+            return self.forward_reference(x, context)
+        return self.forward_fast(x, context)
+
+    def forward_reference(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """The direct form: k, v for every depth sample, logits over the depth axis, weighted sum."""
         b, _, h, w = x.shape
         depth = context.shape[2]
         inner = self.heads * self.dim_head
@@ -54,9 +87,28 @@ class DepthAttention(nn.Module):
         k, v = kv[:, 0], kv[:, 1]
         q = self.to_q(x).reshape(b, self.heads, self.dim_head, 1, h, w)
         logits = (q * k).sum(dim=2) * self.scale  # (b, heads, D, h, w)
-        attn = torch.softmax(logits.float(), dim=2).to(v.dtype)  # over the samples of each ray
+        attn = torch.softmax(_at_least_fp32(logits), dim=2).to(v.dtype)  # over the samples of each ray
         out = (attn.unsqueeze(2) * v).sum(dim=3)  # (b, heads, d_head, h, w)
         return self.to_out(out.reshape(b, inner, h, w))
+
+    def forward_fast(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """The re-associated form (module docstring): per pixel, (heads x C) @ (C x D) and back."""
+        b, _, h, w = x.shape
+        c_dim, depth = context.shape[1], context.shape[2]
+        pixels = h * w
+        q = self.to_q(x).reshape(b, self.heads, self.dim_head, pixels)
+        dtype = q.dtype  # the compute dtype (bf16 under autocast, even when the context is float32)
+        # One copy of the context with the channels innermost, (b, P, D, C): both products read it.
+        ctx = context.reshape(b, c_dim, depth, pixels).permute(0, 3, 2, 1)
+        ctx = ctx.to(dtype, memory_format=torch.contiguous_format)
+        w_k = self.to_k.weight.reshape(self.heads, self.dim_head, c_dim).to(dtype)
+        q_ctx = torch.einsum("hec,bhep->bphc", w_k, q) * self.scale  # (b, P, heads, C)
+        logits = torch.matmul(q_ctx.to(dtype), ctx.transpose(-1, -2))  # (b, P, heads, D)
+        attn = torch.softmax(_at_least_fp32(logits), dim=-1).to(dtype)  # over the samples of each ray
+        mixed = torch.matmul(attn, ctx)  # (b, P, heads, C): the attention-weighted context
+        w_v = self.to_v.weight.reshape(self.heads, self.dim_head, c_dim).to(mixed.dtype)
+        out = torch.einsum("hec,bphc->bhep", w_v, mixed)  # (b, heads, d_head, P)
+        return self.to_out(out.reshape(b, self.heads * self.dim_head, h, w))
 
 
 class DepthTransformer(nn.Module):
@@ -80,8 +132,8 @@ class DepthTransformer(nn.Module):
         )
 
     def _context(self, context: torch.Tensor) -> torch.Tensor:
-        conv, norm, act = self.proj_context
-        return act(norm(pointwise_conv3d(conv, context)))
+        conv, norm, _ = self.proj_context
+        return torch.relu_(norm(pointwise_conv3d(conv, context)))  # in place: saves a volume-sized copy
 
     def zero_context_offset(self, h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """(1, dim, h, w): what the layer adds to any input when its context is all zeros."""

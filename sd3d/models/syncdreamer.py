@@ -30,7 +30,7 @@ from sd3d.models.clip import CLIPImageEncoder
 from sd3d.models.configs import SyncDreamerConfig
 from sd3d.models.unet import UNetModel, timestep_embedding
 from sd3d.models.vae import AutoencoderKL
-from sd3d.models.volume import SpatialVolumeNet, frustum_sample_grid, spatial_sample_grid
+from sd3d.models.volume import SpatialVolumeNet, frustum_sample_grid, repeat_rows, spatial_sample_grid
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ class UNetWrapper(nn.Module):
     def __init__(self, config: SyncDreamerConfig) -> None:
         super().__init__()
         self.diffusion_model = UNetModel(config.unet)
+        self.channels_last = False  # NHWC activations (sd3d.models.inference.set_channels_last_)
 
     def forward(
         self,
@@ -70,6 +71,8 @@ class UNetWrapper(nn.Module):
         concat_latent: torch.Tensor,
     ) -> torch.Tensor:
         x = torch.cat([x_noisy, concat_latent.to(x_noisy.dtype)], dim=1)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.diffusion_model(x, timesteps, context, source_dict=source_dict)
 
 
@@ -89,6 +92,9 @@ class SyncDreamer(nn.Module):
         self.cc_projection = nn.Linear(emb + config.volume.view_dim, emb)
         self.spatial_volume = SpatialVolumeNet(config.volume, config.view_num, config.latent_channels)
         self.model = UNetWrapper(config)
+        # True while the conditioning encoders live in pinned host memory (sd3d.models.inference).
+        self.conditioning_offloaded = False
+        self.step_modules_compiled = False  # sd3d.models.inference.compile_step_modules_
         for name, value in camera_buffers(config).items():
             self.register_buffer(name, value, persistent=False)
         self._register_grids()
@@ -126,6 +132,11 @@ class SyncDreamer(nn.Module):
         rows = [cameras.viewpoint_embedding(float(e), self.config.view_num) for e in elevation_deg]
         return torch.from_numpy(np.stack(rows)).to(self.device)
 
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        """The dtype the denoising network's weights are stored in (float32, or bf16/fp16 for inference)."""
+        return self.model.diffusion_model.out[2].weight.dtype
+
     def embed_time(self, timesteps: torch.Tensor) -> torch.Tensor:
         """(B,) integer timesteps -> (B, time_dim) for the volume nets."""
         emb = timestep_embedding(timesteps, self.config.volume.time_dim)
@@ -156,10 +167,12 @@ class SyncDreamer(nn.Module):
         ``sample_posterior=True`` is the official behaviour (the input latent is a posterior
         *sample*, noise from ``generator``); ``False`` uses the mean (the golden fixture's choice).
         """
-        mean, logvar = self.encode_posterior(image)
-        return self.conditioning_from(
-            mean, logvar, self.encode_clip(image), elevation_deg, generator, sample_posterior
-        )
+        from sd3d.models.inference import conditioning_on_device
+
+        with conditioning_on_device(self):
+            mean, logvar = self.encode_posterior(image)
+            clip_embed = self.encode_clip(image)
+        return self.conditioning_from(mean, logvar, clip_embed, elevation_deg, generator, sample_posterior)
 
     def conditioning_from(
         self,
@@ -170,7 +183,12 @@ class SyncDreamer(nn.Module):
         generator: torch.Generator | None = None,
         sample_posterior: bool = True,
     ) -> Conditioning:
-        """:meth:`condition` from an already computed posterior and CLIP embedding."""
+        """:meth:`condition` from an already computed posterior and CLIP embedding.
+
+        The posterior is taken in (at least) float32 even when the encoder ran in half precision, so
+        the posterior noise is the same float32 draw from ``generator`` in every dtype.
+        """
+        mean, logvar = _at_least_fp32(mean), _at_least_fp32(logvar)
         if sample_posterior:
             noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
             z = mean + torch.exp(0.5 * logvar) * noise
@@ -228,13 +246,13 @@ class SyncDreamer(nn.Module):
         concat2 = torch.cat([concat_latent, torch.zeros_like(concat_latent)], dim=0)
         # The frustum features cover only the conditional rows: the UNet's depth layers treat the
         # remaining (unconditional) rows as all-zero features, exactly and without the volumes.
-        s, s_uc = self.model(x2, t2, ctx2, frustum, concat2).chunk(2)
-        return s_uc + cfg_scale * (s - s_uc)
+        s, s_uc = _at_least_fp32(self.model(x2, t2, ctx2, frustum, concat2)).chunk(2)
+        return s_uc + cfg_scale * (s - s_uc)  # combined in float32 also under autocast
 
     def eps_from_volume(
         self,
         x_t: torch.Tensor,
-        timestep: int,
+        timestep: int | torch.Tensor,
         t_embed: torch.Tensor,
         spatial_volume: torch.Tensor,
         cond: Conditioning,
@@ -245,18 +263,25 @@ class SyncDreamer(nn.Module):
         """Noise prediction (B, len(views), 4, h, w) given this step's spatial volume, in view chunks.
 
         ``x_t`` holds all N noisy views; ``views`` (default: all) selects the targets to predict.
+        ``timestep`` may be a 0-d integer tensor: then nothing here copies from the host, so the whole
+        call can be captured in a CUDA graph (:mod:`sd3d.sampling.cuda_graph`).
         """
         B, N = x_t.shape[:2]
+        all_views = views is None
         views = list(range(N)) if views is None else [int(v) for v in views]
         chunks = []
         for start in range(0, len(views), batch_view_num):
-            targets = torch.tensor(views[start : start + batch_view_num], device=x_t.device)
-            vn = targets.numel()
+            chunk = views[start : start + batch_view_num]
+            vn = len(chunk)
+            if all_views:  # a contiguous range: made on the device, no host-to-device copy
+                targets = torch.arange(chunk[0], chunk[-1] + 1, device=x_t.device)
+            else:
+                targets = torch.tensor(chunk, device=x_t.device)
             frustum = self.frustum_features(spatial_volume, t_embed, cond, targets)
             x_noisy = x_t[:, targets].reshape(B * vn, *x_t.shape[2:])
             context = cond.contexts[:, targets].reshape(B * vn, 1, -1)
-            concat = cond.concat_latent.repeat_interleave(vn, dim=0)
-            ts = torch.full((B * vn,), timestep, dtype=torch.long, device=x_t.device)
+            concat = repeat_rows(cond.concat_latent, vn)
+            ts = _timesteps(timestep, B * vn, x_t.device)
             eps = self.unet_eps(x_noisy, ts, context, frustum, concat, cfg_scale)
             chunks.append(eps.reshape(B, vn, *eps.shape[1:]))
             del frustum
@@ -265,14 +290,15 @@ class SyncDreamer(nn.Module):
     def predict_eps(
         self,
         x_t: torch.Tensor,
-        timestep: int,
+        timestep: int | torch.Tensor,
         cond: Conditioning,
         cfg_scale: float = 2.0,
         batch_view_num: int = 16,
     ) -> torch.Tensor:
-        """eps (B,N,4,h,w) for the noisy views ``x_t`` (B,N,4,h,w) at integer ``timestep``."""
+        """eps (B,N,4,h,w) for the noisy views ``x_t`` (B,N,4,h,w) at integer ``timestep`` (an int or
+        a 0-d integer tensor on the model's device)."""
         B = x_t.shape[0]
-        t_embed = self.embed_time(torch.full((B,), timestep, dtype=torch.long, device=x_t.device))
+        t_embed = self.embed_time(_timesteps(timestep, B, x_t.device))
         volume = self.build_spatial_volume(x_t, t_embed, cond)
         return self.eps_from_volume(x_t, timestep, t_embed, volume, cond, cfg_scale, batch_view_num)
 
@@ -286,6 +312,17 @@ class SyncDreamer(nn.Module):
             for i in range(0, latents.shape[0], batch_size)
         ]
         return torch.cat(out, dim=0)
+
+
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def _timesteps(timestep: int | torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+    """(n,) int64 timesteps from an int or a 0-d tensor (expanded, never copied from the host)."""
+    if isinstance(timestep, torch.Tensor):
+        return timestep.reshape(()).to(torch.long).expand(n)
+    return torch.full((n,), int(timestep), dtype=torch.long, device=device)
 
 
 def camera_buffers(config: SyncDreamerConfig) -> dict[str, torch.Tensor]:

@@ -27,6 +27,12 @@ def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
+def repeat_rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """``t.repeat_interleave(n, dim=0)`` as expand + reshape: no host round trip, so the step that
+    uses it can be captured in a CUDA graph."""
+    return t.unsqueeze(1).expand(t.shape[0], n, *t.shape[1:]).reshape(t.shape[0] * n, *t.shape[1:])
+
+
 def _gn(cfg: VolumeConfig, channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(cfg.norm_groups, channels, eps=1e-5)
 
@@ -257,6 +263,10 @@ class SpatialVolumeNet(nn.Module):
         self.target_encoder = NoisyTargetViewEncoder(cfg, latent_channels)
         self.spatial_volume_feats = SpatialTime3DNet(cfg, cfg.encoder_output_dim * view_num)
         self.frustum_volume_feats = FrustumTV3DNet(cfg, cfg.spatial_dims[0])
+        self.channels_last = False  # NDHWC volumes (sd3d.models.inference.set_channels_last_)
+
+    def _layout(self, volume: torch.Tensor) -> torch.Tensor:
+        return volume.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else volume
 
     def construct_spatial_volume(
         self, x_noisy: torch.Tensor, t_embed: torch.Tensor, v_embed: torch.Tensor, spatial_grid: torch.Tensor
@@ -270,14 +280,14 @@ class SpatialVolumeNet(nn.Module):
         V = self.config.spatial_volume_size
         feats = self.target_encoder(
             x_noisy.flatten(0, 1),
-            t_embed.repeat_interleave(N, dim=0),
+            repeat_rows(t_embed, N),
             v_embed.flatten(0, 1).to(t_embed.dtype),
         )  # (B*N, C, h, w)
         feats = _at_least_fp32(feats)
         grid = spatial_grid.to(feats.dtype).repeat(B, 1, 1, 1)
         sampled = F.grid_sample(feats, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         volume = sampled.reshape(B, N * feats.shape[1], V, V, V)
-        return self.spatial_volume_feats(volume, t_embed)
+        return self.spatial_volume_feats(self._layout(volume), t_embed)
 
     def construct_view_frustum_volume(
         self,
@@ -294,10 +304,10 @@ class SpatialVolumeNet(nn.Module):
         """
         B, TN = target_indices.shape
         flat = target_indices.reshape(-1)
-        volume = _at_least_fp32(spatial_volume).repeat_interleave(TN, dim=0)
+        volume = repeat_rows(_at_least_fp32(spatial_volume), TN)
         grid = frustum_grid.to(volume.dtype)[flat]
         feats = F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         batch = torch.arange(B, device=target_indices.device)[:, None]
         v = v_embed[batch, target_indices].reshape(B * TN, -1).to(t_embed.dtype)
-        t = t_embed.repeat_interleave(TN, dim=0)
-        return self.frustum_volume_feats(feats, t, v)
+        t = repeat_rows(t_embed, TN)
+        return self.frustum_volume_feats(self._layout(feats), t, v)

@@ -39,6 +39,16 @@ class DDIMTables:
     def steps(self) -> int:
         return int(self.timesteps.shape[0])
 
+    def to(self, device: torch.device | str) -> DDIMTables:
+        """The same tables on ``device``: the per-step scalars are then read without host copies."""
+        return DDIMTables(
+            timesteps=self.timesteps,
+            alphas=self.alphas.to(device),
+            alphas_prev=self.alphas_prev.to(device),
+            sigmas=self.sigmas.to(device),
+            sqrt_one_minus_alphas=self.sqrt_one_minus_alphas.to(device),
+        )
+
 
 def ddim_timesteps(steps: int, num_timesteps: int = 1000) -> np.ndarray:
     """The official "uniform" DDIM timesteps (a step count that does not divide T gives more steps)."""
@@ -107,6 +117,7 @@ def ddim_sample(
     official sampler does (so a seeded generator gives reproducible samples).
     """
     x = x_T
+    tables = tables.to(x_T.device)
     with resolve(progress).task(description, tables.steps) as advance:
         for index in reversed(range(tables.steps)):
             t = int(tables.timesteps[index])

@@ -1,0 +1,192 @@
+"""Preparing a loaded SyncDreamer for lean, fast inference on a device (issue 7).
+
+Everything here is a property of a *loaded model* that stays valid across generations (``sd3d
+batch`` loads one model and runs many images), as opposed to per-run choices (CUDA graphs, the
+sampler), which live in :mod:`sd3d.pipeline` and :mod:`sd3d.sampling`:
+
+* **weight dtype**: the convolution / linear weights stored in bf16 or fp16 (half the memory, no
+  per-step casts under autocast); norm layers keep float32 parameters because autocast computes
+  them in float32 anyway (:func:`keeps_float32`, :func:`cast_weights_`);
+* **conditioning offload**: the CLIP image tower and the VAE encoder (0.34 G parameters) are only
+  needed once per input. :func:`offload_conditioning_` parks them in pinned host memory and
+  :func:`conditioning_on_device` brings a device copy in for the conditioning call only;
+* **memory layout** (:func:`set_channels_last_`) and ``torch.compile`` (:func:`compile_step_modules_`):
+  speed options whose value the benchmark measures;
+* memory estimates that pick ``batch_view_num`` and the decode batch from free device memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from sd3d.models.syncdreamer import SyncDreamer
+
+NORM_TYPES = (nn.GroupNorm, nn.LayerNorm)
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+# Device memory per target view of one sample inside a denoising step, and per decoded 256x256
+# image, with a margin. Measured on an H100 (benchmarks/generate.py): 16 views in bf16 peak at
+# 0.94 GiB above the 2.52 GiB of weights (decoding included), i.e. ~63 MB a view; fp32 with cuDNN's
+# default TF32 1.4 GiB above its 5.05 GiB of weights, but 14.5 GiB when TF32 is off (cuDNN then
+# picks workspace-hungry fp32 algorithms), hence the fp32 margin.
+_BYTES_PER_VIEW = {"fp32": 0.6e9, "half": 0.12e9}
+_BYTES_PER_DECODED_IMAGE = {"fp32": 0.2e9, "half": 0.1e9}
+VIEW_CHOICES = (16, 8, 4, 2, 1)
+
+
+def keeps_float32(model: nn.Module) -> set[str]:
+    """Names of the parameters that stay float32 whatever the weight dtype: those of norm layers."""
+    names = set()
+    for prefix, module in model.named_modules():
+        if isinstance(module, NORM_TYPES):
+            names.update(f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False))
+    return names
+
+
+def cast_weights_(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Store every parameter except the norm layers' in ``dtype`` (in place); returns ``model``."""
+    keep = keeps_float32(model)
+    for name, param in model.named_parameters():
+        target = torch.float32 if name in keep else dtype
+        if param.is_floating_point() and param.dtype != target:
+            param.data = param.data.to(target)
+    return model
+
+
+def conditioning_modules(model: SyncDreamer) -> list[nn.Module]:
+    """The modules only the once-per-input conditioning uses (not the decoder, not ``cc_projection``)."""
+    vae = model.first_stage_model
+    return [model.clip_image_encoder, vae.encoder, vae.quant_conv]
+
+
+def offload_conditioning_(model: SyncDreamer) -> SyncDreamer:
+    """Park the conditioning modules' weights in pinned host memory (CUDA models only)."""
+    if model.device.type != "cuda" or model.conditioning_offloaded:
+        return model
+    for module in conditioning_modules(model):
+        for param in module.parameters():
+            param.data = param.data.to("cpu").pin_memory()
+    model.conditioning_offloaded = True
+    return model
+
+
+def onload_conditioning_(model: SyncDreamer) -> SyncDreamer:
+    """Undo :func:`offload_conditioning_`: the conditioning modules live on the model's device again."""
+    if not model.conditioning_offloaded:
+        return model
+    for module in conditioning_modules(model):
+        for param in module.parameters():
+            param.data = param.data.to(model.device)
+    model.conditioning_offloaded = False
+    return model
+
+
+@contextlib.contextmanager
+def conditioning_on_device(model: SyncDreamer) -> Iterator[None]:
+    """While inside: the conditioning modules have a copy on the model's device (if offloaded).
+
+    The host copies are the masters: leaving drops the device copies (the weights never change), so
+    nothing is copied back. Transfers are asynchronous from pinned memory on the current stream.
+    """
+    if not model.conditioning_offloaded:
+        yield
+        return
+    device = model.device
+    saved = []
+    try:
+        for module in conditioning_modules(model):
+            for param in module.parameters():
+                saved.append((param, param.data))
+                param.data = param.data.to(device, non_blocking=True)
+        yield
+    finally:
+        for param, host in saved:
+            param.data = host
+
+
+def set_channels_last_(model: SyncDreamer, unet: bool = True, volume: bool = True) -> SyncDreamer:
+    """Channels-last (NHWC / NDHWC) weights and activations for the UNet and/or the 3D volume nets."""
+    model.model.channels_last = unet
+    fmt2d = torch.channels_last if unet else torch.contiguous_format
+    for module in model.model.diffusion_model.modules():
+        if isinstance(module, nn.Conv2d):
+            module.weight.data = module.weight.data.contiguous(memory_format=fmt2d)
+    model.spatial_volume.channels_last = volume
+    fmt3d = torch.channels_last_3d if volume else torch.contiguous_format
+    for net in (model.spatial_volume.spatial_volume_feats, model.spatial_volume.frustum_volume_feats):
+        for module in net.modules():
+            if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
+                module.weight.data = module.weight.data.contiguous(memory_format=fmt3d)
+    return model
+
+
+def compile_step_modules_(model: SyncDreamer, **options) -> SyncDreamer:
+    """``torch.compile`` the per-step networks in place (UNet, spatial and frustum 3D nets).
+
+    Compiled on their first call (67 s for the official model on an H100 with cold caches, ~8 s with
+    a warm on-disk inductor cache), then cached for the process; shapes are static, so a new sample
+    count or ``batch_view_num`` compiles again.
+    """
+    if model.step_modules_compiled:
+        return model
+    options = {"dynamic": False, **options}
+    model.model.diffusion_model.compile(**options)
+    model.spatial_volume.spatial_volume_feats.compile(**options)
+    model.spatial_volume.frustum_volume_feats.compile(**options)
+    model.step_modules_compiled = True
+    return model
+
+
+def prepare_for_inference(
+    model: SyncDreamer, dtype: torch.dtype = torch.float32, offload: bool | None = None
+) -> SyncDreamer:
+    """Weights in ``dtype`` (norms float32); on CUDA a channels-last UNet (measured 2% faster, same
+    memory); conditioning offloaded if ``offload`` (None: when the device's free memory is tight,
+    see :func:`should_offload`)."""
+    cast_weights_(model, dtype)
+    if model.device.type == "cuda":
+        set_channels_last_(model, unet=True, volume=False)
+    if offload is None:
+        offload = should_offload(model)
+    if offload:
+        offload_conditioning_(model)
+    return model
+
+
+def should_offload(model: SyncDreamer, tight_bytes: float = 6e9) -> bool:
+    """Offload the conditioning encoders when a CUDA device has less than ``tight_bytes`` free."""
+    if model.device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(model.device)
+    return free < tight_bytes
+
+
+def _kind(dtype: torch.dtype) -> str:
+    return "half" if dtype in HALF_DTYPES else "fp32"
+
+
+def choose_batch_view_num(device: torch.device, dtype: torch.dtype, samples: int = 1, views: int = 16) -> int:
+    """``views`` on CPU; on CUDA the largest of 16/8/4/2/1 views per chunk that fits the free memory."""
+    if device.type != "cuda":
+        return views
+    free, _ = torch.cuda.mem_get_info(device)
+    per_view = _BYTES_PER_VIEW[_kind(dtype)] * max(1, samples)
+    for n in VIEW_CHOICES:
+        if n <= views and n * per_view <= 0.85 * free:
+            return n
+    return 1
+
+
+def choose_decode_batch(device: torch.device, dtype: torch.dtype, images: int) -> int:
+    """Images per VAE-decoder call: all of them on CPU; on CUDA at most 4 (the decoder's full-
+    resolution activations dominate the peak), fewer if free memory is short."""
+    if device.type != "cuda":
+        return images
+    free, _ = torch.cuda.mem_get_info(device)
+    per_image = _BYTES_PER_DECODED_IMAGE[_kind(dtype)]
+    fits = int(0.5 * free // per_image)
+    return max(1, min(images, 4, fits))

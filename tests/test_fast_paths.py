@@ -1,0 +1,260 @@
+"""Issue 7's fast paths agree with the plain ones: each rewrite against its reference, on tiny models.
+
+Exact rewrites are checked in float64 to round-off; inexact ones (bf16 weights) against float32 with
+a bound on the deviation. CUDA-only paths (graph replay, offloading) run where a GPU is present.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from sd3d.models.checkpoint import LazySafetensors, load_syncdreamer
+from sd3d.models.configs import tiny_config
+from sd3d.models.depth_attention import DepthTransformer, set_depth_attention_impl
+from sd3d.models.flops import count_generation_flops
+from sd3d.models.inference import (
+    cast_weights_,
+    choose_batch_view_num,
+    choose_decode_batch,
+    keeps_float32,
+    set_channels_last_,
+)
+from sd3d.models.synthetic import synthetic_state_dict
+from sd3d.models.volume import repeat_rows
+from sd3d.pipeline import GenerationSettings, as_prepared, compute_dtype_for, sample_views
+from sd3d.sampling.ddim import ddim_tables
+from sd3d.sampling.schedule import scaled_linear_schedule
+
+CUDA = torch.cuda.is_available()
+T = 581
+
+
+@pytest.fixture(scope="module")
+def state_dict():
+    return synthetic_state_dict(tiny_config())
+
+
+@pytest.fixture(scope="module")
+def model64(state_dict):
+    return load_syncdreamer(state_dict, tiny_config()).double()
+
+
+@pytest.fixture(scope="module")
+def inputs(model64):
+    gen = torch.Generator().manual_seed(0)
+    image = torch.rand(2, 3, 256, 256, generator=gen, dtype=torch.float64) * 2 - 1
+    with torch.no_grad():
+        cond = model64.condition(image, [30.0, 10.0], generator=gen)
+    x_t = torch.randn(2, 16, 4, 32, 32, generator=gen, dtype=torch.float64)
+    return cond, x_t
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    yy, xx = np.mgrid[:256, :256]
+    rgba = np.zeros((256, 256, 4), np.uint8)
+    rgba[(yy - 128) ** 2 + (xx - 128) ** 2 < 100**2] = (200, 80, 40, 255)
+    return as_prepared(rgba)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+# --------------------------------------------------------------------------------------------------
+# exact rewrites
+# --------------------------------------------------------------------------------------------------
+def test_reassociated_depth_attention_equals_the_direct_form():
+    torch.manual_seed(0)
+    layer = DepthTransformer(dim=24, n_heads=4, d_head=8, context_dim=16).double().eval()
+    for p in layer.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(5, 24, 6, 7, dtype=torch.float64)  # non-square: pixel order matters
+    ctx = torch.randn(3, 16, 9, 6, 7, dtype=torch.float64)
+    with torch.no_grad():
+        fast = layer(x, ctx)
+        layer.depth_attn.impl = "reference"
+        ref = layer(x, ctx)
+        layer.depth_attn.impl = "fast"
+    assert rel(fast, ref) < 1e-13
+    assert rel(fast[:3], x[:3]) > 1e-2  # the attention really contributes
+
+
+def test_whole_model_eps_is_unchanged_by_the_rewrites(model64, inputs):
+    """Re-associated depth attention and a tensor timestep give the reference eps (float64)."""
+    cond, x_t = inputs
+    with torch.no_grad():
+        set_depth_attention_impl(model64, "reference")
+        ref = model64.predict_eps(x_t, T, cond, 2.0, 16)
+        set_depth_attention_impl(model64, "fast")
+        fast = model64.predict_eps(x_t, torch.tensor(T), cond, 2.0, 16)
+    assert rel(fast, ref) < 1e-12
+    with pytest.raises(ValueError, match="unknown"):
+        set_depth_attention_impl(model64, "flash")
+
+
+def test_repeat_rows_is_repeat_interleave():
+    t = torch.randn(3, 2, 5)
+    assert torch.equal(repeat_rows(t, 4), t.repeat_interleave(4, dim=0))
+
+
+def test_channels_last_changes_layout_not_values(model64, inputs):
+    """float64: a layout change is exact (float32 CPU kernels for NHWC round differently)."""
+    cond, x_t = inputs
+    with torch.no_grad():
+        ref = model64.predict_eps(x_t, T, cond, 2.0, 16)
+        set_channels_last_(model64, unet=True, volume=True)
+        conv = model64.model.diffusion_model.input_blocks[0][0].weight
+        assert conv.is_contiguous(memory_format=torch.channels_last)
+        fast = model64.predict_eps(x_t, T, cond, 2.0, 16)
+        set_channels_last_(model64, unet=False, volume=False)
+    assert not conv.is_contiguous(memory_format=torch.channels_last) or conv.shape[-1] == 1
+    assert rel(fast, ref) < 1e-12
+
+
+def test_ddim_tables_on_another_device_keep_their_values():
+    tables = ddim_tables(scaled_linear_schedule(), 50)
+    moved = tables.to("cpu")
+    for name in ("alphas", "alphas_prev", "sigmas", "sqrt_one_minus_alphas"):
+        assert torch.equal(getattr(moved, name), getattr(tables, name))
+
+
+# --------------------------------------------------------------------------------------------------
+# weights: dtype, lazy safetensors
+# --------------------------------------------------------------------------------------------------
+def test_bf16_weights_keep_norms_in_float32_and_stay_close(state_dict, inputs):
+    fp32 = load_syncdreamer(state_dict, tiny_config())
+    bf16 = load_syncdreamer(state_dict, tiny_config(), dtype=torch.bfloat16)
+    keep = keeps_float32(bf16)
+    assert "model.diffusion_model.out.0.weight" in keep  # a GroupNorm32
+    assert "clip_image_encoder.model.visual.ln_post.weight" in keep  # a LayerNorm
+    for name, p in bf16.named_parameters():
+        assert p.dtype == (torch.float32 if name in keep else torch.bfloat16), name
+    assert bf16.weight_dtype == torch.bfloat16 and fp32.weight_dtype == torch.float32
+    cond, x_t = inputs
+    cond32 = type(cond)(**{k: getattr(cond, k).float() for k in cond.__dataclass_fields__})
+    with torch.no_grad():
+        ref = fp32.predict_eps(x_t.float(), T, cond32, 2.0, 16)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = bf16.predict_eps(x_t.float(), T, cond32, 2.0, 16)
+            autocast_only = fp32.predict_eps(x_t.float(), T, cond32, 2.0, 16)
+    assert half.dtype == torch.float32  # the guidance combination is float32
+    with torch.no_grad():  # the scale of "close": another noisy input moves eps by ~0.9
+        other = fp32.predict_eps(x_t.flip(1).float(), T, cond32, 2.0, 16)
+    assert rel(half, ref) < 0.2 * rel(other, ref)
+    assert rel(half, autocast_only) < 1e-6  # stored bf16 weights = autocast's per-op casts
+    cast_weights_(bf16, torch.float32)
+    assert all(p.dtype == torch.float32 for p in bf16.parameters())
+
+
+def test_safetensors_are_read_lazily_and_only_the_consumed_keys(state_dict, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(path))
+    model = load_syncdreamer(path, dtype=torch.bfloat16)
+    assert model.config == tiny_config() and model.weight_dtype == torch.bfloat16
+    reference = load_syncdreamer(state_dict, tiny_config())
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p.float(), q.to(p.dtype).float(), rtol=0, atol=0, msg=name)
+
+    with safe_open(str(path), framework="pt") as handle:
+        lazy = LazySafetensors(handle)
+        read = []
+        get_tensor = handle.get_tensor
+
+        class Counting:
+            def __getattr__(self, attr):
+                return getattr(handle, attr)
+
+            def get_tensor(self, key):
+                read.append(key)
+                return get_tensor(key)
+
+        lazy._handle = Counting()
+        load_syncdreamer(lazy, tiny_config())
+    assert not [k for k in read if "token_embedding" in k or "text_projection" in k]
+    assert len(set(read)) == len(read) < len(lazy)  # each consumed tensor read once; leftovers never
+
+
+# --------------------------------------------------------------------------------------------------
+# the pipeline's choices
+# --------------------------------------------------------------------------------------------------
+def test_compute_dtype_follows_half_weights_and_fp32_upcasts_with_a_warning(state_dict):
+    model = load_syncdreamer(state_dict, tiny_config(), dtype=torch.bfloat16)
+    assert compute_dtype_for(model, "auto") == torch.bfloat16
+    with pytest.warns(UserWarning, match="upcast"):
+        assert compute_dtype_for(model, "fp32") == torch.float32
+    assert model.weight_dtype == torch.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert compute_dtype_for(model, "auto") == torch.float32  # CPU, fp32 weights
+
+
+def test_memory_choices_on_cpu():
+    cpu = torch.device("cpu")
+    assert choose_batch_view_num(cpu, torch.bfloat16, samples=4) == 16
+    assert choose_decode_batch(cpu, torch.bfloat16, 32) == 32
+
+
+def test_flop_count_follows_the_work():
+    one = count_generation_flops(tiny_config(), samples=1, steps=10, cfg_scale=1.0)
+    guided = count_generation_flops(tiny_config(), samples=1, steps=10, cfg_scale=2.0)
+    two = count_generation_flops(tiny_config(), samples=2, steps=10, cfg_scale=2.0)
+    assert guided.step_unet == pytest.approx(2 * one.step_unet, rel=1e-9)  # CFG doubles the UNet batch
+    # depth attention attends on the conditional rows only: guidance adds just the constant maps
+    assert one.step_depth_attention < guided.step_depth_attention < 1.2 * one.step_depth_attention
+    assert guided.step_volume == one.step_volume > 0
+    assert two.decode == pytest.approx(2 * guided.decode)
+    assert two.step_unet == pytest.approx(2 * guided.step_unet)
+    assert two.step_volume == pytest.approx(2 * guided.step_volume)
+    assert guided.total == pytest.approx(guided.conditioning + 10 * guided.step + guided.decode)
+    assert guided.floor_seconds(1e12) == pytest.approx(guided.total / 1e12)
+
+
+def test_sample_views_returns_the_latents_behind_the_views(state_dict, prepared):
+    model = load_syncdreamer(state_dict, tiny_config())
+    settings = GenerationSettings(steps=2, seed=4)
+    out = sample_views(model, prepared, settings)
+    assert out.latents.shape == (1, 16, 4, 32, 32) and out.latents.dtype == torch.float32
+    assert out.views_u8.shape == (1, 16, 256, 256, 3) and out.views_u8.dtype == np.uint8
+    assert out.record["cuda_graph"] is False
+    with torch.no_grad():
+        decoded = model.decode_latents(out.latents[0])
+    from sd3d.pipeline import quantize_official
+
+    np.testing.assert_array_equal(quantize_official(decoded), out.views_u8[0])
+
+
+# --------------------------------------------------------------------------------------------------
+# CUDA only
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_cuda_graph_replay_equals_eager(state_dict, prepared):
+    model = load_syncdreamer(state_dict, tiny_config(), "cuda", dtype=torch.bfloat16)
+    settings = GenerationSettings(steps=4, seed=9)
+    eager = sample_views(model, prepared, settings, "bf16", cuda_graph=False)
+    graphed = sample_views(model, prepared, settings, "bf16", cuda_graph=True)
+    assert graphed.record["cuda_graph"] is True
+    torch.testing.assert_close(graphed.latents, eager.latents, rtol=0, atol=0)
+    np.testing.assert_array_equal(graphed.views_u8, eager.views_u8)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_offloaded_conditioning_gives_the_same_views(state_dict, prepared):
+    from sd3d.models.inference import offload_conditioning_, onload_conditioning_
+
+    model = load_syncdreamer(state_dict, tiny_config(), "cuda", dtype=torch.bfloat16)
+    settings = GenerationSettings(steps=2, seed=9)
+    ref = sample_views(model, prepared, settings, "bf16")
+    offload_conditioning_(model)
+    assert model.clip_image_encoder.model.visual.proj.device.type == "cpu"
+    out = sample_views(model, prepared, settings, "bf16")
+    assert model.clip_image_encoder.model.visual.proj.device.type == "cpu"  # still parked after the run
+    onload_conditioning_(model)
+    torch.testing.assert_close(out.latents, ref.latents, rtol=0, atol=0)
