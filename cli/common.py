@@ -30,3 +30,23 @@ def progress() -> Progress:
 def echo(message: str) -> None:
     """Print a result line on stdout (quiet does not silence results, only progress)."""
     typer.echo(message)
+
+
+def parse_number(text: str, option: str, kind: type = float):
+    """An option given as text -> int/float, or a one-line UserError naming the option.
+
+    Options are taken as text (not Typer ints/floats) so that a bad value is our one-line ``error:``
+    with exit 2 rather than a usage screen, and ``nan``/``inf`` are refused.
+    """
+    import math
+
+    from sd3d.errors import UserError
+
+    try:
+        value = kind(str(text).strip())
+    except (ValueError, AttributeError):
+        what = "an integer" if kind is int else "a number"
+        raise UserError(f"{option} must be {what}, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise UserError(f"{option} must be a finite number, got {text!r}")
+    return value

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+from cli.common import parse_number as _number
+
 _BACKENDS = "auto|alpha|rembg|carvekit|grabcut|none"
 
 
@@ -20,21 +22,6 @@ def register(app: typer.Typer) -> None:
         help="SyncDreamer: generate 16 consistent views of the object in a photo (a views folder for "
         "`sd3d reconstruct`).",
     )(generate)
-
-
-def _number(text: str, option: str, kind: type = float):
-    import math
-
-    from sd3d.errors import UserError
-
-    try:
-        value = kind(str(text).strip())
-    except (ValueError, AttributeError):
-        what = "an integer" if kind is int else "a number"
-        raise UserError(f"{option} must be {what}, got {text!r}") from None
-    if kind is float and not math.isfinite(value):
-        raise UserError(f"{option} must be a finite number, got {text!r}")
-    return value
 
 
 def generate(

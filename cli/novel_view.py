@@ -10,6 +10,8 @@ from pathlib import Path
 
 import typer
 
+from cli.common import parse_number as _number
+
 _BACKENDS = "auto|alpha|rembg|carvekit|grabcut|none"
 
 
@@ -19,21 +21,6 @@ def register(app: typer.Typer) -> None:
         help="Zero123-XL: render the object in a photo from a camera moved by a relative pose "
         "(degrees up / to the right, units further away).",
     )(novel_view)
-
-
-def _number(text: str, option: str, kind: type = float):
-    import math
-
-    from sd3d.errors import UserError
-
-    try:
-        value = kind(text.strip())
-    except (ValueError, AttributeError):
-        what = "an integer" if kind is int else "a number"
-        raise UserError(f"{option} must be {what}, got {text!r}") from None
-    if kind is float and not math.isfinite(value):
-        raise UserError(f"{option} must be a finite number, got {text!r}")
-    return value
 
 
 def output_paths(output: Path, samples: int) -> list[Path]:
