@@ -186,7 +186,7 @@ def estimate_elevation(
     elevation_range: tuple[float, float] = ELEVATION_RANGE_DEG,
     coarse_step: float = 5.0,
     fine_step: float = 1.0,
-    hull_resolution: int = 96,
+    hull_resolution: int = 64,
     render_size: int = 160,
     excess_weight: float = EXCESS_WEIGHT,
     progress: Progress | None = None,
