@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import typer
@@ -12,6 +13,79 @@ _BACKENDS = "auto|alpha|rembg|carvekit|grabcut|none"
 def register(app: typer.Typer) -> None:
     app.command("run", help="Photo -> 16 views -> textured mesh, preview video and report, in one go.")(run)
     app.command("batch", help="`sd3d run` for every image of a folder (model loaded once, resumable).")(batch)
+
+
+def _option(name: str, annotation, default) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+
+
+# The options of every stage `run` chains, shared by `run` and `batch` (one list, two signatures).
+STAGE_OPTIONS = [
+    _option(
+        "elevation",
+        str,
+        typer.Option(
+            "auto", "--elevation", "-e", metavar="DEG|auto", help="Input elevation; auto estimates it."
+        ),
+    ),
+    _option(
+        "crop_size", int, typer.Option(200, "--crop-size", help="Object size after recentring (-1: no crop).")
+    ),
+    _option(
+        "background",
+        str,
+        typer.Option("auto", "--background", "-b", metavar=_BACKENDS, help="Foreground backend."),
+    ),
+    _option("steps", int, typer.Option(50, "--steps", help="Sampling steps.")),
+    _option("cfg", float, typer.Option(2.0, "--cfg", help="Classifier-free guidance scale.")),
+    _option("eta", float, typer.Option(1.0, "--eta", help="DDIM eta.")),
+    _option("seed", int, typer.Option(6033, "--seed", help="Random seed (generation and reconstruction).")),
+    _option(
+        "samples", int, typer.Option(1, "--samples", "-n", help="Generate N sets, keep the most consistent.")
+    ),
+    _option("sampler", str, typer.Option("ddim", "--sampler", help="ddim, dpmpp or unipc.")),
+    _option("batch_view_num", str, typer.Option("auto", "--batch-view-num", help="Views per UNet chunk.")),
+    _option(
+        "quality",
+        str,
+        typer.Option(
+            "auto",
+            "--quality",
+            help="Reconstruction preset: auto (standard on a GPU, draft on CPU), draft, standard or high.",
+        ),
+    ),
+    _option(
+        "recon_steps", int, typer.Option(None, "--recon-steps", help="Override the preset's training steps.")
+    ),
+    _option("faces", int, typer.Option(None, "--faces", help="Decimate the mesh to about N faces.")),
+    _option("formats", str, typer.Option("", "--formats", help="Extra mesh formats besides GLB: obj,ply.")),
+    _option("preview", str, typer.Option("mp4", "--preview", help="Turntable preview: mp4, gif or none.")),
+    _option(
+        "preview_frames",
+        int,
+        typer.Option(72, "--preview-frames", help="Turntable frames (72 = 3 s at 24 fps)."),
+    ),
+    _option("device", str, typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")),
+    _option("dtype", str, typer.Option("auto", "--dtype", help="auto, fp32, bf16 or fp16.")),
+    _option("weights", Path, typer.Option(None, "--weights", help="SyncDreamer checkpoint file.")),
+    _option("weights_dir", Path, typer.Option(None, "--weights-dir", help="Weights folder.")),
+]
+
+
+def _with_stage_options(*leading: inspect.Parameter):
+    """Give ``fn(**options)`` the signature ``(*leading, *STAGE_OPTIONS)`` that Typer reads."""
+
+    def decorate(fn):
+        fn.__signature__ = inspect.Signature([*leading, *STAGE_OPTIONS])
+        return fn
+
+    return decorate
+
+
+def _positional(name: str, annotation, default) -> inspect.Parameter:
+    return inspect.Parameter(
+        name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotation, default=default
+    )
 
 
 def _settings(
@@ -33,6 +107,7 @@ def _settings(
     preview_frames: int,
     device: str,
     dtype: str,
+    **_ignored,
 ):
     from sd3d.errors import UserError
     from sd3d.runner import RunSettings
@@ -71,70 +146,33 @@ def _settings(
     ).check()
 
 
-# Options shared by `run` and `batch` (Typer reads the defaults from the function signature).
-def run(
-    image: Path = typer.Argument(..., help="Input photo (any format Pillow reads).", show_default=False),
-    output: Path = typer.Option(
-        ..., "--output", "-o", help="Output folder (replaced as a whole).", show_default=False
+@_with_stage_options(
+    _positional(
+        "image", Path, typer.Argument(..., help="Input photo (any format Pillow reads).", show_default=False)
     ),
-    elevation: str = typer.Option(
-        "auto", "--elevation", "-e", metavar="DEG|auto", help="Input elevation; auto estimates it."
+    _positional(
+        "output",
+        Path,
+        typer.Option(..., "--output", "-o", help="Output folder (replaced as a whole).", show_default=False),
     ),
-    crop_size: int = typer.Option(200, "--crop-size", help="Object size after recentring (-1: no crop)."),
-    background: str = typer.Option(
-        "auto", "--background", "-b", metavar=_BACKENDS, help="Foreground backend."
-    ),
-    steps: int = typer.Option(50, "--steps", help="Sampling steps."),
-    cfg: float = typer.Option(2.0, "--cfg", help="Classifier-free guidance scale."),
-    eta: float = typer.Option(1.0, "--eta", help="DDIM eta."),
-    seed: int = typer.Option(6033, "--seed", help="Random seed (generation and reconstruction)."),
-    samples: int = typer.Option(1, "--samples", "-n", help="Generate N sets, keep the most consistent."),
-    sampler: str = typer.Option("ddim", "--sampler", help="ddim, dpmpp or unipc."),
-    batch_view_num: str = typer.Option("auto", "--batch-view-num", help="Views per UNet chunk."),
-    quality: str = typer.Option(
-        "auto",
-        "--quality",
-        help="Reconstruction preset: auto (standard on a GPU, draft on CPU), draft, standard or high.",
-    ),
-    recon_steps: int = typer.Option(None, "--recon-steps", help="Override the preset's training steps."),
-    faces: int = typer.Option(None, "--faces", help="Decimate the mesh to about N faces."),
-    formats: str = typer.Option("", "--formats", help="Extra mesh formats besides GLB: obj,ply."),
-    preview: str = typer.Option("mp4", "--preview", help="Turntable preview: mp4, gif or none."),
-    preview_frames: int = typer.Option(72, "--preview-frames", help="Turntable frames (72 = 3 s at 24 fps)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto, fp32, bf16 or fp16."),
-    weights: Path = typer.Option(None, "--weights", help="SyncDreamer checkpoint file."),
-    weights_dir: Path = typer.Option(None, "--weights-dir", help="Weights folder."),
-) -> None:
+)
+def run(image: Path, output: Path, **options) -> None:
     from cli.common import echo, is_quiet
     from sd3d.progress import Progress
     from sd3d.runner import run_photo
 
-    settings = _settings(
-        elevation,
-        crop_size,
-        background,
-        steps,
-        cfg,
-        eta,
-        seed,
-        samples,
-        sampler,
-        batch_view_num,
-        quality,
-        recon_steps,
-        faces,
-        formats,
-        preview,
-        preview_frames,
-        device,
-        dtype,
-    )
+    settings = _settings(**options)
     quiet = is_quiet()
     progress = Progress(enabled=not quiet, transient=True)
     status = _stage_printer(quiet)
     result = run_photo(
-        image, output, settings, weights=weights, weights_dir=weights_dir, progress=progress, on_stage=status
+        image,
+        output,
+        settings,
+        weights=options["weights"],
+        weights_dir=options["weights_dir"],
+        progress=progress,
+        on_stage=status,
     )
     if not quiet:
         _summary(result.report)
@@ -184,69 +222,34 @@ def _summary(report: dict) -> None:
         )
 
 
-def batch(
-    folder: Path = typer.Argument(..., help="Folder of photos (jpg, png, webp).", show_default=False),
-    output: Path = typer.Option(
-        ..., "--output", "-o", help="Output folder: one sub-folder per photo.", show_default=False
+@_with_stage_options(
+    _positional(
+        "folder", Path, typer.Argument(..., help="Folder of photos (jpg, png, webp).", show_default=False)
     ),
-    elevation: str = typer.Option(
-        "auto", "--elevation", "-e", metavar="DEG|auto", help="Input elevation; auto estimates it."
+    _positional(
+        "output",
+        Path,
+        typer.Option(
+            ..., "--output", "-o", help="Output folder: one sub-folder per photo.", show_default=False
+        ),
     ),
-    crop_size: int = typer.Option(200, "--crop-size", help="Object size after recentring (-1: no crop)."),
-    background: str = typer.Option(
-        "auto", "--background", "-b", metavar=_BACKENDS, help="Foreground backend."
-    ),
-    steps: int = typer.Option(50, "--steps", help="Sampling steps."),
-    cfg: float = typer.Option(2.0, "--cfg", help="Classifier-free guidance scale."),
-    eta: float = typer.Option(1.0, "--eta", help="DDIM eta."),
-    seed: int = typer.Option(6033, "--seed", help="Random seed."),
-    samples: int = typer.Option(
-        1, "--samples", "-n", help="Generate N sets per photo, keep the most consistent."
-    ),
-    sampler: str = typer.Option("ddim", "--sampler", help="ddim, dpmpp or unipc."),
-    batch_view_num: str = typer.Option("auto", "--batch-view-num", help="Views per UNet chunk."),
-    quality: str = typer.Option(
-        "auto",
-        "--quality",
-        help="Reconstruction preset: auto (standard on a GPU, draft on CPU), draft, standard or high.",
-    ),
-    recon_steps: int = typer.Option(None, "--recon-steps", help="Override the preset's training steps."),
-    faces: int = typer.Option(None, "--faces", help="Decimate meshes to about N faces."),
-    formats: str = typer.Option("", "--formats", help="Extra mesh formats besides GLB: obj,ply."),
-    preview: str = typer.Option("mp4", "--preview", help="Turntable preview: mp4, gif or none."),
-    preview_frames: int = typer.Option(72, "--preview-frames", help="Turntable frames (72 = 3 s at 24 fps)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto, fp32, bf16 or fp16."),
-    weights: Path = typer.Option(None, "--weights", help="SyncDreamer checkpoint file."),
-    weights_dir: Path = typer.Option(None, "--weights-dir", help="Weights folder."),
-) -> None:
+)
+def batch(folder: Path, output: Path, **options) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from cli.common import progress
     from sd3d.runner import run_batch
 
-    settings = _settings(
-        elevation,
-        crop_size,
-        background,
-        steps,
-        cfg,
-        eta,
-        seed,
-        samples,
-        sampler,
-        batch_view_num,
-        quality,
-        recon_steps,
-        faces,
-        formats,
-        preview,
-        preview_frames,
-        device,
-        dtype,
+    settings = _settings(**options)
+    items = run_batch(
+        folder,
+        output,
+        settings,
+        weights=options["weights"],
+        weights_dir=options["weights_dir"],
+        progress=progress(),
     )
-    items = run_batch(folder, output, settings, weights=weights, weights_dir=weights_dir, progress=progress())
     table = Table(title=f"sd3d batch: {output}")
     for col in ("image", "status", "seconds", "error"):
         table.add_column(col)
