@@ -322,6 +322,7 @@ def rasterize(
     width: int,
     near: float = 1e-3,
     max_pairs: int = 1 << 21,
+    coverage_only: bool = False,
 ) -> Fragments:
     """Z-buffer rasterisation of ``faces`` seen by a pinhole camera, one sample per pixel centre.
 
@@ -330,6 +331,9 @@ def rasterize(
     A sample is inside a face when every edge function is > 0, or == 0 where an infinitesimal
     shift of the sample would make it > 0 (see :func:`_edge_table`). Work is split into groups of
     faces with at most ``max_pairs`` (face, pixel) candidates.
+
+    ``coverage_only``: skip the depth test (about half the work): ``face`` then holds *a* face
+    covering each sample, ``bary`` and ``depth`` stay empty. Silhouettes need nothing more.
     """
     dev, dt = vertices.device, vertices.dtype
     R = torch.as_tensor(np.asarray(w2c)[:, :3], dtype=dt, device=dev)
@@ -408,6 +412,10 @@ def rasterize(
         inside = ((e > 0) | ((e == 0) & (g[..., 4] > 0))).all(dim=1)
         keep = inside.nonzero().squeeze(1)
         fid, px, py, e = (a.index_select(0, keep) for a in (fid, px, py, e))
+        if coverage_only:
+            fbuf[py * width + px] = fid
+            start = stop
+            continue
         # screen-space barycentrics (file corner order), then perspective-correct ones and depth
         lam = e.gather(1, bary_from_edge.index_select(0, fid)) / e.sum(1, keepdim=True)
         inv_z = lam / z[f.index_select(0, fid)]
@@ -568,7 +576,7 @@ def render_silhouettes(
     out = []
     for camera in cameras:
         K = np.diag([s, s, 1.0]) @ camera.K
-        frags = rasterize(v, f, K, camera.w2c, camera.height * s, camera.width * s)
+        frags = rasterize(v, f, K, camera.w2c, camera.height * s, camera.width * s, coverage_only=True)
         cov = (frags.face >= 0).to(torch.float32).view(camera.height, s, camera.width, s).mean(dim=(1, 3))
         out.append(cov.cpu().numpy())
     return np.stack(out)

@@ -101,32 +101,47 @@ def carve_visual_hull(
 ) -> np.ndarray:
     """Occupancy (r, r, r) ``[ix, iy, iz]`` of the voxel centres over ``[-bound, bound]^3`` that
     project inside every mask (``mask > threshold`` at the pixel containing the projection)."""
-    xs = -bound + (np.arange(resolution) + 0.5) * (2.0 * bound / resolution)
+    xs = (-bound + (np.arange(resolution) + 0.5) * (2.0 * bound / resolution)).astype(np.float32)
     gx, gy, gz = np.meshgrid(xs, xs, xs, indexing="ij")
-    points = np.stack([gx.ravel(), gy.ravel(), gz.ravel()], 1)
+    points = np.stack([gx.ravel(), gy.ravel(), gz.ravel(), np.ones_like(gx.ravel())], 1)
     alive = np.ones(len(points), bool)
     for mask, camera in zip(masks, cameras, strict=True):
         idx = np.nonzero(alive)[0]
-        uv, z = camera.project(points[idx])
-        i = np.floor(uv[:, 0]).astype(np.int64)
-        j = np.floor(uv[:, 1]).astype(np.int64)
+        # float32 projection (the carve's cost): pixel indices of voxel centres need no more
+        uvz = points[idx] @ (camera.K @ np.asarray(camera.w2c)).T.astype(np.float32)
+        z = uvz[:, 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            i = np.floor(uvz[:, 0] / z)
+            j = np.floor(uvz[:, 1] / z)
         h, w = mask.shape
         ok = (z > 0) & (i >= 0) & (i < w) & (j >= 0) & (j < h)
         inside = np.zeros(len(idx), bool)
-        inside[ok] = mask[j[ok], i[ok]] > threshold
+        inside[ok] = mask[j[ok].astype(np.int64), i[ok].astype(np.int64)] > threshold
         alive[idx[~inside]] = False
     return alive.reshape(resolution, resolution, resolution)
 
 
-def hull_mesh(occupancy: np.ndarray, bound: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
-    """Marching-cubes surface (vertices (V, 3) world, faces (F, 3)) of a voxel occupancy."""
+def hull_mesh(
+    occupancy: np.ndarray, bound: float = 0.6, max_faces: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Marching-cubes surface (vertices (V, 3) world, faces (F, 3)) of a voxel occupancy.
+
+    ``max_faces``: decimate (quadric edge collapse) to about that many faces. The voxel staircase
+    carries many faces and no shape a silhouette comparison can use, and rasterising is the
+    estimate's main cost, so the search renders a decimated hull."""
     import mcubes
 
     r = occupancy.shape[0]
     step = 2.0 * bound / r
     verts, faces = mcubes.marching_cubes(np.pad(occupancy, 1).astype(np.float32), 0.5)
     verts = (verts - 1.0) * step + (-bound + 0.5 * step)
-    return verts, faces.astype(np.int64)
+    if max_faces is not None and len(faces) > max_faces:
+        import fast_simplification
+
+        verts, faces = fast_simplification.simplify(
+            verts.astype(np.float32), faces.astype(np.int32), target_reduction=1.0 - max_faces / len(faces)
+        )
+    return np.asarray(verts, np.float64), np.asarray(faces, np.int64)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -184,10 +199,10 @@ def estimate_elevation(
     views,
     *,
     elevation_range: tuple[float, float] = ELEVATION_RANGE_DEG,
-    coarse_step: float = 5.0,
-    fine_step: float = 1.0,
+    steps: tuple[float, ...] = (10.0, 5.0, 1.0),
     hull_resolution: int = 64,
     render_size: int = 160,
+    hull_faces: int | None = 4000,
     excess_weight: float = EXCESS_WEIGHT,
     progress: Progress | None = None,
 ) -> ElevationEstimate:
@@ -195,9 +210,10 @@ def estimate_elevation(
 
     ``input_mask``: (H, W) coverage in [0, 1] of the input photo (any size and framing; e.g. the
     alpha of ``sd3d.preprocess.prepare_input``). The input camera is assumed at azimuth 0 (as the
-    generator assumes) and at the views' distance. Coarse search over ``elevation_range`` every
-    ``coarse_step`` degrees, then every ``fine_step`` degrees around the best, then a parabola
-    through the best and its neighbours.
+    generator assumes) and at the views' distance. Coarse-to-fine search: every ``steps[0]``
+    degrees over ``elevation_range``, then every ``steps[k]`` degrees strictly between the best
+    candidate's neighbours at the previous step, then a parabola through the best and its
+    neighbours at the last step.
     """
     from recon.raster import render_silhouettes
 
@@ -210,13 +226,15 @@ def estimate_elevation(
         np.mean([c.distance if c.distance is not None else np.linalg.norm(c.center) for c in views.cameras])
     )
     target = normalized_frame(input_mask)
-    coarse = list(np.arange(lo, hi + 1e-9, coarse_step))
-    fine_count = max(0, 2 * int(round(coarse_step / fine_step)) - 2)
-    with resolve(progress).task("elevation", 1 + len(coarse) + fine_count) as advance:
+    if not steps or any(b <= 0 or b > a for a, b in zip((math.inf, *steps), steps, strict=False)):
+        raise UserError(f"elevation search steps must be positive and decreasing, got {steps}")
+    coarse = list(np.arange(lo, hi + 1e-9, steps[0]))
+    refine_counts = [max(0, 2 * int(round(a / b)) - 2) for a, b in zip(steps, steps[1:], strict=False)]
+    with resolve(progress).task("elevation", 1 + len(coarse) + sum(refine_counts)) as advance:
         occupancy = carve_visual_hull(masks, views.cameras, resolution=hull_resolution)
         if not occupancy.any():
             raise ViewsFolderError("the views' masks do not agree on any volume: is cameras.json right?")
-        verts, faces = hull_mesh(occupancy)
+        verts, faces = hull_mesh(occupancy, max_faces=hull_faces)
         advance(info="visual hull")
         scores: dict[float, float] = {}
 
@@ -237,9 +255,10 @@ def estimate_elevation(
 
         evaluate(coarse)
         best = max(scores, key=scores.get)
-        evaluate(list(np.arange(best - coarse_step + fine_step, best + coarse_step - 1e-9, fine_step)))
-        best = max(scores, key=scores.get)
-    estimate = _parabola_peak(best, fine_step, scores)
+        for previous, step in zip(steps, steps[1:], strict=False):
+            evaluate(list(np.arange(best - previous + step, best + previous - 1e-9, step)))
+            best = max(scores, key=scores.get)
+    estimate = _parabola_peak(best, steps[-1], scores)
     curve = tuple(sorted(scores.items()))
     return ElevationEstimate(
         elevation_deg=float(np.clip(estimate, lo, hi)),

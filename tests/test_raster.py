@@ -55,6 +55,23 @@ def test_samples_on_shared_edges_and_vertices_are_covered_exactly_once():
     assert int(hits.max()) == 1
 
 
+def test_coverage_only_covers_the_samples_the_depth_test_covers():
+    """The silhouette fast path skips the z-buffer; it must cover exactly the same samples, here on
+    a closed, self-occluding mesh from several viewpoints (front and back faces overlap)."""
+    obj = trimesh.util.concatenate(
+        [trimesh.creation.icosphere(2, radius=0.3), trimesh.creation.box(extents=(0.2, 0.6, 0.2))]
+    )
+    v = torch.as_tensor(obj.vertices, dtype=torch.float32)
+    f = torch.as_tensor(obj.faces)
+    for elevation in (-20.0, 10.0, 45.0):
+        cam = orbit_camera(elevation, 30.0, 1.5, 48)
+        full = raster.rasterize(v, f, cam.K, cam.w2c, 48, 48)
+        fast = raster.rasterize(v, f, cam.K, cam.w2c, 48, 48, coverage_only=True)
+        assert 200 < int((full.face >= 0).sum()) < 48 * 48
+        assert torch.equal(fast.face >= 0, full.face >= 0)
+        assert bool(torch.isinf(fast.depth).all())  # nothing pretends to be a depth
+
+
 def test_depth_and_attributes_are_perspective_correct():
     cam = _front_camera(64)
     # a tilted plane z = 0.3 x, seen from z = -2 (camera z = world z + 2)
