@@ -19,7 +19,7 @@ reported on its own: it includes graph capture, cuDNN autotuning or compilation)
 Rows, cumulative unless marked (side): fp32 with TF32 off and the reference depth attention (the
 committed code before issue 7); + re-associated depth attention (exact); (side) TF32; + bf16
 autocast with fp32 weights (the previous bf16 path); + bf16 weights; + CUDA graph of the step;
-+ channels-last UNet (= the library default on CUDA); (side) conditioning encoders offloaded;
++ channels-last UNet; + half-precision norms (= the library default on CUDA); (side) conditioning encoders offloaded;
 (side) --samples 4; (side) DDIM eta 0 and the DPM-Solver++ / UniPC 20-step samplers (dev against
 DDIM eta 0, 50 steps); then optional speed-ups, kept only if they pay: channels-last 3D nets,
 torch.compile (cold, then again with warm on-disk caches; skipped when the time budget is short).
@@ -97,6 +97,45 @@ def _psnr(a, b) -> float:
 
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def describe_run(args, device, config):
+    """The run's environment record (device, versions, FLOP counts) and a cached FLOP counter
+    ``flops(samples, steps)``; prints the device."""
+    import torch
+
+    from sd3d.models.flops import count_generation_flops
+
+    cuda = device.type == "cuda"
+    env = {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
+        "device_type": device.type,
+        "python": platform.python_version(),
+        "config": args.config,
+        "steps": args.steps,
+    }
+    print(f"# device: {env['device']} (torch {env['torch']})", flush=True)
+    flop_cache: dict = {}
+
+    def flops(samples: int, steps: int):
+        if (samples, steps) not in flop_cache:
+            flop_cache[samples, steps] = count_generation_flops(config, samples, steps)
+        return flop_cache[samples, steps]
+
+    f = flops(1, args.steps)
+    env["flops"] = {
+        "step": f.step,
+        "step_unet": f.step_unet,
+        "step_depth_attention": f.step_depth_attention,
+        "step_volume": f.step_volume,
+        "conditioning": f.conditioning,
+        "decode": f.decode,
+        "total": f.total,
+        "floor_s": f.floor_seconds(),
+    }
+    return env, flops
 
 
 class Bench:
@@ -457,7 +496,6 @@ def main(argv: list[str] | None = None) -> int:
     from sd3d.models.checkpoint import load_syncdreamer
     from sd3d.models.configs import config_by_name
     from sd3d.models.depth_attention import set_depth_attention_impl
-    from sd3d.models.flops import count_generation_flops
     from sd3d.models.inference import (
         cast_weights_,
         compile_step_modules_,
@@ -472,35 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     if not cuda:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
     config = config_by_name(args.config)
-    env = {
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
-        "device_type": device.type,
-        "python": platform.python_version(),
-        "config": args.config,
-        "steps": args.steps,
-    }
-    print(f"# device: {env['device']} (torch {env['torch']})", flush=True)
-
-    flop_cache: dict = {}
-
-    def flops(samples: int, steps: int):
-        if (samples, steps) not in flop_cache:
-            flop_cache[samples, steps] = count_generation_flops(config, samples, steps)
-        return flop_cache[samples, steps]
-
-    f = flops(1, args.steps)
-    env["flops"] = {
-        "step": f.step,
-        "step_unet": f.step_unet,
-        "step_depth_attention": f.step_depth_attention,
-        "step_volume": f.step_volume,
-        "conditioning": f.conditioning,
-        "decode": f.decode,
-        "total": f.total,
-        "floor_s": f.floor_seconds(),
-    }
+    env, flops = describe_run(args, device, config)
 
     t0 = time.perf_counter()
     state_dict = synthetic_state_dict(config)
@@ -581,8 +591,10 @@ def main(argv: list[str] | None = None) -> int:
     bench.run("+ CUDA graph of the step", dtype="bf16", cuda_graph=cuda, repeats=fast)
     if cuda:
         set_channels_last_(model, unet=True, volume=False)
+    bench.run("+ channels-last UNet", dtype="bf16", cuda_graph=cuda, repeats=fast)
+    cast_weights_(model, torch.bfloat16, half_norms=True)
     default = bench.run(
-        "+ channels-last UNet = library default on CUDA",
+        "+ half-precision norms (float32 statistics) = library default on CUDA",
         dtype="bf16",
         cuda_graph=cuda,
         repeats=fast,

@@ -6,6 +6,7 @@ a bound on the deviation. CUDA-only paths (graph replay, offloading) run where a
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -126,6 +127,15 @@ def test_ddim_tables_on_another_device_keep_their_values():
 # --------------------------------------------------------------------------------------------------
 # weights: dtype, lazy safetensors
 # --------------------------------------------------------------------------------------------------
+def _eps32(model, inputs, autocast: bool = False, flip: bool = False) -> torch.Tensor:
+    """``predict_eps`` of the float32 copy of ``inputs`` (bf16 autocast if asked)."""
+    cond, x_t = inputs
+    cond32 = type(cond)(**{k: getattr(cond, k).float() for k in cond.__dataclass_fields__})
+    x = (x_t.flip(1) if flip else x_t).float()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        return model.predict_eps(x, T, cond32, 2.0, 16)
+
+
 def test_bf16_weights_keep_norms_in_float32_and_stay_close(state_dict, inputs):
     fp32 = load_syncdreamer(state_dict, tiny_config())
     bf16 = load_syncdreamer(state_dict, tiny_config(), dtype=torch.bfloat16)
@@ -135,20 +145,58 @@ def test_bf16_weights_keep_norms_in_float32_and_stay_close(state_dict, inputs):
     for name, p in bf16.named_parameters():
         assert p.dtype == (torch.float32 if name in keep else torch.bfloat16), name
     assert bf16.weight_dtype == torch.bfloat16 and fp32.weight_dtype == torch.float32
-    cond, x_t = inputs
-    cond32 = type(cond)(**{k: getattr(cond, k).float() for k in cond.__dataclass_fields__})
-    with torch.no_grad():
-        ref = fp32.predict_eps(x_t.float(), T, cond32, 2.0, 16)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            half = bf16.predict_eps(x_t.float(), T, cond32, 2.0, 16)
-            autocast_only = fp32.predict_eps(x_t.float(), T, cond32, 2.0, 16)
+    ref = _eps32(fp32, inputs)
+    half = _eps32(bf16, inputs, autocast=True)
+    autocast_only = _eps32(fp32, inputs, autocast=True)
     assert half.dtype == torch.float32  # the guidance combination is float32
-    with torch.no_grad():  # the scale of "close": another noisy input moves eps by ~0.9
-        other = fp32.predict_eps(x_t.flip(1).float(), T, cond32, 2.0, 16)
+    other = _eps32(fp32, inputs, flip=True)  # the scale of "close": another noisy input moves eps by ~0.9
     assert rel(half, ref) < 0.2 * rel(other, ref)
     assert rel(half, autocast_only) < 1e-6  # stored bf16 weights = autocast's per-op casts
     cast_weights_(bf16, torch.float32)
     assert all(p.dtype == torch.float32 for p in bf16.parameters())
+
+
+def test_half_norms_compute_in_bf16_with_float32_statistics():
+    """A norm with bf16 parameters normalises bf16 input without a float32 copy, under autocast too,
+    and its statistics are float32's: the result is the float32 computation rounded to bf16."""
+    from sd3d.models.norms import GroupNorm, GroupNorm32, LayerNorm
+
+    gen = torch.Generator().manual_seed(1)
+    # a large common offset: statistics accumulated in bf16 would be off by whole bf16 steps
+    x = (torch.randn(2, 64, 8, 8, generator=gen) * 0.5 + 40.0).bfloat16()
+    for norm in (GroupNorm(8, 64), GroupNorm32(8, 64), LayerNorm(8)):
+        with torch.no_grad():
+            norm.weight.normal_(generator=gen)
+            norm.bias.normal_(generator=gen)
+        norm.bfloat16()
+        exact = copy.deepcopy(norm).double()(x.double())  # float64, same bf16 input and parameters
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            y = norm(x)
+        assert y.dtype == torch.bfloat16, type(norm)
+        # the float64 result rounded to bf16 (half an ulp, 2^-9 relative), plus float32 round-off
+        bound = 2**-8 * exact.abs() + 2**-12
+        assert bool(((y.double() - exact).abs() <= bound).all()), type(norm)
+    # the bound discriminates: statistics accumulated in bf16 miss it by far
+    g = x.reshape(2, 8, -1)
+    naive = (g - g.mean(-1, keepdim=True)) / (g.var(-1, keepdim=True, unbiased=False) + 1e-5).sqrt()
+    exact = torch.nn.functional.group_norm(x.double(), 8).reshape(2, 8, -1)
+    assert not bool(((naive.double() - exact).abs() <= 2**-8 * exact.abs() + 2**-12).all())
+
+
+def test_half_norms_model_stays_as_close_to_float32_as_float32_norms(state_dict, inputs):
+    fp32 = load_syncdreamer(state_dict, tiny_config())
+    bf16 = load_syncdreamer(state_dict, tiny_config(), dtype=torch.bfloat16)
+    cast_weights_(bf16, torch.bfloat16, half_norms=True)
+    keep = keeps_float32(bf16, half_norms=True)
+    assert "model.diffusion_model.out.0.weight" not in keep  # the UNet's GroupNorm32 is bf16 now
+    assert "clip_image_encoder.model.visual.ln_post.weight" in keep  # CLIP's LayerNorm is not
+    assert bf16.model.diffusion_model.out[0].weight.dtype == torch.bfloat16
+    ref = _eps32(fp32, inputs)
+    half_norms = _eps32(bf16, inputs, autocast=True)
+    cast_weights_(bf16, torch.bfloat16, half_norms=False)
+    float_norms = _eps32(bf16, inputs, autocast=True)
+    # bf16 norms add their output rounding to what bf16 weights already cost: same order
+    assert rel(half_norms, ref) < 2.0 * rel(float_norms, ref), (rel(half_norms, ref), rel(float_norms, ref))
 
 
 def test_safetensors_are_read_lazily_and_only_the_consumed_keys(state_dict, tmp_path):
@@ -235,8 +283,10 @@ def test_sample_views_returns_the_latents_behind_the_views(state_dict, prepared)
 # CUDA only
 # --------------------------------------------------------------------------------------------------
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-def test_cuda_graph_replay_equals_eager(state_dict, prepared):
+@pytest.mark.parametrize("half_norms", [False, True])
+def test_cuda_graph_replay_equals_eager(state_dict, prepared, half_norms):
     model = load_syncdreamer(state_dict, tiny_config(), "cuda", dtype=torch.bfloat16)
+    cast_weights_(model, torch.bfloat16, half_norms=half_norms)
     settings = GenerationSettings(steps=4, seed=9)
     eager = sample_views(model, prepared, settings, "bf16", cuda_graph=False)
     graphed = sample_views(model, prepared, settings, "bf16", cuda_graph=True)

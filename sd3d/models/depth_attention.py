@@ -30,6 +30,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sd3d.models.norms import GroupNorm
+
 IMPLEMENTATIONS = ("fast", "reference")
 
 
@@ -115,18 +117,18 @@ class DepthTransformer(nn.Module):
     def __init__(self, dim: int, n_heads: int, d_head: int, context_dim: int, norm_groups: int = 8) -> None:
         super().__init__()
         inner = n_heads * d_head
-        self.proj_in = nn.Sequential(nn.Conv2d(dim, inner, 1), nn.GroupNorm(norm_groups, inner), nn.SiLU())
+        self.proj_in = nn.Sequential(nn.Conv2d(dim, inner, 1), GroupNorm(norm_groups, inner), nn.SiLU())
         self.proj_context = nn.Sequential(
             nn.Conv3d(context_dim, context_dim, 1, bias=False),
-            nn.GroupNorm(norm_groups, context_dim),
+            GroupNorm(norm_groups, context_dim),
             nn.ReLU(),
         )
         self.depth_attn = DepthAttention(inner, context_dim, n_heads, d_head)
         self.proj_out = nn.Sequential(
-            nn.GroupNorm(norm_groups, inner),
+            GroupNorm(norm_groups, inner),
             nn.ReLU(),
             nn.Conv2d(inner, inner, 3, 1, 1, bias=False),
-            nn.GroupNorm(norm_groups, inner),
+            GroupNorm(norm_groups, inner),
             nn.ReLU(),
             nn.Conv2d(inner, dim, 3, 1, 1, bias=False),
         )

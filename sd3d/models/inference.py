@@ -5,8 +5,11 @@ batch`` loads one model and runs many images), as opposed to per-run choices (CU
 sampler), which live in :mod:`sd3d.pipeline` and :mod:`sd3d.sampling`:
 
 * **weight dtype**: the convolution / linear weights stored in bf16 or fp16 (half the memory, no
-  per-step casts under autocast); norm layers keep float32 parameters because autocast computes
-  them in float32 anyway (:func:`keeps_float32`, :func:`cast_weights_`);
+  per-step casts under autocast). Norm layers keep float32 parameters (the official numerics:
+  normalised in float32) unless ``half_norms``, the CUDA default: the denoiser's, 3D nets' and
+  VAE's norms then get half-precision parameters and normalise the half-precision activations
+  directly, with float32 statistics (:mod:`sd3d.models.norms` says why; :func:`keeps_float32`,
+  :func:`cast_weights_`);
 * **conditioning offload**: the CLIP image tower and the VAE encoder (0.34 G parameters) are only
   needed once per input. :func:`offload_conditioning_` parks them in pinned host memory and
   :func:`conditioning_on_device` brings a device copy in for the conditioning call only;
@@ -23,6 +26,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from sd3d.models.norms import HALF_CAPABLE_NORMS
 from sd3d.models.syncdreamer import SyncDreamer
 
 NORM_TYPES = (nn.GroupNorm, nn.LayerNorm)
@@ -38,18 +42,20 @@ _BYTES_PER_DECODED_IMAGE = {"fp32": 0.2e9, "half": 0.1e9}
 VIEW_CHOICES = (16, 8, 4, 2, 1)
 
 
-def keeps_float32(model: nn.Module) -> set[str]:
-    """Names of the parameters that stay float32 whatever the weight dtype: those of norm layers."""
+def keeps_float32(model: nn.Module, half_norms: bool = False) -> set[str]:
+    """Names of the parameters that stay float32 whatever the weight dtype: those of norm layers
+    (with ``half_norms``, only those of norms that cannot compute in half precision: CLIP's)."""
     names = set()
     for prefix, module in model.named_modules():
-        if isinstance(module, NORM_TYPES):
+        if isinstance(module, NORM_TYPES) and not (half_norms and isinstance(module, HALF_CAPABLE_NORMS)):
             names.update(f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False))
     return names
 
 
-def cast_weights_(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """Store every parameter except the norm layers' in ``dtype`` (in place); returns ``model``."""
-    keep = keeps_float32(model)
+def cast_weights_(model: nn.Module, dtype: torch.dtype, half_norms: bool = False) -> nn.Module:
+    """Store every parameter in ``dtype`` (in place) except those :func:`keeps_float32` names;
+    returns ``model``. ``half_norms`` only matters for a half-precision ``dtype``."""
+    keep = keeps_float32(model, half_norms and dtype in HALF_DTYPES)
     for name, param in model.named_parameters():
         target = torch.float32 if name in keep else dtype
         if param.is_floating_point() and param.dtype != target:
@@ -142,12 +148,17 @@ def compile_step_modules_(model: SyncDreamer, **options) -> SyncDreamer:
 
 
 def prepare_for_inference(
-    model: SyncDreamer, dtype: torch.dtype = torch.float32, offload: bool | None = None
+    model: SyncDreamer,
+    dtype: torch.dtype = torch.float32,
+    offload: bool | None = None,
+    half_norms: bool | None = None,
 ) -> SyncDreamer:
-    """Weights in ``dtype`` (norms float32); on CUDA a channels-last UNet (measured 2% faster, same
-    memory); conditioning offloaded if ``offload`` (None: when the device's free memory is tight,
-    see :func:`should_offload`)."""
-    cast_weights_(model, dtype)
+    """Weights in ``dtype``; norms in half precision too if ``half_norms`` (None: on CUDA); on CUDA a
+    channels-last UNet; conditioning offloaded if ``offload`` (None: when the device's free memory
+    is tight, see :func:`should_offload`)."""
+    if half_norms is None:
+        half_norms = model.device.type == "cuda"
+    cast_weights_(model, dtype, half_norms)
     if model.device.type == "cuda":
         set_channels_last_(model, unet=True, volume=False)
     if offload is None:

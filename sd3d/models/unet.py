@@ -21,6 +21,7 @@ from torch import nn
 
 from sd3d.models.configs import UNetConfig
 from sd3d.models.depth_attention import DepthTransformer
+from sd3d.models.norms import GroupNorm, GroupNorm32, LayerNorm
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -34,15 +35,6 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
     return emb
-
-
-class GroupNorm32(nn.GroupNorm):
-    """GroupNorm evaluated in float32 for half-precision inputs (CompVis ``GroupNorm32``); float64 stays."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float64:
-            return super().forward(x)
-        return super().forward(x.float()).to(x.dtype)
 
 
 def _group_norm32(cfg: UNetConfig, channels: int) -> GroupNorm32:
@@ -141,9 +133,9 @@ class BasicTransformerBlock(nn.Module):
         self.attn1 = CrossAttention(dim, heads, dim_head)
         self.ff = FeedForward(dim)
         self.attn2 = CrossAttention(dim, heads, dim_head, context_dim)
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.norm3 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm(dim)
+        self.norm2 = LayerNorm(dim)
+        self.norm3 = LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         x = self.attn1(self.norm1(x)) + x
@@ -157,7 +149,7 @@ class SpatialTransformer(nn.Module):
     def __init__(self, cfg: UNetConfig, channels: int, heads: int, dim_head: int) -> None:
         super().__init__()
         inner = heads * dim_head
-        self.norm = nn.GroupNorm(cfg.norm_groups, channels, eps=1e-6)
+        self.norm = GroupNorm(cfg.norm_groups, channels, eps=1e-6)
         self.proj_in = nn.Conv2d(channels, inner, 1)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(inner, heads, dim_head, cfg.context_dim)

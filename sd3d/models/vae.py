@@ -13,10 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from sd3d.models.configs import VAEConfig
+from sd3d.models.norms import GroupNorm
 
 
-def _norm(cfg: VAEConfig, channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(cfg.norm_groups, channels, eps=cfg.norm_eps, affine=True)
+def _norm(cfg: VAEConfig, channels: int) -> GroupNorm:
+    return GroupNorm(cfg.norm_groups, channels, eps=cfg.norm_eps, affine=True)
 
 
 class ResnetBlock(nn.Module):

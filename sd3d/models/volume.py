@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sd3d.models.configs import VolumeConfig
+from sd3d.models.norms import GroupNorm
 
 
 def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
@@ -33,8 +34,8 @@ def repeat_rows(t: torch.Tensor, n: int) -> torch.Tensor:
     return t.unsqueeze(1).expand(t.shape[0], n, *t.shape[1:]).reshape(t.shape[0] * n, *t.shape[1:])
 
 
-def _gn(cfg: VolumeConfig, channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(cfg.norm_groups, channels, eps=1e-5)
+def _gn(cfg: VolumeConfig, channels: int) -> GroupNorm:
+    return GroupNorm(cfg.norm_groups, channels, eps=1e-5)
 
 
 # --------------------------------------------------------------------------------------------------

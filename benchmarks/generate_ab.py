@@ -1,0 +1,144 @@
+"""A/B of the CUDA default against its predecessor, on one GPU in one short run (issue 7).
+
+    python benchmarks/generate_ab.py --json out.json [--shared DIR] [--parity]
+    python benchmarks/generate_ab.py --render out.json        # print the table of a saved run again
+    python benchmarks/generate_ab.py --device cpu --config tiny --steps 2   # smoke test
+
+``benchmarks/generate.py`` measures every optimisation cumulatively from the fp32 baseline (about
+8 minutes of an H100); this measures only what one change needs, for a session with little device
+time: the full-size synthetic-weights model, then rows timed exactly like ``generate.py``'s (same
+``Bench``: first call, median of ``--repeats``, peak allocated, deviation of the final latents):
+
+1. fp32, TF32 off, eager: the reference the deviations are measured against;
+2. the previous CUDA default: bf16 weights with float32 norms, CUDA graph, channels-last UNet;
+3. + half-precision norms (:mod:`sd3d.models.norms`), channels-last UNet;
+4. half-precision norms with a contiguous UNet (GroupNorm has no channels-last CUDA kernel in
+   torch 2.11: every norm of a channels-last UNet copies in and out of NCHW);
+
+then the kernel profile of the faster of rows 3 and 4, and with ``--parity`` the fp32 CUDA parity
+check against the golden fixture (TF32 off). The JSON is written after every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import generate as full  # noqa: E402  (the benchmark this one shares its rows and table with)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--config", default="official", help="official or tiny (smoke tests)")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=6033)
+    parser.add_argument("--batch-view-num", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--parity", action="store_true", help="also the fp32 CUDA parity check")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--render", type=Path, default=None, help="print the table of a saved --json")
+    args = parser.parse_args(argv)
+    if args.render:
+        print(full.render(json.loads(args.render.read_text())))
+        return 0
+
+    import torch
+
+    from sd3d.device import resolve_device
+    from sd3d.models.checkpoint import load_syncdreamer
+    from sd3d.models.configs import config_by_name
+    from sd3d.models.inference import cast_weights_, set_channels_last_
+    from sd3d.models.synthetic import synthetic_state_dict
+    from sd3d.pipeline import GenerationSettings, sample_views
+
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    config = config_by_name(args.config)
+    env, flops = full.describe_run(args, device, config)
+    env["benchmark"] = "generate_ab.py"
+    t0 = time.perf_counter()
+    state_dict = synthetic_state_dict(config)
+    model = load_syncdreamer(state_dict, config, device)  # fp32 weights: row 1
+    if not args.parity:
+        del state_dict  # else kept on the host for the parity model
+        gc.collect()
+    env["build_s"] = time.perf_counter() - t0
+    print(f"# model built with synthetic weights in {env['build_s']:.1f} s", flush=True)
+
+    prepared = full._input(args.shared)
+    bench = full.Bench(args, model, prepared, device, env, flops)
+    sample_views(model, prepared, GenerationSettings(steps=2, batch_view_num=args.batch_view_num), "fp32")
+    full._tf32(False)
+    bench.run("fp32, TF32 off, eager (reference)", dtype="fp32", cuda_graph=False, repeats=0, keep_ref="fp32")
+    full._tf32(None)  # PyTorch's defaults from here on: what users get
+
+    cast_weights_(model, torch.bfloat16)
+    gc.collect()
+    if cuda:
+        set_channels_last_(model, unet=True, volume=False)
+    bench.run(
+        "previous default: bf16 weights, float32 norms, CUDA graph, channels-last UNet",
+        dtype="bf16",
+        cuda_graph=cuda,
+        repeats=args.repeats,
+        keep_ref="previous",
+    )
+    cast_weights_(model, torch.bfloat16, half_norms=True)
+    half_cl = bench.run(
+        "+ half-precision norms (float32 statistics), channels-last UNet",
+        dtype="bf16",
+        cuda_graph=cuda,
+        repeats=args.repeats,
+    )
+    if cuda:
+        set_channels_last_(model, unet=False, volume=False)
+    half_nchw = bench.run(
+        "+ half-precision norms, contiguous (NCHW) UNet",
+        dtype="bf16",
+        cuda_graph=cuda,
+        repeats=args.repeats,
+    )
+    if cuda and half_cl.get("median_s", 1e9) < half_nchw.get("median_s", 1e9):
+        set_channels_last_(model, unet=True, volume=False)
+    try:
+        bench.result["breakdown"] = full._breakdown(model, prepared, device)
+        bench.save()
+    except Exception as exc:
+        traceback.print_exc()
+        bench.note(f"time breakdown failed: {type(exc).__name__}: {exc}")
+
+    fixture = args.shared / "reference" / "syncdreamer-golden-synthetic.npz"
+    if args.parity and fixture.is_file():
+        t0 = time.perf_counter()
+        try:
+            bench.model = model = None  # the bf16 model: its weights lost their float32 values
+            gc.collect()
+            torch.cuda.empty_cache()
+            model = load_syncdreamer(state_dict, config, device)
+            with torch.no_grad():
+                bench.result["parity"] = full._parity(model, args.shared)
+            bench.note(f"parity check (fp32, TF32 off) took {time.perf_counter() - t0:.1f} s")
+        except Exception as exc:
+            traceback.print_exc()
+            bench.note(f"parity check failed to run: {type(exc).__name__}: {exc}")
+    elif args.parity:
+        bench.note(f"parity skipped: no fixture under {args.shared}")
+    bench.note(f"benchmark wall time {bench.elapsed():.0f} s")
+    print()
+    print(full.render(bench.result))
+    return 0 if all(p[3] for p in bench.result["parity"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
