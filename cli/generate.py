@@ -118,20 +118,20 @@ def generate(
         raise UserError(f"unknown --model {model_name!r}: use syncdreamer or zero123")
     if model_name == "zero123":
         _generate_zero123(
-            image,
-            output,
-            elevation,
-            samples,
-            steps,
-            cfg,
-            seed,
-            crop_size,
-            device,
-            dtype,
-            sampler,
-            weights,
-            weights_dir,
-            background,
+            image=image,
+            output=output,
+            elevation=elevation,
+            samples=samples,
+            steps=steps,
+            cfg=cfg,
+            seed=seed,
+            crop_size=crop_size,
+            device=device,
+            dtype=dtype,
+            sampler=sampler,
+            weights=weights,
+            weights_dir=weights_dir,
+            background=background,
         )
         return
     settings = GenerationSettings(
@@ -169,6 +169,7 @@ def generate(
 
 
 def _generate_zero123(
+    *,
     image,
     output,
     elevation,

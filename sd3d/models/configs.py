@@ -109,15 +109,13 @@ class VolumeConfig:
 
 
 @dataclass(frozen=True)
-class SyncDreamerConfig:
-    """The whole ``SyncMultiviewDiffusion`` model; the defaults are the official checkpoint's."""
+class LatentDiffusionConfig:
+    """What SyncDreamer and Zero123 share: the VAE, the CLIP image tower, the image size and the SD-1
+    noise schedule (``linear`` betas from ``linear_start`` to ``linear_end`` over ``num_timesteps``)."""
 
     vae: VAEConfig = field(default_factory=VAEConfig)
     clip: CLIPVisionConfig = field(default_factory=CLIPVisionConfig)
-    unet: UNetConfig = field(default_factory=UNetConfig)
-    volume: VolumeConfig = field(default_factory=VolumeConfig)
     image_size: int = 256
-    view_num: int = 16
     num_timesteps: int = 1000
     linear_start: float = 0.00085
     linear_end: float = 0.012
@@ -130,6 +128,15 @@ class SyncDreamerConfig:
     @property
     def latent_channels(self) -> int:
         return self.vae.embed_dim
+
+
+@dataclass(frozen=True)
+class SyncDreamerConfig(LatentDiffusionConfig):
+    """The whole ``SyncMultiviewDiffusion`` model; the defaults are the official checkpoint's."""
+
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    volume: VolumeConfig = field(default_factory=VolumeConfig)
+    view_num: int = 16
 
     def validate(self) -> None:
         """Raise ``ValueError`` for sizes that cannot fit together (a programming error, not user input)."""

@@ -41,7 +41,7 @@ from torch import nn
 
 from sd3d.errors import WeightsError
 from sd3d.models.clip import CLIPImageEncoder, text_leftover_shapes
-from sd3d.models.configs import CLIPVisionConfig, UNetConfig, VAEConfig
+from sd3d.models.configs import CLIPVisionConfig, LatentDiffusionConfig, UNetConfig
 from sd3d.models.configs import tiny_config as _syncdreamer_tiny
 from sd3d.models.unet import UNetModel
 from sd3d.models.vae import AutoencoderKL
@@ -73,26 +73,11 @@ def _zero123_unet() -> UNetConfig:
 
 
 @dataclass(frozen=True)
-class Zero123Config:
+class Zero123Config(LatentDiffusionConfig):
     """The official ``sd-objaverse-finetune-c_concat-256.yaml`` (Zero123 and Zero123-XL alike) by default."""
 
-    vae: VAEConfig = field(default_factory=VAEConfig)
-    clip: CLIPVisionConfig = field(default_factory=CLIPVisionConfig)
     unet: UNetConfig = field(default_factory=_zero123_unet)
-    image_size: int = 256
     pose_dim: int = 4
-    num_timesteps: int = 1000
-    linear_start: float = 0.00085
-    linear_end: float = 0.012
-    name: str = "official"
-
-    @property
-    def latent_size(self) -> int:
-        return self.image_size // self.vae.downsample_factor
-
-    @property
-    def latent_channels(self) -> int:
-        return self.vae.embed_dim
 
     def validate(self) -> None:
         """``ValueError`` for sizes that cannot fit together (a programming error, not user input)."""
