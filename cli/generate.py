@@ -61,11 +61,12 @@ def generate(
         help="Views per UNet chunk (memory knob; auto: from free memory).",
     ),
     crop_size: str = typer.Option(
-        "200",
+        "auto",
         "--crop-size",
         metavar="PX",
-        help="Object size after recentring (150-200); -1 keeps the framing: use it for a 256x256 RGBA "
-        "made by `sd3d preprocess`, which is then used as is.",
+        help="SyncDreamer: object size after recentring (150-200; auto: 200); -1 keeps the framing: use "
+        "it for a 256x256 RGBA made by `sd3d preprocess`, which is then used as is. (Zero123 crops as "
+        "its demo does.)",
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option(
@@ -125,7 +126,10 @@ def generate(
             steps=steps,
             cfg=cfg,
             seed=seed,
+            eta=eta,
+            batch_view_num=batch_view_num,
             crop_size=crop_size,
+            compile_steps=compile_steps,
             device=device,
             dtype=dtype,
             sampler=sampler,
@@ -146,7 +150,7 @@ def generate(
         else _number(batch_view_num, "--batch-view-num", int),
         sampler=sampler.strip().lower(),
     ).check()
-    crop = _number(crop_size, "--crop-size", int)
+    crop = 200 if crop_size.strip() == "auto" else _number(crop_size, "--crop-size", int)
     method = check_backend_name(background)
     torch_device = resolve_device(device)
     resolve_dtype(dtype, torch_device)
@@ -177,7 +181,10 @@ def _generate_zero123(
     steps,
     cfg,
     seed,
+    eta,
+    batch_view_num,
     crop_size,
+    compile_steps,
     device,
     dtype,
     sampler,
@@ -186,7 +193,8 @@ def _generate_zero123(
     background,
 ) -> None:
     """``--model zero123``: the same 16 target cameras, each view from Zero123 (independently, or with
-    3DiM stochastic conditioning); same output layout as SyncDreamer's."""
+    3DiM stochastic conditioning); same output layout as SyncDreamer's. Options that only mean
+    something for SyncDreamer are refused rather than silently ignored."""
     import numpy as np
 
     from cli.common import echo, progress
@@ -194,7 +202,7 @@ def _generate_zero123(
     from sd3d.device import resolve_device, resolve_dtype
     from sd3d.errors import UserError
     from sd3d.pipeline import check_output_folder, write_generated
-    from sd3d.zero123_pipeline import generate_views_zero123, prepare_zero123_input
+    from sd3d.zero123_pipeline import check_sampling_args, generate_views_zero123, prepare_zero123_input
     from sd3d.zero123_pipeline import load_model as load_zero123_model
 
     sampler = sampler.strip().lower()
@@ -203,6 +211,17 @@ def _generate_zero123(
         raise UserError(
             f"--sampler {sampler!r} is not available for Zero123: use independent or stochastic-conditioning"
         )
+    if crop_size.strip() != "auto":
+        raise UserError(
+            "--crop-size is SyncDreamer's recentring; Zero123 crops as its demo does: drop --crop-size"
+        )
+    if compile_steps:
+        raise UserError("--compile is for SyncDreamer's denoiser; Zero123 runs without it: drop --compile")
+    views_per_call = (
+        8 if batch_view_num.strip() == "auto" else _number(batch_view_num, "--batch-view-num", int)
+    )
+    if not 1 <= views_per_call <= 16:
+        raise UserError("--batch-view-num must be between 1 and 16")
     elev = _number(elevation, "--elevation")
     n = _number(samples, "--samples", int)
     if not 1 <= n <= 64:
@@ -210,6 +229,8 @@ def _generate_zero123(
     n_steps = _number(steps, "--steps", int)
     scale = 3.0 if cfg.strip() == "auto" else _number(cfg, "--cfg")
     base_seed = _number(seed, "--seed", int)
+    eta_value = _number(eta, "--eta")
+    check_sampling_args(n_steps, scale, n, eta_value)
     method = check_backend_name(background)
     torch_device = resolve_device(device)
     resolve_dtype(dtype, torch_device)
@@ -227,7 +248,9 @@ def _generate_zero123(
             torch_device,
             dtype,
             progress(),
+            eta=eta_value,
             model=model,
+            batch_size=views_per_call,
         )
         for i in range(n)
     ]

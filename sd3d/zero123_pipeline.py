@@ -381,6 +381,7 @@ def generate_views_zero123(
         "eta": float(eta),
         "seed": int(seed),
         "input_radius": INPUT_RADIUS,
+        "views_per_call": int(batch_size),
     }
 
     with torch.inference_mode():

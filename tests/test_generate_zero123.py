@@ -75,3 +75,30 @@ def test_syncdreamer_only_samplers_are_refused_for_zero123(run_cli, photo, tiny_
     assert res.code == 2 and res.err.count("\n") == 1 and "Zero123" in res.err and not out.exists()
     res = run_cli("generate", photo, "-o", out, "--model", "nerf")
     assert res.code == 2 and "--model" in res.err and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--crop-size", "180"], "--crop-size"),
+        (["--compile"], "--compile"),
+        (["--batch-view-num", "0"], "--batch-view-num"),
+        (["--eta", "2"], "eta"),
+    ],
+)
+def test_syncdreamer_only_or_bad_options_are_refused_not_ignored(
+    run_cli, photo, tiny_ckpt, tmp_path, args, message
+):
+    out = tmp_path / "views"
+    res = _gen(run_cli, photo, out, tiny_ckpt, *args)
+    assert res.code == 2 and len(res.err.strip().splitlines()) == 1 and message in res.err, res
+    assert not out.exists()
+
+
+def test_eta_and_views_per_call_reach_zero123(run_cli, photo, tiny_ckpt, tmp_path):
+    out = tmp_path / "views"
+    res = _gen(run_cli, photo, out, tiny_ckpt, "--eta", "0", "--batch-view-num", "4", "--seed", "4")
+    assert res.code == 0, res
+    info = json.loads((out / "cameras.json").read_text())
+    text = json.dumps(info)
+    assert '"eta": 0.0' in text and '"views_per_call": 4' in text, text[:2000]
