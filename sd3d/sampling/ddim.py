@@ -85,10 +85,21 @@ def ddim_tables(schedule: NoiseSchedule, steps: int, eta: float = 1.0) -> DDIMTa
     )
 
 
-def ddim_step(
-    x_t: torch.Tensor, eps: torch.Tensor, index: int, tables: DDIMTables, noise: torch.Tensor | None
-) -> torch.Tensor:
-    """One DDIM update at table ``index``; ``noise`` (like ``x_t``) is ignored on index 0."""
+def ddim_update(
+    x_t: torch.Tensor,
+    eps: torch.Tensor,
+    index: int,
+    tables: DDIMTables,
+    noise: torch.Tensor | None,
+    min_direction: float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The DDIM arithmetic both official samplers share, in float32; returns ``(x_prev, pred_x0)``.
+
+    ``pred_x0 = (x - sqrt(1-a) eps) / sqrt(a)``; ``x_prev = sqrt(a_prev) pred_x0 +
+    sqrt(1 - a_prev - sigma^2) eps`` plus ``sigma noise`` when ``noise`` is given. The samplers
+    differ only in ``min_direction`` (a lower clamp on ``1 - a_prev - sigma^2``: SyncDreamer's 1e-7,
+    none in Zero123) and in which steps get noise, which their own step functions decide.
+    """
     dev = x_t.device
     a_t = tables.alphas[index].to(dev)
     a_prev = tables.alphas_prev[index].to(dev)
@@ -96,11 +107,20 @@ def ddim_step(
     sqrt_one_minus = tables.sqrt_one_minus_alphas[index].to(dev)
     x_t, eps = x_t.float(), eps.float()
     pred_x0 = (x_t - sqrt_one_minus * eps) / a_t.sqrt()
-    dir_xt = torch.clamp(1.0 - a_prev - sigma**2, min=1e-7).sqrt() * eps
-    x_prev = a_prev.sqrt() * pred_x0 + dir_xt
-    if index != 0 and noise is not None:
-        x_prev = x_prev + sigma * noise
-    return x_prev
+    direction = 1.0 - a_prev - sigma**2
+    if min_direction is not None:
+        direction = torch.clamp(direction, min=min_direction)
+    x_prev = a_prev.sqrt() * pred_x0 + direction.sqrt() * eps
+    if noise is not None:
+        x_prev = x_prev + sigma * noise.to(dev, torch.float32)
+    return x_prev, pred_x0
+
+
+def ddim_step(
+    x_t: torch.Tensor, eps: torch.Tensor, index: int, tables: DDIMTables, noise: torch.Tensor | None
+) -> torch.Tensor:
+    """One SyncDreamer DDIM update at table ``index``; ``noise`` (like ``x_t``) is ignored on index 0."""
+    return ddim_update(x_t, eps, index, tables, noise if index != 0 else None, min_direction=1e-7)[0]
 
 
 def ddim_sample(

@@ -18,13 +18,11 @@ RNG order for a seeded run: ``x_T``, then one draw of ``x_T``'s shape per step, 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 
 from sd3d.progress import Progress, resolve
-from sd3d.sampling.ddim import DDIMTables, ddim_timesteps
+from sd3d.sampling.ddim import DDIMTables, EpsFn, ddim_timesteps, ddim_update
 from sd3d.sampling.schedule import NoiseSchedule, scaled_linear_schedule
 
 __all__ = [
@@ -38,9 +36,6 @@ __all__ = [
 ]
 
 DEFAULT_ETA = 1.0
-
-# eps_fn(x_t, timestep, index) -> guided eps; ``index`` counts down S-1 .. 0.
-EpsFn = Callable[[torch.Tensor, int, int], torch.Tensor]
 
 
 def zero123_schedule(
@@ -88,18 +83,7 @@ def zero123_ddim_step(
     ``pred_x0 = (x - sqrt(1-a) eps) / sqrt(a)`` (no clipping); ``x_prev = sqrt(a_prev) pred_x0 +
     sqrt(1 - a_prev - sigma^2) eps + sigma noise`` (no clamp; ``noise=None`` only for eta = 0 use).
     """
-    dev = x_t.device
-    a_t = tables.alphas[index].to(dev)
-    a_prev = tables.alphas_prev[index].to(dev)
-    sigma = tables.sigmas[index].to(dev)
-    sqrt_one_minus = tables.sqrt_one_minus_alphas[index].to(dev)
-    x_t, eps = x_t.float(), eps.float()
-    pred_x0 = (x_t - sqrt_one_minus * eps) / a_t.sqrt()
-    dir_xt = (1.0 - a_prev - sigma**2).sqrt() * eps
-    x_prev = a_prev.sqrt() * pred_x0 + dir_xt
-    if noise is not None:
-        x_prev = x_prev + sigma * noise.to(dev, torch.float32)
-    return x_prev, pred_x0
+    return ddim_update(x_t, eps, index, tables, noise, min_direction=None)
 
 
 def zero123_ddim_sample(
