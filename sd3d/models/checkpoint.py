@@ -243,14 +243,9 @@ def load_syncdreamer(
     device = torch.device(device)
     if source is not None and not isinstance(source, Mapping) and Path(source).suffix == ".safetensors":
         return _load_safetensors(Path(source), config, device, dtype)
-    path: Path | None = None
-    if isinstance(source, Mapping):
-        state_dict = source
-    else:
-        from sd3d.weights import load_state_dict
+    from sd3d.weights import state_dict_from
 
-        path = Path(source)
-        state_dict = load_state_dict(path)
+    state_dict, path = state_dict_from(source)
     return _assemble(state_dict, config, device, dtype, path, keeps_float32)
 
 

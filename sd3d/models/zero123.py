@@ -434,14 +434,9 @@ def load_zero123(
     ``meta`` and the checkpoint tensors are assigned directly (a memory-mapped file is not copied
     on the CPU in float32); eval mode, no gradients, on ``device`` with the UNet/VAE in ``dtype``.
     """
-    path: Path | None = None
-    if isinstance(source, Mapping):
-        state_dict = source
-    else:
-        from sd3d.weights import load_state_dict
+    from sd3d.weights import state_dict_from
 
-        path = Path(source)
-        state_dict = load_state_dict(path)
+    state_dict, path = state_dict_from(source)
     config = detect_config(state_dict) if config is None else config
     model = build_meta_model(config)
     split = split_state_dict(state_dict, config, path, model)

@@ -9,7 +9,7 @@ read without executing pickle code). Submodules import torch lazily so ``sd3d we
 from __future__ import annotations
 
 from sd3d.weights.cache import ENV_VAR, expected_path, require, resolve_weights_dir
-from sd3d.weights.loading import load_state_dict
+from sd3d.weights.loading import load_state_dict, state_dict_from
 from sd3d.weights.registry import REGISTRY, WeightsEntry, entries, get_entry
 
 __all__ = [
@@ -22,4 +22,5 @@ __all__ = [
     "load_state_dict",
     "require",
     "resolve_weights_dir",
+    "state_dict_from",
 ]

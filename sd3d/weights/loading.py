@@ -67,6 +67,17 @@ def load_state_dict(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     return _extract_state_dict(obj, path)
 
 
+def state_dict_from(
+    source: str | os.PathLike | Mapping[str, torch.Tensor],
+) -> tuple[Mapping[str, torch.Tensor], Path | None]:
+    """``(state_dict, path)`` for a model loader: a mapping is used as is (``path`` None), anything
+    else is a checkpoint file read with :func:`load_state_dict` (its path kept for error messages)."""
+    if isinstance(source, Mapping):
+        return source, None
+    path = Path(source)
+    return load_state_dict(path), path
+
+
 def _load_safetensors(path: Path, map_location: Any) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError, safe_open
 
