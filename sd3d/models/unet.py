@@ -75,6 +75,9 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
+    """Nearest-neighbour x2 then a 3x3 conv (``conv``): the CompVis upsampler of both the UNet and the
+    VAE decoder (:mod:`sd3d.models.vae` uses this class too)."""
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, 1, 1)

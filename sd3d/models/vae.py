@@ -14,6 +14,7 @@ from torch import nn
 
 from sd3d.models.configs import VAEConfig
 from sd3d.models.norms import GroupNorm
+from sd3d.models.unet import Upsample
 
 
 def _norm(cfg: VAEConfig, channels: int) -> GroupNorm:
@@ -63,15 +64,6 @@ class Downsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.pad(x, (0, 1, 0, 1)))  # CompVis pads right/bottom only
-
-
-class Upsample(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, 1, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class _Level(nn.Module):
