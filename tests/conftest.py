@@ -68,3 +68,25 @@ def run_cli():
         return CliResult(code, out.getvalue(), err.getvalue())
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def zero123_ckpt(tmp_path_factory):
+    """A tiny Zero123 checkpoint with synthetic weights (the official key layout), written once."""
+    from sd3d.models.zero123 import tiny_config, write_synthetic_checkpoint
+
+    return write_synthetic_checkpoint(tmp_path_factory.mktemp("w") / "tiny-zero123.ckpt", tiny_config())
+
+
+@pytest.fixture(scope="session")
+def cutout_photo(tmp_path_factory):
+    """A 128x96 cut-out object (RGBA, transparent background): a blue box with a red patch."""
+    import numpy as np
+    from PIL import Image
+
+    rgba = np.zeros((96, 128, 4), np.uint8)
+    rgba[20:80, 30:100] = (40, 160, 220, 255)
+    rgba[40:60, 50:70, :3] = (250, 30, 30)
+    path = tmp_path_factory.mktemp("in") / "object.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    return path

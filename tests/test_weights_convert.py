@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from support.memory_maps import is_mapped_from
 
 from sd3d.errors import OutputPathError, WeightsError
 from sd3d.weights import load_state_dict
@@ -45,17 +46,6 @@ def ckpt(tmp_path: Path) -> Path:
     return path
 
 
-def _mapped(tensor: torch.Tensor, path: Path) -> bool:
-    ptr = tensor.untyped_storage().data_ptr()
-    for line in Path("/proc/self/maps").read_text().splitlines():
-        fields = line.split(maxsplit=5)
-        if len(fields) == 6 and fields[5] == str(path.resolve()):
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            if start <= ptr < end:
-                return True
-    return False
-
-
 def test_fp32_copy_is_exact_aligned_and_memory_mapped(ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "model.safetensors"
     result = convert_checkpoint(ckpt, out)
@@ -76,7 +66,7 @@ def test_fp32_copy_is_exact_aligned_and_memory_mapped(ckpt: Path, tmp_path: Path
         if key != "__metadata__":
             assert info["data_offsets"][0] % loaded[key].element_size() == 0, key
     if Path("/proc/self/maps").exists():
-        assert all(_mapped(t, out) for t in loaded.values() if t.numel())
+        assert all(is_mapped_from(t, out) for t in loaded.values() if t.numel())
 
 
 @pytest.mark.parametrize("dtype,torch_dtype", [("fp16", torch.float16), ("bf16", torch.bfloat16)])

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support.memory_maps import is_mapped_from
 
 from sd3d.errors import WeightsError
 from sd3d.weights import load_state_dict, require, resolve_weights_dir, safe_unpickle
@@ -38,20 +39,6 @@ def _assert_same(loaded: dict[str, torch.Tensor], expected: dict[str, torch.Tens
     for key, value in expected.items():
         assert loaded[key].dtype == value.dtype, key
         assert torch.equal(loaded[key], value), key
-
-
-def _is_mapped_from(tensor: torch.Tensor, path: Path) -> bool:
-    maps = Path("/proc/self/maps")
-    if not maps.exists():
-        pytest.skip("needs /proc/self/maps to see memory mappings")
-    ptr = tensor.untyped_storage().data_ptr()
-    for line in maps.read_text().splitlines():
-        fields = line.split(maxsplit=5)
-        if len(fields) == 6 and fields[5] == str(path.resolve()):
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            if start <= ptr < end:
-                return True
-    return False
 
 
 class MarkerWriter:
@@ -94,7 +81,7 @@ def test_plain_state_dict_zip_is_memory_mapped_and_exact(tmp_path: Path) -> None
     loaded = load_state_dict(path)
     _assert_same(loaded, _tensors())
     # memory-mapped: every tensor's bytes lie inside a mapping of the checkpoint file itself
-    assert all(_is_mapped_from(t, path) for t in loaded.values())
+    assert all(is_mapped_from(t, path) for t in loaded.values())
 
 
 def test_legacy_torch_format_and_parameters(tmp_path: Path) -> None:

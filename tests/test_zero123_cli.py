@@ -6,31 +6,26 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sd3d.models.zero123 import tiny_config, write_synthetic_checkpoint
+
+def _args(cutout_photo, out, ckpt, *extra):
+    return [
+        "novel-view",
+        cutout_photo,
+        "-o",
+        out,
+        "--weights",
+        ckpt,
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    return write_synthetic_checkpoint(tmp_path_factory.mktemp("w") / "tiny-zero123.ckpt", tiny_config())
-
-
-@pytest.fixture(scope="module")
-def photo(tmp_path_factory):
-    rgba = np.zeros((96, 128, 4), np.uint8)
-    rgba[20:80, 30:100] = (40, 160, 220, 255)
-    rgba[40:60, 50:70, :3] = (250, 30, 30)
-    path = tmp_path_factory.mktemp("in") / "object.png"
-    Image.fromarray(rgba, "RGBA").save(path)
-    return path
-
-
-def _args(photo, out, ckpt, *extra):
-    return ["novel-view", photo, "-o", out, "--weights", ckpt, "--steps", "2", "--device", "cpu", *extra]
-
-
-def test_one_view(run_cli, photo, tiny_ckpt, tmp_path):
+def test_one_view(run_cli, cutout_photo, zero123_ckpt, tmp_path):
     out = tmp_path / "views" / "view.png"
-    res = run_cli("-q", *_args(photo, out, tiny_ckpt, "--d-elevation", "10", "--d-azimuth", "-90"))
+    res = run_cli("-q", *_args(cutout_photo, out, zero123_ckpt, "--d-elevation", "10", "--d-azimuth", "-90"))
     assert res.code == 0, res
     with Image.open(out) as im:
         assert im.size == (256, 256) and im.mode == "RGB"
@@ -38,22 +33,26 @@ def test_one_view(run_cli, photo, tiny_ckpt, tmp_path):
     assert "pose T = [-0.1745, -1, 6.123e-17, 0]" in res.out  # up 10 deg = polar -10 deg; left 90 deg
 
 
-def test_samples_are_numbered_and_reproducible(run_cli, photo, tiny_ckpt, tmp_path):
-    res = run_cli("-q", *_args(photo, tmp_path / "v.png", tiny_ckpt, "--samples", "2", "--d-azimuth", "45"))
+def test_samples_are_numbered_and_reproducible(run_cli, cutout_photo, zero123_ckpt, tmp_path):
+    res = run_cli(
+        "-q", *_args(cutout_photo, tmp_path / "v.png", zero123_ckpt, "--samples", "2", "--d-azimuth", "45")
+    )
     assert res.code == 0, res
     first = [np.asarray(Image.open(tmp_path / f"v-{i}.png")) for i in range(2)]
     assert not (tmp_path / "v.png").exists()
     assert not np.array_equal(first[0], first[1])
-    res = run_cli("-q", *_args(photo, tmp_path / "w.png", tiny_ckpt, "--samples", "2", "--d-azimuth", "45"))
+    res = run_cli(
+        "-q", *_args(cutout_photo, tmp_path / "w.png", zero123_ckpt, "--samples", "2", "--d-azimuth", "45")
+    )
     assert res.code == 0, res
     assert all(np.array_equal(first[i], np.asarray(Image.open(tmp_path / f"w-{i}.png"))) for i in range(2))
 
 
-def test_missing_weights_is_one_line(run_cli, photo, tmp_path):
+def test_missing_weights_is_one_line(run_cli, cutout_photo, tmp_path):
     out = tmp_path / "view.png"
     empty = tmp_path / "no-weights"
     empty.mkdir()
-    res = run_cli("novel-view", photo, "-o", out, "--weights-dir", empty, "--device", "cpu")
+    res = run_cli("novel-view", cutout_photo, "-o", out, "--weights-dir", empty, "--device", "cpu")
     assert res.code == 2
     lines = res.err.strip().splitlines()
     assert len(lines) == 1 and "missing zero123-xl.ckpt" in lines[0]
@@ -73,26 +72,26 @@ def test_missing_weights_is_one_line(run_cli, photo, tmp_path):
         (["--device", "tpu"], "device"),
     ],
 )
-def test_bad_options_are_one_line(run_cli, photo, tiny_ckpt, tmp_path, extra, message):
+def test_bad_options_are_one_line(run_cli, cutout_photo, zero123_ckpt, tmp_path, extra, message):
     out = tmp_path / "view.png"
-    res = run_cli(*_args(photo, out, tiny_ckpt), *extra)
+    res = run_cli(*_args(cutout_photo, out, zero123_ckpt), *extra)
     assert res.code == 2, res
     lines = res.err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], res.err
     assert not out.exists()
 
 
-def test_bad_files_are_one_line(run_cli, photo, tiny_ckpt, tmp_path):
+def test_bad_files_are_one_line(run_cli, cutout_photo, zero123_ckpt, tmp_path):
     from sd3d.models.configs import tiny_config as syncdreamer_tiny
     from sd3d.models.synthetic import make_synthetic_checkpoint
 
     cases = [
-        (_args(tmp_path / "nope.png", tmp_path / "a.png", tiny_ckpt), "input image not found"),
-        (_args(photo, tmp_path / "a.txt", tiny_ckpt), "must end in one of"),
-        (_args(photo, tmp_path / "a.png", tmp_path / "missing.ckpt"), "checkpoint not found"),
+        (_args(tmp_path / "nope.png", tmp_path / "a.png", zero123_ckpt), "input image not found"),
+        (_args(cutout_photo, tmp_path / "a.txt", zero123_ckpt), "must end in one of"),
+        (_args(cutout_photo, tmp_path / "a.png", tmp_path / "missing.ckpt"), "checkpoint not found"),
     ]
     sync = make_synthetic_checkpoint(tmp_path / "syncdreamer.ckpt", syncdreamer_tiny())
-    cases.append((_args(photo, tmp_path / "a.png", sync), "not a Zero123 checkpoint"))
+    cases.append((_args(cutout_photo, tmp_path / "a.png", sync), "not a Zero123 checkpoint"))
     for args, message in cases:
         res = run_cli(*args)
         assert res.code == 2, res
