@@ -201,7 +201,7 @@ def _generate_zero123(
     from sd3d.background import check_backend_name
     from sd3d.device import resolve_device, resolve_dtype
     from sd3d.errors import UserError
-    from sd3d.pipeline import check_output_folder, write_generated
+    from sd3d.pipeline import check_batch_view_num, check_output_folder, write_generated
     from sd3d.zero123_pipeline import check_sampling_args, generate_views_zero123, prepare_zero123_input
     from sd3d.zero123_pipeline import load_model as load_zero123_model
 
@@ -218,10 +218,10 @@ def _generate_zero123(
     if compile_steps:
         raise UserError("--compile is for SyncDreamer's denoiser; Zero123 runs without it: drop --compile")
     views_per_call = (
-        8 if batch_view_num.strip() == "auto" else _number(batch_view_num, "--batch-view-num", int)
+        8
+        if batch_view_num.strip() == "auto"
+        else check_batch_view_num(_number(batch_view_num, "--batch-view-num", int))
     )
-    if not 1 <= views_per_call <= 16:
-        raise UserError("--batch-view-num must be between 1 and 16")
     elev = _number(elevation, "--elevation")
     n = _number(samples, "--samples", int)
     if not 1 <= n <= 64:

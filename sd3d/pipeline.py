@@ -88,10 +88,8 @@ class GenerationSettings:
             raise UserError(f"--seed must be between 0 and 2**63-1, got {self.seed}")
         if not 1 <= self.samples <= 64:
             raise UserError(f"--samples must be between 1 and 64, got {self.samples}")
-        if self.batch_view_num is not None and not 1 <= self.batch_view_num <= cam.NUM_VIEWS:
-            raise UserError(
-                f"--batch-view-num must be between 1 and {cam.NUM_VIEWS}, got {self.batch_view_num}"
-            )
+        if self.batch_view_num is not None:
+            check_batch_view_num(self.batch_view_num)
         if self.sampler not in SAMPLERS:
             raise UserError(f"unknown sampler {self.sampler!r}: use {', '.join(SAMPLERS)}")
         return self
@@ -208,6 +206,14 @@ def compute_dtype_for(model: SyncDreamer, dtype: str | torch.dtype = "auto") -> 
         )
         cast_weights_(model, torch.float32)
     return compute
+
+
+def check_batch_view_num(n: int) -> int:
+    """``n`` if it is a usable number of views per network call (1..16), else a one-line UserError;
+    Zero123's ``--batch-view-num`` goes through the same check."""
+    if not 1 <= n <= cam.NUM_VIEWS:
+        raise UserError(f"--batch-view-num must be between 1 and {cam.NUM_VIEWS}, got {n}")
+    return n
 
 
 # --------------------------------------------------------------------------------------------------
