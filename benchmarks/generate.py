@@ -163,6 +163,34 @@ class Bench:
         self.result["notes"].append(text)
         self.save()
 
+    def record_breakdown(self) -> None:
+        """Where the time of the model's current configuration goes (:func:`_breakdown`)."""
+        try:
+            self.result["breakdown"] = _breakdown(self.model, self.prepared, self.device)
+            self.save()
+        except Exception as exc:
+            traceback.print_exc()
+            self.note(f"time breakdown failed: {type(exc).__name__}: {exc}")
+
+    def record_parity(self, fp32_model) -> None:
+        """The golden-fixture parity check (:func:`_parity`) when ``--shared`` holds the fixture;
+        ``fp32_model()`` returns the float32 model to check (only called when it runs)."""
+        shared = self.args.shared
+        if not (shared / "reference" / "syncdreamer-golden-synthetic.npz").is_file():
+            self.note(f"parity skipped: no fixture under {shared}")
+            return
+        import torch
+
+        t0 = time.perf_counter()
+        try:
+            model = fp32_model()
+            with torch.no_grad():
+                self.result["parity"] = _parity(model, shared)
+            self.note(f"parity check (fp32, TF32 off) took {time.perf_counter() - t0:.1f} s")
+        except Exception as exc:
+            traceback.print_exc()
+            self.note(f"parity check failed to run: {type(exc).__name__}: {exc}")
+
     def run(
         self,
         name: str,
@@ -522,18 +550,8 @@ def main(argv: list[str] | None = None) -> int:
 
     prepared = _input(args.shared)
     bench = Bench(args, model, prepared, device, env, flops)
-    has_fixture = (args.shared / "reference" / "syncdreamer-golden-synthetic.npz").is_file()
-    if not args.skip_parity and has_fixture:
-        t0 = time.perf_counter()
-        try:
-            with torch.no_grad():
-                bench.result["parity"] = _parity(model, args.shared)
-            bench.note(f"parity check (fp32, TF32 off) took {time.perf_counter() - t0:.1f} s")
-        except Exception as exc:
-            traceback.print_exc()
-            bench.note(f"parity check failed to run: {type(exc).__name__}: {exc}")
-    elif not args.skip_parity:
-        bench.note(f"parity skipped: no fixture under {args.shared}")
+    if not args.skip_parity:
+        bench.record_parity(lambda: model)
 
     fast, slow = args.repeats, args.slow_repeats
     # A short untimed warm-up: CUDA context, cuBLAS/cuDNN handles, first kernel loads.
@@ -601,12 +619,7 @@ def main(argv: list[str] | None = None) -> int:
         keep_ref="default",
     )
     if cuda or args.config == "tiny":
-        try:
-            bench.result["breakdown"] = _breakdown(model, prepared, device)
-            bench.save()
-        except Exception as exc:
-            traceback.print_exc()
-            bench.note(f"time breakdown failed: {type(exc).__name__}: {exc}")
+        bench.record_breakdown()
 
     # ---- side rows with the default configuration ------------------------------------------------
     if cuda:

@@ -26,7 +26,6 @@ import gc
 import json
 import sys
 import time
-import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,29 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     if cuda and half_cl.get("median_s", 1e9) < half_nchw.get("median_s", 1e9):
         set_channels_last_(model, unet=True, volume=False)
-    try:
-        bench.result["breakdown"] = full._breakdown(model, prepared, device)
-        bench.save()
-    except Exception as exc:
-        traceback.print_exc()
-        bench.note(f"time breakdown failed: {type(exc).__name__}: {exc}")
+    bench.record_breakdown()
+    if args.parity:
 
-    fixture = args.shared / "reference" / "syncdreamer-golden-synthetic.npz"
-    if args.parity and fixture.is_file():
-        t0 = time.perf_counter()
-        try:
+        def fp32_model():
+            nonlocal model
             bench.model = model = None  # the bf16 model: its weights lost their float32 values
             gc.collect()
             torch.cuda.empty_cache()
-            model = load_syncdreamer(state_dict, config, device)
-            with torch.no_grad():
-                bench.result["parity"] = full._parity(model, args.shared)
-            bench.note(f"parity check (fp32, TF32 off) took {time.perf_counter() - t0:.1f} s")
-        except Exception as exc:
-            traceback.print_exc()
-            bench.note(f"parity check failed to run: {type(exc).__name__}: {exc}")
-    elif args.parity:
-        bench.note(f"parity skipped: no fixture under {args.shared}")
+            return load_syncdreamer(state_dict, config, device)
+
+        bench.record_parity(fp32_model)
     bench.note(f"benchmark wall time {bench.elapsed():.0f} s")
     print()
     print(full.render(bench.result))
