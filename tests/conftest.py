@@ -1,7 +1,10 @@
 """Shared test fixtures.
 
-Tests that need ``../shared`` (reference fixtures, test data) use the ``shared_dir`` fixture, which
-skips with a message when the folder is absent. Never write into ``../shared``.
+Reference *numbers* (golden parity fixtures, reference vectors, state-dict manifests, the official
+buffers) and the few input photos the parity fixtures were computed from live in the repository under
+``tests/fixtures/`` (provenance in its README), so a contributor's clone runs the whole parity suite.
+Only tests that need the shared meshes and their renders use ``../shared`` through the ``shared_dir``
+fixture, which skips with a message when the folder is absent. Never write into ``../shared``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures"
 SHARED_DIR = Path(os.environ.get("SD3D_SHARED", REPO_ROOT.parent / "shared"))
 
 
@@ -40,8 +44,15 @@ def shared_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def reference_dir(shared_dir: Path) -> Path:
-    return shared_dir / "reference"
+def reference_dir() -> Path:
+    """Reference numbers from the official code (copied from ``shared/reference``)."""
+    return FIXTURES_DIR / "reference"
+
+
+@pytest.fixture(scope="session")
+def testset_dir() -> Path:
+    """The official test-set photos that the golden parity fixtures were computed from."""
+    return FIXTURES_DIR / "testset"
 
 
 class CliResult:

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from support.ulp import assert_within_ulps
 
 from sd3d.sampling.ddim import ddim_sample, ddim_step, ddim_tables, ddim_timesteps
 from sd3d.sampling.diffusers_samplers import diffusers_sample, make_scheduler
@@ -43,7 +44,9 @@ def test_ddim_tables_match_the_official_sampler(vectors, schedule, steps):
         (tables.sqrt_one_minus_alphas, "sqrt_one_minus_alphas"),
     ]:
         assert ours.dtype == torch.float32
-        np.testing.assert_array_equal(ours.numpy(), np.float32(ref[name]), err_msg=name)
+        # The official tables went through float64 pow/sqrt of another numpy/torch build: the last
+        # bit is the library's, so 2 ulps per value (1-ulp differences are seen across CPUs).
+        assert_within_ulps(ours.numpy(), np.float32(ref[name]), 2, what=name)
 
 
 def test_timesteps_and_first_alpha_prev(schedule):
