@@ -4,7 +4,7 @@ Each command group lives in its own module exposing ``register(app)``; importing
 cheap (heavy imports go inside the command functions) so ``sd3d --help`` stays fast and never
 breaks on a missing optional extra.
 
-Error policy: a :class:`sd3d.errors.UserError` prints ``error: <one line>`` on stderr and exits 2
+Error policy: a :class:`sd3d.core.errors.UserError` prints ``error: <one line>`` on stderr and exits 2
 (``--debug`` shows the traceback); Ctrl-C exits 130; anything else is a bug and keeps its traceback.
 """
 
@@ -79,7 +79,7 @@ def _exit_types() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code (also used in-process by tests)."""
-    from sd3d.errors import UserError
+    from sd3d.core.errors import UserError
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from sd3d.progress import Progress
+from sd3d.core.progress import Progress
 
 
 def is_quiet() -> bool:
@@ -40,7 +40,7 @@ def parse_number(text: str, option: str, kind: type = float):
     """
     import math
 
-    from sd3d.errors import UserError
+    from sd3d.core.errors import UserError
 
     try:
         value = kind(str(text).strip())

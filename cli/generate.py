@@ -1,7 +1,7 @@
 """``sd3d generate``: one photo -> the 16 SyncDreamer views (a views folder).
 
 Options are read as text and checked here so every bad value is one ``error:`` line with exit code
-2; the work is done by :mod:`sd3d.pipeline`. Cheap checks (options, output folder, input image,
+2; the work is done by :mod:`sd3d.pipelines.syncdreamer`. Cheap checks (options, output folder, input image,
 weights file) all run before the model is loaded.
 """
 
@@ -102,9 +102,9 @@ def generate(
 ) -> None:
     from cli.common import echo, progress
     from sd3d.background import check_backend_name
-    from sd3d.device import resolve_device, resolve_dtype
-    from sd3d.errors import UserError
-    from sd3d.pipeline import (
+    from sd3d.core.device import resolve_device, resolve_dtype
+    from sd3d.core.errors import UserError
+    from sd3d.pipelines.syncdreamer import (
         GenerationSettings,
         as_prepared,
         check_output_folder,
@@ -199,11 +199,11 @@ def _generate_zero123(
 
     from cli.common import echo, progress
     from sd3d.background import check_backend_name
-    from sd3d.device import resolve_device, resolve_dtype
-    from sd3d.errors import UserError
-    from sd3d.pipeline import check_batch_view_num, check_output_folder, write_generated
-    from sd3d.zero123_pipeline import check_sampling_args, generate_views_zero123, prepare_zero123_input
-    from sd3d.zero123_pipeline import load_model as load_zero123_model
+    from sd3d.core.device import resolve_device, resolve_dtype
+    from sd3d.core.errors import UserError
+    from sd3d.pipelines.syncdreamer import check_batch_view_num, check_output_folder, write_generated
+    from sd3d.pipelines.zero123 import check_sampling_args, generate_views_zero123, prepare_zero123_input
+    from sd3d.pipelines.zero123 import load_model as load_zero123_model
 
     sampler = sampler.strip().lower()
     sampler = {"ddim": "independent"}.get(sampler, sampler)

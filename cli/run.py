@@ -109,8 +109,8 @@ def _settings(
     dtype: str,
     **_ignored,
 ):
-    from sd3d.errors import UserError
-    from sd3d.runner import RunSettings
+    from sd3d.core.errors import UserError
+    from sd3d.workflows.run import RunSettings
 
     if elevation.strip().lower() == "auto":
         elev = None
@@ -158,8 +158,8 @@ def _settings(
 )
 def run(image: Path, output: Path, **options) -> None:
     from cli.common import echo, is_quiet
-    from sd3d.progress import Progress
-    from sd3d.runner import run_photo
+    from sd3d.core.progress import Progress
+    from sd3d.workflows.run import run_photo
 
     settings = _settings(**options)
     quiet = is_quiet()
@@ -239,7 +239,7 @@ def batch(folder: Path, output: Path, **options) -> None:
     from rich.table import Table
 
     from cli.common import progress
-    from sd3d.runner import run_batch
+    from sd3d.workflows.run import run_batch
 
     settings = _settings(**options)
     items = run_batch(

@@ -88,7 +88,7 @@ def verify(
     weights_dir: Path | None = typer.Option(None, "--weights-dir", help=WEIGHTS_DIR_HELP),
 ) -> None:
     from cli.common import echo, progress
-    from sd3d.errors import WeightsError
+    from sd3d.core.errors import WeightsError
     from sd3d.weights import entries, get_entry, require, resolve_weights_dir
     from sd3d.weights.verify import verify_file
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sd3d.cameras import Camera
+from sd3d.core.cameras import Camera
 
 
 # --------------------------------------------------------------------------------------------------

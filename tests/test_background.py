@@ -19,7 +19,7 @@ from sd3d.background import (
 )
 from sd3d.background import rembg_u2netp as rembg_backend
 from sd3d.background.carvekit_tracer import OFFICIAL_PARAMETERS
-from sd3d.errors import InputImageError, MissingDependencyError, UserError, WeightsError
+from sd3d.core.errors import InputImageError, MissingDependencyError, UserError, WeightsError
 from sd3d.preprocess import prepare_input
 
 

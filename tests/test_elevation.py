@@ -10,9 +10,9 @@ import trimesh
 
 from recon.metrics import winding_numbers_grid
 from recon.raster import render_silhouettes
-from sd3d import cameras as cam
-from sd3d import elevation as el
-from sd3d.io import ViewSet
+from sd3d.core import cameras as cam
+from sd3d.core.io import ViewSet
+from sd3d.workflows import elevation as el
 
 OBJECTS = ("spot", "bob", "duck", "banana")
 
@@ -85,7 +85,7 @@ def test_gt_views_and_inputs_of_the_shared_objects(shared_dir):
     whatever else the 2-core CI machine runs at the same moment (the parallel test worker)."""
     import time
 
-    from sd3d.io import read_views
+    from sd3d.core.io import read_views
     from sd3d.preprocess import prepare_input
 
     errors, seconds = [], []

@@ -66,7 +66,7 @@ def test_generate_writes_a_views_folder_and_is_deterministic(run_cli, photo, tin
     assert [v["file"] for v in record["views"]] == VIEW_FILES
     assert len(json.loads((out / "transforms.json").read_text())["frames"]) == 16
 
-    from sd3d.io import read_views
+    from sd3d.core.io import read_views
 
     views = read_views(out)  # the reconstruction stage can read it back
     assert views.images.shape == (16, 256, 256, 3) and views.input_elevation_deg == 20.0

@@ -1,4 +1,4 @@
-"""``sd3d.pipeline.generate_views`` on the tiny model: seeds, batching of samples, dtype, quantisation."""
+"""``sd3d.pipelines.syncdreamer.generate_views`` on the tiny model: seeds, batching of samples, dtype, quantisation."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from sd3d.errors import InputImageError, UserError
+from sd3d.core.errors import InputImageError, UserError
 from sd3d.models.checkpoint import load_syncdreamer
 from sd3d.models.configs import tiny_config
 from sd3d.models.synthetic import synthetic_state_dict
-from sd3d.pipeline import (
+from sd3d.pipelines.syncdreamer import (
     GenerationSettings,
     as_prepared,
     default_batch_view_num,

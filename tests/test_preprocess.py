@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sd3d.errors import InputImageError, UserError
+from sd3d.core.errors import InputImageError, UserError
 from sd3d.preprocess import PreparedInput, prepare_input, recenter, recenter_with_box, to_model_rgb
 
 GOLDEN_CASES = [

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from recon.render import OccupancyGrid, camera_rays, neus_alpha, render_rays, sample_rays, visual_hull
-from sd3d.cameras import orbit_camera, target_cameras
+from sd3d.core.cameras import orbit_camera, target_cameras
 
 CPU = torch.device("cpu")
 RADIUS = 0.3

@@ -19,8 +19,8 @@ from types import MappingProxyType
 import numpy as np
 import pytest
 
-from sd3d.errors import WeightsError
-from sd3d.progress import Progress
+from sd3d.core.errors import WeightsError
+from sd3d.core.progress import Progress
 from sd3d.weights import registry
 from sd3d.weights.download import download
 from sd3d.weights.registry import WeightsEntry

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from sd3d.errors import WeightsError
+from sd3d.core.errors import WeightsError
 from sd3d.models.synthetic import synthetic_tensor
 from sd3d.models.zero123 import (
     CONFIGS,

@@ -21,12 +21,12 @@ import pytest
 import torch
 from support.ulp import assert_within_ulps
 
+from sd3d.core.zero123_pose import pose_from_polar_deltas
 from sd3d.models.synthetic import synthetic_unit
 from sd3d.models.zero123 import images_to_uint8, load_zero123, write_synthetic_checkpoint
+from sd3d.pipelines.zero123 import model_input, prepare_zero123_input
 from sd3d.sampling.ddim import ddim_timesteps
 from sd3d.sampling.zero123_ddim import zero123_ddim_step, zero123_ddim_tables, zero123_schedule
-from sd3d.zero123_pipeline import model_input, prepare_zero123_input
-from sd3d.zero123_pose import pose_from_polar_deltas
 
 pytestmark = pytest.mark.slow
 T_STEP = 981

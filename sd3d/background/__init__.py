@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from sd3d.background.base import BackgroundBackend, clean_matte, with_alpha
-from sd3d.errors import InputImageError, UserError
+from sd3d.core.errors import InputImageError, UserError
 
 BACKEND_NAMES = ("auto", "alpha", "rembg", "carvekit", "grabcut", "none")
 

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from sd3d.background.base import clean_matte, with_alpha
-from sd3d.errors import MissingDependencyError, WeightsError
+from sd3d.core.errors import MissingDependencyError, WeightsError
 
 MODEL_NAME = "u2netp"
 

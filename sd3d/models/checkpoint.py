@@ -7,12 +7,12 @@ official checkpoint (``reference/syncdreamer-state-dict-keys.json``, 1618 entrie
 * ignored: CLIP's text-side leftovers, kept by the official code after ``del model.transformer``
   but never used by the image encoder (:data:`IGNORED_KEYS`, 6 keys);
 * checked: the schedule and camera buffers (:data:`CHECKED_BUFFER_KEYS`, 10 keys). We recompute
-  them (``sd3d.sampling.schedule``, ``sd3d.cameras``) and require the checkpoint's copies to agree,
+  them (``sd3d.sampling.schedule``, ``sd3d.core.cameras``) and require the checkpoint's copies to agree,
   so a checkpoint trained with another schedule or camera rig is refused instead of silently
   producing wrong views.
 
 Ignored and checked keys may be absent (a converted copy may drop them); a missing parameter, an
-unexpected key or a shape mismatch is a :class:`~sd3d.errors.WeightsError` naming the key.
+unexpected key or a shape mismatch is a :class:`~sd3d.core.errors.WeightsError` naming the key.
 
 Loading builds the model on the ``meta`` device (no random initialisation of 1.39 G parameters) and
 assigns the checkpoint tensors directly, so a memory-mapped checkpoint is never copied on the CPU.
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from sd3d.errors import WeightsError
+from sd3d.core.errors import WeightsError
 from sd3d.models.clip import text_leftover_shapes
 from sd3d.models.configs import SyncDreamerConfig
 from sd3d.models.syncdreamer import SyncDreamer, camera_buffers

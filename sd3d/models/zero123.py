@@ -22,7 +22,7 @@ State-dict mapping (reference-zero123.md §3.2, §3.8, §5.4). Every key of an o
   recomputation, so a checkpoint trained with another schedule is refused.
 
 Ignored and checked keys may be absent (a converted copy may drop them). A missing or unexpected key,
-or a shape mismatch, is a :class:`~sd3d.errors.WeightsError` naming the key.
+or a shape mismatch, is a :class:`~sd3d.core.errors.WeightsError` naming the key.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sd3d.errors import WeightsError
+from sd3d.core.errors import WeightsError
 from sd3d.models.clip import CLIPImageEncoder, text_leftover_shapes
 from sd3d.models.configs import CLIPVisionConfig, LatentDiffusionConfig, UNetConfig
 from sd3d.models.configs import tiny_config as _syncdreamer_tiny
@@ -496,7 +496,7 @@ def write_synthetic_checkpoint(
     tensor of memory); any other suffix is a Lightning-style ``{"state_dict": ...}`` torch file built
     in memory (meant for small configs). Written atomically.
     """
-    from sd3d.io import atomic_path
+    from sd3d.core.io import atomic_path
 
     path = Path(path)
     config = Zero123Config() if config is None else config

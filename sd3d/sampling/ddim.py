@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sd3d.progress import Progress, resolve
+from sd3d.core.progress import Progress, resolve
 from sd3d.sampling.schedule import NoiseSchedule
 
 # eps_fn(x_t, timestep, index) -> eps, all views at once; ``index`` counts down S-1 .. 0.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sd3d.errors import WeightsError
+from sd3d.core.errors import WeightsError
 from sd3d.weights.registry import WeightsEntry, get_entry
 
 ENV_VAR = "SD3D_WEIGHTS"

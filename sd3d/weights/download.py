@@ -22,8 +22,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from sd3d.errors import WeightsError
-from sd3d.progress import Progress, resolve
+from sd3d.core.errors import WeightsError
+from sd3d.core.progress import Progress, resolve
 from sd3d.weights.cache import resolve_weights_dir
 from sd3d.weights.registry import WeightsEntry, get_entry
 from sd3d.weights.verify import write_stamp

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from sd3d.errors import WeightsError
+from sd3d.core.errors import WeightsError
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sd3d.progress import Progress, resolve
+from sd3d.core.progress import Progress, resolve
 from sd3d.weights.registry import WeightsEntry
 
 _CHUNK = 1 << 20

@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sd3d import cameras as cam
-from sd3d.errors import InputImageError, UserError, WeightsError
-from sd3d.io import ViewSet
-from sd3d.progress import Progress, resolve
+from sd3d.core import cameras as cam
+from sd3d.core.errors import InputImageError, UserError, WeightsError
+from sd3d.core.io import ViewSet
+from sd3d.core.progress import Progress, resolve
 
 if TYPE_CHECKING:
     import torch
@@ -131,7 +131,7 @@ def load_model(
     """
     import torch
 
-    from sd3d.device import resolve_device, resolve_dtype
+    from sd3d.core.device import resolve_device, resolve_dtype
     from sd3d.models.checkpoint import load_syncdreamer
     from sd3d.models.inference import prepare_for_inference
 
@@ -188,7 +188,7 @@ def compute_dtype_for(model: SyncDreamer, dtype: str | torch.dtype = "auto") -> 
 
     import torch
 
-    from sd3d.device import resolve_dtype
+    from sd3d.core.device import resolve_dtype
     from sd3d.models.inference import HALF_DTYPES, cast_weights_
 
     device, weights = model.device, model.weight_dtype
@@ -254,7 +254,7 @@ def generate_views(
     ``sd3d preprocess`` does), an already recentred (256,256,4) uint8 RGBA array, or a
     ``PreparedInput``. ``model``: an already loaded model, used on its own device (``device`` then
     only matters for loading); else ``weights`` / ``weights_dir`` name the checkpoint.
-    Returns one :class:`~sd3d.io.ViewSet` per sample (RGB on white, float32 in [0, 1] holding the
+    Returns one :class:`~sd3d.core.io.ViewSet` per sample (RGB on white, float32 in [0, 1] holding the
     officially quantised uint8 values / 255, the 16 target cameras).
     """
     settings = GenerationSettings(
@@ -275,7 +275,7 @@ def generate_views(
 
 @dataclass(frozen=True)
 class Generation:
-    """What one run made, before it becomes :class:`~sd3d.io.ViewSet` objects.
+    """What one run made, before it becomes :class:`~sd3d.core.io.ViewSet` objects.
 
     ``latents``: (B, N, 4, h, w) float32 final latents on the model's device (the benchmark compares
     them across precisions); ``views_u8``: (B, N, H, W, 3) officially quantised views; ``record``:
@@ -329,7 +329,7 @@ def sample_views(
     from a CUDA graph; ``use_compile`` compiles the per-step networks first (once per model)."""
     import torch
 
-    from sd3d.device import make_generator
+    from sd3d.core.device import make_generator
     from sd3d.models.inference import choose_decode_batch
     from sd3d.sampling.ddim import ddim_sample, ddim_tables
     from sd3d.sampling.schedule import scaled_linear_schedule
@@ -415,7 +415,7 @@ def _graphed(step, device):
 # --------------------------------------------------------------------------------------------------
 def check_output_folder(path: str | os.PathLike) -> Path:
     """Refuse an unusable output folder early, creating nothing (the write itself is atomic)."""
-    from sd3d.errors import OutputPathError
+    from sd3d.core.errors import OutputPathError
 
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -435,7 +435,7 @@ def _views_u8(views: ViewSet) -> list[np.ndarray]:
 def _write_one(folder: Path, views: ViewSet, input_rgba: np.ndarray | None) -> None:
     from PIL import Image
 
-    from sd3d.io import write_views_into
+    from sd3d.core.io import write_views_into
 
     extra = {
         "input_elevation_deg": views.input_elevation_deg,
@@ -459,7 +459,7 @@ def write_generated(
     """
     from PIL import Image
 
-    from sd3d.io import atomic_dir, contact_sheet
+    from sd3d.core.io import atomic_dir, contact_sheet
 
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sd3d import cameras as cam
-from sd3d.errors import InputImageError, UserError, ViewsFolderError
-from sd3d.progress import Progress, resolve
+from sd3d.core import cameras as cam
+from sd3d.core.errors import InputImageError, UserError, ViewsFolderError
+from sd3d.core.progress import Progress, resolve
 
 ELEVATION_RANGE_DEG = (-20.0, 60.0)
 FRAME_SIZE = 96  # side of the normalised comparison frame, pixels
@@ -79,7 +79,7 @@ def mask_from_views_images(images: np.ndarray, threshold: float = 0.96) -> np.nd
 
 
 def view_masks(views) -> np.ndarray:
-    """(N, H, W) float masks of a :class:`sd3d.io.ViewSet`: its alphas, else from the white background."""
+    """(N, H, W) float masks of a :class:`sd3d.core.io.ViewSet`: its alphas, else from the white background."""
     masks = views.alphas if views.alphas is not None else mask_from_views_images(views.images)
     for i, m in enumerate(masks):
         if not (m > 0.5).any():
@@ -286,7 +286,7 @@ def generate_views_for_estimation(prepared_input, seed: int = 0, weights_dir=Non
     range); the silhouettes of the generated views carry the object's shape, which is what the
     render-and-compare needs. ``sd3d run`` regenerates at the estimate when it differs.
     """
-    from sd3d.pipeline import generate_views
+    from sd3d.pipelines.syncdreamer import generate_views
 
     return generate_views(
         prepared_input, weights_dir=weights_dir, elevation_deg=30.0, seed=seed, device=device

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sd3d.io import ViewSet
+from sd3d.core.io import ViewSet
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class SilhouetteConsistency:
 def silhouette_consistency(views: ViewSet, resolution: int = 64) -> SilhouetteConsistency:
     """Mask-vs-reprojected-hull IoU of a :class:`ViewSet` (see the module docstring)."""
     from recon.raster import render_silhouettes
-    from sd3d.elevation import carve_visual_hull, hull_mesh, view_masks
+    from sd3d.workflows.elevation import carve_visual_hull, hull_mesh, view_masks
 
     masks = view_masks(views) > 0.5
     occupancy = carve_visual_hull(masks.astype(np.float32), views.cameras, resolution=resolution)
