@@ -51,8 +51,7 @@ def list_weights(
     from sd3d.weights.verify import file_status
 
     folder, source = weights_folder(weights_dir)
-    title = f"weights folder: {folder} ({source}); Hugging Face cache: {cache_dir()}"
-    table = Table(title=title, title_justify="left")
+    table = Table()
     for column in ("name", "file", "size", "present", "verified", "found in", "needed by"):
         table.add_column(column, overflow="fold")
     for entry in entries():
@@ -74,6 +73,8 @@ def list_weights(
         table.caption = f"sha256 provisional (third-party listing) for: {', '.join(provisional)}"
         table.caption_justify = "left"
     console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200)
+    console.print(f"weights folder: {folder} ({source})", soft_wrap=True, highlight=False, markup=False)
+    console.print(f"Hugging Face cache: {cache_dir()}", soft_wrap=True, highlight=False, markup=False)
     console.print(table)
 
 
