@@ -216,6 +216,34 @@ def test_served_bytes_with_another_hash_are_left_in_the_cache_and_always_refused
     assert require("tiny-hub") == result.path and result.path.read_bytes() == CONTENT
 
 
+def test_a_file_another_tool_cached_is_hashed_once_then_used_in_place(env, hub) -> None:
+    from huggingface_hub import hf_hub_download
+
+    path = Path(
+        hf_hub_download(HUB.repo_id, HUB.filename, subfolder="ckpt", repo_type="space", endpoint=hub.endpoint)
+    )
+    assert path == _snapshot(env, hub.script) and not stamp_for(path).exists()
+    assert require("tiny-hub") == path  # hashed now (the record appears), no copy, no request
+    assert stamp_for(path).is_file() and len(hub.script.gets()) == 1
+    assert file_status(ENTRY, path, stamp=stamp_for(path)).verified == "yes"
+
+
+def test_wrong_size_or_missing_file_on_the_hub_stops_before_any_bytes_move(env, hub) -> None:
+    hub.script.content = CONTENT[:-1]
+    with pytest.raises(WeightsError) as err:
+        download("tiny-hub", hf_endpoint=hub.endpoint)
+    assert _one_line(err).endswith(
+        "offers 299,999 bytes but tiny.ckpt has 300,000; wrong revision or mirror?"
+    )
+    hub.script.path_in_repo = "ckpt/other.ckpt"
+    with pytest.raises(WeightsError) as err:
+        download("tiny-hub", hf_endpoint=hub.endpoint)
+    assert re.fullmatch(
+        r"HTTP 404 from http://\S+/ckpt/tiny\.ckpt; fetch it by hand and place it at \S+", _one_line(err)
+    )
+    assert hub.script.gets() == [] and not env.hf_cache.exists()
+
+
 # --------------------------------------------------------------------------------------------------
 # an explicit weights folder, and the search order
 # --------------------------------------------------------------------------------------------------

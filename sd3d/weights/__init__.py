@@ -2,8 +2,8 @@
 
 Model code needs two calls: :func:`require` (path of a registered file, found in the weights folder
 or the Hugging Face cache, or a one-line error saying how to get it) and :func:`load_state_dict`
-(tensors from safetensors or a torch/Lightning file, read without executing pickle code). Submodules import torch lazily so ``sd3d weights list`` and
-``sd3d --help`` stay fast.
+(tensors from safetensors or a torch/Lightning file, read without executing pickle code). Submodules
+import torch (and huggingface_hub) lazily so ``sd3d weights list`` and ``sd3d --help`` stay fast.
 """
 
 from __future__ import annotations

@@ -6,12 +6,12 @@ Hugging Face cache via :mod:`sd3d.weights.hub` unless a weights folder was chose
 order reaches first: then it is fetched from its Hub URL (on the ``HF_ENDPOINT`` in use) into that
 folder, like any plain URL. ``--url`` (a mirror) always downloads into the weights folder.
 
-Plain URLs: bytes stream into ``<file>.part``; a cut connection keeps it, and the next attempt (in the same call,
-or a later ``sd3d weights download``) asks for the rest with an HTTP ``Range`` header. A server that
-ignores ``Range`` (answers 200) is handled by starting over from byte 0. Size and sha256 are
-checked on the ``.part`` BEFORE it is renamed into place, so a model loader never sees a bad file;
-a hash mismatch deletes the ``.part``. Network failures are one-line errors that say which file to
-place where by hand.
+Plain URLs: bytes stream into ``<file>.part``; a cut connection keeps it, and the next attempt (in the
+same call, or a later ``sd3d weights download``) asks for the rest with an HTTP ``Range`` header. A
+server that ignores ``Range`` (answers 200) is handled by starting over from byte 0. Size and sha256
+are checked on the ``.part`` BEFORE it is renamed into place, so a model loader never sees a bad
+file; a hash mismatch deletes the ``.part``. Network failures are one-line errors that say which file
+to place where by hand.
 """
 
 from __future__ import annotations

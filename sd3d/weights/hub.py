@@ -133,7 +133,8 @@ def check_cached(
     if entry.size is not None and size != entry.size:
         raise WeightsError(
             f"{entry.filename} in the Hugging Face cache ({path}) has {size:,} bytes, expected "
-            f"{entry.size:,}; sd3d will not use it (`sd3d weights download {entry.name} --force` fetches it again)"
+            f"{entry.size:,}; sd3d will not use it "
+            f"(`sd3d weights download {entry.name} --force` fetches it again)"
         )
     stamp = stamp_for(path)
     check = recorded_check(entry, path, stamp=stamp)
@@ -152,10 +153,6 @@ def check_cached(
     if not result.ok:
         raise mismatch_error(entry, path, result.sha256, expected, fresh)
     return result.sha256
-
-
-def offline_why(cache: Path) -> str:
-    return f"HF_HUB_OFFLINE is set and it is not in the Hugging Face cache {cache}"
 
 
 @contextlib.contextmanager
@@ -192,13 +189,13 @@ def _probe(entry: WeightsEntry, url: str, place_at: Path) -> None:
     except HfHubHTTPError as exc:
         status = getattr(getattr(exc, "response", None), "status_code", None)
         raise WeightsError(f"HTTP {status} from {url}; fetch it by hand and place it at {place_at}") from exc
-    except (
-        Exception
-    ) as exc:  # the transport's own errors (connection refused, DNS, timeout) differ by version
+    # the transport's own errors (connection refused, DNS, timeout) differ between library versions
+    except Exception as exc:
         raise unreachable_error(entry, url, place_at, _reason(exc)) from exc
     if entry.size is not None and meta.size is not None and meta.size != entry.size:
         raise WeightsError(
-            f"{url} offers {meta.size:,} bytes but {entry.filename} has {entry.size:,}; wrong revision or mirror?"
+            f"{url} offers {meta.size:,} bytes but {entry.filename} has {entry.size:,}; "
+            "wrong revision or mirror?"
         )
 
 
@@ -232,7 +229,10 @@ def download(
             digest = check_cached(entry, found, sha256=sha256, progress=progress)
             return DownloadResult(found, found.stat().st_size, digest, False, 0, 0)
     if offline(offline_mode):
-        raise unreachable_error(entry, url, place_at, offline_why(folder))
+        why = "HF_HUB_OFFLINE is set" + (
+            "" if force else f" and it is not in the Hugging Face cache {folder}"
+        )
+        raise unreachable_error(entry, url, place_at, why)
     check_writable(folder)
     _probe(entry, url, place_at)
 
@@ -256,7 +256,8 @@ def download(
             )
     except HfHubHTTPError as exc:
         raise WeightsError(f"download of {entry.filename} from {host} failed ({_reason(exc)})") from exc
-    except Exception as exc:  # broken stream after the library's own resumes, disk full, lost network
+    # a stream still broken after the library's own resumes, a full disk, a network lost since the probe
+    except Exception as exc:
         raise WeightsError(
             f"download of {entry.filename} from {host} failed ({_reason(exc)}); run the same command to "
             f"try again, or fetch {url} by hand and place it at {place_at}"

@@ -4,9 +4,9 @@ huggingface_hub first sends ``HEAD {endpoint}/{spaces/}{repo}/resolve/{revision}
 ``X-Repo-Commit`` (the commit the revision points to), ``ETag`` (the blob's name in the cache: the
 sha256 for LFS files) and the size (``X-Linked-Size`` or ``Content-Length``); then it GETs the same
 URL, and after a broken stream GETs again with ``Range: bytes=N-``. This server answers exactly that;
-anything else (such as the library's own ``/api/...`` look-ups) is a 404. Every request is logged (method, path, Range header) so tests can check
-what went over the wire. It can cut the connection after N body bytes (scripted per GET) and serve
-other bytes than the ones a test expects.
+anything else (such as the library's own ``/api/...`` look-ups) is a 404. Every request is logged
+(method, path, Range header) so tests can check what went over the wire. It can cut the connection
+after N body bytes (scripted per GET) and serve other bytes than the ones a test expects.
 """
 
 from __future__ import annotations
