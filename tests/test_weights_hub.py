@@ -29,7 +29,7 @@ from sd3d.errors import WeightsError
 from sd3d.weights import REGISTRY, HubFile, WeightsEntry, locate, registry, require
 from sd3d.weights.download import download
 from sd3d.weights.hub import cached_file, file_url, stamp_for
-from sd3d.weights.verify import file_status
+from sd3d.weights.verify import file_status, verify_file
 from tests.support.fake_hub import HubScript, serve
 from tests.support.local_http import closed_port_url
 
@@ -287,6 +287,21 @@ def test_search_order_puts_the_hf_cache_after_chosen_folders_and_before_home(
     # a chosen folder without the file still finds the HF copy; the default folder is then not searched
     assert require("tiny-hub", env.work / "empty") == hf_path
     assert home.is_file()
+
+
+def test_a_folder_copy_known_to_be_bad_is_refused_and_does_not_hide_the_cached_one(env, hub) -> None:
+    folder = env.work / "flag"
+    folder.mkdir()
+    bad = bytearray(CONTENT)
+    bad[7] ^= 1
+    (folder / "tiny.ckpt").write_bytes(bytes(bad))
+    assert require("tiny-hub", folder) == folder / "tiny.ckpt"  # never checked: presence is enough
+    assert not verify_file(ENTRY, folder / "tiny.ckpt").ok  # now it is known to be bad
+    with pytest.raises(WeightsError) as err:
+        require("tiny-hub", folder)
+    assert _one_line(err).startswith(f"{folder / 'tiny.ckpt'} failed its sha256 check")
+    cached = download("tiny-hub", hf_endpoint=hub.endpoint).path
+    assert require("tiny-hub", folder) == cached
 
 
 def test_syncdreamer_is_registered_with_its_space_location() -> None:

@@ -115,21 +115,18 @@ def download(
     url: str | None = None,
     sha256: str | None = None,
     force: bool = False,
-    attempts: int = 3,
-    timeout: float = 30.0,
-    retry_wait: float = 2.0,
-    chunk_size: int = 1 << 20,
     progress: Progress | None = None,
     hf_cache: str | os.PathLike | None = None,
     hf_endpoint: str | None = None,
     hf_offline: bool | None = None,
+    **plain_options: float,
 ) -> DownloadResult:
     """Fetch ``entry`` (or find it already in place), verify it, and return where it is.
 
     ``url`` overrides the registry URL (a mirror; the file goes into the weights folder), ``sha256``
     the expected hash. ``hf_cache``, ``hf_endpoint`` and ``hf_offline`` override ``HF_HUB_CACHE`` /
-    ``HF_HOME``, ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE`` for Hub-hosted files. The other options are
-    those of plain downloads (:func:`download_url`).
+    ``HF_HOME``, ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE`` for Hub-hosted files. ``plain_options``
+    (``attempts``, ``timeout``, ``retry_wait``, ``chunk_size``) tune plain downloads (:func:`download_url`).
     """
     entry = get_entry(entry) if isinstance(entry, str) else entry
     sha256 = normalise_sha256(sha256)
@@ -155,16 +152,7 @@ def download(
         if hub.offline(hf_offline) and (force or not target.is_file()):
             raise unreachable_error(entry, url, target, "HF_HUB_OFFLINE is set")
     return download_url(
-        entry,
-        weights_dir,
-        url=url,
-        sha256=sha256,
-        force=force,
-        attempts=attempts,
-        timeout=timeout,
-        retry_wait=retry_wait,
-        chunk_size=chunk_size,
-        progress=progress,
+        entry, weights_dir, url=url, sha256=sha256, force=force, progress=progress, **plain_options
     )
 
 
