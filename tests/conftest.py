@@ -36,6 +36,15 @@ def _torch_threads() -> None:
 _torch_threads()
 
 
+@pytest.fixture(autouse=True)
+def _private_hf_cache(tmp_path_factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets an empty Hugging Face cache: weights are looked for there too, and a test must
+    neither find the developer's real checkpoints nor write into that shared cache."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path_factory.mktemp("hf-cache")))
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not SHARED_DIR.is_dir():
