@@ -26,8 +26,9 @@ import torch
 
 from recon.encoding import HashGridConfig
 from recon.fields import FieldConfig, NeuSField
+from recon.hull import hull_sdf, visual_hull
 from recon.masks import view_masks
-from recon.render import OccupancyGrid, camera_rays, hull_sdf, render_rays, sample_volume, visual_hull
+from recon.render import OccupancyGrid, camera_rays, render_rays, sample_volume
 from sd3d.core.io import ViewSet
 from sd3d.core.progress import Progress, resolve
 
@@ -246,6 +247,7 @@ def train(
         device,
         dilate_px=preset.hull_dilate_px,
         allowed_misses=preset.hull_allowed_misses,
+        dilate_voxels=1,  # a voxel of slack: the skipping grid must never cut the surface
     )
     if not bool(hull.any()):
         from sd3d.core.errors import ViewsFolderError
