@@ -1,7 +1,8 @@
 """Shared test fixtures.
 
 Tests that need ``../shared`` (reference fixtures, test data) use the ``shared_dir`` fixture, which
-skips with a message when the folder is absent. Never write into ``../shared``.
+skips with a message when the folder is absent. Never write into ``../shared``. A reference file
+that may also be copied into ``tests/fixtures/`` is found with :func:`fixture_path`.
 """
 
 from __future__ import annotations
@@ -42,6 +43,42 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def reference_dir(shared_dir: Path) -> Path:
     return shared_dir / "reference"
+
+
+def fixture_path(name: str) -> Path:
+    """``tests/fixtures/NAME`` if the repository has it, else ``../shared/reference/NAME``; skips the
+    calling test when neither exists."""
+    for path in (REPO_ROOT / "tests" / "fixtures" / name, SHARED_DIR / "reference" / name):
+        if path.is_file():
+            return path
+    pytest.skip(f"reference file {name} not found in tests/fixtures or {SHARED_DIR / 'reference'}")
+
+
+@pytest.fixture(scope="session")
+def official_syncdreamer_buffers() -> dict:
+    """The 10 buffers exactly as the official SyncDreamer code registers them (float32 tensors)."""
+    from support.official_checkpoint import official_buffers
+
+    return official_buffers(fixture_path("syncdreamer-official-buffers.npz"))
+
+
+@pytest.fixture(scope="session")
+def official_syncdreamer_ckpt(tmp_path_factory, official_syncdreamer_buffers):
+    """A full-size checkpoint in the released file's format (Lightning dict with a pickled callback,
+    all 1618 official keys, the official buffers), synthetic weights; 5.6 GB, written once."""
+    import gc
+
+    from support.official_checkpoint import official_state_dict, write_lightning_checkpoint
+
+    from sd3d.models.configs import official_config
+
+    path = tmp_path_factory.mktemp("official") / "syncdreamer-pretrain.ckpt"
+    state = official_state_dict(official_config(), official_syncdreamer_buffers)
+    write_lightning_checkpoint(path, state)
+    del state
+    gc.collect()
+    yield path
+    path.unlink(missing_ok=True)
 
 
 class CliResult:

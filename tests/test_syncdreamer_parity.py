@@ -1,8 +1,9 @@
 """Full-size parity with the official SyncDreamer forward pass (golden synthetic fixture, fp32, CPU).
 
-The synthetic weights of Appendix B are rebuilt for every official key, written as a Lightning
-checkpoint, loaded through the normal loader (``load_syncdreamer``: key accounting, buffer checks,
-memory-mapped), and every stage stored in ``syncdreamer-golden-synthetic.npz`` is compared with
+The synthetic weights of Appendix B are rebuilt for every official key, written with the official
+buffers as a Lightning checkpoint in the released file's format (the session fixture
+``official_syncdreamer_ckpt``, shared with ``test_official_checkpoint.py``), loaded through the
+normal loader (``load_syncdreamer``: key accounting, buffer checks, memory-mapped), and every stage stored in ``syncdreamer-golden-synthetic.npz`` is compared with
 the spec's tolerances: encoders and volumes rel 1e-4, eps / x_prev / decoded rel 1e-3.
 
 The fixture's frustum arrays describe the frustum net on zero input (see :mod:`sd3d.models.golden`);
@@ -19,7 +20,6 @@ import pytest
 from sd3d.models import golden as g
 from sd3d.models.checkpoint import load_syncdreamer
 from sd3d.models.configs import official_config
-from sd3d.models.synthetic import make_synthetic_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -31,19 +31,15 @@ def golden(reference_dir):
 
 
 @pytest.fixture(scope="module")
-def stages(golden, tmp_path_factory):
-    """Write the checkpoint, load it, run the fixture's call sequence once; free everything after."""
-    path = tmp_path_factory.mktemp("synthetic") / "syncdreamer-synthetic.ckpt"
-    make_synthetic_checkpoint(path, official_config())
-    gc.collect()
-    model = load_syncdreamer(path)  # memory-mapped: the weights are not copied again
+def stages(golden, official_syncdreamer_ckpt):
+    """Load the checkpoint, run the fixture's call sequence once; free the model after."""
+    model = load_syncdreamer(official_syncdreamer_ckpt)  # memory-mapped: the weights are not copied
     assert model.config == official_config()
     try:
         return g.run_stages(model, golden)
     finally:
         del model
         gc.collect()
-        path.unlink()
 
 
 @pytest.mark.parametrize("name", g.ENCODER_STAGES)
