@@ -117,6 +117,8 @@ def test_missing_weights_is_one_line_with_the_download_command(run_cli, photo, t
         (["--samples", "0"], "--samples must be between 1 and 64"),
         (["--batch-view-num", "17"], "--batch-view-num must be between 1 and 16"),
         (["--sampler", "euler"], "unknown sampler"),
+        (["--ddim-discretize", "cubic"], "unknown DDIM discretization 'cubic'"),
+        (["--sampler", "dpmpp", "--ddim-discretize", "quad"], "is a DDIM option"),
         (["--dtype", "fp8"], "unknown dtype"),
         (["--device", "tpu"], "device"),
         (["--crop-size", "999"], "--crop-size"),
