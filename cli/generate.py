@@ -82,7 +82,7 @@ def generate(
         "uniform",
         "--ddim-discretize",
         metavar="uniform|quad",
-        help="SyncDreamer DDIM timesteps: uniform (official default) or quad (denser near the end).",
+        help="SyncDreamer DDIM timesteps: uniform (official default) or quad (more of them at low noise).",
     ),
     compile_steps: bool = typer.Option(
         False,

@@ -119,6 +119,7 @@ def test_missing_weights_is_one_line_with_the_download_command(run_cli, photo, t
         (["--sampler", "euler"], "unknown sampler"),
         (["--ddim-discretize", "cubic"], "unknown DDIM discretization 'cubic'"),
         (["--sampler", "dpmpp", "--ddim-discretize", "quad"], "is a DDIM option"),
+        (["--model", "zero123", "--ddim-discretize", "quad"], "SyncDreamer's DDIM option"),
         (["--dtype", "fp8"], "unknown dtype"),
         (["--device", "tpu"], "device"),
         (["--crop-size", "999"], "--crop-size"),

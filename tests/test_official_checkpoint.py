@@ -54,7 +54,7 @@ def tiny_official(official_syncdreamer_buffers):
 @pytest.fixture
 def stop_after_load(monkeypatch):
     """``sd3d generate`` stops (exit 0) right after loading the model (sampling the full-size model
-    on a CPU takes an hour); returns what generation would have got: ``(config, settings, cc_proj)``."""
+    on a CPU is far too slow for a test); returns what generation got: ``(config, settings, cc_proj)``."""
     import typer
 
     import sd3d.pipeline
