@@ -78,6 +78,12 @@ def generate(
         help="SyncDreamer: ddim (official), dpmpp or unipc. Zero123: independent (= ddim) or "
         "stochastic-conditioning (3DiM).",
     ),
+    ddim_discretize: str = typer.Option(
+        "uniform",
+        "--ddim-discretize",
+        metavar="uniform|quad",
+        help="SyncDreamer DDIM timesteps: uniform (official default) or quad (more of them at low noise).",
+    ),
     compile_steps: bool = typer.Option(
         False,
         "--compile",
@@ -117,7 +123,10 @@ def generate(
     model_name = model_name.strip().lower()
     if model_name not in ("syncdreamer", "zero123"):
         raise UserError(f"unknown --model {model_name!r}: use syncdreamer or zero123")
+    ddim_discretize = ddim_discretize.strip().lower()
     if model_name == "zero123":
+        if ddim_discretize != "uniform":
+            raise UserError("--ddim-discretize is SyncDreamer's DDIM option: drop it for --model zero123")
         _generate_zero123(
             image=image,
             output=output,
@@ -149,6 +158,7 @@ def generate(
         if batch_view_num.strip() == "auto"
         else _number(batch_view_num, "--batch-view-num", int),
         sampler=sampler.strip().lower(),
+        ddim_discretize=ddim_discretize,
     ).check()
     crop = 200 if crop_size.strip() == "auto" else _number(crop_size, "--crop-size", int)
     method = check_backend_name(background)

@@ -64,6 +64,51 @@ def testset_dir() -> Path:
     return FIXTURES_DIR / "testset"
 
 
+@pytest.fixture(scope="session")
+def official_syncdreamer_buffers(reference_dir: Path) -> dict:
+    """The 10 buffers exactly as the official SyncDreamer code registers them (float32 tensors)."""
+    from support.official_checkpoint import official_buffers
+
+    return official_buffers(reference_dir / "syncdreamer-official-buffers.npz")
+
+
+@pytest.fixture(scope="session")
+def official_syncdreamer_ckpt(tmp_path_factory, official_syncdreamer_buffers):
+    """A full-size checkpoint in the released file's format (Lightning dict with a pickled callback,
+    all 1618 official keys, the official buffers), synthetic weights; 5.6 GB, written once."""
+    import gc
+
+    from support.official_checkpoint import official_state_dict, write_lightning_checkpoint
+
+    from sd3d.models.configs import official_config
+
+    path = tmp_path_factory.mktemp("official") / "syncdreamer-pretrain.ckpt"
+    state = official_state_dict(official_config(), official_syncdreamer_buffers)
+    write_lightning_checkpoint(path, state)
+    del state
+    gc.collect()
+    yield path
+    path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def stop_after_load(monkeypatch):
+    """``sd3d generate`` stops (exit 0) right after loading the model (sampling the full-size model
+    on a CPU is far too slow for a test); returns what generation got: ``(config, settings, cc_proj)``."""
+    import typer
+
+    import sd3d.pipelines.syncdreamer
+
+    seen = []
+
+    def stop(model, prepared, settings, **kwargs):
+        seen.append((model.config, settings, model.cc_projection.weight.detach().clone()))
+        raise typer.Exit(0)
+
+    monkeypatch.setattr(sd3d.pipelines.syncdreamer, "run_generation", stop)
+    return seen
+
+
 class CliResult:
     def __init__(self, code: int, out: str, err: str) -> None:
         self.code, self.out, self.err = code, out, err

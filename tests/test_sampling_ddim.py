@@ -61,6 +61,26 @@ def test_timesteps_and_first_alpha_prev(schedule):
         ddim_timesteps(0)
 
 
+@pytest.mark.parametrize("steps", [10, 50])
+def test_quad_timesteps_follow_the_formula(schedule, steps):
+    """``int(linspace(0, sqrt(0.8 T), S) ** 2) + 1``, i.e. ``floor(800 k^2 / (S-1)^2) + 1``: exact
+    integer arithmetic here (for S = 10 and 50 no entry but the last lands on an integer, where
+    float round-off could tip the floor; the last is 800 + 1)."""
+    expected = [800 * k * k // (steps - 1) ** 2 + 1 for k in range(steps)]
+    ts = ddim_timesteps(steps, discretize="quad")
+    assert ts.dtype == np.int64 and ts.tolist() == expected
+    tables = ddim_tables(schedule, steps, eta=1.0, discretize="quad")
+    abar = schedule.alphas_cumprod
+    assert torch.equal(tables.alphas, abar[ts])
+    assert torch.equal(tables.alphas_prev, torch.cat([abar[:1], abar[ts[:-1]]]))
+    # S = 50 repeats t = 1 (as the official sampler does): a step with a_prev == a and sigma 0
+    repeats = np.flatnonzero(np.diff(ts) == 0) + 1
+    assert (steps == 50) == bool(repeats.size)
+    assert torch.isfinite(tables.sigmas).all() and (tables.sigmas[repeats] == 0).all()
+    with pytest.raises(ValueError, match="unknown DDIM discretization"):
+        ddim_timesteps(steps, discretize="cubic")
+
+
 def test_ddim_step_is_the_official_update(schedule):
     tables = ddim_tables(schedule, 50, eta=1.0)
     gen = torch.Generator().manual_seed(0)

@@ -127,8 +127,8 @@ def test_ignored_and_checked_keys_may_be_absent(tiny_state):
             "key 'model.diffusion_model.out.2.bias' has shape",
         ),
         (
-            lambda s: s.__setitem__("betas", s["betas"] * 1.01),
-            "buffer 'betas' differs from the Zero123 schedule",
+            lambda s: s.__setitem__("alphas_cumprod", s["alphas_cumprod"] * 1.01),
+            "buffer 'alphas_cumprod' differs from the Zero123 schedule",
         ),
     ],
 )
