@@ -22,7 +22,7 @@ from sd3d.models.zero123 import (
     tiny_config,
     write_synthetic_checkpoint,
 )
-from sd3d.sampling.zero123_ddim import zero123_schedule
+from sd3d.sampling.schedule import zero123_schedule
 from sd3d.weights import load_state_dict
 
 
