@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from sd3d.core.errors import InputImageError, UserError
-from sd3d.models.checkpoint import load_syncdreamer
 from sd3d.models.configs import tiny_config
+from sd3d.models.syncdreamer_checkpoint import load_syncdreamer
 from sd3d.models.synthetic import synthetic_state_dict
 from sd3d.pipelines.syncdreamer import (
     GenerationSettings,

@@ -2,7 +2,7 @@
 
 The synthetic weights are rebuilt for every one of the 1938 official keys (same formula as the
 SyncDreamer fixture, EMA copies keyed by their flattened names), written as a checkpoint file,
-loaded through the normal loader (:func:`sd3d.models.zero123.load_zero123`) and run through the
+loaded through the normal loader (:func:`sd3d.models.zero123_checkpoint.load_zero123`) and run through the
 same call sequence as the fixture: demo preprocessing, CLIP, pose vector, ``cc_projection``, VAE
 posterior, one guided UNet call with the EMA weights at t = 981 (with taps), one DDIM eta-1 update,
 one decode, and the conditional eps of the non-EMA weights. Tolerances are the fixture's own
@@ -23,7 +23,8 @@ from support.ulp import assert_within_ulps
 
 from sd3d.core.zero123_pose import pose_from_polar_deltas
 from sd3d.models.synthetic import synthetic_unit
-from sd3d.models.zero123 import images_to_uint8, load_zero123, write_synthetic_checkpoint
+from sd3d.models.zero123 import images_to_uint8
+from sd3d.models.zero123_checkpoint import load_zero123, write_synthetic_checkpoint
 from sd3d.pipelines.zero123 import model_input, prepare_zero123_input
 from sd3d.sampling.ddim import ZERO123, ddim_tables, ddim_timesteps, ddim_update
 from sd3d.sampling.schedule import zero123_schedule

@@ -78,7 +78,7 @@ class UNetWrapper(nn.Module):
 
 class SyncDreamer(nn.Module):
     """The whole model with the official module names; load weights with
-    :func:`sd3d.models.checkpoint.load_syncdreamer` (building it directly gives random weights)."""
+    :func:`sd3d.models.syncdreamer_checkpoint.load_syncdreamer` (building it directly gives random weights)."""
 
     def __init__(self, config: SyncDreamerConfig | None = None) -> None:
         super().__init__()

@@ -145,8 +145,8 @@ def load_model(
     import torch
 
     from sd3d.core.device import resolve_device, resolve_dtype
-    from sd3d.models.checkpoint import load_syncdreamer
     from sd3d.models.inference import prepare_for_inference
+    from sd3d.models.syncdreamer_checkpoint import load_syncdreamer
 
     path = weights_path(weights, weights_dir)
     dev = device if not isinstance(device, str) else resolve_device(device)

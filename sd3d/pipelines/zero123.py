@@ -184,7 +184,7 @@ def load_model(
 
     Nothing is downloaded: a missing file is a one-line WeightsError saying how to get it.
     """
-    from sd3d.models.zero123 import load_zero123
+    from sd3d.models.zero123_checkpoint import load_zero123
     from sd3d.weights import require
 
     path = Path(weights) if weights is not None else require(WEIGHTS_NAME, weights_dir)
