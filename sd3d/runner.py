@@ -253,12 +253,17 @@ def write_run_folder(
     recon: Reconstruction,
     stages: StageTimer,
     device,
+    model_device: str | None = None,
     peak_gpu_memory: Callable[[], int | None] = lambda: None,
     progress: Progress | None = None,
     note: Callable[[str], None] = lambda name: None,
 ) -> dict[str, Any]:
     """Write a finished run into ``folder`` (a temporary folder the caller commits): ``input.png``,
-    ``views/``, the meshes, the preview and, last, ``report.json``; returns the report."""
+    ``views/``, the meshes, the preview and, last, ``report.json``; returns the report.
+
+    ``device`` renders the preview; ``model_device`` is the one generation and training ran on,
+    for the report, when that was another process's (default: ``device``).
+    """
     from PIL import Image
 
     from recon.pipeline import export_mesh
@@ -317,7 +322,7 @@ def write_run_folder(
         "preview": preview_file.name if preview_file else None,
         "stage_seconds": stages.seconds,
         "total_seconds": round(sum(stages.seconds.values()), 3),
-        "device": str(device),
+        "device": model_device or str(device),
         "peak_gpu_memory_bytes": peak_gpu_memory(),
         "versions": _versions(),
     }
@@ -459,13 +464,33 @@ def write_turntable(
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BatchItem:
-    """One image's outcome: ``status`` is 'done', 'skipped' (up to date) or 'failed'."""
+    """One image's outcome: ``status`` is 'done', 'skipped' (up to date) or 'failed'.
+
+    The Ray engine also records ``error_kind`` ('input': the image's own fault, a
+    :class:`~sd3d.errors.UserError`; 'error': any other exception; 'system': its workers kept
+    dying) and the image's ``image_mtime``, so that a re-run does not retry an unchanged bad image.
+    """
 
     image: str
     status: str
     out_dir: str
     seconds: float = 0.0
     error: str | None = None
+    error_kind: str | None = None
+    image_mtime: float | None = None
+
+
+def ray_engine():
+    """:mod:`sd3d.batch_ray`, or the one-line instruction to install Ray (an optional extra)."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        from sd3d.errors import MissingDependencyError
+
+        raise MissingDependencyError("--engine ray needs Ray: pip install 'sd3d[ray]'") from None
+    from sd3d import batch_ray
+
+    return batch_ray
 
 
 def list_images(in_dir: Path) -> list[Path]:
