@@ -93,7 +93,7 @@ def _items(record: dict) -> dict[str, dict]:
 
 
 def _assert_complete(folder: Path, image: str) -> None:
-    assert RESULT_FILES <= {p.name for p in folder.iterdir()}, folder
+    assert {p.name for p in folder.iterdir()} >= RESULT_FILES, folder
     assert len(list((folder / "views").glob("[0-9][0-9][0-9].png"))) == 16
     report = json.loads((folder / "report.json").read_text())
     assert Path(report["input"]).name == image
