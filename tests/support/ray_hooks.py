@@ -1,6 +1,8 @@
 """Set-up of the Ray worker processes in tests (``worker_process_setup_hook``).
 
-Every worker gets the object-decoder double (tests/support/object_decoder.py). One-shot faults:
+Every worker gets the object-decoder double (tests/support/object_decoder.py) and a smaller
+``draft`` reconstruction preset (these tests check scheduling, faults and storage; the preset's own
+quality is tested elsewhere, and the smaller one more than halves the CPU time per image). One-shot faults:
 when the folder named by ``SD3D_TEST_FAULTS`` holds a file ``kill-<step>``, the first worker process
 that reaches that step deletes the file, writes ``killed-<step>`` (its pid) and kills itself with
 SIGKILL, as a crash or the kernel's out-of-memory killer would. Steps: ``reconstruct`` (inside a
@@ -29,10 +31,17 @@ def _maybe_die(step: str) -> None:
 
 
 def setup() -> None:
+    from dataclasses import replace
+
     import recon.pipeline
+    import recon.train
     import sd3d.runner
 
     object_decoder.install()
+    draft = recon.train.PRESETS["draft"]
+    recon.train.PRESETS["draft"] = replace(
+        draft, init_steps=40, occupancy_res=48, mesh_res=64, texture_size=128, rays_per_batch=256
+    )
     reconstruct, export = sd3d.runner.reconstruct_views, recon.pipeline.export_mesh
 
     def reconstruct_views(*args, **kwargs):
