@@ -268,6 +268,9 @@ _GPU_PRIORITY = {"reconstruct": 0, "regenerate": 1, "generate": 2}  # finish sta
 
 
 class _Pipeline:
+    """The driver's state: images waiting, images in flight (``jobs``), the references it waits on
+    (``pending``: the small second result of each step), GPU steps ready to hand out, the workers."""
+
     def __init__(
         self,
         todo: list[ImageEntry],
@@ -620,6 +623,8 @@ def run_batch_ray(
         from sd3d.pipeline import weights_path
 
         weights_path(weights, weights_dir)  # this machine runs the workers: fail before any work
+    for entry in todo:  # what killed attempts of an earlier run left behind
+        output.clean_stale(entry.stem)
     progress = resolve(progress)
     try:
         with progress.task("batch (ray)", len(images)) as advance:

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from support.photos import object_photo
 
 from sd3d.models.configs import tiny_config
 from sd3d.models.synthetic import make_synthetic_checkpoint
+from sd3d.progress import Progress
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT_FILES = {"input.png", "views", "mesh.glb", "report.json"}
@@ -172,6 +174,62 @@ def test_killed_workers_are_retried_without_duplicates(run_cli, cluster, tiny_ck
     items = json.loads((out / "batch.json").read_text())["items"]
     assert [(i["image"], i["status"]) for i in items] == [(p.name, "done") for p in good]
     assert sorted(p.name for p in out.iterdir()) == ["batch.json", "x", "y"]
+    for p in good:
+        _assert_complete(out / p.stem, p.name)
+
+
+class _CtrlCAfterFirstImage(Progress):
+    """Silent progress that raises KeyboardInterrupt in the driver when the first image is finished,
+    as Ctrl-C at that moment would."""
+
+    def __init__(self) -> None:
+        super().__init__(enabled=False)
+
+    @contextmanager
+    def task(self, description: str, total: int | None):
+        def advance(n: int = 1, info: str | None = None) -> None:
+            if n > 0:
+                raise KeyboardInterrupt
+
+        yield advance
+
+
+def test_ctrl_c_leaves_a_resumable_state(run_cli, cluster, tiny_ckpt, tmp_path):
+    from sd3d.batch_ray import RayOptions, run_batch_ray
+    from sd3d.runner import RunSettings
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    good = [object_photo(photos / f"{n}.png", shift=6 * i) for i, n in enumerate("mn")]
+    out = tmp_path / "out"
+    settings = RunSettings(
+        elevation_deg=30, steps=2, quality="draft", recon_steps=10, preview="none", faces=400
+    )
+    with pytest.raises(KeyboardInterrupt):
+        run_batch_ray(
+            photos, out, settings, RayOptions(workers=1), weights=tiny_ckpt, progress=_CtrlCAfterFirstImage()
+        )
+    items = _items(json.loads((out / "batch.json").read_text()))
+    assert sorted(i["status"] for i in items.values()) == ["done", "interrupted"]
+    finished = next(n for n, i in items.items() if i["status"] == "done")
+    _assert_complete(out / Path(finished).stem, finished)
+
+    res = run_cli(
+        "--quiet",
+        "batch",
+        photos,
+        "-o",
+        out,
+        "--weights",
+        tiny_ckpt,
+        *ARGS,
+        "--workers",
+        "1",
+        "--elevation",
+        "30",
+    )
+    assert res.code == 0 and "1 done, 1 up to date, 0 failed" in res.out, res
+    assert sorted(p.name for p in out.iterdir()) == ["batch.json", "m", "n"]  # no temporary folders left
     for p in good:
         _assert_complete(out / p.stem, p.name)
 
