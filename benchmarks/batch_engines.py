@@ -155,7 +155,7 @@ def run_engine(
     engine = "ray" if "ray" in engine_args else "local"
     cmd = [sys.executable, __file__, "--child", engine, "--", "--quiet", "batch", str(photos), "-o", str(out)]
     cmd += common + engine_args
-    print(f"# {name}: {' '.join(cmd[3:])}", flush=True)
+    print(f"# {name}: {' '.join(cmd[5:])}", flush=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
     start = time.perf_counter()
     with GpuSampler(interval) as sampler:
@@ -172,7 +172,7 @@ def run_engine(
                 stage_seconds.setdefault(stage, []).append(secs)
     result = {
         "name": name,
-        "command": cmd[3:],
+        "command": cmd[5:],
         "exit_code": proc.returncode,
         "wall_s": round(wall, 1),
         "done": done,

@@ -28,6 +28,7 @@ failed for its own reason is not retried by a later run either, unless its file 
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import os
@@ -568,32 +569,9 @@ def _check_names(images: list[ImageEntry]) -> None:
         seen[entry.stem] = entry.name
 
 
-def run_batch_ray(
-    in_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    settings: RunSettings | None = None,
-    options: RayOptions | None = None,
-    *,
-    weights: str | os.PathLike | None = None,
-    weights_dir: str | os.PathLike | None = None,
-    progress: Progress | None = None,
-) -> list[BatchItem]:
-    """``sd3d run`` for every image of ``in_dir`` into ``out_dir/<stem>/`` on a Ray cluster.
-
-    ``in_dir`` / ``out_dir``: local (shared by every node) folders or fsspec URLs. Resumable like
-    the local batch: finished results newer than their image are skipped, and so is an unchanged
-    image that failed for its own reason before. ``out_dir/batch.json`` lists every image's outcome
-    (rewritten while the batch runs); on Ctrl-C it is written with the unfinished images marked
-    'interrupted' and the workers are stopped.
-    """
-    settings = (settings or RunSettings()).check()
-    options = options or RayOptions()
-    inputs, output = open_folder(in_dir), open_folder(out_dir)
-    images = inputs.list_images()
-    if not images:
-        raise UserError(f"no images (jpg, png, webp) in {in_dir}")
-    _check_names(images)
-    output.prepare_output()
+def _plan(images: list[ImageEntry], output: Folder) -> tuple[dict[str, BatchItem], list[ImageEntry]]:
+    """What an earlier run settled (finished results newer than their image; unchanged images that
+    failed for their own reason) and what is left to do."""
     previous = _previous_items(output)
     items: dict[str, BatchItem] = {}
     todo: list[ImageEntry] = []
@@ -614,86 +592,108 @@ def run_batch_ray(
             items[entry.name] = old
         else:
             todo.append(entry)
+    return items, todo
+
+
+def run_batch_ray(
+    in_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    settings: RunSettings | None = None,
+    options: RayOptions | None = None,
+    *,
+    weights: str | os.PathLike | None = None,
+    weights_dir: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+) -> list[BatchItem]:
+    """``sd3d run`` for every image of ``in_dir`` into ``out_dir/<stem>/`` on a Ray cluster.
+
+    ``in_dir`` / ``out_dir``: local (shared by every node) folders or fsspec URLs. Resumable like
+    the local batch: finished results newer than their image are skipped, and so is an unchanged
+    image that failed for its own reason before. ``out_dir/batch.json`` lists every image's outcome
+    (rewritten while the batch runs); on Ctrl-C it is written with the unfinished images marked
+    'interrupted' and the workers are stopped. With nothing left to do, Ray is not started.
+    """
+    settings = (settings or RunSettings()).check()
+    options = options or RayOptions()
+    inputs, output = open_folder(in_dir), open_folder(out_dir)
+    images = inputs.list_images()
+    if not images:
+        raise UserError(f"no images (jpg, png, webp) in {in_dir}")
+    _check_names(images)
+    output.prepare_output()
+    items, todo = _plan(images, output)
+    if todo and options.address is None and not ray.is_initialized():
+        from sd3d.pipeline import weights_path
+
+        weights_path(weights, weights_dir)  # this machine runs the workers: fail before any work
 
     def save() -> None:
         ordered = [asdict(items[e.name]) for e in images if e.name in items]
         output.write_json("batch.json", {"input": str(in_dir), "engine": "ray", "items": ordered})
 
-    if todo and options.address is None and not ray.is_initialized():
-        from sd3d.pipeline import weights_path
-
-        weights_path(weights, weights_dir)  # this machine runs the workers: fail before any work
-    for entry in todo:  # what killed attempts of an earlier run left behind
-        output.clean_stale(entry.stem)
     progress = resolve(progress)
-    try:
-        with progress.task("batch (ray)", len(images)) as advance:
-            advance(len(items), info="")
-            if todo:
-                _run(
-                    todo,
-                    inputs,
-                    output,
-                    settings,
-                    options,
-                    items,
-                    save,
-                    advance,
-                    progress,
-                    weights,
-                    weights_dir,
-                )
-    finally:
-        save()
+    with _Session(options.address, log_to_driver=progress.enabled) if todo else contextlib.nullcontext():
+        size = _size(options) if todo else (0, 0.0)
+        for entry in todo:  # what killed attempts of an earlier run left behind
+            output.clean_stale(entry.stem)
+        try:
+            with progress.task("batch (ray)", len(images)) as advance:
+                advance(len(items), info="")
+                if todo:
+                    run = _Run(items, advance, save)
+                    pipeline = _Pipeline(
+                        todo,
+                        inputs,
+                        output,
+                        settings,
+                        weights=str(weights) if weights is not None else None,
+                        weights_dir=str(weights_dir) if weights_dir is not None else None,
+                        workers=size[0],
+                        gpus_per_worker=size[1],
+                        max_in_flight=max(1, options.max_in_flight or 3 * size[0]),
+                        on_item=run.on_item,
+                        on_change=lambda: run.on_change(pipeline.running),
+                    )
+                    try:
+                        pipeline.run()
+                    except KeyboardInterrupt:
+                        for entry in todo:
+                            if entry.name not in items:
+                                items[entry.name] = BatchItem(
+                                    entry.name,
+                                    "interrupted",
+                                    output.child(entry.stem),
+                                    image_mtime=entry.mtime,
+                                )
+                        raise
+                    finally:
+                        pipeline.shutdown()
+        finally:
+            save()
     return [items[e.name] for e in images]
 
 
-def _run(
-    todo, inputs, output, settings, options, items, save, advance, progress, weights, weights_dir
-) -> None:
-    started = time.perf_counter()
-    state = {"saved": 0.0, "info": ""}
+class _Run:
+    """The driver's reporting: the items so far, the progress line and throttled ``batch.json`` saves."""
 
-    def on_item(item: BatchItem) -> None:
-        items[item.image] = item
-        advance(1)
+    def __init__(self, items: dict[str, BatchItem], advance: Callable, save: Callable[[], None]) -> None:
+        self.items, self.advance, self.save = items, advance, save
+        self.started = time.perf_counter()
+        self.saved = 0.0
+        self.info = ""
 
-    def on_change() -> None:
-        done = sum(1 for i in items.values() if i.status == "done")
-        failed = sum(1 for i in items.values() if i.status == "failed")
-        rate = done / max(time.perf_counter() - started, 1e-9) * 3600.0
-        info = f"{done} done, {failed} failed, {pipeline.running} running, {rate:.0f} img/h"
-        if info != state["info"]:
-            state["info"] = info
-            advance(0, info=info)
-        if time.perf_counter() - state["saved"] > SAVE_EVERY_S:
-            state["saved"] = time.perf_counter()
-            save()
+    def on_item(self, item: BatchItem) -> None:
+        self.items[item.image] = item
+        self.advance(1)
 
-    with _Session(options.address, log_to_driver=progress.enabled):
-        workers, per = _size(options)
-        max_in_flight = options.max_in_flight or 3 * workers
-        pipeline = _Pipeline(
-            todo,
-            inputs,
-            output,
-            settings,
-            weights=str(weights) if weights is not None else None,
-            weights_dir=str(weights_dir) if weights_dir is not None else None,
-            workers=workers,
-            gpus_per_worker=per,
-            max_in_flight=max(1, max_in_flight),
-            on_item=on_item,
-            on_change=on_change,
-        )
-        try:
-            pipeline.run()
-        except KeyboardInterrupt:
-            for entry in todo:
-                if entry.name not in items:
-                    items[entry.name] = BatchItem(
-                        entry.name, "interrupted", output.child(entry.stem), image_mtime=entry.mtime
-                    )
-            raise
-        finally:
-            pipeline.shutdown()
+    def on_change(self, running: int) -> None:
+        done = sum(1 for i in self.items.values() if i.status == "done")
+        failed = sum(1 for i in self.items.values() if i.status == "failed")
+        rate = done / max(time.perf_counter() - self.started, 1e-9) * 3600.0
+        info = f"{done} done, {failed} failed, {running} running, {rate:.0f} img/h"
+        if info != self.info:
+            self.info = info
+            self.advance(0, info=info)
+        if time.perf_counter() - self.saved > SAVE_EVERY_S:
+            self.saved = time.perf_counter()
+            self.save()

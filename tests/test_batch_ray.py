@@ -91,6 +91,11 @@ def cluster(tmp_path_factory, s3_server):
     nodes.shutdown()
 
 
+def _batch(run_cli, source, out, weights, *extra: str):
+    """``sd3d --quiet batch SOURCE -o OUT --engine ray`` with the quick settings."""
+    return run_cli("--quiet", "batch", source, "-o", out, "--weights", weights, *ARGS, *extra)
+
+
 def _items(record: dict) -> dict[str, dict]:
     return {item["image"]: item for item in record["items"]}
 
@@ -112,9 +117,7 @@ def test_two_nodes_bad_images_reported_and_rerun_does_nothing(run_cli, cluster, 
     (photos / "notes.jpg").write_text("not a photo")
     (photos / "README.txt").write_text("ignored: not an image suffix")
     out = tmp_path / "out"
-    args = ("--quiet", "batch", photos, "-o", out, "--weights", tiny_ckpt, *ARGS, "--workers", "2")
-
-    res = run_cli(*args)
+    res = _batch(run_cli, photos, out, tiny_ckpt, "--workers", "2")
     assert res.code == 1, res
     first = json.loads((out / "batch.json").read_text())
     items = _items(first)
@@ -136,7 +139,7 @@ def test_two_nodes_bad_images_reported_and_rerun_does_nothing(run_cli, cluster, 
     assert "4 done, 0 up to date, 2 failed" in res.out
 
     stamps = {p.stem: (out / p.stem / "report.json").stat().st_mtime_ns for p in good}
-    res = run_cli(*args)
+    res = _batch(run_cli, photos, out, tiny_ckpt, "--workers", "2")
     assert res.code == 1, res
     again = _items(json.loads((out / "batch.json").read_text()))
     assert {n: again[n]["status"] for n in again} == {
@@ -161,9 +164,7 @@ def test_killed_workers_are_retried_without_duplicates(run_cli, cluster, tiny_ck
         (cluster / f"kill-{step}").write_text("")
     out = tmp_path / "out"
     try:
-        res = run_cli(
-            "--quiet", "batch", photos, "-o", out, "--weights", tiny_ckpt, *ARGS, "--elevation", "30"
-        )
+        res = _batch(run_cli, photos, out, tiny_ckpt, "--workers", "1", "--elevation", "30")
     finally:
         for step in steps:  # never leave a fault armed for the next test
             (cluster / f"kill-{step}").unlink(missing_ok=True)
@@ -214,20 +215,7 @@ def test_ctrl_c_leaves_a_resumable_state(run_cli, cluster, tiny_ckpt, tmp_path):
     finished = next(n for n, i in items.items() if i["status"] == "done")
     _assert_complete(out / Path(finished).stem, finished)
 
-    res = run_cli(
-        "--quiet",
-        "batch",
-        photos,
-        "-o",
-        out,
-        "--weights",
-        tiny_ckpt,
-        *ARGS,
-        "--workers",
-        "1",
-        "--elevation",
-        "30",
-    )
+    res = _batch(run_cli, photos, out, tiny_ckpt, "--workers", "1", "--elevation", "30")
     assert res.code == 0 and "1 done, 1 up to date, 0 failed" in res.out, res
     assert sorted(p.name for p in out.iterdir()) == ["batch.json", "m", "n"]  # no temporary folders left
     for p in good:
@@ -251,9 +239,8 @@ def test_s3_input_and_output(run_cli, cluster, s3_endpoint, tiny_ckpt, tmp_path,
     # what an upload killed half-way leaves: files without the report.json marker
     fs.pipe_file("bucket/out/q/views/000.png", b"stale")
     fs.pipe_file("bucket/out/q/stale.txt", b"stale")
-    args = ("--quiet", "batch", "s3://bucket/photos", "-o", "s3://bucket/out", "--weights", tiny_ckpt)
-    args = (*args, *ARGS, "--workers", "1", "--elevation", "30")
-    res = run_cli(*args)
+    args = ("s3://bucket/photos", "s3://bucket/out", tiny_ckpt, "--workers", "1", "--elevation", "30")
+    res = _batch(run_cli, *args)
     assert res.code == 1, res
     fs.invalidate_cache()
     record = json.loads(fs.cat_file("bucket/out/batch.json"))
@@ -275,7 +262,7 @@ def test_s3_input_and_output(run_cli, cluster, s3_endpoint, tiny_ckpt, tmp_path,
     assert fs.cat_file("bucket/out/q/views/000.png") != b"stale"  # the stale files are gone
 
     stamps = {stem: fs.info(f"bucket/out/{stem}/report.json")["LastModified"] for stem in ("p", "q")}
-    res = run_cli(*args)
+    res = _batch(run_cli, *args)
     assert res.code == 1 and "0 done, 2 up to date, 1 failed" in res.out, res
     fs.invalidate_cache()
     assert {stem: fs.info(f"bucket/out/{stem}/report.json")["LastModified"] for stem in ("p", "q")} == stamps
