@@ -19,9 +19,8 @@ URL, :mod:`sd3d.storage`), each image's folder appearing complete or not at all.
 
 Faults. A worker process that dies (killed, its node lost, out of memory) is restarted by Ray and
 its pending calls re-run (``max_restarts`` / ``max_task_retries``); a CPU task whose process dies is
-re-run (``max_retries``). Only exceptions raised by our own code reach the driver as task errors:
-those are the image's own failure (corrupt file, no object found, ...), recorded in ``batch.json``
-and never retried within the run. When Ray's retries are exhausted the driver starts the image
+re-run (``max_retries``). An exception raised by a step itself (corrupt file, no object found, a
+bug) is the image's own failure: recorded in ``batch.json`` and never retried within the run. When Ray's retries are exhausted the driver starts the image
 over, at most ``IMAGE_ATTEMPTS`` times, and replaces a worker that is gone for good. An image that
 failed for its own reason is not retried by a later run either, unless its file changed.
 """
@@ -54,7 +53,6 @@ IMAGE_ATTEMPTS = 3  # starts of one image when Ray's own retries were not enough
 GPU_QUEUE_DEPTH = 2  # calls per GPU worker: one running, one ready to start
 SAVE_EVERY_S = 2.0  # batch.json is rewritten at most this often while the batch runs
 MTIME_SLACK_S = 1.0  # object stores keep modification times in whole seconds
-INSTALL_HINT = "pip install 'sd3d[ray]'"
 
 Folder = LocalFolder | RemoteFolder
 
@@ -448,6 +446,8 @@ class _Pipeline:
         if p.job is None:  # a worker's model load
             if kind == "input":
                 raise exc.cause if isinstance(exc, RayTaskError) else exc  # weights missing: stop
+            ray.kill(p.worker.handle, no_restart=True)  # it cannot work: replace it (bounded)
+            self._worker_gone(p.worker)
             return
         job = p.job
         if kind == "system" and job.attempts < IMAGE_ATTEMPTS:
@@ -478,7 +478,9 @@ class _Pipeline:
                 self._give_up()
             self._admit()
             self._dispatch()
-            if not self.pending:  # nothing can complete: only possible once every job has failed
+            if not self.pending:
+                if self.jobs or self.waiting:  # every image in flight waits for a step nobody runs
+                    raise RuntimeError(f"batch driver stalled with {len(self.jobs)} images in flight")
                 continue
             ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=1.0)
             for ref in ready:

@@ -1,8 +1,9 @@
 """``sd3d batch --engine ray`` on a local two-node Ray cluster (CPU only), with the tiny checkpoint.
 
 One cluster serves the module (2 simulated nodes of 2 CPUs, small object stores). Its worker
-processes run ``tests/support/ray_hooks.py``: the object-decoder double (views show an object) and
-one-shot faults that SIGKILL a worker process in the middle of a step.
+processes run ``tests/support/ray_hooks.py``: the object-decoder double (views show an object), a
+smaller draft reconstruction preset, and one-shot faults that SIGKILL a worker process in the
+middle of a step. S3 is a moto server on 127.0.0.1.
 """
 
 from __future__ import annotations
