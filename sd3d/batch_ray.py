@@ -62,7 +62,7 @@ class RayOptions:
     """Where to run and how wide: ``address`` None starts Ray on this machine (or uses the session
     the caller already opened), ``auto`` joins the local cluster, ``ray://host:10001`` a remote one.
     ``workers`` / ``gpus_per_worker`` None: one worker per GPU of the cluster (one CPU worker on a
-    cluster without GPUs). ``max_in_flight`` None: three images per worker."""
+    cluster without GPUs). ``max_in_flight`` None: four images per worker."""
 
     address: str | None = None
     workers: int | None = None
@@ -652,7 +652,7 @@ def run_batch_ray(
                         weights_dir=str(weights_dir) if weights_dir is not None else None,
                         workers=size[0],
                         gpus_per_worker=size[1],
-                        max_in_flight=max(1, options.max_in_flight or 3 * size[0]),
+                        max_in_flight=max(1, options.max_in_flight or 4 * size[0]),
                         on_item=run.on_item,
                         on_change=lambda: run.on_change(pipeline.running),
                     )
