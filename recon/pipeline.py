@@ -32,10 +32,14 @@ from sd3d.core.progress import Progress
 
 @dataclass(frozen=True)
 class ReconResult:
-    """A trained field, ready to export. ``grid.hull`` carves the mesh; ``timings`` in seconds."""
+    """A trained field, ready to export. ``grid.hull`` carves the mesh; ``timings`` in seconds.
+
+    ``grid`` is ``None`` in a copy made to export an already extracted surface elsewhere (see
+    :func:`extract_surface` and ``export_mesh(..., surface=...)``).
+    """
 
     field: NeuSField
-    grid: OccupancyGrid
+    grid: OccupancyGrid | None
     preset: Preset
     device: torch.device
     seed: int
@@ -90,29 +94,45 @@ def reconstruct(
     )
 
 
+def extract_surface(result: ReconResult) -> Mesh:
+    """The trained field's surface (marching cubes, carved by the grid, largest component).
+
+    Extract once and pass it to :func:`export_mesh` for each format: it queries the SDF on a dense
+    grid, the one export step that wants the training device.
+    """
+    mesh = extract_mesh(result.field, result.grid, result.preset.mesh_res, result.device)
+    if mesh.num_faces == 0:
+        raise ViewsFolderError(
+            "reconstruction produced an empty surface: the views do not show a consistent object"
+        )
+    return mesh
+
+
 def export_mesh(
     result: ReconResult,
     out_path: str | os.PathLike,
     faces: int | None = None,
     texture_size: int | None = None,
+    surface: Mesh | None = None,
 ) -> ExportResult:
     """Extract, clean, (decimate), UV-unwrap + bake (or vertex-colour) and write ``out_path``.
 
     ``faces`` (any format) decimates to at most that many faces. Without it, textured formats
     (.glb, .obj) are decimated to the preset's ``uv_max_faces`` before unwrapping (xatlas time
     grows quickly with the face count); a failed unwrap falls back to vertex colours with a warning.
+    ``surface``: the result of :func:`extract_surface`, when already extracted (several formats,
+    or the field moved to another device or process without its grid).
     """
     path = check_output_path(out_path)
     dev = result.device
     preset = result.preset
     timings: dict[str, float] = {}
-    t = time.perf_counter()
-    mesh = extract_mesh(result.field, result.grid, preset.mesh_res, dev)
-    if mesh.num_faces == 0:
-        raise ViewsFolderError(
-            "reconstruction produced an empty surface: the views do not show a consistent object"
-        )
-    timings["marching_cubes"] = time.perf_counter() - t
+    if surface is None:
+        t = time.perf_counter()
+        mesh = extract_surface(result)
+        timings["marching_cubes"] = time.perf_counter() - t
+    else:
+        mesh = surface
 
     textured_format = path.suffix.lower() in (".glb", ".obj")
     target = faces

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 from support import object_decoder
+from support.photos import FAST
+from support.photos import object_photo as _photo
 
 from sd3d.models.configs import tiny_config
 from sd3d.models.synthetic import make_synthetic_checkpoint
-
-FAST = ("--steps", "2", "--quality", "draft", "--recon-steps", "30", "--preview-frames", "6")
 
 
 @pytest.fixture(autouse=True)
@@ -35,16 +35,6 @@ def _object_views():
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
     return make_synthetic_checkpoint(tmp_path_factory.mktemp("weights") / "tiny.ckpt", tiny_config())
-
-
-def _photo(path: Path, shift: int = 0) -> Path:
-    yy, xx = np.mgrid[:200, :220]
-    rgba = np.zeros((200, 220, 4), np.uint8)
-    body = (yy - 110) ** 2 / 70**2 + (xx - 110 - shift) ** 2 / 60**2 < 1
-    rgba[body] = (200, 90, 40, 255)
-    rgba[40:80, 90 + shift : 130 + shift] = (30, 80, 200, 255)
-    Image.fromarray(rgba, "RGBA").save(path)
-    return path
 
 
 def test_run_writes_every_output(run_cli, tiny_ckpt, tmp_path):

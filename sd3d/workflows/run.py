@@ -16,7 +16,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -84,11 +84,11 @@ class RunResult:
     files: tuple[str, ...] = field(default_factory=tuple)
 
 
-class _Stages:
-    """Wall time per stage, in the order they ran."""
+class StageTimer:
+    """Wall time per stage, in the order they ran (``with timer(name): ...``; repeats add up)."""
 
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
+    def __init__(self, seconds: dict[str, float] | None = None) -> None:
+        self.seconds: dict[str, float] = dict(seconds or {})
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
@@ -118,6 +118,218 @@ def check_run_output(out_dir: str | os.PathLike) -> Path:
     return check_output_folder(out_dir)
 
 
+# --------------------------------------------------------------------------------------------------
+# stages: the per-image chain, one function per step, shared by `run_photo` and the Ray engine
+# (which runs each one as its own task: GPU steps in the model-holding workers, the others on CPUs)
+# --------------------------------------------------------------------------------------------------
+ELEVATION_GUESS_DEG = 30.0  # the middle of the model's training range
+
+
+@dataclass(frozen=True)
+class ElevationChoice:
+    """The elevation to generate at, its record for the report, and whether the views generated at
+    the first guess must be regenerated at it."""
+
+    elevation_deg: float
+    record: dict[str, Any]
+    regenerate: bool
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """A trained field and its extracted surface: what the export step needs.
+
+    Extracting the surface (the SDF queried on a grid) belongs with the training on the fast device;
+    what follows (UV unwrap, baking, writing, the preview) can run elsewhere: :meth:`to_cpu` makes
+    a copy that any process can use without the device or the occupancy grid.
+    """
+
+    result: Any  # recon.pipeline.ReconResult
+    surface: Any  # recon.mesh.Mesh
+
+    def to_cpu(self) -> Reconstruction:
+        import torch
+
+        field_cpu = self.result.field.to("cpu")
+        return Reconstruction(
+            replace(self.result, field=field_cpu, grid=None, device=torch.device("cpu")), self.surface
+        )
+
+
+def first_elevation(settings: RunSettings) -> float:
+    """Where the first generation runs: the given elevation, else the guess that estimation starts from."""
+    return ELEVATION_GUESS_DEG if settings.elevation_deg is None else float(settings.elevation_deg)
+
+
+def prepare_photo(source, settings: RunSettings, weights_dir: str | os.PathLike | None = None):
+    """Read ``source`` and recentre the object (:func:`sd3d.preprocess.prepare_input`)."""
+    from sd3d.preprocess import prepare_input
+
+    return prepare_input(
+        source, crop_size=settings.crop_size, background=settings.background, weights_dir=weights_dir
+    )
+
+
+def generate_at(model, prepared, settings: RunSettings, elevation_deg: float, progress=None) -> list:
+    """``settings.samples`` view sets (:class:`~sd3d.core.io.ViewSet`) for ``prepared`` at ``elevation_deg``."""
+    from sd3d.pipelines.syncdreamer import GenerationSettings, run_generation
+
+    gen = GenerationSettings(
+        float(elevation_deg),
+        settings.steps,
+        settings.cfg,
+        settings.eta,
+        settings.seed,
+        settings.samples,
+        settings.batch_view_num,
+        settings.sampler,
+    )
+    return run_generation(model, prepared, gen, dtype=settings.dtype, progress=progress)
+
+
+def choose_elevation(prepared, views: list, settings: RunSettings) -> ElevationChoice:
+    """The given elevation, or the one estimated from the views generated at the first guess."""
+    if settings.elevation_deg is not None:
+        elevation = float(settings.elevation_deg)
+        return ElevationChoice(elevation, {"source": "given", "elevation_deg": elevation}, False)
+    from sd3d.workflows.elevation import estimate_elevation
+
+    guess = ELEVATION_GUESS_DEG
+    estimate = estimate_elevation(prepared.rgba[..., 3].astype(np.float32) / 255.0, views[0])
+    elevation = float(np.clip(estimate.elevation_deg, -10.0, 40.0))  # the model's trained range
+    regenerate = abs(elevation - guess) > settings.regenerate_threshold_deg
+    record = {
+        "source": "estimated",
+        "elevation_deg": elevation,
+        "raw_estimate_deg": estimate.elevation_deg,
+        "score": estimate.score,
+        "first_guess_deg": guess,
+        "regenerated": regenerate,
+        "curve": [{"elevation_deg": e, "score": s} for e, s in estimate.curve],
+    }
+    return ElevationChoice(elevation, record, regenerate)
+
+
+def rank_samples(views: list) -> tuple[int, list[float]]:
+    """The most consistent sample (silhouette agreement with the visual hull) and every score."""
+    if len(views) == 1:
+        return 0, []
+    from sd3d.workflows.ranking import silhouette_consistency
+
+    scores = [silhouette_consistency(v).score for v in views]
+    return int(np.argmax(scores)), scores
+
+
+def reconstruct_views(
+    views, settings: RunSettings, device, progress: Progress | None = None
+) -> Reconstruction:
+    """Train the field on one view set and extract its surface, on ``device``."""
+    from recon.pipeline import extract_surface, reconstruct
+
+    result = reconstruct(
+        views,
+        quality=settings.quality,
+        steps=settings.recon_steps,
+        seed=settings.seed,
+        device=device,
+        progress=progress,
+    )
+    start = time.perf_counter()
+    surface = extract_surface(result)
+    timings = {**result.timings, "extract": time.perf_counter() - start}
+    return Reconstruction(replace(result, timings=timings), surface)
+
+
+def write_run_folder(
+    folder: Path,
+    *,
+    source,
+    settings: RunSettings,
+    prepared,
+    views: list,
+    chosen: int,
+    sample_scores: list[float],
+    elevation_record: dict[str, Any],
+    recon: Reconstruction,
+    stages: StageTimer,
+    device,
+    model_device: str | None = None,
+    peak_gpu_memory: Callable[[], int | None] = lambda: None,
+    progress: Progress | None = None,
+    note: Callable[[str], None] = lambda name: None,
+) -> dict[str, Any]:
+    """Write a finished run into ``folder`` (a temporary folder the caller commits): ``input.png``,
+    ``views/``, the meshes, the preview and, last, ``report.json``; returns the report.
+
+    ``device`` renders the preview; ``model_device`` is the one generation and training ran on,
+    for the report, when that was another process's (default: ``device``).
+    """
+    from PIL import Image
+
+    from recon.pipeline import export_mesh
+    from sd3d.core.io import write_json_atomic
+    from sd3d.pipelines.syncdreamer import write_generated
+
+    Image.fromarray(np.ascontiguousarray(prepared.rgba), "RGBA").save(folder / "input.png")
+    write_generated(folder / "views", views, prepared.rgba)
+    result = recon.result
+    exports = {}
+    note("export")
+    with stages("export"):
+        for fmt in settings.formats:
+            exp = export_mesh(result, folder / f"mesh.{fmt}", faces=settings.faces, surface=recon.surface)
+            exports[fmt] = {
+                "files": [p.name for p in exp.paths],
+                "vertices": exp.num_vertices,
+                "faces": exp.num_faces,
+                "textured": exp.textured,
+                "fallback_reason": exp.fallback_reason,
+                "seconds": {k: round(v, 3) for k, v in exp.timings.items()},
+            }
+    preview_file = None
+    if settings.preview != "none":
+        note("preview")
+        with stages("preview"):
+            preview_file = write_turntable(
+                folder / "mesh.glb",
+                folder / f"preview.{settings.preview}",
+                frames=settings.preview_frames,
+                fps=settings.preview_fps,
+                device=device,
+                progress=progress,
+            )
+    report = {
+        "input": str(source),
+        "outputs": sorted(p.name for p in folder.iterdir()) + ["report.json"],
+        "settings": {**asdict(settings), "formats": list(settings.formats)},
+        "seed": settings.seed,
+        "elevation": elevation_record,
+        "samples": {
+            "count": len(views),
+            "chosen": chosen,
+            "consistency_metric": "silhouette IoU of each view vs the reprojected visual hull (mean)",
+            "consistency_scores": sample_scores,
+        },
+        "preprocess": {"background": prepared.background, "crop_box": list(prepared.crop_box)},
+        "generation": {k: v for k, v in views[chosen].provenance.items() if k != "sample"},
+        "reconstruction": {
+            "preset": result.preset.name,
+            "final_loss": result.final_loss,
+            "mask_source": result.mask_source,
+            "seconds": {k: round(v, 3) for k, v in result.timings.items()},
+        },
+        "exports": exports,
+        "preview": preview_file.name if preview_file else None,
+        "stage_seconds": stages.seconds,
+        "total_seconds": round(sum(stages.seconds.values()), 3),
+        "device": model_device or str(device),
+        "peak_gpu_memory_bytes": peak_gpu_memory(),
+        "versions": _versions(),
+    }
+    write_json_atomic(folder / "report.json", report)
+    return report
+
+
 def run_photo(
     source: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -133,15 +345,13 @@ def run_photo(
     ``report.json``. ``model``: an already loaded SyncDreamer (``sd3d batch`` loads it once)."""
     import torch
 
-    from recon.pipeline import export_mesh, reconstruct
-    from sd3d.core.io import atomic_dir, write_json_atomic
-    from sd3d.pipelines.syncdreamer import load_model, weights_path, write_generated
-    from sd3d.preprocess import prepare_input
+    from sd3d.core.io import atomic_dir
+    from sd3d.pipelines.syncdreamer import load_model, weights_path
 
     settings = (settings or RunSettings()).check()
     out_dir = check_run_output(out_dir)
     progress = resolve(progress)
-    stages = _Stages()
+    stages = StageTimer()
     note = on_stage or (lambda name: None)
     if model is None:
         weights_file = weights_path(weights, weights_dir)  # fail before any work without weights
@@ -150,9 +360,7 @@ def run_photo(
 
     note("preprocess")
     with stages("preprocess"):
-        prepared = prepare_input(
-            source, crop_size=settings.crop_size, background=settings.background, weights_dir=weights_dir
-        )
+        prepared = prepare_photo(source, settings, weights_dir)
     note("load model")
     with stages("load_model"):
         if model is None:
@@ -161,134 +369,48 @@ def run_photo(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    def generate(elevation: float) -> list:
-        from sd3d.pipelines.syncdreamer import GenerationSettings, run_generation
-
-        gen = GenerationSettings(
-            float(elevation),
-            settings.steps,
-            settings.cfg,
-            settings.eta,
-            settings.seed,
-            settings.samples,
-            settings.batch_view_num,
-            settings.sampler,
-        )
-        return run_generation(model, prepared, gen, dtype=settings.dtype, progress=progress)
-
-    elevation_record: dict[str, Any]
+    first = first_elevation(settings)
+    note("generate" if settings.elevation_deg is not None else f"generate (elevation guess {first:.0f} deg)")
+    with stages("generate"):
+        views = generate_at(model, prepared, settings, first, progress)
     if settings.elevation_deg is None:
-        from sd3d.workflows.elevation import estimate_elevation
-
-        guess = 30.0
-        note("generate (elevation guess 30 deg)")
-        with stages("generate"):
-            views = generate(guess)
         note("estimate elevation")
-        with stages("elevation"):
-            estimate = estimate_elevation(prepared.rgba[..., 3].astype(np.float32) / 255.0, views[0])
-        elevation = float(np.clip(estimate.elevation_deg, -10.0, 40.0))  # the model's trained range
-        regenerated = abs(elevation - guess) > settings.regenerate_threshold_deg
-        if regenerated:
-            note(f"generate (elevation {elevation:.1f} deg)")
-            with stages("generate"):
-                views = generate(elevation)
-        elevation_record = {
-            "source": "estimated",
-            "elevation_deg": elevation,
-            "raw_estimate_deg": estimate.elevation_deg,
-            "score": estimate.score,
-            "first_guess_deg": guess,
-            "regenerated": regenerated,
-            "curve": [{"elevation_deg": e, "score": s} for e, s in estimate.curve],
-        }
-    else:
-        elevation = float(settings.elevation_deg)
-        note("generate")
+    with stages("elevation") if settings.elevation_deg is None else nullcontext():
+        elevation = choose_elevation(prepared, views, settings)
+    if elevation.regenerate:
+        note(f"generate (elevation {elevation.elevation_deg:.1f} deg)")
         with stages("generate"):
-            views = generate(elevation)
-        elevation_record = {"source": "given", "elevation_deg": elevation}
+            views = generate_at(model, prepared, settings, elevation.elevation_deg, progress)
 
-    chosen = 0
-    sample_scores: list[float] = []
     if len(views) > 1:
-        from sd3d.workflows.ranking import silhouette_consistency
-
         note("rank samples")
-        with stages("rank_samples"):
-            sample_scores = [silhouette_consistency(v).score for v in views]
-        chosen = int(np.argmax(sample_scores))
+    with stages("rank_samples") if len(views) > 1 else nullcontext():
+        chosen, sample_scores = rank_samples(views)
+
+    note("reconstruct")
+    with stages("reconstruct"):
+        recon = reconstruct_views(views[chosen], settings, device, progress)
+
+    def peak() -> int | None:
+        return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
 
     with atomic_dir(out_dir) as tmp:
-        from PIL import Image
-
-        Image.fromarray(np.ascontiguousarray(prepared.rgba), "RGBA").save(tmp / "input.png")
-        write_generated(tmp / "views", views, prepared.rgba)
-        note("reconstruct")
-        with stages("reconstruct"):
-            recon = reconstruct(
-                views[chosen],
-                quality=settings.quality,
-                steps=settings.recon_steps,
-                seed=settings.seed,
-                device=device,
-                progress=progress,
-            )
-        exports = {}
-        note("export")
-        with stages("export"):
-            for fmt in settings.formats:
-                exp = export_mesh(recon, tmp / f"mesh.{fmt}", faces=settings.faces)
-                exports[fmt] = {
-                    "files": [p.name for p in exp.paths],
-                    "vertices": exp.num_vertices,
-                    "faces": exp.num_faces,
-                    "textured": exp.textured,
-                    "fallback_reason": exp.fallback_reason,
-                    "seconds": {k: round(v, 3) for k, v in exp.timings.items()},
-                }
-        preview_file = None
-        if settings.preview != "none":
-            note("preview")
-            with stages("preview"):
-                preview_file = write_turntable(
-                    tmp / "mesh.glb",
-                    tmp / f"preview.{settings.preview}",
-                    frames=settings.preview_frames,
-                    fps=settings.preview_fps,
-                    device=device,
-                    progress=progress,
-                )
-        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-        report = {
-            "input": str(source),
-            "outputs": sorted(p.name for p in tmp.iterdir()) + ["report.json"],
-            "settings": {**asdict(settings), "formats": list(settings.formats)},
-            "seed": settings.seed,
-            "elevation": elevation_record,
-            "samples": {
-                "count": len(views),
-                "chosen": chosen,
-                "consistency_metric": "silhouette IoU of each view vs the reprojected visual hull (mean)",
-                "consistency_scores": sample_scores,
-            },
-            "preprocess": {"background": prepared.background, "crop_box": list(prepared.crop_box)},
-            "generation": {k: v for k, v in views[chosen].provenance.items() if k != "sample"},
-            "reconstruction": {
-                "preset": recon.preset.name,
-                "final_loss": recon.final_loss,
-                "mask_source": recon.mask_source,
-                "seconds": {k: round(v, 3) for k, v in recon.timings.items()},
-            },
-            "exports": exports,
-            "preview": preview_file.name if preview_file else None,
-            "stage_seconds": stages.seconds,
-            "total_seconds": round(sum(stages.seconds.values()), 3),
-            "device": str(device),
-            "peak_gpu_memory_bytes": peak,
-            "versions": _versions(),
-        }
-        write_json_atomic(tmp / "report.json", report)
+        report = write_run_folder(
+            tmp,
+            source=source,
+            settings=settings,
+            prepared=prepared,
+            views=views,
+            chosen=chosen,
+            sample_scores=sample_scores,
+            elevation_record=elevation.record,
+            recon=recon,
+            stages=stages,
+            device=device,
+            peak_gpu_memory=peak,
+            progress=progress,
+            note=note,
+        )
     return RunResult(out_dir=out_dir, report=report, files=tuple(report["outputs"]))
 
 
@@ -342,13 +464,33 @@ def write_turntable(
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BatchItem:
-    """One image's outcome: ``status`` is 'done', 'skipped' (up to date) or 'failed'."""
+    """One image's outcome: ``status`` is 'done', 'skipped' (up to date) or 'failed'.
+
+    The Ray engine also records ``error_kind`` ('input': the image's own fault, a
+    :class:`~sd3d.core.errors.UserError`; 'error': any other exception; 'system': its workers kept
+    dying) and the image's ``image_mtime``, so that a re-run does not retry an unchanged bad image.
+    """
 
     image: str
     status: str
     out_dir: str
     seconds: float = 0.0
     error: str | None = None
+    error_kind: str | None = None
+    image_mtime: float | None = None
+
+
+def ray_engine():
+    """:mod:`sd3d.workflows.batch_ray`, or the one-line instruction to install Ray (an optional extra)."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        from sd3d.core.errors import MissingDependencyError
+
+        raise MissingDependencyError("--engine ray needs Ray: pip install 'sd3d[ray]'") from None
+    from sd3d.workflows import batch_ray
+
+    return batch_ray
 
 
 def list_images(in_dir: Path) -> list[Path]:
