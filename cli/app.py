@@ -39,10 +39,21 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from cli.help_style import version_line
+
+        typer.echo(version_line())
+        raise typer.Exit()
+
+
 @app.callback()
 def _global_options(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for user errors."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """Global options (the values are read by :func:`main` and :func:`cli.common.quiet`)."""
 
@@ -79,12 +90,15 @@ def _exit_types() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code (also used in-process by tests)."""
+    from cli.help_style import one_line_warnings, tidy_help
     from sd3d.errors import UserError
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
-        result = app(args=args, prog_name="sd3d", standalone_mode=False)
+        command = tidy_help(typer.main.get_command(app))
+        with one_line_warnings():
+            result = command.main(args=args, prog_name="sd3d", standalone_mode=False)
         return int(result) if isinstance(result, int) else 0
     except UserError as exc:
         if debug:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sd3d import DEFAULT_SEED
 from sd3d import cameras as cam
 from sd3d.errors import InputImageError, UserError, ViewsFolderError
 from sd3d.progress import Progress, resolve
@@ -279,7 +280,9 @@ def _parabola_peak(best: float, step: float, scores: dict[float, float]) -> floa
     return best + 0.5 * step * (left - right) / denom
 
 
-def generate_views_for_estimation(prepared_input, seed: int = 0, weights_dir=None, device: str = "auto"):
+def generate_views_for_estimation(
+    prepared_input, seed: int = DEFAULT_SEED, weights_dir=None, device: str = "auto"
+):
     """Make the 16 target views to estimate the elevation from, with the generator.
 
     The views are generated for an input elevation of 30 deg (the middle of the model's training

@@ -37,12 +37,14 @@ class RunSettings:
 
     ``elevation_deg=None`` estimates the input elevation: generate at 30 deg (the middle of the
     model's training range), estimate from those views, and regenerate once at the estimate when it
-    differs by more than ``regenerate_threshold_deg``.
+    differs by more than ``regenerate_threshold_deg``. ``max_pixels``: the input photo's size limit
+    (``None``: :data:`sd3d.io.DEFAULT_MAX_PIXELS`).
     """
 
     elevation_deg: float | None = None
     crop_size: int = 200
     background: str = "auto"
+    max_pixels: int | None = None
     steps: int = 50
     cfg: float = 2.0
     eta: float = 1.0
@@ -62,6 +64,9 @@ class RunSettings:
     regenerate_threshold_deg: float = 2.5
 
     def check(self) -> RunSettings:
+        from sd3d.io import check_max_pixels
+
+        check_max_pixels(self.max_pixels)
         bad = [f for f in self.formats if f not in MESH_FORMATS]
         if bad:
             raise UserError(f"unknown mesh format {bad[0]!r}: choose from {', '.join(MESH_FORMATS)}")
@@ -151,7 +156,11 @@ def run_photo(
     note("preprocess")
     with stages("preprocess"):
         prepared = prepare_input(
-            source, crop_size=settings.crop_size, background=settings.background, weights_dir=weights_dir
+            source,
+            crop_size=settings.crop_size,
+            background=settings.background,
+            max_pixels=settings.max_pixels,
+            weights_dir=weights_dir,
         )
     note("load model")
     with stages("load_model"):
@@ -223,7 +232,7 @@ def run_photo(
         from PIL import Image
 
         Image.fromarray(np.ascontiguousarray(prepared.rgba), "RGBA").save(tmp / "input.png")
-        write_generated(tmp / "views", views, prepared.rgba)
+        write_generated(tmp / "views", views, prepared.rgba, chosen=chosen if len(views) > 1 else None)
         note("reconstruct")
         with stages("reconstruct"):
             recon = reconstruct(
@@ -271,8 +280,14 @@ def run_photo(
                 "chosen": chosen,
                 "consistency_metric": "silhouette IoU of each view vs the reprojected visual hull (mean)",
                 "consistency_scores": sample_scores,
+                "folders": ["views" if i == chosen else f"views/sample-{i}" for i in range(len(views))],
             },
-            "preprocess": {"background": prepared.background, "crop_box": list(prepared.crop_box)},
+            "preprocess": {
+                "background": prepared.background,
+                "background_note": prepared.background_note,
+                "crop_box": list(prepared.crop_box),
+                "warnings": list(prepared.warnings),
+            },
             "generation": {k: v for k, v in views[chosen].provenance.items() if k != "sample"},
             "reconstruction": {
                 "preset": recon.preset.name,

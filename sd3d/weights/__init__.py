@@ -8,7 +8,7 @@ read without executing pickle code). Submodules import torch lazily so ``sd3d we
 
 from __future__ import annotations
 
-from sd3d.weights.cache import ENV_VAR, expected_path, require, resolve_weights_dir
+from sd3d.weights.cache import ENV_VAR, expected_path, find, require, resolve_weights_dir, search_dirs
 from sd3d.weights.loading import load_state_dict, state_dict_from
 from sd3d.weights.registry import REGISTRY, WeightsEntry, entries, get_entry
 
@@ -18,9 +18,11 @@ __all__ = [
     "WeightsEntry",
     "entries",
     "expected_path",
+    "find",
     "get_entry",
     "load_state_dict",
     "require",
     "resolve_weights_dir",
+    "search_dirs",
     "state_dict_from",
 ]
