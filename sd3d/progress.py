@@ -121,11 +121,12 @@ def _plain_task(stream: IO[str], description: str, total: int | None):
         stream.write(f"{description}: {text}\n")
         stream.flush()
 
-    def status() -> str:
-        done, elapsed = state["done"], time.perf_counter() - start
+    def status(now: float) -> str:
+        done, elapsed = state["done"], now - start
         info = f", {state['info']}" if state["info"] else ""
         if not total:
-            return f"{done} done, {elapsed:.0f} s{info}"
+            steps = f", {done} done" if done else ""
+            return f"running, {elapsed:.0f} s{steps}{info}"
         left = f", ~{elapsed / done * (total - done):.0f} s left" if 0 < done < total else ""
         return f"{done}/{total} ({100 * done // total}%), {elapsed:.0f} s{left}{info}"
 
@@ -137,14 +138,14 @@ def _plain_task(stream: IO[str], description: str, total: int | None):
         due_step = step is not None and state["done"] - state["last_step"] >= step
         due_time = now - state["last_time"] >= PLAIN_INTERVAL_S
         if (due_step or due_time) and (total is None or state["done"] < total):
-            emit(status())
+            emit(status(now))
             state["last_time"], state["last_step"] = now, state["done"]
 
     emit(f"started ({total} steps)" if total else "started")
     yield advance
     info = f", {state['info']}" if state["info"] else ""
-    count = f"{state['done']}/{total}" if total else f"{state['done']}"
-    emit(f"finished {count} in {time.perf_counter() - start:.1f} s{info}")
+    count = f"{state['done']}/{total} " if total else (f"{state['done']} " if state["done"] else "")
+    emit(f"finished {count}in {time.perf_counter() - start:.1f} s{info}")
 
 
 def resolve(progress: Progress | None) -> Progress:

@@ -118,7 +118,9 @@ def test_textured_glb_has_outward_unit_normals_and_a_matte_material(tmp_path):
 
 
 def test_vertex_colour_fallback_glb_is_not_metallic(tmp_path, monkeypatch):
-    monkeypatch.setattr(recon_pipeline, "unwrap_uv", lambda *a, **k: (None, "xatlas unavailable in this test"))
+    monkeypatch.setattr(
+        recon_pipeline, "unwrap_uv", lambda *a, **k: (None, "xatlas unavailable in this test")
+    )
     with pytest.warns(UserWarning, match="writing vertex colours"):
         out = export_mesh(_result(), tmp_path / "mesh.glb")
     assert not out.textured and out.fallback_reason == "xatlas unavailable in this test"
@@ -163,7 +165,9 @@ def test_obj_in_a_path_with_spaces_has_parseable_side_files(tmp_path):
     (mtllib,) = [line for line in lines if line.startswith("mtllib ")]
     keyword, *mtl_names = mtllib.split()  # the OBJ spec: whitespace-separated file names
     assert mtl_names == ["my_mesh.mtl"] and (folder / mtl_names[0]).is_file()
-    (map_kd,) = [line for line in (folder / "my_mesh.mtl").read_text().splitlines() if line.startswith("map_Kd")]
+    (map_kd,) = [
+        line for line in (folder / "my_mesh.mtl").read_text().splitlines() if line.startswith("map_Kd")
+    ]
     assert map_kd.split()[1:] == ["my_mesh.png"]
     v = sum(line.startswith("v ") for line in lines)
     vn = sum(line.startswith("vn ") for line in lines)
@@ -183,3 +187,48 @@ def test_export_progress_prints_plain_lines_when_not_a_terminal(tmp_path):
     meshing = [line for line in lines if line.startswith("meshing")]
     assert meshing[-1].startswith("meshing (48^3): finished 48/48")
     assert all("\r" not in line and "\x1b" not in line for line in lines)  # no bar redraws, no colours
+
+
+def test_plain_progress_lines_every_tenth_and_every_few_seconds(monkeypatch):
+    from sd3d import progress as progress_mod
+
+    stream = io.StringIO()
+    with Progress(stream=stream).task("training", 200) as advance:
+        for step in range(200):
+            advance(1, info=f"loss {1.0 / (step + 1):.3f}")
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "training: started (200 steps)"
+    middle = lines[1:-1]
+    assert [line.split(": ")[1].split(" ")[0] for line in middle] == [f"{20 * k}/200" for k in range(1, 10)]
+    assert middle[4].startswith("training: 100/200 (50%), ") and "s left, loss 0.010" in middle[4]
+    assert lines[-1].startswith("training: finished 200/200 in ") and lines[-1].endswith("s, loss 0.005")
+
+    clock = iter(np.arange(0.0, 1000.0, 3.0))  # each call: 3 s later
+    monkeypatch.setattr(progress_mod.time, "perf_counter", lambda: float(next(clock)))
+    stream = io.StringIO()
+    with Progress(stream=stream).task("UV unwrapping", None) as advance:
+        for _ in range(4):
+            advance(0)
+    lines = stream.getvalue().splitlines()
+    # no total: a line only when 5 s passed since the last one (calls at 3, 6, 9, 12 s after the start)
+    assert lines == [
+        "UV unwrapping: started",
+        "UV unwrapping: running, 6 s",
+        "UV unwrapping: running, 12 s",
+        "UV unwrapping: finished in 15.0 s",
+    ]
+
+
+def test_progress_on_a_terminal_is_a_bar_and_quiet_is_silent():
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    with Progress(stream=stream).task("training", 10) as advance:
+        advance(10)
+    assert "training: started" not in stream.getvalue() and "training" in stream.getvalue()
+    silent = io.StringIO()
+    with Progress(enabled=False, stream=silent).task("training", 10) as advance:
+        advance(10)
+    assert silent.getvalue() == ""

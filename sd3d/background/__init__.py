@@ -62,13 +62,10 @@ class Foreground:
     backend: str
     note: str = ""
 
-    def describe(self) -> str:
-        """One line, e.g. ``grabcut (auto: no alpha channel; rembg is not installed ...)``."""
-        return describe(self.backend, self.note)
-
 
 def describe(backend: str | None, note: str = "") -> str:
-    """``backend (note)``: which backend ran and why, as commands print it."""
+    """``backend (note)``: which backend ran and why, as commands print it, e.g.
+    ``grabcut (auto: no alpha channel; rembg is not installed ...)``."""
     name = backend or "none"
     return f"{name} ({note})" if note else name
 
