@@ -6,7 +6,7 @@ import typer
 
 from sd3d import DEFAULT_SEED
 from sd3d.background import BACKEND_NAMES
-from sd3d.progress import Progress
+from sd3d.core.progress import Progress
 
 BACKGROUND_METAVAR = "|".join(BACKEND_NAMES)
 """``--background``'s placeholder in every command's help: all the backends, from their one list."""
@@ -30,7 +30,7 @@ def parse_max_pixels(text: str | None) -> int | None:
     """``--max-pixels`` text -> a positive int (``None``: the default limit), or a one-line error."""
     if text is None:
         return None
-    from sd3d.io import check_max_pixels
+    from sd3d.core.io import check_max_pixels
 
     return check_max_pixels(parse_number(text, "--max-pixels", int))
 
@@ -79,7 +79,7 @@ def parse_number(text: str, option: str, kind: type = float):
     """
     import math
 
-    from sd3d.errors import UserError
+    from sd3d.core.errors import UserError
 
     try:
         value = kind(str(text).strip())

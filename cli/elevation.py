@@ -35,8 +35,8 @@ def elevation(
     device: str = typer.Option("auto", "--device", help="Device for the generator (without --views)."),
 ) -> None:
     from cli.common import echo, parse_max_pixels, progress, say_background
-    from sd3d.elevation import estimate_elevation, generate_views_for_estimation
     from sd3d.preprocess import prepare_input
+    from sd3d.workflows.elevation import estimate_elevation, generate_views_for_estimation
 
     prepared = prepare_input(
         photo, crop_size=crop_size, background=background, max_pixels=parse_max_pixels(max_pixels)
@@ -44,7 +44,7 @@ def elevation(
     if views is None:
         view_set = generate_views_for_estimation(prepared, seed=seed, weights_dir=weights_dir, device=device)
     else:
-        from sd3d.io import read_views
+        from sd3d.core.io import read_views
 
         view_set = read_views(views)
     mask = prepared.rgba[..., 3].astype("float32") / 255.0

@@ -66,7 +66,7 @@ def nvs(
 ) -> None:
     from cli.common import echo
     from recon.view_metrics import nvs_metrics
-    from sd3d.io import read_views
+    from sd3d.core.io import read_views
 
     result = nvs_metrics(read_views(pred), read_views(gt))
     if as_json:
@@ -108,8 +108,8 @@ def consistency(
 ) -> None:
     from cli.common import echo, progress
     from recon.consistency import consistency_score
-    from sd3d.errors import UserError
-    from sd3d.io import read_views
+    from sd3d.core.errors import UserError
+    from sd3d.core.io import read_views
 
     try:
         idx = tuple(int(x) for x in held_out.split(",") if x.strip())

@@ -1,7 +1,7 @@
 """``sd3d generate``: one photo -> the 16 SyncDreamer views (a views folder).
 
 Options are read as text and checked here so every bad value is one ``error:`` line with exit code
-2; the work is done by :mod:`sd3d.pipeline`. Cheap checks (options, output folder, input image,
+2; the work is done by :mod:`sd3d.pipelines.syncdreamer`. Cheap checks (options, output folder, input image,
 weights file) all run before the model is loaded.
 """
 
@@ -79,6 +79,12 @@ def generate(
         help="SyncDreamer: ddim (official), dpmpp or unipc. Zero123: independent (= ddim) or "
         "stochastic-conditioning (3DiM).",
     ),
+    ddim_discretize: str = typer.Option(
+        "uniform",
+        "--ddim-discretize",
+        metavar="uniform|quad",
+        help="SyncDreamer DDIM timesteps: uniform (official default) or quad (more of them at low noise).",
+    ),
     compile_steps: bool = typer.Option(
         False,
         "--compile",
@@ -104,9 +110,9 @@ def generate(
 ) -> None:
     from cli.common import echo, parse_max_pixels, progress, say_background
     from sd3d.background import check_backend_name
-    from sd3d.device import resolve_device, resolve_dtype
-    from sd3d.errors import UserError
-    from sd3d.pipeline import (
+    from sd3d.core.device import resolve_device, resolve_dtype
+    from sd3d.core.errors import UserError
+    from sd3d.pipelines.syncdreamer import (
         GenerationSettings,
         as_prepared,
         check_output_folder,
@@ -119,7 +125,10 @@ def generate(
     model_name = model_name.strip().lower()
     if model_name not in ("syncdreamer", "zero123"):
         raise UserError(f"unknown --model {model_name!r}: use syncdreamer or zero123")
+    ddim_discretize = ddim_discretize.strip().lower()
     if model_name == "zero123":
+        if ddim_discretize != "uniform":
+            raise UserError("--ddim-discretize is SyncDreamer's DDIM option: drop it for --model zero123")
         _generate_zero123(
             image=image,
             output=output,
@@ -152,6 +161,7 @@ def generate(
         if batch_view_num.strip() == "auto"
         else _number(batch_view_num, "--batch-view-num", int),
         sampler=sampler.strip().lower(),
+        ddim_discretize=ddim_discretize,
     ).check()
     crop = 200 if crop_size.strip() == "auto" else _number(crop_size, "--crop-size", int)
     method = check_backend_name(background)
@@ -205,11 +215,11 @@ def _generate_zero123(
 
     from cli.common import echo, parse_max_pixels, progress, say_background
     from sd3d.background import check_backend_name
-    from sd3d.device import resolve_device, resolve_dtype
-    from sd3d.errors import UserError
-    from sd3d.pipeline import check_batch_view_num, check_output_folder, write_generated
-    from sd3d.zero123_pipeline import check_sampling_args, generate_views_zero123, prepare_zero123_input
-    from sd3d.zero123_pipeline import load_model as load_zero123_model
+    from sd3d.core.device import resolve_device, resolve_dtype
+    from sd3d.core.errors import UserError
+    from sd3d.pipelines.syncdreamer import check_batch_view_num, check_output_folder, write_generated
+    from sd3d.pipelines.zero123 import check_sampling_args, generate_views_zero123, prepare_zero123_input
+    from sd3d.pipelines.zero123 import load_model as load_zero123_model
 
     sampler = sampler.strip().lower()
     sampler = {"ddim": "independent"}.get(sampler, sampler)

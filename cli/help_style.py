@@ -1,4 +1,4 @@
-"""One look for every command's ``--help``, one line per warning, and ``sd3d --version``.
+"""One look for every command's ``--help``, and ``sd3d --version``.
 
 Typer derives an option's value placeholder from its Python type (``<str>``, ``<int>``, ``<path>``)
 and shows ``<bool>`` even on flags, which take no value; our own placeholders name the meaning
@@ -10,10 +10,6 @@ every value placeholder is written like Typer's own, lower case in angle bracket
 
 from __future__ import annotations
 
-import contextlib
-import sys
-import warnings
-from collections.abc import Iterator
 from typing import Any
 
 HELP_OPTION_NAMES = ["-h", "--help"]
@@ -46,16 +42,3 @@ def version_line() -> str:
     except PackageNotFoundError:
         from sd3d import __version__ as number
     return f"sd3d {number}"
-
-
-def _show_one_line(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
-    text = " ".join(str(message).split())
-    print(f"warning: {text}", file=sys.stderr)
-
-
-@contextlib.contextmanager
-def one_line_warnings() -> Iterator[None]:
-    """Print each warning as ``warning: <message>`` on stderr (no file, line or source echo)."""
-    with warnings.catch_warnings():
-        warnings.showwarning = _show_one_line
-        yield

@@ -1,7 +1,7 @@
 """``sd3d novel-view``: one photo -> the object seen from a camera moved by a relative pose (Zero123-XL).
 
 Options are taken as text and parsed here so that every bad value is one ``error:`` line and exit
-code 2; the work is done by :func:`sd3d.zero123_pipeline.novel_view`.
+code 2; the work is done by :func:`sd3d.pipelines.zero123.novel_view`.
 """
 
 from __future__ import annotations
@@ -86,10 +86,10 @@ def novel_view(
 ) -> None:
     from cli.common import echo, parse_max_pixels, progress, say_background
     from sd3d.background import check_backend_name
-    from sd3d.errors import UserError
+    from sd3d.core.errors import UserError
+    from sd3d.core.zero123_pose import pose_from_deltas
+    from sd3d.pipelines.zero123 import check_sampling_args, load_model, novel_view, prepare_zero123_input
     from sd3d.preprocess import RGB_SUFFIXES, check_output_path
-    from sd3d.zero123_pipeline import check_sampling_args, load_model, novel_view, prepare_zero123_input
-    from sd3d.zero123_pose import pose_from_deltas
 
     d_e = _number(d_elevation, "--d-elevation")
     d_a = _number(d_azimuth, "--d-azimuth")
@@ -138,7 +138,7 @@ def _save_all(paths: list[Path], views: list) -> None:
 
     from PIL import Image
 
-    from sd3d.io import atomic_path
+    from sd3d.core.io import atomic_path
 
     with ExitStack() as stack:
         for path, view in zip(paths, views, strict=True):

@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _parse_int(text: str | None, option: str) -> int | None:
-    from sd3d.errors import UserError
+    from sd3d.core.errors import UserError
 
     if text is None:
         return None
@@ -64,7 +64,7 @@ def preprocess(
 ) -> None:
     from cli.common import echo, parse_max_pixels, say_background
     from sd3d.background import check_backend_name
-    from sd3d.errors import UserError
+    from sd3d.core.errors import UserError
     from sd3d.preprocess import (
         RGB_SUFFIXES,
         RGBA_SUFFIXES,

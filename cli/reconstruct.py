@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _parse_int(text: str | None, option: str, minimum: int) -> int | None:
-    from sd3d.errors import UserError
+    from sd3d.core.errors import UserError
 
     if text is None:
         return None
@@ -64,8 +64,8 @@ def reconstruct(
     from recon.pipeline import export_mesh
     from recon.pipeline import reconstruct as run_reconstruct
     from recon.train import get_preset, resolve_quality
-    from sd3d.device import resolve_device
-    from sd3d.io import read_views
+    from sd3d.core.device import resolve_device
+    from sd3d.core.io import read_views
 
     n_steps = _parse_int(steps, "--steps", 1)
     n_seed = _parse_int(seed, "--seed", 0)

@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _parse_azimuths(text: str | None) -> list[float] | None:
-    from sd3d.errors import UserError
+    from sd3d.core.errors import UserError
 
     if text is None:
         return None
@@ -60,7 +60,7 @@ def render(
 ) -> None:
     from cli.common import echo, progress
     from recon import raster
-    from sd3d.device import resolve_device
+    from sd3d.core.device import resolve_device
 
     az = _parse_azimuths(azimuths)
     dev = resolve_device(device)

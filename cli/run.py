@@ -115,8 +115,8 @@ def _settings(
     **_ignored,
 ):
     from cli.common import parse_max_pixels
-    from sd3d.errors import UserError
-    from sd3d.runner import RunSettings
+    from sd3d.core.errors import UserError
+    from sd3d.workflows.run import RunSettings
 
     if elevation.strip().lower() == "auto":
         elev = None
@@ -165,8 +165,8 @@ def _settings(
 )
 def run(image: Path, output: Path, **options) -> None:
     from cli.common import echo, is_quiet, say_background
-    from sd3d.progress import Progress
-    from sd3d.runner import run_photo
+    from sd3d.core.progress import Progress
+    from sd3d.workflows.run import run_photo
 
     settings = _settings(**options)
     quiet = is_quiet()
@@ -249,7 +249,7 @@ def batch(folder: Path, output: Path, **options) -> None:
     from rich.table import Table
 
     from cli.common import progress
-    from sd3d.runner import run_batch
+    from sd3d.workflows.run import run_batch
 
     settings = _settings(**options)
     items = run_batch(

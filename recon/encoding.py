@@ -330,12 +330,12 @@ def make_encoding(
         if tcnn_available():
             return TcnnHashGrid(cfg).to(device)
         if backend == "tcnn":
-            from sd3d.errors import MissingDependencyError
+            from sd3d.core.errors import MissingDependencyError
 
             raise MissingDependencyError("the tcnn hash grid needs tinycudann (pip install tinycudann)")
         warnings.warn("tinycudann not available; using the PyTorch hash grid", stacklevel=2)
     elif backend == "tcnn":
-        from sd3d.errors import MissingDependencyError
+        from sd3d.core.errors import MissingDependencyError
 
         raise MissingDependencyError("the tcnn hash grid needs a CUDA device")
     return HashGrid(cfg, generator=generator).to(device)

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sd3d.errors import OutputPathError
-from sd3d.io import atomic_path
+from sd3d.core.errors import OutputPathError
+from sd3d.core.io import atomic_path
 
 FORMATS = (".glb", ".obj", ".ply")
 WORLD_TO_GLTF = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])

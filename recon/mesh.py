@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sd3d.errors import MissingDependencyError, UserError
+from sd3d.core.errors import MissingDependencyError, UserError
 
 EXTRACT_BOUND = 0.6
 

@@ -23,10 +23,10 @@ from recon.mesh import Mesh, decimate, extract_mesh, vertex_normals
 from recon.render import OccupancyGrid
 from recon.texture import bake_texture, unwrap_uv, vertex_colors
 from recon.train import Preset, get_preset, resolve_quality, train
-from sd3d.device import resolve_device
-from sd3d.errors import MissingDependencyError, ViewsFolderError
-from sd3d.io import ViewSet, read_views
-from sd3d.progress import Progress, resolve
+from sd3d.core.device import resolve_device
+from sd3d.core.errors import MissingDependencyError, ViewsFolderError
+from sd3d.core.io import ViewSet, read_views
+from sd3d.core.progress import Progress, resolve
 
 
 @dataclass(frozen=True)

@@ -204,11 +204,11 @@ def surface_colors(
 ) -> np.ndarray:
     """(K, 3) float32 colours of the colour network at surface points, ``chunk`` points per call.
 
-    ``progress`` (a :class:`sd3d.progress.Progress`, optional) shows one step per call.
+    ``progress`` (a :class:`sd3d.core.progress.Progress`, optional) shows one step per call.
     """
     import torch
 
-    from sd3d.progress import resolve
+    from sd3d.core.progress import resolve
 
     out = np.empty((points.shape[0], 3), np.float32)
     calls = max(1, -(-int(points.shape[0]) // chunk))

@@ -26,10 +26,11 @@ import torch
 
 from recon.encoding import HashGridConfig
 from recon.fields import FieldConfig, NeuSField
+from recon.hull import hull_sdf, visual_hull
 from recon.masks import view_masks
-from recon.render import OccupancyGrid, camera_rays, hull_sdf, render_rays, sample_volume, visual_hull
-from sd3d.io import ViewSet
-from sd3d.progress import Progress, resolve
+from recon.render import OccupancyGrid, camera_rays, render_rays, sample_volume
+from sd3d.core.io import ViewSet
+from sd3d.core.progress import Progress, resolve
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def resolve_quality(quality: str, device: torch.device) -> str:
 
 
 def get_preset(quality: str, steps: int | None = None) -> Preset:
-    from sd3d.errors import UserError
+    from sd3d.core.errors import UserError
 
     if quality not in PRESETS:
         raise UserError(f"unknown quality {quality!r}: use auto, {', '.join(PRESETS)}")
@@ -246,9 +247,10 @@ def train(
         device,
         dilate_px=preset.hull_dilate_px,
         allowed_misses=preset.hull_allowed_misses,
+        dilate_voxels=1,  # a voxel of slack: the skipping grid must never cut the surface
     )
     if not bool(hull.any()):
-        from sd3d.errors import ViewsFolderError
+        from sd3d.core.errors import ViewsFolderError
 
         raise ViewsFolderError(
             "the views' masks do not agree on any common volume: cameras and views do not match"

@@ -1,6 +1,6 @@
 """Input preprocessing: photo -> object mask -> the official recentred 256x256 model input.
 
-``prepare_input`` reads any image (:func:`sd3d.io.read_image`), finds the object with a background
+``prepare_input`` reads any image (:func:`sd3d.core.io.read_image`), finds the object with a background
 backend (:mod:`sd3d.background`) and recentres it exactly like the official ``prepare_inputs``
 (spec section 2.1, quirk 12), so the same RGBA file gives bit-identical model input:
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sd3d.errors import InputImageError, OutputPathError, UserError
+from sd3d.core.errors import InputImageError, OutputPathError, UserError
 
 MODEL_SIZE = 256
 DEFAULT_CROP_SIZE = 200
@@ -192,13 +192,13 @@ def prepare_input(
     """Read ``source``, find the object, recentre it: the one call the generator needs.
 
     ``background``: ``auto|alpha|rembg|carvekit|grabcut|none`` (:mod:`sd3d.background`).
-    ``max_pixels``: input size limit (default :data:`sd3d.io.DEFAULT_MAX_PIXELS`).
+    ``max_pixels``: input size limit (default :data:`sd3d.core.io.DEFAULT_MAX_PIXELS`).
     ``weights_dir``: where rembg's ``u2netp.onnx`` is looked up (default: the weights folder).
-    Every user-caused problem raises a one-line :class:`~sd3d.errors.UserError`; faint alpha that
+    Every user-caused problem raises a one-line :class:`~sd3d.core.errors.UserError`; faint alpha that
     shrinks the object (:func:`faint_alpha_warning`) is a ``UserWarning``, also kept in ``warnings``.
     """
     from sd3d.background import check_backend_name, remove_background
-    from sd3d.io import check_max_pixels, read_image
+    from sd3d.core.io import check_max_pixels, read_image
 
     crop_size = check_crop_size(crop_size)
     check_backend_name(background)
@@ -261,7 +261,7 @@ def save_prepared(
     """Write the RGBA record (and optionally the white-composited RGB) atomically, both or neither."""
     from contextlib import ExitStack
 
-    from sd3d.io import atomic_path
+    from sd3d.core.io import atomic_path
 
     output = check_output_path(output, RGBA_SUFFIXES, "output")
     targets = [(output, prepared.rgba_image())]

@@ -22,7 +22,7 @@ from recon.export import WORLD_TO_GLTF
 from recon.mesh import vertex_normals
 from recon.pipeline import ReconResult, export_mesh
 from recon.train import get_preset
-from sd3d.progress import Progress
+from sd3d.core.progress import Progress
 
 RADIUS = 0.3
 
@@ -190,7 +190,7 @@ def test_export_progress_prints_plain_lines_when_not_a_terminal(tmp_path):
 
 
 def test_plain_progress_lines_every_tenth_and_every_few_seconds(monkeypatch):
-    from sd3d import progress as progress_mod
+    from sd3d.core import progress as progress_mod
 
     stream = io.StringIO()
     with Progress(stream=stream).task("training", 200) as advance:

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import sd3d.io
-from sd3d.errors import InputImageError, ViewsFolderError
-from sd3d.io import read_image, read_views
+import sd3d.core.io
+from sd3d.core.errors import InputImageError, ViewsFolderError
+from sd3d.core.io import read_image, read_views
 from sd3d.preprocess import faint_alpha_warning, prepare_input
 
 
@@ -78,7 +78,7 @@ def test_batch_records_the_limit_per_image(run_cli, cutout_photo, sync_ckpt, tmp
 def test_raising_max_pixels_admits_a_photo_over_the_default(
     run_cli, cutout_photo, zero123_ckpt, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(sd3d.io, "DEFAULT_MAX_PIXELS", 10_000)  # the photo has 12,288 pixels
+    monkeypatch.setattr(sd3d.core.io, "DEFAULT_MAX_PIXELS", 10_000)  # the photo has 12,288 pixels
     args = ["novel-view", cutout_photo, "--weights", zero123_ckpt, "--steps", "2", "--device", "cpu"]
     refused = run_cli(*args, "-o", tmp_path / "a.png")
     assert refused.code == 2 and "more than the limit of 10,000" in refused.err
@@ -88,8 +88,8 @@ def test_raising_max_pixels_admits_a_photo_over_the_default(
 
 
 def test_run_settings_carry_max_pixels(cutout_photo, sync_ckpt, tmp_path):
-    from sd3d.errors import UserError
-    from sd3d.runner import RunSettings, run_photo
+    from sd3d.core.errors import UserError
+    from sd3d.workflows.run import RunSettings, run_photo
 
     with pytest.raises(UserError, match="--max-pixels must be positive"):
         RunSettings(max_pixels=-1).check()
@@ -284,7 +284,7 @@ def _opaque_photo(path: Path) -> Path:
 def test_auto_finds_the_rembg_model_from_another_folder(tmp_path, monkeypatch):
     from sd3d.background import choose_backend, remove_background
     from sd3d.background import rembg_u2netp as rembg_backend
-    from sd3d.weights import cache, require, search_dirs
+    from sd3d.weights import cache, locate, require
 
     checkout = tmp_path / "clone" / "weights"
     checkout.mkdir(parents=True)
@@ -294,11 +294,17 @@ def test_auto_finds_the_rembg_model_from_another_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(elsewhere)  # no ./weights here
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("SD3D_WEIGHTS", raising=False)
-    monkeypatch.setattr(cache, "_checkout_weights_dir", lambda: checkout)
+    monkeypatch.setattr(cache, "clone_weights_dir", lambda: checkout)
     monkeypatch.setattr(rembg_backend, "rembg_installed", lambda: True)
 
-    assert search_dirs() == [tmp_path / "home" / ".cache" / "sd3d", checkout]
+    order = [(place.source, place.path) for place in cache.search_order("u2netp")]
+    assert order == [
+        ("~/.cache/sd3d", tmp_path / "home" / ".cache" / "sd3d" / "u2netp.onnx"),
+        ("the clone's weights/", checkout / "u2netp.onnx"),
+    ]
+    assert locate("u2netp").source == "the clone's weights/"
     assert require("u2netp") == checkout / "u2netp.onnx"
+    assert locate("u2netp", elsewhere) is None  # an explicit folder is the only one
     photo = Image.open(_opaque_photo(tmp_path / "p.png"))
     assert choose_backend(photo) == "rembg"
     assert choose_backend(photo, weights_dir=elsewhere) == "grabcut"  # an explicit folder is the only one

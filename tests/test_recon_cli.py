@@ -99,7 +99,7 @@ def test_same_seed_same_mesh_on_cpu():
     """Tiny training runs: the same seed gives the identical mesh, another seed a different one."""
     from recon.mesh import extract_mesh
     from recon.train import get_preset, train
-    from sd3d.io import read_views
+    from sd3d.core.io import read_views
 
     views = read_views(EXAMPLE)
     preset = replace(

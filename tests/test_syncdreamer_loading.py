@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from sd3d.errors import WeightsError
+from sd3d.core.errors import WeightsError
 from sd3d.models.checkpoint import (
     CHECKED_BUFFER_KEYS,
     IGNORED_KEYS,

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from sd3d.errors import WeightsError
+from sd3d.core.errors import WeightsError
 from sd3d.models.synthetic import synthetic_tensor
 from sd3d.models.zero123 import (
     CONFIGS,
@@ -127,8 +127,8 @@ def test_ignored_and_checked_keys_may_be_absent(tiny_state):
             "key 'model.diffusion_model.out.2.bias' has shape",
         ),
         (
-            lambda s: s.__setitem__("betas", s["betas"] * 1.01),
-            "buffer 'betas' differs from the Zero123 schedule",
+            lambda s: s.__setitem__("alphas_cumprod", s["alphas_cumprod"] * 1.01),
+            "buffer 'alphas_cumprod' differs from the Zero123 schedule",
         ),
     ],
 )

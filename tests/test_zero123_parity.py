@@ -19,13 +19,14 @@ import gc
 import numpy as np
 import pytest
 import torch
+from support.ulp import assert_within_ulps
 
+from sd3d.core.zero123_pose import pose_from_polar_deltas
 from sd3d.models.synthetic import synthetic_unit
 from sd3d.models.zero123 import images_to_uint8, load_zero123, write_synthetic_checkpoint
+from sd3d.pipelines.zero123 import model_input, prepare_zero123_input
 from sd3d.sampling.ddim import ddim_timesteps
 from sd3d.sampling.zero123_ddim import zero123_ddim_step, zero123_ddim_tables, zero123_schedule
-from sd3d.zero123_pipeline import model_input, prepare_zero123_input
-from sd3d.zero123_pose import pose_from_polar_deltas
 
 pytestmark = pytest.mark.slow
 T_STEP = 981
@@ -40,8 +41,8 @@ def golden(reference_dir) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def testset(shared_dir):
-    return shared_dir / "data" / "testset"
+def testset(testset_dir):
+    return testset_dir
 
 
 def _stats(x: torch.Tensor) -> np.ndarray:
@@ -211,7 +212,9 @@ def test_time_embedding_sinusoid_is_exact(golden):
     from sd3d.models.unet import timestep_embedding
 
     emb = timestep_embedding(torch.tensor([T_STEP]), 320)[0].numpy()
-    assert np.array_equal(emb, golden["t_emb_981_dim320"])
+    # cos/sin(t * exp(-ln(1e4) i / 160)) in float32: exp's last bit (library- and CPU-dependent)
+    # moves the argument by up to 1 ulp of t, so the bound is 2 ulps at the argument's magnitude.
+    assert_within_ulps(emb, golden["t_emb_981_dim320"], 2, scale=T_STEP, what="t_emb")
 
 
 def test_synthetic_noise_is_exact(golden):
@@ -228,7 +231,12 @@ def test_ddim_update_from_stored_eps_is_exact(golden):
         tables,
         torch.from_numpy(golden["noise_step49"])[None],
     )
-    assert np.array_equal(x_prev[0].numpy(), golden["x_prev"])
+    # The float32 tables carry the schedule's pow/sqrt (1 ulp per entry across library builds);
+    # moving every table entry by +-1 ulp moves x_prev by at most 2 ulps of its largest value
+    # (measured over 200 random draws), so 4 ulps at that magnitude.
+    assert_within_ulps(
+        x_prev[0].numpy(), golden["x_prev"], 4, scale=np.abs(golden["x_prev"]).max(), what="x_prev"
+    )
     _close_abs(pred_x0[0].numpy(), golden["pred_x0"], 5e-4)
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from sd3d import cameras as cam
+from sd3d.core import cameras as cam
+from sd3d.core.zero123_pose import orbit_center, relative_pose
 from sd3d.sampling.ddim import ddim_step
 from sd3d.sampling.stochastic_conditioning import (
     INPUT_VIEW,
@@ -20,7 +21,6 @@ from sd3d.sampling.zero123_ddim import (
     zero123_ddim_tables,
     zero123_schedule,
 )
-from sd3d.zero123_pose import orbit_center, relative_pose
 
 SHAPE = (2, 4, 8)
 

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sd3d.errors import InputImageError, UserError
+from sd3d.core.errors import InputImageError, UserError
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -2,7 +2,7 @@
 
 Everything here is a property of a *loaded model* that stays valid across generations (``sd3d
 batch`` loads one model and runs many images), as opposed to per-run choices (CUDA graphs, the
-sampler), which live in :mod:`sd3d.pipeline` and :mod:`sd3d.sampling`:
+sampler), which live in :mod:`sd3d.pipelines.syncdreamer` and :mod:`sd3d.sampling`:
 
 * **weight dtype**: the convolution / linear weights stored in bf16 or fp16 (half the memory, no
   per-step casts under autocast). Norm layers keep float32 parameters (the official numerics:

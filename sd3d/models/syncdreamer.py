@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sd3d import cameras
+from sd3d.core import cameras
 from sd3d.models.clip import CLIPImageEncoder
 from sd3d.models.configs import SyncDreamerConfig
 from sd3d.models.unet import UNetModel, timestep_embedding
@@ -128,7 +128,7 @@ class SyncDreamer(nn.Module):
     # per-input conditioning
     # ----------------------------------------------------------------------------------------------
     def viewpoint_embedding(self, elevation_deg: Sequence[float]) -> torch.Tensor:
-        """(B, N, 4) ``[theta_in - 30deg, sin d_az, cos d_az, 0]`` (see :func:`sd3d.cameras.viewpoint_embedding`)."""
+        """(B, N, 4) ``[theta_in - 30deg, sin d_az, cos d_az, 0]`` (see :func:`sd3d.core.cameras.viewpoint_embedding`)."""
         rows = [cameras.viewpoint_embedding(float(e), self.config.view_num) for e in elevation_deg]
         return torch.from_numpy(np.stack(rows)).to(self.device)
 

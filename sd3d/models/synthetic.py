@@ -115,7 +115,7 @@ def make_synthetic_checkpoint(path: str | os.PathLike, config: SyncDreamerConfig
 
     Works for any config (the tiny test config too); the file is written atomically.
     """
-    from sd3d.io import atomic_path
+    from sd3d.core.io import atomic_path
 
     path = Path(path)
     state_dict = synthetic_state_dict(config)

@@ -18,11 +18,15 @@ State-dict mapping (reference-zero123.md §3.2, §3.8, §5.4). Every key of an o
 * accounted for but not used (:data:`IGNORED_KEYS` and the raw UNet): the raw (non-EMA) UNet
   ``model.diffusion_model.*`` when the EMA copy is present (shapes still checked); the LitEma
   bookkeeping ``model_ema.decay`` / ``model_ema.num_updates``; CLIP's six text-side leftovers;
-* checked: the 12 schedule buffers (:data:`SCHEDULE_BUFFER_KEYS`) must equal our float64
-  recomputation, so a checkpoint trained with another schedule is refused.
+* checked: the 12 schedule buffers (:data:`SCHEDULE_BUFFER_KEYS`), compared with our float64
+  recomputation (Zero123's own: ``posterior_log_variance_clipped`` is *not* clamped at -10 as in
+  SyncDreamer) under the rule of :mod:`sd3d.models.buffers`: ``alphas_cumprod``, the one table the
+  DDIM sampler reads (:data:`USED_BUFFER_KEYS`), must agree, so a checkpoint trained with another
+  schedule is refused; the training-only tables never make a load fail (a disagreement is a warning,
+  as is an odd shape of the unused EMA bookkeeping ``model_ema.decay`` / ``num_updates``).
 
 Ignored and checked keys may be absent (a converted copy may drop them). A missing or unexpected key,
-or a shape mismatch, is a :class:`~sd3d.errors.WeightsError` naming the key.
+or a shape mismatch of a parameter, is a :class:`~sd3d.core.errors.WeightsError` naming the key.
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from sd3d.errors import WeightsError
+from sd3d.core.errors import WeightsError
+from sd3d.models.buffers import BufferRule, check_buffers
 from sd3d.models.clip import CLIPImageEncoder, text_leftover_shapes
 from sd3d.models.configs import CLIPVisionConfig, LatentDiffusionConfig, UNetConfig
 from sd3d.models.configs import tiny_config as _syncdreamer_tiny
@@ -64,6 +69,7 @@ SCHEDULE_BUFFER_KEYS = (
     "posterior_mean_coef1",
     "posterior_mean_coef2",
 )
+USED_BUFFER_KEYS = ("alphas_cumprod",)
 # The schedule is float64 maths stored float32 in both the checkpoint and here: equal up to round-off.
 _SCHEDULE_TOLERANCE = (1e-6, 1e-5)  # atol, rtol
 
@@ -355,8 +361,9 @@ def split_state_dict(
 ) -> SplitStateDict:
     """Validate an official-layout state dict (see the module docstring) and pick the tensors to load.
 
-    Raises :class:`WeightsError` naming the first unexpected, missing or mis-shaped key, or the first
-    schedule buffer that differs from the Zero123 schedule.
+    Raises :class:`WeightsError` naming the first unexpected, missing or mis-shaped key, or
+    ``alphas_cumprod`` if it differs from the Zero123 schedule; unused buffers that differ are one
+    :class:`~sd3d.core.errors.WeightsWarning`.
     """
     config = Zero123Config() if config is None else config
     model = build_meta_model(config) if model is None else model
@@ -365,7 +372,7 @@ def split_state_dict(
     unet_keys = [k for k in params if k.startswith(UNET_PREFIX)]
     ema_to_unet = {ema_key(k): k for k in unet_keys}
     ignored = {*EMA_BOOKKEEPING_KEYS, *_clip_leftover_shapes(config)}
-    schedule = schedule_buffers(config)
+    schedule = set(SCHEDULE_BUFFER_KEYS)
 
     for key in state_dict:
         if key not in params and key not in ema_to_unet and key not in ignored and key not in schedule:
@@ -384,31 +391,30 @@ def split_state_dict(
         if got != shape:
             raise WeightsError(f"key {src!r}{where} has shape {list(got)}, expected {list(shape)}")
         tensors[key] = state_dict[src]
-    # Accounted-for extras are still checked, so a foreign tensor under a known name is refused.
+    # Accounted-for parameters are still shape-checked, so a foreign tensor under a known name is
+    # refused; the EMA bookkeeping buffers are unused, so an odd one only joins the warning.
     extras = {k: params[k] for k in unet_keys} if use_ema else {}
     extras.update(_clip_leftover_shapes(config))
-    extras.update({"model_ema.decay": (), "model_ema.num_updates": ()})
     for key, shape in extras.items():
         if key in state_dict and tuple(state_dict[key].shape) != tuple(shape):
             got = list(state_dict[key].shape)
             raise WeightsError(f"key {key!r}{where} has shape {got}, expected {list(shape)}")
-    atol, rtol = _SCHEDULE_TOLERANCE
-    for key, ref in schedule.items():
-        if key not in state_dict:
-            continue
-        value = state_dict[key]
-        if tuple(value.shape) != tuple(ref.shape):
-            raise WeightsError(
-                f"key {key!r}{where} has shape {list(value.shape)}, expected {list(ref.shape)}"
-            )
-        value = value.detach().to("cpu", torch.float64)
-        if not torch.allclose(value, ref.double(), atol=atol, rtol=rtol):
-            err = (value - ref.double()).abs().max().item()
-            raise WeightsError(
-                f"buffer {key!r}{where} differs from the Zero123 schedule (max abs diff {err:.3g}): "
-                "not a Zero123 checkpoint"
-            )
+    odd = {
+        key: f"has shape {list(state_dict[key].shape)}, expected []"
+        for key in EMA_BOOKKEEPING_KEYS
+        if key in state_dict and tuple(state_dict[key].shape) != ()
+    }
+    check_buffers(state_dict, buffer_rules(config), "Zero123", source, extra_ignored=odd)
     return SplitStateDict(tensors=tensors, unet_weights="ema" if use_ema else "raw")
+
+
+def buffer_rules(config: Zero123Config | None = None) -> dict[str, BufferRule]:
+    """How each of the 12 schedule buffers of a checkpoint is judged (see :mod:`sd3d.models.buffers`)."""
+    atol, rtol = _SCHEDULE_TOLERANCE
+    return {
+        key: BufferRule(ref, key in USED_BUFFER_KEYS, atol, rtol, "schedule")
+        for key, ref in schedule_buffers(config).items()
+    }
 
 
 def detect_config(state_dict: Mapping[str, torch.Tensor]) -> Zero123Config:
@@ -496,7 +502,7 @@ def write_synthetic_checkpoint(
     tensor of memory); any other suffix is a Lightning-style ``{"state_dict": ...}`` torch file built
     in memory (meant for small configs). Written atomically.
     """
-    from sd3d.io import atomic_path
+    from sd3d.core.io import atomic_path
 
     path = Path(path)
     config = Zero123Config() if config is None else config

@@ -1,7 +1,9 @@
 """The official SyncDreamer DDIM sampler (``SyncDDIMSampler``), independent of any network.
 
 Tables (reference-syncdreamer.md §4.2): uniform timesteps ``range(0, T, T // S) + 1`` (1, 21, ...,
-981 for S = 50); ``alphas[i] = abar[ts[i]]``; ``alphas_prev[i] = abar[ts[i-1]]`` with
+981 for S = 50), or the sampler's other choice, ``ddim_discretize="quad"`` (CompVis'
+``make_ddim_timesteps``): ``int(linspace(0, sqrt(0.8 T), S) ** 2) + 1``, denser near t = 0 and ending
+at 801; ``alphas[i] = abar[ts[i]]``; ``alphas_prev[i] = abar[ts[i-1]]`` with
 ``alphas_prev[0] = abar[0]`` (not 1); ``sigma = eta sqrt((1 - a_prev)/(1 - a) (1 - a/a_prev))``
 computed in float64 from the float32 tables and stored float32 (bit-exact vs the official tables).
 
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sd3d.progress import Progress, resolve
+from sd3d.core.progress import Progress, resolve
 from sd3d.sampling.schedule import NoiseSchedule
 
 # eps_fn(x_t, timestep, index) -> eps, all views at once; ``index`` counts down S-1 .. 0.
@@ -50,10 +52,23 @@ class DDIMTables:
         )
 
 
-def ddim_timesteps(steps: int, num_timesteps: int = 1000) -> np.ndarray:
-    """The official "uniform" DDIM timesteps (a step count that does not divide T gives more steps)."""
+DISCRETIZATIONS = ("uniform", "quad")
+
+
+def ddim_timesteps(steps: int, num_timesteps: int = 1000, discretize: str = "uniform") -> np.ndarray:
+    """The official DDIM timesteps, ascending.
+
+    ``uniform``: ``range(0, T, T // S) + 1`` (a step count that does not divide T gives more steps).
+    ``quad``: ``int(linspace(0, sqrt(0.8 T), S) ** 2) + 1``, exactly S entries; for S above ~30 the
+    first ones repeat (1, 1, 2, ... for S = 50), as in the official code: a repeated timestep is a
+    step with ``a_prev == a`` and sigma 0, which leaves the latent unchanged up to round-off.
+    """
     if steps < 1 or steps > num_timesteps:
         raise ValueError(f"steps must be in [1, {num_timesteps}], got {steps}")
+    if discretize == "quad":
+        return (np.linspace(0, np.sqrt(num_timesteps * 0.8), steps) ** 2).astype(np.int64) + 1
+    if discretize != "uniform":
+        raise ValueError(f"unknown DDIM discretization {discretize!r}: use {' or '.join(DISCRETIZATIONS)}")
     c = num_timesteps // steps
     ts = np.asarray(list(range(0, num_timesteps, c)), dtype=np.int64) + 1
     if ts[-1] >= num_timesteps:
@@ -63,13 +78,15 @@ def ddim_timesteps(steps: int, num_timesteps: int = 1000) -> np.ndarray:
     return ts
 
 
-def ddim_tables(schedule: NoiseSchedule, steps: int, eta: float = 1.0) -> DDIMTables:
+def ddim_tables(
+    schedule: NoiseSchedule, steps: int, eta: float = 1.0, discretize: str = "uniform"
+) -> DDIMTables:
     """The official tables, bit-exact: every entry equals the SyncDreamer sampler's float32 value.
 
     The rounding recipe that reproduces them: ``1 - a_prev`` in float32, the rest of sigma's
-    expression in float64, ``sqrt(1 - a)`` in float32.
+    expression in float64, ``sqrt(1 - a)`` in float32. ``discretize``: see :func:`ddim_timesteps`.
     """
-    ts = ddim_timesteps(steps, schedule.num_timesteps)
+    ts = ddim_timesteps(steps, schedule.num_timesteps, discretize)
     abar = schedule.alphas_cumprod.cpu().to(torch.float32)
     index = torch.from_numpy(ts)
     alphas = abar[index]

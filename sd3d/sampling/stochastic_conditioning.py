@@ -27,9 +27,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from sd3d.progress import Progress, resolve
+from sd3d.core.progress import Progress, resolve
+from sd3d.core.zero123_pose import relative_pose
 from sd3d.sampling.zero123_ddim import DDIMTables, zero123_ddim_sample
-from sd3d.zero123_pose import relative_pose
 
 INPUT_VIEW = -1
 """The ``view_id`` of the input view; finished targets use their target index."""

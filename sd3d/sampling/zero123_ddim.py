@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sd3d.progress import Progress, resolve
+from sd3d.core.progress import Progress, resolve
 from sd3d.sampling.ddim import DDIMTables, EpsFn, ddim_timesteps, ddim_update
 from sd3d.sampling.schedule import NoiseSchedule, scaled_linear_schedule
 

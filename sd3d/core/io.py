@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from sd3d import cameras as cam
-from sd3d.errors import InputImageError, OutputPathError, UserError, ViewsFolderError
+from sd3d.core import cameras as cam
+from sd3d.core.errors import InputImageError, OutputPathError, UserError, ViewsFolderError
 
 
 # --------------------------------------------------------------------------------------------------
@@ -501,7 +501,7 @@ def read_image(source: str | os.PathLike | Image.Image, max_pixels: int | None =
     modes); animated files give their first frame. ``max_pixels`` (default
     :data:`DEFAULT_MAX_PIXELS`) is checked on the header *before* decoding. Every way a file can be
     wrong (missing, a folder, empty, not an image, truncated, corrupt, too large) raises
-    :class:`~sd3d.errors.InputImageError` with one line; a PIL image passed in is not modified.
+    :class:`~sd3d.core.errors.InputImageError` with one line; a PIL image passed in is not modified.
     """
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
     if limit <= 0:

@@ -25,15 +25,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from sd3d.errors import InputImageError, UserError
+from sd3d.core.errors import InputImageError, UserError
 
 if TYPE_CHECKING:
     import torch
 
-    from sd3d.io import ViewSet
+    from sd3d.core.io import ViewSet
+    from sd3d.core.progress import Progress
     from sd3d.models.zero123 import Zero123
     from sd3d.preprocess import PreparedInput
-    from sd3d.progress import Progress
 
 MODEL_SIZE = 256
 DEMO_MAX_SIDE = 1536
@@ -122,7 +122,7 @@ def prepare_zero123_input(
     ``alpha`` reproduces it for cut-out images). Every user-caused problem is a one-line UserError.
     """
     from sd3d.background import check_backend_name, remove_background
-    from sd3d.io import check_max_pixels, read_image
+    from sd3d.core.io import check_max_pixels, read_image
 
     method = check_backend_name(background)
     image = read_image(source, max_pixels=check_max_pixels(max_pixels))
@@ -170,7 +170,7 @@ def model_input(
 def _resolve(device: str | torch.device, dtype: str | torch.dtype) -> tuple[torch.device, torch.dtype]:
     import torch
 
-    from sd3d.device import resolve_device, resolve_dtype
+    from sd3d.core.device import resolve_device, resolve_dtype
 
     dev = device if isinstance(device, torch.device) else resolve_device(str(device))
     dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(str(dtype), dev)
@@ -265,10 +265,10 @@ def novel_view(
     """
     import torch
 
-    from sd3d.device import make_generator
+    from sd3d.core.device import make_generator
+    from sd3d.core.zero123_pose import pose_from_deltas
     from sd3d.models.zero123 import images_to_uint8
     from sd3d.sampling.zero123_ddim import zero123_ddim_sample, zero123_ddim_tables
-    from sd3d.zero123_pose import pose_from_deltas
 
     check_sampling_args(steps, cfg, samples, eta)
     x_in = model_input(
@@ -342,9 +342,10 @@ def generate_views_zero123(
     """
     import torch
 
-    from sd3d import cameras as cam
-    from sd3d.device import make_generator
-    from sd3d.io import ViewSet
+    from sd3d.core import cameras as cam
+    from sd3d.core.device import make_generator
+    from sd3d.core.io import ViewSet
+    from sd3d.core.zero123_pose import orbit_center, relative_pose
     from sd3d.models.zero123 import images_to_uint8
     from sd3d.sampling.stochastic_conditioning import (
         INPUT_VIEW,
@@ -352,7 +353,6 @@ def generate_views_zero123(
         sample_stochastic_conditioning,
     )
     from sd3d.sampling.zero123_ddim import zero123_ddim_sample, zero123_ddim_tables
-    from sd3d.zero123_pose import orbit_center, relative_pose
 
     if sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")

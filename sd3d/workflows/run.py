@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from sd3d.errors import UserError
-from sd3d.progress import Progress, resolve
+from sd3d.core.errors import UserError
+from sd3d.core.progress import Progress, resolve
 
 PREVIEW_FORMATS = ("mp4", "gif", "none")
 MESH_FORMATS = ("glb", "obj", "ply")
@@ -38,7 +38,7 @@ class RunSettings:
     ``elevation_deg=None`` estimates the input elevation: generate at 30 deg (the middle of the
     model's training range), estimate from those views, and regenerate once at the estimate when it
     differs by more than ``regenerate_threshold_deg``. ``max_pixels``: the input photo's size limit
-    (``None``: :data:`sd3d.io.DEFAULT_MAX_PIXELS`).
+    (``None``: :data:`sd3d.core.io.DEFAULT_MAX_PIXELS`).
     """
 
     elevation_deg: float | None = None
@@ -64,7 +64,7 @@ class RunSettings:
     regenerate_threshold_deg: float = 2.5
 
     def check(self) -> RunSettings:
-        from sd3d.io import check_max_pixels
+        from sd3d.core.io import check_max_pixels
 
         check_max_pixels(self.max_pixels)
         bad = [f for f in self.formats if f not in MESH_FORMATS]
@@ -118,7 +118,7 @@ def _versions() -> dict[str, str]:
 
 def check_run_output(out_dir: str | os.PathLike) -> Path:
     """Refuse an output path that cannot become a folder, creating nothing."""
-    from sd3d.pipeline import check_output_folder
+    from sd3d.pipelines.syncdreamer import check_output_folder
 
     return check_output_folder(out_dir)
 
@@ -139,8 +139,8 @@ def run_photo(
     import torch
 
     from recon.pipeline import export_mesh, reconstruct
-    from sd3d.io import atomic_dir, write_json_atomic
-    from sd3d.pipeline import load_model, weights_path, write_generated
+    from sd3d.core.io import atomic_dir, write_json_atomic
+    from sd3d.pipelines.syncdreamer import load_model, weights_path, write_generated
     from sd3d.preprocess import prepare_input
 
     settings = (settings or RunSettings()).check()
@@ -171,7 +171,7 @@ def run_photo(
         torch.cuda.reset_peak_memory_stats(device)
 
     def generate(elevation: float) -> list:
-        from sd3d.pipeline import GenerationSettings, run_generation
+        from sd3d.pipelines.syncdreamer import GenerationSettings, run_generation
 
         gen = GenerationSettings(
             float(elevation),
@@ -187,7 +187,7 @@ def run_photo(
 
     elevation_record: dict[str, Any]
     if settings.elevation_deg is None:
-        from sd3d.elevation import estimate_elevation
+        from sd3d.workflows.elevation import estimate_elevation
 
         guess = 30.0
         note("generate (elevation guess 30 deg)")
@@ -221,7 +221,7 @@ def run_photo(
     chosen = 0
     sample_scores: list[float] = []
     if len(views) > 1:
-        from sd3d.consistency import silhouette_consistency
+        from sd3d.workflows.ranking import silhouette_consistency
 
         note("rank samples")
         with stages("rank_samples"):
@@ -309,7 +309,7 @@ def run_photo(
 
 def turntable_cameras(frames: int, elevation_deg: float = 20.0, size: int = 256):
     """Evenly spaced cameras on an orbit around the object (degrees)."""
-    from sd3d import cameras as cam
+    from sd3d.core import cameras as cam
 
     return [
         cam.orbit_camera(elevation_deg, 360.0 * i / frames, cam.TARGET_DISTANCE, size) for i in range(frames)
@@ -392,8 +392,8 @@ def run_batch(
     Resumable: images whose report is newer than the image are skipped. A failing image is recorded
     (``out_dir/batch.json``, rewritten atomically after every image) and the others go on.
     """
-    from sd3d.io import write_json_atomic
-    from sd3d.pipeline import load_model, weights_path
+    from sd3d.core.io import write_json_atomic
+    from sd3d.pipelines.syncdreamer import load_model, weights_path
 
     settings = (settings or RunSettings()).check()
     in_dir, out_dir = Path(in_dir), Path(out_dir)
