@@ -50,9 +50,11 @@ test-latest:
 	$(MAKE) --no-print-directory install-latest PYTHON=$(LATEST_VENV)/bin/python
 	$(MAKE) --no-print-directory test PYTHON=$(LATEST_VENV)/bin/python
 
+# ruff, and the import contracts of pyproject.toml (the layers of docs/architecture.md).
 lint:
 	$(PYTHON) -m ruff check sd3d recon cli tests benchmarks
 	$(PYTHON) -m ruff format --check sd3d recon cli tests benchmarks
+	lint-imports --no-cache
 
 format:
 	$(PYTHON) -m ruff format sd3d recon cli tests benchmarks

@@ -521,7 +521,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from sd3d.core.device import resolve_device
-    from sd3d.models.checkpoint import load_syncdreamer
     from sd3d.models.configs import config_by_name
     from sd3d.models.depth_attention import set_depth_attention_impl
     from sd3d.models.inference import (
@@ -531,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         onload_conditioning_,
         set_channels_last_,
     )
+    from sd3d.models.syncdreamer_checkpoint import load_syncdreamer
     from sd3d.models.synthetic import synthetic_state_dict
 
     device = resolve_device(args.device)

@@ -63,7 +63,7 @@ def reconstruct(
     from recon.export import check_output_path
     from recon.pipeline import export_mesh
     from recon.pipeline import reconstruct as run_reconstruct
-    from recon.train import get_preset, resolve_quality
+    from recon.presets import get_preset, resolve_quality
     from sd3d.core.device import resolve_device
     from sd3d.core.io import read_views
 

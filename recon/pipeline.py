@@ -20,9 +20,10 @@ from recon.export import check_output_path, write_mesh
 from recon.fields import NeuSField
 from recon.masks import view_masks
 from recon.mesh import Mesh, decimate, extract_mesh, vertex_normals
+from recon.presets import Preset, get_preset, resolve_quality
 from recon.render import OccupancyGrid
 from recon.texture import bake_texture, unwrap_uv, vertex_colors
-from recon.train import Preset, get_preset, resolve_quality, train
+from recon.train import train
 from sd3d.core.device import resolve_device
 from sd3d.core.errors import MissingDependencyError, ViewsFolderError
 from sd3d.core.io import ViewSet, read_views

@@ -138,7 +138,8 @@ def run_cli():
 @pytest.fixture(scope="session")
 def zero123_ckpt(tmp_path_factory):
     """A tiny Zero123 checkpoint with synthetic weights (the official key layout), written once."""
-    from sd3d.models.zero123 import tiny_config, write_synthetic_checkpoint
+    from sd3d.models.zero123 import tiny_config
+    from sd3d.models.zero123_checkpoint import write_synthetic_checkpoint
 
     return write_synthetic_checkpoint(tmp_path_factory.mktemp("w") / "tiny-zero123.ckpt", tiny_config())
 

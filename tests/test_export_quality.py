@@ -21,7 +21,7 @@ from recon import pipeline as recon_pipeline
 from recon.export import WORLD_TO_GLTF
 from recon.mesh import vertex_normals
 from recon.pipeline import ReconResult, export_mesh
-from recon.train import get_preset
+from recon.presets import get_preset
 from sd3d.core.progress import Progress
 
 RADIUS = 0.3

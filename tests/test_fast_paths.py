@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from sd3d.models.checkpoint import LazySafetensors, load_syncdreamer
 from sd3d.models.configs import tiny_config
 from sd3d.models.depth_attention import DepthTransformer, set_depth_attention_impl
 from sd3d.models.flops import count_generation_flops
@@ -24,6 +23,7 @@ from sd3d.models.inference import (
     keeps_float32,
     set_channels_last_,
 )
+from sd3d.models.syncdreamer_checkpoint import LazySafetensors, load_syncdreamer
 from sd3d.models.synthetic import synthetic_state_dict
 from sd3d.models.volume import repeat_rows
 from sd3d.pipelines.syncdreamer import GenerationSettings, as_prepared, compute_dtype_for, sample_views

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from sd3d.core.errors import InputImageError, UserError
-from sd3d.models.checkpoint import load_syncdreamer
 from sd3d.models.configs import tiny_config
+from sd3d.models.syncdreamer_checkpoint import load_syncdreamer
 from sd3d.models.synthetic import synthetic_state_dict
 from sd3d.pipelines.syncdreamer import (
     GenerationSettings,
@@ -82,16 +82,16 @@ def test_settings_and_inputs_are_checked():
 @pytest.fixture
 def ddim_spy(monkeypatch):
     """Records the ``x_T`` and tables every DDIM run starts from (the run itself is unchanged)."""
-    from sd3d.sampling import ddim
+    from sd3d.sampling import samplers
 
     calls = []
-    original = ddim.ddim_sample
+    original = samplers.ddim_sample
 
-    def spy(eps_fn, x_T, tables, **kwargs):
+    def spy(eps_fn, x_T, tables, *args, **kwargs):
         calls.append((x_T.detach().clone(), tables))
-        return original(eps_fn, x_T, tables, **kwargs)
+        return original(eps_fn, x_T, tables, *args, **kwargs)
 
-    monkeypatch.setattr(ddim, "ddim_sample", spy)
+    monkeypatch.setattr(samplers, "ddim_sample", spy)
     return calls
 
 

@@ -19,14 +19,14 @@ import torch
 from support.official_checkpoint import no_weights_warning, official_state_dict, write_lightning_checkpoint
 
 from sd3d.core.errors import WeightsError, WeightsWarning
-from sd3d.models.checkpoint import (
+from sd3d.models.configs import official_config, tiny_config
+from sd3d.models.syncdreamer_checkpoint import (
     CHECKED_BUFFER_KEYS,
     USED_BUFFER_KEYS,
     buffer_rules,
     load_syncdreamer,
     reference_buffers,
 )
-from sd3d.models.configs import official_config, tiny_config
 from sd3d.pipelines.syncdreamer import load_model
 
 UNUSED_BUFFER_KEYS = tuple(k for k in CHECKED_BUFFER_KEYS if k not in USED_BUFFER_KEYS)
@@ -137,14 +137,14 @@ def test_cli_warning_is_one_line_and_debug_shows_the_numbers(
 # Zero123 (its schedule is CompVis': posterior_log_variance_clipped is not clamped)
 # --------------------------------------------------------------------------------------------------
 def _zero123_state():
-    from sd3d.models.zero123 import synthetic_entries
     from sd3d.models.zero123 import tiny_config as zero123_tiny
+    from sd3d.models.zero123_checkpoint import synthetic_entries
 
     return dict(synthetic_entries(zero123_tiny()))
 
 
 def test_zero123_official_format_with_an_odd_unused_buffer_loads(tmp_path):
-    from sd3d.models.zero123 import load_zero123
+    from sd3d.models.zero123_checkpoint import load_zero123
 
     state = _zero123_state()
     # SyncDreamer's clamp applied to Zero123's table: not Zero123's values, but training-only
@@ -161,7 +161,7 @@ def test_zero123_official_format_with_an_odd_unused_buffer_loads(tmp_path):
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_zero123_half_precision_copy_loads(tmp_path, dtype):
-    from sd3d.models.zero123 import load_zero123
+    from sd3d.models.zero123_checkpoint import load_zero123
     from sd3d.weights.convert import convert_checkpoint
 
     src = write_lightning_checkpoint(tmp_path / "zero123.ckpt", _zero123_state())

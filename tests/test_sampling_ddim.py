@@ -164,3 +164,24 @@ def test_ddim_recovers_a_known_target_up_to_the_final_direction_term(schedule):
 def test_unknown_diffusers_sampler(schedule):
     with pytest.raises(ValueError, match="unknown"):
         make_scheduler("euler", schedule, 10)
+
+
+def test_make_sampler_is_the_one_entry_point(schedule):
+    from sd3d.sampling.ddim import ZERO123
+    from sd3d.sampling.samplers import SAMPLERS, make_sampler
+
+    assert SAMPLERS == ("ddim", "dpmpp", "unipc")
+    ddim = make_sampler("ddim", schedule, 50)
+    assert ddim.steps == 50 and ddim.timesteps[0] == 981 and ddim.timesteps[-1] == 1
+    assert make_sampler("ddim", schedule, 30).steps == 31  # 30 does not divide 1000
+    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
+        make_sampler("euler", schedule, 50)
+    with pytest.raises(ValueError, match="ddim only"):
+        make_sampler("dpmpp", schedule, 20, discretize="quad")
+    # The variant reaches the loop: Zero123's noises the last step too, so it draws one more randn.
+    x_T = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    generators = {"sync": torch.Generator().manual_seed(1), "z123": torch.Generator().manual_seed(1)}
+    make_sampler("ddim", schedule, 5)(lambda x, t, i: 0.1 * x, x_T, generators["sync"])
+    make_sampler("ddim", schedule, 5, variant=ZERO123)(lambda x, t, i: 0.1 * x, x_T, generators["z123"])
+    draws_left = {k: torch.randn(1, generator=g).item() for k, g in generators.items()}
+    assert draws_left["z123"] != draws_left["sync"]

@@ -20,8 +20,8 @@ import torch
 from support.official_checkpoint import no_weights_warning
 
 from sd3d.models import golden as g
-from sd3d.models.checkpoint import load_syncdreamer
 from sd3d.models.configs import official_config
+from sd3d.models.syncdreamer_checkpoint import load_syncdreamer
 from sd3d.models.synthetic import synthetic_tensor
 from sd3d.pipelines.syncdreamer import load_model
 

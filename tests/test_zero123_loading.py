@@ -9,8 +9,8 @@ import torch
 
 from sd3d.core.errors import WeightsError
 from sd3d.models.synthetic import synthetic_tensor
-from sd3d.models.zero123 import (
-    CONFIGS,
+from sd3d.models.zero123 import CONFIGS, tiny_config
+from sd3d.models.zero123_checkpoint import (
     IGNORED_KEYS,
     SCHEDULE_BUFFER_KEYS,
     UNET_PREFIX,
@@ -19,10 +19,9 @@ from sd3d.models.zero123 import (
     official_key_shapes,
     schedule_buffers,
     synthetic_entries,
-    tiny_config,
     write_synthetic_checkpoint,
 )
-from sd3d.sampling.zero123_ddim import zero123_schedule
+from sd3d.sampling.schedule import zero123_schedule
 from sd3d.weights import load_state_dict
 
 

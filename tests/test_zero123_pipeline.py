@@ -9,7 +9,8 @@ from PIL import Image
 
 from sd3d.core import cameras as cam
 from sd3d.core.errors import InputImageError, UserError
-from sd3d.models.zero123 import load_zero123, tiny_config, write_synthetic_checkpoint
+from sd3d.models.zero123 import tiny_config
+from sd3d.models.zero123_checkpoint import load_zero123, write_synthetic_checkpoint
 from sd3d.pipelines.zero123 import (
     Zero123Input,
     generate_views_zero123,

@@ -18,7 +18,8 @@ Camera geometry (the projection grids of both volumes) is computed once at const
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,7 +79,7 @@ class UNetWrapper(nn.Module):
 
 class SyncDreamer(nn.Module):
     """The whole model with the official module names; load weights with
-    :func:`sd3d.models.checkpoint.load_syncdreamer` (building it directly gives random weights)."""
+    :func:`sd3d.models.syncdreamer_checkpoint.load_syncdreamer` (building it directly gives random weights)."""
 
     def __init__(self, config: SyncDreamerConfig | None = None) -> None:
         super().__init__()
@@ -167,8 +168,6 @@ class SyncDreamer(nn.Module):
         ``sample_posterior=True`` is the official behaviour (the input latent is a posterior
         *sample*, noise from ``generator``); ``False`` uses the mean (the golden fixture's choice).
         """
-        from sd3d.models.inference import conditioning_on_device
-
         with conditioning_on_device(self):
             mean, logvar = self.encode_posterior(image)
             clip_embed = self.encode_clip(image)
@@ -341,3 +340,32 @@ def camera_buffers(config: SyncDreamerConfig) -> dict[str, torch.Tensor]:
             cameras.model_azimuth_buffer(config.view_num), dtype=torch.float32, device="cpu"
         ),
     }
+
+
+def conditioning_modules(model: SyncDreamer) -> list[nn.Module]:
+    """The modules only the once-per-input conditioning uses (not the decoder, not ``cc_projection``)."""
+    vae = model.first_stage_model
+    return [model.clip_image_encoder, vae.encoder, vae.quant_conv]
+
+
+@contextlib.contextmanager
+def conditioning_on_device(model: SyncDreamer) -> Iterator[None]:
+    """While inside: the conditioning modules have a copy on the model's device (if offloaded).
+
+    The host copies are the masters: leaving drops the device copies (the weights never change), so
+    nothing is copied back. Transfers are asynchronous from pinned memory on the current stream.
+    """
+    if not model.conditioning_offloaded:
+        yield
+        return
+    device = model.device
+    saved = []
+    try:
+        for module in conditioning_modules(model):
+            for param in module.parameters():
+                saved.append((param, param.data))
+                param.data = param.data.to(device, non_blocking=True)
+        yield
+    finally:
+        for param, host in saved:
+            param.data = host

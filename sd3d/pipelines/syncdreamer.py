@@ -45,6 +45,7 @@ from sd3d.core import cameras as cam
 from sd3d.core.errors import InputImageError, UserError, WeightsError
 from sd3d.core.io import ViewSet
 from sd3d.core.progress import Progress, resolve
+from sd3d.sampling.samplers import SAMPLERS, make_sampler
 
 if TYPE_CHECKING:
     import torch
@@ -52,7 +53,6 @@ if TYPE_CHECKING:
     from sd3d.models.syncdreamer import SyncDreamer
     from sd3d.preprocess import PreparedInput
 
-SAMPLERS = ("ddim", "dpmpp", "unipc")
 DDIM_DISCRETIZATIONS = ("uniform", "quad")  # the official SyncDDIMSampler's ddim_discretize choices
 WEIGHTS_NAME = "syncdreamer"
 
@@ -145,8 +145,8 @@ def load_model(
     import torch
 
     from sd3d.core.device import resolve_device, resolve_dtype
-    from sd3d.models.checkpoint import load_syncdreamer
     from sd3d.models.inference import prepare_for_inference
+    from sd3d.models.syncdreamer_checkpoint import load_syncdreamer
 
     path = weights_path(weights, weights_dir)
     dev = device if not isinstance(device, str) else resolve_device(device)
@@ -398,7 +398,6 @@ def sample_views(
 
     from sd3d.core.device import make_generator
     from sd3d.models.inference import choose_decode_batch
-    from sd3d.sampling.ddim import ddim_sample, ddim_tables
     from sd3d.sampling.schedule import scaled_linear_schedule
 
     settings.check()
@@ -432,15 +431,10 @@ def sample_views(
 
         eps_fn = _graphed(step, device) if use_graph else (lambda x, t, index: step(x, t))
         schedule = scaled_linear_schedule(cfg.num_timesteps, cfg.linear_start, cfg.linear_end)
-        if settings.sampler == "ddim":
-            tables = ddim_tables(schedule, settings.steps, settings.eta, settings.ddim_discretize)
-            latents = ddim_sample(eps_fn, x_T, tables, generator=generator, progress=progress)
-        else:
-            from sd3d.sampling.diffusers_samplers import diffusers_sample
-
-            latents = diffusers_sample(
-                settings.sampler, eps_fn, x_T, schedule, settings.steps, progress=progress
-            )
+        sampler = make_sampler(
+            settings.sampler, schedule, settings.steps, eta=settings.eta, discretize=settings.ddim_discretize
+        )
+        latents = sampler(eps_fn, x_T, generator=generator, progress=progress)
         use_graph = use_graph and not getattr(eps_fn, "failed", False)  # a failed capture ran eagerly
         del eps_fn  # frees a CUDA graph and its memory pool before decoding
         # The decoder is ~10 TFLOP for 16 views: half precision on CUDA. On CPU autocast buys it

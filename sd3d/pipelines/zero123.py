@@ -187,7 +187,7 @@ def load_model(
 
     Nothing is downloaded: a missing file is a one-line WeightsError saying how to get it.
     """
-    from sd3d.models.zero123 import load_zero123
+    from sd3d.models.zero123_checkpoint import load_zero123
     from sd3d.weights import require
 
     path = Path(weights) if weights is not None else require(WEIGHTS_NAME, weights_dir)
@@ -268,7 +268,8 @@ def novel_view(
     from sd3d.core.device import make_generator
     from sd3d.core.zero123_pose import pose_from_deltas
     from sd3d.models.zero123 import images_to_uint8
-    from sd3d.sampling.zero123_ddim import zero123_ddim_sample, zero123_ddim_tables
+    from sd3d.sampling.ddim import ZERO123, ddim_sample, ddim_tables
+    from sd3d.sampling.schedule import zero123_schedule
 
     check_sampling_args(steps, cfg, samples, eta)
     x_in = model_input(
@@ -284,12 +285,12 @@ def novel_view(
         gen = make_generator(seed, dev)
         shape = (samples, net.config.latent_channels, net.config.latent_size, net.config.latent_size)
         x_T = torch.randn(shape, generator=gen, device=dev, dtype=torch.float32)
-        tables = zero123_ddim_tables(steps, eta)
+        tables = ddim_tables(zero123_schedule(), steps, eta, variant=ZERO123)
 
         def eps_fn(x: torch.Tensor, t: int, index: int) -> torch.Tensor:
             return net.guided_eps(x, t, context, concat, cfg)
 
-        latents = zero123_ddim_sample(eps_fn, x_T, tables, gen, progress, description="zero123")
+        latents = ddim_sample(eps_fn, x_T, tables, gen, progress, description="zero123", variant=ZERO123)
         images = images_to_uint8(net.decode(latents))
     return [np.ascontiguousarray(im) for im in images]
 
@@ -347,12 +348,13 @@ def generate_views_zero123(
     from sd3d.core.io import ViewSet
     from sd3d.core.zero123_pose import orbit_center, relative_pose
     from sd3d.models.zero123 import images_to_uint8
+    from sd3d.sampling.ddim import ZERO123, ddim_sample, ddim_tables
+    from sd3d.sampling.schedule import zero123_schedule
     from sd3d.sampling.stochastic_conditioning import (
         INPUT_VIEW,
         ConditioningView,
         sample_stochastic_conditioning,
     )
-    from sd3d.sampling.zero123_ddim import zero123_ddim_sample, zero123_ddim_tables
 
     if sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
@@ -371,7 +373,7 @@ def generate_views_zero123(
     input_center = orbit_center(float(elevation_deg), 0.0, INPUT_RADIUS)
     centers = [c.center for c in cameras]
     latent_shape = (net.config.latent_channels, net.config.latent_size, net.config.latent_size)
-    tables = zero123_ddim_tables(steps, eta)
+    tables = ddim_tables(zero123_schedule(), steps, eta, variant=ZERO123)
     gen = make_generator(seed, dev)
     provenance: dict[str, Any] = {
         "model": "zero123",
@@ -409,7 +411,9 @@ def generate_views_zero123(
                 )
 
             x_T = torch.randn((n, *latent_shape), generator=gen, device=dev, dtype=torch.float32)
-            latents = zero123_ddim_sample(eps_fn, x_T, tables, gen, progress, description="zero123 views")
+            latents = ddim_sample(
+                eps_fn, x_T, tables, gen, progress, description="zero123 views", variant=ZERO123
+            )
             views_u8 = images_to_uint8(net.decode(latents, batch_size=batch_size))
         else:
             decoded: dict[int, np.ndarray] = {}

@@ -62,3 +62,11 @@ def scaled_linear_schedule(
     betas = torch.linspace(linear_start**0.5, linear_end**0.5, num_timesteps, dtype=compute_dtype) ** 2
     abar = torch.cumprod(1.0 - betas, dim=0)
     return NoiseSchedule(betas=betas.to(torch.float32), alphas_cumprod=abar.to(torch.float32))
+
+
+def zero123_schedule(
+    num_timesteps: int = 1000, linear_start: float = 0.00085, linear_end: float = 0.012
+) -> NoiseSchedule:
+    """Zero123's schedule: the same "linear" betas (squares of a linspace of square roots), computed in
+    float64 and stored float32 (SyncDreamer computes in float32)."""
+    return scaled_linear_schedule(num_timesteps, linear_start, linear_end, compute_dtype=torch.float64)

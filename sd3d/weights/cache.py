@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sd3d.core.errors import WeightsError
 from sd3d.core.progress import Progress
+from sd3d.weights import hub
 from sd3d.weights.registry import WeightsEntry, get_entry
 
 ENV_VAR = "SD3D_WEIGHTS"
@@ -105,8 +106,6 @@ def search_order(
     folder, source = weights_folder(weights_dir)
     places = [Location(folder / entry.filename, source)]
     if entry.hub is not None:
-        from sd3d.weights import hub
-
         cached = hub.cached_file(entry.hub, hf_cache)
         if cached is not None:
             hf = Location(cached, SOURCE_HF, hub.stamp_for(cached))
@@ -152,8 +151,6 @@ def require(
         if not place.path.is_file():
             continue
         if place.source == SOURCE_HF:
-            from sd3d.weights import hub
-
             try:
                 hub.check_cached(entry, place.path, progress=progress)
             except WeightsError as exc:

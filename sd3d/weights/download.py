@@ -32,23 +32,12 @@ from sd3d.core.errors import WeightsError
 from sd3d.core.progress import Progress, resolve
 from sd3d.weights.cache import EXPLICIT_SOURCES, SOURCE_HF, locate, resolve_weights_dir, weights_folder
 from sd3d.weights.registry import WeightsEntry, get_entry
+from sd3d.weights.transfer import DownloadResult, check_writable, unreachable_error
 from sd3d.weights.verify import write_stamp
 
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 # Errors while reading the response that mean "the stream broke": keep the .part and resume.
 _STREAM_ERRORS = (http.client.HTTPException, OSError)  # OSError covers resets and timeouts
-
-
-@dataclass(frozen=True)
-class DownloadResult:
-    """``downloaded`` is False when the file was already in place (nothing fetched)."""
-
-    path: Path
-    size: int
-    sha256: str | None
-    downloaded: bool
-    resumed_from: int  # bytes already in ``.part`` when this call started
-    attempts: int
 
 
 class _Cut(Exception):
@@ -66,31 +55,10 @@ def _size(path: Path) -> int:
         return 0
 
 
-def check_writable(folder: Path) -> None:
-    """Fail early (before any network traffic) when ``folder`` could not be created or written."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise WeightsError(f"cannot create {folder}: {existing} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise WeightsError(f"cannot write to {existing}: permission denied")
-
-
 def _user_agent() -> str:
     from sd3d import __version__
 
     return f"sd3d/{__version__} (python urllib)"
-
-
-def unreachable_error(entry: WeightsEntry, url: str, place_at: Path, why: str) -> WeightsError:
-    """One line: the file, where it is hosted, why it cannot be fetched, where to place it by hand."""
-    host = urllib.parse.urlsplit(url).netloc or url
-    where = f" ({entry.hub.describe()})" if entry.hub is not None else ""
-    return WeightsError(
-        f"cannot download {entry.filename} from {host} ({why}); fetch {url}{where} by hand "
-        f"and place it at {place_at}"
-    )
 
 
 def _offline_error(entry: WeightsEntry, url: str, target: Path, reason: object) -> WeightsError:

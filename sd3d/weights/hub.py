@@ -28,7 +28,7 @@ from pathlib import Path
 
 from sd3d.core.errors import WeightsError
 from sd3d.core.progress import Progress, resolve
-from sd3d.weights.download import DownloadResult, check_writable, unreachable_error
+from sd3d.weights.transfer import DownloadResult, check_writable, unreachable_error
 from sd3d.weights.registry import HubFile, WeightsEntry
 from sd3d.weights.verify import recorded_check, verify_file, write_stamp
 
