@@ -40,5 +40,7 @@ def version_line() -> str:
     try:
         number = version("sd3d")
     except PackageNotFoundError:
-        from sd3d import __version__ as number
+        import sd3d
+
+        number = sd3d.__version__
     return f"sd3d {number}"
