@@ -45,10 +45,21 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from cli.help_style import version_line
+
+        typer.echo(version_line())
+        raise typer.Exit()
+
+
 @app.callback()
 def _global_options(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for user errors."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """Global options (the values are read by :func:`main` and :func:`cli.common.quiet`)."""
 
@@ -118,10 +129,12 @@ def _debug_logging(enabled: bool) -> Iterator[None]:
 
 
 def _main(args: list[str], debug: bool) -> int:
+    from cli.help_style import tidy_help
     from sd3d.core.errors import UserError
 
     try:
-        result = app(args=args, prog_name="sd3d", standalone_mode=False)
+        command = tidy_help(typer.main.get_command(app))
+        result = command.main(args=args, prog_name="sd3d", standalone_mode=False)
         return int(result) if isinstance(result, int) else 0
     except UserError as exc:
         if debug:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import typer
 
+from cli.common import SEED_DEFAULT
+
 
 def register(app: typer.Typer) -> None:
     app.command(
@@ -49,7 +51,9 @@ def reconstruct(
         help="Quality preset; auto = standard on a GPU, draft on CPU.",
     ),
     steps: str = typer.Option(None, "--steps", metavar="INT", help="Training steps (default: the preset's)."),
-    seed: str = typer.Option("0", "--seed", metavar="INT", help="Random seed (same seed, same mesh on CPU)."),
+    seed: str = typer.Option(
+        SEED_DEFAULT, "--seed", metavar="INT", help="Random seed (same seed, same mesh on CPU)."
+    ),
     device: str = typer.Option("auto", "--device", metavar="auto|cpu|cuda[:N]", help="Compute device."),
     faces: str = typer.Option(None, "--faces", metavar="INT", help="Decimate the mesh to at most N faces."),
 ) -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-_BACKENDS = "auto|alpha|rembg|carvekit|grabcut|none"
+from cli.common import BACKGROUND_METAVAR, max_pixels_option
+from sd3d import DEFAULT_SEED
 
 
 def register(app: typer.Typer) -> None:
@@ -34,12 +35,15 @@ STAGE_OPTIONS = [
     _option(
         "background",
         str,
-        typer.Option("auto", "--background", "-b", metavar=_BACKENDS, help="Foreground backend."),
+        typer.Option("auto", "--background", "-b", metavar=BACKGROUND_METAVAR, help="Foreground backend."),
     ),
+    _option("max_pixels", str, max_pixels_option()),
     _option("steps", int, typer.Option(50, "--steps", help="Sampling steps.")),
     _option("cfg", float, typer.Option(2.0, "--cfg", help="Classifier-free guidance scale.")),
     _option("eta", float, typer.Option(1.0, "--eta", help="DDIM eta.")),
-    _option("seed", int, typer.Option(6033, "--seed", help="Random seed (generation and reconstruction).")),
+    _option(
+        "seed", int, typer.Option(DEFAULT_SEED, "--seed", help="Random seed (generation and reconstruction).")
+    ),
     _option(
         "samples", int, typer.Option(1, "--samples", "-n", help="Generate N sets, keep the most consistent.")
     ),
@@ -92,6 +96,7 @@ def _settings(
     elevation: str,
     crop_size: int,
     background: str,
+    max_pixels: str | None,
     steps: int,
     cfg: float,
     eta: float,
@@ -109,6 +114,7 @@ def _settings(
     dtype: str,
     **_ignored,
 ):
+    from cli.common import parse_max_pixels
     from sd3d.core.errors import UserError
     from sd3d.workflows.run import RunSettings
 
@@ -128,6 +134,7 @@ def _settings(
         elevation_deg=elev,
         crop_size=crop_size,
         background=background,
+        max_pixels=parse_max_pixels(max_pixels),
         steps=steps,
         cfg=cfg,
         eta=eta,
@@ -157,7 +164,7 @@ def _settings(
     ),
 )
 def run(image: Path, output: Path, **options) -> None:
-    from cli.common import echo, is_quiet
+    from cli.common import echo, is_quiet, say_background
     from sd3d.core.progress import Progress
     from sd3d.workflows.run import run_photo
 
@@ -176,6 +183,8 @@ def run(image: Path, output: Path, **options) -> None:
     )
     if not quiet:
         _summary(result.report)
+    pre = result.report["preprocess"]
+    say_background(pre["background"], pre["background_note"])
     echo(str(result.out_dir))
 
 
@@ -218,7 +227,8 @@ def _summary(report: dict) -> None:
     if report["samples"]["count"] > 1:
         scores = ", ".join(f"{s:.3f}" for s in report["samples"]["consistency_scores"])
         console.print(
-            f"kept sample {report['samples']['chosen']} of {report['samples']['count']} (consistency {scores})"
+            f"kept sample {report['samples']['chosen']} of {report['samples']['count']} (consistency {scores}) "
+            "in views/; the others are in views/sample-<i>/"
         )
 
 
@@ -279,7 +289,7 @@ def _engine_options(engine: str, address, workers, gpus_per_worker):
         if given:
             raise UserError(f"{given[0]} needs --engine ray")
         return None
-    from sd3d.workflows.run import ray_engine
+    from sd3d.workflows.engines import ray_engine
 
     batch_ray = ray_engine()
     return batch_ray.RayOptions(

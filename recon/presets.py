@@ -33,7 +33,7 @@ class Preset:
     occupancy_res: int
     mesh_res: int
     texture_size: int
-    uv_max_faces: int  # meshes are decimated to at most this before UV unwrapping
+    uv_max_faces: int  # default face budget of every exported format (xatlas slows down fast above it)
     max_samples_per_ray: int | None = None  # cap, applied once the band is narrow (see sample_rays)
     per_ray_cap_from: float = 0.5  # fraction of training after which the cap applies
     lr: float = 1e-2

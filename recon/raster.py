@@ -128,10 +128,15 @@ def _visual_of(geom) -> dict:
         factor = getattr(mat, "baseColorFactor", None)
         if factor is None:
             factor = getattr(mat, "diffuse", None)
+        colors = getattr(visual, "vertex_attributes", {}).get("color")
         if visual.uv is not None and image is not None and min(image.size) > 2:
             out["uv"] = np.asarray(visual.uv, np.float64)
             out["texture"] = _image_to_uint8(image)
             out["color"] = np.ones(3)
+        elif colors is not None and len(colors) == len(geom.vertices):
+            # glTF COLOR_0 under a material (how sd3d writes vertex colours): colour x base colour
+            base = np.ones(3) if factor is None else np.asarray(factor, np.float64)[:3] / 255.0
+            out["vertex_colors"] = np.asarray(colors, np.float64)[:, :3] / 255.0 * base
         elif factor is not None:
             out["color"] = np.asarray(factor, np.float64)[:3] / 255.0
     elif kind == "vertex":

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sd3d import DEFAULT_SEED
 from sd3d.core import cameras as cam
 from sd3d.core.errors import InputImageError, UserError, WeightsError
 from sd3d.core.io import ViewSet
@@ -53,7 +54,6 @@ if TYPE_CHECKING:
     from sd3d.preprocess import PreparedInput
 
 DDIM_DISCRETIZATIONS = ("uniform", "quad")  # the official SyncDDIMSampler's ddim_discretize choices
-DEFAULT_SEED = 6033  # the official generate.py default
 WEIGHTS_NAME = "syncdreamer"
 
 
@@ -157,10 +157,14 @@ def load_model(
 
 
 def as_prepared(
-    image_or_prepared: Any, crop_size: int = 200, background: str = "auto", weights_dir=None
+    image_or_prepared: Any,
+    crop_size: int = 200,
+    background: str = "auto",
+    weights_dir=None,
+    max_pixels: int | None = None,
 ) -> PreparedInput:
     """A :class:`~sd3d.preprocess.PreparedInput` from a path, PIL image, (256,256,4) uint8 RGBA array
-    (already recentred) or an existing ``PreparedInput``."""
+    (already recentred) or an existing ``PreparedInput``. ``max_pixels``: the input size limit."""
     from sd3d.preprocess import PreparedInput, prepare_input, to_model_rgb
 
     if isinstance(image_or_prepared, PreparedInput):
@@ -180,7 +184,11 @@ def as_prepared(
             source=None,
         )
     return prepare_input(
-        image_or_prepared, crop_size=crop_size, background=background, weights_dir=weights_dir
+        image_or_prepared,
+        crop_size=crop_size,
+        background=background,
+        max_pixels=max_pixels,
+        weights_dir=weights_dir,
     )
 
 
@@ -259,6 +267,7 @@ def generate_views(
     dtype: str = "auto",
     crop_size: int = 200,
     background: str = "auto",
+    max_pixels: int | None = None,
     progress: Progress | None = None,
     ddim_discretize: str = "uniform",
     x_T: torch.Tensor | np.ndarray | None = None,
@@ -266,7 +275,7 @@ def generate_views(
     """Generate ``samples`` sets of the 16 SyncDreamer views for one input image.
 
     ``image_or_prepared``: a path / PIL image (preprocessed with ``crop_size`` and ``background`` as
-    ``sd3d preprocess`` does), an already recentred (256,256,4) uint8 RGBA array, or a
+    ``sd3d preprocess`` does; ``max_pixels`` is its size limit), an already recentred (256,256,4) uint8 RGBA array, or a
     ``PreparedInput``. ``model``: an already loaded model, used on its own device (``device`` then
     only matters for loading); else ``weights`` / ``weights_dir`` name the checkpoint.
     ``ddim_discretize``: the DDIM timesteps, ``uniform`` (official default) or ``quad``.
@@ -288,7 +297,7 @@ def generate_views(
     ).check()
     if x_T is not None:  # before any loading: a wrong x_T is one error line, early
         check_initial_noise(x_T, initial_noise_shape(settings.samples, getattr(model, "config", None)))
-    prepared = as_prepared(image_or_prepared, crop_size, background, weights_dir)
+    prepared = as_prepared(image_or_prepared, crop_size, background, weights_dir, max_pixels)
     if model is None:
         model = load_model(weights, weights_dir, device, dtype=dtype)
     return run_generation(model, prepared, settings, dtype=dtype, progress=progress, x_T=x_T)
@@ -456,6 +465,8 @@ def sample_views(
         "x_T": "seed" if given_x_T is None else "given",
         "seconds": round(elapsed, 2),
         "input": str(prepared.source) if prepared.source is not None else None,
+        "background": prepared.background,
+        "background_note": prepared.background_note,
     }
     return Generation(latents=latents, views_u8=views_u8, record=record)
 
@@ -505,24 +516,35 @@ def _write_one(folder: Path, views: ViewSet, input_rgba: np.ndarray | None) -> N
 
 
 def write_generated(
-    out_dir: str | os.PathLike, views: Sequence[ViewSet], input_rgba: np.ndarray | None
+    out_dir: str | os.PathLike,
+    views: Sequence[ViewSet],
+    input_rgba: np.ndarray | None,
+    chosen: int | None = None,
 ) -> Path:
     """Write the views folder atomically (the whole folder appears, or nothing).
 
     One sample: ``000.png .. 015.png``, ``grid.png``, ``cameras.json``, ``transforms.json``,
     ``input.png``. Several: one such folder per sample (``sample-0/``, ...) plus ``input.png`` and
-    ``contact.png`` (one row of 16 views per sample) at the top.
+    ``contact.png`` (one row of 16 views per sample) at the top. With ``chosen`` (the sample
+    ``sd3d run`` kept), that sample is written at the top instead of in its own sub-folder, so
+    the folder is a views folder ``sd3d reconstruct`` reads as is; ``cameras.json`` records which
+    sample it is, and the others stay beside it as ``sample-<i>/``.
     """
     from PIL import Image
 
     from sd3d.core.io import atomic_dir, contact_sheet
 
     out_dir = Path(out_dir)
+    if chosen is not None and not 0 <= chosen < len(views):
+        raise ValueError(f"chosen sample {chosen} is not one of the {len(views)} samples")
     with atomic_dir(out_dir) as tmp:
         if len(views) == 1:
             _write_one(tmp, views[0], input_rgba)
         else:
             for i, v in enumerate(views):
+                if i == chosen:
+                    _write_one(tmp, v, input_rgba)
+                    continue
                 sub = tmp / f"sample-{i}"
                 sub.mkdir()
                 _write_one(sub, v, input_rgba)

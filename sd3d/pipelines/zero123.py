@@ -56,7 +56,8 @@ class Zero123Input:
     ``image``: (256, 256, 3) float32 in [0, 1] on white (the model input is ``image * 2 - 1``, CHW).
     ``preprocessed``: whether the demo's crop-and-pad ran (else a plain resize + composite).
     ``crop_box``: (x, y, w, h) of the foreground box in the source (after the demo's 1536 px
-    thumbnail), or ``None``. ``background``: the foreground backend used, or ``None``.
+    thumbnail), or ``None``. ``background``: the foreground backend used, or ``None``;
+    ``background_note``: how it was chosen and what it used (:class:`sd3d.background.Foreground`).
     """
 
     image: np.ndarray
@@ -64,6 +65,7 @@ class Zero123Input:
     source: Path | None = None
     crop_box: tuple[int, int, int, int] | None = None
     background: str | None = None
+    background_note: str = ""
 
     def __post_init__(self) -> None:
         if self.image.shape != (MODEL_SIZE, MODEL_SIZE, 3) or self.image.dtype != np.float32:
@@ -120,10 +122,10 @@ def prepare_zero123_input(
     ``alpha`` reproduces it for cut-out images). Every user-caused problem is a one-line UserError.
     """
     from sd3d.background import check_backend_name, remove_background
-    from sd3d.core.io import read_image
+    from sd3d.core.io import check_max_pixels, read_image
 
     method = check_backend_name(background)
-    image = read_image(source, max_pixels=max_pixels)
+    image = read_image(source, max_pixels=check_max_pixels(max_pixels))
     image.thumbnail((DEMO_MAX_SIDE, DEMO_MAX_SIDE), Image.Resampling.LANCZOS)
     path = None if isinstance(source, Image.Image) else Path(source)
     if not preprocess:
@@ -138,6 +140,7 @@ def prepare_zero123_input(
         source=path,
         crop_box=box,
         background=fg.backend,
+        background_note=fg.note,
     )
 
 

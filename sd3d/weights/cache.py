@@ -6,6 +6,9 @@ hosted on the Hugging Face Hub is also looked for in the Hugging Face cache, in 
 a chosen folder (flag, variable or ``./weights``) and before the default ``~/.cache/sd3d``. So the
 search order for a file is ``--weights-dir`` > ``$SD3D_WEIGHTS`` > ``./weights`` > Hugging Face cache
 > ``~/.cache/sd3d``, where only the first of the three folders that applies is searched (as before).
+Unless a folder was chosen explicitly (flag or variable), the clone's own ``weights/`` and
+``~/.cache/sd3d`` are searched after that too: which folder applies depends on the current directory,
+and what ``make install`` put into the clone must not vanish because a command was started elsewhere.
 Nothing is ever downloaded implicitly: a missing file is a one-line error that says how to get it.
 """
 
@@ -28,6 +31,7 @@ SOURCE_ENV = f"${ENV_VAR}"
 SOURCE_LOCAL = "./weights"
 SOURCE_HF = "Hugging Face cache"
 SOURCE_HOME = "~/.cache/sd3d"
+SOURCE_CLONE = "the clone's weights/"
 EXPLICIT_SOURCES = (SOURCE_FLAG, SOURCE_ENV)
 
 
@@ -47,6 +51,27 @@ def weights_folder(weights_dir: str | os.PathLike | None = None) -> tuple[Path, 
 def resolve_weights_dir(weights_dir: str | os.PathLike | None = None) -> Path:
     """The folder checkpoints are read from and downloaded into (absolute; it need not exist yet)."""
     return weights_folder(weights_dir)[0]
+
+
+def clone_weights_dir() -> Path | None:
+    """``weights/`` of the source clone this package runs from (an editable install), if any."""
+    root = Path(__file__).resolve().parents[2]
+    folder = root / "weights"
+    return folder if (root / "pyproject.toml").is_file() and folder.is_dir() else None
+
+
+def _fallback_folders(folder: Path, source: str) -> list[tuple[Path, str]]:
+    """The folders searched after the resolved one when it was not chosen explicitly."""
+    if source in EXPLICIT_SOURCES:
+        return []
+    out = [(clone_weights_dir(), SOURCE_CLONE), (Path.home() / ".cache" / "sd3d", SOURCE_HOME)]
+    seen = {folder.resolve()}
+    kept = []
+    for path, name in out:
+        if path is not None and path.resolve() not in seen:
+            seen.add(path.resolve())
+            kept.append((path.absolute(), name))
+    return kept
 
 
 def expected_path(entry: WeightsEntry | str, weights_dir: str | os.PathLike | None = None) -> Path:
@@ -85,6 +110,7 @@ def search_order(
         if cached is not None:
             hf = Location(cached, SOURCE_HF, hub.stamp_for(cached))
             places.insert(1 if source != SOURCE_HOME else 0, hf)
+    places += [Location(path / entry.filename, name) for path, name in _fallback_folders(folder, source)]
     return places
 
 

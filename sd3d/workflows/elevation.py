@@ -30,6 +30,7 @@ import numpy as np
 from recon.hull import hull_mesh, visual_hull
 from recon.masks import view_masks
 from recon.raster import render_silhouettes
+from sd3d import DEFAULT_SEED
 from sd3d.core import cameras as cam
 from sd3d.core.errors import InputImageError, UserError, ViewsFolderError
 from sd3d.core.progress import Progress, resolve
@@ -194,7 +195,9 @@ def _parabola_peak(best: float, step: float, scores: dict[float, float]) -> floa
     return best + 0.5 * step * (left - right) / denom
 
 
-def generate_views_for_estimation(prepared_input, seed: int = 0, weights_dir=None, device: str = "auto"):
+def generate_views_for_estimation(
+    prepared_input, seed: int = DEFAULT_SEED, weights_dir=None, device: str = "auto"
+):
     """Make the 16 target views to estimate the elevation from, with the generator.
 
     The views are generated for an input elevation of 30 deg (the middle of the model's training

@@ -25,10 +25,10 @@ import numpy as np
 
 from sd3d.core.errors import UserError
 from sd3d.core.progress import Progress, resolve
+from sd3d.workflows.storage import IMAGE_SUFFIXES
 
 PREVIEW_FORMATS = ("mp4", "gif", "none")
 MESH_FORMATS = ("glb", "obj", "ply")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
 @dataclass(frozen=True)
@@ -37,12 +37,14 @@ class RunSettings:
 
     ``elevation_deg=None`` estimates the input elevation: generate at 30 deg (the middle of the
     model's training range), estimate from those views, and regenerate once at the estimate when it
-    differs by more than ``regenerate_threshold_deg``.
+    differs by more than ``regenerate_threshold_deg``. ``max_pixels``: the input photo's size limit
+    (``None``: :data:`sd3d.core.io.DEFAULT_MAX_PIXELS`).
     """
 
     elevation_deg: float | None = None
     crop_size: int = 200
     background: str = "auto"
+    max_pixels: int | None = None
     steps: int = 50
     cfg: float = 2.0
     eta: float = 1.0
@@ -62,6 +64,9 @@ class RunSettings:
     regenerate_threshold_deg: float = 2.5
 
     def check(self) -> RunSettings:
+        from sd3d.core.io import check_max_pixels
+
+        check_max_pixels(self.max_pixels)
         bad = [f for f in self.formats if f not in MESH_FORMATS]
         if bad:
             raise UserError(f"unknown mesh format {bad[0]!r}: choose from {', '.join(MESH_FORMATS)}")
@@ -166,7 +171,11 @@ def prepare_photo(source, settings: RunSettings, weights_dir: str | os.PathLike 
     from sd3d.preprocess import prepare_input
 
     return prepare_input(
-        source, crop_size=settings.crop_size, background=settings.background, weights_dir=weights_dir
+        source,
+        crop_size=settings.crop_size,
+        background=settings.background,
+        max_pixels=settings.max_pixels,
+        weights_dir=weights_dir,
     )
 
 
@@ -271,13 +280,15 @@ def write_run_folder(
     from sd3d.pipelines.syncdreamer import write_generated
 
     Image.fromarray(np.ascontiguousarray(prepared.rgba), "RGBA").save(folder / "input.png")
-    write_generated(folder / "views", views, prepared.rgba)
+    write_generated(folder / "views", views, prepared.rgba, chosen=chosen if len(views) > 1 else None)
     result = recon.result
     exports = {}
     note("export")
     with stages("export"):
         for fmt in settings.formats:
-            exp = export_mesh(result, folder / f"mesh.{fmt}", faces=settings.faces, surface=recon.surface)
+            exp = export_mesh(
+                result, folder / f"mesh.{fmt}", faces=settings.faces, surface=recon.surface, progress=progress
+            )
             exports[fmt] = {
                 "files": [p.name for p in exp.paths],
                 "vertices": exp.num_vertices,
@@ -309,8 +320,14 @@ def write_run_folder(
             "chosen": chosen,
             "consistency_metric": "silhouette IoU of each view vs the reprojected visual hull (mean)",
             "consistency_scores": sample_scores,
+            "folders": ["views" if i == chosen else f"views/sample-{i}" for i in range(len(views))],
         },
-        "preprocess": {"background": prepared.background, "crop_box": list(prepared.crop_box)},
+        "preprocess": {
+            "background": prepared.background,
+            "background_note": prepared.background_note,
+            "crop_box": list(prepared.crop_box),
+            "warnings": list(prepared.warnings),
+        },
         "generation": {k: v for k, v in views[chosen].provenance.items() if k != "sample"},
         "reconstruction": {
             "preset": result.preset.name,
@@ -478,19 +495,6 @@ class BatchItem:
     error: str | None = None
     error_kind: str | None = None
     image_mtime: float | None = None
-
-
-def ray_engine():
-    """:mod:`sd3d.workflows.batch_ray`, or the one-line instruction to install Ray (an optional extra)."""
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        from sd3d.core.errors import MissingDependencyError
-
-        raise MissingDependencyError("--engine ray needs Ray: pip install 'sd3d[ray]'") from None
-    from sd3d.workflows import batch_ray
-
-    return batch_ray
 
 
 def list_images(in_dir: Path) -> list[Path]:

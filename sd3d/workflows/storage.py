@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from sd3d.core.errors import InputImageError, MissingDependencyError, OutputPathError, UserError
-from sd3d.workflows.run import IMAGE_SUFFIXES
+
+# The photo formats a batch picks up from a folder.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 MARKER = "report.json"
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
