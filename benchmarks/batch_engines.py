@@ -123,6 +123,16 @@ class GpuSampler:
         }
 
 
+def _pythonpath() -> str:
+    """The repository and its tests first, then whatever the caller had (packages installed elsewhere)."""
+    parts = [
+        str(REPO),
+        str(REPO / "tests"),
+        *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)),
+    ]
+    return os.pathsep.join(dict.fromkeys(parts))
+
+
 # --------------------------------------------------------------------------------------------------
 # one engine run (in a child process: it installs the decoder double, and Ray's workers get it too)
 # --------------------------------------------------------------------------------------------------
@@ -136,7 +146,7 @@ def child(argv: list[str]) -> int:
     if engine == "ray":
         import ray
 
-        env = {"PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+        env = {"PYTHONPATH": _pythonpath()}
         if "OMP_NUM_THREADS" in os.environ:
             env["OMP_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"]
         ray.init(
@@ -156,7 +166,7 @@ def run_engine(
     cmd = [sys.executable, __file__, "--child", engine, "--", "--quiet", "batch", str(photos), "-o", str(out)]
     cmd += common + engine_args
     print(f"# {name}: {' '.join(cmd[5:])}", flush=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    env = {**os.environ, "PYTHONPATH": _pythonpath()}
     start = time.perf_counter()
     with GpuSampler(interval) as sampler:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -182,7 +192,7 @@ def run_engine(
         "stage_seconds_median": {k: round(statistics.median(v), 2) for k, v in stage_seconds.items()},
         "gpu": sampler.summary(),
     }
-    if proc.returncode not in (0, 1):
+    if proc.returncode != 0:
         result["stderr_tail"] = proc.stderr[-3000:]
         print(proc.stderr[-3000:], file=sys.stderr)
     errors = sorted({i["error"] for i in items if i.get("error")})
