@@ -5,13 +5,19 @@ cheap (heavy imports go inside the command functions) so ``sd3d --help`` stays f
 breaks on a missing optional extra.
 
 Error policy: a :class:`sd3d.errors.UserError` prints ``error: <one line>`` on stderr and exits 2
-(``--debug`` shows the traceback); Ctrl-C exits 130; anything else is a bug and keeps its traceback.
+(``--debug`` shows the traceback); so does a usage error (unknown option, missing argument), with
+a pointer to ``--help``; Ctrl-C exits 130 and SIGTERM 143, both through the same cleanup (temporary
+files and folders removed); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 import typer
 
@@ -77,8 +83,51 @@ def _exit_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised wherever the program is, so every cleanup that runs on Ctrl-C runs too."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` while a command runs (main thread only). A second
+    SIGTERM during the cleanup is ignored so the cleanup finishes; SIGKILL still stops everything."""
+
+    def handler(signum, frame) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield
+        return
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _usage_line(exc: BaseException, args: list[str]) -> str:
+    """A click usage error as one line with a pointer to the command's ``--help`` (click attaches
+    some option errors to the root context: the first command word on the line names it then)."""
+    message = " ".join(str(exc.format_message()).split()).rstrip(".")  # type: ignore[attr-defined]
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else "sd3d"
+    if command == "sd3d":
+        names = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
+        words = [a for a in args if not a.startswith("-")]
+        if words and words[0] in names:
+            command = f"sd3d {words[0]}"
+    return f"error: {message} (see '{command} --help')"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code (also used in-process by tests)."""
+    with _sigterm_as_interrupt():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     from sd3d.errors import UserError
 
     args = list(sys.argv[1:] if argv is None else argv)
@@ -94,12 +143,18 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except _exit_types() as exc:
         return int(getattr(exc, "exit_code", 0) or 0)
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except _click_exception_types() as exc:
-        exc.show(file=sys.stderr)  # type: ignore[attr-defined]
-        return int(getattr(exc, "exit_code", 2))
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `sd3d` / `sd3d weights`: the help screen
+            exc.show(file=sys.stderr)  # type: ignore[attr-defined]
+            return int(getattr(exc, "exit_code", 2))
+        print(_usage_line(exc, args), file=sys.stderr)
+        return 2
     except typer.Abort:
         print("aborted", file=sys.stderr)
         return 130

@@ -31,7 +31,16 @@ def generate(
         show_default=False,
     ),
     output: Path = typer.Option(
-        ..., "--output", "-o", help="Views folder to write (replaced as a whole).", show_default=False
+        ...,
+        "--output",
+        "-o",
+        help="Views folder to write: new, empty, or written by sd3d (its earlier views are replaced).",
+        show_default=False,
+    ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Also write into a non-empty folder sd3d did not write (none of its files is replaced).",
     ),
     elevation: str = typer.Option(
         "30",
@@ -108,6 +117,7 @@ def generate(
         GenerationSettings,
         as_prepared,
         check_output_folder,
+        generated_names,
         load_model,
         run_generation,
         weights_path,
@@ -136,6 +146,7 @@ def generate(
             weights=weights,
             weights_dir=weights_dir,
             background=background,
+            overwrite=overwrite,
         )
         return
     settings = GenerationSettings(
@@ -154,7 +165,7 @@ def generate(
     method = check_backend_name(background)
     torch_device = resolve_device(device)
     resolve_dtype(dtype, torch_device)
-    check_output_folder(output)
+    check_output_folder(output, overwrite, generated_names(settings.samples))
     prepared = as_prepared(image, crop, method, weights_dir)
     path = weights_path(weights, weights_dir)
 
@@ -162,7 +173,7 @@ def generate(
     views = run_generation(
         model, prepared, settings, dtype=dtype, progress=progress(), use_compile=compile_steps
     )
-    write_generated(output, views, prepared.rgba)
+    write_generated(output, views, prepared.rgba, overwrite=overwrite)
     info = views[0].provenance
     what = "16 views" if settings.samples == 1 else f"{settings.samples} x 16 views"
     echo(f"wrote {what} to {output}")
@@ -191,6 +202,7 @@ def _generate_zero123(
     weights,
     weights_dir,
     background,
+    overwrite,
 ) -> None:
     """``--model zero123``: the same 16 target cameras, each view from Zero123 (independently, or with
     3DiM stochastic conditioning); same output layout as SyncDreamer's. Options that only mean
@@ -201,7 +213,7 @@ def _generate_zero123(
     from sd3d.background import check_backend_name
     from sd3d.device import resolve_device, resolve_dtype
     from sd3d.errors import UserError
-    from sd3d.pipeline import check_batch_view_num, check_output_folder, write_generated
+    from sd3d.pipeline import check_batch_view_num, check_output_folder, generated_names, write_generated
     from sd3d.zero123_pipeline import check_sampling_args, generate_views_zero123, prepare_zero123_input
     from sd3d.zero123_pipeline import load_model as load_zero123_model
 
@@ -234,7 +246,7 @@ def _generate_zero123(
     method = check_backend_name(background)
     torch_device = resolve_device(device)
     resolve_dtype(dtype, torch_device)
-    check_output_folder(output)
+    check_output_folder(output, overwrite, generated_names(n))
     prepared = prepare_zero123_input(image, background=method, weights_dir=weights_dir)
     model = load_zero123_model(weights, weights_dir, torch_device, dtype)
     views = [
@@ -257,5 +269,5 @@ def _generate_zero123(
     rgba = np.concatenate(
         [np.rint(prepared.image * 255).astype(np.uint8), np.full((256, 256, 1), 255, np.uint8)], axis=-1
     )
-    write_generated(output, views, rgba)
+    write_generated(output, views, rgba, overwrite=overwrite)
     echo(f"wrote {n} x 16 Zero123 views ({sampler}) to {output}")

@@ -72,11 +72,23 @@ STAGE_OPTIONS = [
 ]
 
 
+OVERWRITE_OPTION = _option(
+    "overwrite",
+    bool,
+    typer.Option(
+        False,
+        "--overwrite",
+        help="Also write into an existing non-empty folder sd3d did not write (its own files are kept; "
+        "a folder sd3d wrote is always reused, its earlier outputs replaced).",
+    ),
+)
+
+
 def _with_stage_options(*leading: inspect.Parameter):
-    """Give ``fn(**options)`` the signature ``(*leading, *STAGE_OPTIONS)`` that Typer reads."""
+    """Give ``fn(**options)`` the signature ``(*leading, *STAGE_OPTIONS, --overwrite)`` that Typer reads."""
 
     def decorate(fn):
-        fn.__signature__ = inspect.Signature([*leading, *STAGE_OPTIONS])
+        fn.__signature__ = inspect.Signature([*leading, *STAGE_OPTIONS, OVERWRITE_OPTION])
         return fn
 
     return decorate
@@ -153,7 +165,9 @@ def _settings(
     _positional(
         "output",
         Path,
-        typer.Option(..., "--output", "-o", help="Output folder (replaced as a whole).", show_default=False),
+        typer.Option(
+            ..., "--output", "-o", help="Output folder (new, empty, or written by sd3d).", show_default=False
+        ),
     ),
 )
 def run(image: Path, output: Path, **options) -> None:
@@ -173,6 +187,7 @@ def run(image: Path, output: Path, **options) -> None:
         weights_dir=options["weights_dir"],
         progress=progress,
         on_stage=status,
+        overwrite=options["overwrite"],
     )
     if not quiet:
         _summary(result.report)
@@ -235,30 +250,44 @@ def _summary(report: dict) -> None:
     ),
 )
 def batch(folder: Path, output: Path, **options) -> None:
+
+    from cli.common import progress
+    from sd3d.runner import BatchAborted, run_batch
+
+    settings = _settings(**options)
+    try:
+        items = run_batch(
+            folder,
+            output,
+            settings,
+            weights=options["weights"],
+            weights_dir=options["weights_dir"],
+            progress=progress(),
+            overwrite=options["overwrite"],
+        )
+    except BatchAborted as exc:
+        _batch_summary(output, exc.items)
+        raise
+    if _batch_summary(output, items):
+        raise typer.Exit(1)
+
+
+def _batch_summary(output: Path, items) -> bool:
+    """Print the per-image table and the counts; True when any image failed."""
     from rich.console import Console
     from rich.table import Table
 
-    from cli.common import progress
-    from sd3d.runner import run_batch
-
-    settings = _settings(**options)
-    items = run_batch(
-        folder,
-        output,
-        settings,
-        weights=options["weights"],
-        weights_dir=options["weights_dir"],
-        progress=progress(),
-    )
     table = Table(title=f"sd3d batch: {output}")
     for col in ("image", "status", "seconds", "error"):
         table.add_column(col)
     for it in items:
         table.add_row(it.image, it.status, f"{it.seconds:.1f}", it.error or "")
     Console(stderr=True).print(table)
-    failed = [it for it in items if it.status == "failed"]
-    done = sum(it.status == "done" for it in items)
-    skipped = sum(it.status == "skipped" for it in items)
-    typer.echo(f"{done} done, {skipped} up to date, {len(failed)} failed (details: {output / 'batch.json'})")
-    if failed:
-        raise typer.Exit(1)
+    counts = {status: sum(it.status == status for it in items) for status in ("done", "skipped", "failed")}
+    not_run = len(items) - sum(counts.values())
+    typer.echo(
+        f"{counts['done']} done, {counts['skipped']} up to date, {counts['failed']} failed"
+        + (f", {not_run} not run" if not_run else "")
+        + f" (details: {output / 'batch.json'})"
+    )
+    return counts["failed"] > 0

@@ -1,4 +1,4 @@
-"""Mesh files by extension: ``.glb`` (textured), ``.obj`` (+ ``.mtl`` + ``.png``), ``.ply`` (vertex colours).
+"""Mesh files by extension: ``.glb`` (textured), ``.obj`` (+ ``.mtl`` + ``_texture.png``), ``.ply`` (vertex colours).
 
 Frames: ``.obj`` and ``.ply`` are written in our world frame (+Z up, the frame of the shared
 ``mesh_normalized.ply`` ground truth). glTF is +Y up by specification, so ``.glb`` vertices are
@@ -7,19 +7,22 @@ rotated with :data:`WORLD_TO_GLTF` (Blender's convention: ``(x, y, z) -> (x, z, 
 
 Writes are atomic: every file goes to a temporary sibling first and is renamed into place only
 when all of them were written, so a failure never leaves a partial mesh (or a .obj without its
-.mtl) behind.
+.mtl) behind. The files written next to ``NAME.obj`` are ``NAME.mtl`` and ``NAME_texture.png``
+(not ``NAME.png``, which is so often the photo the mesh was made from); they replace only files
+sd3d wrote (the MTL's first line and the PNG's ``Software`` text say so), never a user's file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
 from pathlib import Path
 
 import numpy as np
 
 from sd3d.errors import OutputPathError
-from sd3d.io import atomic_path
+from sd3d.io import atomic_path, check_writable_location
 
 FORMATS = (".glb", ".obj", ".ply")
 WORLD_TO_GLTF = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
@@ -30,8 +33,33 @@ def gltf_to_world(vertices: np.ndarray) -> np.ndarray:
     return np.asarray(vertices) @ WORLD_TO_GLTF  # R^-1 = R^T, applied to row vectors
 
 
+_MTL_HEADER = "# sd3d reconstruction"  # the first line of every MTL write_mesh writes
+_PNG_SOFTWARE = "sd3d reconstruction texture"
+
+
+def obj_sidecars(path: str | Path) -> tuple[Path, Path]:
+    """The material and texture files written next to an ``.obj``: ``NAME.mtl``, ``NAME_texture.png``."""
+    path = Path(path)
+    return path.with_suffix(".mtl"), path.with_name(f"{path.stem}_texture.png")
+
+
+def _written_by_sd3d(path: Path) -> bool:
+    """Whether an existing sidecar is one of ours (so it may be replaced)."""
+    try:
+        if path.suffix.lower() == ".mtl":
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                return fh.readline().startswith(_MTL_HEADER)
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return im.info.get("Software") == _PNG_SOFTWARE
+    except Exception:  # noqa: BLE001 - unreadable or not an image: not ours
+        return False
+
+
 def check_output_path(path: str | Path) -> Path:
-    """Validate the extension early (before any training), as a one-line user error."""
+    """Validate a mesh output early (before any training), as a one-line user error: the extension,
+    a writable (or creatable) folder, and for ``.obj`` sidecars that would not replace a user's file."""
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
         raise OutputPathError(
@@ -39,14 +67,25 @@ def check_output_path(path: str | Path) -> Path:
         )
     if path.exists() and path.is_dir():
         raise OutputPathError(f"output path {path} is a directory")
+    check_writable_location(path)
+    if path.suffix.lower() == ".obj":
+        for side in obj_sidecars(path):
+            if os.path.lexists(side) and (side.is_dir() or not _written_by_sd3d(side)):
+                raise OutputPathError(
+                    f"{side} exists and was not written by sd3d; {path.name} needs that name for its "
+                    f"{'material' if side.suffix == '.mtl' else 'texture'}: move it away or choose another "
+                    "output name"
+                )
     return path
 
 
 def _texture_png(texture: np.ndarray) -> bytes:
-    from PIL import Image
+    from PIL import Image, PngImagePlugin
 
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", _PNG_SOFTWARE)  # marks the file as ours (see _written_by_sd3d)
     buf = io.BytesIO()
-    Image.fromarray(texture).save(buf, format="PNG")
+    Image.fromarray(texture).save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
 
 
@@ -119,7 +158,7 @@ def write_mesh(
     elif ext == ".obj":
         mtl = png = None
         if textured:
-            mtl, png = path.with_suffix(".mtl"), path.with_suffix(".png")
+            mtl, png = obj_sidecars(path)
             files[png] = _texture_png(texture)
             files[mtl] = (
                 "# sd3d reconstruction\nnewmtl material0\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\n"

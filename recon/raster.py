@@ -643,9 +643,11 @@ def write_renders(
     *,
     depth: bool = False,
     extra: dict | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write a views folder atomically: ``000.png ...`` (RGBA), optionally ``000-depth.png ...``
-    (uint16, :func:`encode_depth`), ``grid.png``, ``cameras.json`` and ``transforms.json``."""
+    (uint16, :func:`encode_depth`), ``grid.png``, ``cameras.json`` and ``transforms.json``
+    (output folder policy and ``overwrite``: :func:`sd3d.io.atomic_dir`)."""
     import json
 
     from PIL import Image
@@ -664,7 +666,7 @@ def write_renders(
         }
     record_extra.update(extra or {})
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite, command="render") as tmp:
         rgba_u8 = [to_uint8(x) for x in renders.rgba]
         for i, (name, im) in enumerate(zip(files, rgba_u8, strict=True)):
             Image.fromarray(im, "RGBA").save(tmp / name)
