@@ -6,8 +6,9 @@ breaks on a missing optional extra.
 
 Error policy: a :class:`sd3d.errors.UserError` prints ``error: <one line>`` on stderr and exits 2
 (``--debug`` shows the traceback); so does a usage error (unknown option, missing argument), with
-a pointer to ``--help``; Ctrl-C exits 130 and SIGTERM 143, both through the same cleanup (temporary
-files and folders removed); anything else is a bug and keeps its traceback.
+a pointer to ``--help``; Ctrl-C exits 130 (``interrupted``) and SIGTERM 143 (``terminated``), both
+through the same cleanup (temporary files and folders removed); anything else is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
@@ -88,21 +89,24 @@ class Terminated(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into :class:`Terminated` while a command runs (main thread only). A second
-    SIGTERM during the cleanup is ignored so the cleanup finishes; SIGKILL still stops everything."""
+def _sigterm_as_interrupt() -> Iterator[threading.Event]:
+    """Turn SIGTERM into :class:`Terminated` while a command runs (main thread only); the event
+    yielded says whether it came. A second SIGTERM during the cleanup is ignored so the cleanup
+    finishes; SIGKILL still stops everything."""
+    terminated = threading.Event()
 
     def handler(signum, frame) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        terminated.set()
         raise Terminated()
 
     previous = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is not threading.main_thread() or previous is None:
-        yield
+        yield terminated
         return
     signal.signal(signal.SIGTERM, handler)
     try:
-        yield
+        yield terminated
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -123,8 +127,15 @@ def _usage_line(exc: BaseException, args: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code (also used in-process by tests)."""
-    with _sigterm_as_interrupt():
-        return _main(argv)
+    with _sigterm_as_interrupt() as terminated:
+        code = _main(argv)
+    # Typer turns an interrupt inside a command into exit code 130 without a word.
+    if terminated.is_set():
+        print("terminated", file=sys.stderr)
+        return 143
+    if code == 130:
+        print("interrupted", file=sys.stderr)
+    return code
 
 
 def _main(argv: list[str] | None) -> int:
@@ -143,11 +154,7 @@ def _main(argv: list[str] | None) -> int:
         return exc.exit_code
     except _exit_types() as exc:
         return int(getattr(exc, "exit_code", 0) or 0)
-    except Terminated:
-        print("terminated", file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # Terminated included: main() tells them apart
         return 130
     except _click_exception_types() as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare `sd3d` / `sd3d weights`: the help screen
@@ -156,7 +163,6 @@ def _main(argv: list[str] | None) -> int:
         print(_usage_line(exc, args), file=sys.stderr)
         return 2
     except typer.Abort:
-        print("aborted", file=sys.stderr)
         return 130
 
 

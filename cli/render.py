@@ -72,9 +72,9 @@ def render(
 
     az = _parse_azimuths(azimuths)
     dev = resolve_device(device)
-    check_output_dir(output, overwrite=overwrite)
-    loaded = raster.load_mesh(mesh, up=up.lower(), yaw_deg=yaw, normalize=normalize, texture=texture)
     cameras = raster.orbit_cameras(elevation, az, distance, size)
+    check_output_dir(output, overwrite=overwrite, planned=raster.render_names(len(cameras), depth))
+    loaded = raster.load_mesh(mesh, up=up.lower(), yaw_deg=yaw, normalize=normalize, texture=texture)
     renders = raster.render_mesh(loaded, cameras, supersample=supersample, device=dev, progress=progress())
     extra = {
         "source_mesh": str(mesh),

@@ -636,6 +636,18 @@ def orbit_cameras(
     return [cam.orbit_camera(elevation, az, distance, size) for az in azimuths]
 
 
+def render_names(count: int, depth: bool = False) -> list[str]:
+    """The entries :func:`write_renders` puts in its folder for ``count`` views."""
+    views = [f"{i:03d}.png" for i in range(count)]
+    return [
+        *views,
+        *(f"{i:03d}-depth.png" for i in range(count) if depth),
+        "grid.png",
+        "cameras.json",
+        "transforms.json",
+    ]
+
+
 def write_renders(
     out_dir: str | os.PathLike,
     renders: Renders,
@@ -654,7 +666,7 @@ def write_renders(
 
     from sd3d.io import atomic_dir, cameras_record, contact_sheet, to_uint8, transforms_record
 
-    files = [f"{i:03d}.png" for i in range(len(cameras))]
+    files = render_names(len(cameras))[: len(cameras)]
     record_extra = {
         "renderer": "sd3d render (recon.raster: PyTorch z-buffer)",
         "rgba": "RGBA PNG, straight alpha = pixel coverage (supersampled), RGB white where empty",

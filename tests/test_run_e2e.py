@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 from support import object_decoder
 
+from sd3d.io import OUTPUT_MARKER, output_marker
 from sd3d.models.configs import tiny_config
 from sd3d.models.synthetic import make_synthetic_checkpoint
 
@@ -91,7 +92,8 @@ def test_run_writes_every_output(run_cli, tiny_ckpt, tmp_path):
     assert report["versions"]["torch"] and report["device"] == "cpu"
     assert report["peak_gpu_memory_bytes"] is None
     assert set(report["exports"]) == {"glb", "obj", "ply"}
-    assert set(report["outputs"]) == names
+    assert set(report["outputs"]) == names - {OUTPUT_MARKER}
+    assert output_marker(out)["command"] == "run" and set(output_marker(out)["files"]) == names - {OUTPUT_MARKER}
 
 
 def test_run_given_elevation_samples_and_gif(run_cli, tiny_ckpt, tmp_path):
