@@ -94,6 +94,11 @@ def _with_stage_options(*leading: inspect.Parameter):
     return decorate
 
 
+def _passed_on(options: dict) -> dict:
+    """The options ``run`` and ``batch`` hand to the library as they are (not settings)."""
+    return {name: options[name] for name in ("weights", "weights_dir", "overwrite")}
+
+
 def _positional(name: str, annotation, default) -> inspect.Parameter:
     return inspect.Parameter(
         name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotation, default=default
@@ -179,16 +184,7 @@ def run(image: Path, output: Path, **options) -> None:
     quiet = is_quiet()
     progress = Progress(enabled=not quiet, transient=True)
     status = _stage_printer(quiet)
-    result = run_photo(
-        image,
-        output,
-        settings,
-        weights=options["weights"],
-        weights_dir=options["weights_dir"],
-        progress=progress,
-        on_stage=status,
-        overwrite=options["overwrite"],
-    )
+    result = run_photo(image, output, settings, progress=progress, on_stage=status, **_passed_on(options))
     if not quiet:
         _summary(result.report)
     echo(str(result.out_dir))
@@ -250,21 +246,12 @@ def _summary(report: dict) -> None:
     ),
 )
 def batch(folder: Path, output: Path, **options) -> None:
-
     from cli.common import progress
     from sd3d.runner import BatchAborted, run_batch
 
     settings = _settings(**options)
     try:
-        items = run_batch(
-            folder,
-            output,
-            settings,
-            weights=options["weights"],
-            weights_dir=options["weights_dir"],
-            progress=progress(),
-            overwrite=options["overwrite"],
-        )
+        items = run_batch(folder, output, settings, progress=progress(), **_passed_on(options))
     except BatchAborted as exc:
         _batch_summary(output, exc.items)
         raise
