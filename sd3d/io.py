@@ -226,7 +226,8 @@ def _merge_into(tmp: Path, path: Path, command: str | None, last: tuple[str, ...
 
     Our earlier entries go to a trash folder first, the new ones move in (``last`` at the end, e.g.
     a report whose presence means "finished"), then the marker lists exactly the new entries. The
-    marker is widened before any move, so an interrupted commit never makes our files look foreign.
+    marker is widened before any move, so an interrupted commit never makes our files look foreign;
+    a rename that fails puts every moved entry back, so the folder is as it was.
     """
     new = sorted(e.name for e in tmp.iterdir())
     clashes = _clashes(path, new)
@@ -235,10 +236,20 @@ def _merge_into(tmp: Path, path: Path, command: str | None, last: tuple[str, ...
     old = sorted(n for n in _owned_names(path) if os.path.lexists(path / n))
     _write_marker(path, set(old) | set(new), command)
     trash = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, suffix=".old", dir=path))
-    for name in old:
-        os.replace(path / name, trash / name)
-    for name in sorted(new, key=lambda n: (n in last, n)):
-        os.replace(tmp / name, path / name)
+    moved: list[tuple[Path, Path]] = []
+    try:
+        for name in old:
+            os.replace(path / name, trash / name)
+            moved.append((path / name, trash / name))
+        for name in sorted(new, key=lambda n: (n in last, n)):
+            os.replace(tmp / name, path / name)
+            moved.append((tmp / name, path / name))
+    except OSError:
+        for source, target in reversed(moved):
+            with contextlib.suppress(OSError):
+                os.replace(target, source)
+        shutil.rmtree(trash, ignore_errors=True)
+        raise
     _write_marker(path, new, command)
     shutil.rmtree(trash, ignore_errors=True)
     tmp.rmdir()

@@ -153,6 +153,31 @@ def test_failure_inside_an_own_folder_changes_nothing(tmp_path):
     assert _snapshot(out) == before and _temporaries(tmp_path) == []
 
 
+def test_a_failed_rename_while_moving_in_puts_everything_back(tmp_path, monkeypatch):
+    out = tmp_path / "views"
+    with atomic_dir(out) as tmp:
+        (tmp / "000.png").write_bytes(b"first")
+        (tmp / "grid.png").write_bytes(b"first grid")
+    (out / "notes.txt").write_text("the user's")
+    before = _snapshot(out)
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst) == out / "grid.png" and Path(src).parent.name.endswith(".part"):  # the new one
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match=os.strerror(errno.EIO)), atomic_dir(out) as tmp:
+        (tmp / "000.png").write_bytes(b"second")
+        (tmp / "grid.png").write_bytes(b"second grid")
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert {k: v for k, v in _snapshot(out).items() if k != OUTPUT_MARKER} == {
+        k: v for k, v in before.items() if k != OUTPUT_MARKER
+    }
+    assert set(output_marker(out)["files"]) >= {"000.png", "grid.png"} and _temporaries(tmp_path) == []
+
+
 def test_render_refuses_a_foreign_folder_and_replaces_its_own(run_cli, tmp_path):
     mesh = _box_mesh(tmp_path / "box.ply")
     out = tmp_path / "turn"
