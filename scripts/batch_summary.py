@@ -3,7 +3,7 @@
     python scripts/batch_summary.py --plan IN      # one "IMAGE|NAME" line per image, for scripts/batch.mk
     python scripts/batch_summary.py OUT IN         # summary; exit 1 if any image failed or did not run
 
-Both use ``sd3d.runner``'s image list and folder names (``sd3d batch`` uses them too), so distinct
+Both use ``sd3d.workflows.run``'s image list and folder names (``sd3d batch`` uses them too), so distinct
 images never share an output folder (``a.jpg`` and ``a.png`` get ``a.jpg/`` and ``a.png/``) and the
 summary reads the very folders and logs the rules wrote.
 """
@@ -20,7 +20,7 @@ if str(REPO_ROOT) not in sys.path:  # runnable from a clone before/without `pip 
 
 def plan(inp: str) -> list[tuple[Path, str]]:
     """(image, output folder name) for every image of ``inp``, in order; empty if it is no folder."""
-    from sd3d.runner import batch_output_names, list_images
+    from sd3d.workflows.run import batch_output_names, list_images
 
     in_dir = Path(inp)
     if not in_dir.is_dir():

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sd3d.errors import OutputPathError, UserError, ViewsFolderError
-from sd3d.io import OUTPUT_MARKER, atomic_dir, check_output_dir, output_marker, read_views, write_error
+from sd3d.core.errors import OutputPathError, UserError, ViewsFolderError
+from sd3d.core.io import OUTPUT_MARKER, atomic_dir, check_output_dir, output_marker, read_views, write_error
 from sd3d.models.configs import tiny_config
 from sd3d.models.synthetic import make_synthetic_checkpoint
 
@@ -281,7 +281,7 @@ def test_run_and_batch_options_are_checked_before_anything(run_cli, tmp_path, co
 
 
 def test_python_api_fails_early_too(tmp_path):
-    from sd3d.runner import RunSettings, run_photo
+    from sd3d.workflows.run import RunSettings, run_photo
 
     with pytest.raises(UserError, match="unknown quality 'ultra'"):
         RunSettings(quality="ultra")
@@ -331,7 +331,7 @@ def disk_full(monkeypatch):
     monkeypatch.setattr(Image.Image, "save", save)
 
 
-def test_full_disk_is_one_line_and_leaves_nothing(run_cli, tiny_ckpt, tmp_path, disk_full):
+def test_full_disk_is_one_line_and_leaves_nothing(run_cli, tiny_ckpt, tmp_path, disk_full, object_views):
     photo = tmp_path / "in" / "photo.png"
     photo.parent.mkdir()
     np.save(tmp_path / "in" / "unused.npy", np.zeros(1))  # keep the folder non-trivial
@@ -385,7 +385,7 @@ def test_really_full_disk_in_preprocess(tmp_path):
 def test_full_disk_while_ffmpeg_writes_the_preview(tmp_path, monkeypatch):
     import imageio_ffmpeg
 
-    from sd3d import runner
+    from sd3d.workflows import run as runner
 
     def broken_writer(*args, **kwargs):
         yield
@@ -493,13 +493,13 @@ def test_sigterm_during_uv_unwrapping_removes_the_exchange_folder(tmp_path, monk
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     seen = []
 
-    def child_running(cmd, **kwargs):
+    def child_starting(cmd, **kwargs):
         seen.extend(p.name for p in tmp_path.iterdir())
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the handler raises before this returns
         raise AssertionError("SIGTERM did not interrupt")
 
-    monkeypatch.setattr(subprocess, "run", child_running)
+    monkeypatch.setattr(subprocess, "Popen", child_starting)
     v, f, _, _ = _quad()
     previous = signal.getsignal(signal.SIGTERM)
     with pytest.raises(Terminated), _sigterm_as_interrupt():
@@ -509,25 +509,35 @@ def test_sigterm_during_uv_unwrapping_removes_the_exchange_folder(tmp_path, monk
 
 
 def test_sigterm_during_a_run_leaves_nothing(tiny_ckpt, tmp_path):
+    import threading
+
     photo = _photo(tmp_path / "photo.png")
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch)}
-    cmd = [sys.executable, "-m", "cli", "--quiet", "run", str(photo), "-o", str(tmp_path / "out")]
+    # the sd3d command with views that show an object, so the run gets past generation
+    cmd = [sys.executable, str(REPO / "tests" / "support" / "object_decoder.py")]
+    cmd += ["run", str(photo), "-o", str(tmp_path / "out")]
     cmd += ["--weights", str(tiny_ckpt), "--steps", "2", "--elevation", "30", "--quality", "draft"]
     cmd += ["--recon-steps", "100000", "--preview", "none"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
     try:
         deadline = time.monotonic() + 300
-        while not list(tmp_path.glob(".out.*.part")):  # the output is being written: reconstruction runs
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the run never reached its output folder"
+        # the stage printer says "done generate" when the reconstruction starts
+        while not any(line.startswith("done generate") for line in list(lines)):
+            assert proc.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "the run never reached its reconstruction"
             time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
+        reader.join(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 143 and err.strip() == "terminated", err
+    err = "".join(lines)
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "terminated", err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.png", "tmp"]
     assert list(scratch.iterdir()) == []

@@ -4,10 +4,12 @@ photo -> prepared input -> elevation (estimated unless given) -> 16 views (best 
 silhouette consistency) -> NeuS reconstruction -> textured mesh (+ other formats) -> turntable
 preview -> ``report.json``.
 
-Everything is written into a temporary folder that replaces the output folder only when every stage
-succeeded, so a failure or Ctrl-C leaves no half-written result, and ``report.json`` existing means
-the run finished (``make batch`` relies on that to skip finished images). The weights are checked
-before any work, so a machine without the checkpoint fails at once with the one-line instruction.
+Everything is written into a temporary folder whose entries land in the output folder only when
+every stage succeeded (:func:`sd3d.core.io.atomic_dir`: a folder sd3d did not write is never
+emptied), so a failure or Ctrl-C leaves no half-written result, and ``report.json`` existing means
+the run finished (``make batch`` relies on that to skip finished images). Every setting, the output
+folder and the weights are checked before any work, so a bad option or a machine without the
+checkpoint fails at once with the one-line instruction.
 """
 
 from __future__ import annotations
@@ -17,19 +19,19 @@ import platform
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sd3d.errors import MissingDependencyError, UserError, WeightsError
-from sd3d.progress import Progress, resolve
+from sd3d.core.errors import MissingDependencyError, UserError, WeightsError
+from sd3d.core.progress import Progress, resolve
+from sd3d.workflows.storage import IMAGE_SUFFIXES
 
 PREVIEW_FORMATS = ("mp4", "gif", "none")
 MESH_FORMATS = ("glb", "obj", "ply")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
 @dataclass(frozen=True)
@@ -38,12 +40,14 @@ class RunSettings:
 
     ``elevation_deg=None`` estimates the input elevation: generate at 30 deg (the middle of the
     model's training range), estimate from those views, and regenerate once at the estimate when it
-    differs by more than ``regenerate_threshold_deg``.
+    differs by more than ``regenerate_threshold_deg``. ``max_pixels``: the input photo's size limit
+    (``None``: :data:`sd3d.core.io.DEFAULT_MAX_PIXELS`).
     """
 
     elevation_deg: float | None = None
     crop_size: int = 200
     background: str = "auto"
+    max_pixels: int | None = None
     steps: int = 50
     cfg: float = 2.0
     eta: float = 1.0
@@ -68,10 +72,12 @@ class RunSettings:
     def _validate(self) -> None:
         """Every value that can be judged without a device, so a bad option fails at construction
         (the CLI's one ``error:`` line), never after minutes of generation or training."""
-        from recon.train import get_preset
+        from recon.presets import get_preset
         from sd3d.background import check_backend_name
+        from sd3d.core.io import check_max_pixels
         from sd3d.preprocess import check_crop_size
 
+        check_max_pixels(self.max_pixels)
         bad = [f for f in self.formats if f not in MESH_FORMATS]
         if bad:
             raise UserError(f"unknown mesh format {bad[0]!r}: choose from {', '.join(MESH_FORMATS)}")
@@ -81,7 +87,7 @@ class RunSettings:
             raise UserError("--samples must be >= 1")
         if self.preview_frames < 1 or self.preview_fps < 1:
             raise UserError("preview frames and fps must be >= 1")
-        self.generation(30.0 if self.elevation_deg is None else self.elevation_deg).check()
+        self.generation(first_elevation(self)).check()
         check_crop_size(self.crop_size)
         check_backend_name(self.background)
         if self.recon_steps is not None and self.recon_steps < 1:
@@ -94,7 +100,7 @@ class RunSettings:
 
     def generation(self, elevation_deg: float):
         """The generator's settings for one elevation."""
-        from sd3d.pipeline import GenerationSettings
+        from sd3d.pipelines.syncdreamer import GenerationSettings
 
         return GenerationSettings(
             float(elevation_deg),
@@ -110,8 +116,8 @@ class RunSettings:
     def check(self) -> RunSettings:
         """Also judge what depends on this machine (device, dtype on it, the resolved quality preset),
         then return the settings with GLB always among the formats."""
-        from recon.train import get_preset, resolve_quality
-        from sd3d.device import resolve_device, resolve_dtype
+        from recon.presets import get_preset, resolve_quality
+        from sd3d.core.device import resolve_device, resolve_dtype
 
         device = resolve_device(self.device)
         resolve_dtype(self.dtype, device)
@@ -129,11 +135,11 @@ class RunResult:
     files: tuple[str, ...] = field(default_factory=tuple)
 
 
-class _Stages:
-    """Wall time per stage, in the order they ran."""
+class StageTimer:
+    """Wall time per stage, in the order they ran (``with timer(name): ...``; repeats add up)."""
 
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
+    def __init__(self, seconds: dict[str, float] | None = None) -> None:
+        self.seconds: dict[str, float] = dict(seconds or {})
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
@@ -172,9 +178,224 @@ def check_run_output(
     out_dir: str | os.PathLike, overwrite: bool = False, planned: Sequence[str] = ()
 ) -> Path:
     """Refuse an output path that cannot become (or be used as) our folder, creating nothing."""
-    from sd3d.pipeline import check_output_folder
+    from sd3d.pipelines.syncdreamer import check_output_folder
 
     return check_output_folder(out_dir, overwrite, planned)
+
+
+# --------------------------------------------------------------------------------------------------
+# stages: the per-image chain, one function per step, shared by `run_photo` and the Ray engine
+# (which runs each one as its own task: GPU steps in the model-holding workers, the others on CPUs)
+# --------------------------------------------------------------------------------------------------
+ELEVATION_GUESS_DEG = 30.0  # the middle of the model's training range
+
+
+@dataclass(frozen=True)
+class ElevationChoice:
+    """The elevation to generate at, its record for the report, and whether the views generated at
+    the first guess must be regenerated at it."""
+
+    elevation_deg: float
+    record: dict[str, Any]
+    regenerate: bool
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """A trained field and its extracted surface: what the export step needs.
+
+    Extracting the surface (the SDF queried on a grid) belongs with the training on the fast device;
+    what follows (UV unwrap, baking, writing, the preview) can run elsewhere: :meth:`to_cpu` makes
+    a copy that any process can use without the device or the occupancy grid.
+    """
+
+    result: Any  # recon.pipeline.ReconResult
+    surface: Any  # recon.mesh.Mesh
+
+    def to_cpu(self) -> Reconstruction:
+        import torch
+
+        field_cpu = self.result.field.to("cpu")
+        return Reconstruction(
+            replace(self.result, field=field_cpu, grid=None, device=torch.device("cpu")), self.surface
+        )
+
+
+def first_elevation(settings: RunSettings) -> float:
+    """Where the first generation runs: the given elevation, else the guess that estimation starts from."""
+    return ELEVATION_GUESS_DEG if settings.elevation_deg is None else float(settings.elevation_deg)
+
+
+def prepare_photo(source, settings: RunSettings, weights_dir: str | os.PathLike | None = None):
+    """Read ``source`` and recentre the object (:func:`sd3d.preprocess.prepare_input`)."""
+    from sd3d.preprocess import prepare_input
+
+    return prepare_input(
+        source,
+        crop_size=settings.crop_size,
+        background=settings.background,
+        max_pixels=settings.max_pixels,
+        weights_dir=weights_dir,
+    )
+
+
+def generate_at(model, prepared, settings: RunSettings, elevation_deg: float, progress=None) -> list:
+    """``settings.samples`` view sets (:class:`~sd3d.core.io.ViewSet`) for ``prepared`` at ``elevation_deg``."""
+    from sd3d.pipelines.syncdreamer import run_generation
+
+    gen = settings.generation(elevation_deg)
+    return run_generation(model, prepared, gen, dtype=settings.dtype, progress=progress)
+
+
+def choose_elevation(prepared, views: list, settings: RunSettings) -> ElevationChoice:
+    """The given elevation, or the one estimated from the views generated at the first guess."""
+    if settings.elevation_deg is not None:
+        elevation = float(settings.elevation_deg)
+        return ElevationChoice(elevation, {"source": "given", "elevation_deg": elevation}, False)
+    from sd3d.workflows.elevation import estimate_elevation
+
+    guess = ELEVATION_GUESS_DEG
+    estimate = estimate_elevation(prepared.rgba[..., 3].astype(np.float32) / 255.0, views[0])
+    elevation = float(np.clip(estimate.elevation_deg, -10.0, 40.0))  # the model's trained range
+    regenerate = abs(elevation - guess) > settings.regenerate_threshold_deg
+    record = {
+        "source": "estimated",
+        "elevation_deg": elevation,
+        "raw_estimate_deg": estimate.elevation_deg,
+        "score": estimate.score,
+        "first_guess_deg": guess,
+        "regenerated": regenerate,
+        "curve": [{"elevation_deg": e, "score": s} for e, s in estimate.curve],
+    }
+    return ElevationChoice(elevation, record, regenerate)
+
+
+def rank_samples(views: list) -> tuple[int, list[float]]:
+    """The most consistent sample (silhouette agreement with the visual hull) and every score."""
+    if len(views) == 1:
+        return 0, []
+    from sd3d.workflows.ranking import silhouette_consistency
+
+    scores = [silhouette_consistency(v).score for v in views]
+    return int(np.argmax(scores)), scores
+
+
+def reconstruct_views(
+    views, settings: RunSettings, device, progress: Progress | None = None
+) -> Reconstruction:
+    """Train the field on one view set and extract its surface, on ``device``."""
+    from recon.pipeline import extract_surface, reconstruct
+
+    result = reconstruct(
+        views,
+        quality=settings.quality,
+        steps=settings.recon_steps,
+        seed=settings.seed,
+        device=device,
+        progress=progress,
+    )
+    start = time.perf_counter()
+    surface = extract_surface(result)
+    timings = {**result.timings, "extract": time.perf_counter() - start}
+    return Reconstruction(replace(result, timings=timings), surface)
+
+
+def write_run_folder(
+    folder: Path,
+    *,
+    source,
+    settings: RunSettings,
+    prepared,
+    views: list,
+    chosen: int,
+    sample_scores: list[float],
+    elevation_record: dict[str, Any],
+    recon: Reconstruction,
+    stages: StageTimer,
+    device,
+    model_device: str | None = None,
+    peak_gpu_memory: Callable[[], int | None] = lambda: None,
+    progress: Progress | None = None,
+    note: Callable[[str], None] = lambda name: None,
+) -> dict[str, Any]:
+    """Write a finished run into ``folder`` (a temporary folder the caller commits): ``input.png``,
+    ``views/``, the meshes, the preview and, last, ``report.json``; returns the report.
+
+    ``device`` renders the preview; ``model_device`` is the one generation and training ran on,
+    for the report, when that was another process's (default: ``device``).
+    """
+    from PIL import Image
+
+    from recon.pipeline import export_mesh
+    from sd3d.core.io import write_json_atomic
+    from sd3d.pipelines.syncdreamer import write_generated
+
+    Image.fromarray(np.ascontiguousarray(prepared.rgba), "RGBA").save(folder / "input.png")
+    write_generated(folder / "views", views, prepared.rgba, chosen=chosen if len(views) > 1 else None)
+    result = recon.result
+    exports = {}
+    note("export")
+    with stages("export"):
+        for fmt in settings.formats:
+            exp = export_mesh(
+                result, folder / f"mesh.{fmt}", faces=settings.faces, surface=recon.surface, progress=progress
+            )
+            exports[fmt] = {
+                "files": [p.name for p in exp.paths],
+                "vertices": exp.num_vertices,
+                "faces": exp.num_faces,
+                "textured": exp.textured,
+                "fallback_reason": exp.fallback_reason,
+                "seconds": {k: round(v, 3) for k, v in exp.timings.items()},
+            }
+    preview_file = None
+    if settings.preview != "none":
+        note("preview")
+        with stages("preview"):
+            preview_file = write_turntable(
+                folder / "mesh.glb",
+                folder / f"preview.{settings.preview}",
+                frames=settings.preview_frames,
+                fps=settings.preview_fps,
+                device=device,
+                progress=progress,
+            )
+    report = {
+        "input": str(source),
+        "outputs": sorted(p.name for p in folder.iterdir()) + ["report.json"],
+        "settings": {**asdict(settings), "formats": list(settings.formats)},
+        "seed": settings.seed,
+        "elevation": elevation_record,
+        "samples": {
+            "count": len(views),
+            "chosen": chosen,
+            "consistency_metric": "silhouette IoU of each view vs the reprojected visual hull (mean)",
+            "consistency_scores": sample_scores,
+            "folders": ["views" if i == chosen else f"views/sample-{i}" for i in range(len(views))],
+        },
+        "preprocess": {
+            "background": prepared.background,
+            "background_note": prepared.background_note,
+            "crop_box": list(prepared.crop_box),
+            "warnings": list(prepared.warnings),
+        },
+        "generation": {k: v for k, v in views[chosen].provenance.items() if k != "sample"},
+        "reconstruction": {
+            "preset": result.preset.name,
+            "final_loss": result.final_loss,
+            "mask_source": result.mask_source,
+            "seconds": {k: round(v, 3) for k, v in result.timings.items()},
+        },
+        "exports": exports,
+        "preview": preview_file.name if preview_file else None,
+        "stage_seconds": stages.seconds,
+        "total_seconds": round(sum(stages.seconds.values()), 3),
+        "device": model_device or str(device),
+        "peak_gpu_memory_bytes": peak_gpu_memory(),
+        "versions": _versions(),
+    }
+    write_json_atomic(folder / "report.json", report)
+    return report
 
 
 def run_photo(
@@ -192,20 +413,18 @@ def run_photo(
     """Photo -> ``out_dir`` with ``input.png``, ``views/``, ``mesh.glb`` (+ formats), the preview and
     ``report.json``. ``model``: an already loaded SyncDreamer (``sd3d batch`` loads it once).
 
-    Every setting, the output folder (:func:`sd3d.io.check_output_dir`; ``overwrite`` lets a
+    Every setting, the output folder (:func:`sd3d.core.io.check_output_dir`; ``overwrite`` lets a
     non-empty folder sd3d did not write be used, none of its files replaced) and the weights are
     checked before any work."""
     import torch
 
-    from recon.pipeline import export_mesh, reconstruct
-    from sd3d.io import atomic_dir, write_json_atomic
-    from sd3d.pipeline import load_model, weights_path, write_generated
-    from sd3d.preprocess import prepare_input
+    from sd3d.core.io import atomic_dir
+    from sd3d.pipelines.syncdreamer import load_model, weights_path
 
     settings = (settings or RunSettings()).check()
     out_dir = check_run_output(out_dir, overwrite, run_output_names(settings))
     progress = resolve(progress)
-    stages = _Stages()
+    stages = StageTimer()
     note = on_stage or (lambda name: None)
     if model is None:
         weights_file = weights_path(weights, weights_dir)  # fail before any work without weights
@@ -214,9 +433,7 @@ def run_photo(
 
     note("preprocess")
     with stages("preprocess"):
-        prepared = prepare_input(
-            source, crop_size=settings.crop_size, background=settings.background, weights_dir=weights_dir
-        )
+        prepared = prepare_photo(source, settings, weights_dir)
     note("load model")
     with stages("load_model"):
         if model is None:
@@ -225,132 +442,55 @@ def run_photo(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    def generate(elevation: float) -> list:
-        from sd3d.pipeline import run_generation
-
-        gen = settings.generation(elevation)
-        return run_generation(model, prepared, gen, dtype=settings.dtype, progress=progress)
-
-    elevation_record: dict[str, Any]
+    first = first_elevation(settings)
+    note("generate" if settings.elevation_deg is not None else f"generate (elevation guess {first:.0f} deg)")
+    with stages("generate"):
+        views = generate_at(model, prepared, settings, first, progress)
     if settings.elevation_deg is None:
-        from sd3d.elevation import estimate_elevation
-
-        guess = 30.0
-        note("generate (elevation guess 30 deg)")
-        with stages("generate"):
-            views = generate(guess)
         note("estimate elevation")
-        with stages("elevation"):
-            estimate = estimate_elevation(prepared.rgba[..., 3].astype(np.float32) / 255.0, views[0])
-        elevation = float(np.clip(estimate.elevation_deg, -10.0, 40.0))  # the model's trained range
-        regenerated = abs(elevation - guess) > settings.regenerate_threshold_deg
-        if regenerated:
-            note(f"generate (elevation {elevation:.1f} deg)")
-            with stages("generate"):
-                views = generate(elevation)
-        elevation_record = {
-            "source": "estimated",
-            "elevation_deg": elevation,
-            "raw_estimate_deg": estimate.elevation_deg,
-            "score": estimate.score,
-            "first_guess_deg": guess,
-            "regenerated": regenerated,
-            "curve": [{"elevation_deg": e, "score": s} for e, s in estimate.curve],
-        }
-    else:
-        elevation = float(settings.elevation_deg)
-        note("generate")
+    with stages("elevation") if settings.elevation_deg is None else nullcontext():
+        elevation = choose_elevation(prepared, views, settings)
+    if elevation.regenerate:
+        note(f"generate (elevation {elevation.elevation_deg:.1f} deg)")
         with stages("generate"):
-            views = generate(elevation)
-        elevation_record = {"source": "given", "elevation_deg": elevation}
+            views = generate_at(model, prepared, settings, elevation.elevation_deg, progress)
 
-    chosen = 0
-    sample_scores: list[float] = []
     if len(views) > 1:
-        from sd3d.consistency import silhouette_consistency
-
         note("rank samples")
-        with stages("rank_samples"):
-            sample_scores = [silhouette_consistency(v).score for v in views]
-        chosen = int(np.argmax(sample_scores))
+    with stages("rank_samples") if len(views) > 1 else nullcontext():
+        chosen, sample_scores = rank_samples(views)
+
+    note("reconstruct")
+    with stages("reconstruct"):
+        recon = reconstruct_views(views[chosen], settings, device, progress)
+
+    def peak() -> int | None:
+        return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
 
     # report.json moves in last: its presence means the run finished (make batch relies on it)
     with atomic_dir(out_dir, overwrite=overwrite, command="run", last=("report.json",)) as tmp:
-        from PIL import Image
-
-        Image.fromarray(np.ascontiguousarray(prepared.rgba), "RGBA").save(tmp / "input.png")
-        write_generated(tmp / "views", views, prepared.rgba)
-        note("reconstruct")
-        with stages("reconstruct"):
-            recon = reconstruct(
-                views[chosen],
-                quality=settings.quality,
-                steps=settings.recon_steps,
-                seed=settings.seed,
-                device=device,
-                progress=progress,
-            )
-        exports = {}
-        note("export")
-        with stages("export"):
-            for fmt in settings.formats:
-                exp = export_mesh(recon, tmp / f"mesh.{fmt}", faces=settings.faces)
-                exports[fmt] = {
-                    "files": [p.name for p in exp.paths],
-                    "vertices": exp.num_vertices,
-                    "faces": exp.num_faces,
-                    "textured": exp.textured,
-                    "fallback_reason": exp.fallback_reason,
-                    "seconds": {k: round(v, 3) for k, v in exp.timings.items()},
-                }
-        preview_file = None
-        if settings.preview != "none":
-            note("preview")
-            with stages("preview"):
-                preview_file = write_turntable(
-                    tmp / "mesh.glb",
-                    tmp / f"preview.{settings.preview}",
-                    frames=settings.preview_frames,
-                    fps=settings.preview_fps,
-                    device=device,
-                    progress=progress,
-                )
-        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-        report = {
-            "input": str(source),
-            "outputs": sorted(p.name for p in tmp.iterdir()) + ["report.json"],
-            "settings": {**asdict(settings), "formats": list(settings.formats)},
-            "seed": settings.seed,
-            "elevation": elevation_record,
-            "samples": {
-                "count": len(views),
-                "chosen": chosen,
-                "consistency_metric": "silhouette IoU of each view vs the reprojected visual hull (mean)",
-                "consistency_scores": sample_scores,
-            },
-            "preprocess": {"background": prepared.background, "crop_box": list(prepared.crop_box)},
-            "generation": {k: v for k, v in views[chosen].provenance.items() if k != "sample"},
-            "reconstruction": {
-                "preset": recon.preset.name,
-                "final_loss": recon.final_loss,
-                "mask_source": recon.mask_source,
-                "seconds": {k: round(v, 3) for k, v in recon.timings.items()},
-            },
-            "exports": exports,
-            "preview": preview_file.name if preview_file else None,
-            "stage_seconds": stages.seconds,
-            "total_seconds": round(sum(stages.seconds.values()), 3),
-            "device": str(device),
-            "peak_gpu_memory_bytes": peak,
-            "versions": _versions(),
-        }
-        write_json_atomic(tmp / "report.json", report)
+        report = write_run_folder(
+            tmp,
+            source=source,
+            settings=settings,
+            prepared=prepared,
+            views=views,
+            chosen=chosen,
+            sample_scores=sample_scores,
+            elevation_record=elevation.record,
+            recon=recon,
+            stages=stages,
+            device=device,
+            peak_gpu_memory=peak,
+            progress=progress,
+            note=note,
+        )
     return RunResult(out_dir=out_dir, report=report, files=tuple(report["outputs"]))
 
 
 def turntable_cameras(frames: int, elevation_deg: float = 20.0, size: int = 256):
     """Evenly spaced cameras on an orbit around the object (degrees)."""
-    from sd3d import cameras as cam
+    from sd3d.core import cameras as cam
 
     return [
         cam.orbit_camera(elevation_deg, 360.0 * i / frames, cam.TARGET_DISTANCE, size) for i in range(frames)
@@ -396,7 +536,7 @@ def _write_mp4(out_path: Path, images: list[np.ndarray], fps: int, size: int) ->
 
     import imageio_ffmpeg
 
-    from sd3d.errors import OutputPathError
+    from sd3d.core.errors import OutputPathError
 
     writer = imageio_ffmpeg.write_frames(
         str(out_path), (size, size), fps=fps, codec="libx264", pix_fmt_out="yuv420p", quality=7
@@ -422,15 +562,21 @@ def _write_mp4(out_path: Path, images: list[np.ndarray], fps: int, size: int) ->
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BatchItem:
-    """One image's outcome: ``status`` is 'done', 'skipped' (up to date), 'failed' or 'not run' (the
-    batch stopped first). ``error`` is the one-line reason; ``detail`` the traceback of an
-    unexpected (non-user) error."""
+    """One image's outcome: ``status`` is 'done', 'skipped' (up to date), 'failed', 'not run' (the
+    batch stopped first) or, with the Ray engine, 'interrupted' (Ctrl-C). ``error`` is the one-line
+    reason; ``error_kind`` says whose fault it was ('input': the image's own, a
+    :class:`~sd3d.core.errors.UserError`; 'error': any other exception; 'system': the Ray engine's
+    workers kept dying; 'output': the Ray engine may not write its result folder); ``image_mtime`` lets the Ray engine skip an unchanged bad image on a re-run;
+    ``detail`` is the traceback of an unexpected (non-user) error in the local engine.
+    """
 
     image: str
     status: str
     out_dir: str
     seconds: float = 0.0
     error: str | None = None
+    error_kind: str | None = None
+    image_mtime: float | None = None
     detail: str | None = None
 
 
@@ -454,18 +600,19 @@ def list_images(in_dir: Path) -> list[Path]:
     return sorted(p for p in in_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def batch_output_names(images: Sequence[Path]) -> list[str]:
+def batch_output_names(images: Sequence[str | os.PathLike]) -> list[str]:
     """The output folder name of each image: its stem (``a.png`` -> ``a``), or its whole file name
     when another image has the same stem (``a.jpg`` and ``a.png`` -> ``a.jpg``, ``a.png``) or the
     stem is a name the batch uses itself, so distinct inputs never share (and overwrite) an output.
     Names are compared case-insensitively, as a case-insensitive file system would; a name still
-    taken (``a.png`` beside ``a.png.jpg``) gets ``~2``, ``~3``, .... ``make batch`` uses the same
-    names (``scripts/batch_summary.py --plan``)."""
-    stems = Counter(p.stem.casefold() for p in images)
+    taken (``a.png`` beside ``a.png.jpg``) gets ``~2``, ``~3``, .... Both batch engines and
+    ``make batch`` (``scripts/batch_summary.py --plan``) use these names."""
+    paths = [Path(p) for p in images]
+    stems = Counter(p.stem.casefold() for p in paths)
     reserved = {n.casefold() for n in _BATCH_RESERVED}
     names = [
         p.stem if stems[p.stem.casefold()] == 1 and p.stem.casefold() not in reserved else p.name
-        for p in images
+        for p in paths
     ]
     seen: Counter[str] = Counter()
     unique = []
@@ -507,8 +654,8 @@ def run_batch(
     """
     import traceback
 
-    from sd3d.io import check_output_dir, mark_output, write_json_atomic
-    from sd3d.pipeline import load_model, weights_path
+    from sd3d.core.io import check_output_dir, mark_output, write_json_atomic
+    from sd3d.pipelines.syncdreamer import load_model, weights_path
 
     settings = (settings or RunSettings()).check()
     in_dir, out_dir = Path(in_dir), Path(out_dir)
@@ -550,21 +697,21 @@ def run_batch(
                             img, target, settings, weights_dir=weights_dir, model=model, overwrite=overwrite
                         )
                     except _DOOMS_EVERY_IMAGE as exc:
-                        items.append(_failed(img, target, start, str(exc)))
+                        items.append(_failed(img, target, start, str(exc), "input"))
                         record()
                         raise BatchAborted(
                             f"{exc} (batch stopped)", _with_rest(items, images, targets)
                         ) from exc
                     except UserError as exc:
-                        error = str(exc)
+                        error, kind = str(exc), "input"
                     except Exception as exc:  # noqa: BLE001 - one image's bug must not stop the others
-                        error, detail = _one_line(exc), traceback.format_exc()
+                        error, kind, detail = _one_line(exc), "error", traceback.format_exc()
                     if error is None:
                         items.append(
                             BatchItem(img.name, "done", str(target), round(time.perf_counter() - start, 2))
                         )
                     else:
-                        items.append(_failed(img, target, start, error, detail))
+                        items.append(_failed(img, target, start, error, kind, detail))
                 record()
                 advance(1, info=f"{img.name}: {items[-1].status}")
     except KeyboardInterrupt:
@@ -573,8 +720,18 @@ def run_batch(
     return items
 
 
-def _failed(img: Path, target: Path, start: float, error: str, detail: str | None = None) -> BatchItem:
-    return BatchItem(img.name, "failed", str(target), round(time.perf_counter() - start, 2), error, detail)
+def _failed(
+    img: Path, target: Path, start: float, error: str, kind: str, detail: str | None = None
+) -> BatchItem:
+    return BatchItem(
+        img.name,
+        "failed",
+        str(target),
+        round(time.perf_counter() - start, 2),
+        error,
+        error_kind=kind,
+        detail=detail,
+    )
 
 
 def _with_rest(items: list[BatchItem], images: list[Path], targets: list[Path]) -> list[BatchItem]:
