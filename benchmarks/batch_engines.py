@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=None, help="photos to process (default 8; --tiny: 3)")
     parser.add_argument("--tiny", action="store_true", help="tiny checkpoint, CPU, few steps (a smoke test)")
     parser.add_argument(
-        "--ray", action="append", default=None, metavar="auto|WxG", help="Ray configuration (repeatable)"
+        "--ray", action="append", default=None, metavar="auto|WxG|none", help="Ray configuration (repeatable)"
     )
     parser.add_argument("--no-local", action="store_true", help="skip the local engine")
     parser.add_argument(
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
 
     images = args.images or (3 if args.tiny else 8)
     extra = args.args if args.args is not None else (TINY_ARGS if args.tiny else "")
-    configs = args.ray or (["1x0"] if args.tiny else ["auto", "2x0.5"])
+    configs = [c for c in (args.ray or (["1x0"] if args.tiny else ["auto", "2x0.5"])) if c != "none"]
     work = args.workdir or Path(tempfile.mkdtemp(prefix="sd3d-bench-batch-"))
     photos = work / "photos"
     make_photos(photos, images)
