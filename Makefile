@@ -65,5 +65,5 @@ format:
 batch:
 	@test -d "$(IN)" || { echo "error: input folder $(IN) not found (make batch IN=photos/ OUT=out/)" >&2; exit 2; }
 	@mkdir -p "$(OUT)/logs"
-	@$(MAKE) --no-print-directory -k -j$(JOBS) -f scripts/batch.mk IN="$(IN)" OUT="$(OUT)" ARGS='$(ARGS)' all; \
+	@$(MAKE) --no-print-directory -k -j$(JOBS) -f scripts/batch.mk IN="$(IN)" OUT="$(OUT)" ARGS='$(ARGS)' PYTHON="$(PYTHON)" all; \
 	  $(PYTHON) scripts/batch_summary.py "$(OUT)" "$(IN)"

@@ -5,9 +5,12 @@ cheap (heavy imports go inside the command functions) so ``sd3d --help`` stays f
 breaks on a missing optional extra.
 
 Error policy: a :class:`sd3d.core.errors.UserError` prints ``error: <one line>`` on stderr and exits 2
-(``--debug`` shows the traceback); Ctrl-C exits 130; anything else is a bug and keeps its traceback.
-A warning prints ``warning: <first line>``; ``--debug`` shows it in Python's full form instead and
-turns on the ``sd3d`` loggers' DEBUG messages (e.g. the numbers behind a checkpoint warning).
+(``--debug`` shows the traceback); so does a usage error (unknown option, missing argument), with
+a pointer to ``--help``; Ctrl-C exits 130 (``interrupted``) and SIGTERM 143 (``terminated``), both
+through the same cleanup (temporary files and folders removed); anything else is a bug and keeps
+its traceback. A warning prints ``warning: <first line>``; ``--debug`` shows it in Python's full
+form instead and turns on the ``sd3d`` loggers' DEBUG messages (e.g. the numbers behind a
+checkpoint warning).
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 
@@ -94,6 +99,47 @@ def _exit_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised wherever the program is, so every cleanup that runs on Ctrl-C runs too."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[threading.Event]:
+    """Turn SIGTERM into :class:`Terminated` while a command runs (main thread only); the event
+    yielded says whether it came. A second SIGTERM during the cleanup is ignored so the cleanup
+    finishes; SIGKILL still stops everything."""
+    terminated = threading.Event()
+
+    def handler(signum, frame) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        terminated.set()
+        raise Terminated()
+
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield terminated
+        return
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield terminated
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _usage_line(exc: BaseException, args: list[str]) -> str:
+    """A click usage error as one line with a pointer to the command's ``--help`` (click attaches
+    some option errors to the root context: the first command word on the line names it then)."""
+    message = " ".join(str(exc.format_message()).split()).rstrip(".")  # type: ignore[attr-defined]
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else "sd3d"
+    if command == "sd3d":
+        names = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
+        words = [a for a in args if not a.startswith("-")]
+        if words and words[0] in names:
+            command = f"sd3d {words[0]}"
+    return f"error: {message} (see '{command} --help')"
+
+
 def _brief_warning(message, category, filename, lineno, file=None, line=None) -> None:
     text = str(message).strip().splitlines()
     print(f"warning: {text[0] if text else category.__name__}", file=sys.stderr)
@@ -103,10 +149,17 @@ def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code (also used in-process by tests)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
-    with warnings.catch_warnings(), _debug_logging(debug):
+    with _sigterm_as_interrupt() as terminated, warnings.catch_warnings(), _debug_logging(debug):
         if not debug:
             warnings.showwarning = _brief_warning
-        return _main(args, debug)
+        code = _main(args, debug)
+    # Typer turns an interrupt inside a command into exit code 130 without a word.
+    if terminated.is_set():
+        print("terminated", file=sys.stderr)
+        return 143
+    if code == 130:
+        print("interrupted", file=sys.stderr)
+    return code
 
 
 @contextlib.contextmanager
@@ -144,14 +197,15 @@ def _main(args: list[str], debug: bool) -> int:
         return exc.exit_code
     except _exit_types() as exc:
         return int(getattr(exc, "exit_code", 0) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # Terminated included: main() tells them apart
         return 130
     except _click_exception_types() as exc:
-        exc.show(file=sys.stderr)  # type: ignore[attr-defined]
-        return int(getattr(exc, "exit_code", 2))
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `sd3d` / `sd3d weights`: the help screen
+            exc.show(file=sys.stderr)  # type: ignore[attr-defined]
+            return int(getattr(exc, "exit_code", 2))
+        print(_usage_line(exc, args), file=sys.stderr)
+        return 2
     except typer.Abort:
-        print("aborted", file=sys.stderr)
         return 130
 
 

@@ -30,7 +30,16 @@ def generate(
         show_default=False,
     ),
     output: Path = typer.Option(
-        ..., "--output", "-o", help="Views folder to write (replaced as a whole).", show_default=False
+        ...,
+        "--output",
+        "-o",
+        help="Views folder to write: new, empty, or written by sd3d (its earlier views are replaced).",
+        show_default=False,
+    ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Also write into a non-empty folder sd3d did not write (none of its files is replaced).",
     ),
     elevation: str = typer.Option(
         "30",
@@ -116,6 +125,7 @@ def generate(
         GenerationSettings,
         as_prepared,
         check_output_folder,
+        generated_names,
         load_model,
         run_generation,
         weights_path,
@@ -148,6 +158,7 @@ def generate(
             weights_dir=weights_dir,
             background=background,
             max_pixels=max_pixels,
+            overwrite=overwrite,
         )
         return
     settings = GenerationSettings(
@@ -168,7 +179,7 @@ def generate(
     limit = parse_max_pixels(max_pixels)
     torch_device = resolve_device(device)
     resolve_dtype(dtype, torch_device)
-    check_output_folder(output)
+    check_output_folder(output, overwrite, generated_names(settings.samples))
     prepared = as_prepared(image, crop, method, weights_dir, limit)
     path = weights_path(weights, weights_dir)
 
@@ -176,7 +187,7 @@ def generate(
     views = run_generation(
         model, prepared, settings, dtype=dtype, progress=progress(), use_compile=compile_steps
     )
-    write_generated(output, views, prepared.rgba)
+    write_generated(output, views, prepared.rgba, overwrite=overwrite)
     info = views[0].provenance
     what = "16 views" if settings.samples == 1 else f"{settings.samples} x 16 views"
     echo(f"wrote {what} to {output}")
@@ -207,6 +218,7 @@ def _generate_zero123(
     weights_dir,
     background,
     max_pixels,
+    overwrite,
 ) -> None:
     """``--model zero123``: the same 16 target cameras, each view from Zero123 (independently, or with
     3DiM stochastic conditioning); same output layout as SyncDreamer's. Options that only mean
@@ -217,7 +229,12 @@ def _generate_zero123(
     from sd3d.background import check_backend_name
     from sd3d.core.device import resolve_device, resolve_dtype
     from sd3d.core.errors import UserError
-    from sd3d.pipelines.syncdreamer import check_batch_view_num, check_output_folder, write_generated
+    from sd3d.pipelines.syncdreamer import (
+        check_batch_view_num,
+        check_output_folder,
+        generated_names,
+        write_generated,
+    )
     from sd3d.pipelines.zero123 import check_sampling_args, generate_views_zero123, prepare_zero123_input
     from sd3d.pipelines.zero123 import load_model as load_zero123_model
 
@@ -251,7 +268,7 @@ def _generate_zero123(
     limit = parse_max_pixels(max_pixels)
     torch_device = resolve_device(device)
     resolve_dtype(dtype, torch_device)
-    check_output_folder(output)
+    check_output_folder(output, overwrite, generated_names(n))
     prepared = prepare_zero123_input(image, background=method, max_pixels=limit, weights_dir=weights_dir)
     model = load_zero123_model(weights, weights_dir, torch_device, dtype)
     views = [
@@ -274,6 +291,6 @@ def _generate_zero123(
     rgba = np.concatenate(
         [np.rint(prepared.image * 255).astype(np.uint8), np.full((256, 256, 1), 255, np.uint8)], axis=-1
     )
-    write_generated(output, views, rgba)
+    write_generated(output, views, rgba, overwrite=overwrite)
     echo(f"wrote {n} x 16 Zero123 views ({sampler}) to {output}")
     say_background(prepared.background, prepared.background_note)

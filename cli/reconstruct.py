@@ -41,7 +41,7 @@ def reconstruct(
         ...,
         "--output",
         "-o",
-        help="Output mesh: .glb (textured), .obj (+.mtl +.png) or .ply.",
+        help="Output mesh: .glb (textured), .obj (+ NAME.mtl + NAME_texture.png) or .ply.",
         show_default=False,
     ),
     quality: str = typer.Option(

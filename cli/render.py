@@ -31,7 +31,9 @@ def _parse_azimuths(text: str | None) -> list[float] | None:
 
 def render(
     mesh: Path = typer.Argument(..., help="Mesh file: .obj (+ .mtl + textures), .glb/.gltf, .ply, ..."),
-    output: Path = typer.Option(..., "--output", "-o", help="Views folder to write (replaced atomically)."),
+    output: Path = typer.Option(
+        ..., "--output", "-o", help="Views folder to write: new, empty, or written by sd3d (replaced)."
+    ),
     elevation: float | None = typer.Option(
         None, "--elevation", help="Orbit elevation in degrees (default: 30, the target views' elevation)."
     ),
@@ -57,15 +59,22 @@ def render(
         3, "--supersample", min=1, max=8, help="Samples per pixel side (coverage)."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Also write into a non-empty folder sd3d did not write (none of its files is replaced).",
+    ),
 ) -> None:
     from cli.common import echo, progress
     from recon import raster
     from sd3d.core.device import resolve_device
+    from sd3d.core.io import check_output_dir
 
     az = _parse_azimuths(azimuths)
     dev = resolve_device(device)
-    loaded = raster.load_mesh(mesh, up=up.lower(), yaw_deg=yaw, normalize=normalize, texture=texture)
     cameras = raster.orbit_cameras(elevation, az, distance, size)
+    check_output_dir(output, overwrite=overwrite, planned=raster.render_names(len(cameras), depth))
+    loaded = raster.load_mesh(mesh, up=up.lower(), yaw_deg=yaw, normalize=normalize, texture=texture)
     renders = raster.render_mesh(loaded, cameras, supersample=supersample, device=dev, progress=progress())
     extra = {
         "source_mesh": str(mesh),
@@ -78,5 +87,5 @@ def render(
             + ("; largest bbox side 1, bbox centred at 0" if normalize else ""),
         },
     }
-    out = raster.write_renders(output, renders, cameras, depth=depth, extra=extra)
+    out = raster.write_renders(output, renders, cameras, depth=depth, extra=extra, overwrite=overwrite)
     echo(f"wrote {len(cameras)} views to {out}")

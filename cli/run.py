@@ -76,14 +76,32 @@ STAGE_OPTIONS = [
 ]
 
 
+OVERWRITE_OPTION = _option(
+    "overwrite",
+    bool,
+    typer.Option(
+        False,
+        "--overwrite",
+        help="Also write into an existing non-empty folder sd3d did not write (its own files are kept; "
+        "a folder sd3d wrote is always reused, its earlier outputs replaced).",
+    ),
+)
+
+
 def _with_stage_options(*leading: inspect.Parameter, trailing: tuple[inspect.Parameter, ...] = ()):
-    """Give ``fn(**options)`` the signature ``(*leading, *STAGE_OPTIONS, *trailing)`` that Typer reads."""
+    """Give ``fn(**options)`` the signature ``(*leading, *STAGE_OPTIONS, --overwrite, *trailing)``
+    that Typer reads."""
 
     def decorate(fn):
-        fn.__signature__ = inspect.Signature([*leading, *STAGE_OPTIONS, *trailing])
+        fn.__signature__ = inspect.Signature([*leading, *STAGE_OPTIONS, OVERWRITE_OPTION, *trailing])
         return fn
 
     return decorate
+
+
+def _passed_on(options: dict) -> dict:
+    """The options ``run`` and ``batch`` hand to the library as they are (not settings)."""
+    return {name: options[name] for name in ("weights", "weights_dir", "overwrite")}
 
 
 def _positional(name: str, annotation, default) -> inspect.Parameter:
@@ -160,7 +178,9 @@ def _settings(
     _positional(
         "output",
         Path,
-        typer.Option(..., "--output", "-o", help="Output folder (replaced as a whole).", show_default=False),
+        typer.Option(
+            ..., "--output", "-o", help="Output folder (new, empty, or written by sd3d).", show_default=False
+        ),
     ),
 )
 def run(image: Path, output: Path, **options) -> None:
@@ -172,15 +192,7 @@ def run(image: Path, output: Path, **options) -> None:
     quiet = is_quiet()
     progress = Progress(enabled=not quiet, transient=True)
     status = _stage_printer(quiet)
-    result = run_photo(
-        image,
-        output,
-        settings,
-        weights=options["weights"],
-        weights_dir=options["weights_dir"],
-        progress=progress,
-        on_stage=status,
-    )
+    result = run_photo(image, output, settings, progress=progress, on_stage=status, **_passed_on(options))
     if not quiet:
         _summary(result.report)
     pre = result.report["preprocess"]
@@ -325,38 +337,50 @@ def _engine_options(engine: str, address, workers, gpus_per_worker):
     trailing=tuple(_ENGINE_OPTIONS),
 )
 def batch(folder: str, output: str, **options) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     from cli.common import progress
     from sd3d.core.errors import UserError
-    from sd3d.workflows.run import run_batch
+    from sd3d.workflows.run import BatchAborted, run_batch
     from sd3d.workflows.storage import is_url
 
     settings = _settings(**options)
     ray_options = _engine_options(
         options["engine"], options["address"], options["workers"], options["gpus_per_worker"]
     )
-    common = {"weights": options["weights"], "weights_dir": options["weights_dir"], "progress": progress()}
+    common = {"progress": progress(), **_passed_on(options)}
     if ray_options is None:
         url = next((p for p in (folder, output) if is_url(p)), None)
         if url is not None:
             raise UserError(f"{url}: URLs need --engine ray")
-        items = run_batch(Path(folder), Path(output), settings, **common)
+        try:
+            items = run_batch(Path(folder), Path(output), settings, **common)
+        except BatchAborted as exc:
+            _batch_summary(output, exc.items)
+            raise
     else:
         from sd3d.workflows.batch_ray import run_batch_ray
 
         items = run_batch_ray(folder, output, settings, ray_options, **common)
+    if _batch_summary(output, items):
+        raise typer.Exit(1)
+
+
+def _batch_summary(output: str, items) -> bool:
+    """Print the per-image table and the counts; True when any image failed."""
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(title=f"sd3d batch: {output}")
     for col in ("image", "status", "seconds", "error"):
         table.add_column(col)
     for it in items:
         table.add_row(it.image, it.status, f"{it.seconds:.1f}", it.error or "")
     Console(stderr=True).print(table)
-    failed = [it for it in items if it.status == "failed"]
-    done = sum(it.status == "done" for it in items)
-    skipped = sum(it.status == "skipped" for it in items)
+    counts = {status: sum(it.status == status for it in items) for status in ("done", "skipped", "failed")}
+    not_run = len(items) - sum(counts.values())
     where = f"{output.rstrip('/')}/batch.json"
-    typer.echo(f"{done} done, {skipped} up to date, {len(failed)} failed (details: {where})")
-    if failed:
-        raise typer.Exit(1)
+    typer.echo(
+        f"{counts['done']} done, {counts['skipped']} up to date, {counts['failed']} failed"
+        + (f", {not_run} not run" if not_run else "")
+        + f" (details: {where})"
+    )
+    return counts["failed"] > 0

@@ -1,4 +1,4 @@
-"""Mesh files by extension: ``.glb`` (textured), ``.obj`` (+ ``.mtl`` + ``.png``), ``.ply`` (vertex colours).
+"""Mesh files by extension: ``.glb`` (textured), ``.obj`` (+ ``.mtl`` + ``_texture.png``), ``.ply`` (vertex colours).
 
 Frames: ``.obj`` and ``.ply`` are written in our world frame (+Z up, the frame of the shared
 ``mesh_normalized.ply`` ground truth). glTF is +Y up by specification, so ``.glb`` vertices are
@@ -7,7 +7,10 @@ rotated with :data:`WORLD_TO_GLTF` (Blender's convention: ``(x, y, z) -> (x, z, 
 
 Writes are atomic: every file goes to a temporary sibling first and is renamed into place only
 when all of them were written, so a failure never leaves a partial mesh (or a .obj without its
-.mtl) behind.
+.mtl) behind. The files written next to ``NAME.obj`` are ``NAME.mtl`` and ``NAME_texture.png``
+(:func:`obj_sidecars`; not ``NAME.png``, which is so often the photo the mesh was made from); they
+replace only files sd3d wrote (the MTL's first line and the PNG's ``Software`` text say so), never
+a user's file.
 
 What other tools see: smooth vertex normals in every format (``NORMAL`` in glTF, ``vn`` in OBJ,
 ``nx ny nz`` in PLY; without them viewers shade the surface faceted); a non-metallic, fully rough
@@ -20,13 +23,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 from pathlib import Path
 
 import numpy as np
 
 from sd3d.core.errors import OutputPathError
-from sd3d.core.io import atomic_path
+from sd3d.core.io import atomic_path, check_writable_location
 
 FORMATS = (".glb", ".obj", ".ply")
 WORLD_TO_GLTF = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
@@ -37,8 +41,38 @@ def gltf_to_world(vertices: np.ndarray) -> np.ndarray:
     return np.asarray(vertices) @ WORLD_TO_GLTF  # R^-1 = R^T, applied to row vectors
 
 
+_MTL_HEADER = "# sd3d reconstruction"  # the first line of every MTL write_mesh writes
+_PNG_SOFTWARE = "sd3d reconstruction texture"
+
+
+def obj_sidecars(path: str | Path) -> tuple[Path, Path]:
+    """The material and texture files written next to an ``.obj``: ``NAME.mtl``, ``NAME_texture.png``.
+
+    ``NAME`` is the OBJ's stem with every character that is not a letter, digit, ``-``, ``_`` or
+    ``.`` replaced by ``_`` (``mtllib`` and many ``map_Kd`` readers split at spaces), so
+    ``my mesh.obj`` gets ``my_mesh.mtl`` and ``my_mesh_texture.png``."""
+    path = Path(path)
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", path.stem) or "mesh"
+    return path.with_name(f"{safe}.mtl"), path.with_name(f"{safe}_texture.png")
+
+
+def _written_by_sd3d(path: Path) -> bool:
+    """Whether an existing sidecar is one of ours (so it may be replaced)."""
+    try:
+        if path.suffix.lower() == ".mtl":
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                return fh.readline().startswith(_MTL_HEADER)
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return im.info.get("Software") == _PNG_SOFTWARE
+    except Exception:  # noqa: BLE001 - unreadable or not an image: not ours
+        return False
+
+
 def check_output_path(path: str | Path) -> Path:
-    """Validate the extension early (before any training), as a one-line user error."""
+    """Validate a mesh output early (before any training), as a one-line user error: the extension,
+    a writable (or creatable) folder, and for ``.obj`` sidecars that would not replace a user's file."""
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
         raise OutputPathError(
@@ -46,14 +80,25 @@ def check_output_path(path: str | Path) -> Path:
         )
     if path.exists() and path.is_dir():
         raise OutputPathError(f"output path {path} is a directory")
+    check_writable_location(path)
+    if path.suffix.lower() == ".obj":
+        for side in obj_sidecars(path):
+            if os.path.lexists(side) and (side.is_dir() or not _written_by_sd3d(side)):
+                raise OutputPathError(
+                    f"{side} exists and was not written by sd3d; {path.name} needs that name for its "
+                    f"{'material' if side.suffix == '.mtl' else 'texture'}: move it away or choose another "
+                    "output name"
+                )
     return path
 
 
 def _texture_png(texture: np.ndarray) -> bytes:
-    from PIL import Image
+    from PIL import Image, PngImagePlugin
 
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", _PNG_SOFTWARE)  # marks the file as ours (see _written_by_sd3d)
     buf = io.BytesIO()
-    Image.fromarray(texture).save(buf, format="PNG")
+    Image.fromarray(texture).save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
 
 
@@ -133,14 +178,6 @@ def _ply_bytes(vertices, faces, colors, normals) -> bytes:
     return mesh.export(file_type="ply", vertex_normal=normals is not None)
 
 
-def sidecar_path(path: Path, suffix: str) -> Path:
-    """The ``.mtl`` / texture file beside an OBJ: its stem with every character that is not a
-    letter, digit, ``-``, ``_`` or ``.`` replaced by ``_`` (``mtllib`` and many ``map_Kd`` readers
-    split at spaces), and ``suffix``."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", path.stem) or "mesh"
-    return path.with_name(safe + suffix)
-
-
 def write_mesh(
     path: str | Path,
     vertices: np.ndarray,
@@ -155,7 +192,7 @@ def write_mesh(
     ``uvs`` (V, 2) + ``texture`` (H, W, 3) uint8 give a textured mesh (.glb, .obj); ``colors``
     (V, 4) uint8 are vertex colours (.ply always uses them; .glb/.obj when there is no texture);
     ``normals`` (V, 3) unit vertex normals in our frame (rotated to +Y up for .glb like the
-    vertices). The ``.mtl`` and texture of an OBJ are named by :func:`sidecar_path`.
+    vertices). The ``.mtl`` and texture of an OBJ are named by :func:`obj_sidecars`.
     """
     path = check_output_path(path)
     ext = path.suffix.lower()
@@ -166,7 +203,7 @@ def write_mesh(
     elif ext == ".obj":
         mtl = png = None
         if textured:
-            mtl, png = sidecar_path(path, ".mtl"), sidecar_path(path, ".png")
+            mtl, png = obj_sidecars(path)
             files[png] = _texture_png(texture)
             files[mtl] = (
                 "# sd3d reconstruction\nnewmtl material0\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\n"

@@ -641,6 +641,18 @@ def orbit_cameras(
     return [cam.orbit_camera(elevation, az, distance, size) for az in azimuths]
 
 
+def render_names(count: int, depth: bool = False) -> list[str]:
+    """The entries :func:`write_renders` puts in its folder for ``count`` views."""
+    views = [f"{i:03d}.png" for i in range(count)]
+    return [
+        *views,
+        *(f"{i:03d}-depth.png" for i in range(count) if depth),
+        "grid.png",
+        "cameras.json",
+        "transforms.json",
+    ]
+
+
 def write_renders(
     out_dir: str | os.PathLike,
     renders: Renders,
@@ -648,16 +660,18 @@ def write_renders(
     *,
     depth: bool = False,
     extra: dict | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write a views folder atomically: ``000.png ...`` (RGBA), optionally ``000-depth.png ...``
-    (uint16, :func:`encode_depth`), ``grid.png``, ``cameras.json`` and ``transforms.json``."""
+    (uint16, :func:`encode_depth`), ``grid.png``, ``cameras.json`` and ``transforms.json``
+    (output folder policy and ``overwrite``: :func:`sd3d.core.io.atomic_dir`)."""
     import json
 
     from PIL import Image
 
     from sd3d.core.io import atomic_dir, cameras_record, contact_sheet, to_uint8, transforms_record
 
-    files = [f"{i:03d}.png" for i in range(len(cameras))]
+    files = render_names(len(cameras))[: len(cameras)]
     record_extra = {
         "renderer": "sd3d render (recon.raster: PyTorch z-buffer)",
         "rgba": "RGBA PNG, straight alpha = pixel coverage (supersampled), RGB white where empty",
@@ -669,7 +683,7 @@ def write_renders(
         }
     record_extra.update(extra or {})
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite, command="render") as tmp:
         rgba_u8 = [to_uint8(x) for x in renders.rgba]
         for i, (name, im) in enumerate(zip(files, rgba_u8, strict=True)):
             Image.fromarray(im, "RGBA").save(tmp / name)

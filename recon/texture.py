@@ -71,18 +71,28 @@ def unwrap_uv(
     """UV-unwrap in a child process. Returns ``(UVMesh, "")`` or ``(None, reason)``.
 
     ``tick()`` (optional) is called about every :data:`POLL_S` seconds while the child runs, so a
-    progress display can show that the unwrap is still going.
+    progress display can show that the unwrap is still going. The exchange files live in a
+    ``sd3d-uv-*`` temporary folder that is removed on every way out, Ctrl-C and SIGTERM included
+    (the CLI turns SIGTERM into an exception, and the child is killed before the exception leaves).
     """
+    from sd3d.core.io import write_error
+
     with tempfile.TemporaryDirectory(prefix="sd3d-uv-") as tmp:
         src, dst = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")
-        np.savez(
-            src,
-            vertices=vertices,
-            faces=faces,
-            resolution=resolution,
-            padding=padding,
-            max_iterations=1,
-        )
+        try:
+            np.savez(
+                src,
+                vertices=vertices,
+                faces=faces,
+                resolution=resolution,
+                padding=padding,
+                max_iterations=1,
+            )
+        except OSError as exc:  # a full temporary folder is the user's to fix, not a fallback
+            mapped = write_error(exc, src)
+            if mapped is None:
+                raise
+            raise mapped from exc
         root = str(Path(__file__).resolve().parents[1])
         env = dict(os.environ)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")

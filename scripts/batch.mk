@@ -1,16 +1,20 @@
 # Per-image rules for `make batch` (included by the top-level Makefile through a sub-make).
 # One target per input image: $(OUT)/<name>/report.json, written last and atomically by `sd3d run`,
 # so an image whose report is newer than the image is up to date and is skipped on a re-run.
-# A failure leaves $(OUT)/logs/<name>.failed (with the exit code) and no output folder; `make -k`
-# keeps going with the other images. File names with spaces are not supported by make.
+# <name> is the image's stem, or its whole file name when two images share a stem (a.jpg, a.png):
+# `scripts/batch_summary.py --plan` gives the same names `sd3d batch` uses, so no two images share
+# a folder. A failure leaves $(OUT)/logs/<name>.failed (with the exit code) and no output folder;
+# `make -k` keeps going with the other images. File names with spaces or '|' are not supported.
 IN ?= photos
 OUT ?= out
 ARGS ?=
 SD3D ?= sd3d
+PYTHON ?= python
 
-IMAGES := $(sort $(wildcard $(IN)/*.jpg $(IN)/*.jpeg $(IN)/*.png $(IN)/*.webp \
-                            $(IN)/*.JPG $(IN)/*.JPEG $(IN)/*.PNG $(IN)/*.WEBP))
-name_of = $(basename $(notdir $(1)))
+# "image|name" words, one per image, in the order of the plan.
+PLAN := $(shell $(PYTHON) scripts/batch_summary.py --plan "$(IN)")
+IMAGES := $(foreach entry,$(PLAN),$(firstword $(subst |, ,$(entry))))
+name_of = $(lastword $(subst |, ,$(filter $(1)|%,$(PLAN))))
 REPORTS := $(foreach img,$(IMAGES),$(OUT)/$(call name_of,$(img))/report.json)
 
 .PHONY: all

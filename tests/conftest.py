@@ -118,6 +118,17 @@ class CliResult:
 
 
 @pytest.fixture
+def object_views():
+    """Decoded views show an object on white (see tests/support/object_decoder.py), so that a run
+    with a synthetic checkpoint gets through reconstruction to its outputs."""
+    from support import object_decoder
+
+    object_decoder.install()
+    yield
+    object_decoder.uninstall()
+
+
+@pytest.fixture
 def run_cli():
     """Run ``sd3d ARGS`` in-process; returns ``CliResult(code, stdout, stderr)``."""
     from cli.app import main

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from support.photos import object_photo
 
+from sd3d.core.io import OUTPUT_MARKER, mark_output, output_marker
 from sd3d.core.progress import Progress
 from sd3d.models.configs import tiny_config
 from sd3d.models.synthetic import make_synthetic_checkpoint
@@ -106,14 +107,18 @@ def _assert_complete(folder: Path, image: str) -> None:
     assert len(list((folder / "views").glob("[0-9][0-9][0-9].png"))) == 16
     report = json.loads((folder / "report.json").read_text())
     assert Path(report["input"]).name == image
-    assert set(report["outputs"]) == {p.name for p in folder.iterdir()}
+    # a local result is marked as sd3d's, listing exactly what the run wrote
+    assert set(report["outputs"]) == {p.name for p in folder.iterdir()} - {OUTPUT_MARKER}
+    assert set(output_marker(folder)["files"]) == set(report["outputs"])
     assert report["exports"]["glb"]["faces"] > 0
 
 
 def test_two_nodes_bad_images_reported_and_rerun_does_nothing(run_cli, cluster, tiny_ckpt, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
-    good = [object_photo(photos / f"{n}.png", shift=4 * i) for i, n in enumerate("abcd")]
+    # a.png and a.webp share a stem: each gets its own folder, named by the whole file name
+    folders = {"a.png": "a.png", "a.webp": "a.webp", "b.png": "b", "c.png": "c"}
+    good = [object_photo(photos / n, shift=4 * i) for i, n in enumerate(folders)]
     (photos / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     (photos / "notes.jpg").write_text("not a photo")
     (photos / "README.txt").write_text("ignored: not an image suffix")
@@ -132,14 +137,16 @@ def test_two_nodes_bad_images_reported_and_rerun_does_nothing(run_cli, cluster, 
     assert "notes.jpg is not an image" in items["notes.jpg"]["error"]
     assert {items[n]["error_kind"] for n in ("corrupt.png", "notes.jpg")} == {"input"}
     # one complete folder per good image and nothing else (no temporary folders)
-    assert sorted(p.name for p in out.iterdir()) == ["a", "b", "batch.json", "c", "d"]
+    assert sorted(p.name for p in out.iterdir()) == [OUTPUT_MARKER, "a.png", "a.webp", "b", "batch.json", "c"]
+    assert output_marker(out)["files"] == ["batch.json"]
     for p in good:
-        _assert_complete(out / p.stem, p.name)
-    report = json.loads((out / "a" / "report.json").read_text())
+        _assert_complete(out / folders[p.name], p.name)
+        assert items[p.name]["out_dir"] == str(out / folders[p.name])
+    report = json.loads((out / "a.png" / "report.json").read_text())
     assert report["elevation"]["source"] == "estimated" and "elevation" in report["stage_seconds"]
     assert "4 done, 0 up to date, 2 failed" in res.out
 
-    stamps = {p.stem: (out / p.stem / "report.json").stat().st_mtime_ns for p in good}
+    stamps = {f: (out / f / "report.json").stat().st_mtime_ns for f in folders.values()}
     res = _batch(run_cli, photos, out, tiny_ckpt, "--workers", "2")
     assert res.code == 1, res
     again = _items(json.loads((out / "batch.json").read_text()))
@@ -150,8 +157,30 @@ def test_two_nodes_bad_images_reported_and_rerun_does_nothing(run_cli, cluster, 
     }
     # the bad images were not tried again: their records are carried over as they were
     assert again["corrupt.png"] == items["corrupt.png"] and again["notes.jpg"] == items["notes.jpg"]
-    assert {p.stem: (out / p.stem / "report.json").stat().st_mtime_ns for p in good} == stamps
+    assert {f: (out / f / "report.json").stat().st_mtime_ns for f in folders.values()} == stamps
     assert "0 done, 4 up to date, 2 failed" in res.out
+
+
+def test_a_result_folder_of_the_users_is_refused_before_any_work(tmp_path):
+    """A folder sd3d did not write where an image's result would go fails that image at once
+    (kind 'output', so the next run checks again), and none of its files is touched; with nothing
+    left to do, Ray is not even started."""
+    from sd3d.workflows.batch_ray import run_batch_ray
+    from sd3d.workflows.run import RunSettings
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    object_photo(photos / "a.png")
+    mine = tmp_path / "out" / "a"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    mark_output(tmp_path / "out", ["batch.json"], "batch")  # an earlier batch's folder; "a" is the user's
+    settings = RunSettings(elevation_deg=30, preview="none")
+    (item,) = run_batch_ray(photos, tmp_path / "out", settings, weights=tmp_path / "no.ckpt")
+    assert (item.status, item.error_kind) == ("failed", "output")
+    assert "already holds files sd3d did not write (notes.txt)" in item.error and "--overwrite" in item.error
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    assert (mine / "notes.txt").read_text() == "mine"
 
 
 def test_killed_workers_are_retried_without_duplicates(run_cli, cluster, tiny_ckpt, tmp_path):
@@ -175,7 +204,7 @@ def test_killed_workers_are_retried_without_duplicates(run_cli, cluster, tiny_ck
         assert not (cluster / f"kill-{step}").exists()
     items = json.loads((out / "batch.json").read_text())["items"]
     assert [(i["image"], i["status"]) for i in items] == [(p.name, "done") for p in good]
-    assert sorted(p.name for p in out.iterdir()) == ["batch.json", "x", "y"]
+    assert sorted(p.name for p in out.iterdir()) == [OUTPUT_MARKER, "batch.json", "x", "y"]
     for p in good:
         _assert_complete(out / p.stem, p.name)
 
@@ -218,7 +247,12 @@ def test_ctrl_c_leaves_a_resumable_state(run_cli, cluster, tiny_ckpt, tmp_path):
 
     res = _batch(run_cli, photos, out, tiny_ckpt, "--workers", "1", "--elevation", "30")
     assert res.code == 0 and "1 done, 1 up to date, 0 failed" in res.out, res
-    assert sorted(p.name for p in out.iterdir()) == ["batch.json", "m", "n"]  # no temporary folders left
+    assert sorted(p.name for p in out.iterdir()) == [
+        OUTPUT_MARKER,
+        "batch.json",
+        "m",
+        "n",
+    ]  # no temporary folders
     for p in good:
         _assert_complete(out / p.stem, p.name)
 

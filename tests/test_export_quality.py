@@ -160,7 +160,7 @@ def test_obj_in_a_path_with_spaces_has_parseable_side_files(tmp_path):
     folder.mkdir()
     out = export_mesh(_result(), folder / "my mesh.obj")
     names = sorted(p.name for p in out.paths)
-    assert names == ["my mesh.obj", "my_mesh.mtl", "my_mesh.png"]
+    assert names == ["my mesh.obj", "my_mesh.mtl", "my_mesh_texture.png"]
     lines = (folder / "my mesh.obj").read_text().splitlines()
     (mtllib,) = [line for line in lines if line.startswith("mtllib ")]
     keyword, *mtl_names = mtllib.split()  # the OBJ spec: whitespace-separated file names
@@ -168,7 +168,7 @@ def test_obj_in_a_path_with_spaces_has_parseable_side_files(tmp_path):
     (map_kd,) = [
         line for line in (folder / "my_mesh.mtl").read_text().splitlines() if line.startswith("map_Kd")
     ]
-    assert map_kd.split()[1:] == ["my_mesh.png"]
+    assert map_kd.split()[1:] == ["my_mesh_texture.png"]
     v = sum(line.startswith("v ") for line in lines)
     vn = sum(line.startswith("vn ") for line in lines)
     faces = [line for line in lines if line.startswith("f ")]

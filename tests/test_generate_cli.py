@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sd3d.core.io import OUTPUT_MARKER
 from sd3d.models.configs import tiny_config
 from sd3d.models.synthetic import make_synthetic_checkpoint
 
@@ -46,7 +47,7 @@ def test_generate_writes_a_views_folder_and_is_deterministic(run_cli, photo, tin
     assert res.code == 0, res
     assert "wrote 16 views" in res.out
     names = {p.name for p in out.iterdir()}
-    assert names == {*VIEW_FILES, "grid.png", "cameras.json", "transforms.json", "input.png"}
+    assert names == {*VIEW_FILES, "grid.png", "cameras.json", "transforms.json", "input.png", OUTPUT_MARKER}
     for f in VIEW_FILES:
         with Image.open(out / f) as im:
             assert (im.size, im.mode) == ((256, 256), "RGB")
@@ -86,7 +87,13 @@ def test_several_samples_and_another_sampler(run_cli, photo, tiny_ckpt, tmp_path
         run_cli, photo, out, tiny_ckpt, "--samples", "2", "--sampler", "dpmpp", "--batch-view-num", "5"
     )
     assert res.code == 0, res
-    assert {p.name for p in out.iterdir()} == {"sample-0", "sample-1", "contact.png", "input.png"}
+    assert {p.name for p in out.iterdir()} == {
+        "sample-0",
+        "sample-1",
+        "contact.png",
+        "input.png",
+        OUTPUT_MARKER,
+    }
     with Image.open(out / "contact.png") as im:
         assert im.size == (16 * 256, 2 * 256)
     a, b = _pixels(out / "sample-0"), _pixels(out / "sample-1")

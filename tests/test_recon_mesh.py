@@ -101,8 +101,8 @@ def test_write_glb_is_y_up_and_textured(tmp_path):
 def test_write_obj_with_mtl_png_and_ply(tmp_path):
     v, f, uv, tex, colors = _textured_quad()
     paths = write_mesh(tmp_path / "m.obj", v, f, uvs=uv, texture=tex)
-    assert sorted(p.name for p in paths) == ["m.mtl", "m.obj", "m.png"]
-    assert "map_Kd m.png" in (tmp_path / "m.mtl").read_text()
+    assert sorted(p.name for p in paths) == ["m.mtl", "m.obj", "m_texture.png"]
+    assert "map_Kd m_texture.png" in (tmp_path / "m.mtl").read_text()
     loaded = trimesh.load(tmp_path / "m.obj", force="mesh", process=False)
     assert loaded.faces.shape == (2, 3)
     np.testing.assert_allclose(

@@ -16,25 +16,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from support import object_decoder
 from support.photos import FAST
 from support.photos import object_photo as _photo
 
+from sd3d.core.io import OUTPUT_MARKER, output_marker
 from sd3d.models.configs import tiny_config
 from sd3d.models.synthetic import make_synthetic_checkpoint
 
-
-@pytest.fixture(autouse=True)
-def _object_views():
-    """Decoded views show an object on white (see tests/support/object_decoder.py)."""
-    object_decoder.install()
-    yield
-    object_decoder.uninstall()
+# decoded views show an object on white (tests/support/object_decoder.py)
+pytestmark = pytest.mark.usefixtures("object_views")
 
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
     return make_synthetic_checkpoint(tmp_path_factory.mktemp("weights") / "tiny.ckpt", tiny_config())
+
+
+def _jpeg(path: Path) -> Path:
+    """The same object as :func:`_photo`, on white, as a JPEG (no alpha: the background is found)."""
+    rgba = np.asarray(Image.open(_photo(path.with_suffix(".tmp.png")))).astype(np.float32) / 255.0
+    rgb = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
+    Image.fromarray(np.rint(rgb * 255).astype(np.uint8)).save(path, quality=95)
+    path.with_suffix(".tmp.png").unlink()
+    return path
 
 
 def test_run_writes_every_output(run_cli, tiny_ckpt, tmp_path):
@@ -60,6 +64,8 @@ def test_run_writes_every_output(run_cli, tiny_ckpt, tmp_path):
     assert res.code == 0, res
     names = {p.name for p in out.iterdir()}
     assert {"input.png", "views", "mesh.glb", "mesh.obj", "mesh.ply", "preview.mp4", "report.json"} <= names
+    assert json.loads((out / "report.json").read_text())["exports"]["obj"]["textured"]
+    assert {"mesh.mtl", "mesh_texture.png"} <= names and "mesh.png" not in names
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".out")], "temporary folder left behind"
 
     assert Image.open(out / "input.png").mode == "RGBA" and Image.open(out / "input.png").size == (256, 256)
@@ -81,7 +87,10 @@ def test_run_writes_every_output(run_cli, tiny_ckpt, tmp_path):
     assert report["versions"]["torch"] and report["device"] == "cpu"
     assert report["peak_gpu_memory_bytes"] is None
     assert set(report["exports"]) == {"glb", "obj", "ply"}
-    assert set(report["outputs"]) == names
+    assert set(report["outputs"]) == names - {OUTPUT_MARKER}
+    assert output_marker(out)["command"] == "run" and set(output_marker(out)["files"]) == names - {
+        OUTPUT_MARKER
+    }
 
 
 def test_run_given_elevation_samples_and_gif(run_cli, tiny_ckpt, tmp_path):
@@ -153,7 +162,7 @@ def test_python_batch_resumes_and_records_failures(run_cli, tiny_ckpt, tmp_path)
     photos = tmp_path / "photos"
     photos.mkdir()
     _photo(photos / "a.png")
-    _photo(photos / "b.png", shift=10)
+    _jpeg(photos / "a.jpg")  # the same stem: each gets its own folder, named by the whole file name
     (photos / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     out = tmp_path / "out"
     res = run_cli(
@@ -172,9 +181,12 @@ def test_python_batch_resumes_and_records_failures(run_cli, tiny_ckpt, tmp_path)
     )
     assert res.code == 1, res
     status = {i["image"]: i["status"] for i in json.loads((out / "batch.json").read_text())["items"]}
-    assert status == {"a.png": "done", "b.png": "done", "corrupt.png": "failed"}
-    assert (out / "a" / "mesh.glb").exists() and not (out / "corrupt").exists()
-    stamp = (out / "a" / "report.json").stat().st_mtime
+    assert status == {"a.jpg": "done", "a.png": "done", "corrupt.png": "failed"}
+    for name in ("a.jpg", "a.png"):
+        assert Path(json.loads((out / name / "report.json").read_text())["input"]).name == name
+        assert (out / name / "mesh.glb").exists()
+    assert not (out / "a").exists() and not (out / "corrupt").exists()
+    stamp = (out / "a.png" / "report.json").stat().st_mtime
     res = run_cli(
         "--quiet",
         "batch",
@@ -190,8 +202,8 @@ def test_python_batch_resumes_and_records_failures(run_cli, tiny_ckpt, tmp_path)
         "30",
     )
     status = {i["image"]: i["status"] for i in json.loads((out / "batch.json").read_text())["items"]}
-    assert status == {"a.png": "skipped", "b.png": "skipped", "corrupt.png": "failed"}
-    assert (out / "a" / "report.json").stat().st_mtime == stamp
+    assert status == {"a.jpg": "skipped", "a.png": "skipped", "corrupt.png": "failed"}
+    assert (out / "a.png" / "report.json").stat().st_mtime == stamp
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
@@ -200,7 +212,7 @@ def test_make_batch_two_succeed_one_corrupt(tiny_ckpt, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
     _photo(photos / "a.png")
-    _photo(photos / "b.png", shift=10)
+    _jpeg(photos / "a.jpg")
     (photos / "corrupt.png").write_bytes(b"")
     out = tmp_path / "out"
     sd3d = f"{sys.executable} {repo / 'tests' / 'support' / 'object_decoder.py'}"
@@ -216,14 +228,102 @@ def test_make_batch_two_succeed_one_corrupt(tiny_ckpt, tmp_path):
         "JOBS=2",
         f"SD3D={sd3d}",
         f"ARGS={args}",
+        f"PYTHON={sys.executable}",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
     first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert first.returncode != 0, first.stdout + first.stderr
-    assert "2 ok, 1 failed" in first.stdout
-    assert (out / "a" / "report.json").exists() and (out / "b" / "report.json").exists()
+    assert "batch summary: 2 ok, 1 failed, 0 not run, of 3 images" in first.stdout
+    assert "overriding recipe" not in first.stderr
+    for name in ("a.jpg", "a.png"):  # one folder each, made from that very image
+        assert Path(json.loads((out / name / "report.json").read_text())["input"]).name == name
+    assert not (out / "a").exists()
     assert (out / "logs" / "corrupt.failed").exists() and (out / "logs" / "corrupt.log").read_text().strip()
-    stamps = {n: (out / n / "report.json").stat().st_mtime for n in ("a", "b")}
+    stamps = {n: (out / n / "report.json").stat().st_mtime for n in ("a.jpg", "a.png")}
     second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert second.returncode != 0 and "[batch] " + str(photos / "a.png") not in second.stdout
-    assert {n: (out / n / "report.json").stat().st_mtime for n in ("a", "b")} == stamps
+    assert {n: (out / n / "report.json").stat().st_mtime for n in ("a.jpg", "a.png")} == stamps
+    assert "batch summary: 2 ok, 1 failed, 0 not run, of 3 images" in second.stdout
+
+
+def test_batch_output_names_keep_distinct_inputs_apart():
+    from sd3d.workflows.run import batch_output_names
+
+    names = [
+        "A.webp",
+        "a.jpg",
+        "a.png",
+        "b.png",
+        "c.png",
+        "c.png.jpg",
+        "d.png",
+        "d.png.jpg",
+        "d.jpg",
+        "logs.png",
+    ]
+    assert batch_output_names([Path("in") / n for n in names]) == [
+        "A.webp",
+        "a.jpg",
+        "a.png",
+        "b",
+        "c",
+        "c.png",
+        "d.png",
+        "d.png~2",
+        "d.jpg",
+        "logs.png",
+    ]
+
+
+def test_batch_goes_on_after_any_error_and_stops_with_a_summary_when_all_are_doomed(
+    run_cli, tiny_ckpt, tmp_path, monkeypatch
+):
+    from sd3d.core.errors import WeightsError
+    from sd3d.workflows import run as runner
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a", "b", "c", "d", "e"):
+        _photo(photos / f"{name}.png")
+
+    def fake_run(image, target, settings, **kwargs):
+        if image.name == "b.png":
+            raise RuntimeError("an unexpected bug")
+        if image.name == "d.png":
+            raise WeightsError("rembg model weights/u2netp.onnx cannot be loaded")
+        target.mkdir(parents=True)
+        (target / "report.json").write_text("{}")
+
+    monkeypatch.setattr(runner, "run_photo", fake_run)
+    out = tmp_path / "out"
+    res = run_cli("--quiet", "batch", photos, "-o", out, "--weights", tiny_ckpt, "--elevation", "30")
+    assert res.code == 2, res
+    assert res.err.strip().splitlines()[-1] == (
+        "error: rembg model weights/u2netp.onnx cannot be loaded (batch stopped)"
+    )
+    assert "2 done, 0 up to date, 2 failed, 1 not run" in res.out  # the summary is printed
+    items = {i["image"]: i for i in json.loads((out / "batch.json").read_text())["items"]}
+    assert {k: v["status"] for k, v in items.items()} == {
+        "a.png": "done",
+        "b.png": "failed",
+        "c.png": "done",
+        "d.png": "failed",
+        "e.png": "not run",
+    }
+    assert items["b.png"]["error"] == "RuntimeError: an unexpected bug"
+    assert "Traceback" in items["b.png"]["detail"] and items["d.png"]["detail"] is None
+
+
+def test_batch_whose_model_cannot_load_stops_at_once_with_a_summary(run_cli, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _photo(photos / "a.png")
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(b"not a checkpoint" * 100)
+    out = tmp_path / "out"
+    res = run_cli("--quiet", "batch", photos, "-o", out, "--weights", broken)
+    assert res.code == 2 and res.err.strip().splitlines()[-1].startswith("error: "), res
+    assert "0 done, 0 up to date, 0 failed, 1 not run" in res.out
+    items = json.loads((out / "batch.json").read_text())["items"]
+    assert [(i["image"], i["status"]) for i in items] == [("a.png", "not run")]
+    assert not (out / "a").exists()

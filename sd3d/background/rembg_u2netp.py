@@ -89,7 +89,14 @@ class RembgBackend:
         from rembg import new_session, remove
 
         with _u2net_home(path.parent):
-            session = new_session(MODEL_NAME, providers=_providers())
+            try:
+                session = new_session(MODEL_NAME, providers=_providers())
+            except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for a bad file
+                reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+                raise WeightsError(
+                    f"rembg model {path} cannot be loaded (corrupt or truncated? {reason}); fetch it "
+                    f"again: python scripts/fetch_u2netp.py --dest {path.parent} (or make install)"
+                ) from exc
         matte = remove(image.convert("RGB"), session=session, only_mask=True)
         alpha = np.asarray(matte.convert("L") if matte.mode != "L" else matte)
         return clean_matte(alpha)

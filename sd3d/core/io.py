@@ -1,7 +1,11 @@
 """File formats and safe writes.
 
 * Atomic writes: every output is written to a temporary sibling and renamed into place, so a crash
-  or Ctrl-C never leaves a half-written file (or views folder) behind.
+  or Ctrl-C never leaves a half-written file (or views folder) behind; a full disk or a read-only
+  target is one :class:`~sd3d.core.errors.OutputPathError` line naming the output.
+* Output folders are marked (:data:`OUTPUT_MARKER`) so sd3d knows which folders, and which files in
+  them, it wrote: a folder it did not write is never emptied, and a file it did not write is never
+  replaced.
 * The views-folder format shared by ``generate`` and ``reconstruct``: ``000.png ... 015.png``
   (RGBA, or RGB on white), ``cameras.json`` (our camera record, the same layout as the shared
   ground-truth renders), ``transforms.json`` (nerfstudio / instant-ngp), ``grid.png`` and
@@ -11,12 +15,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +47,17 @@ def _check_parent(path: Path) -> None:
         raise OutputPathError(f"output folder {parent} is not a directory")
     if not os.access(parent, os.W_OK):
         raise OutputPathError(f"output folder {parent} is not writable")
+
+
+def check_writable_location(path: str | os.PathLike) -> None:
+    """Raise a one-line :class:`OutputPathError` unless ``path`` can be created: its nearest existing
+    ancestor is a folder we may write into (missing folders below it are created at write time)."""
+    path = Path(path)
+    ancestor = path.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputPathError(f"cannot write {path}: {ancestor} is not a writable folder")
 
 
 def _umask() -> int:
@@ -73,41 +89,245 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         with contextlib.suppress(OSError):  # mkstemp makes 0600 files; give outputs the usual mode
             os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        mapped = write_error(exc, path)
+        if mapped is not None:
+            raise mapped from exc
         raise
+
+
+# --------------------------------------------------------------------------------------------------
+# output folders: never replace what we did not write
+# --------------------------------------------------------------------------------------------------
+OUTPUT_MARKER = ".sd3d-output"
+"""A JSON file in every folder sd3d writes (command, version, the entries it wrote). A folder
+without it is the user's: its files are never replaced or deleted."""
+
+_TEMP_PREFIX = ".sd3d-"  # our temporary entries inside an existing output folder
+
+
+def output_marker(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The marker of a folder sd3d wrote, or ``None`` (missing, unreadable or not ours)."""
+    try:
+        rec = json.loads((Path(folder) / OUTPUT_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    files = rec.get("files") if isinstance(rec, dict) else None
+    if rec.get("written_by") != "sd3d" or not isinstance(files, list):
+        return None
+    if not all(isinstance(f, str) and f and "/" not in f and f not in (".", "..") for f in files):
+        return None
+    return rec
+
+
+def _user_entries(folder: Path) -> list[str]:
+    """Entries of an existing folder other than our marker and our own temporaries."""
+    try:
+        names = os.listdir(folder)
+    except OSError as exc:
+        raise OutputPathError(f"cannot read the output folder {folder}: {exc.strerror}") from exc
+    return sorted(n for n in names if n != OUTPUT_MARKER and not n.startswith(_TEMP_PREFIX))
+
+
+def stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """The temporary folders that killed commits into the existing ``folder`` left behind (a
+    ``.part`` being filled, an ``.old`` holding replaced outputs); only call it while nothing writes
+    into ``folder``."""
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return []
+    return sorted(
+        p
+        for p in entries
+        if p.name.startswith(_TEMP_PREFIX) and p.name.endswith((".part", ".old")) and p.is_dir()
+    )
+
+
+def _owned_names(folder: Path) -> set[str]:
+    rec = output_marker(folder)
+    return set(rec["files"]) if rec else set()
+
+
+def _clashes(folder: Path, names: Iterable[str]) -> list[str]:
+    """Names we are about to write that exist in ``folder`` and are not ours."""
+    owned = _owned_names(folder)
+    return sorted(n for n in names if n not in owned and os.path.lexists(folder / n))
+
+
+def _clash_error(folder: Path, clashes: list[str]) -> OutputPathError:
+    more = f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""
+    return OutputPathError(
+        f"{folder / clashes[0]}{more} exists and was not written by sd3d: it is never replaced; "
+        "move it away or choose another output folder"
+    )
+
+
+def check_output_dir(
+    path: str | os.PathLike, *, overwrite: bool = False, planned: Iterable[str] = ()
+) -> Path:
+    """Refuse, before any work, an output folder sd3d must not write into; creates nothing.
+
+    Writable: a new folder (its parent may be created), an empty folder, or a folder sd3d wrote
+    (it has :data:`OUTPUT_MARKER`; our earlier files in it are replaced, other files are kept).
+    A non-empty folder sd3d did not write is refused unless ``overwrite``, which lets sd3d add its
+    files and still never replaces one of the folder's own files: ``planned`` (the entries the
+    command will write) are checked for such clashes here, and again when the results move in.
+    """
+    path = Path(path)
+    if os.path.lexists(path) and not path.is_dir():
+        raise OutputPathError(f"output path {path} exists and is not a folder")
+    if not path.is_dir():
+        check_writable_location(path)
+    else:
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise OutputPathError(f"cannot write into the output folder {path}: it is not writable")
+        if output_marker(path) is None:
+            entries = _user_entries(path)
+            if entries and not overwrite:
+                shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+                raise OutputPathError(
+                    f"output folder {path} already holds files sd3d did not write ({shown}): choose a new "
+                    "folder, or pass --overwrite to add sd3d's files to it (its own files are kept)"
+                )
+        clashes = _clashes(path, planned)
+        if clashes:
+            raise _clash_error(path, clashes)
+    return path
+
+
+def _write_marker(folder: Path, names: Iterable[str], command: str | None) -> None:
+    from sd3d import __version__
+
+    rec = {"written_by": "sd3d", "version": __version__, "command": command, "files": sorted(set(names))}
+    write_json_atomic(folder / OUTPUT_MARKER, rec)
+
+
+def mark_output(folder: str | os.PathLike, names: Iterable[str], command: str | None = None) -> None:
+    """Record ``names`` (entries of the existing ``folder``) as written by sd3d, keeping earlier ones,
+    for outputs written in place rather than through :func:`atomic_dir` (``sd3d batch``'s summary)."""
+    folder = Path(folder)
+    _write_marker(folder, _owned_names(folder) | set(names), command)
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder next to ``path``; it replaces ``path`` only if the block succeeds.
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM for the few renames of a commit, so they never stop half-way."""
+    import signal
+    import threading
 
-    An existing ``path`` is replaced as a whole (so stale views from an earlier run never mix with
-    new ones); on failure the old content is untouched and the temporary folder is removed.
-    """
-    path = Path(path)
-    _check_parent(path)
-    if path.exists() and not path.is_dir():
-        raise OutputPathError(f"output path {path} exists and is not a folder")
+    signums = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in signums}
+    # Only the main thread may set handlers; None means one installed outside Python: left alone.
+    if threading.current_thread() is not threading.main_thread() or None in previous.values():
+        yield
+        return
+    pending: list[int] = []
+    for s in signums:
+        signal.signal(s, lambda signum, frame: pending.append(signum))
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in pending[:1]:
+            signal.raise_signal(s)
+
+
+def _merge_into(tmp: Path, path: Path, command: str | None, last: tuple[str, ...]) -> None:
+    """Move the entries of ``tmp`` into the existing folder ``path``, replacing only our own files.
+
+    Our earlier entries go to a trash folder first, the new ones move in (``last`` at the end, e.g.
+    a report whose presence means "finished"), then the marker lists exactly the new entries. The
+    marker is widened before any move, so an interrupted commit never makes our files look foreign;
+    a rename that fails puts every moved entry back, so the folder is as it was.
+    """
+    new = sorted(e.name for e in tmp.iterdir())
+    clashes = _clashes(path, new)
+    if clashes:
+        raise _clash_error(path, clashes)
+    old = sorted(n for n in _owned_names(path) if os.path.lexists(path / n))
+    _write_marker(path, set(old) | set(new), command)
+    trash = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, suffix=".old", dir=path))
+    moved: list[tuple[Path, Path]] = []
+    try:
+        for name in old:
+            os.replace(path / name, trash / name)
+            moved.append((path / name, trash / name))
+        for name in sorted(new, key=lambda n: (n in last, n)):
+            os.replace(tmp / name, path / name)
+            moved.append((tmp / name, path / name))
+    except OSError:
+        for source, target in reversed(moved):
+            with contextlib.suppress(OSError):
+                os.replace(target, source)
+        shutil.rmtree(trash, ignore_errors=True)
+        raise
+    _write_marker(path, new, command)
+    shutil.rmtree(trash, ignore_errors=True)
+    tmp.rmdir()
+
+
+@contextlib.contextmanager
+def atomic_dir(
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    command: str | None = None,
+    last: tuple[str, ...] = (),
+) -> Iterator[Path]:
+    """Yield an empty temporary folder whose entries land in ``path`` only if the block succeeds.
+
+    A new ``path`` appears at once, whole (one rename). Into an existing folder (see
+    :func:`check_output_dir`, which decides whether it may be used at all) the entries move one by
+    one: our earlier outputs there are replaced (so stale views never mix with new ones) and every
+    file sd3d did not write stays. On failure (Ctrl-C included) nothing changes and the temporary
+    folder is removed; a full disk or a read-only folder becomes a one-line
+    :class:`~sd3d.core.errors.OutputPathError` naming ``path``.
+    """
+    path = check_output_dir(path, overwrite=overwrite)
+    existing = path.is_dir()
+    if not existing:
+        _check_parent(path)
+    try:
+        if existing:
+            tmp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, suffix=".part", dir=path))
+        else:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
     except OSError as exc:
-        raise OutputPathError(f"cannot write to {path.parent}: {exc.strerror}") from exc
+        raise OutputPathError(f"cannot write to {path if existing else path.parent}: {exc.strerror}") from exc
     try:
         yield tmp
-        with contextlib.suppress(OSError):
-            os.chmod(tmp, 0o777 & ~_umask())
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
+        with _signals_deferred():
+            if path.is_dir():
+                _merge_into(tmp, path, command, last)
+            else:
+                _write_marker(tmp, (e.name for e in tmp.iterdir()), command)
+                with contextlib.suppress(OSError):
+                    os.chmod(tmp, 0o777 & ~_umask())
+                os.replace(tmp, path)
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        mapped = write_error(exc, path)
+        if mapped is None and isinstance(exc, OutputPathError) and str(tmp) in str(exc):
+            mapped = OutputPathError(str(exc).replace(str(tmp), str(path)))  # name the real output
+        if mapped is not None:
+            raise mapped from exc
         raise
+
+
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def write_error(exc: BaseException, path: str | os.PathLike) -> OutputPathError | None:
+    """A full disk, quota, file-size limit, read-only or permission failure while writing ``path``
+    as one-line :class:`~sd3d.core.errors.OutputPathError`; ``None`` for anything else (a bug keeps its
+    traceback). Callers use it only around their own writes, so EACCES there is about the output."""
+    if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+        return OutputPathError(f"cannot write {path}: {exc.strerror or os.strerror(exc.errno)}")
+    return None
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
@@ -254,10 +474,34 @@ def write_transforms_json(views_dir: str | os.PathLike) -> Path:
     return out
 
 
+def _matrix(value: Any, shape: tuple[int, int], what: str) -> np.ndarray:
+    """A finite float64 matrix of ``shape`` (a 4x4 pose with a [0 0 0 1] last row is trimmed to 3x4)."""
+    try:
+        m = np.asarray(value, np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} is not a numeric matrix") from None
+    if shape == (3, 4) and m.shape == (4, 4) and np.array_equal(m[3], [0.0, 0.0, 0.0, 1.0]):
+        m = m[:3]
+    if m.shape != shape:
+        raise ValueError(f"{what} must be {shape[0]}x{shape[1]}, got shape {list(m.shape)}")
+    if not np.isfinite(m).all():
+        raise ValueError(f"{what} holds NaN or infinite values")
+    return m
+
+
 def _camera_from_record(v: dict, K_default: list, size: tuple[int, int]) -> cam.Camera:
+    """One view's camera, checked so that a broken file fails here, not after minutes of training."""
+    name = v.get("file", "a view")
+    K = _matrix(v.get("K", K_default), (3, 3), f"K of {name}")
+    if not (K[0, 0] > 0 and K[1, 1] > 0):
+        raise ValueError(f"K of {name} must have positive focal lengths")
+    w2c = _matrix(v["w2c"], (3, 4), f"w2c of {name}")
+    R = w2c[:, :3]
+    if np.abs(R.T @ R - np.eye(3)).max() > 1e-4 or np.linalg.det(R) < 0:
+        raise ValueError(f"w2c of {name} does not hold a rotation (its 3x3 part must be orthonormal)")
     return cam.Camera(
-        K=np.asarray(v.get("K", K_default), np.float64),
-        w2c=np.asarray(v["w2c"], np.float64),
+        K=K,
+        w2c=w2c,
         width=size[0],
         height=size[1],
         azimuth_deg=v.get("azimuth_deg"),
@@ -352,8 +596,10 @@ def read_views(source: str | os.PathLike, expected_size: int | None = None) -> V
             by_file = {v["file"]: v for v in rec["views"]}
             size = tuple(rec.get("image_size", [w, h]))
             cams = [_camera_from_record(by_file[f], rec["K"], size) for f in VIEW_FILES]
-        except (KeyError, ValueError, TypeError) as exc:
-            raise ViewsFolderError(f"{cams_path} is not a valid cameras file: {exc}") from exc
+        except KeyError as exc:
+            raise ViewsFolderError(f"{cams_path} is not a valid cameras file: no {exc} entry") from exc
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ViewsFolderError(f"{cams_path} is not a valid cameras file: {_one_line(exc)}") from exc
         if size != (w, h):
             raise ViewsFolderError(f"{cams_path} is for {size[0]}x{size[1]} images but the views are {w}x{h}")
         extra_rec = {k: rec[k] for k in ("input_elevation_deg", "seed") if k in rec}

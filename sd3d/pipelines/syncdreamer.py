@@ -480,19 +480,23 @@ def _graphed(step, device):
 # --------------------------------------------------------------------------------------------------
 # writing
 # --------------------------------------------------------------------------------------------------
-def check_output_folder(path: str | os.PathLike) -> Path:
-    """Refuse an unusable output folder early, creating nothing (the write itself is atomic)."""
-    from sd3d.core.errors import OutputPathError
+def check_output_folder(
+    path: str | os.PathLike, overwrite: bool = False, planned: Sequence[str] = ()
+) -> Path:
+    """Refuse an unusable output folder early, creating nothing (see :func:`sd3d.core.io.check_output_dir`:
+    a non-empty folder sd3d did not write needs ``overwrite``, and none of its files is replaced)."""
+    from sd3d.core.io import check_output_dir
 
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise OutputPathError(f"output path {path} exists and is not a folder")
-    ancestor = path.absolute().parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK):
-        raise OutputPathError(f"cannot write the output folder {path}: {ancestor} is not a writable folder")
-    return path
+    return check_output_dir(path, overwrite=overwrite, planned=planned)
+
+
+def generated_names(samples: int) -> list[str]:
+    """The entries :func:`write_generated` puts in a views folder for ``samples`` view sets."""
+    from sd3d.core.io import VIEW_FILES
+
+    if samples == 1:
+        return [*VIEW_FILES, "grid.png", "cameras.json", "transforms.json", "input.png"]
+    return [*(f"sample-{i}" for i in range(samples)), "contact.png", "input.png"]
 
 
 def _views_u8(views: ViewSet) -> list[np.ndarray]:
@@ -520,8 +524,11 @@ def write_generated(
     views: Sequence[ViewSet],
     input_rgba: np.ndarray | None,
     chosen: int | None = None,
+    *,
+    overwrite: bool = False,
 ) -> Path:
-    """Write the views folder atomically (the whole folder appears, or nothing).
+    """Write the views folder atomically (the whole folder appears, or nothing), under the output
+    folder policy of :func:`sd3d.core.io.atomic_dir` (``overwrite``: see :func:`check_output_folder`).
 
     One sample: ``000.png .. 015.png``, ``grid.png``, ``cameras.json``, ``transforms.json``,
     ``input.png``. Several: one such folder per sample (``sample-0/``, ...) plus ``input.png`` and
@@ -537,7 +544,7 @@ def write_generated(
     out_dir = Path(out_dir)
     if chosen is not None and not 0 <= chosen < len(views):
         raise ValueError(f"chosen sample {chosen} is not one of the {len(views)} samples")
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite, command="generate") as tmp:
         if len(views) == 1:
             _write_one(tmp, views[0], input_rgba)
         else:

@@ -141,7 +141,7 @@ def _export(
 ) -> dict:
     """Write the image's result folder (committed whole) from the CPU copy of its reconstruction."""
     stages = StageTimer(record["stage_seconds"])
-    with output.staging(entry.stem) as folder:
+    with output.staging(entry.out_name) as folder:
         report = runner.write_run_folder(
             folder,
             source=entry.location,
@@ -157,7 +157,7 @@ def _export(
             model_device=record["device"],
             peak_gpu_memory=lambda: record["peak"],
         )
-    output.clean_stale(entry.stem)
+    output.clean_stale(entry.out_name)
     return {"seconds": report["total_seconds"]}
 
 
@@ -431,7 +431,7 @@ class _Pipeline:
             BatchItem(
                 job.entry.name,
                 status,
-                self.output.child(job.entry.stem),
+                self.output.child(job.entry.out_name),
                 round(time.perf_counter() - job.started, 2),
                 error,
                 kind,
@@ -561,16 +561,6 @@ def _previous_items(output: Folder) -> dict[str, BatchItem]:
     return items
 
 
-def _check_names(images: list[ImageEntry]) -> None:
-    seen: dict[str, str] = {}
-    for entry in images:
-        if entry.stem in seen:
-            raise UserError(
-                f"{seen[entry.stem]} and {entry.name} would share the output folder {entry.stem}: rename one"
-            )
-        seen[entry.stem] = entry.name
-
-
 def _plan(images: list[ImageEntry], output: Folder) -> tuple[dict[str, BatchItem], list[ImageEntry]]:
     """What an earlier run settled (finished results newer than their image; unchanged images that
     failed for their own reason) and what is left to do."""
@@ -578,11 +568,11 @@ def _plan(images: list[ImageEntry], output: Folder) -> tuple[dict[str, BatchItem
     items: dict[str, BatchItem] = {}
     todo: list[ImageEntry] = []
     for entry in images:
-        finished = output.marker_mtime(entry.stem)
+        finished = output.marker_mtime(entry.out_name)
         old = previous.get(entry.name)
         if finished is not None and (entry.mtime is None or finished >= entry.mtime - MTIME_SLACK_S):
             items[entry.name] = BatchItem(
-                entry.name, "skipped", output.child(entry.stem), image_mtime=entry.mtime
+                entry.name, "skipped", output.child(entry.out_name), image_mtime=entry.mtime
             )
         elif (
             old is not None
@@ -597,6 +587,29 @@ def _plan(images: list[ImageEntry], output: Folder) -> tuple[dict[str, BatchItem
     return items, todo
 
 
+def _refuse_unwritable(
+    todo: list[ImageEntry], output: Folder, settings: RunSettings, items: dict[str, BatchItem]
+) -> list[ImageEntry]:
+    """The images of ``todo`` whose result folder may be written; the others are recorded as failed."""
+    planned = runner.run_output_names(settings)
+    left = []
+    for entry in todo:
+        try:
+            output.check_result(entry.out_name, planned)
+        except UserError as exc:
+            items[entry.name] = BatchItem(
+                entry.name,
+                "failed",
+                output.child(entry.out_name),
+                error=str(exc),
+                error_kind="output",
+                image_mtime=entry.mtime,
+            )
+        else:
+            left.append(entry)
+    return left
+
+
 def run_batch_ray(
     in_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -606,24 +619,31 @@ def run_batch_ray(
     weights: str | os.PathLike | None = None,
     weights_dir: str | os.PathLike | None = None,
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> list[BatchItem]:
-    """``sd3d run`` for every image of ``in_dir`` into ``out_dir/<stem>/`` on a Ray cluster.
+    """``sd3d run`` for every image of ``in_dir`` into ``out_dir/<name>/`` on a Ray cluster (the names
+    of :func:`sd3d.workflows.run.batch_output_names`, as in the local engine).
 
     ``in_dir`` / ``out_dir``: local (shared by every node) folders or fsspec URLs. Resumable like
     the local batch: finished results newer than their image are skipped, and so is an unchanged
     image that failed for its own reason before. ``out_dir/batch.json`` lists every image's outcome
     (rewritten while the batch runs); on Ctrl-C it is written with the unfinished images marked
     'interrupted' and the workers are stopped. With nothing left to do, Ray is not started.
+    A local ``out_dir`` follows the output-folder policy of the local engine (``overwrite``: see
+    :func:`sd3d.core.io.check_output_dir`); an image whose result folder may not be written fails
+    before any work (``error_kind`` 'output', checked again by the next run).
     """
     settings = (settings or RunSettings()).check()
     options = options or RayOptions()
-    inputs, output = open_folder(in_dir), open_folder(out_dir)
+    inputs, output = open_folder(in_dir), open_folder(out_dir, overwrite)
     images = inputs.list_images()
     if not images:
         raise UserError(f"no images (jpg, png, webp) in {in_dir}")
-    _check_names(images)
+    names = runner.batch_output_names([e.name for e in images])
+    images = [replace(e, folder=name) for e, name in zip(images, names, strict=True)]
     output.prepare_output()
     items, todo = _plan(images, output)
+    todo = _refuse_unwritable(todo, output, settings, items)
     if todo and options.address is None and not ray.is_initialized():
         from sd3d.pipelines.syncdreamer import weights_path
 
@@ -637,7 +657,7 @@ def run_batch_ray(
     with _Session(options.address, log_to_driver=progress.enabled) if todo else contextlib.nullcontext():
         size = _size(options) if todo else (0, 0.0)
         for entry in todo:  # what killed attempts of an earlier run left behind
-            output.clean_stale(entry.stem)
+            output.clean_stale(entry.out_name)
         try:
             with progress.task("batch (ray)", len(images)) as advance:
                 advance(len(items), info="")
@@ -664,7 +684,7 @@ def run_batch_ray(
                                 items[entry.name] = BatchItem(
                                     entry.name,
                                     "interrupted",
-                                    output.child(entry.stem),
+                                    output.child(entry.out_name),
                                     image_mtime=entry.mtime,
                                 )
                         raise

@@ -4,10 +4,12 @@ photo -> prepared input -> elevation (estimated unless given) -> 16 views (best 
 silhouette consistency) -> NeuS reconstruction -> textured mesh (+ other formats) -> turntable
 preview -> ``report.json``.
 
-Everything is written into a temporary folder that replaces the output folder only when every stage
-succeeded, so a failure or Ctrl-C leaves no half-written result, and ``report.json`` existing means
-the run finished (``make batch`` relies on that to skip finished images). The weights are checked
-before any work, so a machine without the checkpoint fails at once with the one-line instruction.
+Everything is written into a temporary folder whose entries land in the output folder only when
+every stage succeeded (:func:`sd3d.core.io.atomic_dir`: a folder sd3d did not write is never
+emptied), so a failure or Ctrl-C leaves no half-written result, and ``report.json`` existing means
+the run finished (``make batch`` relies on that to skip finished images). Every setting, the output
+folder and the weights are checked before any work, so a bad option or a machine without the
+checkpoint fails at once with the one-line instruction.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -23,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from sd3d.core.errors import UserError
+from sd3d.core.errors import MissingDependencyError, UserError, WeightsError
 from sd3d.core.progress import Progress, resolve
 from sd3d.workflows.storage import IMAGE_SUFFIXES
 
@@ -63,8 +66,16 @@ class RunSettings:
     dtype: str = "auto"
     regenerate_threshold_deg: float = 2.5
 
-    def check(self) -> RunSettings:
+    def __post_init__(self) -> None:
+        self._validate()
+
+    def _validate(self) -> None:
+        """Every value that can be judged without a device, so a bad option fails at construction
+        (the CLI's one ``error:`` line), never after minutes of generation or training."""
+        from recon.presets import get_preset
+        from sd3d.background import check_backend_name
         from sd3d.core.io import check_max_pixels
+        from sd3d.preprocess import check_crop_size
 
         check_max_pixels(self.max_pixels)
         bad = [f for f in self.formats if f not in MESH_FORMATS]
@@ -76,6 +87,41 @@ class RunSettings:
             raise UserError("--samples must be >= 1")
         if self.preview_frames < 1 or self.preview_fps < 1:
             raise UserError("preview frames and fps must be >= 1")
+        self.generation(first_elevation(self)).check()
+        check_crop_size(self.crop_size)
+        check_backend_name(self.background)
+        if self.recon_steps is not None and self.recon_steps < 1:
+            raise UserError(f"--recon-steps must be >= 1, got {self.recon_steps}")
+        get_preset("draft" if self.quality == "auto" else self.quality, self.recon_steps)
+        if self.faces is not None and self.faces < 4:
+            raise UserError(f"--faces must be at least 4, got {self.faces}")
+        if not self.regenerate_threshold_deg >= 0:
+            raise UserError(f"the regeneration threshold must be >= 0, got {self.regenerate_threshold_deg}")
+
+    def generation(self, elevation_deg: float):
+        """The generator's settings for one elevation."""
+        from sd3d.pipelines.syncdreamer import GenerationSettings
+
+        return GenerationSettings(
+            float(elevation_deg),
+            self.steps,
+            self.cfg,
+            self.eta,
+            self.seed,
+            self.samples,
+            self.batch_view_num,
+            self.sampler,
+        )
+
+    def check(self) -> RunSettings:
+        """Also judge what depends on this machine (device, dtype on it, the resolved quality preset),
+        then return the settings with GLB always among the formats."""
+        from recon.presets import get_preset, resolve_quality
+        from sd3d.core.device import resolve_device, resolve_dtype
+
+        device = resolve_device(self.device)
+        resolve_dtype(self.dtype, device)
+        get_preset(resolve_quality(self.quality, device), self.recon_steps)
         formats = tuple(dict.fromkeys(("glb", *self.formats)))  # the GLB is always written
         return replace(self, formats=formats)
 
@@ -116,11 +162,25 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def check_run_output(out_dir: str | os.PathLike) -> Path:
-    """Refuse an output path that cannot become a folder, creating nothing."""
+def run_output_names(settings: RunSettings) -> list[str]:
+    """The entries ``run_photo`` writes into its output folder for ``settings``."""
+    from recon.export import obj_sidecars
+
+    names = ["input.png", "views", *(f"mesh.{fmt}" for fmt in settings.formats), "report.json"]
+    if "obj" in settings.formats:
+        names += [p.name for p in obj_sidecars("mesh.obj")]
+    if settings.preview != "none":
+        names.append(f"preview.{settings.preview}")
+    return names
+
+
+def check_run_output(
+    out_dir: str | os.PathLike, overwrite: bool = False, planned: Sequence[str] = ()
+) -> Path:
+    """Refuse an output path that cannot become (or be used as) our folder, creating nothing."""
     from sd3d.pipelines.syncdreamer import check_output_folder
 
-    return check_output_folder(out_dir)
+    return check_output_folder(out_dir, overwrite, planned)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -181,18 +241,9 @@ def prepare_photo(source, settings: RunSettings, weights_dir: str | os.PathLike 
 
 def generate_at(model, prepared, settings: RunSettings, elevation_deg: float, progress=None) -> list:
     """``settings.samples`` view sets (:class:`~sd3d.core.io.ViewSet`) for ``prepared`` at ``elevation_deg``."""
-    from sd3d.pipelines.syncdreamer import GenerationSettings, run_generation
+    from sd3d.pipelines.syncdreamer import run_generation
 
-    gen = GenerationSettings(
-        float(elevation_deg),
-        settings.steps,
-        settings.cfg,
-        settings.eta,
-        settings.seed,
-        settings.samples,
-        settings.batch_view_num,
-        settings.sampler,
-    )
+    gen = settings.generation(elevation_deg)
     return run_generation(model, prepared, gen, dtype=settings.dtype, progress=progress)
 
 
@@ -357,16 +408,21 @@ def run_photo(
     model=None,
     progress: Progress | None = None,
     on_stage: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ) -> RunResult:
     """Photo -> ``out_dir`` with ``input.png``, ``views/``, ``mesh.glb`` (+ formats), the preview and
-    ``report.json``. ``model``: an already loaded SyncDreamer (``sd3d batch`` loads it once)."""
+    ``report.json``. ``model``: an already loaded SyncDreamer (``sd3d batch`` loads it once).
+
+    Every setting, the output folder (:func:`sd3d.core.io.check_output_dir`; ``overwrite`` lets a
+    non-empty folder sd3d did not write be used, none of its files replaced) and the weights are
+    checked before any work."""
     import torch
 
     from sd3d.core.io import atomic_dir
     from sd3d.pipelines.syncdreamer import load_model, weights_path
 
     settings = (settings or RunSettings()).check()
-    out_dir = check_run_output(out_dir)
+    out_dir = check_run_output(out_dir, overwrite, run_output_names(settings))
     progress = resolve(progress)
     stages = StageTimer()
     note = on_stage or (lambda name: None)
@@ -411,7 +467,8 @@ def run_photo(
     def peak() -> int | None:
         return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
 
-    with atomic_dir(out_dir) as tmp:
+    # report.json moves in last: its presence means the run finished (make batch relies on it)
+    with atomic_dir(out_dir, overwrite=overwrite, command="run", last=("report.json",)) as tmp:
         report = write_run_folder(
             tmp,
             source=source,
@@ -464,16 +521,40 @@ def write_turntable(
         pil = [Image.fromarray(im) for im in images]
         pil[0].save(out_path, save_all=True, append_images=pil[1:], duration=int(1000 / fps), loop=0)
     else:
-        import imageio_ffmpeg
+        _write_mp4(out_path, images, fps, size)
+    return out_path
 
-        writer = imageio_ffmpeg.write_frames(
-            str(out_path), (size, size), fps=fps, codec="libx264", pix_fmt_out="yuv420p", quality=7
-        )
+
+_MIN_FREE_BYTES = 1 << 20
+
+
+def _write_mp4(out_path: Path, images: list[np.ndarray], fps: int, size: int) -> None:
+    """H.264 through imageio-ffmpeg, checked by counting the frames written (ffmpeg failing at the
+    end exits quietly). ffmpeg dying on a full disk surfaces as a broken pipe or a short file with
+    no errno, so the free space decides whether that is the user's disk or a bug (kept as is)."""
+    import shutil
+
+    import imageio_ffmpeg
+
+    from sd3d.core.errors import OutputPathError
+
+    writer = imageio_ffmpeg.write_frames(
+        str(out_path), (size, size), fps=fps, codec="libx264", pix_fmt_out="yuv420p", quality=7
+    )
+    try:
         writer.send(None)
         for im in images:
             writer.send(np.ascontiguousarray(im))
         writer.close()
-    return out_path
+        frames, _ = imageio_ffmpeg.count_frames_and_secs(str(out_path))
+        if frames != len(images):
+            raise RuntimeError(f"ffmpeg wrote {frames} of {len(images)} frames to {out_path}")
+    except (OSError, RuntimeError) as exc:
+        if shutil.disk_usage(out_path.parent).free < _MIN_FREE_BYTES:
+            raise OutputPathError(f"cannot write {out_path}: No space left on device") from exc
+        raise
+    finally:
+        writer.close()  # stops ffmpeg on every way out, so it never writes after the cleanup
 
 
 # --------------------------------------------------------------------------------------------------
@@ -481,11 +562,12 @@ def write_turntable(
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BatchItem:
-    """One image's outcome: ``status`` is 'done', 'skipped' (up to date) or 'failed'.
-
-    The Ray engine also records ``error_kind`` ('input': the image's own fault, a
-    :class:`~sd3d.core.errors.UserError`; 'error': any other exception; 'system': its workers kept
-    dying) and the image's ``image_mtime``, so that a re-run does not retry an unchanged bad image.
+    """One image's outcome: ``status`` is 'done', 'skipped' (up to date), 'failed', 'not run' (the
+    batch stopped first) or, with the Ray engine, 'interrupted' (Ctrl-C). ``error`` is the one-line
+    reason; ``error_kind`` says whose fault it was ('input': the image's own, a
+    :class:`~sd3d.core.errors.UserError`; 'error': any other exception; 'system': the Ray engine's
+    workers kept dying; 'output': the Ray engine may not write its result folder); ``image_mtime`` lets the Ray engine skip an unchanged bad image on a re-run;
+    ``detail`` is the traceback of an unexpected (non-user) error in the local engine.
     """
 
     image: str
@@ -495,6 +577,21 @@ class BatchItem:
     error: str | None = None
     error_kind: str | None = None
     image_mtime: float | None = None
+    detail: str | None = None
+
+
+class BatchAborted(UserError):
+    """A failure that dooms every image (the model or a backend's weights cannot load, a missing
+    extra): the batch stops early; ``items`` is the summary so far (the rest 'not run')."""
+
+    def __init__(self, message: str, items: list[BatchItem]) -> None:
+        super().__init__(message)
+        self.items = items
+
+
+# Failures that are not about one image: going on would fail every remaining image the same way.
+_DOOMS_EVERY_IMAGE = (WeightsError, MissingDependencyError)
+_BATCH_RESERVED = ("batch.json", "logs")  # names the batch itself uses in its output folder
 
 
 def list_images(in_dir: Path) -> list[Path]:
@@ -503,10 +600,38 @@ def list_images(in_dir: Path) -> list[Path]:
     return sorted(p for p in in_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def batch_output_names(images: Sequence[str | os.PathLike]) -> list[str]:
+    """The output folder name of each image: its stem (``a.png`` -> ``a``), or its whole file name
+    when another image has the same stem (``a.jpg`` and ``a.png`` -> ``a.jpg``, ``a.png``) or the
+    stem is a name the batch uses itself, so distinct inputs never share (and overwrite) an output.
+    Names are compared case-insensitively, as a case-insensitive file system would; a name still
+    taken (``a.png`` beside ``a.png.jpg``) gets ``~2``, ``~3``, .... Both batch engines and
+    ``make batch`` (``scripts/batch_summary.py --plan``) use these names."""
+    paths = [Path(p) for p in images]
+    stems = Counter(p.stem.casefold() for p in paths)
+    reserved = {n.casefold() for n in _BATCH_RESERVED}
+    names = [
+        p.stem if stems[p.stem.casefold()] == 1 and p.stem.casefold() not in reserved else p.name
+        for p in paths
+    ]
+    seen: Counter[str] = Counter()
+    unique = []
+    for name in names:
+        seen[name.casefold()] += 1
+        count = seen[name.casefold()]
+        unique.append(name if count == 1 else f"{name}~{count}")
+    return unique
+
+
 def is_up_to_date(image: Path, out_dir: Path) -> bool:
     """A finished run (``report.json`` exists) newer than its input image."""
     report = out_dir / "report.json"
     return report.exists() and report.stat().st_mtime >= image.stat().st_mtime
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def run_batch(
@@ -517,13 +642,19 @@ def run_batch(
     weights: str | os.PathLike | None = None,
     weights_dir: str | os.PathLike | None = None,
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> list[BatchItem]:
-    """``sd3d run`` for every image of ``in_dir`` into ``out_dir/<stem>/``, loading the model once.
+    """``sd3d run`` for every image of ``in_dir`` into ``out_dir/<name>/`` (:func:`batch_output_names`),
+    loading the model once.
 
-    Resumable: images whose report is newer than the image are skipped. A failing image is recorded
-    (``out_dir/batch.json``, rewritten atomically after every image) and the others go on.
+    Resumable: images whose report is newer than the image are skipped. A failing image, whatever
+    the error, is recorded (``out_dir/batch.json``, rewritten atomically after every image) and
+    the others go on; a failure that dooms every image raises :class:`BatchAborted` with the
+    summary. ``overwrite`` applies to ``out_dir`` and to each image's folder (see ``run_photo``).
     """
-    from sd3d.core.io import write_json_atomic
+    import traceback
+
+    from sd3d.core.io import check_output_dir, mark_output, write_json_atomic
     from sd3d.pipelines.syncdreamer import load_model, weights_path
 
     settings = (settings or RunSettings()).check()
@@ -531,33 +662,83 @@ def run_batch(
     images = list_images(in_dir)
     if not images:
         raise UserError(f"no images (jpg, png, webp) in {in_dir}")
-    check_run_output(out_dir)
+    check_output_dir(out_dir, overwrite=overwrite, planned=["batch.json"])
     weights_file = weights_path(weights, weights_dir)
-    todo = [img for img in images if not is_up_to_date(img, out_dir / img.stem)]
-    model = load_model(weights_file, None, settings.device, dtype=settings.dtype) if todo else None
+    targets = [out_dir / name for name in batch_output_names(images)]
+    todo = {img for img, target in zip(images, targets, strict=True) if not is_up_to_date(img, target)}
     items: list[BatchItem] = []
-    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def record() -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        mark_output(out_dir, ["batch.json"], "batch")
+        summary = _with_rest(items, images, targets)
+        write_json_atomic(
+            out_dir / "batch.json", {"input": str(in_dir), "items": [asdict(i) for i in summary]}
+        )
+
+    model = None
+    if todo:
+        try:
+            model = load_model(weights_file, None, settings.device, dtype=settings.dtype)
+        except UserError as exc:
+            record()
+            raise BatchAborted(str(exc), _with_rest(items, images, targets)) from exc
     progress = resolve(progress)
-    with progress.task("batch", len(images)) as advance:
-        for img in images:
-            target = out_dir / img.stem
-            if img not in todo:
-                items.append(BatchItem(img.name, "skipped", str(target)))
-            else:
-                start = time.perf_counter()
-                try:
-                    run_photo(img, target, settings, weights_dir=weights_dir, model=model)
-                    items.append(
-                        BatchItem(img.name, "done", str(target), round(time.perf_counter() - start, 2))
-                    )
-                except UserError as exc:
-                    items.append(
-                        BatchItem(
-                            img.name, "failed", str(target), round(time.perf_counter() - start, 2), str(exc)
+    try:
+        with progress.task("batch", len(images)) as advance:
+            for img, target in zip(images, targets, strict=True):
+                if img not in todo:
+                    items.append(BatchItem(img.name, "skipped", str(target)))
+                else:
+                    start = time.perf_counter()
+                    error = detail = None
+                    try:
+                        run_photo(
+                            img, target, settings, weights_dir=weights_dir, model=model, overwrite=overwrite
                         )
-                    )
-            write_json_atomic(
-                out_dir / "batch.json", {"input": str(in_dir), "items": [asdict(i) for i in items]}
-            )
-            advance(1, info=f"{img.name}: {items[-1].status}")
+                    except _DOOMS_EVERY_IMAGE as exc:
+                        items.append(_failed(img, target, start, str(exc), "input"))
+                        record()
+                        raise BatchAborted(
+                            f"{exc} (batch stopped)", _with_rest(items, images, targets)
+                        ) from exc
+                    except UserError as exc:
+                        error, kind = str(exc), "input"
+                    except Exception as exc:  # noqa: BLE001 - one image's bug must not stop the others
+                        error, kind, detail = _one_line(exc), "error", traceback.format_exc()
+                    if error is None:
+                        items.append(
+                            BatchItem(img.name, "done", str(target), round(time.perf_counter() - start, 2))
+                        )
+                    else:
+                        items.append(_failed(img, target, start, error, kind, detail))
+                record()
+                advance(1, info=f"{img.name}: {items[-1].status}")
+    except KeyboardInterrupt:
+        record()  # what finished stays recorded; the rest reads 'not run'
+        raise
     return items
+
+
+def _failed(
+    img: Path, target: Path, start: float, error: str, kind: str, detail: str | None = None
+) -> BatchItem:
+    return BatchItem(
+        img.name,
+        "failed",
+        str(target),
+        round(time.perf_counter() - start, 2),
+        error,
+        error_kind=kind,
+        detail=detail,
+    )
+
+
+def _with_rest(items: list[BatchItem], images: list[Path], targets: list[Path]) -> list[BatchItem]:
+    """``items`` followed by a 'not run' entry for every image not in them."""
+    seen = {it.image for it in items}
+    return items + [
+        BatchItem(img.name, "not run", str(t))
+        for img, t in zip(images, targets, strict=True)
+        if img.name not in seen
+    ]

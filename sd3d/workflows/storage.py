@@ -4,8 +4,10 @@ A batch result is one sub-folder per image whose ``report.json`` is written last
 presence means the folder is complete:
 
 * local folder: the sub-folder is built under a temporary name beside its final one and renamed into
-  place (:func:`sd3d.core.io.atomic_dir`); a process killed mid-write leaves only a hidden ``.<name>.*.part``
-  folder, which :meth:`LocalFolder.clean_stale` removes;
+  place (:func:`sd3d.core.io.atomic_dir`, under its output-folder policy: marked as sd3d's, and a
+  folder sd3d did not write is never emptied); a process killed mid-write leaves only a hidden
+  ``.<name>.*.part`` folder (``.sd3d-*`` inside an existing result), which
+  :meth:`LocalFolder.clean_stale` removes;
 * URL (object stores have no rename): the sub-folder is built in a local temporary folder, the old
   marker is deleted first, then every file is uploaded and the marker last. A prefix without its
   marker is an unfinished result and is overwritten by the next attempt.
@@ -39,15 +41,22 @@ _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 @dataclass(frozen=True)
 class ImageEntry:
-    """One input image: its file name, where to read it (path or URL) and its modification time."""
+    """One input image: its file name, where to read it (path or URL), its modification time and
+    ``folder``, the name of its result folder (default: the stem; the batch sets it so that images
+    with the same stem, ``a.jpg`` and ``a.png``, never share one)."""
 
     name: str
     location: str
     mtime: float | None
+    folder: str = ""
 
     @property
     def stem(self) -> str:
         return Path(self.name).stem
+
+    @property
+    def out_name(self) -> str:
+        return self.folder or self.stem
 
 
 def is_url(location: str | os.PathLike) -> bool:
@@ -56,11 +65,12 @@ def is_url(location: str | os.PathLike) -> bool:
     return bool(_URL.match(text)) and not text.startswith("file://")
 
 
-def open_folder(location: str | os.PathLike) -> LocalFolder | RemoteFolder:
+def open_folder(location: str | os.PathLike, overwrite: bool = False) -> LocalFolder | RemoteFolder:
+    """``overwrite``: a local output folder's policy (see :func:`sd3d.core.io.check_output_dir`)."""
     text = str(location)
     if is_url(text):
         return RemoteFolder(text)
-    return LocalFolder(text.removeprefix("file://"))
+    return LocalFolder(text.removeprefix("file://"), overwrite)
 
 
 def _is_image(name: str) -> bool:
@@ -68,10 +78,14 @@ def _is_image(name: str) -> bool:
 
 
 class LocalFolder:
-    """A folder on this machine's file system (shared by every node when used on a cluster)."""
+    """A folder on this machine's file system (shared by every node when used on a cluster).
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    As an output it follows sd3d's output-folder policy (:func:`sd3d.core.io.check_output_dir`):
+    ``overwrite`` lets a non-empty folder sd3d did not write be used, none of its files replaced."""
+
+    def __init__(self, path: str | os.PathLike, overwrite: bool = False) -> None:
         self.root = Path(path)
+        self.overwrite = overwrite
 
     def __repr__(self) -> str:
         return f"LocalFolder({str(self.root)!r})"
@@ -89,11 +103,19 @@ class LocalFolder:
         ]
 
     def prepare_output(self) -> None:
-        """Refuse an unusable output folder before any work, then create it."""
+        """Refuse an unusable output folder before any work, then create it, marked as sd3d's."""
+        from sd3d.core.io import mark_output
         from sd3d.pipelines.syncdreamer import check_output_folder
 
-        check_output_folder(self.root)
+        check_output_folder(self.root, self.overwrite, ["batch.json"])
         self.root.mkdir(parents=True, exist_ok=True)
+        mark_output(self.root, ["batch.json"], "batch")
+
+    def check_result(self, name: str, planned: list[str]) -> None:
+        """Refuse, before any work, a result folder that ``staging(name)`` would not be allowed to fill."""
+        from sd3d.pipelines.syncdreamer import check_output_folder
+
+        check_output_folder(self.root / name, self.overwrite, planned)
 
     def marker_mtime(self, name: str) -> float | None:
         """When ``name/report.json`` was written, or ``None`` when the result is missing or unfinished."""
@@ -122,7 +144,7 @@ class LocalFolder:
         """A temporary folder that replaces ``name`` when the block succeeds (and only then)."""
         from sd3d.core.io import atomic_dir
 
-        with atomic_dir(self.root / name) as tmp:
+        with atomic_dir(self.root / name, overwrite=self.overwrite, command="run", last=(MARKER,)) as tmp:
             yield tmp
 
     def clean_stale(self, name: str) -> None:
@@ -131,11 +153,15 @@ class LocalFolder:
         Only call it while no other attempt at ``name`` runs: the batch driver retries an image only
         after its previous attempt has failed or its process has died.
         """
+        from sd3d.core.io import stale_temporaries
+
         pattern = re.compile(rf"^\.{re.escape(name)}\.(?:[A-Za-z0-9_]+\.part|old-\d+)$")
         with contextlib.suppress(OSError):
             for p in self.root.iterdir():
                 if pattern.match(p.name) and p.is_dir():
                     shutil.rmtree(p, ignore_errors=True)
+        for p in stale_temporaries(self.root / name):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _mtime(info: dict) -> float | None:
@@ -211,6 +237,10 @@ class RemoteFolder:
             self.fs.makedirs(self._key(), exist_ok=True)
         except OSError as exc:
             raise OutputPathError(f"cannot use the output folder {self.url}: {exc}") from exc
+
+    def check_result(self, name: str, planned: list[str]) -> None:
+        """Not checked: object-store prefixes carry no output marker, and a result's prefix is
+        replaced whole when the image is done (:meth:`_upload`)."""
 
     def marker_mtime(self, name: str) -> float | None:
         try:
