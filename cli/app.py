@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "cli.evaluate",
     "cli.elevation",
     "cli.run",
+    "cli.serve",
 )
 
 app = typer.Typer(

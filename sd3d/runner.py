@@ -19,12 +19,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sd3d.errors import UserError
 from sd3d.progress import Progress, resolve
+
+if TYPE_CHECKING:
+    from sd3d.io import ViewSet
+    from sd3d.preprocess import PreparedInput
 
 PREVIEW_FORMATS = ("mp4", "gif", "none")
 MESH_FORMATS = ("glb", "obj", "ply")
@@ -84,8 +88,11 @@ class RunResult:
     files: tuple[str, ...] = field(default_factory=tuple)
 
 
-class _Stages:
-    """Wall time per stage, in the order they ran."""
+class StageTimer:
+    """Wall time per stage, in the order they ran (``report.json``'s ``stage_seconds``).
+
+    One timer spans a whole run, also when its stages are called separately (the web app generates
+    and reconstructs in two requests)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -97,6 +104,21 @@ class _Stages:
             yield
         finally:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
+
+
+@dataclass(frozen=True)
+class GeneratedViews:
+    """The generation stage of a run: every sample's views, the one kept, and how the elevation
+    was chosen (the ``elevation`` record of ``report.json``, with the score curve when estimated)."""
+
+    views: tuple[ViewSet, ...]
+    chosen: int
+    sample_scores: tuple[float, ...]
+    elevation: dict[str, Any]
+
+    @property
+    def best(self) -> ViewSet:
+        return self.views[self.chosen]
 
 
 def _versions() -> dict[str, str]:
@@ -130,18 +152,16 @@ def run_photo(
     on_stage: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Photo -> ``out_dir`` with ``input.png``, ``views/``, ``mesh.glb`` (+ formats), the preview and
-    ``report.json``. ``model``: an already loaded SyncDreamer (``sd3d batch`` loads it once)."""
-    import torch
+    ``report.json``. ``model``: an already loaded SyncDreamer (``sd3d batch`` loads it once).
 
-    from recon.pipeline import export_mesh, reconstruct
-    from sd3d.io import atomic_dir, write_json_atomic
-    from sd3d.pipeline import load_model, weights_path, write_generated
+    The two halves, :func:`generate_for_run` and :func:`write_run`, are public for callers that
+    show the views before reconstructing (the web app)."""
+    from sd3d.pipeline import load_model, weights_path
     from sd3d.preprocess import prepare_input
 
     settings = (settings or RunSettings()).check()
     out_dir = check_run_output(out_dir)
-    progress = resolve(progress)
-    stages = _Stages()
+    stages = StageTimer()
     note = on_stage or (lambda name: None)
     if model is None:
         weights_file = weights_path(weights, weights_dir)  # fail before any work without weights
@@ -157,13 +177,44 @@ def run_photo(
     with stages("load_model"):
         if model is None:
             model = load_model(weights_file, None, settings.device, dtype=settings.dtype)
-    device = model.device
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    generated = generate_for_run(model, prepared, settings, progress=progress, on_stage=note, stages=stages)
+    return write_run(
+        out_dir,
+        prepared,
+        generated,
+        settings,
+        source=source,
+        device=model.device,
+        progress=progress,
+        on_stage=note,
+        stages=stages,
+    )
+
+
+def generate_for_run(
+    model,
+    prepared: PreparedInput,
+    settings: RunSettings,
+    *,
+    progress: Progress | None = None,
+    on_stage: Callable[[str], None] | None = None,
+    stages: StageTimer | None = None,
+) -> GeneratedViews:
+    """The generation stage of :func:`run_photo`: the 16 views at the given or estimated elevation
+    (generate at 30 deg, estimate, regenerate once when the estimate differs by more than
+    ``settings.regenerate_threshold_deg``), and the most consistent of ``settings.samples`` sets."""
+    import torch
+
+    from sd3d.pipeline import GenerationSettings, run_generation
+
+    settings = settings.check()
+    progress = resolve(progress)
+    stages = stages if stages is not None else StageTimer()
+    note = on_stage or (lambda name: None)
+    if model.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(model.device)
 
     def generate(elevation: float) -> list:
-        from sd3d.pipeline import GenerationSettings, run_generation
-
         gen = GenerationSettings(
             float(elevation),
             settings.steps,
@@ -218,7 +269,36 @@ def run_photo(
         with stages("rank_samples"):
             sample_scores = [silhouette_consistency(v).score for v in views]
         chosen = int(np.argmax(sample_scores))
+    return GeneratedViews(tuple(views), chosen, tuple(sample_scores), elevation_record)
 
+
+def write_run(
+    out_dir: str | os.PathLike,
+    prepared: PreparedInput,
+    generated: GeneratedViews,
+    settings: RunSettings,
+    *,
+    source: str | os.PathLike,
+    device,
+    progress: Progress | None = None,
+    on_stage: Callable[[str], None] | None = None,
+    stages: StageTimer | None = None,
+) -> RunResult:
+    """The rest of :func:`run_photo` after generation: reconstruct the kept views, export every
+    format, render the preview and write ``report.json``, all into ``out_dir`` atomically."""
+    import torch
+
+    from recon.pipeline import export_mesh, reconstruct
+    from sd3d.io import atomic_dir, write_json_atomic
+    from sd3d.pipeline import write_generated
+
+    settings = settings.check()
+    out_dir = check_run_output(out_dir)
+    progress = resolve(progress)
+    stages = stages if stages is not None else StageTimer()
+    note = on_stage or (lambda name: None)
+    device = torch.device(device)
+    views, chosen = list(generated.views), generated.chosen
     with atomic_dir(out_dir) as tmp:
         from PIL import Image
 
@@ -265,12 +345,12 @@ def run_photo(
             "outputs": sorted(p.name for p in tmp.iterdir()) + ["report.json"],
             "settings": {**asdict(settings), "formats": list(settings.formats)},
             "seed": settings.seed,
-            "elevation": elevation_record,
+            "elevation": generated.elevation,
             "samples": {
                 "count": len(views),
                 "chosen": chosen,
                 "consistency_metric": "silhouette IoU of each view vs the reprojected visual hull (mean)",
-                "consistency_scores": sample_scores,
+                "consistency_scores": list(generated.sample_scores),
             },
             "preprocess": {"background": prepared.background, "crop_box": list(prepared.crop_box)},
             "generation": {k: v for k, v in views[chosen].provenance.items() if k != "sample"},

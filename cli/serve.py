@@ -1,0 +1,70 @@
+"""``sd3d serve``: the browser app (:mod:`sd3d.webapp`), on this machine only unless asked otherwise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "serve",
+        help="Serve the web app (photo -> views -> mesh, and views -> mesh) in the browser. "
+        "Needs the app extra: pip install 'sd3d\\[app]'.",
+    )(serve)
+
+
+def serve(
+    host: str = typer.Option(
+        "127.0.0.1",
+        "--host",
+        help="Address to listen on; 0.0.0.0 serves the whole network (no login: anyone who reaches it can use it).",
+    ),
+    port: str = typer.Option("7860", "--port", metavar="INT", help="Port to listen on."),
+    device: str = typer.Option("auto", "--device", metavar="auto|cpu|cuda[:N]", help="Compute device."),
+    dtype: str = typer.Option("auto", "--dtype", metavar="auto|fp32|bf16|fp16", help="Generation precision."),
+    weights: Path = typer.Option(None, "--weights", help="SyncDreamer checkpoint file."),
+    weights_dir: Path = typer.Option(None, "--weights-dir", help="Weights folder."),
+    max_pixels: str = typer.Option(
+        None, "--max-pixels", metavar="INT", help="Refuse uploads with more pixels (default 50000000)."
+    ),
+) -> None:
+    from cli.common import parse_number
+    from sd3d.device import resolve_device, resolve_dtype
+    from sd3d.errors import MissingDependencyError, UserError
+
+    n_port = parse_number(port, "--port", int)
+    if not 1 <= n_port <= 65535:
+        raise UserError(f"--port must be between 1 and 65535, got {n_port}")
+    from sd3d.io import DEFAULT_MAX_PIXELS
+
+    n_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else parse_number(max_pixels, "--max-pixels", int)
+    if n_pixels < 1:
+        raise UserError(f"--max-pixels must be positive, got {n_pixels}")
+    resolve_dtype(dtype, resolve_device(device))  # bad values fail now, not on the first request
+    try:
+        from sd3d.webapp.layout import launch
+    except ImportError as exc:
+        if getattr(exc, "name", "") and str(exc.name).split(".")[0] in ("gradio", "gradio_client"):
+            raise MissingDependencyError("the web app needs Gradio: pip install 'sd3d[app]'") from exc
+        raise
+    from sd3d.webapp.handlers import ServeOptions, WebApp
+
+    if host not in LOOPBACK:
+        typer.echo(
+            f"warning: serving on {host}: anyone who can reach this machine on port {n_port} can use the app "
+            "(and its GPU); there is no login",
+            err=True,
+        )
+    app = WebApp(
+        ServeOptions(
+            device=device, dtype=dtype, weights=weights, weights_dir=weights_dir, max_pixels=n_pixels
+        )
+    )
+    try:
+        launch(app, host, n_port)
+    finally:
+        app.close()
