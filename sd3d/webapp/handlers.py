@@ -359,6 +359,21 @@ class Session:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _uploads_named(paths: Sequence[str | os.PathLike], names: Sequence[str] | None = None) -> Iterator[None]:
+    """Messages name uploads as the user knows them (their file name), not by their server path."""
+    try:
+        yield
+    except UserError as exc:
+        message = str(exc)
+        for i, path in enumerate(paths):
+            name = names[i] if names and names[i] else Path(path).name
+            message = message.replace(str(path), name)
+        if message == str(exc):
+            raise
+        raise type(exc)(message) from exc
+
+
 def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:80] or "session"
 
@@ -525,7 +540,14 @@ class WebApp:
         session.cut_out = (key, prepared)
         return prepared
 
-    def cut_out(self, session_id: str | None, photo: str | None, crop_size: Any, background: str) -> CutOut:
+    def cut_out(
+        self,
+        session_id: str | None,
+        photo: str | None,
+        crop_size: Any,
+        background: str,
+        photo_name: str = "",
+    ) -> CutOut:
         """``sd3d preprocess``: the recentred object the model will see."""
         from sd3d.preprocess import check_crop_size
 
@@ -533,7 +555,8 @@ class WebApp:
             raise InputImageError("upload a photo first")
         session = self.session(session_id)
         crop = check_crop_size(_as_int(crop_size, "--crop-size"))
-        prepared = self._prepared(session, photo, crop, background)
+        with _uploads_named([photo], [photo_name]):
+            prepared = self._prepared(session, photo, crop, background)
         folder = session.fresh_dir("cutout")
         folder.mkdir()
         path = folder / "input.png"
@@ -563,7 +586,7 @@ class WebApp:
         session = self.session(session_id)
         session.generation = None
         stages = StageTimer()
-        with stages("preprocess"):
+        with stages("preprocess"), _uploads_named([photo], [photo_name]):
             prepared = self._prepared(session, photo, settings.crop_size, settings.background)
         with stages("load_model"):
             model = self.model()
@@ -694,8 +717,10 @@ class WebApp:
         if not files:
             raise ViewsFolderError("upload the 16 views (or a strip image) first, or load the example")
         session = self.session(session_id)
-        source = self._views_source(session, files)
-        views = read_views(source)
+        with _uploads_named(files):
+            source = self._views_source(session, files)
+        with _uploads_named([source], ["the upload"]):
+            views = read_views(source)
         result = reconstruct(
             views,
             quality=recon.quality,

@@ -261,6 +261,7 @@ def build_demo(app: WebApp) -> gr.Blocks:
                     view_files = gr.File(
                         label="Views",
                         file_count="multiple",
+                        height=280,
                         file_types=[*VIEW_SUFFIXES, ".json"],
                         elem_id="view-files",
                     )
@@ -350,10 +351,10 @@ def build_demo(app: WebApp) -> gr.Blocks:
         demo.load(weights_banner, outputs=weights_note, queue=False, api_visibility="private")
 
         def do_cut_out(values, request):
-            path, _ = _upload(values["photo"])
+            path, name = _upload(values["photo"])
             if path is None:
                 return None, ""
-            result = app.cut_out(request.session_hash, path, values["crop_size"], values["background"])
+            result = app.cut_out(request.session_hash, path, values["crop_size"], values["background"], name)
             return str(result.image), result.info
 
         gr.on(
