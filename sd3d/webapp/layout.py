@@ -305,7 +305,7 @@ def build_demo(app: WebApp) -> gr.Blocks:
                     views_files = gr.File(
                         label="Downloads", file_count="multiple", interactive=False, elem_id="views-downloads"
                     )
-                    views_summary = gr.Markdown()
+                    views_summary = gr.Markdown(elem_id="views-summary")
                     views_command = gr.Code(
                         reconstruct_command(views_defaults, app.options),
                         language="shell",
