@@ -345,6 +345,22 @@ def test_serve_refuses_bad_options(run_cli, args, expect):
     assert res.code == 2 and res.err.count("\n") == 1 and expect in res.err, res
 
 
+def test_serve_warns_on_a_network_bind_and_refuses_a_busy_port(run_cli):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        res = run_cli("serve", "--host", "0.0.0.0", "--port", str(port))
+    lines = res.err.strip().splitlines()
+    assert res.code == 2 and len(lines) == 2, res
+    assert lines[0].startswith("warning: serving on 0.0.0.0: anyone who can reach this machine")
+    assert (
+        lines[1] == f"error: cannot listen on 0.0.0.0:{port}: the port is in use (choose another with --port)"
+    )
+
+
 def test_help_does_not_import_the_app():
     code = (
         "import sys; from cli.app import main; main(['--help']); "
