@@ -95,9 +95,8 @@ def test_views_example_in_the_browser(tmp_path, monkeypatch):
             )
 
             page.get_by_role("tab", name="Views → mesh").click()
-            for field, value in (("#views-steps", "20"), ("#views-faces", "3000")):
-                page.locator(f"{field} input").fill(value)
-                page.locator(f"{field} input").press("Tab")
+            page.locator("#views-steps input").fill("20")  # a short fit; the rest stays at the defaults
+            page.locator("#views-steps input").press("Tab")
             page.locator("#views-example").click()
 
             canvas = page.locator("#views-model canvas")
@@ -107,6 +106,9 @@ def test_views_example_in_the_browser(tmp_path, monkeypatch):
             page.screenshot(path=str(artifacts / "webapp-views.png"), full_page=True)
             assert spread, f"the 3D viewer's canvas stayed blank (pixel spread <= {MIN_CANVAS_STD})"
             sync_api.expect(page.locator("#views-summary")).to_contain_text("faces, textured")
+            sync_api.expect(page.locator("#views-command")).to_contain_text(
+                "sd3d reconstruct views/ -o mesh.glb --steps 20 --device cpu"
+            )
 
             link = page.locator("#views-downloads a[download='mesh.glb']")
             with page.expect_download() as download:
@@ -114,7 +116,7 @@ def test_views_example_in_the_browser(tmp_path, monkeypatch):
             glb = tmp_path / "downloaded.glb"
             download.value.save_as(glb)
             mesh = trimesh.load(glb, force="mesh")
-            assert 0 < len(mesh.faces) <= 3000
+            assert len(mesh.faces) > 0 and np.isfinite(mesh.vertices).all()
 
             assert len([d for d in work.iterdir() if d.is_dir()]) == 1  # this page's session
             context.close()  # the page goes: its session's files go with it

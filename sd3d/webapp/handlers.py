@@ -203,7 +203,11 @@ def reconstruct_command(recon: ReconOptions, options: ServeOptions, source: str 
 # control values -> settings
 # --------------------------------------------------------------------------------------------------
 def _as_int(value: Any, option: str, *, optional: bool = False) -> int | None:
-    """A number field's value (float, int, text or blank) -> int, or a one-line error naming the option."""
+    """A number field's value (float, int, text or blank) -> int, or a one-line error naming the option.
+
+    ``optional`` options (``--steps``/``--recon-steps``/``--faces``, whose default is "the
+    preset's" or "all") take blank or 0 as that default: a number field in the browser cannot
+    stay blank, and 0 is no valid value for any of them."""
     if value is None or (isinstance(value, str) and not value.strip()):
         if optional:
             return None
@@ -214,6 +218,8 @@ def _as_int(value: Any, option: str, *, optional: bool = False) -> int | None:
         raise UserError(f"{option} must be an integer, got {value!r}") from None
     if not number.is_integer():
         raise UserError(f"{option} must be an integer, got {value!r}")
+    if optional and number == 0:
+        return None
     return int(number)
 
 

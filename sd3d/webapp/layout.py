@@ -82,11 +82,12 @@ def _handler(names: Sequence[str], fn: Callable, *, progress: bool = False, show
         except gr.Error:
             raise
         except UserError as exc:
-            raise gr.Error(_one_line(exc), print_exception=False) from None
+            raise gr.Error(_one_line(exc), duration=None, print_exception=False) from None
         except Exception as exc:  # noqa: BLE001 - the page gets one line, the log the traceback
             log.exception("unexpected error in %s", fn.__name__)
             raise gr.Error(
                 f"unexpected error ({type(exc).__name__}: {_one_line(exc)[:300]}); the server log has the details",
+                duration=None,
                 print_exception=False,
             ) from None
 
@@ -123,6 +124,28 @@ def _curve(record: dict) -> Any:
     if not points:
         return gr.LinePlot(value=None, visible=False)
     return gr.LinePlot(value=pd.DataFrame(points), visible=True)
+
+
+def _unset(default: int | None) -> int:
+    """The number field's value for an option whose default is "none given" (the handlers read 0 so)."""
+    return 0 if default is None else default
+
+
+def _quality(value: str) -> gr.Radio:
+    return gr.Radio(
+        list(QUALITIES), value=value, label="--quality", info="auto: standard on a GPU, draft on CPU"
+    )
+
+
+def _command(value: str, elem_id: str) -> gr.Code:
+    return gr.Code(
+        value,
+        language="shell",
+        label="The same from the command line",
+        interactive=False,
+        lines=1,
+        elem_id=elem_id,
+    )
 
 
 def build_demo(app: WebApp) -> gr.Blocks:
@@ -216,16 +239,16 @@ def build_demo(app: WebApp) -> gr.Blocks:
                     elevation_info = gr.Markdown()
             gr.Markdown("### Reconstruction")
             with gr.Row():
-                quality = gr.Radio(
-                    list(QUALITIES),
-                    value=run_defaults.quality,
-                    label="--quality",
-                    info="auto: standard on a GPU, draft on CPU",
-                )
+                quality = _quality(run_defaults.quality)
                 recon_steps = gr.Number(
-                    value=run_defaults.recon_steps, precision=0, label="--recon-steps", info="blank: preset's"
+                    value=_unset(run_defaults.recon_steps),
+                    precision=0,
+                    label="--recon-steps",
+                    info="0: the preset's",
                 )
-                faces = gr.Number(value=run_defaults.faces, precision=0, label="--faces", info="blank: all")
+                faces = gr.Number(
+                    value=_unset(run_defaults.faces), precision=0, label="--faces", info="0: all"
+                )
             with gr.Row():
                 formats = gr.CheckboxGroup(
                     list(EXTRA_FORMATS),
@@ -243,13 +266,7 @@ def build_demo(app: WebApp) -> gr.Blocks:
                 photo_video = gr.Video(label="Turntable", autoplay=True, loop=True, height=420)
             photo_files = gr.File(label="Downloads", file_count="multiple", interactive=False)
             photo_summary = gr.Markdown()
-            photo_command = gr.Code(
-                run_command(run_defaults, "photo.png", app.options),
-                language="shell",
-                label="The same from the command line",
-                interactive=False,
-                lines=1,
-            )
+            photo_command = _command(run_command(run_defaults, "photo.png", app.options), "photo-command")
 
         with gr.Tab("Views → mesh", id="views"):
             gr.Markdown(
@@ -271,26 +288,21 @@ def build_demo(app: WebApp) -> gr.Blocks:
                         elem_id="views-example",
                     )
                 with gr.Column():
-                    v_quality = gr.Radio(
-                        list(QUALITIES),
-                        value=views_defaults.quality,
-                        label="--quality",
-                        info="auto: standard on a GPU, draft on CPU",
-                    )
+                    v_quality = _quality(views_defaults.quality)
                     with gr.Row():
                         v_steps = gr.Number(
-                            value=views_defaults.steps,
+                            value=_unset(views_defaults.steps),
                             precision=0,
                             label="--steps",
-                            info="training steps; blank: the preset's",
+                            info="training steps; 0: the preset's",
                             elem_id="views-steps",
                         )
                         v_seed = gr.Number(value=views_defaults.seed, precision=0, label="--seed")
                         v_faces = gr.Number(
-                            value=views_defaults.faces,
+                            value=_unset(views_defaults.faces),
                             precision=0,
                             label="--faces",
-                            info="blank: all",
+                            info="0: all",
                             elem_id="views-faces",
                         )
                     v_formats = gr.CheckboxGroup(
@@ -306,12 +318,8 @@ def build_demo(app: WebApp) -> gr.Blocks:
                         label="Downloads", file_count="multiple", interactive=False, elem_id="views-downloads"
                     )
                     views_summary = gr.Markdown(elem_id="views-summary")
-                    views_command = gr.Code(
-                        reconstruct_command(views_defaults, app.options),
-                        language="shell",
-                        label="The same from the command line",
-                        interactive=False,
-                        lines=1,
+                    views_command = _command(
+                        reconstruct_command(views_defaults, app.options), "views-command"
                     )
 
         # ---- photo tab events ---------------------------------------------------------------------
