@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
@@ -65,6 +66,23 @@ def serve(
         )
     )
     try:
-        launch(app, host, n_port)
+        with _sigterm_as_ctrl_c():
+            launch(app, host, n_port)
     finally:
         app.close()
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c():
+    """While serving, SIGTERM (a service manager, ``docker stop``, ``timeout``) stops the server as
+    Ctrl-C does, so the sessions' files are removed on the way out."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

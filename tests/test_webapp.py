@@ -361,6 +361,13 @@ def test_serve_warns_on_a_network_bind_and_refuses_a_busy_port(run_cli):
     )
 
 
+def test_serve_without_gradio_names_the_extra():
+    code = "import sys; sys.modules['gradio'] = None; from cli.app import main; sys.exit(main(['serve']))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr == "error: the web app needs Gradio: pip install 'sd3d[app]'\n"
+
+
 def test_help_does_not_import_the_app():
     code = (
         "import sys; from cli.app import main; main(['--help']); "
