@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # before benchmarks/ itself, whose recon.py would shadow the package
 
 from recon.consistency import consistency_score  # noqa: E402
-from sd3d.io import ViewSet, read_views  # noqa: E402
+from sd3d.core.io import ViewSet, read_views  # noqa: E402
 
 OBJECTS = ("spot", "bob", "duck", "banana")
 

@@ -37,9 +37,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from sd3d.elevation import estimate_elevation
-    from sd3d.io import read_views
+    from sd3d.core.io import read_views
     from sd3d.preprocess import prepare_input
+    from sd3d.workflows.elevation import estimate_elevation
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     rows, cases = [], []

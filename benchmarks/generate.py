@@ -208,7 +208,7 @@ class Bench:
     ) -> dict:
         import torch
 
-        from sd3d.pipeline import GenerationSettings, sample_views
+        from sd3d.pipelines.syncdreamer import GenerationSettings, sample_views
 
         steps = self.args.steps if steps is None else steps
         settings = GenerationSettings(
@@ -520,8 +520,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from sd3d.device import resolve_device
-    from sd3d.models.checkpoint import load_syncdreamer
+    from sd3d.core.device import resolve_device
     from sd3d.models.configs import config_by_name
     from sd3d.models.depth_attention import set_depth_attention_impl
     from sd3d.models.inference import (
@@ -531,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         onload_conditioning_,
         set_channels_last_,
     )
+    from sd3d.models.syncdreamer_checkpoint import load_syncdreamer
     from sd3d.models.synthetic import synthetic_state_dict
 
     device = resolve_device(args.device)
@@ -555,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
 
     fast, slow = args.repeats, args.slow_repeats
     # A short untimed warm-up: CUDA context, cuBLAS/cuDNN handles, first kernel loads.
-    from sd3d.pipeline import GenerationSettings, sample_views
+    from sd3d.pipelines.syncdreamer import GenerationSettings, sample_views
 
     sample_views(model, prepared, GenerationSettings(steps=2, batch_view_num=args.batch_view_num), "fp32")
     # ---- fp32 rows ------------------------------------------------------------------------------
@@ -580,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             import numpy as np
 
-            from sd3d.pipeline import quantize_official
+            from sd3d.pipelines.syncdreamer import quantize_official
 
             latents = bench.refs["fp32"][0].reshape(-1, *bench.refs["fp32"][0].shape[2:])
             with torch.inference_mode():

@@ -54,12 +54,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from sd3d.device import resolve_device
-    from sd3d.models.checkpoint import load_syncdreamer
+    from sd3d.core.device import resolve_device
     from sd3d.models.configs import config_by_name
     from sd3d.models.inference import cast_weights_, set_channels_last_
+    from sd3d.models.syncdreamer_checkpoint import load_syncdreamer
     from sd3d.models.synthetic import synthetic_state_dict
-    from sd3d.pipeline import GenerationSettings, sample_views
+    from sd3d.pipelines.syncdreamer import GenerationSettings, sample_views
 
     device = resolve_device(args.device)
     cuda = device.type == "cuda"

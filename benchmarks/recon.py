@@ -39,7 +39,7 @@ def run_object(name: str, shared: Path, out_dir: Path, quality: str, steps, seed
     from recon.export import gltf_to_world
     from recon.metrics import mesh_metrics
     from recon.pipeline import export_mesh, reconstruct
-    from sd3d.io import read_views
+    from sd3d.core.io import read_views
 
     obj = shared / "data" / "objects" / name
     views = read_views(obj / "views")
@@ -92,14 +92,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from sd3d.device import resolve_device
+    from sd3d.core.device import resolve_device
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     device = resolve_device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     if device.type == "cuda" and not args.no_warmup:  # CUDA context, cuBLAS handles, allocator
         from recon.pipeline import export_mesh, reconstruct
-        from sd3d.io import read_views
+        from sd3d.core.io import read_views
 
         warm = reconstruct(
             read_views(args.shared / "data/objects" / args.objects[0] / "views"),

@@ -4,14 +4,20 @@ Each command group lives in its own module exposing ``register(app)``; importing
 cheap (heavy imports go inside the command functions) so ``sd3d --help`` stays fast and never
 breaks on a missing optional extra.
 
-Error policy: a :class:`sd3d.errors.UserError` prints ``error: <one line>`` on stderr and exits 2
+Error policy: a :class:`sd3d.core.errors.UserError` prints ``error: <one line>`` on stderr and exits 2
 (``--debug`` shows the traceback); Ctrl-C exits 130; anything else is a bug and keeps its traceback.
+A warning prints ``warning: <first line>``; ``--debug`` shows it in Python's full form instead and
+turns on the ``sd3d`` loggers' DEBUG messages (e.g. the numbers behind a checkpoint warning).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 import sys
+import warnings
+from collections.abc import Iterator
 
 import typer
 
@@ -40,10 +46,21 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from cli.help_style import version_line
+
+        typer.echo(version_line())
+        raise typer.Exit()
+
+
 @app.callback()
 def _global_options(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for user errors."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """Global options (the values are read by :func:`main` and :func:`cli.common.quiet`)."""
 
@@ -78,14 +95,47 @@ def _exit_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+def _brief_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    text = str(message).strip().splitlines()
+    print(f"warning: {text[0] if text else category.__name__}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code (also used in-process by tests)."""
-    from sd3d.errors import UserError
-
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    with warnings.catch_warnings(), _debug_logging(debug):
+        if not debug:
+            warnings.showwarning = _brief_warning
+        return _main(args, debug)
+
+
+@contextlib.contextmanager
+def _debug_logging(enabled: bool) -> Iterator[None]:
+    """With ``--debug``: the ``sd3d`` loggers' DEBUG messages go to stderr during this call."""
+    if not enabled:
+        yield
+        return
+    logger = logging.getLogger("sd3d")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("debug: %(name)s: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
     try:
-        result = app(args=args, prog_name="sd3d", standalone_mode=False)
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _main(args: list[str], debug: bool) -> int:
+    from cli.help_style import tidy_help
+    from sd3d.core.errors import UserError
+
+    try:
+        command = tidy_help(typer.main.get_command(app))
+        result = command.main(args=args, prog_name="sd3d", standalone_mode=False)
         return int(result) if isinstance(result, int) else 0
     except UserError as exc:
         if debug:

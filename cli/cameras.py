@@ -17,6 +17,6 @@ def cameras(
     views: Path = typer.Argument(..., help="Views folder (000.png ... 015.png [+ cameras.json])."),
 ) -> None:
     from cli.common import echo
-    from sd3d.io import write_transforms_json
+    from sd3d.core.io import write_transforms_json
 
     echo(str(write_transforms_json(views)))

@@ -4,7 +4,46 @@ from __future__ import annotations
 
 import typer
 
-from sd3d.progress import Progress
+from sd3d import DEFAULT_SEED
+from sd3d.background import BACKEND_NAMES
+from sd3d.core.progress import Progress
+
+BACKGROUND_METAVAR = "|".join(BACKEND_NAMES)
+"""``--background``'s placeholder in every command's help: all the backends, from their one list."""
+
+SEED_DEFAULT = str(DEFAULT_SEED)
+"""``--seed``'s default, as text for the commands that parse their options themselves."""
+
+
+def max_pixels_option():
+    """``--max-pixels`` for every command that reads a photo (one definition, one parser)."""
+    return typer.Option(
+        None,
+        "--max-pixels",
+        metavar="INT",
+        help="Largest input photo accepted, in pixels (default 50000000; checked before decoding).",
+        show_default=False,
+    )
+
+
+def parse_max_pixels(text: str | None) -> int | None:
+    """``--max-pixels`` text -> a positive int (``None``: the default limit), or a one-line error."""
+    if text is None:
+        return None
+    from sd3d.core.io import check_max_pixels
+
+    return check_max_pixels(parse_number(text, "--max-pixels", int))
+
+
+def say_background(backend: str | None, note: str = "") -> None:
+    """The info line naming the foreground backend that ran (and why), on stderr.
+
+    Printed once the command succeeded (a failing command prints only its ``error:`` line), even
+    with ``--quiet``: a silent fallback from rembg to GrabCut changes the result.
+    """
+    from sd3d.background import describe
+
+    typer.echo(f"background: {describe(backend, note)}", err=True)
 
 
 def is_quiet() -> bool:
@@ -40,7 +79,7 @@ def parse_number(text: str, option: str, kind: type = float):
     """
     import math
 
-    from sd3d.errors import UserError
+    from sd3d.core.errors import UserError
 
     try:
         value = kind(str(text).strip())

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from sd3d import DEFAULT_SEED
+
 eval_app = typer.Typer(
     help="Evaluate results: mesh metrics, novel-view image metrics.",
     no_args_is_help=True,
@@ -26,7 +28,7 @@ def mesh(
     samples: int = typer.Option(
         100_000, "--samples", min=1000, help="Surface samples per mesh (Chamfer, F-score)."
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the surface sampling."),
+    seed: int = typer.Option(DEFAULT_SEED, "--seed", help="Seed of the surface sampling."),
     grid: int = typer.Option(128, "--grid", min=8, max=512, help="Volume IoU grid size over [-0.6, 0.6]^3."),
     pred_up: str = typer.Option(
         "auto", "--pred-up", help="Up axis of PRED: auto (glTF: y, others: z), y or z."
@@ -64,7 +66,7 @@ def nvs(
 ) -> None:
     from cli.common import echo
     from recon.view_metrics import nvs_metrics
-    from sd3d.io import read_views
+    from sd3d.core.io import read_views
 
     result = nvs_metrics(read_views(pred), read_views(gt))
     if as_json:
@@ -100,14 +102,14 @@ def consistency(
     held_out: str = typer.Option("3,7,11,15", "--held-out", help="Comma-separated held-out view indices."),
     quality: str = typer.Option("draft", "--quality", help="Reconstruction preset for the fit."),
     steps: int = typer.Option(None, "--steps", help="Override the preset's training steps."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the fit."),
+    seed: int = typer.Option(DEFAULT_SEED, "--seed", help="Seed of the fit."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     from cli.common import echo, progress
     from recon.consistency import consistency_score
-    from sd3d.errors import UserError
-    from sd3d.io import read_views
+    from sd3d.core.errors import UserError
+    from sd3d.core.io import read_views
 
     try:
         idx = tuple(int(x) for x in held_out.split(",") if x.strip())

@@ -1,7 +1,7 @@
 """``sd3d generate``: one photo -> the 16 SyncDreamer views (a views folder).
 
 Options are read as text and checked here so every bad value is one ``error:`` line with exit code
-2; the work is done by :mod:`sd3d.pipeline`. Cheap checks (options, output folder, input image,
+2; the work is done by :mod:`sd3d.pipelines.syncdreamer`. Cheap checks (options, output folder, input image,
 weights file) all run before the model is loaded.
 """
 
@@ -11,9 +11,8 @@ from pathlib import Path
 
 import typer
 
+from cli.common import BACKGROUND_METAVAR, SEED_DEFAULT, max_pixels_option
 from cli.common import parse_number as _number
-
-_BACKENDS = "auto|alpha|rembg|carvekit|grabcut|none"
 
 
 def register(app: typer.Typer) -> None:
@@ -53,7 +52,9 @@ def generate(
     eta: str = typer.Option(
         "1.0", "--eta", metavar="ETA", help="DDIM eta (1 = the official stochastic sampler)."
     ),
-    seed: str = typer.Option("6033", "--seed", metavar="INT", help="Random seed (same seed, same views)."),
+    seed: str = typer.Option(
+        SEED_DEFAULT, "--seed", metavar="INT", help="Random seed (same seed, same views)."
+    ),
     batch_view_num: str = typer.Option(
         "auto",
         "--batch-view-num",
@@ -78,6 +79,12 @@ def generate(
         help="SyncDreamer: ddim (official), dpmpp or unipc. Zero123: independent (= ddim) or "
         "stochastic-conditioning (3DiM).",
     ),
+    ddim_discretize: str = typer.Option(
+        "uniform",
+        "--ddim-discretize",
+        metavar="uniform|quad",
+        help="SyncDreamer DDIM timesteps: uniform (official default) or quad (more of them at low noise).",
+    ),
     compile_steps: bool = typer.Option(
         False,
         "--compile",
@@ -97,14 +104,15 @@ def generate(
     ),
     weights_dir: Path = typer.Option(None, "--weights-dir", help="Weights folder.", show_default=False),
     background: str = typer.Option(
-        "auto", "--background", "-b", metavar=_BACKENDS, help="Foreground backend for preprocessing."
+        "auto", "--background", "-b", metavar=BACKGROUND_METAVAR, help="Foreground backend for preprocessing."
     ),
+    max_pixels: str = max_pixels_option(),
 ) -> None:
-    from cli.common import echo, progress
+    from cli.common import echo, parse_max_pixels, progress, say_background
     from sd3d.background import check_backend_name
-    from sd3d.device import resolve_device, resolve_dtype
-    from sd3d.errors import UserError
-    from sd3d.pipeline import (
+    from sd3d.core.device import resolve_device, resolve_dtype
+    from sd3d.core.errors import UserError
+    from sd3d.pipelines.syncdreamer import (
         GenerationSettings,
         as_prepared,
         check_output_folder,
@@ -117,7 +125,10 @@ def generate(
     model_name = model_name.strip().lower()
     if model_name not in ("syncdreamer", "zero123"):
         raise UserError(f"unknown --model {model_name!r}: use syncdreamer or zero123")
+    ddim_discretize = ddim_discretize.strip().lower()
     if model_name == "zero123":
+        if ddim_discretize != "uniform":
+            raise UserError("--ddim-discretize is SyncDreamer's DDIM option: drop it for --model zero123")
         _generate_zero123(
             image=image,
             output=output,
@@ -136,6 +147,7 @@ def generate(
             weights=weights,
             weights_dir=weights_dir,
             background=background,
+            max_pixels=max_pixels,
         )
         return
     settings = GenerationSettings(
@@ -149,13 +161,15 @@ def generate(
         if batch_view_num.strip() == "auto"
         else _number(batch_view_num, "--batch-view-num", int),
         sampler=sampler.strip().lower(),
+        ddim_discretize=ddim_discretize,
     ).check()
     crop = 200 if crop_size.strip() == "auto" else _number(crop_size, "--crop-size", int)
     method = check_backend_name(background)
+    limit = parse_max_pixels(max_pixels)
     torch_device = resolve_device(device)
     resolve_dtype(dtype, torch_device)
     check_output_folder(output)
-    prepared = as_prepared(image, crop, method, weights_dir)
+    prepared = as_prepared(image, crop, method, weights_dir, limit)
     path = weights_path(weights, weights_dir)
 
     model = load_model(path, device=torch_device, dtype=dtype)
@@ -170,6 +184,7 @@ def generate(
         f"elevation {settings.elevation_deg:g} deg, seed {settings.seed}, {settings.steps} {settings.sampler} steps, "
         f"cfg {settings.cfg:g}, {info['settings']['dtype']} on {info['device']}, {info['seconds']:.1f} s"
     )
+    say_background(prepared.background, prepared.background_note)
 
 
 def _generate_zero123(
@@ -191,19 +206,20 @@ def _generate_zero123(
     weights,
     weights_dir,
     background,
+    max_pixels,
 ) -> None:
     """``--model zero123``: the same 16 target cameras, each view from Zero123 (independently, or with
     3DiM stochastic conditioning); same output layout as SyncDreamer's. Options that only mean
     something for SyncDreamer are refused rather than silently ignored."""
     import numpy as np
 
-    from cli.common import echo, progress
+    from cli.common import echo, parse_max_pixels, progress, say_background
     from sd3d.background import check_backend_name
-    from sd3d.device import resolve_device, resolve_dtype
-    from sd3d.errors import UserError
-    from sd3d.pipeline import check_batch_view_num, check_output_folder, write_generated
-    from sd3d.zero123_pipeline import check_sampling_args, generate_views_zero123, prepare_zero123_input
-    from sd3d.zero123_pipeline import load_model as load_zero123_model
+    from sd3d.core.device import resolve_device, resolve_dtype
+    from sd3d.core.errors import UserError
+    from sd3d.pipelines.syncdreamer import check_batch_view_num, check_output_folder, write_generated
+    from sd3d.pipelines.zero123 import check_sampling_args, generate_views_zero123, prepare_zero123_input
+    from sd3d.pipelines.zero123 import load_model as load_zero123_model
 
     sampler = sampler.strip().lower()
     sampler = {"ddim": "independent"}.get(sampler, sampler)
@@ -232,10 +248,11 @@ def _generate_zero123(
     eta_value = _number(eta, "--eta")
     check_sampling_args(n_steps, scale, n, eta_value)
     method = check_backend_name(background)
+    limit = parse_max_pixels(max_pixels)
     torch_device = resolve_device(device)
     resolve_dtype(dtype, torch_device)
     check_output_folder(output)
-    prepared = prepare_zero123_input(image, background=method, weights_dir=weights_dir)
+    prepared = prepare_zero123_input(image, background=method, max_pixels=limit, weights_dir=weights_dir)
     model = load_zero123_model(weights, weights_dir, torch_device, dtype)
     views = [
         generate_views_zero123(
@@ -259,3 +276,4 @@ def _generate_zero123(
     )
     write_generated(output, views, rgba)
     echo(f"wrote {n} x 16 Zero123 views ({sampler}) to {output}")
+    say_background(prepared.background, prepared.background_note)

@@ -1,7 +1,7 @@
 """``sd3d novel-view``: one photo -> the object seen from a camera moved by a relative pose (Zero123-XL).
 
 Options are taken as text and parsed here so that every bad value is one ``error:`` line and exit
-code 2; the work is done by :func:`sd3d.zero123_pipeline.novel_view`.
+code 2; the work is done by :func:`sd3d.pipelines.zero123.novel_view`.
 """
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ from pathlib import Path
 
 import typer
 
+from cli.common import BACKGROUND_METAVAR, SEED_DEFAULT, max_pixels_option
 from cli.common import parse_number as _number
-
-_BACKENDS = "auto|alpha|rembg|carvekit|grabcut|none"
 
 
 def register(app: typer.Typer) -> None:
@@ -57,7 +56,9 @@ def novel_view(
     samples: str = typer.Option("1", "--samples", "-n", metavar="N", help="Number of samples (1..64)."),
     steps: str = typer.Option("50", "--steps", metavar="N", help="DDIM steps (the demo UI used 75)."),
     cfg: str = typer.Option("3.0", "--cfg", metavar="SCALE", help="Classifier-free guidance scale."),
-    seed: str = typer.Option("0", "--seed", metavar="INT", help="Random seed (same seed, same views)."),
+    seed: str = typer.Option(
+        SEED_DEFAULT, "--seed", metavar="INT", help="Random seed (same seed, same views)."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option(
         "auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16."
@@ -70,20 +71,25 @@ def novel_view(
     ),
     weights_dir: Path = typer.Option(None, "--weights-dir", help="Weights folder.", show_default=False),
     background: str = typer.Option(
-        "auto", "--background", "-b", metavar=_BACKENDS, help="Foreground backend for the demo preprocessing."
+        "auto",
+        "--background",
+        "-b",
+        metavar=BACKGROUND_METAVAR,
+        help="Foreground backend for the demo preprocessing.",
     ),
     no_preprocess: bool = typer.Option(
         False,
         "--no-preprocess",
         help="Skip the crop-and-recentre step (the photo must already be a centred object on white or transparent).",
     ),
+    max_pixels: str = max_pixels_option(),
 ) -> None:
-    from cli.common import echo, progress
+    from cli.common import echo, parse_max_pixels, progress, say_background
     from sd3d.background import check_backend_name
-    from sd3d.errors import UserError
+    from sd3d.core.errors import UserError
+    from sd3d.core.zero123_pose import pose_from_deltas
+    from sd3d.pipelines.zero123 import check_sampling_args, load_model, novel_view, prepare_zero123_input
     from sd3d.preprocess import RGB_SUFFIXES, check_output_path
-    from sd3d.zero123_pipeline import check_sampling_args, load_model, novel_view, prepare_zero123_input
-    from sd3d.zero123_pose import pose_from_deltas
 
     d_e = _number(d_elevation, "--d-elevation")
     d_a = _number(d_azimuth, "--d-azimuth")
@@ -96,10 +102,11 @@ def novel_view(
         raise UserError(f"--seed must be between 0 and 2**63-1, got {seed_value}")
     check_sampling_args(n_steps, scale, n)
     method = check_backend_name(background)
+    limit = parse_max_pixels(max_pixels)
     paths = [check_output_path(p, RGB_SUFFIXES, "output") for p in output_paths(output, n)]
 
     prepared = prepare_zero123_input(
-        image, preprocess=not no_preprocess, background=method, weights_dir=weights_dir
+        image, preprocess=not no_preprocess, background=method, max_pixels=limit, weights_dir=weights_dir
     )
     model = load_model(weights, weights_dir, device, dtype)
     views = novel_view(
@@ -121,6 +128,8 @@ def novel_view(
     echo(
         f"pose T = [{T}], seed {seed_value}, {n_steps} steps, cfg {scale:g}, unet weights: {model.unet_weights}"
     )
+    if prepared.preprocessed:
+        say_background(prepared.background, prepared.background_note)
 
 
 def _save_all(paths: list[Path], views: list) -> None:
@@ -129,7 +138,7 @@ def _save_all(paths: list[Path], views: list) -> None:
 
     from PIL import Image
 
-    from sd3d.io import atomic_path
+    from sd3d.core.io import atomic_path
 
     with ExitStack() as stack:
         for path, view in zip(paths, views, strict=True):

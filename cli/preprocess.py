@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-_BACKENDS = "auto|alpha|rembg|carvekit|grabcut|none"
+from cli.common import BACKGROUND_METAVAR, max_pixels_option
 
 
 def register(app: typer.Typer) -> None:
@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _parse_int(text: str | None, option: str) -> int | None:
-    from sd3d.errors import UserError
+    from sd3d.core.errors import UserError
 
     if text is None:
         return None
@@ -47,13 +47,11 @@ def preprocess(
         "auto",
         "--background",
         "-b",
-        metavar=_BACKENDS,
+        metavar=BACKGROUND_METAVAR,
         help="Foreground backend. auto: the image's alpha if it has one, "
         "else rembg if its model is installed, else GrabCut.",
     ),
-    max_pixels: str = typer.Option(
-        None, "--max-pixels", metavar="INT", help="Largest accepted input in pixels (default 50000000)."
-    ),
+    max_pixels: str = max_pixels_option(),
     save_model_input: Path = typer.Option(
         None,
         "--save-model-input",
@@ -64,9 +62,9 @@ def preprocess(
         None, "--weights-dir", help="Where rembg's u2netp.onnx is looked up.", show_default=False
     ),
 ) -> None:
-    from cli.common import echo
+    from cli.common import echo, parse_max_pixels, say_background
     from sd3d.background import check_backend_name
-    from sd3d.errors import UserError
+    from sd3d.core.errors import UserError
     from sd3d.preprocess import (
         RGB_SUFFIXES,
         RGBA_SUFFIXES,
@@ -77,9 +75,7 @@ def preprocess(
     )
 
     crop = check_crop_size(_parse_int(crop_size, "--crop-size"))
-    limit = _parse_int(max_pixels, "--max-pixels")
-    if limit is not None and limit <= 0:
-        raise UserError(f"--max-pixels must be positive, got {limit}")
+    limit = parse_max_pixels(max_pixels)
     method = check_backend_name(background)
     check_output_path(output, RGBA_SUFFIXES, "output")
     if save_model_input is not None:
@@ -99,3 +95,4 @@ def preprocess(
     )
     if save_model_input is not None:
         echo(f"wrote {save_model_input}")
+    say_background(prepared.background, prepared.background_note)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import typer
 
+from cli.common import SEED_DEFAULT
+
 
 def register(app: typer.Typer) -> None:
     app.command(
@@ -20,7 +22,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _parse_int(text: str | None, option: str, minimum: int) -> int | None:
-    from sd3d.errors import UserError
+    from sd3d.core.errors import UserError
 
     if text is None:
         return None
@@ -49,7 +51,9 @@ def reconstruct(
         help="Quality preset; auto = standard on a GPU, draft on CPU.",
     ),
     steps: str = typer.Option(None, "--steps", metavar="INT", help="Training steps (default: the preset's)."),
-    seed: str = typer.Option("0", "--seed", metavar="INT", help="Random seed (same seed, same mesh on CPU)."),
+    seed: str = typer.Option(
+        SEED_DEFAULT, "--seed", metavar="INT", help="Random seed (same seed, same mesh on CPU)."
+    ),
     device: str = typer.Option("auto", "--device", metavar="auto|cpu|cuda[:N]", help="Compute device."),
     faces: str = typer.Option(None, "--faces", metavar="INT", help="Decimate the mesh to at most N faces."),
 ) -> None:
@@ -59,9 +63,9 @@ def reconstruct(
     from recon.export import check_output_path
     from recon.pipeline import export_mesh
     from recon.pipeline import reconstruct as run_reconstruct
-    from recon.train import get_preset, resolve_quality
-    from sd3d.device import resolve_device
-    from sd3d.io import read_views
+    from recon.presets import get_preset, resolve_quality
+    from sd3d.core.device import resolve_device
+    from sd3d.core.io import read_views
 
     n_steps = _parse_int(steps, "--steps", 1)
     n_seed = _parse_int(seed, "--seed", 0)

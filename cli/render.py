@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _parse_azimuths(text: str | None) -> list[float] | None:
-    from sd3d.errors import UserError
+    from sd3d.core.errors import UserError
 
     if text is None:
         return None
@@ -33,10 +33,10 @@ def render(
     mesh: Path = typer.Argument(..., help="Mesh file: .obj (+ .mtl + textures), .glb/.gltf, .ply, ..."),
     output: Path = typer.Option(..., "--output", "-o", help="Views folder to write (replaced atomically)."),
     elevation: float | None = typer.Option(
-        None, "--elevation", help="Orbit elevation in degrees [default: 30]."
+        None, "--elevation", help="Orbit elevation in degrees (default: 30, the target views' elevation)."
     ),
     azimuths: str | None = typer.Option(
-        None, "--azimuths", help="Comma-separated azimuths in degrees [default: the 16 target views, i*22.5]."
+        None, "--azimuths", help="Comma-separated azimuths in degrees (default: the 16 target views, i*22.5)."
     ),
     distance: float = typer.Option(1.5, "--distance", help="Camera distance from the origin."),
     size: int = typer.Option(256, "--size", min=8, max=4096, help="Image size in pixels (square)."),
@@ -60,7 +60,7 @@ def render(
 ) -> None:
     from cli.common import echo, progress
     from recon import raster
-    from sd3d.device import resolve_device
+    from sd3d.core.device import resolve_device
 
     az = _parse_azimuths(azimuths)
     dev = resolve_device(device)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-_BACKENDS = "auto|alpha|rembg|carvekit|grabcut|none"
+from cli.common import BACKGROUND_METAVAR, max_pixels_option
+from sd3d import DEFAULT_SEED
 
 
 def register(app: typer.Typer) -> None:
@@ -34,12 +35,15 @@ STAGE_OPTIONS = [
     _option(
         "background",
         str,
-        typer.Option("auto", "--background", "-b", metavar=_BACKENDS, help="Foreground backend."),
+        typer.Option("auto", "--background", "-b", metavar=BACKGROUND_METAVAR, help="Foreground backend."),
     ),
+    _option("max_pixels", str, max_pixels_option()),
     _option("steps", int, typer.Option(50, "--steps", help="Sampling steps.")),
     _option("cfg", float, typer.Option(2.0, "--cfg", help="Classifier-free guidance scale.")),
     _option("eta", float, typer.Option(1.0, "--eta", help="DDIM eta.")),
-    _option("seed", int, typer.Option(6033, "--seed", help="Random seed (generation and reconstruction).")),
+    _option(
+        "seed", int, typer.Option(DEFAULT_SEED, "--seed", help="Random seed (generation and reconstruction).")
+    ),
     _option(
         "samples", int, typer.Option(1, "--samples", "-n", help="Generate N sets, keep the most consistent.")
     ),
@@ -72,11 +76,11 @@ STAGE_OPTIONS = [
 ]
 
 
-def _with_stage_options(*leading: inspect.Parameter):
-    """Give ``fn(**options)`` the signature ``(*leading, *STAGE_OPTIONS)`` that Typer reads."""
+def _with_stage_options(*leading: inspect.Parameter, trailing: tuple[inspect.Parameter, ...] = ()):
+    """Give ``fn(**options)`` the signature ``(*leading, *STAGE_OPTIONS, *trailing)`` that Typer reads."""
 
     def decorate(fn):
-        fn.__signature__ = inspect.Signature([*leading, *STAGE_OPTIONS])
+        fn.__signature__ = inspect.Signature([*leading, *STAGE_OPTIONS, *trailing])
         return fn
 
     return decorate
@@ -92,6 +96,7 @@ def _settings(
     elevation: str,
     crop_size: int,
     background: str,
+    max_pixels: str | None,
     steps: int,
     cfg: float,
     eta: float,
@@ -109,8 +114,9 @@ def _settings(
     dtype: str,
     **_ignored,
 ):
-    from sd3d.errors import UserError
-    from sd3d.runner import RunSettings
+    from cli.common import parse_max_pixels
+    from sd3d.core.errors import UserError
+    from sd3d.workflows.run import RunSettings
 
     if elevation.strip().lower() == "auto":
         elev = None
@@ -128,6 +134,7 @@ def _settings(
         elevation_deg=elev,
         crop_size=crop_size,
         background=background,
+        max_pixels=parse_max_pixels(max_pixels),
         steps=steps,
         cfg=cfg,
         eta=eta,
@@ -157,9 +164,9 @@ def _settings(
     ),
 )
 def run(image: Path, output: Path, **options) -> None:
-    from cli.common import echo, is_quiet
-    from sd3d.progress import Progress
-    from sd3d.runner import run_photo
+    from cli.common import echo, is_quiet, say_background
+    from sd3d.core.progress import Progress
+    from sd3d.workflows.run import run_photo
 
     settings = _settings(**options)
     quiet = is_quiet()
@@ -176,6 +183,8 @@ def run(image: Path, output: Path, **options) -> None:
     )
     if not quiet:
         _summary(result.report)
+    pre = result.report["preprocess"]
+    say_background(pre["background"], pre["background_note"])
     echo(str(result.out_dir))
 
 
@@ -218,38 +227,126 @@ def _summary(report: dict) -> None:
     if report["samples"]["count"] > 1:
         scores = ", ".join(f"{s:.3f}" for s in report["samples"]["consistency_scores"])
         console.print(
-            f"kept sample {report['samples']['chosen']} of {report['samples']['count']} (consistency {scores})"
+            f"kept sample {report['samples']['chosen']} of {report['samples']['count']} (consistency {scores}) "
+            "in views/; the others are in views/sample-<i>/"
         )
+
+
+_ENGINE_OPTIONS = [
+    _option(
+        "engine",
+        str,
+        typer.Option(
+            "local",
+            "--engine",
+            metavar="local|ray",
+            help="local: one process, one image after another; ray: a Ray cluster (the sd3d 'ray' extra).",
+        ),
+    ),
+    _option(
+        "address",
+        str,
+        typer.Option(
+            None,
+            "--address",
+            metavar="auto|ray://HOST:10001",
+            help="Ray cluster to join (default: start Ray on this machine).",
+        ),
+    ),
+    _option(
+        "workers",
+        str,
+        typer.Option(None, "--workers", metavar="N", help="Model-holding workers (default: one per GPU)."),
+    ),
+    _option(
+        "gpus_per_worker",
+        str,
+        typer.Option(
+            None, "--gpus-per-worker", metavar="G", help="GPUs per worker, may be fractional; 0: CPU only."
+        ),
+    ),
+]
+
+
+def _engine_options(engine: str, address, workers, gpus_per_worker):
+    """The Ray options (None for the local engine, which refuses the Ray-only ones)."""
+    from cli.common import parse_number
+    from sd3d.core.errors import UserError
+
+    engine = engine.strip().lower()
+    if engine not in ("local", "ray"):
+        raise UserError(f"--engine must be local or ray, got {engine!r}")
+    if engine == "local":
+        given = [
+            n
+            for n, v in (
+                ("--address", address),
+                ("--workers", workers),
+                ("--gpus-per-worker", gpus_per_worker),
+            )
+            if v is not None
+        ]
+        if given:
+            raise UserError(f"{given[0]} needs --engine ray")
+        return None
+    from sd3d.workflows.engines import ray_engine
+
+    batch_ray = ray_engine()
+    return batch_ray.RayOptions(
+        address=address,
+        workers=None if workers is None else parse_number(workers, "--workers", int),
+        gpus_per_worker=None
+        if gpus_per_worker is None
+        else parse_number(gpus_per_worker, "--gpus-per-worker"),
+    )
 
 
 @_with_stage_options(
     _positional(
-        "folder", Path, typer.Argument(..., help="Folder of photos (jpg, png, webp).", show_default=False)
+        "folder",
+        str,
+        typer.Argument(
+            ...,
+            help="Folder of photos (jpg, png, webp); a URL such as s3://bucket/photos with --engine ray.",
+            show_default=False,
+        ),
     ),
     _positional(
         "output",
-        Path,
+        str,
         typer.Option(
-            ..., "--output", "-o", help="Output folder: one sub-folder per photo.", show_default=False
+            ...,
+            "--output",
+            "-o",
+            help="Output folder: one sub-folder per photo (a URL with --engine ray).",
+            show_default=False,
         ),
     ),
+    trailing=tuple(_ENGINE_OPTIONS),
 )
-def batch(folder: Path, output: Path, **options) -> None:
+def batch(folder: str, output: str, **options) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from cli.common import progress
-    from sd3d.runner import run_batch
+    from sd3d.core.errors import UserError
+    from sd3d.workflows.run import run_batch
+    from sd3d.workflows.storage import is_url
 
     settings = _settings(**options)
-    items = run_batch(
-        folder,
-        output,
-        settings,
-        weights=options["weights"],
-        weights_dir=options["weights_dir"],
-        progress=progress(),
+    ray_options = _engine_options(
+        options["engine"], options["address"], options["workers"], options["gpus_per_worker"]
     )
+    common = {"weights": options["weights"], "weights_dir": options["weights_dir"], "progress": progress()}
+    if ray_options is None:
+        url = next((p for p in (folder, output) if is_url(p)), None)
+        if url is not None:
+            raise UserError(f"{url}: URLs need --engine ray")
+        items = run_batch(Path(folder), Path(output), settings, **common)
+    else:
+        from sd3d.workflows.batch_ray import run_batch_ray
+
+        items = run_batch_ray(folder, output, settings, ray_options, **common)
     table = Table(title=f"sd3d batch: {output}")
     for col in ("image", "status", "seconds", "error"):
         table.add_column(col)
@@ -259,6 +356,7 @@ def batch(folder: Path, output: Path, **options) -> None:
     failed = [it for it in items if it.status == "failed"]
     done = sum(it.status == "done" for it in items)
     skipped = sum(it.status == "skipped" for it in items)
-    typer.echo(f"{done} done, {skipped} up to date, {len(failed)} failed (details: {output / 'batch.json'})")
+    where = f"{output.rstrip('/')}/batch.json"
+    typer.echo(f"{done} done, {skipped} up to date, {len(failed)} failed (details: {where})")
     if failed:
         raise typer.Exit(1)

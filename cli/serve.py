@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from cli.common import max_pixels_option
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -29,22 +31,16 @@ def serve(
     dtype: str = typer.Option("auto", "--dtype", metavar="auto|fp32|bf16|fp16", help="Generation precision."),
     weights: Path = typer.Option(None, "--weights", help="SyncDreamer checkpoint file."),
     weights_dir: Path = typer.Option(None, "--weights-dir", help="Weights folder."),
-    max_pixels: str = typer.Option(
-        None, "--max-pixels", metavar="INT", help="Refuse uploads with more pixels (default 50000000)."
-    ),
+    max_pixels: str = max_pixels_option(),
 ) -> None:
-    from cli.common import parse_number
-    from sd3d.device import resolve_device, resolve_dtype
-    from sd3d.errors import MissingDependencyError, UserError
+    from cli.common import parse_max_pixels, parse_number
+    from sd3d.core.device import resolve_device, resolve_dtype
+    from sd3d.core.errors import MissingDependencyError, UserError
 
     n_port = parse_number(port, "--port", int)
     if not 1 <= n_port <= 65535:
         raise UserError(f"--port must be between 1 and 65535, got {n_port}")
-    from sd3d.io import DEFAULT_MAX_PIXELS
-
-    n_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else parse_number(max_pixels, "--max-pixels", int)
-    if n_pixels < 1:
-        raise UserError(f"--max-pixels must be positive, got {n_pixels}")
+    n_pixels = parse_max_pixels(max_pixels)
     resolve_dtype(dtype, resolve_device(device))  # bad values fail now, not on the first request
     try:
         from sd3d.webapp.layout import launch

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import typer
 
-WEIGHTS_DIR_HELP = "Weights folder (default: $SD3D_WEIGHTS, else ./weights if it exists, else ~/.cache/sd3d)."
+WEIGHTS_DIR_HELP = (
+    "Weights folder (default: $SD3D_WEIGHTS, else ./weights if it exists, else ~/.cache/sd3d; files hosted "
+    "on the Hugging Face Hub are also found in, and by default downloaded into, the Hugging Face cache)."
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -16,8 +19,10 @@ def register(app: typer.Typer) -> None:
         no_args_is_help=True,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
-    group.command("list", help="Show known checkpoints, whether present and verified.")(list_weights)
-    group.command("download", help="Download a checkpoint (resumable, sha256-verified).")(download)
+    group.command("list", help="Show known checkpoints: present and verified? where found?")(list_weights)
+    group.command(
+        "download", help="Download a checkpoint (Hub files into the Hugging Face cache; sha256-verified)."
+    )(download)
     group.command("verify", help="Check the sha256 of one or all present checkpoints.")(verify)
     group.command("path", help="Print where a checkpoint is (or must be placed by hand).")(path)
     group.command("convert", help="Write a safetensors copy of a checkpoint (fast mmap loading).")(convert)
@@ -41,28 +46,35 @@ def list_weights(
     from rich.console import Console
     from rich.table import Table
 
-    from sd3d.weights import entries, resolve_weights_dir
+    from sd3d.weights import entries, locate, weights_folder
+    from sd3d.weights.hub import cache_dir
     from sd3d.weights.verify import file_status
 
-    folder = resolve_weights_dir(weights_dir)
-    table = Table(title=f"weights folder: {folder}", title_justify="left")
-    for column in ("name", "file", "size", "present", "verified", "needed by"):
+    folder, source = weights_folder(weights_dir)
+    table = Table()
+    for column in ("name", "file", "size", "present", "verified", "found in", "needed by"):
         table.add_column(column, overflow="fold")
     for entry in entries():
-        status = file_status(entry, folder / entry.filename)
-        if status.present:
-            present = "yes"
-        elif status.partial_bytes is not None and entry.size:
-            present = f"partial {100 * status.partial_bytes / entry.size:.0f}%"
+        found = locate(entry, weights_dir)
+        if found is not None:
+            status = file_status(entry, found.path, stamp=found.stamp)
+            present, where = "yes", found.describe()
         else:
-            present = "no"
+            status = file_status(entry, folder / entry.filename)
+            where = "-"
+            if status.partial_bytes is not None and entry.size:
+                present = f"partial {100 * status.partial_bytes / entry.size:.0f}%"
+            else:
+                present = "no"
         size = _human(entry.size)
-        table.add_row(entry.name, entry.filename, size, present, status.verified, entry.needed_by)
+        table.add_row(entry.name, entry.filename, size, present, status.verified, where, entry.needed_by)
     provisional = [e.name for e in entries() if e.sha256_provisional]
     if provisional:
         table.caption = f"sha256 provisional (third-party listing) for: {', '.join(provisional)}"
         table.caption_justify = "left"
-    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160)
+    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200)
+    console.print(f"weights folder: {folder} ({source})", soft_wrap=True, highlight=False, markup=False)
+    console.print(f"Hugging Face cache: {cache_dir()}", soft_wrap=True, highlight=False, markup=False)
     console.print(table)
 
 
@@ -88,27 +100,29 @@ def verify(
     weights_dir: Path | None = typer.Option(None, "--weights-dir", help=WEIGHTS_DIR_HELP),
 ) -> None:
     from cli.common import echo, progress
-    from sd3d.errors import WeightsError
-    from sd3d.weights import entries, get_entry, require, resolve_weights_dir
+    from sd3d.core.errors import WeightsError
+    from sd3d.weights import entries, get_entry, locate, require, resolve_weights_dir
     from sd3d.weights.verify import verify_file
 
     if name is not None:
         entry = get_entry(name)
-        todo = [(entry, require(entry.name, weights_dir))]
+        found = locate(entry, weights_dir)
+        if found is None:
+            require(entry.name, weights_dir)  # raises the usual "missing ... get it with" line
+        todo = [(entry, found)]
     else:
-        folder = resolve_weights_dir(weights_dir)
-        todo = [(e, folder / e.filename) for e in entries() if (folder / e.filename).is_file()]
+        todo = [(e, found) for e in entries() if (found := locate(e, weights_dir)) is not None]
         if not todo:
-            echo(f"no known weights present in {folder}")
+            echo(f"no known weights present in {resolve_weights_dir(weights_dir)} or the Hugging Face cache")
             return
     failed = []
-    for entry, file in todo:
-        result = verify_file(entry, file, progress())
+    for entry, found in todo:
+        result = verify_file(entry, found.path, progress(), stamp=found.stamp)
         if result.ok:
             note = "" if entry.sha256 else " (size only: no published sha256)"
-            echo(f"ok  {entry.name}  {file}{note}")
+            echo(f"ok  {entry.name}  {found.path}{note}")
         else:
-            failed.append(f"{entry.filename} {result.problem}")
+            failed.append(f"{entry.filename} {result.problem} (in {found.describe()})")
     if failed:
         more = f" (+{len(failed) - 1} more)" if len(failed) > 1 else ""
         raise WeightsError(f"{failed[0]}{more}; download it again with --force")
@@ -118,10 +132,12 @@ def path(
     name: str = typer.Argument(..., help="Registered name."),
     weights_dir: Path | None = typer.Option(None, "--weights-dir", help=WEIGHTS_DIR_HELP),
 ) -> None:
+    """Where the file is (any place in the search order), else where to place it by hand."""
     from cli.common import echo
-    from sd3d.weights import expected_path
+    from sd3d.weights import expected_path, locate
 
-    echo(str(expected_path(name, weights_dir)))
+    found = locate(name, weights_dir)
+    echo(str(found.path if found is not None else expected_path(name, weights_dir)))
 
 
 def convert(

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from recon.metrics import psnr, ssim
-from sd3d.errors import UserError
-from sd3d.io import ViewSet
-from sd3d.progress import Progress
+from sd3d.core.errors import UserError
+from sd3d.core.io import ViewSet
+from sd3d.core.progress import Progress
 
 
 @dataclass(frozen=True)

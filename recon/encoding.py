@@ -71,12 +71,12 @@ def level_layout(cfg: HashGridConfig) -> list[tuple[float, int, int, bool]]:
 
 
 # How the 8 corner values are contracted with their coefficients: "matmul" (batched tiny matmuls,
-# fastest on CPU) or "elementwise" (broadcast multiply + sum, ~2x faster on CUDA). "auto" picks.
-CONTRACTION = "auto"
+# faster on CPU) or "elementwise" (broadcast multiply + sum, faster on CUDA). "auto" picks by device.
+CONTRACTIONS = ("auto", "matmul", "elementwise")
 
 
-def _use_matmul(device: torch.device) -> bool:
-    return CONTRACTION == "matmul" or (CONTRACTION == "auto" and device.type == "cpu")
+def _use_matmul(contraction: str, device: torch.device) -> bool:
+    return contraction == "matmul" or (contraction == "auto" and device.type == "cpu")
 
 
 class _GridLookup(torch.autograd.Function):
@@ -90,21 +90,24 @@ class _GridLookup(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, table: torch.Tensor, idx: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx, table: torch.Tensor, idx: torch.Tensor, coeffs: torch.Tensor, contraction: str
+    ) -> torch.Tensor:
         levels, n, _ = idx.shape
         vals = table.index_select(0, idx.reshape(-1)).view(levels, n, 8, -1).transpose(-1, -2)  # (L, N, F, 8)
-        if _use_matmul(vals.device):
+        if _use_matmul(contraction, vals.device):
             out = torch.matmul(vals, coeffs.transpose(-1, -2))
         else:
             out = (vals[..., None, :] * coeffs[:, :, None, :, :]).sum(-1)
         ctx.save_for_backward(idx, coeffs)
         ctx.table_shape = table.shape
+        ctx.contraction = contraction
         return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         idx, coeffs = ctx.saved_tensors
-        if _use_matmul(coeffs.device):
+        if _use_matmul(ctx.contraction, coeffs.device):
             grad_vals = torch.matmul(coeffs.transpose(-1, -2), grad_out.transpose(-1, -2))  # (L, N, 8, F)
         else:
             grad_vals = (coeffs[:, :, None, :, :] * grad_out[..., None]).sum(-2).transpose(-1, -2)
@@ -113,7 +116,7 @@ class _GridLookup(torch.autograd.Function):
         if rows.device.type == "cpu":  # CPU index_add_ has a fast path for int64 indices only
             rows = rows.long()
         grad_table.index_add_(0, rows, grad_vals.reshape(-1, grad_vals.shape[-1]))
-        return grad_table, None, None
+        return grad_table, None, None, None
 
 
 def _corners(t: torch.Tensor, op) -> torch.Tensor:
@@ -133,9 +136,14 @@ class HashGrid(nn.Module):
 
     supports_jacobian = True
 
-    def __init__(self, cfg: HashGridConfig, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self, cfg: HashGridConfig, generator: torch.Generator | None = None, contraction: str = "auto"
+    ) -> None:
         super().__init__()
+        if contraction not in CONTRACTIONS:
+            raise ValueError(f"unknown contraction {contraction!r}; known: {', '.join(CONTRACTIONS)}")
         self.cfg = cfg
+        self.contraction = contraction
         layout = level_layout(cfg)
         rows = [r for _, _, r, _ in layout]
         if sum(rows) >= 2**31:
@@ -235,7 +243,9 @@ class HashGrid(nn.Module):
         if u.requires_grad:
             return self.reference_forward(u)
         idx, frac = self._corner_rows(u, self._active)
-        out = _GridLookup.apply(self.table, idx, self._coefficients(frac, with_grad=False))  # (L, N, F, 1)
+        out = _GridLookup.apply(
+            self.table, idx, self._coefficients(frac, with_grad=False), self.contraction
+        )  # (L, N, F, 1)
         return self._to_point_major(out[..., 0])
 
     def forward_with_jacobian(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,7 +253,9 @@ class HashGrid(nn.Module):
             raise ValueError("forward_with_jacobian does not differentiate w.r.t. its input")
         levels = self._active
         idx, frac = self._corner_rows(u, levels)
-        out = _GridLookup.apply(self.table, idx, self._coefficients(frac, with_grad=True))  # (L, N, F, 4)
+        out = _GridLookup.apply(
+            self.table, idx, self._coefficients(frac, with_grad=True), self.contraction
+        )  # (L, N, F, 4)
         jac = out[..., 1:] * self.scales[:levels, None, None, None]  # d frac / d u = scale
         return self._to_point_major(out[..., 0]), self._to_point_major(jac)
 
@@ -330,12 +342,12 @@ def make_encoding(
         if tcnn_available():
             return TcnnHashGrid(cfg).to(device)
         if backend == "tcnn":
-            from sd3d.errors import MissingDependencyError
+            from sd3d.core.errors import MissingDependencyError
 
             raise MissingDependencyError("the tcnn hash grid needs tinycudann (pip install tinycudann)")
         warnings.warn("tinycudann not available; using the PyTorch hash grid", stacklevel=2)
     elif backend == "tcnn":
-        from sd3d.errors import MissingDependencyError
+        from sd3d.core.errors import MissingDependencyError
 
         raise MissingDependencyError("the tcnn hash grid needs a CUDA device")
     return HashGrid(cfg, generator=generator).to(device)

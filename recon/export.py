@@ -8,18 +8,25 @@ rotated with :data:`WORLD_TO_GLTF` (Blender's convention: ``(x, y, z) -> (x, z, 
 Writes are atomic: every file goes to a temporary sibling first and is renamed into place only
 when all of them were written, so a failure never leaves a partial mesh (or a .obj without its
 .mtl) behind.
+
+What other tools see: smooth vertex normals in every format (``NORMAL`` in glTF, ``vn`` in OBJ,
+``nx ny nz`` in PLY; without them viewers shade the surface faceted); a non-metallic, fully rough
+material on every GLB, the vertex-colour one included (glTF's default material is fully metallic
+and renders dark); and ``.mtl`` / texture names without spaces (``mtllib`` is a list of names
+separated by spaces, so a space in the name breaks OBJ readers).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import re
 from pathlib import Path
 
 import numpy as np
 
-from sd3d.errors import OutputPathError
-from sd3d.io import atomic_path
+from sd3d.core.errors import OutputPathError
+from sd3d.core.io import atomic_path
 
 FORMATS = (".glb", ".obj", ".ply")
 WORLD_TO_GLTF = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
@@ -50,11 +57,33 @@ def _texture_png(texture: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _glb_bytes(vertices, faces, uvs, texture, colors) -> bytes:
+PLAIN_MATERIAL = {
+    "name": "vertex_colour",
+    "pbrMetallicRoughness": {
+        "baseColorFactor": [1.0, 1.0, 1.0, 1.0],
+        "metallicFactor": 0.0,
+        "roughnessFactor": 1.0,
+    },
+    "doubleSided": False,
+}
+"""The material of a vertex-colour GLB: white base (``COLOR_0`` multiplies it), not metallic, rough."""
+
+
+def _add_plain_material(tree: dict) -> None:
+    """trimesh writes vertex colours without a material; give every primitive :data:`PLAIN_MATERIAL`."""
+    materials = tree.setdefault("materials", [])
+    materials.append(dict(PLAIN_MATERIAL))
+    for mesh in tree.get("meshes", []):
+        for primitive in mesh.get("primitives", []):
+            primitive.setdefault("material", len(materials) - 1)
+
+
+def _glb_bytes(vertices, faces, uvs, texture, colors, normals) -> bytes:
     import trimesh
     from PIL import Image
 
     verts = np.asarray(vertices) @ WORLD_TO_GLTF.T
+    post = None
     if uvs is not None and texture is not None:
         material = trimesh.visual.material.PBRMaterial(
             baseColorTexture=Image.fromarray(texture),
@@ -65,13 +94,16 @@ def _glb_bytes(vertices, faces, uvs, texture, colors) -> bytes:
         visual = trimesh.visual.TextureVisuals(uv=uvs, material=material)
     elif colors is not None:
         visual = trimesh.visual.ColorVisuals(vertex_colors=colors)
+        post = _add_plain_material
     else:
         visual = None
-    mesh = trimesh.Trimesh(verts, faces, visual=visual, process=False)
-    return mesh.export(file_type="glb")
+        post = _add_plain_material
+    gltf_normals = None if normals is None else np.asarray(normals) @ WORLD_TO_GLTF.T
+    mesh = trimesh.Trimesh(verts, faces, vertex_normals=gltf_normals, visual=visual, process=False)
+    return mesh.export(file_type="glb", include_normals=normals is not None, tree_postprocessor=post)
 
 
-def _obj_text(vertices, faces, uvs, colors, mtl_name: str | None) -> str:
+def _obj_text(vertices, faces, uvs, colors, normals, mtl_name: str | None) -> str:
     out = io.StringIO()
     out.write("# sd3d reconstruction (+Z up)\n")
     if mtl_name:
@@ -81,20 +113,32 @@ def _obj_text(vertices, faces, uvs, colors, mtl_name: str | None) -> str:
         np.savetxt(out, np.hstack([vertices, c]), fmt="v %.6f %.6f %.6f %.4f %.4f %.4f")
     else:
         np.savetxt(out, vertices, fmt="v %.6f %.6f %.6f")
-    f1 = faces + 1
     if uvs is not None:
         np.savetxt(out, uvs, fmt="vt %.6f %.6f")
-        np.savetxt(out, np.repeat(f1, 2, axis=1), fmt="f %d/%d %d/%d %d/%d")
-    else:
-        np.savetxt(out, f1, fmt="f %d %d %d")
+    if normals is not None:
+        np.savetxt(out, normals, fmt="vn %.6f %.6f %.6f")
+    # The same index for position, UV and normal: v/vt/vn, v/vt, v//vn or v.
+    corner = {(True, True): "%d/%d/%d", (True, False): "%d/%d", (False, True): "%d//%d"}.get(
+        (uvs is not None, normals is not None), "%d"
+    )
+    per = corner.count("%d")
+    np.savetxt(out, np.repeat(faces + 1, per, axis=1), fmt="f " + " ".join([corner] * 3))
     return out.getvalue()
 
 
-def _ply_bytes(vertices, faces, colors) -> bytes:
+def _ply_bytes(vertices, faces, colors, normals) -> bytes:
     import trimesh
 
-    mesh = trimesh.Trimesh(vertices, faces, vertex_colors=colors, process=False)
-    return mesh.export(file_type="ply")
+    mesh = trimesh.Trimesh(vertices, faces, vertex_normals=normals, vertex_colors=colors, process=False)
+    return mesh.export(file_type="ply", vertex_normal=normals is not None)
+
+
+def sidecar_path(path: Path, suffix: str) -> Path:
+    """The ``.mtl`` / texture file beside an OBJ: its stem with every character that is not a
+    letter, digit, ``-``, ``_`` or ``.`` replaced by ``_`` (``mtllib`` and many ``map_Kd`` readers
+    split at spaces), and ``suffix``."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", path.stem) or "mesh"
+    return path.with_name(safe + suffix)
 
 
 def write_mesh(
@@ -104,33 +148,38 @@ def write_mesh(
     uvs: np.ndarray | None = None,
     texture: np.ndarray | None = None,
     colors: np.ndarray | None = None,
+    normals: np.ndarray | None = None,
 ) -> list[Path]:
     """Write a mesh; the format follows the extension. Returns every file written.
 
     ``uvs`` (V, 2) + ``texture`` (H, W, 3) uint8 give a textured mesh (.glb, .obj); ``colors``
-    (V, 4) uint8 are vertex colours (.ply always uses them; .glb/.obj when there is no texture).
+    (V, 4) uint8 are vertex colours (.ply always uses them; .glb/.obj when there is no texture);
+    ``normals`` (V, 3) unit vertex normals in our frame (rotated to +Y up for .glb like the
+    vertices). The ``.mtl`` and texture of an OBJ are named by :func:`sidecar_path`.
     """
     path = check_output_path(path)
     ext = path.suffix.lower()
     textured = uvs is not None and texture is not None
     files: dict[Path, bytes] = {}
     if ext == ".glb":
-        files[path] = _glb_bytes(vertices, faces, uvs if textured else None, texture, colors)
+        files[path] = _glb_bytes(vertices, faces, uvs if textured else None, texture, colors, normals)
     elif ext == ".obj":
         mtl = png = None
         if textured:
-            mtl, png = path.with_suffix(".mtl"), path.with_suffix(".png")
+            mtl, png = sidecar_path(path, ".mtl"), sidecar_path(path, ".png")
             files[png] = _texture_png(texture)
             files[mtl] = (
                 "# sd3d reconstruction\nnewmtl material0\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\n"
                 f"map_Kd {png.name}\n"
             ).encode()
-        text = _obj_text(vertices, faces, uvs if textured else None, colors, mtl.name if mtl else None)
+        text = _obj_text(
+            vertices, faces, uvs if textured else None, colors, normals, mtl.name if mtl else None
+        )
         files[path] = text.encode()
     else:
         if colors is None:
             raise ValueError(".ply export needs vertex colours")
-        files[path] = _ply_bytes(vertices, faces, colors)
+        files[path] = _ply_bytes(vertices, faces, colors, normals)
     with contextlib.ExitStack() as stack:  # all temporaries are renamed only if every write succeeded
         for target, data in files.items():
             tmp = stack.enter_context(atomic_path(target))

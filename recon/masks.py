@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sd3d.errors import ViewsFolderError
-from sd3d.io import VIEW_FILES, ViewSet
+from sd3d.core.errors import ViewsFolderError
+from sd3d.core.io import VIEW_FILES, ViewSet
 
 WHITE_THRESHOLD = 0.04  # ~10/255 below white counts as foreground
 MIN_COVERAGE = 1e-4  # fraction of the image; below this a mask counts as empty

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sd3d.errors import MissingDependencyError, UserError
+from sd3d.core.errors import MissingDependencyError, UserError
 
 EXTRACT_BOUND = 0.6
 
@@ -30,11 +30,12 @@ class Mesh:
 
 
 @torch.no_grad()
-def sdf_volume(sdf_fn, grid, res: int, device: torch.device, chunk: int = 262144) -> np.ndarray:
+def sdf_volume(sdf_fn, grid, res: int, device: torch.device, chunk: int = 262144, advance=None) -> np.ndarray:
     """(res, res, res) float32 SDF at ``linspace(-0.6, 0.6, res)`` per axis, indexed [x, y, z].
 
     The network is queried only in ``grid``'s band; elsewhere the value is +1 or -1 from the
     band's flood fill (outside: carved, e.g. outside the visual hull; inside: enclosed).
+    ``advance(n)`` (optional) is called with the number of x-slices done after each block.
     """
     lin = torch.linspace(-EXTRACT_BOUND, EXTRACT_BOUND, res, device=device)
     vol = torch.ones(res, res, res, device=device)
@@ -63,6 +64,8 @@ def sdf_volume(sdf_fn, grid, res: int, device: torch.device, chunk: int = 262144
                 [sdf_fn(sel[j : j + chunk]).float() for j in range(0, sel.shape[0], chunk)]
             )
         vol[i0 : i0 + xs.shape[0]] = block.view(-1, res, res)
+        if advance is not None:
+            advance(int(xs.shape[0]))
     return vol.cpu().numpy()
 
 
@@ -132,9 +135,32 @@ def decimate(mesh: Mesh, max_faces: int) -> Mesh:
     return compact(out) if out.num_faces else mesh
 
 
-def extract_mesh(field, grid, res: int, device: torch.device) -> Mesh:
-    """Marching cubes on the field's SDF (carved by the hull), largest component only."""
-    vol = sdf_volume(field.sdf_net.sdf, grid, res, device)
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(V, 3) float64 unit smooth normals: the area-weighted mean of the adjacent faces' normals.
+
+    Viewers shade a mesh without normals flat (one normal per triangle), which makes a marching
+    cubes surface look faceted. A vertex whose faces cancel out (or that no face uses) gets +Z so
+    every normal has unit length.
+    """
+    v = np.asarray(vertices, np.float64)
+    f = np.asarray(faces, np.int64)
+    face_n = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])  # length = 2 x area
+    normals = np.zeros_like(v)
+    for corner in range(3):
+        np.add.at(normals, f[:, corner], face_n)
+    length = np.linalg.norm(normals, axis=1, keepdims=True)
+    tiny = length[:, 0] <= 1e-20
+    normals = np.divide(normals, length, out=np.zeros_like(normals), where=~tiny[:, None])
+    normals[tiny] = (0.0, 0.0, 1.0)
+    return normals
+
+
+def extract_mesh(field, grid, res: int, device: torch.device, advance=None) -> Mesh:
+    """Marching cubes on the field's SDF (carved by the hull), largest component only.
+
+    ``advance(n)`` (optional) receives progress in x-slices of the ``res``-cubed grid.
+    """
+    vol = sdf_volume(field.sdf_net.sdf, grid, res, device, advance=advance)
     mesh = marching_cubes(vol)
     if mesh.num_faces == 0:
         return mesh

@@ -19,22 +19,27 @@ import torch
 from recon.export import check_output_path, write_mesh
 from recon.fields import NeuSField
 from recon.masks import view_masks
-from recon.mesh import Mesh, decimate, extract_mesh
+from recon.mesh import Mesh, decimate, extract_mesh, vertex_normals
+from recon.presets import Preset, get_preset, resolve_quality
 from recon.render import OccupancyGrid
 from recon.texture import bake_texture, unwrap_uv, vertex_colors
-from recon.train import Preset, get_preset, resolve_quality, train
-from sd3d.device import resolve_device
-from sd3d.errors import MissingDependencyError, ViewsFolderError
-from sd3d.io import ViewSet, read_views
-from sd3d.progress import Progress
+from recon.train import train
+from sd3d.core.device import resolve_device
+from sd3d.core.errors import MissingDependencyError, ViewsFolderError
+from sd3d.core.io import ViewSet, read_views
+from sd3d.core.progress import Progress, resolve
 
 
 @dataclass(frozen=True)
 class ReconResult:
-    """A trained field, ready to export. ``grid.hull`` carves the mesh; ``timings`` in seconds."""
+    """A trained field, ready to export. ``grid.hull`` carves the mesh; ``timings`` in seconds.
+
+    ``grid`` is ``None`` in a copy made to export an already extracted surface elsewhere (see
+    :func:`extract_surface` and ``export_mesh(..., surface=...)``).
+    """
 
     field: NeuSField
-    grid: OccupancyGrid
+    grid: OccupancyGrid | None
     preset: Preset
     device: torch.device
     seed: int
@@ -89,68 +94,89 @@ def reconstruct(
     )
 
 
+def extract_surface(result: ReconResult, progress: Progress | None = None) -> Mesh:
+    """The trained field's surface (marching cubes, carved by the grid, largest component).
+
+    Extract once and pass it to :func:`export_mesh` for each format: it queries the SDF on a dense
+    grid, the one export step that wants the training device.
+    """
+    res = result.preset.mesh_res
+    with resolve(progress).task(f"meshing ({res}^3)", res) as advance:
+        mesh = extract_mesh(result.field, result.grid, res, result.device, advance=advance)
+    if mesh.num_faces == 0:
+        raise ViewsFolderError(
+            "reconstruction produced an empty surface: the views do not show a consistent object"
+        )
+    return mesh
+
+
 def export_mesh(
     result: ReconResult,
     out_path: str | os.PathLike,
     faces: int | None = None,
     texture_size: int | None = None,
+    surface: Mesh | None = None,
+    progress: Progress | None = None,
 ) -> ExportResult:
-    """Extract, clean, (decimate), UV-unwrap + bake (or vertex-colour) and write ``out_path``.
+    """Extract, clean, decimate, UV-unwrap + bake (or vertex-colour) and write ``out_path``.
 
-    ``faces`` (any format) decimates to at most that many faces. Without it, textured formats
-    (.glb, .obj) are decimated to the preset's ``uv_max_faces`` before unwrapping (xatlas time
-    grows quickly with the face count); a failed unwrap falls back to vertex colours with a warning.
+    ``faces`` decimates to at most that many faces; without it the preset's ``uv_max_faces`` is
+    the budget. Every format gets the same budget, so a .ply holds the same surface as the .glb
+    and .obj of one run (xatlas time also grows quickly with the face count). A failed unwrap falls
+    back to vertex colours with a warning. Smooth vertex normals are written with every format.
+    Meshing, UV unwrapping and colouring report through ``progress``.
+    ``surface``: the result of :func:`extract_surface`, when already extracted (several formats,
+    or the field moved to another device or process without its grid).
     """
     path = check_output_path(out_path)
     dev = result.device
     preset = result.preset
+    prog = resolve(progress)
     timings: dict[str, float] = {}
-    t = time.perf_counter()
-    mesh = extract_mesh(result.field, result.grid, preset.mesh_res, dev)
-    if mesh.num_faces == 0:
-        raise ViewsFolderError(
-            "reconstruction produced an empty surface: the views do not show a consistent object"
-        )
-    timings["marching_cubes"] = time.perf_counter() - t
+    if surface is None:
+        t = time.perf_counter()
+        mesh = extract_surface(result, progress=prog)
+        timings["marching_cubes"] = time.perf_counter() - t
+    else:
+        mesh = surface
 
-    textured_format = path.suffix.lower() in (".glb", ".obj")
-    target = faces
-    if textured_format and faces is None:
-        target = preset.uv_max_faces
+    target = faces if faces is not None else preset.uv_max_faces
     t = time.perf_counter()
-    if target is not None:
-        try:
-            mesh = decimate(mesh, target)
-        except MissingDependencyError:
-            if faces is not None:  # asked for explicitly: the user must install it
-                raise
-            warnings.warn("fast-simplification is missing: unwrapping the full mesh (slower)", stacklevel=2)
+    try:
+        mesh = decimate(mesh, target)
+    except MissingDependencyError:
+        if faces is not None:  # asked for explicitly: the user must install it
+            raise
+        warnings.warn("fast-simplification is missing: exporting the full mesh (slower)", stacklevel=2)
     timings["decimate"] = time.perf_counter() - t
+    normals = vertex_normals(mesh.vertices, mesh.faces)
 
     uvs = texture = None
     reason = ""
-    if textured_format:
+    if path.suffix.lower() in (".glb", ".obj"):
         t = time.perf_counter()
         size = texture_size or preset.texture_size
-        uv_mesh, reason = unwrap_uv(mesh.vertices, mesh.faces, size)
+        with prog.task("UV unwrapping (xatlas)", None) as advance:
+            uv_mesh, reason = unwrap_uv(mesh.vertices, mesh.faces, size, tick=lambda: advance(0))
         timings["uv"] = time.perf_counter() - t
         t = time.perf_counter()
         if uv_mesh is not None:
-            texture = bake_texture(result.field, uv_mesh, size, dev)
+            texture = bake_texture(result.field, uv_mesh, size, dev, progress=prog)
             verts, tris, uvs = uv_mesh.vertices, uv_mesh.faces, uv_mesh.uvs
+            normals = normals[uv_mesh.vmap]  # seam copies keep their vertex's normal: no visible seams
             colors = None
         else:
             warnings.warn(f"UV unwrapping failed ({reason}); writing vertex colours instead", stacklevel=2)
             verts, tris = mesh.vertices, mesh.faces
-            colors = vertex_colors(result.field, verts, dev)
+            colors = vertex_colors(result.field, verts, dev, progress=prog)
         timings["bake"] = time.perf_counter() - t
     else:
         t = time.perf_counter()
         verts, tris = mesh.vertices, mesh.faces
-        colors = vertex_colors(result.field, verts, dev)
+        colors = vertex_colors(result.field, verts, dev, progress=prog)
         timings["bake"] = time.perf_counter() - t
     t = time.perf_counter()
-    paths = write_mesh(path, verts, tris, uvs=uvs, texture=texture, colors=colors)
+    paths = write_mesh(path, verts, tris, uvs=uvs, texture=texture, colors=colors, normals=normals)
     timings["write"] = time.perf_counter() - t
     return ExportResult(
         paths=paths,

@@ -1,4 +1,4 @@
-"""Render triangle meshes to RGBA + depth at :class:`sd3d.cameras.Camera` s (``sd3d render``).
+"""Render triangle meshes to RGBA + depth at :class:`sd3d.core.cameras.Camera` s (``sd3d render``).
 
 A plain PyTorch z-buffer rasteriser (CPU or CUDA, no graphics stack), made to reproduce the shared
 ground-truth renders (``../shared/data/objects/*/views``):
@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sd3d.cameras import Camera
-from sd3d.errors import UserError
-from sd3d.progress import Progress, resolve
+from sd3d.core.cameras import Camera
+from sd3d.core.errors import UserError
+from sd3d.core.progress import Progress, resolve
 
 MESH_SUFFIXES = (".obj", ".glb", ".gltf", ".ply", ".stl", ".off")
 
@@ -128,10 +128,15 @@ def _visual_of(geom) -> dict:
         factor = getattr(mat, "baseColorFactor", None)
         if factor is None:
             factor = getattr(mat, "diffuse", None)
+        colors = getattr(visual, "vertex_attributes", {}).get("color")
         if visual.uv is not None and image is not None and min(image.size) > 2:
             out["uv"] = np.asarray(visual.uv, np.float64)
             out["texture"] = _image_to_uint8(image)
             out["color"] = np.ones(3)
+        elif colors is not None and len(colors) == len(geom.vertices):
+            # glTF COLOR_0 under a material (how sd3d writes vertex colours): colour x base colour
+            base = np.ones(3) if factor is None else np.asarray(factor, np.float64)[:3] / 255.0
+            out["vertex_colors"] = np.asarray(colors, np.float64)[:, :3] / 255.0 * base
         elif factor is not None:
             out["color"] = np.asarray(factor, np.float64)[:3] / 255.0
     elif kind == "vertex":
@@ -627,7 +632,7 @@ def orbit_cameras(
 ) -> list[Camera]:
     """The 16 target cameras by default; otherwise an orbit (elevation 30 and the 16 target
     azimuths unless given)."""
-    from sd3d import cameras as cam
+    from sd3d.core import cameras as cam
 
     if elevation_deg is None and azimuths_deg is None and distance == cam.TARGET_DISTANCE:
         return cam.target_cameras(size)
@@ -650,7 +655,7 @@ def write_renders(
 
     from PIL import Image
 
-    from sd3d.io import atomic_dir, cameras_record, contact_sheet, to_uint8, transforms_record
+    from sd3d.core.io import atomic_dir, cameras_record, contact_sheet, to_uint8, transforms_record
 
     files = [f"{i:03d}.png" for i in range(len(cameras))]
     record_extra = {

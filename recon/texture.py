@@ -19,12 +19,18 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 UV_TIMEOUT_S = 300
+POLL_S = 0.5
+"""How often :func:`unwrap_uv` checks on the child process (and calls its ``tick``)."""
+COLOR_CHUNK = 65536
+"""Surface points per colour-network call when baking (bounded memory, steady progress)."""
 
 
 @dataclass(frozen=True)
@@ -60,8 +66,13 @@ def unwrap_uv(
     resolution: int,
     padding: int = 2,
     timeout_s: float = UV_TIMEOUT_S,
+    tick: Callable[[], None] | None = None,
 ) -> tuple[UVMesh | None, str]:
-    """UV-unwrap in a child process. Returns ``(UVMesh, "")`` or ``(None, reason)``."""
+    """UV-unwrap in a child process. Returns ``(UVMesh, "")`` or ``(None, reason)``.
+
+    ``tick()`` (optional) is called about every :data:`POLL_S` seconds while the child runs, so a
+    progress display can show that the unwrap is still going.
+    """
     with tempfile.TemporaryDirectory(prefix="sd3d-uv-") as tmp:
         src, dst = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")
         np.savez(
@@ -75,18 +86,32 @@ def unwrap_uv(
         root = str(Path(__file__).resolve().parents[1])
         env = dict(os.environ)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "recon.texture", src, dst],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=root,
+        )
+        deadline = time.monotonic() + timeout_s
         try:
-            proc = subprocess.run(
-                [sys.executable, "-m", "recon.texture", src, dst],
-                capture_output=True,
-                timeout=timeout_s,
-                env=env,
-                cwd=root,
-            )
-        except subprocess.TimeoutExpired:
-            return None, f"xatlas did not finish within {timeout_s:.0f} s"
+            while True:
+                try:
+                    _, stderr = proc.communicate(timeout=min(POLL_S, max(0.01, deadline - time.monotonic())))
+                    break
+                except subprocess.TimeoutExpired:
+                    if time.monotonic() >= deadline:
+                        proc.kill()
+                        proc.communicate()
+                        return None, f"xatlas did not finish within {timeout_s:.0f} s"
+                    if tick is not None:
+                        tick()
+        except BaseException:  # Ctrl-C or a failing tick: never leave the child running
+            proc.kill()
+            proc.communicate()
+            raise
         if proc.returncode != 0 or not os.path.exists(dst):
-            tail = proc.stderr.decode(errors="replace").strip().splitlines()
+            tail = stderr.decode(errors="replace").strip().splitlines()
             why = tail[-1] if tail else f"exit code {proc.returncode}"
             if proc.returncode < 0:
                 why = f"xatlas crashed (signal {-proc.returncode})"
@@ -174,29 +199,47 @@ def dilate_texture(image: np.ndarray, filled: np.ndarray, iterations: int = 16) 
     return img
 
 
-def bake_texture(field, uv_mesh: UVMesh, size: int, device) -> np.ndarray:
-    """(size, size, 3) uint8 texture from the colour network at the surface points of each texel."""
+def surface_colors(
+    field, points: np.ndarray, device, progress=None, description: str = "colours", chunk: int = COLOR_CHUNK
+) -> np.ndarray:
+    """(K, 3) float32 colours of the colour network at surface points, ``chunk`` points per call.
+
+    ``progress`` (a :class:`sd3d.core.progress.Progress`, optional) shows one step per call.
+    """
     import torch
 
+    from sd3d.core.progress import resolve
+
+    out = np.empty((points.shape[0], 3), np.float32)
+    calls = max(1, -(-int(points.shape[0]) // chunk))
+    with resolve(progress).task(description, calls) as advance:
+        for start in range(0, points.shape[0], chunk):
+            part = torch.from_numpy(np.ascontiguousarray(points[start : start + chunk], np.float32))
+            colors, _ = field.surface_color(part.to(device))
+            out[start : start + chunk] = colors.float().cpu().numpy()
+            advance()
+    return out
+
+
+def bake_texture(field, uv_mesh: UVMesh, size: int, device, progress=None) -> np.ndarray:
+    """(size, size, 3) uint8 texture from the colour network at the surface points of each texel."""
     rows, cols, face, bary = rasterize_uv(uv_mesh.uvs, uv_mesh.faces, size)
+    corners = uv_mesh.vertices[uv_mesh.faces[face]]  # (K, 3, 3)
+    points = np.einsum("kc,kcd->kd", bary, corners)
     image = np.ones((size, size, 3), np.float32)
     filled = np.zeros((size, size), bool)
+    colors = surface_colors(field, points, device, progress, "baking texture")
     if rows.shape[0]:
-        corners = uv_mesh.vertices[uv_mesh.faces[face]]  # (K, 3, 3)
-        points = np.einsum("kc,kcd->kd", bary, corners)
-        colors, _ = field.surface_color(torch.from_numpy(points.astype(np.float32)).to(device))
-        image[rows, cols] = colors.cpu().numpy()
+        image[rows, cols] = colors
         filled[rows, cols] = True
     image = dilate_texture(image, filled)
     return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
 
 
-def vertex_colors(field, vertices: np.ndarray, device) -> np.ndarray:
+def vertex_colors(field, vertices: np.ndarray, device, progress=None) -> np.ndarray:
     """(V, 4) uint8 RGBA colours at the vertices (the no-UV fallback and the .ply output)."""
-    import torch
-
-    colors, _ = field.surface_color(torch.from_numpy(vertices.astype(np.float32)).to(device))
-    rgb = np.clip(np.rint(colors.cpu().numpy() * 255.0), 0, 255).astype(np.uint8)
+    colors = surface_colors(field, np.asarray(vertices), device, progress, "vertex colours")
+    rgb = np.clip(np.rint(colors * 255.0), 0, 255).astype(np.uint8)
     return np.concatenate([rgb, np.full((rgb.shape[0], 1), 255, np.uint8)], axis=1)
 
 

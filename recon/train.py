@@ -1,9 +1,4 @@
-"""The NeuS training loop and its quality presets.
-
-Presets trade time for detail: ``draft`` is sized for a CPU core (half-resolution rays, 8 coarse
-hash levels, 128^3 marching cubes, ~1 min of training), ``standard`` for one GPU (full-resolution
-rays, 16 levels, 8k rays / up to 350k samples per step, 1000 steps, 256^3 marching cubes; ~21 s on
-an H100), ``high`` for more steps and detail.
+"""The NeuS training loop (its settings are the quality presets of :mod:`recon.presets`).
 
 Schedule: the SDF is first fitted to the visual hull's distance field (samples are confined to the
 hull, so NeuS' sphere initialisation would leave the rays no surface to find); hash levels are then
@@ -19,130 +14,18 @@ skipped space before it is empty), without which the band's boundary can pose as
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from recon.encoding import HashGridConfig
-from recon.fields import FieldConfig, NeuSField
+from recon.fields import NeuSField
+from recon.hull import hull_sdf, visual_hull
 from recon.masks import view_masks
-from recon.render import OccupancyGrid, camera_rays, hull_sdf, render_rays, sample_volume, visual_hull
-from sd3d.io import ViewSet
-from sd3d.progress import Progress, resolve
-
-
-@dataclass(frozen=True)
-class Preset:
-    """Everything a quality level decides (training, extraction and texture sizes)."""
-
-    name: str
-    steps: int
-    rays_per_batch: int
-    max_samples_per_batch: int
-    image_stride: int  # 2 = train on half-resolution views
-    step_size: float  # march step dt (world units)
-    field: FieldConfig
-    occupancy_res: int
-    mesh_res: int
-    texture_size: int
-    uv_max_faces: int  # meshes are decimated to at most this before UV unwrapping
-    max_samples_per_ray: int | None = None  # cap, applied once the band is narrow (see sample_rays)
-    per_ray_cap_from: float = 0.5  # fraction of training after which the cap applies
-    lr: float = 1e-2
-    lr_variance: float = 1e-3
-    start_levels: int = 4
-    levels_done_at: float = 0.4  # fraction of training when all hash levels are active
-    warmup: float = 0.05
-    cos_anneal_end: float = 0.1
-    occupancy_start: float = 0.0  # start narrowing the occupancy grid after this fraction
-    init_steps: int = 200  # fit the SDF to the visual hull's distance field before rendering
-    init_points: int = 4096
-    occupancy_every: int = 50
-    outside_margin: float = 0.02
-    # Voxels outside the mask of this many views still count as hull (tolerates one inconsistent
-    # view in generated sets; the entry loss keeps the extra room from being filled).
-    hull_allowed_misses: int = 1
-    hull_dilate_px: int = 3
-    min_inv_s_end: float = 800.0  # floor on NeuS' sharpness, rising geometrically from the initial s
-    w_rgb: float = 1.0
-    w_mask: float = 0.1
-    w_eikonal: float = 0.1
-    w_entry: float = 1.0
-    eikonal_points: int = 1024
-
-
-PRESETS: dict[str, Preset] = {
-    "draft": Preset(
-        name="draft",
-        steps=400,
-        rays_per_batch=768,
-        max_samples_per_batch=24_000,
-        image_stride=2,
-        step_size=0.01,
-        field=FieldConfig(
-            grid=HashGridConfig(n_levels=8, log2_hashmap_size=16, base_resolution=16, max_resolution=256)
-        ),
-        occupancy_res=64,
-        mesh_res=128,
-        texture_size=512,
-        uv_max_faces=20_000,
-        start_levels=3,
-        occupancy_every=25,
-        eikonal_points=256,
-    ),
-    "standard": Preset(
-        name="standard",
-        steps=1000,
-        rays_per_batch=8192,
-        max_samples_per_batch=350_000,
-        image_stride=1,
-        step_size=0.004,
-        field=FieldConfig(
-            grid=HashGridConfig(n_levels=16, log2_hashmap_size=19, base_resolution=16, max_resolution=1024)
-        ),
-        occupancy_res=256,
-        mesh_res=256,
-        texture_size=1024,
-        uv_max_faces=30_000,
-    ),
-    "high": Preset(
-        name="high",
-        steps=3000,
-        rays_per_batch=16384,
-        max_samples_per_batch=800_000,
-        image_stride=1,
-        step_size=0.003,
-        field=FieldConfig(
-            grid=HashGridConfig(n_levels=16, log2_hashmap_size=20, base_resolution=16, max_resolution=2048)
-        ),
-        occupancy_res=256,
-        mesh_res=384,
-        texture_size=2048,
-        uv_max_faces=100_000,
-        min_inv_s_end=1500.0,
-    ),
-}
-
-
-def resolve_quality(quality: str, device: torch.device) -> str:
-    """``auto`` is ``standard`` on CUDA and ``draft`` on CPU (standard would take hours there)."""
-    if quality == "auto":
-        return "standard" if device.type == "cuda" else "draft"
-    return quality
-
-
-def get_preset(quality: str, steps: int | None = None) -> Preset:
-    from sd3d.errors import UserError
-
-    if quality not in PRESETS:
-        raise UserError(f"unknown quality {quality!r}: use auto, {', '.join(PRESETS)}")
-    preset = PRESETS[quality]
-    if steps is not None:
-        if steps < 1:
-            raise UserError(f"--steps must be >= 1, got {steps}")
-        preset = replace(preset, steps=int(steps))
-    return preset
+from recon.presets import Preset
+from recon.render import OccupancyGrid, camera_rays, render_rays, sample_volume
+from sd3d.core.io import ViewSet
+from sd3d.core.progress import Progress, resolve
 
 
 def prepare_rays(
@@ -246,9 +129,10 @@ def train(
         device,
         dilate_px=preset.hull_dilate_px,
         allowed_misses=preset.hull_allowed_misses,
+        dilate_voxels=1,  # a voxel of slack: the skipping grid must never cut the surface
     )
     if not bool(hull.any()):
-        from sd3d.errors import ViewsFolderError
+        from sd3d.core.errors import ViewsFolderError
 
         raise ViewsFolderError(
             "the views' masks do not agree on any common volume: cameras and views do not match"

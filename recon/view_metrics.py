@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from recon.metrics import psnr, ssim
-from sd3d.errors import ViewsFolderError
-from sd3d.io import ViewSet
+from sd3d.core.errors import ViewsFolderError
+from sd3d.core.io import ViewSet
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,7 @@ def fetch(
 
     Returns ``present``, ``placed`` or ``unreachable``; raises VerifyError for a wrong file.
     """
-    from sd3d.io import atomic_path
+    from sd3d.core.io import atomic_path
 
     target = dest_dir / "u2netp.onnx"
     if is_valid(target, size, sha256):
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from sd3d.errors import UserError
+    from sd3d.core.errors import UserError
     from sd3d.weights import get_entry, resolve_weights_dir
 
     entry = get_entry("u2netp")

@@ -5,3 +5,7 @@ tinycudann, nerfacc, ...) is missing: heavy modules are imported where they are 
 """
 
 __version__ = "0.1.0"
+
+DEFAULT_SEED = 6033
+"""The seed every command uses unless ``--seed`` is given: the official SyncDreamer ``generate.py``
+default, so ``sd3d run`` and the stage commands it chains agree by default."""

@@ -1,6 +1,6 @@
 """Input preprocessing: photo -> object mask -> the official recentred 256x256 model input.
 
-``prepare_input`` reads any image (:func:`sd3d.io.read_image`), finds the object with a background
+``prepare_input`` reads any image (:func:`sd3d.core.io.read_image`), finds the object with a background
 backend (:mod:`sd3d.background`) and recentres it exactly like the official ``prepare_inputs``
 (spec section 2.1, quirk 12), so the same RGBA file gives bit-identical model input:
 
@@ -16,13 +16,14 @@ backend (:mod:`sd3d.background`) and recentres it exactly like the official ``pr
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from sd3d.errors import InputImageError, OutputPathError, UserError
+from sd3d.core.errors import InputImageError, OutputPathError, UserError
 
 MODEL_SIZE = 256
 DEFAULT_CROP_SIZE = 200
@@ -42,7 +43,10 @@ class PreparedInput:
     model input is this permuted to (1, 3, 256, 256)). ``crop_box``: (left, top, right, bottom) of
     the source region that was recentred, in source pixels after EXIF orientation, right/bottom
     exclusive (the whole image for ``crop_size = -1``). ``background``: the backend actually used.
-    ``source``: the file read, or ``None`` for an in-memory image. Both arrays are read-only.
+    ``source``: the file read, or ``None`` for an in-memory image. ``background_note``: how the
+    backend was chosen and what it used (see :class:`sd3d.background.Foreground`). ``warnings``:
+    problems worth a look that did not stop the work (e.g. :func:`faint_alpha_warning`). Both arrays
+    are read-only.
     """
 
     rgba: np.ndarray
@@ -52,6 +56,8 @@ class PreparedInput:
     source: Path | None
     crop_size: int = DEFAULT_CROP_SIZE
     source_size: tuple[int, int] = (0, 0)
+    background_note: str = ""
+    warnings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.rgba.shape != (MODEL_SIZE, MODEL_SIZE, 4) or self.rgba.dtype != np.uint8:
@@ -117,6 +123,51 @@ def recenter(rgba: Image.Image, crop_size: int = DEFAULT_CROP_SIZE) -> Image.Ima
     return recenter_with_box(rgba, crop_size)[0]
 
 
+FAINT_ALPHA = 128
+"""Alpha values in ``(0, FAINT_ALPHA)`` are "faint": less than half opaque."""
+FAINT_FILL_LIMIT = 0.8
+"""Warn when faint alpha alone shrinks the object below this fraction of ``--crop-size``."""
+
+
+def faint_alpha_warning(alpha: np.ndarray) -> str | None:
+    """One line when faint alpha decides the crop, else ``None``.
+
+    The official recentering crops to the bounding box of ``alpha > 0``, so faint alpha away from
+    the object (a matte with soft edges over half of the frame, a faint shadow, haze) widens the box
+    and the object silently comes out small in the 256x256 input. Rule: the longer side of the box of
+    all non-zero alpha is compared with that of the pixels at least half opaque
+    (``alpha >= FAINT_ALPHA``); when the object then fills less than :data:`FAINT_FILL_LIMIT` of
+    ``--crop-size``, or when no pixel is half opaque at all, say so (the crop itself is unchanged:
+    it is the official one).
+    """
+    alpha = np.asarray(alpha)
+    present = alpha > 0
+    if not present.any():
+        return None
+    solid = alpha >= FAINT_ALPHA
+    faint_share = 1.0 - float(solid.sum()) / float(present.sum())
+    if not solid.any():
+        return (
+            "the alpha channel is faint everywhere (no pixel is at least half opaque): the object may be "
+            "hard to see; check the mask or use another --background"
+        )
+    (ah, aw), (sh, sw) = _box_size(present), _box_size(solid)
+    fill = max(sh, sw) / max(ah, aw)
+    if fill >= FAINT_FILL_LIMIT:
+        return None
+    return (
+        f"{faint_share:.0%} of the foreground is faint alpha (0 < alpha < {FAINT_ALPHA}) and it widens the "
+        f"crop from {sw}x{sh} to {aw}x{ah} px, so the object fills only {fill:.0%} of --crop-size; "
+        "clean the mask (or use --background rembg or grabcut)"
+    )
+
+
+def _box_size(mask: np.ndarray) -> tuple[int, int]:
+    """(height, width) of the bounding box of a non-empty boolean mask."""
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    return int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+
+
 def to_model_rgb(rgba: Image.Image | np.ndarray) -> np.ndarray:
     """RGBA (or RGB) uint8 -> float32 HxWx3 in [-1, 1], composited on white with the official float ops."""
     image = np.asarray(rgba, dtype=np.float32) / 255.0
@@ -141,17 +192,24 @@ def prepare_input(
     """Read ``source``, find the object, recentre it: the one call the generator needs.
 
     ``background``: ``auto|alpha|rembg|carvekit|grabcut|none`` (:mod:`sd3d.background`).
-    ``max_pixels``: input size limit (default :data:`sd3d.io.DEFAULT_MAX_PIXELS`).
+    ``max_pixels``: input size limit (default :data:`sd3d.core.io.DEFAULT_MAX_PIXELS`).
     ``weights_dir``: where rembg's ``u2netp.onnx`` is looked up (default: the weights folder).
-    Every user-caused problem raises a one-line :class:`~sd3d.errors.UserError`.
+    Every user-caused problem raises a one-line :class:`~sd3d.core.errors.UserError`; faint alpha that
+    shrinks the object (:func:`faint_alpha_warning`) is a ``UserWarning``, also kept in ``warnings``.
     """
     from sd3d.background import check_backend_name, remove_background
-    from sd3d.io import read_image
+    from sd3d.core.io import check_max_pixels, read_image
 
     crop_size = check_crop_size(crop_size)
     check_backend_name(background)
-    image = read_image(source, max_pixels=max_pixels)
+    image = read_image(source, max_pixels=check_max_pixels(max_pixels))
     foreground = remove_background(image, background, weights_dir=weights_dir)
+    notes = []
+    if crop_size != NO_CROP:
+        faint = faint_alpha_warning(np.asarray(foreground.rgba.getchannel("A")))
+        if faint is not None:
+            warnings.warn(faint, UserWarning, stacklevel=2)
+            notes.append(faint)
     recentred, box = recenter_with_box(foreground.rgba, crop_size)
     rgba = np.array(recentred, dtype=np.uint8)
     return PreparedInput(
@@ -162,6 +220,8 @@ def prepare_input(
         source=None if isinstance(source, Image.Image) else Path(source),
         crop_size=crop_size,
         source_size=(image.width, image.height),
+        background_note=foreground.note,
+        warnings=tuple(notes),
     )
 
 
@@ -201,7 +261,7 @@ def save_prepared(
     """Write the RGBA record (and optionally the white-composited RGB) atomically, both or neither."""
     from contextlib import ExitStack
 
-    from sd3d.io import atomic_path
+    from sd3d.core.io import atomic_path
 
     output = check_output_path(output, RGBA_SUFFIXES, "output")
     targets = [(output, prepared.rgba_image())]

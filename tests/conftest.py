@@ -1,7 +1,10 @@
 """Shared test fixtures.
 
-Tests that need ``../shared`` (reference fixtures, test data) use the ``shared_dir`` fixture, which
-skips with a message when the folder is absent. Never write into ``../shared``.
+Reference *numbers* (golden parity fixtures, reference vectors, state-dict manifests, the official
+buffers) and the few input photos the parity fixtures were computed from live in the repository under
+``tests/fixtures/`` (provenance in its README), so a contributor's clone runs the whole parity suite.
+Only tests that need the shared meshes and their renders use ``../shared`` through the ``shared_dir``
+fixture, which skips with a message when the folder is absent. Never write into ``../shared``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures"
 SHARED_DIR = Path(os.environ.get("SD3D_SHARED", REPO_ROOT.parent / "shared"))
 
 
@@ -32,6 +36,15 @@ def _torch_threads() -> None:
 _torch_threads()
 
 
+@pytest.fixture(autouse=True)
+def _private_hf_cache(tmp_path_factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets an empty Hugging Face cache: weights are looked for there too, and a test must
+    neither find the developer's real checkpoints nor write into that shared cache."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path_factory.mktemp("hf-cache")))
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not SHARED_DIR.is_dir():
@@ -40,8 +53,60 @@ def shared_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def reference_dir(shared_dir: Path) -> Path:
-    return shared_dir / "reference"
+def reference_dir() -> Path:
+    """Reference numbers from the official code (copied from ``shared/reference``)."""
+    return FIXTURES_DIR / "reference"
+
+
+@pytest.fixture(scope="session")
+def testset_dir() -> Path:
+    """The official test-set photos that the golden parity fixtures were computed from."""
+    return FIXTURES_DIR / "testset"
+
+
+@pytest.fixture(scope="session")
+def official_syncdreamer_buffers(reference_dir: Path) -> dict:
+    """The 10 buffers exactly as the official SyncDreamer code registers them (float32 tensors)."""
+    from support.official_checkpoint import official_buffers
+
+    return official_buffers(reference_dir / "syncdreamer-official-buffers.npz")
+
+
+@pytest.fixture(scope="session")
+def official_syncdreamer_ckpt(tmp_path_factory, official_syncdreamer_buffers):
+    """A full-size checkpoint in the released file's format (Lightning dict with a pickled callback,
+    all 1618 official keys, the official buffers), synthetic weights; 5.6 GB, written once."""
+    import gc
+
+    from support.official_checkpoint import official_state_dict, write_lightning_checkpoint
+
+    from sd3d.models.configs import official_config
+
+    path = tmp_path_factory.mktemp("official") / "syncdreamer-pretrain.ckpt"
+    state = official_state_dict(official_config(), official_syncdreamer_buffers)
+    write_lightning_checkpoint(path, state)
+    del state
+    gc.collect()
+    yield path
+    path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def stop_after_load(monkeypatch):
+    """``sd3d generate`` stops (exit 0) right after loading the model (sampling the full-size model
+    on a CPU is far too slow for a test); returns what generation got: ``(config, settings, cc_proj)``."""
+    import typer
+
+    import sd3d.pipelines.syncdreamer
+
+    seen = []
+
+    def stop(model, prepared, settings, **kwargs):
+        seen.append((model.config, settings, model.cc_projection.weight.detach().clone()))
+        raise typer.Exit(0)
+
+    monkeypatch.setattr(sd3d.pipelines.syncdreamer, "run_generation", stop)
+    return seen
 
 
 class CliResult:
@@ -73,7 +138,8 @@ def run_cli():
 @pytest.fixture(scope="session")
 def zero123_ckpt(tmp_path_factory):
     """A tiny Zero123 checkpoint with synthetic weights (the official key layout), written once."""
-    from sd3d.models.zero123 import tiny_config, write_synthetic_checkpoint
+    from sd3d.models.zero123 import tiny_config
+    from sd3d.models.zero123_checkpoint import write_synthetic_checkpoint
 
     return write_synthetic_checkpoint(tmp_path_factory.mktemp("w") / "tiny-zero123.ckpt", tiny_config())
 

@@ -19,7 +19,7 @@ from sd3d.background import (
 )
 from sd3d.background import rembg_u2netp as rembg_backend
 from sd3d.background.carvekit_tracer import OFFICIAL_PARAMETERS
-from sd3d.errors import InputImageError, MissingDependencyError, UserError, WeightsError
+from sd3d.core.errors import InputImageError, MissingDependencyError, UserError, WeightsError
 from sd3d.preprocess import prepare_input
 
 
@@ -180,13 +180,13 @@ def test_rembg_without_model_says_how_to_get_it(tmp_path, monkeypatch):
         remove_background(_disc_photo()[0], "rembg", weights_dir=tmp_path)
 
 
-def test_real_rembg_u2netp_segments_a_testset_object(shared_dir, monkeypatch):
+def test_real_rembg_u2netp_segments_a_testset_object(testset_dir, monkeypatch):
     if not rembg_backend.rembg_installed():
         pytest.skip("rembg/onnxruntime not installed (pip install 'sd3d[rembg]')")
     model = rembg_backend.model_path()
     if not model.is_file():
         pytest.skip(f"u2netp.onnx not at {model} (run scripts/fetch_u2netp.py)")
-    src = Image.open(shared_dir / "data" / "testset" / "alarm.png").convert("RGBA")
+    src = Image.open(testset_dir / "alarm.png").convert("RGBA")
     truth = np.asarray(src)[..., 3] > 127
     photo = Image.alpha_composite(Image.new("RGBA", src.size, (235, 235, 230, 255)), src).convert("RGB")
     monkeypatch.setenv("U2NET_HOME", "/nonexistent/elsewhere")

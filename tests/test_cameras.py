@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from sd3d import cameras as cam
-from sd3d import io as sio
+from sd3d.core import cameras as cam
+from sd3d.core import io as sio
 
 
 def test_target_cameras_match_official_pickle(reference_dir):

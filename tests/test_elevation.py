@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import trimesh
 
+from recon.hull import hull_mesh, visual_hull
 from recon.metrics import winding_numbers_grid
 from recon.raster import render_silhouettes
-from sd3d import cameras as cam
-from sd3d import elevation as el
-from sd3d.io import ViewSet
+from sd3d.core import cameras as cam
+from sd3d.core.io import ViewSet
+from sd3d.workflows import elevation as el
 
 OBJECTS = ("spot", "bob", "duck", "banana")
 
@@ -56,10 +57,10 @@ def test_visual_hull_contains_the_object_and_reproduces_the_views():
     obj = _toy_object()
     cams = cam.target_cameras(128)
     masks = render_silhouettes(obj.vertices, obj.faces, cams)
-    occ = el.carve_visual_hull(masks, cams, resolution=64)
+    occ = visual_hull(masks, cams, 64).numpy()
     inside = np.abs(winding_numbers_grid(obj.vertices, obj.faces, resolution=64, bound=0.6)) >= 0.5
     assert occ[inside].mean() > 0.99  # the hull contains the object (up to voxels on the surface)
-    v, f = el.hull_mesh(occ)
+    v, f = hull_mesh(occ)
     sil = render_silhouettes(v, f, cams[:1])[0]
     assert (np.minimum(sil, masks[0]).sum() / np.maximum(sil, masks[0]).sum()) > 0.95
 
@@ -85,7 +86,7 @@ def test_gt_views_and_inputs_of_the_shared_objects(shared_dir):
     whatever else the 2-core CI machine runs at the same moment (the parallel test worker)."""
     import time
 
-    from sd3d.io import read_views
+    from sd3d.core.io import read_views
     from sd3d.preprocess import prepare_input
 
     errors, seconds = [], []

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from recon.consistency import consistency_score, default_held_out
-from sd3d.io import read_views
+from sd3d.core.io import read_views
 
 STEPS = 200  # draft preset, shortened: enough to separate consistent from swapped views on CPU
 

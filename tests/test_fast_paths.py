@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from sd3d.models.checkpoint import LazySafetensors, load_syncdreamer
 from sd3d.models.configs import tiny_config
 from sd3d.models.depth_attention import DepthTransformer, set_depth_attention_impl
 from sd3d.models.flops import count_generation_flops
@@ -24,9 +23,10 @@ from sd3d.models.inference import (
     keeps_float32,
     set_channels_last_,
 )
+from sd3d.models.syncdreamer_checkpoint import LazySafetensors, load_syncdreamer
 from sd3d.models.synthetic import synthetic_state_dict
 from sd3d.models.volume import repeat_rows
-from sd3d.pipeline import GenerationSettings, as_prepared, compute_dtype_for, sample_views
+from sd3d.pipelines.syncdreamer import GenerationSettings, as_prepared, compute_dtype_for, sample_views
 from sd3d.sampling.ddim import ddim_tables
 from sd3d.sampling.schedule import scaled_linear_schedule
 
@@ -274,7 +274,7 @@ def test_sample_views_returns_the_latents_behind_the_views(state_dict, prepared)
     assert out.record["cuda_graph"] is False
     with torch.no_grad():
         decoded = model.decode_latents(out.latents[0])
-    from sd3d.pipeline import quantize_official
+    from sd3d.pipelines.syncdreamer import quantize_official
 
     np.testing.assert_array_equal(quantize_official(decoded), out.views_u8[0])
 

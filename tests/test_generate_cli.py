@@ -66,7 +66,7 @@ def test_generate_writes_a_views_folder_and_is_deterministic(run_cli, photo, tin
     assert [v["file"] for v in record["views"]] == VIEW_FILES
     assert len(json.loads((out / "transforms.json").read_text())["frames"]) == 16
 
-    from sd3d.io import read_views
+    from sd3d.core.io import read_views
 
     views = read_views(out)  # the reconstruction stage can read it back
     assert views.images.shape == (16, 256, 256, 3) and views.input_elevation_deg == 20.0
@@ -117,6 +117,9 @@ def test_missing_weights_is_one_line_with_the_download_command(run_cli, photo, t
         (["--samples", "0"], "--samples must be between 1 and 64"),
         (["--batch-view-num", "17"], "--batch-view-num must be between 1 and 16"),
         (["--sampler", "euler"], "unknown sampler"),
+        (["--ddim-discretize", "cubic"], "unknown DDIM discretization 'cubic'"),
+        (["--sampler", "dpmpp", "--ddim-discretize", "quad"], "is a DDIM option"),
+        (["--model", "zero123", "--ddim-discretize", "quad"], "SyncDreamer's DDIM option"),
         (["--dtype", "fp8"], "unknown dtype"),
         (["--device", "tpu"], "device"),
         (["--crop-size", "999"], "--crop-size"),

@@ -1,4 +1,4 @@
-"""``sd3d.pipeline.generate_views`` on the tiny model: seeds, batching of samples, dtype, quantisation."""
+"""``sd3d.pipelines.syncdreamer.generate_views`` on the tiny model: seeds, batching of samples, dtype, quantisation."""
 
 from __future__ import annotations
 
@@ -6,16 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from sd3d.errors import InputImageError, UserError
-from sd3d.models.checkpoint import load_syncdreamer
+from sd3d.core.errors import InputImageError, UserError
 from sd3d.models.configs import tiny_config
+from sd3d.models.syncdreamer_checkpoint import load_syncdreamer
 from sd3d.models.synthetic import synthetic_state_dict
-from sd3d.pipeline import (
+from sd3d.pipelines.syncdreamer import (
     GenerationSettings,
     as_prepared,
     default_batch_view_num,
     generate_views,
     quantize_official,
+    sample_views,
 )
 
 
@@ -76,3 +77,74 @@ def test_settings_and_inputs_are_checked():
     with pytest.raises(InputImageError):
         as_prepared(np.zeros((10, 10, 4), np.uint8))
     assert default_batch_view_num(torch.device("cpu"), torch.float32) == 16
+
+
+@pytest.fixture
+def ddim_spy(monkeypatch):
+    """Records the ``x_T`` and tables every DDIM run starts from (the run itself is unchanged)."""
+    from sd3d.sampling import samplers
+
+    calls = []
+    original = samplers.ddim_sample
+
+    def spy(eps_fn, x_T, tables, *args, **kwargs):
+        calls.append((x_T.detach().clone(), tables))
+        return original(eps_fn, x_T, tables, *args, **kwargs)
+
+    monkeypatch.setattr(samplers, "ddim_sample", spy)
+    return calls
+
+
+def test_a_given_x_T_replaces_the_seed_noise(model, rgba, ddim_spy):
+    prepared = as_prepared(rgba)
+    settings = GenerationSettings(steps=2, seed=11)
+    seeded = sample_views(model, prepared, settings)
+    seed_x_T = ddim_spy[-1][0]
+    # the seed's own x_T, given explicitly (as float64 numpy): the very same run, bit for bit (the
+    # posterior and per-step noise stay the seed's)
+    same = sample_views(model, prepared, settings, x_T=seed_x_T.double().numpy())
+    assert torch.equal(same.latents, seeded.latents)
+    np.testing.assert_array_equal(same.views_u8, seeded.views_u8)
+    assert seeded.record["x_T"] == "seed" and same.record["x_T"] == "given"
+    # another x_T through the public API: the sampler starts from it instead of the seed's draw
+    other_x_T = -seed_x_T
+    views = generate_views(rgba, model=model, steps=2, seed=11, x_T=other_x_T)[0]
+    assert torch.equal(ddim_spy[-1][0], other_x_T)
+    assert np.abs(views.images * 255 - seeded.views_u8[0]).mean() > 0.25
+
+
+@pytest.mark.parametrize(
+    ("x_T", "message"),
+    [
+        (
+            torch.zeros(1, 16, 4, 32, 16),
+            r"x_T must have shape \(1, 16, 4, 32, 32\) .*got \(1, 16, 4, 32, 16\)",
+        ),
+        (torch.zeros(16, 4, 32, 32), r"x_T must have shape \(1, 16, 4, 32, 32\)"),
+        (torch.zeros(1, 16, 4, 32, 32, dtype=torch.int64), "x_T must hold floating-point values, got int64"),
+        (np.zeros((1, 16, 4, 32, 32), np.int32), "x_T must hold floating-point values"),
+        (torch.full((1, 16, 4, 32, 32), float("nan")), "NaN or infinite"),
+        ([[0.0]], "x_T must be a torch tensor or numpy array, got list"),
+    ],
+)
+def test_a_wrong_x_T_is_one_error_line(model, rgba, x_T, message):
+    with pytest.raises(UserError, match=message) as info:
+        generate_views(rgba, model=model, steps=2, x_T=x_T)
+    assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match=r"x_T must have shape \(2, 16"):
+        generate_views(rgba, model=model, steps=2, samples=2, x_T=torch.zeros(1, 16, 4, 32, 32))
+
+
+def test_quad_ddim_timesteps(model, rgba, ddim_spy):
+    from sd3d.sampling.ddim import ddim_timesteps
+
+    quad = generate_views(rgba, model=model, steps=2, seed=2, ddim_discretize="quad")[0]
+    assert ddim_spy[-1][1].timesteps.tolist() == ddim_timesteps(2, discretize="quad").tolist() == [1, 801]
+    assert quad.provenance["settings"]["ddim_discretize"] == "quad"
+    uniform = generate_views(rgba, model=model, steps=2, seed=2)[0]
+    assert ddim_spy[-1][1].timesteps.tolist() == [1, 501]
+    assert np.abs(quad.images - uniform.images).mean() > 1e-3
+    with pytest.raises(UserError, match="unknown DDIM discretization"):
+        GenerationSettings(ddim_discretize="linear").check()
+    with pytest.raises(UserError, match="is a DDIM option"):
+        GenerationSettings(sampler="unipc", ddim_discretize="quad").check()

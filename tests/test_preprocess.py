@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sd3d.errors import InputImageError, UserError
+from sd3d.core.errors import InputImageError, UserError
 from sd3d.preprocess import PreparedInput, prepare_input, recenter, recenter_with_box, to_model_rgb
 
 GOLDEN_CASES = [
@@ -22,8 +22,8 @@ def golden(reference_dir):
 
 
 @pytest.mark.parametrize("key,filename,crop", GOLDEN_CASES)
-def test_prepare_input_reproduces_official_prepare_inputs(golden, shared_dir, key, filename, crop):
-    prepared = prepare_input(shared_dir / "data" / "testset" / filename, crop_size=crop)
+def test_prepare_input_reproduces_official_prepare_inputs(golden, testset_dir, key, filename, crop):
+    prepared = prepare_input(testset_dir / filename, crop_size=crop)
     expected = golden[key]
     assert prepared.background == "alpha"  # the testset is RGBA: auto keeps the official mask
     assert prepared.model_rgb.shape == expected.shape == (256, 256, 3)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sd3d.errors import InputImageError
-from sd3d.io import DEFAULT_MAX_PIXELS, read_image, to_rgb_or_rgba
+from sd3d.core.errors import InputImageError
+from sd3d.core.io import DEFAULT_MAX_PIXELS, read_image, to_rgb_or_rgba
 
 
 def _gradient(w: int = 24, h: int = 16) -> np.ndarray:

@@ -12,7 +12,7 @@ import trimesh
 from PIL import Image
 
 from recon import metrics, raster
-from sd3d.cameras import Camera, intrinsics, orbit_camera
+from sd3d.core.cameras import Camera, intrinsics, orbit_camera
 
 OBJECTS = ("spot", "bob", "duck", "banana")
 SOURCES = {
@@ -154,7 +154,7 @@ def test_bad_mesh_is_a_one_line_error_and_writes_nothing(tmp_path, run_cli):
 def test_cli_render_of_the_source_mesh_reproduces_the_gt_views(shared_dir, tmp_path, run_cli, name):
     """``sd3d render`` of the source mesh, normalised like the data (up axis + yaw from cameras.json,
     then the unit-cube normalisation), against the GT renders: alpha, colour, depth, frame."""
-    from sd3d.io import read_views
+    from sd3d.core.io import read_views
 
     folder = shared_dir / "data" / "objects" / name
     gt_record = json.loads((folder / "views" / "cameras.json").read_text())
@@ -183,7 +183,7 @@ def test_cli_render_of_the_source_mesh_reproduces_the_gt_views(shared_dir, tmp_p
 
 def test_normalized_gt_mesh_renders_with_no_normalize(shared_dir, tmp_path, run_cli):
     """The other route: mesh_normalized.ply (already in the render frame) with --no-normalize."""
-    from sd3d.io import read_views
+    from sd3d.core.io import read_views
 
     folder = shared_dir / "data" / "objects" / "bob"
     out = tmp_path / "views"

@@ -98,8 +98,9 @@ def test_views_not_found(run_cli, tmp_path):
 def test_same_seed_same_mesh_on_cpu():
     """Tiny training runs: the same seed gives the identical mesh, another seed a different one."""
     from recon.mesh import extract_mesh
-    from recon.train import get_preset, train
-    from sd3d.io import read_views
+    from recon.presets import get_preset
+    from recon.train import train
+    from sd3d.core.io import read_views
 
     views = read_views(EXAMPLE)
     preset = replace(

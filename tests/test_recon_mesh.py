@@ -10,7 +10,7 @@ import trimesh
 from recon.export import WORLD_TO_GLTF, check_output_path, gltf_to_world, write_mesh
 from recon.mesh import decimate, largest_component, marching_cubes, signed_volume
 from recon.texture import dilate_texture, rasterize_uv, unwrap_uv
-from sd3d.errors import OutputPathError
+from sd3d.core.errors import OutputPathError
 
 
 def _sphere_volume(res: int, centres_radii) -> np.ndarray:

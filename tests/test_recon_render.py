@@ -5,8 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from recon.render import OccupancyGrid, camera_rays, neus_alpha, render_rays, sample_rays, visual_hull
-from sd3d.cameras import orbit_camera, target_cameras
+from recon.hull import visual_hull
+from recon.render import OccupancyGrid, camera_rays, neus_alpha, render_rays, sample_rays
+from sd3d.core.cameras import orbit_camera, target_cameras
+
+# The reconstruction's hull: dilated masks, one miss allowed, one voxel of slack.
+GENEROUS = {"dilate_px": 3, "allowed_misses": 1, "dilate_voxels": 1}
 
 CPU = torch.device("cpu")
 RADIUS = 0.3
@@ -87,7 +91,7 @@ def test_render_sphere_opacity_depth_and_background():
     origins, dirs = camera_rays(cam)
     o, d = torch.from_numpy(origins.reshape(-1, 3)), torch.from_numpy(dirs.reshape(-1, 3))
     mask = _sphere_masks([cam], 32)[0].reshape(-1)
-    hull = visual_hull(_sphere_masks(target_cameras(32), 32), target_cameras(32), 48, 0.6, CPU)
+    hull = visual_hull(_sphere_masks(target_cameras(32), 32), target_cameras(32), 48, 0.6, CPU, **GENEROUS)
     grid = OccupancyGrid(hull, 0.6)
     out = render_rays(_SphereField(), grid, o, d, dt=0.004)
     assert out.num_rays == o.shape[0]
@@ -106,7 +110,7 @@ def test_render_sphere_opacity_depth_and_background():
 
 def test_band_narrows_around_surface_and_falls_back_without_one():
     cams = target_cameras(size=64)
-    hull = visual_hull(_sphere_masks(cams, 64), cams, 64, 0.6, CPU)
+    hull = visual_hull(_sphere_masks(cams, 64), cams, 64, 0.6, CPU, **GENEROUS)
     grid = OccupancyGrid(hull, 0.6)
     kept = grid.update_band(_SphereSDF().sdf, inv_s=1000.0, outside_margin=0.0)
     assert 0.0 < kept < 0.8

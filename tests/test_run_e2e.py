@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 from support import object_decoder
+from support.photos import FAST
+from support.photos import object_photo as _photo
 
 from sd3d.models.configs import tiny_config
 from sd3d.models.synthetic import make_synthetic_checkpoint
-
-FAST = ("--steps", "2", "--quality", "draft", "--recon-steps", "30", "--preview-frames", "6")
 
 
 @pytest.fixture(autouse=True)
@@ -35,16 +35,6 @@ def _object_views():
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
     return make_synthetic_checkpoint(tmp_path_factory.mktemp("weights") / "tiny.ckpt", tiny_config())
-
-
-def _photo(path: Path, shift: int = 0) -> Path:
-    yy, xx = np.mgrid[:200, :220]
-    rgba = np.zeros((200, 220, 4), np.uint8)
-    body = (yy - 110) ** 2 / 70**2 + (xx - 110 - shift) ** 2 / 60**2 < 1
-    rgba[body] = (200, 90, 40, 255)
-    rgba[40:80, 90 + shift : 130 + shift] = (30, 80, 200, 255)
-    Image.fromarray(rgba, "RGBA").save(path)
-    return path
 
 
 def test_run_writes_every_output(run_cli, tiny_ckpt, tmp_path):
@@ -117,10 +107,27 @@ def test_run_given_elevation_samples_and_gif(run_cli, tiny_ckpt, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["elevation"] == {"source": "given", "elevation_deg": 20.0}
     assert report["samples"]["count"] == 2 and len(report["samples"]["consistency_scores"]) == 2
-    assert report["samples"]["chosen"] == int(np.argmax(report["samples"]["consistency_scores"]))
-    assert (out / "views" / "sample-1" / "015.png").exists()
+    chosen = report["samples"]["chosen"]
+    assert chosen == int(np.argmax(report["samples"]["consistency_scores"]))
     gif = Image.open(out / "preview.gif")
     assert gif.n_frames == 6
+
+    # views/ is the kept sample itself (what `sd3d reconstruct` reads); the other one sits beside it
+    other = 1 - chosen
+    assert json.loads((out / "views" / "cameras.json").read_text())["sample"] == chosen
+    assert (out / "views" / f"sample-{other}" / "015.png").exists()
+    assert not (out / "views" / f"sample-{chosen}").exists()
+    assert report["samples"]["folders"][chosen] == "views"
+    assert report["samples"]["folders"][other] == f"views/sample-{other}"
+    kept = np.asarray(Image.open(out / "views" / "003.png"))
+    sheet = np.asarray(Image.open(out / "views" / "contact.png"))
+    np.testing.assert_array_equal(sheet[chosen * 256 : (chosen + 1) * 256, 3 * 256 : 4 * 256], kept)
+    mesh = tmp_path / "again.ply"
+    res = run_cli("-q", "reconstruct", out / "views", "-o", mesh, "--quality", "draft", "--steps", "30")
+    assert res.code == 0 and mesh.exists(), res
+    pre = report["preprocess"]
+    assert pre["background"] == "alpha" and pre["background_note"] == "auto: the image has an alpha channel"
+    assert pre["warnings"] == []
 
 
 def test_run_without_weights_fails_before_any_work(run_cli, tmp_path):

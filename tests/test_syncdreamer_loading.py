@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from sd3d.errors import WeightsError
-from sd3d.models.checkpoint import (
+from sd3d.core.errors import WeightsError
+from sd3d.models.configs import official_config, tiny_config
+from sd3d.models.syncdreamer_checkpoint import (
     CHECKED_BUFFER_KEYS,
     IGNORED_KEYS,
     build_meta_model,
@@ -21,7 +22,6 @@ from sd3d.models.checkpoint import (
     reference_buffers,
     split_state_dict,
 )
-from sd3d.models.configs import official_config, tiny_config
 from sd3d.models.synthetic import (
     make_synthetic_checkpoint,
     synthetic_state_dict,

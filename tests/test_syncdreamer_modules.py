@@ -57,7 +57,7 @@ def test_timestep_embedding_matches_the_official_one(vectors):
 
 
 def test_viewpoint_embedding_for_several_elevations(vectors):
-    from sd3d.models.checkpoint import build_meta_model
+    from sd3d.models.syncdreamer_checkpoint import build_meta_model
 
     model = build_meta_model(tiny_config())  # only needs the (real) camera buffers
     model.cc_projection.to_empty(device="cpu")

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sd3d.models.checkpoint import load_syncdreamer
 from sd3d.models.configs import tiny_config
+from sd3d.models.syncdreamer_checkpoint import load_syncdreamer
 from sd3d.models.synthetic import synthetic_state_dict
 
 

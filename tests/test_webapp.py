@@ -23,10 +23,10 @@ gradio_client = pytest.importorskip("gradio_client")
 from support import object_decoder  # noqa: E402
 from support.webapp import served  # noqa: E402
 
-from sd3d.io import VIEW_FILES  # noqa: E402
+from sd3d import DEFAULT_SEED  # noqa: E402
+from sd3d.core.io import VIEW_FILES  # noqa: E402
 from sd3d.models.configs import tiny_config  # noqa: E402
 from sd3d.models.synthetic import make_synthetic_checkpoint  # noqa: E402
-from sd3d.runner import RunSettings  # noqa: E402
 from sd3d.webapp.handlers import (  # noqa: E402
     RUN_OPTIONS,
     ReportingProgress,
@@ -38,10 +38,16 @@ from sd3d.webapp.handlers import (  # noqa: E402
     recon_options,
     run_command,
 )
+from sd3d.workflows.run import RunSettings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # Fast reconstruction on CPU: the draft preset, few steps, a small mesh to unwrap.
-VIEWS_FAST = {"quality": "draft", "steps": 20, "seed": 0, "faces": 3000}
+VIEWS_FAST = {
+    "quality": "draft",
+    "steps": 20,
+    "seed": DEFAULT_SEED,
+    "faces": 3000,
+}  # the seed at its default: left out of the command
 
 
 def _client(url: str, tmp_path: Path):
@@ -236,6 +242,7 @@ def test_photo_generate_then_reconstruct(tiny, cutout_photo, object_views, tmp_p
     assert report["input"] == "object.png" and report["seed"] == 3
     assert report["settings"]["steps"] == 2 and report["settings"]["recon_steps"] == 30
     assert report["elevation"]["source"] == "estimated"
+    assert {"background_note", "warnings"} <= set(report["preprocess"])  # the CLI's report, field for field
     for stage in ("preprocess", "load_model", "generate", "elevation", "reconstruct", "export", "preview"):
         assert report["stage_seconds"][stage] >= 0.0
     # the curve the page plotted is the report's
@@ -294,7 +301,7 @@ def test_upload_of_views_in_any_names_or_as_a_strip(tmp_path):
         Image.fromarray(np.zeros((32, 32 * 16, 4), np.uint8)).save(strip)
         assert app._views_source(session, [str(strip)]).name == "strip.png"
 
-        from sd3d.errors import ViewsFolderError
+        from sd3d.core.errors import ViewsFolderError
 
         with pytest.raises(ViewsFolderError, match="got 15 image"):
             app._views_source(session, named[:15])

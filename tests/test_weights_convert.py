@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from support.memory_maps import is_mapped_from
 
-from sd3d.errors import OutputPathError, WeightsError
+from sd3d.core.errors import OutputPathError, WeightsError
 from sd3d.weights import load_state_dict
 from sd3d.weights.convert import convert_checkpoint
 

@@ -1,30 +1,28 @@
 """Downloads against a local HTTP server on 127.0.0.1: full, resumed, Range ignored, bad hash, offline.
 
-The server runs in a daemon thread, serves one in-memory file, can cut the connection after N bytes
-(scripted per request) or ignore ``Range``, records every ``Range`` header it got, and shuts itself
-down after 60 s even if a test forgets to.
+The server (tests/support/local_http.py) serves one in-memory file, can cut the connection after N
+bytes (scripted per request) or ignore ``Range``, and records every ``Range`` header it got.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-import socket
-import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import MappingProxyType
 
 import numpy as np
 import pytest
 
-from sd3d.errors import WeightsError
-from sd3d.progress import Progress
+from sd3d.core.errors import WeightsError
+from sd3d.core.progress import Progress
 from sd3d.weights import registry
 from sd3d.weights.download import download
 from sd3d.weights.registry import WeightsEntry
 from sd3d.weights.verify import file_status
+from tests.support.local_http import closed_port_url, local_server
 
 CONTENT = np.random.default_rng(7).bytes(600_000)
 SHA = hashlib.sha256(CONTENT).hexdigest()
@@ -78,21 +76,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    httpd.script = ServerScript()  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    watchdog = threading.Timer(60.0, httpd.shutdown)
-    watchdog.daemon = True
-    watchdog.start()
-    try:
+    with local_server(_Handler, ServerScript()) as httpd:
         yield httpd
-    finally:
-        watchdog.cancel()
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 def _url(httpd) -> str:
@@ -112,10 +97,7 @@ def _entry(url: str, sha256: str | None = SHA, size: int | None = len(CONTENT)) 
 
 
 def _closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/x.ckpt"
+    return f"{closed_port_url()}/x.ckpt"
 
 
 def _files(folder: Path) -> list[str]:

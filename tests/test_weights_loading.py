@@ -17,7 +17,7 @@ import pytest
 import torch
 from support.memory_maps import is_mapped_from
 
-from sd3d.errors import WeightsError
+from sd3d.core.errors import WeightsError
 from sd3d.weights import load_state_dict, require, resolve_weights_dir, safe_unpickle
 from sd3d.weights.registry import REGISTRY
 

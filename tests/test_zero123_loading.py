@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from sd3d.errors import WeightsError
+from sd3d.core.errors import WeightsError
 from sd3d.models.synthetic import synthetic_tensor
-from sd3d.models.zero123 import (
-    CONFIGS,
+from sd3d.models.zero123 import CONFIGS, tiny_config
+from sd3d.models.zero123_checkpoint import (
     IGNORED_KEYS,
     SCHEDULE_BUFFER_KEYS,
     UNET_PREFIX,
@@ -19,10 +19,9 @@ from sd3d.models.zero123 import (
     official_key_shapes,
     schedule_buffers,
     synthetic_entries,
-    tiny_config,
     write_synthetic_checkpoint,
 )
-from sd3d.sampling.zero123_ddim import zero123_schedule
+from sd3d.sampling.schedule import zero123_schedule
 from sd3d.weights import load_state_dict
 
 
@@ -127,8 +126,8 @@ def test_ignored_and_checked_keys_may_be_absent(tiny_state):
             "key 'model.diffusion_model.out.2.bias' has shape",
         ),
         (
-            lambda s: s.__setitem__("betas", s["betas"] * 1.01),
-            "buffer 'betas' differs from the Zero123 schedule",
+            lambda s: s.__setitem__("alphas_cumprod", s["alphas_cumprod"] * 1.01),
+            "buffer 'alphas_cumprod' differs from the Zero123 schedule",
         ),
     ],
 )

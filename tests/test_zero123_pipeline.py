@@ -7,17 +7,18 @@ import pytest
 import torch
 from PIL import Image
 
-from sd3d import cameras as cam
-from sd3d.errors import InputImageError, UserError
-from sd3d.models.zero123 import load_zero123, tiny_config, write_synthetic_checkpoint
-from sd3d.sampling.stochastic_conditioning import INPUT_VIEW
-from sd3d.zero123_pipeline import (
+from sd3d.core import cameras as cam
+from sd3d.core.errors import InputImageError, UserError
+from sd3d.models.zero123 import tiny_config
+from sd3d.models.zero123_checkpoint import load_zero123, write_synthetic_checkpoint
+from sd3d.pipelines.zero123 import (
     Zero123Input,
     generate_views_zero123,
     model_input,
     novel_view,
     prepare_zero123_input,
 )
+from sd3d.sampling.stochastic_conditioning import INPUT_VIEW
 
 STEPS = 2
 
@@ -153,7 +154,7 @@ def test_sixteen_views_at_the_target_cameras(request, fixture):
 
 def test_views_folder_round_trip(independent, tmp_path):
     """Same layout as SyncDreamer's views: write_views_into / read_views keep the pixels exactly."""
-    from sd3d.io import read_views, to_uint8, write_views_into
+    from sd3d.core.io import read_views, to_uint8, write_views_into
 
     write_views_into(tmp_path, [to_uint8(im) for im in independent.images], independent.cameras)
     back = read_views(tmp_path)

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from sd3d import cameras as cam
-from sd3d.zero123_pose import (
+from sd3d.core import cameras as cam
+from sd3d.core.zero123_pose import (
     check_orbit_camera,
     orbit_center,
     pose_from_deltas,

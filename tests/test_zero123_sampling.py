@@ -6,21 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from sd3d import cameras as cam
-from sd3d.sampling.ddim import ddim_step
+from sd3d.core import cameras as cam
+from sd3d.core.zero123_pose import orbit_center, relative_pose
+from sd3d.sampling.ddim import ZERO123, ddim_sample, ddim_step, ddim_tables, ddim_update
+from sd3d.sampling.schedule import zero123_schedule
 from sd3d.sampling.stochastic_conditioning import (
     INPUT_VIEW,
     ConditioningView,
     angular_order,
     sample_stochastic_conditioning,
 )
-from sd3d.sampling.zero123_ddim import (
-    zero123_ddim_sample,
-    zero123_ddim_step,
-    zero123_ddim_tables,
-    zero123_schedule,
-)
-from sd3d.zero123_pose import orbit_center, relative_pose
 
 SHAPE = (2, 4, 8)
 
@@ -44,12 +39,12 @@ def test_schedule_is_float64_maths_stored_float32():
 
 
 def test_noise_is_added_at_every_step_including_the_last():
-    tables = zero123_ddim_tables(50)
+    tables = ddim_tables(zero123_schedule(), 50, variant=ZERO123)
     x = torch.randn(SHAPE, generator=_gen(0))
     eps = torch.randn(SHAPE, generator=_gen(1))
     z = torch.randn(SHAPE, generator=_gen(2))
-    with_noise, _ = zero123_ddim_step(x, eps, 0, tables, z)
-    without, _ = zero123_ddim_step(x, eps, 0, tables, None)
+    with_noise, _ = ddim_update(x, eps, 0, tables, z, variant=ZERO123)
+    without, _ = ddim_update(x, eps, 0, tables, None, variant=ZERO123)
     sigma0 = tables.sigmas[0].item()
     assert sigma0 == pytest.approx(0.0206484, abs=1e-7)
     assert torch.allclose(with_noise - without, sigma0 * z, atol=1e-6)
@@ -60,7 +55,7 @@ def test_noise_is_added_at_every_step_including_the_last():
 
 def test_loop_draws_x_t_shaped_noise_once_per_step_in_order():
     """RNG order: the caller draws x_T; then one randn per step, the last step included."""
-    tables = zero123_ddim_tables(10)
+    tables = ddim_tables(zero123_schedule(), 10, variant=ZERO123)
     seen: list[int] = []
 
     def eps_fn(x, t, index):
@@ -69,23 +64,23 @@ def test_loop_draws_x_t_shaped_noise_once_per_step_in_order():
 
     gen = _gen(5)
     x_T = torch.randn(SHAPE, generator=gen)
-    out = zero123_ddim_sample(eps_fn, x_T, tables, gen)
+    out = ddim_sample(eps_fn, x_T, tables, gen, variant=ZERO123)
     assert seen == list(reversed(tables.timesteps.tolist()))
     assert seen[0] == 901 and seen[-1] == 1
 
     gen = _gen(5)
     x = torch.randn(SHAPE, generator=gen)
     for index in reversed(range(tables.steps)):
-        x, _ = zero123_ddim_step(x, 0.1 * x, index, tables, torch.randn(SHAPE, generator=gen))
+        x, _ = ddim_update(x, 0.1 * x, index, tables, torch.randn(SHAPE, generator=gen), variant=ZERO123)
     assert torch.equal(out, x)
 
 
 def test_eta_zero_is_deterministic_given_x_t():
-    tables = zero123_ddim_tables(20, eta=0.0)
+    tables = ddim_tables(zero123_schedule(), 20, eta=0.0, variant=ZERO123)
     assert torch.count_nonzero(tables.sigmas) == 0
     x_T = torch.randn(SHAPE, generator=_gen(0))
-    a = zero123_ddim_sample(lambda x, t, i: 0.05 * x, x_T, tables, _gen(1))
-    b = zero123_ddim_sample(lambda x, t, i: 0.05 * x, x_T, tables, _gen(2))
+    a = ddim_sample(lambda x, t, i: 0.05 * x, x_T, tables, _gen(1), variant=ZERO123)
+    b = ddim_sample(lambda x, t, i: 0.05 * x, x_T, tables, _gen(2), variant=ZERO123)
     assert torch.equal(a, b)
 
 
@@ -128,7 +123,7 @@ def _run(seed: int, choice_seed: int, n: int = 6, steps: int = 4):
         input_view,
         _ring(n),
         finish,
-        zero123_ddim_tables(steps),
+        ddim_tables(zero123_schedule(), steps, variant=ZERO123),
         (2, 4, 4),
         3.0,
         noise_generator=_gen(seed),
@@ -184,7 +179,7 @@ def test_a_single_target_is_plain_zero123():
     center = orbit_center(0.0, 0.0, 1.5)
     view = ConditioningView(INPUT_VIEW, center, torch.zeros(1, 1, 4), torch.zeros(1, 2, 4, 4))
     target = orbit_center(30.0, 90.0, 1.5)
-    tables = zero123_ddim_tables(5)
+    tables = ddim_tables(zero123_schedule(), 5, variant=ZERO123)
     result = sample_stochastic_conditioning(
         denoiser,
         view,
@@ -200,8 +195,12 @@ def test_a_single_target_is_plain_zero123():
     gen = _gen(0)
     x_T = torch.randn((1, 2, 4, 4), generator=gen)
     context = torch.from_numpy(relative_pose(center, target)).reshape(1, 1, 4)
-    plain = zero123_ddim_sample(
-        lambda x, t, i: denoiser.guided_eps(x, t, context, view.concat_latent, 3.0), x_T, tables, gen
+    plain = ddim_sample(
+        lambda x, t, i: denoiser.guided_eps(x, t, context, view.concat_latent, 3.0),
+        x_T,
+        tables,
+        gen,
+        variant=ZERO123,
     )
     assert torch.equal(result.latents, plain)
 
@@ -217,7 +216,7 @@ def test_order_must_be_a_permutation():
             view,
             _ring(3),
             None,
-            zero123_ddim_tables(2),
+            ddim_tables(zero123_schedule(), 2, variant=ZERO123),
             (2, 4, 4),
             3.0,
             _gen(0),

@@ -11,7 +11,7 @@ from typing import Any
 
 from PIL import Image
 
-from sd3d.errors import InputImageError, MissingDependencyError
+from sd3d.core.errors import InputImageError, MissingDependencyError
 
 # Parameters of the official ``foreground_segment.py`` (fp16 only where CUDA runs it).
 OFFICIAL_PARAMETERS: dict[str, Any] = {
@@ -39,7 +39,7 @@ class CarvekitBackend:
             raise MissingDependencyError(
                 "--background carvekit needs carvekit (and torchvision): pip install 'sd3d[carvekit]'"
             ) from exc
-        from sd3d.device import resolve_device
+        from sd3d.core.device import resolve_device
 
         device = resolve_device(self.device)
         return HiInterface(device=str(device), fp16=device.type == "cuda", **OFFICIAL_PARAMETERS)

@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from sd3d.background.base import with_alpha
-from sd3d.errors import InputImageError
+from sd3d.core.errors import InputImageError
 
 
 class AlphaBackend:

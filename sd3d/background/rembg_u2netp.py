@@ -18,16 +18,29 @@ import numpy as np
 from PIL import Image
 
 from sd3d.background.base import clean_matte, with_alpha
-from sd3d.errors import MissingDependencyError, WeightsError
+from sd3d.core.errors import MissingDependencyError, WeightsError
 
 MODEL_NAME = "u2netp"
 
 
 def model_path(weights_dir: str | os.PathLike | None = None) -> Path:
-    """Where ``u2netp.onnx`` is expected (the weights registry decides the folder and file name)."""
-    from sd3d.weights import expected_path
+    """Where ``u2netp.onnx`` is: the first copy the weights manager finds, else where it is expected."""
+    from sd3d.weights import expected_path, locate
 
-    return expected_path(MODEL_NAME, weights_dir)
+    found = locate(MODEL_NAME, weights_dir)
+    return found.path if found is not None else expected_path(MODEL_NAME, weights_dir)
+
+
+def missing_model_hint(weights_dir: str | os.PathLike | None = None) -> str:
+    """Why ``auto`` cannot use rembg, or ``""`` when it can (said when another backend runs)."""
+    if not rembg_installed():
+        return "rembg is not installed (pip install 'sd3d[rembg]')"
+    if model_path(weights_dir).is_file():
+        return ""
+    from sd3d.weights.cache import search_order
+
+    where = ", ".join(str(place.path.parent) for place in search_order(MODEL_NAME, weights_dir))
+    return f"rembg model {MODEL_NAME}.onnx not found in {where} (get it with: sd3d weights download {MODEL_NAME})"
 
 
 def rembg_installed() -> bool:
@@ -37,7 +50,7 @@ def rembg_installed() -> bool:
 
 def is_available(weights_dir: str | os.PathLike | None = None) -> bool:
     """True when ``auto`` may pick rembg: installed and the model file present locally."""
-    return rembg_installed() and model_path(weights_dir).is_file()
+    return not missing_model_hint(weights_dir)
 
 
 @contextlib.contextmanager

@@ -48,7 +48,7 @@ class GenerationFlops:
 
 
 def _meta_model(config: SyncDreamerConfig):
-    from sd3d.models.checkpoint import build_meta_model
+    from sd3d.models.syncdreamer_checkpoint import build_meta_model
 
     return build_meta_model(config).to("meta")
 

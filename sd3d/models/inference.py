@@ -1,8 +1,8 @@
-"""Preparing a loaded SyncDreamer for lean, fast inference on a device (issue 7).
+"""Preparing a loaded SyncDreamer for lean, fast inference on a device.
 
 Everything here is a property of a *loaded model* that stays valid across generations (``sd3d
 batch`` loads one model and runs many images), as opposed to per-run choices (CUDA graphs, the
-sampler), which live in :mod:`sd3d.pipeline` and :mod:`sd3d.sampling`:
+sampler), which live in :mod:`sd3d.pipelines.syncdreamer` and :mod:`sd3d.sampling`:
 
 * **weight dtype**: the convolution / linear weights stored in bf16 or fp16 (half the memory, no
   per-step casts under autocast). Norm layers keep float32 parameters (the official numerics:
@@ -20,14 +20,11 @@ sampler), which live in :mod:`sd3d.pipeline` and :mod:`sd3d.sampling`:
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 from torch import nn
 
 from sd3d.models.norms import HALF_CAPABLE_NORMS
-from sd3d.models.syncdreamer import SyncDreamer
+from sd3d.models.syncdreamer import SyncDreamer, conditioning_modules
 
 NORM_TYPES = (nn.GroupNorm, nn.LayerNorm)
 HALF_DTYPES = (torch.bfloat16, torch.float16)
@@ -63,12 +60,6 @@ def cast_weights_(model: nn.Module, dtype: torch.dtype, half_norms: bool = False
     return model
 
 
-def conditioning_modules(model: SyncDreamer) -> list[nn.Module]:
-    """The modules only the once-per-input conditioning uses (not the decoder, not ``cc_projection``)."""
-    vae = model.first_stage_model
-    return [model.clip_image_encoder, vae.encoder, vae.quant_conv]
-
-
 def offload_conditioning_(model: SyncDreamer) -> SyncDreamer:
     """Park the conditioning modules' weights in pinned host memory (CUDA models only)."""
     if model.device.type != "cuda" or model.conditioning_offloaded:
@@ -89,29 +80,6 @@ def onload_conditioning_(model: SyncDreamer) -> SyncDreamer:
             param.data = param.data.to(model.device)
     model.conditioning_offloaded = False
     return model
-
-
-@contextlib.contextmanager
-def conditioning_on_device(model: SyncDreamer) -> Iterator[None]:
-    """While inside: the conditioning modules have a copy on the model's device (if offloaded).
-
-    The host copies are the masters: leaving drops the device copies (the weights never change), so
-    nothing is copied back. Transfers are asynchronous from pinned memory on the current stream.
-    """
-    if not model.conditioning_offloaded:
-        yield
-        return
-    device = model.device
-    saved = []
-    try:
-        for module in conditioning_modules(model):
-            for param in module.parameters():
-                saved.append((param, param.data))
-                param.data = param.data.to(device, non_blocking=True)
-        yield
-    finally:
-        for param, host in saved:
-            param.data = host
 
 
 def set_channels_last_(model: SyncDreamer, unet: bool = True, volume: bool = True) -> SyncDreamer:

@@ -18,14 +18,15 @@ Camera geometry (the projection grids of both volumes) is computed once at const
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from sd3d import cameras
+from sd3d.core import cameras
 from sd3d.models.clip import CLIPImageEncoder
 from sd3d.models.configs import SyncDreamerConfig
 from sd3d.models.unet import UNetModel, timestep_embedding
@@ -78,7 +79,7 @@ class UNetWrapper(nn.Module):
 
 class SyncDreamer(nn.Module):
     """The whole model with the official module names; load weights with
-    :func:`sd3d.models.checkpoint.load_syncdreamer` (building it directly gives random weights)."""
+    :func:`sd3d.models.syncdreamer_checkpoint.load_syncdreamer` (building it directly gives random weights)."""
 
     def __init__(self, config: SyncDreamerConfig | None = None) -> None:
         super().__init__()
@@ -128,7 +129,7 @@ class SyncDreamer(nn.Module):
     # per-input conditioning
     # ----------------------------------------------------------------------------------------------
     def viewpoint_embedding(self, elevation_deg: Sequence[float]) -> torch.Tensor:
-        """(B, N, 4) ``[theta_in - 30deg, sin d_az, cos d_az, 0]`` (see :func:`sd3d.cameras.viewpoint_embedding`)."""
+        """(B, N, 4) ``[theta_in - 30deg, sin d_az, cos d_az, 0]`` (see :func:`sd3d.core.cameras.viewpoint_embedding`)."""
         rows = [cameras.viewpoint_embedding(float(e), self.config.view_num) for e in elevation_deg]
         return torch.from_numpy(np.stack(rows)).to(self.device)
 
@@ -167,8 +168,6 @@ class SyncDreamer(nn.Module):
         ``sample_posterior=True`` is the official behaviour (the input latent is a posterior
         *sample*, noise from ``generator``); ``False`` uses the mean (the golden fixture's choice).
         """
-        from sd3d.models.inference import conditioning_on_device
-
         with conditioning_on_device(self):
             mean, logvar = self.encode_posterior(image)
             clip_embed = self.encode_clip(image)
@@ -341,3 +340,32 @@ def camera_buffers(config: SyncDreamerConfig) -> dict[str, torch.Tensor]:
             cameras.model_azimuth_buffer(config.view_num), dtype=torch.float32, device="cpu"
         ),
     }
+
+
+def conditioning_modules(model: SyncDreamer) -> list[nn.Module]:
+    """The modules only the once-per-input conditioning uses (not the decoder, not ``cc_projection``)."""
+    vae = model.first_stage_model
+    return [model.clip_image_encoder, vae.encoder, vae.quant_conv]
+
+
+@contextlib.contextmanager
+def conditioning_on_device(model: SyncDreamer) -> Iterator[None]:
+    """While inside: the conditioning modules have a copy on the model's device (if offloaded).
+
+    The host copies are the masters: leaving drops the device copies (the weights never change), so
+    nothing is copied back. Transfers are asynchronous from pinned memory on the current stream.
+    """
+    if not model.conditioning_offloaded:
+        yield
+        return
+    device = model.device
+    saved = []
+    try:
+        for module in conditioning_modules(model):
+            for param in module.parameters():
+                saved.append((param, param.data))
+                param.data = param.data.to(device, non_blocking=True)
+        yield
+    finally:
+        for param, host in saved:
+            param.data = host

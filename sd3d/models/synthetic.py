@@ -100,7 +100,7 @@ def synthetic_tensor(key: str, shape: Iterable[int]) -> torch.Tensor:
 def synthetic_state_dict(config: SyncDreamerConfig | None = None) -> dict[str, torch.Tensor]:
     """Every key of an official-layout checkpoint for ``config``: synthetic parameters and the
     recomputed schedule/camera buffers (as the fixture kept them)."""
-    from sd3d.models.checkpoint import CHECKED_BUFFER_KEYS, expected_shapes, reference_buffers
+    from sd3d.models.syncdreamer_checkpoint import CHECKED_BUFFER_KEYS, expected_shapes, reference_buffers
 
     config = SyncDreamerConfig() if config is None else config
     buffers = reference_buffers(config)
@@ -115,7 +115,7 @@ def make_synthetic_checkpoint(path: str | os.PathLike, config: SyncDreamerConfig
 
     Works for any config (the tiny test config too); the file is written atomically.
     """
-    from sd3d.io import atomic_path
+    from sd3d.core.io import atomic_path
 
     path = Path(path)
     state_dict = synthetic_state_dict(config)

@@ -1,13 +1,21 @@
-"""The official SyncDreamer DDIM sampler (``SyncDDIMSampler``), independent of any network.
+"""DDIM, as the two official samplers run it, independent of any network.
 
-Tables (reference-syncdreamer.md §4.2): uniform timesteps ``range(0, T, T // S) + 1`` (1, 21, ...,
-981 for S = 50); ``alphas[i] = abar[ts[i]]``; ``alphas_prev[i] = abar[ts[i-1]]`` with
-``alphas_prev[0] = abar[0]`` (not 1); ``sigma = eta sqrt((1 - a_prev)/(1 - a) (1 - a/a_prev))``
-computed in float64 from the float32 tables and stored float32 (bit-exact vs the official tables).
+SyncDreamer's ``SyncDDIMSampler`` and Zero123's ``DDIMSampler`` share the arithmetic and differ in
+three details, which a :class:`DDIMVariant` names (:data:`SYNCDREAMER`, :data:`ZERO123`):
 
-Update (§4.3), all float32: ``x0 = (x - sqrt(1 - a) eps) / sqrt(a)``;
-``x_prev = sqrt(a_prev) x0 + sqrt(max(1 - a_prev - sigma^2, 1e-7)) eps`` plus ``sigma z`` except on
-the last step (index 0), which still keeps the direction term.
+* **table rounding**: both compute ``alphas[i] = abar[ts[i]]``, ``alphas_prev[i] = abar[ts[i-1]]``
+  (``alphas_prev[0] = abar[0]``, not 1) and ``sigma = eta sqrt((1 - a_prev)/(1 - a) (1 - a/a_prev))``
+  from float32 tables, but their float32/float64 promotions differ in the last bit, and each variant
+  reproduces its own sampler's tables;
+* **the direction clamp**: ``sqrt(max(1 - a_prev - sigma^2, 1e-7))`` in SyncDreamer, unclamped in Zero123;
+* **noise on the last step**: SyncDreamer adds ``sigma z`` on every step but the last (index 0, which
+  still keeps the direction term); Zero123 adds it on every step, so its result carries a little noise.
+
+Timesteps: ``uniform`` ``range(0, T, T // S) + 1`` (1, 21, ..., 981 for S = 50; a step count that does
+not divide T gives more steps) or ``quad`` ``int(linspace(0, sqrt(0.8 T), S) ** 2) + 1``.
+Update, all float32: ``x0 = (x - sqrt(1 - a) eps) / sqrt(a)``;
+``x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma z``.
+RNG order of a seeded run: one ``randn`` of ``x``'s shape per noised step, in step order.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sd3d.progress import Progress, resolve
+from sd3d.core.progress import Progress, resolve
 from sd3d.sampling.schedule import NoiseSchedule
 
 # eps_fn(x_t, timestep, index) -> eps, all views at once; ``index`` counts down S-1 .. 0.
@@ -50,10 +58,23 @@ class DDIMTables:
         )
 
 
-def ddim_timesteps(steps: int, num_timesteps: int = 1000) -> np.ndarray:
-    """The official "uniform" DDIM timesteps (a step count that does not divide T gives more steps)."""
+DISCRETIZATIONS = ("uniform", "quad")
+
+
+def ddim_timesteps(steps: int, num_timesteps: int = 1000, discretize: str = "uniform") -> np.ndarray:
+    """The official DDIM timesteps, ascending.
+
+    ``uniform``: ``range(0, T, T // S) + 1`` (a step count that does not divide T gives more steps).
+    ``quad``: ``int(linspace(0, sqrt(0.8 T), S) ** 2) + 1``, exactly S entries; for S above ~30 the
+    first ones repeat (1, 1, 2, ... for S = 50), as in the official code: a repeated timestep is a
+    step with ``a_prev == a`` and sigma 0, which leaves the latent unchanged up to round-off.
+    """
     if steps < 1 or steps > num_timesteps:
         raise ValueError(f"steps must be in [1, {num_timesteps}], got {steps}")
+    if discretize == "quad":
+        return (np.linspace(0, np.sqrt(num_timesteps * 0.8), steps) ** 2).astype(np.int64) + 1
+    if discretize != "uniform":
+        raise ValueError(f"unknown DDIM discretization {discretize!r}: use {' or '.join(DISCRETIZATIONS)}")
     c = num_timesteps // steps
     ts = np.asarray(list(range(0, num_timesteps, c)), dtype=np.int64) + 1
     if ts[-1] >= num_timesteps:
@@ -63,25 +84,58 @@ def ddim_timesteps(steps: int, num_timesteps: int = 1000) -> np.ndarray:
     return ts
 
 
-def ddim_tables(schedule: NoiseSchedule, steps: int, eta: float = 1.0) -> DDIMTables:
-    """The official tables, bit-exact: every entry equals the SyncDreamer sampler's float32 value.
+@dataclass(frozen=True)
+class DDIMVariant:
+    """The details in which the official samplers differ (see the module docstring)."""
 
-    The rounding recipe that reproduces them: ``1 - a_prev`` in float32, the rest of sigma's
-    expression in float64, ``sqrt(1 - a)`` in float32.
+    name: str
+    min_direction: float | None  # lower clamp of ``1 - a_prev - sigma^2``; None: no clamp
+    noise_on_last_step: bool
+    table_rounding: str  # "syncdreamer" or "zero123"
+
+
+SYNCDREAMER = DDIMVariant(
+    "syncdreamer", min_direction=1e-7, noise_on_last_step=False, table_rounding="syncdreamer"
+)
+ZERO123 = DDIMVariant("zero123", min_direction=None, noise_on_last_step=True, table_rounding="zero123")
+
+
+def ddim_tables(
+    schedule: NoiseSchedule,
+    steps: int,
+    eta: float = 1.0,
+    discretize: str = "uniform",
+    variant: DDIMVariant = SYNCDREAMER,
+) -> DDIMTables:
+    """The official tables, bit-exact with the variant's own sampler.
+
+    SyncDreamer's rounding: ``1 - a_prev`` in float32, the rest of sigma's expression in float64,
+    ``sqrt(1 - a)`` in float32. Zero123's: ``a_prev`` held in float64, sigma's ``(1 - a_prev) / (1 - a)``
+    as ``reciprocal(1 - a)`` in float32 times ``(1 - a_prev)`` in float64 (``Tensor.__rtruediv__``), the
+    rest in float64, and ``sqrt(1 - a)`` by numpy in float32. ``discretize``: see :func:`ddim_timesteps`.
     """
-    ts = ddim_timesteps(steps, schedule.num_timesteps)
-    abar = schedule.alphas_cumprod.cpu().to(torch.float32)
+    ts = ddim_timesteps(steps, schedule.num_timesteps, discretize)
+    abar = schedule.alphas_cumprod.detach().cpu().to(torch.float32)
     index = torch.from_numpy(ts)
     alphas = abar[index]
     alphas_prev = torch.cat([abar[:1], abar[index[:-1]]])
     a64 = alphas.double()
-    sigmas = eta * torch.sqrt((1 - alphas_prev) / (1 - a64) * (1 - a64 / alphas_prev))
+    if variant.table_rounding == "zero123":
+        a_prev64 = alphas_prev.double()
+        inv = torch.reciprocal(1.0 - alphas).double()
+        sigmas = float(eta) * torch.sqrt((1.0 - a_prev64) * inv * (1.0 - a64 / a_prev64))
+        sqrt_one_minus = torch.from_numpy(np.sqrt(1.0 - alphas.numpy()))
+    elif variant.table_rounding == "syncdreamer":
+        sigmas = eta * torch.sqrt((1 - alphas_prev) / (1 - a64) * (1 - a64 / alphas_prev))
+        sqrt_one_minus = torch.sqrt(1.0 - alphas)
+    else:
+        raise ValueError(f"unknown DDIM table rounding {variant.table_rounding!r}")
     return DDIMTables(
         timesteps=ts,
         alphas=alphas,
         alphas_prev=alphas_prev,
-        sigmas=sigmas.float(),
-        sqrt_one_minus_alphas=torch.sqrt(1.0 - alphas),
+        sigmas=sigmas.to(torch.float32),
+        sqrt_one_minus_alphas=sqrt_one_minus.to(torch.float32),
     )
 
 
@@ -91,14 +145,12 @@ def ddim_update(
     index: int,
     tables: DDIMTables,
     noise: torch.Tensor | None,
-    min_direction: float | None,
+    variant: DDIMVariant = SYNCDREAMER,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The DDIM arithmetic both official samplers share, in float32; returns ``(x_prev, pred_x0)``.
+    """One update at table ``index``, in float32; returns ``(x_prev, pred_x0)``.
 
-    ``pred_x0 = (x - sqrt(1-a) eps) / sqrt(a)``; ``x_prev = sqrt(a_prev) pred_x0 +
-    sqrt(1 - a_prev - sigma^2) eps`` plus ``sigma noise`` when ``noise`` is given. The samplers
-    differ only in ``min_direction`` (a lower clamp on ``1 - a_prev - sigma^2``: SyncDreamer's 1e-7,
-    none in Zero123) and in which steps get noise, which their own step functions decide.
+    ``noise`` is added (times sigma) unless it is None or this is the last step of a variant that
+    adds none there; the clamp of the direction term is the variant's.
     """
     dev = x_t.device
     a_t = tables.alphas[index].to(dev)
@@ -108,19 +160,24 @@ def ddim_update(
     x_t, eps = x_t.float(), eps.float()
     pred_x0 = (x_t - sqrt_one_minus * eps) / a_t.sqrt()
     direction = 1.0 - a_prev - sigma**2
-    if min_direction is not None:
-        direction = torch.clamp(direction, min=min_direction)
+    if variant.min_direction is not None:
+        direction = torch.clamp(direction, min=variant.min_direction)
     x_prev = a_prev.sqrt() * pred_x0 + direction.sqrt() * eps
-    if noise is not None:
+    if noise is not None and (index != 0 or variant.noise_on_last_step):
         x_prev = x_prev + sigma * noise.to(dev, torch.float32)
     return x_prev, pred_x0
 
 
 def ddim_step(
-    x_t: torch.Tensor, eps: torch.Tensor, index: int, tables: DDIMTables, noise: torch.Tensor | None
+    x_t: torch.Tensor,
+    eps: torch.Tensor,
+    index: int,
+    tables: DDIMTables,
+    noise: torch.Tensor | None,
+    variant: DDIMVariant = SYNCDREAMER,
 ) -> torch.Tensor:
-    """One SyncDreamer DDIM update at table ``index``; ``noise`` (like ``x_t``) is ignored on index 0."""
-    return ddim_update(x_t, eps, index, tables, noise if index != 0 else None, min_direction=1e-7)[0]
+    """``x_prev`` of :func:`ddim_update` (SyncDreamer ignores ``noise`` on index 0)."""
+    return ddim_update(x_t, eps, index, tables, noise, variant)[0]
 
 
 def ddim_sample(
@@ -130,21 +187,23 @@ def ddim_sample(
     generator: torch.Generator | None = None,
     progress: Progress | None = None,
     description: str = "denoising",
+    variant: DDIMVariant = SYNCDREAMER,
 ) -> torch.Tensor:
     """Run the full DDIM loop from ``x_T``; per-step noise is ``randn`` from ``generator``.
 
-    Noise is drawn once per step except the last, in step order, with ``x_T``'s shape, as the
-    official sampler does (so a seeded generator gives reproducible samples).
+    Noise is drawn in step order with ``x_T``'s shape, once per step that the variant noises (all but
+    the last for SyncDreamer, every step for Zero123), as the official samplers do, so a seeded
+    generator reproduces their samples.
     """
-    x = x_T
+    x = x_T.float()
     tables = tables.to(x_T.device)
     with resolve(progress).task(description, tables.steps) as advance:
         for index in reversed(range(tables.steps)):
             t = int(tables.timesteps[index])
             eps = eps_fn(x, t, index)
             noise = None
-            if index != 0:
+            if index != 0 or variant.noise_on_last_step:
                 noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
-            x = ddim_step(x, eps, index, tables, noise)
+            x = ddim_step(x, eps, index, tables, noise, variant)
             advance(1, info=f"t={t}")
     return x

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from sd3d.progress import Progress, resolve
+from sd3d.core.progress import Progress, resolve
 from sd3d.sampling.ddim import EpsFn
 from sd3d.sampling.schedule import NoiseSchedule
 

@@ -1,7 +1,7 @@
 """3DiM stochastic conditioning on a single-view, pose-conditioned denoiser such as Zero123.
 
 Views are generated one after another. For each target the whole reverse chain runs (Zero123's DDIM,
-:mod:`sd3d.sampling.zero123_ddim`), and at **every denoising step** the conditioning view is drawn
+:mod:`sd3d.sampling.ddim`, Zero123's variant), and at **every denoising step** the conditioning view is drawn
 uniformly at random from the views available so far: the input plus every target already finished
 (Watson et al. 2022; reference-zero123.md §6). The drawn view supplies the conditional branch's
 context token ``cc_projection([CLIP(view), T(view -> target)])`` and concat latent; the relative pose
@@ -27,9 +27,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from sd3d.progress import Progress, resolve
-from sd3d.sampling.zero123_ddim import DDIMTables, zero123_ddim_sample
-from sd3d.zero123_pose import relative_pose
+from sd3d.core.progress import Progress, resolve
+from sd3d.core.zero123_pose import relative_pose
+from sd3d.sampling.ddim import ZERO123, DDIMTables, ddim_sample
 
 INPUT_VIEW = -1
 """The ``view_id`` of the input view; finished targets use their target index."""
@@ -147,7 +147,7 @@ def sample_stochastic_conditioning(
             x_T = torch.randn(
                 (1, *latent_shape), generator=noise_generator, device=device, dtype=torch.float32
             )
-            latent = zero123_ddim_sample(eps_fn, x_T, tables, generator=noise_generator)
+            latent = ddim_sample(eps_fn, x_T, tables, generator=noise_generator, variant=ZERO123)
             latents[target] = latent
             draws[target] = tuple(chosen)
             if position < n - 1:  # the last view conditions nothing

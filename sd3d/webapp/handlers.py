@@ -1,10 +1,10 @@
 """What the web app does, without Gradio: one :class:`WebApp` per server.
 
-Every step calls the library the CLI calls (``sd3d run`` = :func:`sd3d.runner.generate_for_run` +
-:func:`sd3d.runner.write_run`; ``sd3d reconstruct`` = :func:`recon.pipeline.reconstruct` +
+Every step calls the library the CLI calls (``sd3d run`` = :func:`sd3d.workflows.run.generate_run_views`
++ :func:`sd3d.workflows.run.finish_run`; ``sd3d reconstruct`` = :func:`recon.pipeline.reconstruct` +
 :func:`recon.pipeline.export_mesh`), and every control is a CLI option with the CLI's name and the
 library's default, so :func:`run_command` / :func:`reconstruct_command` can print the equivalent
-command line. Problems users cause are :class:`~sd3d.errors.UserError`\\ s with one line, which the
+command line. Problems users cause are :class:`~sd3d.core.errors.UserError`\\ s with one line, which the
 page shows as is.
 
 State: the loaded model is cached on the :class:`WebApp` (loaded on the first generation, kept for
@@ -32,14 +32,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sd3d.errors import InputImageError, UserError, ViewsFolderError
-from sd3d.io import DEFAULT_MAX_PIXELS, VIEW_FILES
-from sd3d.progress import Progress
-from sd3d.runner import MESH_FORMATS, RunSettings
+from sd3d.core.errors import InputImageError, UserError, ViewsFolderError
+from sd3d.core.io import VIEW_FILES
+from sd3d.core.progress import Progress
+from sd3d.workflows.run import MESH_FORMATS, RunSettings
 
 if TYPE_CHECKING:
     from sd3d.preprocess import PreparedInput
-    from sd3d.runner import GeneratedViews, StageTimer
+    from sd3d.workflows.run import RunViews, StageTimer
 
 # A progress callback: (fraction done in [0, 1] or None when unknown, description).
 Report = Callable[[float | None, str], None]
@@ -86,14 +86,16 @@ class ReconOptions:
 
 
 def recon_defaults() -> ReconOptions:
-    """The defaults of :func:`recon.pipeline.reconstruct` / :func:`~recon.pipeline.export_mesh`."""
+    """The defaults of :func:`recon.pipeline.reconstruct` / :func:`~recon.pipeline.export_mesh`,
+    except the seed: every command's ``--seed`` defaults to :data:`sd3d.DEFAULT_SEED`."""
     from recon.pipeline import export_mesh, reconstruct
+    from sd3d import DEFAULT_SEED
 
     params = inspect.signature(reconstruct).parameters
     return ReconOptions(
         quality=params["quality"].default,
         steps=params["steps"].default,
-        seed=params["seed"].default,
+        seed=DEFAULT_SEED,
         faces=inspect.signature(export_mesh).parameters["faces"].default,
     )
 
@@ -104,7 +106,7 @@ class ServeOptions:
 
     ``weights``: a SyncDreamer checkpoint file (else the registered one in ``weights_dir``).
     ``work_dir``: where session folders live (default: a new temporary folder, removed on close).
-    ``max_pixels``: the upload size limit of ``sd3d preprocess --max-pixels``.
+    ``max_pixels``: the upload size limit of ``sd3d run --max-pixels`` (``None``: the library's).
     """
 
     device: str = "auto"
@@ -112,7 +114,7 @@ class ServeOptions:
     weights: Path | None = None
     weights_dir: Path | None = None
     work_dir: Path | None = None
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int | None = None
     session_idle_s: float = 6 * 3600.0
 
 
@@ -120,7 +122,7 @@ class ServeOptions:
 # progress
 # --------------------------------------------------------------------------------------------------
 class ReportingProgress(Progress):
-    """A :class:`~sd3d.progress.Progress` that reports every step to a callback (the page's bar)
+    """A :class:`~sd3d.core.progress.Progress` that reports every step to a callback (the page's bar)
     instead of drawing in a terminal."""
 
     def __init__(self, report: Report) -> None:
@@ -164,6 +166,8 @@ def _server_args(options: ServeOptions) -> list[str]:
         parts += ["--weights", _arg(options.weights)]
     if options.weights_dir is not None:
         parts += ["--weights-dir", _arg(options.weights_dir)]
+    if options.max_pixels is not None:
+        parts += ["--max-pixels", _arg(options.max_pixels)]
     return parts
 
 
@@ -261,7 +265,7 @@ def photo_settings(
     """The photo tab's control values -> the :class:`RunSettings` of ``sd3d run`` (checked).
 
     ``elevation`` is ``auto`` (estimate it) or ``manual`` (use ``elevation_deg``)."""
-    from sd3d.pipeline import GenerationSettings
+    from sd3d.pipelines.syncdreamer import GenerationSettings
     from sd3d.preprocess import check_crop_size
 
     elev = None if elevation == ELEVATION_AUTO else _as_float(elevation_deg, "--elevation")
@@ -281,6 +285,7 @@ def photo_settings(
         formats=("glb", *_formats(formats)),
         preview=preview,
         preview_frames=_as_int(preview_frames, "--preview-frames"),
+        max_pixels=options.max_pixels,
         device=options.device,
         dtype=options.dtype,
     ).check()
@@ -302,8 +307,8 @@ def _check_recon(
     quality: str, steps: int | None, faces: int | None, steps_flag: str, options: ServeOptions
 ) -> None:
     """Refuse an impossible reconstruction setting before any work (as the CLI does)."""
-    from recon.train import get_preset, resolve_quality
-    from sd3d.device import resolve_device
+    from recon.presets import get_preset, resolve_quality
+    from sd3d.core.device import resolve_device
 
     if steps is not None and steps < 1:
         raise UserError(f"{steps_flag} must be at least 1, got {steps}")
@@ -338,7 +343,7 @@ class PhotoGeneration:
 
     source_name: str
     prepared: PreparedInput
-    generated: GeneratedViews
+    generated: RunViews
     settings: RunSettings
     stages: StageTimer
 
@@ -498,13 +503,13 @@ class WebApp:
     # ---- model ----------------------------------------------------------------------------------
     def weights_file(self) -> Path:
         """The checkpoint, or the library's one-line WeightsError that says how to get it."""
-        from sd3d.pipeline import weights_path
+        from sd3d.pipelines.syncdreamer import weights_path
 
         return weights_path(self.options.weights, self.options.weights_dir)
 
     def weights_problem(self) -> str | None:
         """``None`` when generation can run, else the message that says what to do."""
-        from sd3d.errors import WeightsError
+        from sd3d.core.errors import WeightsError
 
         try:
             self.weights_file()
@@ -514,7 +519,7 @@ class WebApp:
 
     def model(self):
         """The SyncDreamer model, loaded on first use and kept for the server's life."""
-        from sd3d.pipeline import load_model
+        from sd3d.pipelines.syncdreamer import load_model
 
         with self._model_lock:
             if self._model is None:
@@ -525,24 +530,21 @@ class WebApp:
 
     def device(self):
         """The compute device: the loaded model's, else ``--device`` resolved."""
-        from sd3d.device import resolve_device
+        from sd3d.core.device import resolve_device
 
         return self._model.device if self._model is not None else resolve_device(self.options.device)
 
     # ---- photo tab ------------------------------------------------------------------------------
     def _prepared(self, session: Session, photo: str | os.PathLike, crop_size: int, background: str):
-        from sd3d.preprocess import prepare_input
+        """``sd3d run``'s preprocessing, kept per session: the cut-out step and the generation of
+        the same photo with the same crop and background share one (slow) background removal."""
+        from sd3d.workflows.run import prepare_photo
 
         key = (str(photo), crop_size, background)
         if session.cut_out is not None and session.cut_out[0] == key:
             return session.cut_out[1]
-        prepared = prepare_input(
-            photo,
-            crop_size=crop_size,
-            background=background,
-            max_pixels=self.options.max_pixels,
-            weights_dir=self.options.weights_dir,
-        )
+        settings = RunSettings(crop_size=crop_size, background=background, max_pixels=self.options.max_pixels)
+        prepared = prepare_photo(photo, settings, self.options.weights_dir)
         session.cut_out = (key, prepared)
         return prepared
 
@@ -568,11 +570,12 @@ class WebApp:
         path = folder / "input.png"
         prepared.rgba_image().save(path)
         w, h = prepared.source_size
-        return CutOut(
-            path,
-            f"background: {prepared.background}; object box {list(prepared.crop_box)} of the {w}x{h} photo; "
-            f"crop size {crop}",
+        note = f" ({prepared.background_note})" if prepared.background_note else ""
+        info = (
+            f"background: {prepared.background}{note}; object box {list(prepared.crop_box)} of the "
+            f"{w}x{h} photo; crop size {crop}"
         )
+        return CutOut(path, "\n".join([info, *(f"warning: {msg}" for msg in prepared.warnings)]))
 
     def generate(
         self,
@@ -583,8 +586,8 @@ class WebApp:
         report: Report | None = None,
     ) -> Generated:
         """The generation half of ``sd3d run``: the 16 views (elevation given or estimated)."""
-        from sd3d.pipeline import write_generated
-        from sd3d.runner import StageTimer, generate_for_run
+        from sd3d.pipelines.syncdreamer import write_generated
+        from sd3d.workflows.run import StageTimer, generate_run_views
 
         self.weights_file()  # no weights: the one-line instruction, before any work
         if not photo:
@@ -597,7 +600,7 @@ class WebApp:
         with stages("load_model"):
             model = self.model()
         progress = _progress(report)
-        generated = generate_for_run(model, prepared, settings, progress=progress, stages=stages)
+        generated = generate_run_views(model, prepared, settings, stages=stages, progress=progress)
         name = photo_name or Path(photo).name
         session.generation = PhotoGeneration(name, prepared, generated, settings, stages)
         folder = write_generated(session.fresh_dir("views"), [generated.best], prepared.rgba)
@@ -605,14 +608,14 @@ class WebApp:
             (folder / f, f"{f[:3]} · azimuth {c.azimuth_deg:g}°")
             for f, c in zip(VIEW_FILES, generated.best.cameras, strict=True)
         ]
-        summary = elevation_summary(generated.elevation)
+        summary = elevation_summary(generated.elevation.record)
         if len(generated.views) > 1:
             scores = ", ".join(f"{s:.3f}" for s in generated.sample_scores)
             summary += f"; kept sample {generated.chosen} of {len(generated.views)} (consistency {scores})"
         return Generated(
             views,
             folder / "grid.png",
-            generated.elevation,
+            generated.elevation.record,
             summary,
             run_command(settings, name, self.options),
         )
@@ -624,7 +627,7 @@ class WebApp:
 
         Only the reconstruction controls (:data:`RECON_FIELDS`) are taken from ``settings``; the
         generation ones stay those the views were made with, so ``report.json`` tells the truth."""
-        from sd3d.runner import write_run
+        from sd3d.workflows.run import StageTimer, finish_run
 
         session = self.session(session_id)
         gen = session.generation
@@ -632,15 +635,15 @@ class WebApp:
             raise UserError("generate the views first")
         merged = replace(gen.settings, **{k: getattr(settings, k) for k in RECON_FIELDS})
         folder = session.fresh_dir("run")
-        result = write_run(
+        result = finish_run(
             folder,
-            gen.prepared,
-            gen.generated,
-            merged,
             source=gen.source_name,
+            settings=merged,
+            prepared=gen.prepared,
+            generated=gen.generated,
+            stages=StageTimer(gen.stages.seconds),  # a second reconstruction replaces, not adds to, the first
             device=self.device(),
             progress=_progress(report),
-            stages=gen.stages,
         )
         report_data = result.report
         downloads = _mesh_downloads(
@@ -672,7 +675,7 @@ class WebApp:
     def _views_source(self, session: Session, files: Sequence[str]) -> Path:
         """The uploaded files as a views folder (16 images [+ cameras.json]) or one strip image,
         each image read with the CLI's checks and stored as PNG."""
-        from sd3d.io import read_image
+        from sd3d.core.io import read_image
 
         paths = [Path(f) for f in files]
         cameras = [p for p in paths if p.suffix.lower() == ".json"]
@@ -718,7 +721,7 @@ class WebApp:
     ) -> Reconstructed:
         """``sd3d reconstruct``: uploaded views -> textured mesh (needs no weights)."""
         from recon.pipeline import export_mesh, reconstruct
-        from sd3d.io import read_views
+        from sd3d.core.io import read_views
 
         if not files:
             raise ViewsFolderError("upload the 16 views (or a strip image) first, or load the example")

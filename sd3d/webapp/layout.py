@@ -28,9 +28,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read by gradio at 
 import gradio as gr  # noqa: E402
 
 from sd3d.background import BACKEND_NAMES  # noqa: E402
-from sd3d.errors import UserError  # noqa: E402
-from sd3d.pipeline import SAMPLERS, GenerationSettings  # noqa: E402
-from sd3d.runner import PREVIEW_FORMATS, RunSettings  # noqa: E402
+from sd3d.core.errors import UserError  # noqa: E402
+from sd3d.pipelines.syncdreamer import SAMPLERS, GenerationSettings  # noqa: E402
 from sd3d.webapp.handlers import (  # noqa: E402
     ELEVATION_AUTO,
     EXTRA_FORMATS,
@@ -44,6 +43,7 @@ from sd3d.webapp.handlers import (  # noqa: E402
     reconstruct_command,
     run_command,
 )
+from sd3d.workflows.run import PREVIEW_FORMATS, RunSettings  # noqa: E402
 
 log = logging.getLogger("sd3d.webapp")
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sd3d.errors import OutputPathError, WeightsError
-from sd3d.io import atomic_path
-from sd3d.progress import Progress, resolve
+from sd3d.core.errors import OutputPathError, WeightsError
+from sd3d.core.io import atomic_path
+from sd3d.core.progress import Progress, resolve
 from sd3d.weights.loading import load_state_dict
 
 if TYPE_CHECKING:

@@ -1,11 +1,17 @@
-"""Resumable, verified downloads with the standard library (no extra dependency).
+"""Verified downloads: Hub-hosted files through huggingface_hub, others resumable with the standard library.
 
-Bytes stream into ``<file>.part``; a cut connection keeps it, and the next attempt (in the same call,
-or a later ``sd3d weights download``) asks for the rest with an HTTP ``Range`` header. A server that
-ignores ``Range`` (answers 200) is handled by starting over from byte 0. Size and sha256 are
-checked on the ``.part`` BEFORE it is renamed into place, so a model loader never sees a bad file;
-a hash mismatch deletes the ``.part``. Network failures are one-line errors that say which file to
-place where by hand.
+:func:`download` decides where a file goes. A file hosted on the Hugging Face Hub goes into the shared
+Hugging Face cache via :mod:`sd3d.weights.hub` unless a weights folder was chosen explicitly
+(``--weights-dir``, ``$SD3D_WEIGHTS``) or the file already sits in the weights folder that the search
+order reaches first: then it is fetched from its Hub URL (on the ``HF_ENDPOINT`` in use) into that
+folder, like any plain URL. ``--url`` (a mirror) always downloads into the weights folder.
+
+Plain URLs: bytes stream into ``<file>.part``; a cut connection keeps it, and the next attempt (in the
+same call, or a later ``sd3d weights download``) asks for the rest with an HTTP ``Range`` header. A
+server that ignores ``Range`` (answers 200) is handled by starting over from byte 0. Size and sha256
+are checked on the ``.part`` BEFORE it is renamed into place, so a model loader never sees a bad
+file; a hash mismatch deletes the ``.part``. Network failures are one-line errors that say which file
+to place where by hand.
 """
 
 from __future__ import annotations
@@ -22,27 +28,16 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from sd3d.errors import WeightsError
-from sd3d.progress import Progress, resolve
-from sd3d.weights.cache import resolve_weights_dir
+from sd3d.core.errors import WeightsError
+from sd3d.core.progress import Progress, resolve
+from sd3d.weights.cache import EXPLICIT_SOURCES, SOURCE_HF, locate, resolve_weights_dir, weights_folder
 from sd3d.weights.registry import WeightsEntry, get_entry
+from sd3d.weights.transfer import DownloadResult, check_writable, unreachable_error
 from sd3d.weights.verify import write_stamp
 
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 # Errors while reading the response that mean "the stream broke": keep the .part and resume.
 _STREAM_ERRORS = (http.client.HTTPException, OSError)  # OSError covers resets and timeouts
-
-
-@dataclass(frozen=True)
-class DownloadResult:
-    """``downloaded`` is False when the file was already in place (nothing fetched)."""
-
-    path: Path
-    size: int
-    sha256: str | None
-    downloaded: bool
-    resumed_from: int  # bytes already in ``.part`` when this call started
-    attempts: int
 
 
 class _Cut(Exception):
@@ -60,17 +55,6 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _check_writable(folder: Path) -> None:
-    """Fail early (before any network traffic) when ``folder`` could not be created or written."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise WeightsError(f"cannot create {folder}: {existing} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise WeightsError(f"cannot write to {existing}: permission denied")
-
-
 def _user_agent() -> str:
     from sd3d import __version__
 
@@ -78,14 +62,69 @@ def _user_agent() -> str:
 
 
 def _offline_error(entry: WeightsEntry, url: str, target: Path, reason: object) -> WeightsError:
-    host = urllib.parse.urlsplit(url).netloc or url
     why = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
-    return WeightsError(
-        f"cannot download {entry.filename} from {host} ({why}); fetch {url} by hand and place it at {target}"
-    )
+    return unreachable_error(entry, url, target, why)
+
+
+def normalise_sha256(sha256: str | None) -> str | None:
+    """``--sha256`` in lower case, or a one-line error when it is not 64 hex digits."""
+    if sha256 is None:
+        return None
+    value = sha256.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise WeightsError(f"not a sha256 (64 hex digits): {sha256}")
+    return value
 
 
 def download(
+    entry: WeightsEntry | str,
+    weights_dir: str | os.PathLike | None = None,
+    *,
+    url: str | None = None,
+    sha256: str | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+    hf_cache: str | os.PathLike | None = None,
+    hf_endpoint: str | None = None,
+    hf_offline: bool | None = None,
+    **plain_options: float,
+) -> DownloadResult:
+    """Fetch ``entry`` (or find it already in place), verify it, and return where it is.
+
+    ``url`` overrides the registry URL (a mirror; the file goes into the weights folder), ``sha256``
+    the expected hash. ``hf_cache``, ``hf_endpoint`` and ``hf_offline`` override ``HF_HUB_CACHE`` /
+    ``HF_HOME``, ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE`` for Hub-hosted files. ``plain_options``
+    (``attempts``, ``timeout``, ``retry_wait``, ``chunk_size``) tune plain downloads (:func:`download_url`).
+    """
+    entry = get_entry(entry) if isinstance(entry, str) else entry
+    sha256 = normalise_sha256(sha256)
+    if url is None and entry.hub is not None:
+        from sd3d.weights import hub
+
+        folder, source = weights_folder(weights_dir)
+        target = folder / entry.filename
+        if source not in EXPLICIT_SOURCES:
+            found = locate(entry, weights_dir, hf_cache=hf_cache)
+            if found is None or found.source == SOURCE_HF:
+                return hub.download(
+                    entry,
+                    target,
+                    sha256=sha256,
+                    force=force,
+                    cache=hf_cache,
+                    endpoint_url=hf_endpoint,
+                    offline_mode=hf_offline,
+                    progress=progress,
+                )
+        url = hub.file_url(entry.hub, hf_endpoint)
+        if hub.offline(hf_offline) and (force or not target.is_file()):
+            raise unreachable_error(entry, url, target, "HF_HUB_OFFLINE is set")
+    return download_url(
+        entry, weights_dir, url=url, sha256=sha256, force=force, progress=progress, **plain_options
+    )
+
+
+def download_url(
     entry: WeightsEntry | str,
     weights_dir: str | os.PathLike | None = None,
     *,
@@ -98,7 +137,7 @@ def download(
     chunk_size: int = 1 << 20,
     progress: Progress | None = None,
 ) -> DownloadResult:
-    """Fetch ``entry`` into the weights folder and return where it is.
+    """Fetch ``entry`` from a plain URL into the weights folder and return where it is.
 
     ``url`` overrides the registry URL (a mirror), ``sha256`` the expected hash. ``attempts`` is how
     many times a broken stream is resumed within this call; connection failures (offline, DNS,
@@ -107,9 +146,8 @@ def download(
     """
     entry = get_entry(entry) if isinstance(entry, str) else entry
     url = url or entry.url
-    expected_sha = (sha256 or entry.sha256 or "").lower() or None
-    if expected_sha is not None and not re.fullmatch(r"[0-9a-f]{64}", expected_sha):
-        raise WeightsError(f"not a sha256 (64 hex digits): {expected_sha}")
+    sha256 = normalise_sha256(sha256)
+    expected_sha = sha256 or entry.sha256
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
         raise WeightsError(f"unsupported URL (http/https only): {url}")
     folder = resolve_weights_dir(weights_dir)
@@ -123,7 +161,7 @@ def download(
         raise WeightsError(
             f"{target} exists but has {size:,} bytes (expected {entry.size:,}); delete it or use --force"
         )
-    _check_writable(folder)  # the folder itself is only created once bytes arrive
+    check_writable(folder)  # the folder itself is only created once bytes arrive
 
     resumed_from = _size(part)
     used = 0
@@ -161,7 +199,7 @@ def download(
             f"the download was deleted{note}"
         )
     os.replace(part, target)
-    write_stamp(target, digest)
+    write_stamp(target, digest, expected=sha256)
     return DownloadResult(target, size, digest, True, resumed_from, used)
 
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sd3d.errors import WeightsError
+from sd3d.core.errors import WeightsError
 
 if TYPE_CHECKING:
     import torch

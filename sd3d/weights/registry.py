@@ -1,8 +1,11 @@
 """The checkpoints sd3d knows about: file name, exact size, sha256, where to get them, and who needs them.
 
-Sizes and hashes are what a download is verified against before the file is moved into place, so a
-truncated or substituted file never reaches a model loader. A hash marked provisional comes from a
-third-party listing, not from the official download; it is still enforced, and the error says so.
+Sizes and hashes are what a download is verified against before the file is used, so a truncated or
+substituted file never reaches a model loader. A hash marked provisional comes from a third-party
+listing, not from the official download; it is still enforced, and the error says so. A file hosted
+on the Hugging Face Hub also carries its :class:`HubFile` location, so it is fetched with
+``huggingface_hub`` into the shared Hugging Face cache (mirrors and offline mode work as for any other
+Hub file); ``url`` is then the same file on the default endpoint, for messages and plain downloads.
 """
 
 from __future__ import annotations
@@ -10,7 +13,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from sd3d.errors import WeightsError
+from sd3d.core.errors import WeightsError
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """Where a file lives on the Hugging Face Hub: what ``hf_hub_download`` needs to fetch or find it.
+
+    ``subfolder`` is the folder inside the repository ("" for the top); ``revision`` a branch, tag or
+    commit hash. The revision only decides which copy is fetched: what sd3d accepts is decided by the
+    entry's size and sha256.
+    """
+
+    repo_id: str
+    filename: str
+    repo_type: str = "model"  # "model", "dataset" or "space"
+    subfolder: str = ""
+    revision: str = "main"
+
+    @property
+    def path_in_repo(self) -> str:
+        return f"{self.subfolder}/{self.filename}" if self.subfolder else self.filename
+
+    def describe(self) -> str:
+        """Human-readable "where": e.g. ``Hugging Face space liuyuan-pal/SyncDreamer, file ckpt/x.ckpt``."""
+        return f"Hugging Face {self.repo_type} {self.repo_id}, file {self.path_in_repo}"
 
 
 @dataclass(frozen=True)
@@ -19,6 +46,8 @@ class WeightsEntry:
 
     ``size`` is in bytes; ``sha256`` is lower-case hex or ``None`` when unknown (then only the size is
     checked). ``needed_by`` says which sd3d feature loads it, so users can skip what they do not use.
+    ``hub`` is set for files hosted on the Hugging Face Hub (``url`` is then that file's URL on the
+    default endpoint).
     """
 
     name: str
@@ -30,6 +59,7 @@ class WeightsEntry:
     needed_by: str
     sha256_provisional: bool = False
     note: str = ""
+    hub: HubFile | None = None
 
 
 _ENTRIES = (
@@ -42,6 +72,12 @@ _ENTRIES = (
         licence="SyncDreamer code MIT; weights derive from Zero123-XL / Stable Diffusion (see their terms)",
         needed_by="sd3d generate (SyncDreamer multiview diffusion; holds its own CLIP image encoder)",
         note="official Hugging Face Space liuyuan-pal/SyncDreamer, file ckpt/syncdreamer-pretrain.ckpt",
+        hub=HubFile(
+            repo_id="liuyuan-pal/SyncDreamer",
+            repo_type="space",
+            subfolder="ckpt",
+            filename="syncdreamer-pretrain.ckpt",
+        ),
     ),
     WeightsEntry(
         name="clip-vit-l-14",

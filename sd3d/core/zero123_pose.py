@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sd3d.cameras import Camera
+from sd3d.core.cameras import Camera
 
 POSE_DIM = 4
 
@@ -71,7 +71,7 @@ def relative_pose(
 
 
 def orbit_center(elevation_deg: float, azimuth_deg: float, radius: float) -> np.ndarray:
-    """Camera centre on the orbit (the same parametrisation as :func:`sd3d.cameras.orbit_camera`)."""
+    """Camera centre on the orbit (the same parametrisation as :func:`sd3d.core.cameras.orbit_camera`)."""
     e, a = math.radians(elevation_deg), math.radians(azimuth_deg)
     return np.array(
         [radius * math.cos(e) * math.cos(a), radius * math.cos(e) * math.sin(a), radius * math.sin(e)]
@@ -96,7 +96,7 @@ def check_orbit_camera(camera: Camera, atol: float = 1e-4) -> None:
 
 
 def relative_pose_between(cond: Camera, target: Camera, check: bool = True) -> np.ndarray:
-    """T from camera ``cond`` to camera ``target`` (any :class:`~sd3d.cameras.Camera`, OpenCV axes).
+    """T from camera ``cond`` to camera ``target`` (any :class:`~sd3d.core.cameras.Camera`, OpenCV axes).
 
     Only the centres ``-R^T t`` are used; ``check`` first verifies both cameras look at the origin
     without roll (:func:`check_orbit_camera`).

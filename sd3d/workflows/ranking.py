@@ -15,7 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sd3d.io import ViewSet
+from recon.hull import hull_mesh, visual_hull
+from recon.masks import view_masks
+from recon.raster import render_silhouettes
+from sd3d.core.io import ViewSet
 
 
 @dataclass(frozen=True)
@@ -28,11 +31,9 @@ class SilhouetteConsistency:
 
 def silhouette_consistency(views: ViewSet, resolution: int = 64) -> SilhouetteConsistency:
     """Mask-vs-reprojected-hull IoU of a :class:`ViewSet` (see the module docstring)."""
-    from recon.raster import render_silhouettes
-    from sd3d.elevation import carve_visual_hull, hull_mesh, view_masks
-
-    masks = view_masks(views) > 0.5
-    occupancy = carve_visual_hull(masks.astype(np.float32), views.cameras, resolution=resolution)
+    coverage, _ = view_masks(views)
+    masks = coverage > 0.5
+    occupancy = visual_hull(masks.astype(np.float32), views.cameras, resolution).numpy()
     if not occupancy.any():
         return SilhouetteConsistency(0.0, tuple(0.0 for _ in views.cameras))
     verts, faces = hull_mesh(occupancy)

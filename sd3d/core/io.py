@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from sd3d import cameras as cam
-from sd3d.errors import InputImageError, OutputPathError, ViewsFolderError
+from sd3d.core import cameras as cam
+from sd3d.core.errors import InputImageError, OutputPathError, UserError, ViewsFolderError
 
 
 # --------------------------------------------------------------------------------------------------
@@ -267,14 +267,53 @@ def _camera_from_record(v: dict, K_default: list, size: tuple[int, int]) -> cam.
 
 
 def _load_rgba(path: Path) -> np.ndarray:
+    """A view as float32 HxWx3 (RGB) or HxWx4 (RGBA) in [0, 1].
+
+    8-bit files are divided by 255 (generated views round-trip exactly). 16-bit PNGs are decoded at
+    full precision and divided by 65535: Pillow keeps only the high byte of 16-bit colour and
+    turns 16-bit grey white when converting it, so they are read with OpenCV instead. Grey (and
+    grey + alpha) becomes RGB(A). A PNG whose chunk checksums fail is refused: damaged pixel data
+    can decode without an error into a wrong picture.
+    """
     try:
+        verify_png(path)
+        if _png_bit_depth(path) == 16:
+            return _load_png16(path)
         with Image.open(path) as im:
             im.load()
-            if im.mode not in ("RGB", "RGBA"):
-                im = im.convert("RGBA" if "A" in im.getbands() or "transparency" in im.info else "RGB")
-            return np.asarray(im)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise ViewsFolderError(f"cannot read view {path}: {exc}") from exc
+            rgb = to_rgb_or_rgba(im)
+            return np.asarray(rgb, dtype=np.float32) / np.float32(255.0)
+    except ViewsFolderError:
+        raise
+    except (OSError, ValueError, SyntaxError, InputImageError, Image.DecompressionBombError) as exc:
+        raise ViewsFolderError(f"cannot read view {path}: {_one_line(exc)}") from exc
+
+
+def _png_bit_depth(path: Path) -> int | None:
+    """The bit depth in a PNG's IHDR chunk, or ``None`` for any other file."""
+    with open(path, "rb") as fh:
+        head = fh.read(26)
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return head[24]
+
+
+def _load_png16(path: Path) -> np.ndarray:
+    """A 16-bit PNG as float32 RGB(A) in [0, 1] (value / 65535)."""
+    import cv2
+
+    raw = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    if raw is None or raw.dtype != np.uint16:
+        raise ViewsFolderError(f"cannot read view {path}: not a decodable 16-bit PNG")
+    if raw.ndim == 2:
+        raw = np.repeat(raw[..., None], 3, axis=-1)
+    elif raw.shape[-1] == 3:
+        raw = raw[..., ::-1]  # OpenCV is BGR
+    elif raw.shape[-1] == 4:
+        raw = raw[..., [2, 1, 0, 3]]
+    else:
+        raise ViewsFolderError(f"cannot read view {path}: {raw.shape[-1]} channels")
+    return (raw.astype(np.float32) / np.float32(65535.0)).astype(np.float32)
 
 
 def read_views(source: str | os.PathLike, expected_size: int | None = None) -> ViewSet:
@@ -333,11 +372,10 @@ def read_views(source: str | os.PathLike, expected_size: int | None = None) -> V
 
 
 def _split_alpha(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
-    """Composite RGBA on white (float [0,1]); alphas are kept only if every view has them."""
+    """Composite float [0,1] RGBA on white; alphas are kept only if every view has them."""
     has_alpha = all(a.shape[-1] == 4 for a in arrays)
     rgbs, alphas = [], []
-    for a in arrays:
-        x = a.astype(np.float32) / 255.0
+    for x in arrays:
         if x.shape[-1] == 4:
             alpha = x[..., 3:4]
             rgb = x[..., :3] * alpha + (1.0 - alpha)
@@ -374,6 +412,27 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 def _one_line(text: object) -> str:
     return " ".join(str(text).split()) or "unknown error"
+
+
+def check_max_pixels(value: int | None) -> int | None:
+    """``--max-pixels``: ``None`` (the default limit) or a positive number of pixels."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise UserError(f"--max-pixels must be positive, got {value}")
+    return int(value)
+
+
+def verify_png(path: str | os.PathLike) -> None:
+    """Check every chunk checksum of a PNG file (other formats pass untouched).
+
+    Pillow checks the CRC of the header chunks when it opens a PNG, but not of the pixel data
+    (``IDAT``) when it decodes it, so a file damaged there can load without an error into a wrong
+    picture. ``verify()`` reads every chunk and raises on a mismatch; it needs a fresh open.
+    """
+    with Image.open(path) as fresh:
+        if fresh.format == "PNG":
+            fresh.verify()
 
 
 def _check_pixel_limit(size: tuple[int, int], limit: int, name: str) -> None:
@@ -442,7 +501,7 @@ def read_image(source: str | os.PathLike | Image.Image, max_pixels: int | None =
     modes); animated files give their first frame. ``max_pixels`` (default
     :data:`DEFAULT_MAX_PIXELS`) is checked on the header *before* decoding. Every way a file can be
     wrong (missing, a folder, empty, not an image, truncated, corrupt, too large) raises
-    :class:`~sd3d.errors.InputImageError` with one line; a PIL image passed in is not modified.
+    :class:`~sd3d.core.errors.InputImageError` with one line; a PIL image passed in is not modified.
     """
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
     if limit <= 0:
@@ -466,6 +525,7 @@ def read_image(source: str | os.PathLike | Image.Image, max_pixels: int | None =
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 _check_pixel_limit(im.size, limit, name)
+                verify_png(path)
                 im.load()
                 return _upright(im, name)
     except InputImageError:

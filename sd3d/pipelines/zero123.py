@@ -25,15 +25,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from sd3d.errors import InputImageError, UserError
+from sd3d.core.errors import InputImageError, UserError
 
 if TYPE_CHECKING:
     import torch
 
-    from sd3d.io import ViewSet
+    from sd3d.core.io import ViewSet
+    from sd3d.core.progress import Progress
     from sd3d.models.zero123 import Zero123
     from sd3d.preprocess import PreparedInput
-    from sd3d.progress import Progress
 
 MODEL_SIZE = 256
 DEMO_MAX_SIDE = 1536
@@ -56,7 +56,8 @@ class Zero123Input:
     ``image``: (256, 256, 3) float32 in [0, 1] on white (the model input is ``image * 2 - 1``, CHW).
     ``preprocessed``: whether the demo's crop-and-pad ran (else a plain resize + composite).
     ``crop_box``: (x, y, w, h) of the foreground box in the source (after the demo's 1536 px
-    thumbnail), or ``None``. ``background``: the foreground backend used, or ``None``.
+    thumbnail), or ``None``. ``background``: the foreground backend used, or ``None``;
+    ``background_note``: how it was chosen and what it used (:class:`sd3d.background.Foreground`).
     """
 
     image: np.ndarray
@@ -64,6 +65,7 @@ class Zero123Input:
     source: Path | None = None
     crop_box: tuple[int, int, int, int] | None = None
     background: str | None = None
+    background_note: str = ""
 
     def __post_init__(self) -> None:
         if self.image.shape != (MODEL_SIZE, MODEL_SIZE, 3) or self.image.dtype != np.float32:
@@ -120,10 +122,10 @@ def prepare_zero123_input(
     ``alpha`` reproduces it for cut-out images). Every user-caused problem is a one-line UserError.
     """
     from sd3d.background import check_backend_name, remove_background
-    from sd3d.io import read_image
+    from sd3d.core.io import check_max_pixels, read_image
 
     method = check_backend_name(background)
-    image = read_image(source, max_pixels=max_pixels)
+    image = read_image(source, max_pixels=check_max_pixels(max_pixels))
     image.thumbnail((DEMO_MAX_SIDE, DEMO_MAX_SIDE), Image.Resampling.LANCZOS)
     path = None if isinstance(source, Image.Image) else Path(source)
     if not preprocess:
@@ -138,6 +140,7 @@ def prepare_zero123_input(
         source=path,
         crop_box=box,
         background=fg.backend,
+        background_note=fg.note,
     )
 
 
@@ -167,7 +170,7 @@ def model_input(
 def _resolve(device: str | torch.device, dtype: str | torch.dtype) -> tuple[torch.device, torch.dtype]:
     import torch
 
-    from sd3d.device import resolve_device, resolve_dtype
+    from sd3d.core.device import resolve_device, resolve_dtype
 
     dev = device if isinstance(device, torch.device) else resolve_device(str(device))
     dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(str(dtype), dev)
@@ -184,7 +187,7 @@ def load_model(
 
     Nothing is downloaded: a missing file is a one-line WeightsError saying how to get it.
     """
-    from sd3d.models.zero123 import load_zero123
+    from sd3d.models.zero123_checkpoint import load_zero123
     from sd3d.weights import require
 
     path = Path(weights) if weights is not None else require(WEIGHTS_NAME, weights_dir)
@@ -262,10 +265,11 @@ def novel_view(
     """
     import torch
 
-    from sd3d.device import make_generator
+    from sd3d.core.device import make_generator
+    from sd3d.core.zero123_pose import pose_from_deltas
     from sd3d.models.zero123 import images_to_uint8
-    from sd3d.sampling.zero123_ddim import zero123_ddim_sample, zero123_ddim_tables
-    from sd3d.zero123_pose import pose_from_deltas
+    from sd3d.sampling.ddim import ZERO123, ddim_sample, ddim_tables
+    from sd3d.sampling.schedule import zero123_schedule
 
     check_sampling_args(steps, cfg, samples, eta)
     x_in = model_input(
@@ -281,12 +285,12 @@ def novel_view(
         gen = make_generator(seed, dev)
         shape = (samples, net.config.latent_channels, net.config.latent_size, net.config.latent_size)
         x_T = torch.randn(shape, generator=gen, device=dev, dtype=torch.float32)
-        tables = zero123_ddim_tables(steps, eta)
+        tables = ddim_tables(zero123_schedule(), steps, eta, variant=ZERO123)
 
         def eps_fn(x: torch.Tensor, t: int, index: int) -> torch.Tensor:
             return net.guided_eps(x, t, context, concat, cfg)
 
-        latents = zero123_ddim_sample(eps_fn, x_T, tables, gen, progress, description="zero123")
+        latents = ddim_sample(eps_fn, x_T, tables, gen, progress, description="zero123", variant=ZERO123)
         images = images_to_uint8(net.decode(latents))
     return [np.ascontiguousarray(im) for im in images]
 
@@ -339,17 +343,18 @@ def generate_views_zero123(
     """
     import torch
 
-    from sd3d import cameras as cam
-    from sd3d.device import make_generator
-    from sd3d.io import ViewSet
+    from sd3d.core import cameras as cam
+    from sd3d.core.device import make_generator
+    from sd3d.core.io import ViewSet
+    from sd3d.core.zero123_pose import orbit_center, relative_pose
     from sd3d.models.zero123 import images_to_uint8
+    from sd3d.sampling.ddim import ZERO123, ddim_sample, ddim_tables
+    from sd3d.sampling.schedule import zero123_schedule
     from sd3d.sampling.stochastic_conditioning import (
         INPUT_VIEW,
         ConditioningView,
         sample_stochastic_conditioning,
     )
-    from sd3d.sampling.zero123_ddim import zero123_ddim_sample, zero123_ddim_tables
-    from sd3d.zero123_pose import orbit_center, relative_pose
 
     if sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
@@ -368,7 +373,7 @@ def generate_views_zero123(
     input_center = orbit_center(float(elevation_deg), 0.0, INPUT_RADIUS)
     centers = [c.center for c in cameras]
     latent_shape = (net.config.latent_channels, net.config.latent_size, net.config.latent_size)
-    tables = zero123_ddim_tables(steps, eta)
+    tables = ddim_tables(zero123_schedule(), steps, eta, variant=ZERO123)
     gen = make_generator(seed, dev)
     provenance: dict[str, Any] = {
         "model": "zero123",
@@ -406,7 +411,9 @@ def generate_views_zero123(
                 )
 
             x_T = torch.randn((n, *latent_shape), generator=gen, device=dev, dtype=torch.float32)
-            latents = zero123_ddim_sample(eps_fn, x_T, tables, gen, progress, description="zero123 views")
+            latents = ddim_sample(
+                eps_fn, x_T, tables, gen, progress, description="zero123 views", variant=ZERO123
+            )
             views_u8 = images_to_uint8(net.decode(latents, batch_size=batch_size))
         else:
             decoded: dict[int, np.ndarray] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sd3d.errors import UserError
+from sd3d.core.errors import UserError
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -8,6 +8,8 @@ the official output quantisation (clamp to [-1, 1], ``(x + 1) * 0.5 * 255``, tru
 Randomness comes from one ``torch.Generator`` seeded with ``seed`` on the compute device, drawn in
 a fixed order (posterior noise, ``x_T``, then one draw per DDIM step but the last), so the same
 seed, settings and device give the same views. Several ``samples`` are generated as one batch.
+A caller may pass its own ``x_T`` (to compare with another implementation from the same start): it
+replaces the seed's draw, which is still made, so the posterior and per-step noise stay the seed's.
 
 Precision and speed (issue 7; numbers in benchmarks/generate.py's table):
 
@@ -38,10 +40,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sd3d import cameras as cam
-from sd3d.errors import InputImageError, UserError, WeightsError
-from sd3d.io import ViewSet
-from sd3d.progress import Progress, resolve
+from sd3d import DEFAULT_SEED
+from sd3d.core import cameras as cam
+from sd3d.core.errors import InputImageError, UserError, WeightsError
+from sd3d.core.io import ViewSet
+from sd3d.core.progress import Progress, resolve
+from sd3d.sampling.samplers import SAMPLERS, make_sampler
 
 if TYPE_CHECKING:
     import torch
@@ -49,8 +53,7 @@ if TYPE_CHECKING:
     from sd3d.models.syncdreamer import SyncDreamer
     from sd3d.preprocess import PreparedInput
 
-SAMPLERS = ("ddim", "dpmpp", "unipc")
-DEFAULT_SEED = 6033  # the official generate.py default
+DDIM_DISCRETIZATIONS = ("uniform", "quad")  # the official SyncDDIMSampler's ddim_discretize choices
 WEIGHTS_NAME = "syncdreamer"
 
 
@@ -66,6 +69,7 @@ class GenerationSettings:
     samples: int = 1
     batch_view_num: int | None = None
     sampler: str = "ddim"
+    ddim_discretize: str = "uniform"
 
     def check(self) -> GenerationSettings:
         """Raise a one-line :class:`UserError` for impossible values (before any heavy work)."""
@@ -73,13 +77,22 @@ class GenerationSettings:
             raise UserError(f"--elevation must be between -90 and 90 degrees, got {self.elevation_deg}")
         if not 1 <= self.steps <= 500:
             raise UserError(f"--steps must be between 1 and 500, got {self.steps}")
+        if self.ddim_discretize not in DDIM_DISCRETIZATIONS:
+            raise UserError(
+                f"unknown DDIM discretization {self.ddim_discretize!r}: use {' or '.join(DDIM_DISCRETIZATIONS)}"
+            )
         if self.sampler == "ddim":
             from sd3d.sampling.ddim import ddim_timesteps
 
             try:
-                ddim_timesteps(self.steps)
+                ddim_timesteps(self.steps, discretize=self.ddim_discretize)
             except ValueError as exc:
                 raise UserError(f"--steps {self.steps} is not usable with DDIM: {exc}") from None
+        elif self.ddim_discretize != "uniform":
+            raise UserError(
+                f"--ddim-discretize {self.ddim_discretize} is a DDIM option; the {self.sampler} sampler "
+                "chooses its own timesteps"
+            )
         if not math.isfinite(self.cfg) or self.cfg < 0:
             raise UserError(f"--cfg must be a finite number >= 0, got {self.cfg}")
         if not math.isfinite(self.eta) or self.eta < 0:
@@ -131,9 +144,9 @@ def load_model(
     """
     import torch
 
-    from sd3d.device import resolve_device, resolve_dtype
-    from sd3d.models.checkpoint import load_syncdreamer
+    from sd3d.core.device import resolve_device, resolve_dtype
     from sd3d.models.inference import prepare_for_inference
+    from sd3d.models.syncdreamer_checkpoint import load_syncdreamer
 
     path = weights_path(weights, weights_dir)
     dev = device if not isinstance(device, str) else resolve_device(device)
@@ -144,10 +157,14 @@ def load_model(
 
 
 def as_prepared(
-    image_or_prepared: Any, crop_size: int = 200, background: str = "auto", weights_dir=None
+    image_or_prepared: Any,
+    crop_size: int = 200,
+    background: str = "auto",
+    weights_dir=None,
+    max_pixels: int | None = None,
 ) -> PreparedInput:
     """A :class:`~sd3d.preprocess.PreparedInput` from a path, PIL image, (256,256,4) uint8 RGBA array
-    (already recentred) or an existing ``PreparedInput``."""
+    (already recentred) or an existing ``PreparedInput``. ``max_pixels``: the input size limit."""
     from sd3d.preprocess import PreparedInput, prepare_input, to_model_rgb
 
     if isinstance(image_or_prepared, PreparedInput):
@@ -167,7 +184,11 @@ def as_prepared(
             source=None,
         )
     return prepare_input(
-        image_or_prepared, crop_size=crop_size, background=background, weights_dir=weights_dir
+        image_or_prepared,
+        crop_size=crop_size,
+        background=background,
+        max_pixels=max_pixels,
+        weights_dir=weights_dir,
     )
 
 
@@ -188,7 +209,7 @@ def compute_dtype_for(model: SyncDreamer, dtype: str | torch.dtype = "auto") -> 
 
     import torch
 
-    from sd3d.device import resolve_dtype
+    from sd3d.core.device import resolve_dtype
     from sd3d.models.inference import HALF_DTYPES, cast_weights_
 
     device, weights = model.device, model.weight_dtype
@@ -246,15 +267,21 @@ def generate_views(
     dtype: str = "auto",
     crop_size: int = 200,
     background: str = "auto",
+    max_pixels: int | None = None,
     progress: Progress | None = None,
+    ddim_discretize: str = "uniform",
+    x_T: torch.Tensor | np.ndarray | None = None,
 ) -> list[ViewSet]:
     """Generate ``samples`` sets of the 16 SyncDreamer views for one input image.
 
     ``image_or_prepared``: a path / PIL image (preprocessed with ``crop_size`` and ``background`` as
-    ``sd3d preprocess`` does), an already recentred (256,256,4) uint8 RGBA array, or a
+    ``sd3d preprocess`` does; ``max_pixels`` is its size limit), an already recentred (256,256,4) uint8 RGBA array, or a
     ``PreparedInput``. ``model``: an already loaded model, used on its own device (``device`` then
     only matters for loading); else ``weights`` / ``weights_dir`` name the checkpoint.
-    Returns one :class:`~sd3d.io.ViewSet` per sample (RGB on white, float32 in [0, 1] holding the
+    ``ddim_discretize``: the DDIM timesteps, ``uniform`` (official default) or ``quad``.
+    ``x_T``: the initial latent noise, shape ``(samples, 16, 4, 32, 32)``, any floating dtype (used
+    as float32); it replaces the seed's draw (see the module docstring).
+    Returns one :class:`~sd3d.core.io.ViewSet` per sample (RGB on white, float32 in [0, 1] holding the
     officially quantised uint8 values / 255, the 16 target cameras).
     """
     settings = GenerationSettings(
@@ -266,16 +293,53 @@ def generate_views(
         int(samples),
         batch_view_num,
         sampler,
+        ddim_discretize,
     ).check()
-    prepared = as_prepared(image_or_prepared, crop_size, background, weights_dir)
+    if x_T is not None:  # before any loading: a wrong x_T is one error line, early
+        check_initial_noise(x_T, initial_noise_shape(settings.samples, getattr(model, "config", None)))
+    prepared = as_prepared(image_or_prepared, crop_size, background, weights_dir, max_pixels)
     if model is None:
         model = load_model(weights, weights_dir, device, dtype=dtype)
-    return run_generation(model, prepared, settings, dtype=dtype, progress=progress)
+    return run_generation(model, prepared, settings, dtype=dtype, progress=progress, x_T=x_T)
+
+
+def initial_noise_shape(samples: int, config=None) -> tuple[int, int, int, int, int]:
+    """``(samples, views, latent channels, latent size, latent size)`` of ``x_T`` for ``config``
+    (default: the official one)."""
+    from sd3d.models.configs import SyncDreamerConfig
+
+    cfg = SyncDreamerConfig() if config is None else config
+    return (samples, cfg.view_num, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
+
+
+def check_initial_noise(x_T: Any, shape: tuple[int, ...]) -> torch.Tensor:
+    """``x_T`` as a float32 CPU-or-device tensor, or one :class:`UserError` line if it cannot be one.
+
+    Accepts a torch tensor or numpy array of ``shape`` with a floating dtype and finite values.
+    """
+    import torch
+
+    if isinstance(x_T, np.ndarray):
+        if x_T.dtype.kind != "f":
+            raise UserError(f"x_T must hold floating-point values, got a numpy {x_T.dtype} array")
+        x_T = torch.from_numpy(np.ascontiguousarray(x_T))
+    if not isinstance(x_T, torch.Tensor):
+        raise UserError(f"x_T must be a torch tensor or numpy array, got {type(x_T).__name__}")
+    if not x_T.is_floating_point():
+        raise UserError(f"x_T must hold floating-point values, got {str(x_T.dtype).removeprefix('torch.')}")
+    if tuple(x_T.shape) != tuple(shape):
+        raise UserError(
+            f"x_T must have shape {tuple(shape)} (samples, views, latent channels, latent size, latent "
+            f"size), got {tuple(x_T.shape)}"
+        )
+    if not bool(torch.isfinite(x_T).all()):
+        raise UserError("x_T holds NaN or infinite values")
+    return x_T.detach().to(torch.float32)
 
 
 @dataclass(frozen=True)
 class Generation:
-    """What one run made, before it becomes :class:`~sd3d.io.ViewSet` objects.
+    """What one run made, before it becomes :class:`~sd3d.core.io.ViewSet` objects.
 
     ``latents``: (B, N, 4, h, w) float32 final latents on the model's device (the benchmark compares
     them across precisions); ``views_u8``: (B, N, H, W, 3) officially quantised views; ``record``:
@@ -296,10 +360,11 @@ def run_generation(
     *,
     cuda_graph: bool | None = None,
     use_compile: bool = False,
+    x_T: torch.Tensor | np.ndarray | None = None,
 ) -> list[ViewSet]:
     """:func:`generate_views` with a loaded model and a prepared input (on the model's device)."""
     result = sample_views(
-        model, prepared, settings, dtype, progress, cuda_graph=cuda_graph, use_compile=use_compile
+        model, prepared, settings, dtype, progress, cuda_graph=cuda_graph, use_compile=use_compile, x_T=x_T
     )
     cameras = cam.target_cameras(size=model.config.image_size)
     return [
@@ -324,20 +389,22 @@ def sample_views(
     *,
     cuda_graph: bool | None = None,
     use_compile: bool = False,
+    x_T: torch.Tensor | np.ndarray | None = None,
 ) -> Generation:
     """Conditioning, the sampling loop and decoding; ``cuda_graph`` (None: on CUDA) replays the steps
-    from a CUDA graph; ``use_compile`` compiles the per-step networks first (once per model)."""
+    from a CUDA graph; ``use_compile`` compiles the per-step networks first (once per model);
+    ``x_T`` (checked by :func:`check_initial_noise`) replaces the seed's initial noise."""
     import torch
 
-    from sd3d.device import make_generator
+    from sd3d.core.device import make_generator
     from sd3d.models.inference import choose_decode_batch
-    from sd3d.sampling.ddim import ddim_sample, ddim_tables
     from sd3d.sampling.schedule import scaled_linear_schedule
 
     settings.check()
     device = model.device
-    compute_dtype = compute_dtype_for(model, dtype)
     B, N = settings.samples, model.config.view_num
+    given_x_T = None if x_T is None else check_initial_noise(x_T, initial_noise_shape(B, model.config))
+    compute_dtype = compute_dtype_for(model, dtype)
     bvn = settings.batch_view_num or default_batch_view_num(device, compute_dtype, B)
     use_graph = device.type == "cuda" and cuda_graph is not False
     if use_compile:
@@ -356,21 +423,18 @@ def sample_views(
         cond = model.condition(image, [settings.elevation_deg] * B, generator=generator)
         shape = (B, N, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
         x_T = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+        if given_x_T is not None:  # drawn anyway: the per-step noise stays the seed's
+            x_T = given_x_T.to(device)
 
         def step(x: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
             return model.predict_eps(x, t, cond, settings.cfg, bvn).float()
 
         eps_fn = _graphed(step, device) if use_graph else (lambda x, t, index: step(x, t))
         schedule = scaled_linear_schedule(cfg.num_timesteps, cfg.linear_start, cfg.linear_end)
-        if settings.sampler == "ddim":
-            tables = ddim_tables(schedule, settings.steps, settings.eta)
-            latents = ddim_sample(eps_fn, x_T, tables, generator=generator, progress=progress)
-        else:
-            from sd3d.sampling.diffusers_samplers import diffusers_sample
-
-            latents = diffusers_sample(
-                settings.sampler, eps_fn, x_T, schedule, settings.steps, progress=progress
-            )
+        sampler = make_sampler(
+            settings.sampler, schedule, settings.steps, eta=settings.eta, discretize=settings.ddim_discretize
+        )
+        latents = sampler(eps_fn, x_T, generator=generator, progress=progress)
         use_graph = use_graph and not getattr(eps_fn, "failed", False)  # a failed capture ran eagerly
         del eps_fn  # frees a CUDA graph and its memory pool before decoding
         # The decoder is ~10 TFLOP for 16 views: half precision on CUDA. On CPU autocast buys it
@@ -398,8 +462,11 @@ def sample_views(
         "device": str(device),
         "cuda_graph": use_graph,
         "compiled": model.step_modules_compiled,
+        "x_T": "seed" if given_x_T is None else "given",
         "seconds": round(elapsed, 2),
         "input": str(prepared.source) if prepared.source is not None else None,
+        "background": prepared.background,
+        "background_note": prepared.background_note,
     }
     return Generation(latents=latents, views_u8=views_u8, record=record)
 
@@ -415,7 +482,7 @@ def _graphed(step, device):
 # --------------------------------------------------------------------------------------------------
 def check_output_folder(path: str | os.PathLike) -> Path:
     """Refuse an unusable output folder early, creating nothing (the write itself is atomic)."""
-    from sd3d.errors import OutputPathError
+    from sd3d.core.errors import OutputPathError
 
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -435,7 +502,7 @@ def _views_u8(views: ViewSet) -> list[np.ndarray]:
 def _write_one(folder: Path, views: ViewSet, input_rgba: np.ndarray | None) -> None:
     from PIL import Image
 
-    from sd3d.io import write_views_into
+    from sd3d.core.io import write_views_into
 
     extra = {
         "input_elevation_deg": views.input_elevation_deg,
@@ -449,24 +516,35 @@ def _write_one(folder: Path, views: ViewSet, input_rgba: np.ndarray | None) -> N
 
 
 def write_generated(
-    out_dir: str | os.PathLike, views: Sequence[ViewSet], input_rgba: np.ndarray | None
+    out_dir: str | os.PathLike,
+    views: Sequence[ViewSet],
+    input_rgba: np.ndarray | None,
+    chosen: int | None = None,
 ) -> Path:
     """Write the views folder atomically (the whole folder appears, or nothing).
 
     One sample: ``000.png .. 015.png``, ``grid.png``, ``cameras.json``, ``transforms.json``,
     ``input.png``. Several: one such folder per sample (``sample-0/``, ...) plus ``input.png`` and
-    ``contact.png`` (one row of 16 views per sample) at the top.
+    ``contact.png`` (one row of 16 views per sample) at the top. With ``chosen`` (the sample
+    ``sd3d run`` kept), that sample is written at the top instead of in its own sub-folder, so
+    the folder is a views folder ``sd3d reconstruct`` reads as is; ``cameras.json`` records which
+    sample it is, and the others stay beside it as ``sample-<i>/``.
     """
     from PIL import Image
 
-    from sd3d.io import atomic_dir, contact_sheet
+    from sd3d.core.io import atomic_dir, contact_sheet
 
     out_dir = Path(out_dir)
+    if chosen is not None and not 0 <= chosen < len(views):
+        raise ValueError(f"chosen sample {chosen} is not one of the {len(views)} samples")
     with atomic_dir(out_dir) as tmp:
         if len(views) == 1:
             _write_one(tmp, views[0], input_rgba)
         else:
             for i, v in enumerate(views):
+                if i == chosen:
+                    _write_one(tmp, v, input_rgba)
+                    continue
                 sub = tmp / f"sample-{i}"
                 sub.mkdir()
                 _write_one(sub, v, input_rgba)

@@ -27,9 +27,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sd3d import cameras as cam
-from sd3d.errors import InputImageError, UserError, ViewsFolderError
-from sd3d.progress import Progress, resolve
+from recon.hull import hull_mesh, visual_hull
+from recon.masks import view_masks
+from recon.raster import render_silhouettes
+from sd3d import DEFAULT_SEED
+from sd3d.core import cameras as cam
+from sd3d.core.errors import InputImageError, UserError, ViewsFolderError
+from sd3d.core.progress import Progress, resolve
 
 ELEVATION_RANGE_DEG = (-20.0, 60.0)
 FRAME_SIZE = 96  # side of the normalised comparison frame, pixels
@@ -56,92 +60,6 @@ class ElevationEstimate:
             "seconds": self.seconds,
             "curve": [{"elevation_deg": e, "score": s} for e, s in self.curve],
         }
-
-
-# ------------------------------------------------------------------------------------------------
-# masks
-# ------------------------------------------------------------------------------------------------
-
-
-def mask_from_views_images(images: np.ndarray, threshold: float = 0.96) -> np.ndarray:
-    """Masks (N, H, W) of RGB views on white without alpha: not-white pixels, largest component."""
-    from scipy import ndimage
-
-    masks = []
-    for im in images:
-        fg = np.asarray(im).min(axis=-1) < threshold
-        labels, n = ndimage.label(fg)
-        if n > 1:
-            sizes = ndimage.sum(fg, labels, index=np.arange(1, n + 1))
-            fg = labels == (1 + int(np.argmax(sizes)))
-        masks.append(fg.astype(np.float32))
-    return np.stack(masks)
-
-
-def view_masks(views) -> np.ndarray:
-    """(N, H, W) float masks of a :class:`sd3d.io.ViewSet`: its alphas, else from the white background."""
-    masks = views.alphas if views.alphas is not None else mask_from_views_images(views.images)
-    for i, m in enumerate(masks):
-        if not (m > 0.5).any():
-            raise ViewsFolderError(f"view {i:03d} has an empty mask: cannot carve a visual hull")
-    return masks
-
-
-# ------------------------------------------------------------------------------------------------
-# visual hull
-# ------------------------------------------------------------------------------------------------
-
-
-def carve_visual_hull(
-    masks: np.ndarray,
-    cameras: list[cam.Camera],
-    resolution: int = 96,
-    bound: float = 0.6,
-    threshold: float = 0.5,
-) -> np.ndarray:
-    """Occupancy (r, r, r) ``[ix, iy, iz]`` of the voxel centres over ``[-bound, bound]^3`` that
-    project inside every mask (``mask > threshold`` at the pixel containing the projection)."""
-    xs = (-bound + (np.arange(resolution) + 0.5) * (2.0 * bound / resolution)).astype(np.float32)
-    gx, gy, gz = np.meshgrid(xs, xs, xs, indexing="ij")
-    points = np.stack([gx.ravel(), gy.ravel(), gz.ravel(), np.ones_like(gx.ravel())], 1)
-    alive = np.ones(len(points), bool)
-    for mask, camera in zip(masks, cameras, strict=True):
-        idx = np.nonzero(alive)[0]
-        # float32 projection (the carve's cost): pixel indices of voxel centres need no more
-        uvz = points[idx] @ (camera.K @ np.asarray(camera.w2c)).T.astype(np.float32)
-        z = uvz[:, 2]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            i = np.floor(uvz[:, 0] / z)
-            j = np.floor(uvz[:, 1] / z)
-        h, w = mask.shape
-        ok = (z > 0) & (i >= 0) & (i < w) & (j >= 0) & (j < h)
-        inside = np.zeros(len(idx), bool)
-        inside[ok] = mask[j[ok].astype(np.int64), i[ok].astype(np.int64)] > threshold
-        alive[idx[~inside]] = False
-    return alive.reshape(resolution, resolution, resolution)
-
-
-def hull_mesh(
-    occupancy: np.ndarray, bound: float = 0.6, max_faces: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Marching-cubes surface (vertices (V, 3) world, faces (F, 3)) of a voxel occupancy.
-
-    ``max_faces``: decimate (quadric edge collapse) to about that many faces. The voxel staircase
-    carries many faces and no shape a silhouette comparison can use, and rasterising is the
-    estimate's main cost, so the search renders a decimated hull."""
-    import mcubes
-
-    r = occupancy.shape[0]
-    step = 2.0 * bound / r
-    verts, faces = mcubes.marching_cubes(np.pad(occupancy, 1).astype(np.float32), 0.5)
-    verts = (verts - 1.0) * step + (-bound + 0.5 * step)
-    if max_faces is not None and len(faces) > max_faces:
-        import fast_simplification
-
-        verts, faces = fast_simplification.simplify(
-            verts.astype(np.float32), faces.astype(np.int32), target_reduction=1.0 - max_faces / len(faces)
-        )
-    return np.asarray(verts, np.float64), np.asarray(faces, np.int64)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -215,13 +133,11 @@ def estimate_elevation(
     candidate's neighbours at the previous step, then a parabola through the best and its
     neighbours at the last step.
     """
-    from recon.raster import render_silhouettes
-
     start = time.perf_counter()
     lo, hi = elevation_range
     if not lo < hi:
         raise UserError(f"empty elevation range {lo}..{hi}")
-    masks = view_masks(views)
+    masks, _ = view_masks(views)
     distance = float(
         np.mean([c.distance if c.distance is not None else np.linalg.norm(c.center) for c in views.cameras])
     )
@@ -231,7 +147,7 @@ def estimate_elevation(
     coarse = list(np.arange(lo, hi + 1e-9, steps[0]))
     refine_counts = [max(0, 2 * int(round(a / b)) - 2) for a, b in zip(steps, steps[1:], strict=False)]
     with resolve(progress).task("elevation", 1 + len(coarse) + sum(refine_counts)) as advance:
-        occupancy = carve_visual_hull(masks, views.cameras, resolution=hull_resolution)
+        occupancy = visual_hull(masks, views.cameras, hull_resolution).numpy()
         if not occupancy.any():
             raise ViewsFolderError("the views' masks do not agree on any volume: is cameras.json right?")
         verts, faces = hull_mesh(occupancy, max_faces=hull_faces)
@@ -279,14 +195,16 @@ def _parabola_peak(best: float, step: float, scores: dict[float, float]) -> floa
     return best + 0.5 * step * (left - right) / denom
 
 
-def generate_views_for_estimation(prepared_input, seed: int = 0, weights_dir=None, device: str = "auto"):
+def generate_views_for_estimation(
+    prepared_input, seed: int = DEFAULT_SEED, weights_dir=None, device: str = "auto"
+):
     """Make the 16 target views to estimate the elevation from, with the generator.
 
     The views are generated for an input elevation of 30 deg (the middle of the model's training
     range); the silhouettes of the generated views carry the object's shape, which is what the
     render-and-compare needs. ``sd3d run`` regenerates at the estimate when it differs.
     """
-    from sd3d.pipeline import generate_views
+    from sd3d.pipelines.syncdreamer import generate_views
 
     return generate_views(
         prepared_input, weights_dir=weights_dir, elevation_deg=30.0, seed=seed, device=device

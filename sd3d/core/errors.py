@@ -2,7 +2,8 @@
 
 Everything a user can get wrong (bad file, missing weights, impossible option) raises a subclass of
 :class:`UserError` with a one-line message. The CLI maps these to exit code 2 and prints only that
-line (``--debug`` shows the traceback); anything else is a bug and keeps its traceback.
+line (``--debug`` shows the traceback); anything else is a bug and keeps its traceback. Something
+odd that does not stop the work is a warning (:class:`WeightsWarning`), shown as one ``warning:`` line.
 """
 
 from __future__ import annotations
@@ -32,3 +33,7 @@ class MissingDependencyError(UserError):
 
 class OutputPathError(UserError):
     """The output location cannot be written."""
+
+
+class WeightsWarning(UserWarning):
+    """A checkpoint loads, but holds values that inference ignores and that differ from the official ones."""

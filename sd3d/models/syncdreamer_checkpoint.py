@@ -7,12 +7,15 @@ official checkpoint (``reference/syncdreamer-state-dict-keys.json``, 1618 entrie
 * ignored: CLIP's text-side leftovers, kept by the official code after ``del model.transformer``
   but never used by the image encoder (:data:`IGNORED_KEYS`, 6 keys);
 * checked: the schedule and camera buffers (:data:`CHECKED_BUFFER_KEYS`, 10 keys). We recompute
-  them (``sd3d.sampling.schedule``, ``sd3d.cameras``) and require the checkpoint's copies to agree,
-  so a checkpoint trained with another schedule or camera rig is refused instead of silently
-  producing wrong views.
+  them (``sd3d.sampling.schedule``, ``sd3d.core.cameras``) and never load them; their copies are judged
+  by :mod:`sd3d.models.buffers`. Those inference relies on (:data:`USED_BUFFER_KEYS`: ``betas``,
+  read by the DPM-Solver++/UniPC samplers, ``alphas_cumprod``, read by DDIM, and the cameras
+  ``poses``, ``Ks``, ``azimuth``) must agree, so a checkpoint trained with another schedule or camera
+  rig is refused instead of silently producing wrong views; the training-only tables (``alphas``,
+  ``sqrt_*``, ``posterior_*``) never make a load fail: a disagreement is a warning.
 
 Ignored and checked keys may be absent (a converted copy may drop them); a missing parameter, an
-unexpected key or a shape mismatch is a :class:`~sd3d.errors.WeightsError` naming the key.
+unexpected key or a shape mismatch is a :class:`~sd3d.core.errors.WeightsError` naming the key.
 
 Loading builds the model on the ``meta`` device (no random initialisation of 1.39 G parameters) and
 assigns the checkpoint tensors directly, so a memory-mapped checkpoint is never copied on the CPU.
@@ -32,7 +35,8 @@ from pathlib import Path
 
 import torch
 
-from sd3d.errors import WeightsError
+from sd3d.core.errors import WeightsError
+from sd3d.models.buffers import BufferRule, check_buffers
 from sd3d.models.clip import text_leftover_shapes
 from sd3d.models.configs import SyncDreamerConfig
 from sd3d.models.syncdreamer import SyncDreamer, camera_buffers
@@ -49,11 +53,12 @@ SCHEDULE_BUFFER_KEYS = (
 )
 CAMERA_BUFFER_KEYS = ("poses", "Ks", "azimuth")
 CHECKED_BUFFER_KEYS = SCHEDULE_BUFFER_KEYS + CAMERA_BUFFER_KEYS
+USED_BUFFER_KEYS = ("betas", "alphas_cumprod") + CAMERA_BUFFER_KEYS
 CLIP_PREFIX = "clip_image_encoder.model."
 IGNORED_KEYS = tuple(CLIP_PREFIX + k for k in text_leftover_shapes(SyncDreamerConfig().clip))
 
-# Checkpoint buffers must match our recomputation within these (atol, rtol): the schedule is the
-# same float32 arithmetic; the official poses are Blender float32 values (1.5e-7 off the formula).
+# Checkpoint buffers are compared with our recomputation within these (atol, rtol): the schedule is
+# the same float32 arithmetic; the official poses are Blender float32 values (1.5e-7 off the formula).
 _BUFFER_TOLERANCE = {"schedule": (1e-6, 1e-5), "camera": (1e-5, 0.0)}
 
 
@@ -63,17 +68,13 @@ def reference_buffers(config: SyncDreamerConfig) -> dict[str, torch.Tensor]:
     return {**schedule.buffers(), **camera_buffers(config)}
 
 
-def _buffer_matches(value: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float) -> bool:
-    """``value`` equals ``ref`` within (atol, rtol), widened to 2 ulps of a half-precision copy's dtype
-    (``sd3d weights convert --dtype fp16/bf16`` rounds the buffers too)."""
-    value = value.detach().to("cpu")
-    if not value.is_floating_point():
-        return False
-    if torch.finfo(value.dtype).bits < 32:
-        eps = torch.finfo(value.dtype).eps
-        rtol = max(rtol, 2 * eps)
-        atol = max(atol, 2 * eps * float(ref.abs().max()))
-    return torch.allclose(value.double(), ref.double(), atol=atol, rtol=rtol)
+def buffer_rules(config: SyncDreamerConfig) -> dict[str, BufferRule]:
+    """How each of the 10 buffers of a checkpoint is judged (see :mod:`sd3d.models.buffers`)."""
+    rules = {}
+    for key, ref in reference_buffers(config).items():
+        kind = "schedule" if key in SCHEDULE_BUFFER_KEYS else "camera"
+        rules[key] = BufferRule(ref, key in USED_BUFFER_KEYS, *_BUFFER_TOLERANCE[kind], kind)
+    return rules
 
 
 def build_meta_model(config: SyncDreamerConfig) -> SyncDreamer:
@@ -148,7 +149,8 @@ def split_state_dict(
     """Validate an official-layout state dict; return only the tensors the model consumes.
 
     Raises :class:`WeightsError` naming the first missing, unexpected or mis-shaped key, or the first
-    checked buffer that disagrees with our recomputation.
+    buffer inference relies on that disagrees with our recomputation; unused buffers that disagree
+    are one :class:`~sd3d.core.errors.WeightsWarning`.
     """
     return {k: state_dict[k] for k in consumed_keys(state_dict, config, source, model)}
 
@@ -163,11 +165,11 @@ def consumed_keys(
     model = build_meta_model(config) if model is None else model
     params = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
     ignored = {CLIP_PREFIX + k for k in text_leftover_shapes(config.clip)}
-    buffers = reference_buffers(config)
+    rules = buffer_rules(config)
     where = _describe(source)
 
     for key in state_dict:
-        if key not in params and key not in ignored and key not in buffers:
+        if key not in params and key not in ignored and key not in rules:
             raise WeightsError(f"unexpected key {key!r}{where}: not a SyncDreamer checkpoint for this model")
     for key, shape in params.items():
         if key not in state_dict:
@@ -175,21 +177,7 @@ def consumed_keys(
         got = _shape(state_dict, key)
         if got != shape:
             raise WeightsError(f"key {key!r}{where} has shape {list(got)}, expected {list(shape)}")
-    for key, ref in buffers.items():
-        if key not in state_dict:
-            continue
-        value = state_dict[key]
-        if tuple(value.shape) != tuple(ref.shape):
-            raise WeightsError(
-                f"key {key!r}{where} has shape {list(value.shape)}, expected {list(ref.shape)}"
-            )
-        kind = "schedule" if key in SCHEDULE_BUFFER_KEYS else "camera"
-        if not _buffer_matches(value, ref, *_BUFFER_TOLERANCE[kind]):
-            err = (value.detach().to("cpu", torch.float64) - ref.double()).abs().max().item()
-            raise WeightsError(
-                f"buffer {key!r}{where} differs from the SyncDreamer {kind} values (max abs diff "
-                f"{err:.3g}): not an official SyncDreamer checkpoint"
-            )
+    check_buffers(state_dict, rules, "SyncDreamer", source)
     return list(params)
 
 

@@ -1,0 +1,1 @@
+"""Generation pipelines: load a model, sample views, write them. One module per model family."""

@@ -1,0 +1,631 @@
+"""The one-shot pipeline behind ``sd3d run`` and ``sd3d batch``.
+
+photo -> prepared input -> elevation (estimated unless given) -> 16 views (best of ``samples`` by
+silhouette consistency) -> NeuS reconstruction -> textured mesh (+ other formats) -> turntable
+preview -> ``report.json``.
+
+Everything is written into a temporary folder that replaces the output folder only when every stage
+succeeded, so a failure or Ctrl-C leaves no half-written result, and ``report.json`` existing means
+the run finished (``make batch`` relies on that to skip finished images). The weights are checked
+before any work, so a machine without the checkpoint fails at once with the one-line instruction.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sd3d.core.errors import UserError
+from sd3d.core.progress import Progress, resolve
+from sd3d.workflows.storage import IMAGE_SUFFIXES
+
+PREVIEW_FORMATS = ("mp4", "gif", "none")
+MESH_FORMATS = ("glb", "obj", "ply")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Every option of the chained stages (defaults: the official generator, the standard preset).
+
+    ``elevation_deg=None`` estimates the input elevation: generate at 30 deg (the middle of the
+    model's training range), estimate from those views, and regenerate once at the estimate when it
+    differs by more than ``regenerate_threshold_deg``. ``max_pixels``: the input photo's size limit
+    (``None``: :data:`sd3d.core.io.DEFAULT_MAX_PIXELS`).
+    """
+
+    elevation_deg: float | None = None
+    crop_size: int = 200
+    background: str = "auto"
+    max_pixels: int | None = None
+    steps: int = 50
+    cfg: float = 2.0
+    eta: float = 1.0
+    seed: int = 6033
+    samples: int = 1
+    sampler: str = "ddim"
+    batch_view_num: int | None = None
+    quality: str = "auto"
+    recon_steps: int | None = None
+    faces: int | None = None
+    formats: tuple[str, ...] = ("glb",)
+    preview: str = "mp4"
+    preview_frames: int = 72
+    preview_fps: int = 24
+    device: str = "auto"
+    dtype: str = "auto"
+    regenerate_threshold_deg: float = 2.5
+
+    def check(self) -> RunSettings:
+        from sd3d.core.io import check_max_pixels
+
+        check_max_pixels(self.max_pixels)
+        bad = [f for f in self.formats if f not in MESH_FORMATS]
+        if bad:
+            raise UserError(f"unknown mesh format {bad[0]!r}: choose from {', '.join(MESH_FORMATS)}")
+        if self.preview not in PREVIEW_FORMATS:
+            raise UserError(f"unknown preview {self.preview!r}: choose mp4, gif or none")
+        if self.samples < 1:
+            raise UserError("--samples must be >= 1")
+        if self.preview_frames < 1 or self.preview_fps < 1:
+            raise UserError("preview frames and fps must be >= 1")
+        formats = tuple(dict.fromkeys(("glb", *self.formats)))  # the GLB is always written
+        return replace(self, formats=formats)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What ``run_photo`` wrote: the output folder, the report (as written) and the file list."""
+
+    out_dir: Path
+    report: dict[str, Any]
+    files: tuple[str, ...] = field(default_factory=tuple)
+
+
+class StageTimer:
+    """Wall time per stage, in the order they ran (``with timer(name): ...``; repeats add up)."""
+
+    def __init__(self, seconds: dict[str, float] | None = None) -> None:
+        self.seconds: dict[str, float] = dict(seconds or {})
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("sd3d", "torch", "numpy", "pillow", "trimesh", "pymcubes", "xatlas", "diffusers"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def check_run_output(out_dir: str | os.PathLike) -> Path:
+    """Refuse an output path that cannot become a folder, creating nothing."""
+    from sd3d.pipelines.syncdreamer import check_output_folder
+
+    return check_output_folder(out_dir)
+
+
+# --------------------------------------------------------------------------------------------------
+# stages: the per-image chain, one function per step, shared by `run_photo` and the Ray engine
+# (which runs each one as its own task: GPU steps in the model-holding workers, the others on CPUs)
+# --------------------------------------------------------------------------------------------------
+ELEVATION_GUESS_DEG = 30.0  # the middle of the model's training range
+
+
+@dataclass(frozen=True)
+class ElevationChoice:
+    """The elevation to generate at, its record for the report, and whether the views generated at
+    the first guess must be regenerated at it."""
+
+    elevation_deg: float
+    record: dict[str, Any]
+    regenerate: bool
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """A trained field and its extracted surface: what the export step needs.
+
+    Extracting the surface (the SDF queried on a grid) belongs with the training on the fast device;
+    what follows (UV unwrap, baking, writing, the preview) can run elsewhere: :meth:`to_cpu` makes
+    a copy that any process can use without the device or the occupancy grid.
+    """
+
+    result: Any  # recon.pipeline.ReconResult
+    surface: Any  # recon.mesh.Mesh
+
+    def to_cpu(self) -> Reconstruction:
+        import torch
+
+        field_cpu = self.result.field.to("cpu")
+        return Reconstruction(
+            replace(self.result, field=field_cpu, grid=None, device=torch.device("cpu")), self.surface
+        )
+
+
+def first_elevation(settings: RunSettings) -> float:
+    """Where the first generation runs: the given elevation, else the guess that estimation starts from."""
+    return ELEVATION_GUESS_DEG if settings.elevation_deg is None else float(settings.elevation_deg)
+
+
+def prepare_photo(source, settings: RunSettings, weights_dir: str | os.PathLike | None = None):
+    """Read ``source`` and recentre the object (:func:`sd3d.preprocess.prepare_input`)."""
+    from sd3d.preprocess import prepare_input
+
+    return prepare_input(
+        source,
+        crop_size=settings.crop_size,
+        background=settings.background,
+        max_pixels=settings.max_pixels,
+        weights_dir=weights_dir,
+    )
+
+
+def generate_at(model, prepared, settings: RunSettings, elevation_deg: float, progress=None) -> list:
+    """``settings.samples`` view sets (:class:`~sd3d.core.io.ViewSet`) for ``prepared`` at ``elevation_deg``."""
+    from sd3d.pipelines.syncdreamer import GenerationSettings, run_generation
+
+    gen = GenerationSettings(
+        float(elevation_deg),
+        settings.steps,
+        settings.cfg,
+        settings.eta,
+        settings.seed,
+        settings.samples,
+        settings.batch_view_num,
+        settings.sampler,
+    )
+    return run_generation(model, prepared, gen, dtype=settings.dtype, progress=progress)
+
+
+def choose_elevation(prepared, views: list, settings: RunSettings) -> ElevationChoice:
+    """The given elevation, or the one estimated from the views generated at the first guess."""
+    if settings.elevation_deg is not None:
+        elevation = float(settings.elevation_deg)
+        return ElevationChoice(elevation, {"source": "given", "elevation_deg": elevation}, False)
+    from sd3d.workflows.elevation import estimate_elevation
+
+    guess = ELEVATION_GUESS_DEG
+    estimate = estimate_elevation(prepared.rgba[..., 3].astype(np.float32) / 255.0, views[0])
+    elevation = float(np.clip(estimate.elevation_deg, -10.0, 40.0))  # the model's trained range
+    regenerate = abs(elevation - guess) > settings.regenerate_threshold_deg
+    record = {
+        "source": "estimated",
+        "elevation_deg": elevation,
+        "raw_estimate_deg": estimate.elevation_deg,
+        "score": estimate.score,
+        "first_guess_deg": guess,
+        "regenerated": regenerate,
+        "curve": [{"elevation_deg": e, "score": s} for e, s in estimate.curve],
+    }
+    return ElevationChoice(elevation, record, regenerate)
+
+
+def rank_samples(views: list) -> tuple[int, list[float]]:
+    """The most consistent sample (silhouette agreement with the visual hull) and every score."""
+    if len(views) == 1:
+        return 0, []
+    from sd3d.workflows.ranking import silhouette_consistency
+
+    scores = [silhouette_consistency(v).score for v in views]
+    return int(np.argmax(scores)), scores
+
+
+def reconstruct_views(
+    views, settings: RunSettings, device, progress: Progress | None = None
+) -> Reconstruction:
+    """Train the field on one view set and extract its surface, on ``device``."""
+    from recon.pipeline import extract_surface, reconstruct
+
+    result = reconstruct(
+        views,
+        quality=settings.quality,
+        steps=settings.recon_steps,
+        seed=settings.seed,
+        device=device,
+        progress=progress,
+    )
+    start = time.perf_counter()
+    surface = extract_surface(result)
+    timings = {**result.timings, "extract": time.perf_counter() - start}
+    return Reconstruction(replace(result, timings=timings), surface)
+
+
+def write_run_folder(
+    folder: Path,
+    *,
+    source,
+    settings: RunSettings,
+    prepared,
+    views: list,
+    chosen: int,
+    sample_scores: list[float],
+    elevation_record: dict[str, Any],
+    recon: Reconstruction,
+    stages: StageTimer,
+    device,
+    model_device: str | None = None,
+    peak_gpu_memory: Callable[[], int | None] = lambda: None,
+    progress: Progress | None = None,
+    note: Callable[[str], None] = lambda name: None,
+) -> dict[str, Any]:
+    """Write a finished run into ``folder`` (a temporary folder the caller commits): ``input.png``,
+    ``views/``, the meshes, the preview and, last, ``report.json``; returns the report.
+
+    ``device`` renders the preview; ``model_device`` is the one generation and training ran on,
+    for the report, when that was another process's (default: ``device``).
+    """
+    from PIL import Image
+
+    from recon.pipeline import export_mesh
+    from sd3d.core.io import write_json_atomic
+    from sd3d.pipelines.syncdreamer import write_generated
+
+    Image.fromarray(np.ascontiguousarray(prepared.rgba), "RGBA").save(folder / "input.png")
+    write_generated(folder / "views", views, prepared.rgba, chosen=chosen if len(views) > 1 else None)
+    result = recon.result
+    exports = {}
+    note("export")
+    with stages("export"):
+        for fmt in settings.formats:
+            exp = export_mesh(
+                result, folder / f"mesh.{fmt}", faces=settings.faces, surface=recon.surface, progress=progress
+            )
+            exports[fmt] = {
+                "files": [p.name for p in exp.paths],
+                "vertices": exp.num_vertices,
+                "faces": exp.num_faces,
+                "textured": exp.textured,
+                "fallback_reason": exp.fallback_reason,
+                "seconds": {k: round(v, 3) for k, v in exp.timings.items()},
+            }
+    preview_file = None
+    if settings.preview != "none":
+        note("preview")
+        with stages("preview"):
+            preview_file = write_turntable(
+                folder / "mesh.glb",
+                folder / f"preview.{settings.preview}",
+                frames=settings.preview_frames,
+                fps=settings.preview_fps,
+                device=device,
+                progress=progress,
+            )
+    report = {
+        "input": str(source),
+        "outputs": sorted(p.name for p in folder.iterdir()) + ["report.json"],
+        "settings": {**asdict(settings), "formats": list(settings.formats)},
+        "seed": settings.seed,
+        "elevation": elevation_record,
+        "samples": {
+            "count": len(views),
+            "chosen": chosen,
+            "consistency_metric": "silhouette IoU of each view vs the reprojected visual hull (mean)",
+            "consistency_scores": sample_scores,
+            "folders": ["views" if i == chosen else f"views/sample-{i}" for i in range(len(views))],
+        },
+        "preprocess": {
+            "background": prepared.background,
+            "background_note": prepared.background_note,
+            "crop_box": list(prepared.crop_box),
+            "warnings": list(prepared.warnings),
+        },
+        "generation": {k: v for k, v in views[chosen].provenance.items() if k != "sample"},
+        "reconstruction": {
+            "preset": result.preset.name,
+            "final_loss": result.final_loss,
+            "mask_source": result.mask_source,
+            "seconds": {k: round(v, 3) for k, v in result.timings.items()},
+        },
+        "exports": exports,
+        "preview": preview_file.name if preview_file else None,
+        "stage_seconds": stages.seconds,
+        "total_seconds": round(sum(stages.seconds.values()), 3),
+        "device": model_device or str(device),
+        "peak_gpu_memory_bytes": peak_gpu_memory(),
+        "versions": _versions(),
+    }
+    write_json_atomic(folder / "report.json", report)
+    return report
+
+
+def run_photo(
+    source: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    settings: RunSettings | None = None,
+    *,
+    weights: str | os.PathLike | None = None,
+    weights_dir: str | os.PathLike | None = None,
+    model=None,
+    progress: Progress | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Photo -> ``out_dir`` with ``input.png``, ``views/``, ``mesh.glb`` (+ formats), the preview and
+    ``report.json``. ``model``: an already loaded SyncDreamer (``sd3d batch`` loads it once)."""
+    from sd3d.pipelines.syncdreamer import load_model, weights_path
+
+    settings = (settings or RunSettings()).check()
+    out_dir = check_run_output(out_dir)
+    progress = resolve(progress)
+    stages = StageTimer()
+    note = on_stage or (lambda name: None)
+    if model is None:
+        weights_file = weights_path(weights, weights_dir)  # fail before any work without weights
+    else:
+        weights_file = None
+
+    note("preprocess")
+    with stages("preprocess"):
+        prepared = prepare_photo(source, settings, weights_dir)
+    note("load model")
+    with stages("load_model"):
+        if model is None:
+            model = load_model(weights_file, None, settings.device, dtype=settings.dtype)
+    generated = generate_run_views(model, prepared, settings, stages=stages, progress=progress, note=note)
+    return finish_run(
+        out_dir,
+        source=source,
+        settings=settings,
+        prepared=prepared,
+        generated=generated,
+        stages=stages,
+        device=model.device,
+        progress=progress,
+        note=note,
+    )
+
+
+@dataclass(frozen=True)
+class RunViews:
+    """The generation half of a run: every sample's view sets, the one kept, the consistency
+    scores that chose it and how the elevation was chosen."""
+
+    views: tuple  # ViewSet per sample
+    chosen: int
+    sample_scores: tuple[float, ...]
+    elevation: ElevationChoice
+
+    @property
+    def best(self):
+        return self.views[self.chosen]
+
+
+def generate_run_views(
+    model,
+    prepared,
+    settings: RunSettings,
+    *,
+    stages: StageTimer,
+    progress: Progress | None = None,
+    note: Callable[[str], None] = lambda name: None,
+) -> RunViews:
+    """The views of :func:`run_photo`: generate at the first elevation, estimate it unless given,
+    regenerate once when the estimate is off, and keep the most consistent sample.
+
+    Its own function (not inlined in :func:`run_photo`) so that callers that show the views before
+    reconstructing (the web app) run the same chain; :func:`finish_run` is the other half.
+    The GPU's peak-memory count starts here, for the report."""
+    import torch
+
+    if model.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(model.device)
+    first = first_elevation(settings)
+    note("generate" if settings.elevation_deg is not None else f"generate (elevation guess {first:.0f} deg)")
+    with stages("generate"):
+        views = generate_at(model, prepared, settings, first, progress)
+    if settings.elevation_deg is None:
+        note("estimate elevation")
+    with stages("elevation") if settings.elevation_deg is None else nullcontext():
+        elevation = choose_elevation(prepared, views, settings)
+    if elevation.regenerate:
+        note(f"generate (elevation {elevation.elevation_deg:.1f} deg)")
+        with stages("generate"):
+            views = generate_at(model, prepared, settings, elevation.elevation_deg, progress)
+
+    if len(views) > 1:
+        note("rank samples")
+    with stages("rank_samples") if len(views) > 1 else nullcontext():
+        chosen, sample_scores = rank_samples(views)
+    return RunViews(tuple(views), chosen, tuple(sample_scores), elevation)
+
+
+def finish_run(
+    out_dir: str | os.PathLike,
+    *,
+    source,
+    settings: RunSettings,
+    prepared,
+    generated: RunViews,
+    stages: StageTimer,
+    device,
+    progress: Progress | None = None,
+    note: Callable[[str], None] = lambda name: None,
+) -> RunResult:
+    """The rest of :func:`run_photo` after :func:`generate_run_views`: reconstruct the kept views
+    on ``device`` and write the whole run folder, replacing ``out_dir`` only when all succeeded.
+
+    ``stages`` is the run's timer, also when generation happened in an earlier call (the web app
+    generates and reconstructs in two requests), so ``report.json`` times every stage."""
+    import torch
+
+    from sd3d.core.io import atomic_dir
+
+    settings = settings.check()
+    out_dir = check_run_output(out_dir)
+    progress = resolve(progress)
+    device = torch.device(device)
+    note("reconstruct")
+    with stages("reconstruct"):
+        recon = reconstruct_views(generated.best, settings, device, progress)
+
+    def peak() -> int | None:
+        return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+    with atomic_dir(out_dir) as tmp:
+        report = write_run_folder(
+            tmp,
+            source=source,
+            settings=settings,
+            prepared=prepared,
+            views=list(generated.views),
+            chosen=generated.chosen,
+            sample_scores=list(generated.sample_scores),
+            elevation_record=generated.elevation.record,
+            recon=recon,
+            stages=stages,
+            device=device,
+            peak_gpu_memory=peak,
+            progress=progress,
+            note=note,
+        )
+    return RunResult(out_dir=out_dir, report=report, files=tuple(report["outputs"]))
+
+
+def turntable_cameras(frames: int, elevation_deg: float = 20.0, size: int = 256):
+    """Evenly spaced cameras on an orbit around the object (degrees)."""
+    from sd3d.core import cameras as cam
+
+    return [
+        cam.orbit_camera(elevation_deg, 360.0 * i / frames, cam.TARGET_DISTANCE, size) for i in range(frames)
+    ]
+
+
+def write_turntable(
+    mesh_path: Path,
+    out_path: Path,
+    *,
+    frames: int = 72,
+    fps: int = 24,
+    size: int = 256,
+    device="cpu",
+    progress: Progress | None = None,
+) -> Path:
+    """Render ``mesh_path`` (textured) on a turntable and write an MP4 (H.264) or a GIF."""
+    from recon.raster import load_mesh, render_mesh
+
+    mesh = load_mesh(mesh_path, normalize=False)
+    renders = render_mesh(
+        mesh, turntable_cameras(frames, size=size), supersample=2, device=device, progress=progress
+    )
+    images = [np.clip(np.rint(im * 255.0), 0, 255).astype(np.uint8) for im in renders.on_white()]
+    if out_path.suffix == ".gif":
+        from PIL import Image
+
+        pil = [Image.fromarray(im) for im in images]
+        pil[0].save(out_path, save_all=True, append_images=pil[1:], duration=int(1000 / fps), loop=0)
+    else:
+        import imageio_ffmpeg
+
+        writer = imageio_ffmpeg.write_frames(
+            str(out_path), (size, size), fps=fps, codec="libx264", pix_fmt_out="yuv420p", quality=7
+        )
+        writer.send(None)
+        for im in images:
+            writer.send(np.ascontiguousarray(im))
+        writer.close()
+    return out_path
+
+
+# --------------------------------------------------------------------------------------------------
+# batch
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BatchItem:
+    """One image's outcome: ``status`` is 'done', 'skipped' (up to date) or 'failed'.
+
+    The Ray engine also records ``error_kind`` ('input': the image's own fault, a
+    :class:`~sd3d.core.errors.UserError`; 'error': any other exception; 'system': its workers kept
+    dying) and the image's ``image_mtime``, so that a re-run does not retry an unchanged bad image.
+    """
+
+    image: str
+    status: str
+    out_dir: str
+    seconds: float = 0.0
+    error: str | None = None
+    error_kind: str | None = None
+    image_mtime: float | None = None
+
+
+def list_images(in_dir: Path) -> list[Path]:
+    if not in_dir.is_dir():
+        raise UserError(f"input folder not found: {in_dir}")
+    return sorted(p for p in in_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def is_up_to_date(image: Path, out_dir: Path) -> bool:
+    """A finished run (``report.json`` exists) newer than its input image."""
+    report = out_dir / "report.json"
+    return report.exists() and report.stat().st_mtime >= image.stat().st_mtime
+
+
+def run_batch(
+    in_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    settings: RunSettings | None = None,
+    *,
+    weights: str | os.PathLike | None = None,
+    weights_dir: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+) -> list[BatchItem]:
+    """``sd3d run`` for every image of ``in_dir`` into ``out_dir/<stem>/``, loading the model once.
+
+    Resumable: images whose report is newer than the image are skipped. A failing image is recorded
+    (``out_dir/batch.json``, rewritten atomically after every image) and the others go on.
+    """
+    from sd3d.core.io import write_json_atomic
+    from sd3d.pipelines.syncdreamer import load_model, weights_path
+
+    settings = (settings or RunSettings()).check()
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    images = list_images(in_dir)
+    if not images:
+        raise UserError(f"no images (jpg, png, webp) in {in_dir}")
+    check_run_output(out_dir)
+    weights_file = weights_path(weights, weights_dir)
+    todo = [img for img in images if not is_up_to_date(img, out_dir / img.stem)]
+    model = load_model(weights_file, None, settings.device, dtype=settings.dtype) if todo else None
+    items: list[BatchItem] = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress = resolve(progress)
+    with progress.task("batch", len(images)) as advance:
+        for img in images:
+            target = out_dir / img.stem
+            if img not in todo:
+                items.append(BatchItem(img.name, "skipped", str(target)))
+            else:
+                start = time.perf_counter()
+                try:
+                    run_photo(img, target, settings, weights_dir=weights_dir, model=model)
+                    items.append(
+                        BatchItem(img.name, "done", str(target), round(time.perf_counter() - start, 2))
+                    )
+                except UserError as exc:
+                    items.append(
+                        BatchItem(
+                            img.name, "failed", str(target), round(time.perf_counter() - start, 2), str(exc)
+                        )
+                    )
+            write_json_atomic(
+                out_dir / "batch.json", {"input": str(in_dir), "items": [asdict(i) for i in items]}
+            )
+            advance(1, info=f"{img.name}: {items[-1].status}")
+    return items
