@@ -38,6 +38,7 @@ COMMAND_MODULES = (
     "cli.evaluate",
     "cli.elevation",
     "cli.run",
+    "cli.serve",
 )
 
 app = typer.Typer(

@@ -76,4 +76,4 @@ def test_every_background_option_lists_every_backend():
 
 def test_every_photo_command_takes_max_pixels():
     takes = {" ".join(path) for path, c in LEAVES for p in c.params if p.name == "max_pixels"}
-    assert takes == {"preprocess", "generate", "novel-view", "elevation", "run", "batch"}
+    assert takes == {"preprocess", "generate", "novel-view", "elevation", "run", "batch", "serve"}

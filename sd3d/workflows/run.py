@@ -416,9 +416,6 @@ def run_photo(
     Every setting, the output folder (:func:`sd3d.core.io.check_output_dir`; ``overwrite`` lets a
     non-empty folder sd3d did not write be used, none of its files replaced) and the weights are
     checked before any work."""
-    import torch
-
-    from sd3d.core.io import atomic_dir
     from sd3d.pipelines.syncdreamer import load_model, weights_path
 
     settings = (settings or RunSettings()).check()
@@ -438,10 +435,55 @@ def run_photo(
     with stages("load_model"):
         if model is None:
             model = load_model(weights_file, None, settings.device, dtype=settings.dtype)
-    device = model.device
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    generated = generate_run_views(model, prepared, settings, stages=stages, progress=progress, note=note)
+    return finish_run(
+        out_dir,
+        source=source,
+        settings=settings,
+        prepared=prepared,
+        generated=generated,
+        stages=stages,
+        device=model.device,
+        progress=progress,
+        note=note,
+        overwrite=overwrite,
+    )
 
+
+@dataclass(frozen=True)
+class RunViews:
+    """The generation half of a run: every sample's view sets, the one kept, the consistency
+    scores that chose it and how the elevation was chosen."""
+
+    views: tuple  # ViewSet per sample
+    chosen: int
+    sample_scores: tuple[float, ...]
+    elevation: ElevationChoice
+
+    @property
+    def best(self):
+        return self.views[self.chosen]
+
+
+def generate_run_views(
+    model,
+    prepared,
+    settings: RunSettings,
+    *,
+    stages: StageTimer,
+    progress: Progress | None = None,
+    note: Callable[[str], None] = lambda name: None,
+) -> RunViews:
+    """The views of :func:`run_photo`: generate at the first elevation, estimate it unless given,
+    regenerate once when the estimate is off, and keep the most consistent sample.
+
+    Its own function (not inlined in :func:`run_photo`) so that callers that show the views before
+    reconstructing (the web app) run the same chain; :func:`finish_run` is the other half.
+    The GPU's peak-memory count starts here, for the report."""
+    import torch
+
+    if model.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(model.device)
     first = first_elevation(settings)
     note("generate" if settings.elevation_deg is not None else f"generate (elevation guess {first:.0f} deg)")
     with stages("generate"):
@@ -459,10 +501,38 @@ def run_photo(
         note("rank samples")
     with stages("rank_samples") if len(views) > 1 else nullcontext():
         chosen, sample_scores = rank_samples(views)
+    return RunViews(tuple(views), chosen, tuple(sample_scores), elevation)
 
+
+def finish_run(
+    out_dir: str | os.PathLike,
+    *,
+    source,
+    settings: RunSettings,
+    prepared,
+    generated: RunViews,
+    stages: StageTimer,
+    device,
+    progress: Progress | None = None,
+    note: Callable[[str], None] = lambda name: None,
+    overwrite: bool = False,
+) -> RunResult:
+    """The rest of :func:`run_photo` after :func:`generate_run_views`: reconstruct the kept views
+    on ``device`` and write the whole run folder, replacing ``out_dir`` only when all succeeded.
+
+    ``stages`` is the run's timer, also when generation happened in an earlier call (the web app
+    generates and reconstructs in two requests), so ``report.json`` times every stage."""
+    import torch
+
+    from sd3d.core.io import atomic_dir
+
+    settings = settings.check()
+    out_dir = check_run_output(out_dir, overwrite, run_output_names(settings))
+    progress = resolve(progress)
+    device = torch.device(device)
     note("reconstruct")
     with stages("reconstruct"):
-        recon = reconstruct_views(views[chosen], settings, device, progress)
+        recon = reconstruct_views(generated.best, settings, device, progress)
 
     def peak() -> int | None:
         return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
@@ -474,10 +544,10 @@ def run_photo(
             source=source,
             settings=settings,
             prepared=prepared,
-            views=views,
-            chosen=chosen,
-            sample_scores=sample_scores,
-            elevation_record=elevation.record,
+            views=list(generated.views),
+            chosen=generated.chosen,
+            sample_scores=list(generated.sample_scores),
+            elevation_record=generated.elevation.record,
             recon=recon,
             stages=stages,
             device=device,
