@@ -1,10 +1,10 @@
-"""SyncDreamer generation benchmark (issue 7): one table from the fp32 baseline to the fast default.
+"""SyncDreamer generation benchmark: one table from the fp32 baseline to the fast default.
 
     python benchmarks/generate.py --json out.json             # CUDA: everything below (< 8 min on an H100)
     python benchmarks/generate.py --render out.json           # print the table of a saved run again
     python benchmarks/generate.py --device cpu --config tiny --steps 2 --skip-parity   # smoke test
 
-The official-size model is built once with the Appendix B synthetic weights (no checkpoint file
+The official-size model is built once with the synthetic weights of docs/reference/syncdreamer.md §7.2 (no checkpoint file
 needed), in one process. Every row is a full generation -- conditioning, 1 sample x 16 views x 50
 DDIM steps at cfg 2 (``batch_view_num`` 16), decoding -- timed from the input image to the uint8
 views with the device synchronised (median of ``--repeats`` runs after a first call, which is
@@ -17,7 +17,7 @@ reported on its own: it includes graph capture, cuDNN autotuning or compilation)
   790 TFLOP/s, the dense bf16 rate of an H100; x floor = median time / floor.
 
 Rows, cumulative unless marked (side): fp32 with TF32 off and the reference depth attention (the
-committed code before issue 7); + re-associated depth attention (exact); (side) TF32; + bf16
+code before the fast paths); + re-associated depth attention (exact); (side) TF32; + bf16
 autocast with fp32 weights (the previous bf16 path); + bf16 weights; + CUDA graph of the step;
 + channels-last UNet; + half-precision norms (= the library default on CUDA); (side) conditioning encoders offloaded;
 (side) --samples 4; (side) DDIM eta 0 and the DPM-Solver++ / UniPC 20-step samplers (dev against
@@ -562,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     _tf32(False)
     set_depth_attention_impl(model, "reference")
     bench.run(
-        "fp32, TF32 off, eager (baseline: our code before issue 7)",
+        "fp32, TF32 off, eager (baseline: our code before the fast paths)",
         dtype="fp32",
         cuda_graph=False,
         repeats=slow,

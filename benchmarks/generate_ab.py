@@ -1,4 +1,4 @@
-"""A/B of the CUDA default against its predecessor, on one GPU in one short run (issue 7).
+"""A/B of the CUDA default against its predecessor, on one GPU in one short run.
 
     python benchmarks/generate_ab.py --json out.json [--shared DIR] [--parity]
     python benchmarks/generate_ab.py --render out.json        # print the table of a saved run again

@@ -413,8 +413,8 @@ def winding_numbers_grid(
     Returns float64 (n, n, n) indexed ``[ix, iy, iz]``; see the module docstring for the method.
     Closed meshes: exact, the cost of one 2-D rasterisation of the mesh. Open meshes: the closing
     cone's solid angle is summed exactly near the cone and interpolated from a grid
-    ``coarse_stride`` times coarser elsewhere (``coarse_stride=1``: exact everywhere, slow -- about
-    0.25 s per boundary edge at n = 128 on one CPU core).
+    ``coarse_stride`` times coarser elsewhere (``coarse_stride=1``: exact everywhere, and slow: one
+    solid-angle pass per boundary edge).
     """
     v, f = weld_vertices(vertices, faces)
     xs = grid_centres(resolution, bound)

@@ -1,7 +1,7 @@
 """Render triangle meshes to RGBA + depth at :class:`sd3d.core.cameras.Camera` s (``sd3d render``).
 
 A plain PyTorch z-buffer rasteriser (CPU or CUDA, no graphics stack), made to reproduce the shared
-ground-truth renders (``../shared/data/objects/*/views``):
+ground-truth renders (the shared test objects' ``views/`` folders):
 
 * Coverage alpha from ``supersample x supersample`` samples per pixel (3x3 like the GT), straight
   alpha: RGB is the mean colour of the covered samples, white where nothing is covered.

@@ -2,7 +2,7 @@
 
 ``prepare_input`` reads any image (:func:`sd3d.core.io.read_image`), finds the object with a background
 backend (:mod:`sd3d.background`) and recentres it exactly like the official ``prepare_inputs``
-(spec section 2.1, quirk 12), so the same RGBA file gives bit-identical model input:
+(docs/reference/syncdreamer.md §2.1, quirk Q12), so the same RGBA file gives bit-identical model input:
 
 * crop to the bounding box of ``alpha > 0`` with Pillow's right/bottom-exclusive box (the last
   foreground row and column are dropped), scale the longer side to ``crop_size`` with ``int()``

@@ -82,8 +82,10 @@ def test_estimate_on_a_synthetic_object(true_elevation):
 def test_gt_views_and_inputs_of_the_shared_objects(shared_dir):
     """The bar: within +-5 deg in >= 14 of the 16 cases, each estimate under 2 s on CPU.
 
-    The time is this process's CPU time (single-threaded torch): a wall-clock bound would measure
-    whatever else the 2-core CI machine runs at the same moment (the parallel test worker)."""
+    The time is the calling thread's CPU time (torch runs single-threaded here, inline in this
+    thread): a wall-clock bound would measure whatever else the 2-core CI machine runs at the same
+    moment (the parallel test worker), and the process's CPU time would also count the background
+    threads that earlier tests of the same worker left behind (servers, thread pools of libraries)."""
     import time
 
     from sd3d.core.io import read_views
@@ -95,9 +97,9 @@ def test_gt_views_and_inputs_of_the_shared_objects(shared_dir):
         views = read_views(folder)
         for true in (0, 15, 30, 45):
             prepared = prepare_input(folder / f"input-e{true}.png", crop_size=200, background="alpha")
-            cpu0 = time.process_time()
+            cpu0 = time.thread_time()
             est = el.estimate_elevation(prepared.rgba[..., 3] / 255.0, views)
-            seconds.append(time.process_time() - cpu0)
+            seconds.append(time.thread_time() - cpu0)
             errors.append(est.elevation_deg - true)
     assert sum(abs(e) <= 5.0 for e in errors) >= 14, errors
     assert max(seconds) < 2.0, seconds

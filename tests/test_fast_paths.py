@@ -1,4 +1,4 @@
-"""Issue 7's fast paths agree with the plain ones: each rewrite against its reference, on tiny models.
+"""The fast paths agree with the plain ones: each rewrite against its reference, on tiny models.
 
 Exact rewrites are checked in float64 to round-off; inexact ones (bf16 weights) against float32 with
 a bound on the deviation. CUDA-only paths (graph replay, offloading) run where a GPU is present.

@@ -1,10 +1,10 @@
 """Full-size parity with the official SyncDreamer forward pass (golden synthetic fixture, fp32, CPU).
 
-The synthetic weights of Appendix B are rebuilt for every official key, written with the official
+The synthetic weights of docs/reference/syncdreamer.md §7.2 are rebuilt for every official key, written with the official
 buffers as a Lightning checkpoint in the released file's format (the session fixture
 ``official_syncdreamer_ckpt``; this module is its only user, so one test process writes it), loaded through the
 normal loader (``load_syncdreamer``: key accounting, buffer checks, memory-mapped), and every stage stored in ``syncdreamer-golden-synthetic.npz`` is compared with
-the spec's tolerances: encoders and volumes rel 1e-4, eps / x_prev / decoded rel 1e-3.
+the tolerances of docs/reference/syncdreamer.md §7.4: encoders and volumes rel 1e-4, eps / x_prev / decoded rel 1e-3.
 
 The fixture's frustum arrays describe the frustum net on zero input (see :mod:`sd3d.models.golden`);
 ``test_eps_detects_a_broken_frustum_input`` shows the eps checks cover the real volume sampling.

@@ -1,4 +1,4 @@
-"""Zero123's pose vector: the spec's worked values (reference-zero123.md §1.4, §1.5) and sign conventions."""
+"""Zero123's pose vector: the worked values of the official code (docs/reference/zero123.md §1.4, §1.5) and sign conventions."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ F32 = np.float32
     ],
 )
 def test_demo_slider_worked_values(sliders, expected):
-    """(polar deg, azimuth deg, zoom) -> T, the spec's float32 table (§1.4)."""
+    """(polar deg, azimuth deg, zoom) -> T, the float32 table of docs/reference/zero123.md §1.4."""
     got = pose_from_polar_deltas(*sliders)
     assert got.dtype == F32 and got.shape == (4,)
     assert np.array_equal(got, np.asarray(expected, F32))
@@ -61,7 +61,7 @@ def test_elevation_delta_enters_negated():
     ],
 )
 def test_relative_pose_between_absolute_cameras(cond, target, expected):
-    """§1.5 examples (elevation, azimuth, radius); 'None' is the spec's '~0'."""
+    """docs/reference/zero123.md §1.5 examples (elevation, azimuth, radius); 'None' is the notes' '~0'."""
     got = relative_pose(orbit_center(*cond), orbit_center(*target))
     assert got.dtype == F32
     for g, e in zip(got, expected, strict=True):
@@ -99,7 +99,7 @@ def test_pole_crossing_goes_through_absolute_positions():
 
 
 def test_relative_pose_between_cameras_matches_syncdreamer_embedding():
-    """§1.6: input at (elevation e, azimuth 0) to ring view n is SyncDreamer's viewpoint embedding."""
+    """docs/reference/zero123.md §1.6: input at (elevation e, azimuth 0) to ring view n is SyncDreamer's viewpoint embedding."""
     elevation = 15.0
     inp = cam.orbit_camera(elevation, 0.0, cam.TARGET_DISTANCE)
     ref = cam.viewpoint_embedding(elevation)

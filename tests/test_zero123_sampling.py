@@ -33,7 +33,7 @@ def test_schedule_is_float64_maths_stored_float32():
     betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
     expected = torch.cumprod(1 - betas, 0).float()
     assert torch.equal(ours.alphas_cumprod, expected)
-    # documented values (spec §4.3)
+    # documented values (docs/reference/zero123.md §4.3)
     assert ours.alphas_cumprod[0].item() == pytest.approx(0.99915, abs=1e-7)
     assert ours.alphas_cumprod[980].item() == pytest.approx(0.0058437836, rel=1e-6)
 

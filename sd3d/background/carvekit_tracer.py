@@ -2,7 +2,7 @@
 
 An optional extra for machines with torchvision and internet (carvekit downloads its weights on
 first use): imported lazily, and a one-line MissingDependencyError when absent. The interface is
-built with the official parameters (spec section 2.2); its RGBA output is used as is, as officially.
+built with the official parameters (docs/reference/syncdreamer.md §2.2); its RGBA output is used as is, as officially.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Zero123's relative pose vector ``T = [d_polar, sin d_azimuth, cos d_azimuth, d_radius]``.
 
-Conventions (reference-zero123.md §1): world +Z up, object at the origin. A camera centre
+Conventions (docs/reference/zero123.md §1): world +Z up, object at the origin. A camera centre
 ``C = (x, y, z)`` has polar angle ``theta = atan2(sqrt(x^2 + y^2), z)`` measured *from +Z* (0 = straight
 above, pi/2 = on the horizon), azimuth ``phi = atan2(y, x)`` from +X towards +Y, radius ``r = |C|``.
 For a conditioning camera ``c`` and a target ``t``:

@@ -3,7 +3,7 @@
 SyncDreamer only uses ``encode_image``; its checkpoint still carries CLIP's text-side leftovers
 (token embedding, text projection, ...) which this module does not hold (the loader ignores them).
 Preprocessing is SyncDreamer's, not CLIP's own: a bicubic ``align_corners=True`` resize of the
-[-1, 1] image without antialiasing, then CLIP's mean/std (reference-syncdreamer.md §3.3).
+[-1, 1] image without antialiasing, then CLIP's mean/std (docs/reference/syncdreamer.md §3.3).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Every size of the SyncDreamer network, as frozen dataclasses.
 
-The defaults are the official ``configs/syncdreamer.yaml`` values (reference-syncdreamer.md §3), so
+The defaults are the official ``configs/syncdreamer.yaml`` values (docs/reference/syncdreamer.md §3), so
 ``SyncDreamerConfig()`` builds a model whose state dict has exactly the official 1618 keys and
 shapes. :func:`tiny_config` keeps the geometry (256 px images, 32x32 latents, 16 views, the same
 projection maths) but shrinks every channel count, so tests can run the whole pipeline on a CPU in

@@ -1,11 +1,11 @@
 """SyncDreamer's depth-wise attention: each latent pixel attends to the D frustum samples on its own ray.
 
-``DepthTransformer(dim, n_heads=4, d_head=ctx/2, context_dim=ctx)`` (reference-syncdreamer.md §3.7):
+``DepthTransformer(dim, n_heads=4, d_head=ctx/2, context_dim=ctx)`` (docs/reference/syncdreamer.md §3.7):
 ``out = proj_out(depth_attn(proj_in(x), proj_context(ctx))) + x`` with the softmax taken over the
 depth axis only. All GroupNorms are 8 groups, eps 1e-5; to_q/k/v/out and the 3x3 output convs
 have no bias.
 
-Two exact shortcuts (spec §10.5):
+Two exact shortcuts (docs/reference/syncdreamer.md §6.5):
 
 * the 1x1x1 Conv3d projections run as one matrix product each (``to_k`` and ``to_v`` fused), which
   is what they are, instead of PyTorch's slow direct 3D-conv path on CPU;

@@ -1,8 +1,8 @@
-"""The golden synthetic fixture's call sequence (reference-syncdreamer.md Appendix B), on any device.
+"""The golden synthetic fixture's call sequence (docs/reference/syncdreamer.md §7.3), on any device.
 
 Shared by the CPU parity test and the CUDA parity check of ``benchmarks/generate.py``: given a
-model loaded with the Appendix B synthetic weights and the fixture arrays, compute every stored
-stage with our code and compare. Tolerances are the spec's: encoders and volumes rel 1e-4, eps /
+model loaded with the synthetic weights of docs/reference/syncdreamer.md §7.2 and the fixture arrays, compute every stored
+stage with our code and compare. Tolerances (docs/reference/syncdreamer.md §7.4): encoders and volumes rel 1e-4, eps /
 x_prev / decoded rel 1e-3, with ``rel = max|ours - ref| / max|ref|``; volume statistics
 (sum, abs-sum, L2) are compared one by one with rtol 1e-4.
 

@@ -30,10 +30,9 @@ NORM_TYPES = (nn.GroupNorm, nn.LayerNorm)
 HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 # Device memory per target view of one sample inside a denoising step, and per decoded 256x256
-# image, with a margin. Measured on an H100 (benchmarks/generate.py): 16 views in bf16 peak at
-# 0.94 GiB above the 2.52 GiB of weights (decoding included), i.e. ~63 MB a view; fp32 with cuDNN's
-# default TF32 1.4 GiB above its 5.05 GiB of weights, but 14.5 GiB when TF32 is off (cuDNN then
-# picks workspace-hungry fp32 algorithms), hence the fp32 margin.
+# image, with a margin over the peaks that benchmarks/generate.py records (benchmarks/RESULTS.md):
+# half precision needs a few tens of MB a view above the weights; fp32 with TF32 off needs an order
+# of magnitude more (cuDNN then picks workspace-hungry fp32 algorithms), hence the fp32 margin.
 _BYTES_PER_VIEW = {"fp32": 0.6e9, "half": 0.12e9}
 _BYTES_PER_DECODED_IMAGE = {"fp32": 0.2e9, "half": 0.1e9}
 VIEW_CHOICES = (16, 8, 4, 2, 1)
@@ -101,8 +100,8 @@ def set_channels_last_(model: SyncDreamer, unet: bool = True, volume: bool = Tru
 def compile_step_modules_(model: SyncDreamer, **options) -> SyncDreamer:
     """``torch.compile`` the per-step networks in place (UNet, spatial and frustum 3D nets).
 
-    Compiled on their first call (67 s for the official model on an H100 with cold caches, ~8 s with
-    a warm on-disk inductor cache), then cached for the process; shapes are static, so a new sample
+    Compiled on their first call (about a minute with cold caches, seconds with a warm on-disk
+    inductor cache: benchmarks/RESULTS.md), then cached for the process; shapes are static, so a new sample
     count or ``batch_view_num`` compiles again.
     """
     if model.step_modules_compiled:

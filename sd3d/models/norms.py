@@ -2,8 +2,8 @@
 
 The official code normalises in float32 (CompVis ``GroupNorm32``; autocast lists ``group_norm`` and
 ``layer_norm`` as float32 ops). With bf16 activations that costs a float32 copy of every
-normalised tensor and casts on both sides: on an H100 those copies, casts and the float32 norm
-kernels were half of a SyncDreamer step's GPU time (benchmarks/RESULTS.md, issue 7).
+normalised tensor and casts on both sides, which together with the float32 norm kernels took a
+large share of a SyncDreamer step's GPU time (the profile is in benchmarks/RESULTS.md).
 
 PyTorch's CUDA and CPU GroupNorm / LayerNorm kernels accumulate their statistics in float32 for
 bf16 / fp16 input (``acc_type``), so the part that needs float32 gets it without a float32 copy;

@@ -325,7 +325,7 @@ def _timesteps(timestep: int | torch.Tensor, n: int, device: torch.device) -> to
 
 
 def camera_buffers(config: SyncDreamerConfig) -> dict[str, torch.Tensor]:
-    """``poses`` (N,3,4), ``Ks`` (N,3,3), ``azimuth`` (N,) as float32 CPU tensors (official §1.2, §1.3).
+    """``poses`` (N,3,4), ``Ks`` (N,3,3), ``azimuth`` (N,) as float32 CPU tensors (docs/reference/syncdreamer.md §1.2, §1.3).
 
     Poses are the analytic target cameras (they match the official pickle to 1.5e-7).
     """

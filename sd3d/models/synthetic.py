@@ -1,4 +1,4 @@
-"""Deterministic synthetic weights (reference-syncdreamer.md Appendix B) and checkpoint files made of them.
+"""Deterministic synthetic weights (docs/reference/syncdreamer.md §7.2) and checkpoint files made of them.
 
 For key ``k`` of shape ``s`` (n elements, C order), in float64 then cast to float32:
 ``phase = crc32(k) / 2^32``; ``u_i = (i * 0.6180339887498949 + phase) mod 1``;
@@ -87,7 +87,7 @@ def synthetic_unit(key: str, shape: Iterable[int]) -> torch.Tensor:
 
 
 def synthetic_tensor(key: str, shape: Iterable[int]) -> torch.Tensor:
-    """The Appendix B value of parameter ``key`` with ``shape``."""
+    """The docs/reference/syncdreamer.md §7.2 value of parameter ``key`` with ``shape``."""
     shape = tuple(shape)
     out = torch.empty(shape, dtype=torch.float32)
     if len(shape) >= 2:

@@ -102,7 +102,7 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         context = x if context is None else context
         if context is not x and context.shape[1] == 1:
-            # One key: the softmax weight is exactly 1, so every query receives v (spec §10.1).
+            # One key: the softmax weight is exactly 1, so every query receives v (docs/reference/syncdreamer.md §6.1).
             return self.to_out(self.to_v(context)).expand(-1, x.shape[1], -1)
         b, n, _ = x.shape
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)

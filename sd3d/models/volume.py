@@ -1,4 +1,4 @@
-"""SyncDreamer's 3D conditioning (``spatial_volume.*``, reference-syncdreamer.md §3.6).
+"""SyncDreamer's 3D conditioning (``spatial_volume.*``, docs/reference/syncdreamer.md §3.6).
 
 Per denoising step: every noisy target latent is encoded (``target_encoder``), unprojected into a
 shared 32^3 world-space volume (``construct_spatial_volume``: the synchronisation between the 16

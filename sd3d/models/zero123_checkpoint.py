@@ -1,6 +1,6 @@
 """Zero123 / Zero123-XL checkpoints: the official state dict mapped onto :class:`~sd3d.models.zero123.Zero123`.
 
-State-dict mapping (reference-zero123.md §3.2, §3.8, §5.4). Every key of an official checkpoint
+State-dict mapping (docs/reference/zero123.md §3.2, §3.8, §5.4). Every key of an official checkpoint
 (``reference/zero123-state-dict-keys.json``, 1938 entries) is accounted for:
 
 * **UNet from the EMA copy**: sampling in the official demo runs inside ``ema_scope``, so the UNet
@@ -267,7 +267,7 @@ def _as_float32(t: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------------
-# synthetic checkpoints (reference-syncdreamer.md Appendix B formula; reference-zero123.md Appendix A)
+# synthetic checkpoints (docs/reference/syncdreamer.md §7.2; docs/reference/zero123.md §8.1)
 # --------------------------------------------------------------------------------------------------
 def synthetic_entries(
     config: Zero123Config | None = None, keys: Iterable[str] | None = None

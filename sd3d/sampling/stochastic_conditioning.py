@@ -3,7 +3,7 @@
 Views are generated one after another. For each target the whole reverse chain runs (Zero123's DDIM,
 :mod:`sd3d.sampling.ddim`, Zero123's variant), and at **every denoising step** the conditioning view is drawn
 uniformly at random from the views available so far: the input plus every target already finished
-(Watson et al. 2022; reference-zero123.md §6). The drawn view supplies the conditional branch's
+(Watson et al. 2022; docs/reference/zero123.md §6). The drawn view supplies the conditional branch's
 context token ``cc_projection([CLIP(view), T(view -> target)])`` and concat latent; the relative pose
 comes from the two absolute camera centres. The unconditional branch (zero token, zero concat) does not
 depend on the draw, so a step costs what a plain Zero123 step costs.
