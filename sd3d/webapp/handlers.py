@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from sd3d.core.errors import InputImageError, UserError, ViewsFolderError
 from sd3d.core.io import VIEW_FILES
 from sd3d.core.progress import Progress
-from sd3d.workflows.run import MESH_FORMATS, RunSettings
+from sd3d.workflows.run import MESH_FORMATS, PreviewSettings, RunSettings
 
 if TYPE_CHECKING:
     from sd3d.preprocess import PreparedInput
@@ -50,7 +50,7 @@ ELEVATION_AUTO = "auto"
 
 # The photo tab's controls: RunSettings field -> `sd3d run` option (tests check that each option
 # exists with the same default). Device and dtype belong to the server (`sd3d serve --device`).
-RUN_OPTIONS = {
+RUN_OPTIONS = {  # name -> flag; the name is the settings' own, see run_option
     "elevation_deg": "--elevation",
     "crop_size": "--crop-size",
     "background": "--background",
@@ -67,9 +67,34 @@ RUN_OPTIONS = {
     "preview": "--preview",
     "preview_frames": "--preview-frames",
 }
-# The reconstruction half of those: what the photo tab's "Reconstruct" step may change after the
-# views were generated.
-RECON_FIELDS = ("quality", "recon_steps", "faces", "formats", "preview", "preview_frames")
+_NESTED = {
+    "steps": ("generation", "steps"),
+    "cfg": ("generation", "cfg"),
+    "eta": ("generation", "eta"),
+    "seed": ("generation", "seed"),
+    "samples": ("generation", "samples"),
+    "sampler": ("generation", "sampler"),
+    "quality": ("recon", "quality"),
+    "recon_steps": ("recon", "steps"),
+    "faces": ("recon", "faces"),
+    "formats": ("recon", "formats"),
+    "preview": ("preview", "format"),
+    "preview_frames": ("preview", "frames"),
+}
+
+
+def run_option(settings: RunSettings, name: str) -> Any:
+    """The value of ``sd3d run``'s option ``name`` (a key of :data:`RUN_OPTIONS`) in ``settings``,
+    wherever it is nested."""
+    if name in _NESTED:
+        part, attr = _NESTED[name]
+        return getattr(getattr(settings, part), attr)
+    return getattr(settings, name)
+
+
+# The reconstruction half of those (nested settings of RunSettings): what the photo tab's
+# "Reconstruct" step may change after the views were generated.
+RECON_FIELDS = ("recon", "preview")
 
 
 @dataclass(frozen=True)
@@ -177,12 +202,12 @@ def run_command(settings: RunSettings, photo_name: str, options: ServeOptions) -
     defaults = RunSettings()
     parts = ["sd3d", "run", _arg(photo_name or "photo.png"), "-o", "out/"]
     for name, flag in RUN_OPTIONS.items():
-        value = getattr(settings, name)
+        value = run_option(settings, name)
         if name == "formats":
             extra = [f for f in value if f != "glb"]
             if extra:
                 parts += [flag, ",".join(extra)]
-        elif value != getattr(defaults, name):
+        elif value != run_option(defaults, name):
             parts += [flag, _arg(value)]
     return " ".join(parts + _server_args(options))
 
@@ -265,42 +290,34 @@ def photo_settings(
     """The photo tab's control values -> the :class:`RunSettings` of ``sd3d run`` (checked).
 
     ``elevation`` is ``auto`` (estimate it) or ``manual`` (use ``elevation_deg``)."""
+    from recon.presets import ReconSettings
     from sd3d.pipelines.syncdreamer import GenerationSettings
     from sd3d.preprocess import check_crop_size
 
     elev = None if elevation == ELEVATION_AUTO else _as_float(elevation_deg, "--elevation")
-    settings = RunSettings(
-        elevation_deg=elev,
-        crop_size=check_crop_size(_as_int(crop_size, "--crop-size")),
-        background=background,
+    crop = check_crop_size(_as_int(crop_size, "--crop-size"))
+    generation = GenerationSettings(
         steps=_as_int(steps, "--steps"),
         cfg=_as_float(cfg, "--cfg"),
         eta=_as_float(eta, "--eta"),
         seed=_as_int(seed, "--seed"),
         samples=_as_int(samples, "--samples"),
         sampler=sampler,
-        quality=quality,
-        recon_steps=_as_int(recon_steps, "--recon-steps", optional=True),
-        faces=_as_int(faces, "--faces", optional=True),
-        formats=("glb", *_formats(formats)),
-        preview=preview,
-        preview_frames=_as_int(preview_frames, "--preview-frames"),
+    )
+    recon_steps_value = _as_int(recon_steps, "--recon-steps", optional=True)
+    faces_value = _as_int(faces, "--faces", optional=True)
+    _check_recon(quality, recon_steps_value, faces_value, "--recon-steps", options)
+    return RunSettings(
+        generation=generation,
+        recon=ReconSettings(quality, recon_steps_value, faces_value, ("glb", *_formats(formats))),
+        preview=PreviewSettings(preview, _as_int(preview_frames, "--preview-frames")),
+        elevation_deg=elev,
+        crop_size=crop,
+        background=background,
         max_pixels=options.max_pixels,
         device=options.device,
         dtype=options.dtype,
     ).check()
-    GenerationSettings(
-        30.0 if elev is None else elev,
-        settings.steps,
-        settings.cfg,
-        settings.eta,
-        settings.seed,
-        settings.samples,
-        None,
-        settings.sampler,
-    ).check()
-    _check_recon(settings.quality, settings.recon_steps, settings.faces, "--recon-steps", options)
-    return settings
 
 
 def _check_recon(

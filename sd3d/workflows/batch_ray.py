@@ -369,7 +369,7 @@ class _Pipeline:
             self.pending[meta] = _Pending(job, stage, worker, payload)
 
     def _after_views(self, job: _Job) -> None:
-        if self.settings.samples > 1:
+        if self.settings.generation.samples > 1:
             self._cpu(job, "rank", _rank.remote(job.views))
         else:
             self._gpu(job, "reconstruct")
