@@ -17,7 +17,6 @@ server stops (:meth:`WebApp.close`).
 from __future__ import annotations
 
 import contextlib
-import inspect
 import itertools
 import os
 import re
@@ -111,17 +110,14 @@ class ReconOptions:
 
 
 def recon_defaults() -> ReconOptions:
-    """The defaults of :func:`recon.pipeline.reconstruct` / :func:`~recon.pipeline.export_mesh`,
-    except the seed: every command's ``--seed`` defaults to :data:`sd3d.DEFAULT_SEED`."""
-    from recon.pipeline import export_mesh, reconstruct
+    """The defaults of :class:`recon.presets.ReconSettings`, except the seed: every command's
+    ``--seed`` defaults to :data:`sd3d.DEFAULT_SEED`."""
+    from recon.presets import ReconSettings
     from sd3d import DEFAULT_SEED
 
-    params = inspect.signature(reconstruct).parameters
+    defaults = ReconSettings()
     return ReconOptions(
-        quality=params["quality"].default,
-        steps=params["steps"].default,
-        seed=DEFAULT_SEED,
-        faces=inspect.signature(export_mesh).parameters["faces"].default,
+        quality=defaults.quality, steps=defaults.steps, seed=DEFAULT_SEED, faces=defaults.faces
     )
 
 
@@ -738,6 +734,7 @@ class WebApp:
     ) -> Reconstructed:
         """``sd3d reconstruct``: uploaded views -> textured mesh (needs no weights)."""
         from recon.pipeline import export_mesh, reconstruct
+        from recon.presets import ReconSettings
         from sd3d.core.io import read_views
 
         if not files:
@@ -749,8 +746,7 @@ class WebApp:
             views = read_views(source)
         result = reconstruct(
             views,
-            quality=recon.quality,
-            steps=recon.steps,
+            ReconSettings(recon.quality, recon.steps, recon.faces),
             seed=recon.seed,
             device=self.device(),
             progress=_progress(report),
