@@ -177,15 +177,15 @@ def generate(
     crop = 200 if crop_size.strip() == "auto" else _number(crop_size, "--crop-size", int)
     method = check_backend_name(background)
     limit = parse_max_pixels(max_pixels)
-    torch_device = resolve_device(device)
-    resolve_dtype(dtype, torch_device)
+    torch_device = resolve_device(device)  # resolved once here; the library gets torch objects
+    torch_dtype = resolve_dtype(dtype, torch_device)
     check_output_folder(output, overwrite, generated_names(settings.samples))
     prepared = as_prepared(image, crop, method, weights_dir, limit)
     path = weights_path(weights, weights_dir)
 
-    model = load_model(path, device=torch_device, dtype=dtype)
+    model = load_model(path, device=torch_device, dtype=torch_dtype)
     views = run_generation(
-        model, prepared, settings, dtype=dtype, progress=progress(), use_compile=compile_steps
+        model, prepared, settings, dtype=torch_dtype, progress=progress(), use_compile=compile_steps
     )
     write_generated(output, views, prepared.rgba, overwrite=overwrite)
     info = views[0].provenance
@@ -276,11 +276,11 @@ def _generate_zero123(
     ).check()
     method = check_backend_name(background)
     limit = parse_max_pixels(max_pixels)
-    torch_device = resolve_device(device)
-    resolve_dtype(dtype, torch_device)
+    torch_device = resolve_device(device)  # resolved once here; the library gets torch objects
+    torch_dtype = resolve_dtype(dtype, torch_device)
     check_output_folder(output, overwrite, generated_names(n))
     prepared = prepare_zero123_input(image, background=method, max_pixels=limit, weights_dir=weights_dir)
-    model = load_zero123_model(weights, weights_dir, torch_device, dtype)
+    model = load_zero123_model(weights, weights_dir, torch_device, torch_dtype)
     views = [
         generate_views_zero123(
             prepared, elev, replace(settings, seed=base_seed + i), progress=progress(), model=model

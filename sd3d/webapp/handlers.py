@@ -17,6 +17,7 @@ server stops (:meth:`WebApp.close`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import re
@@ -316,18 +317,26 @@ def photo_settings(
     ).check()
 
 
+@functools.cache
+def server_device(name: str):
+    """``--device`` of ``sd3d serve`` as a :class:`torch.device`, resolved once per process (the
+    server's options do not change while it runs)."""
+    from sd3d.core.device import resolve_device
+
+    return resolve_device(name)
+
+
 def _check_recon(
     quality: str, steps: int | None, faces: int | None, steps_flag: str, options: ServeOptions
 ) -> None:
     """Refuse an impossible reconstruction setting before any work (as the CLI does)."""
     from recon.presets import get_preset, resolve_quality
-    from sd3d.core.device import resolve_device
 
     if steps is not None and steps < 1:
         raise UserError(f"{steps_flag} must be at least 1, got {steps}")
     if faces is not None and faces < 4:
         raise UserError(f"--faces must be at least 4, got {faces}")
-    get_preset(resolve_quality(quality, resolve_device(options.device)), steps)
+    get_preset(resolve_quality(quality, server_device(options.device)), steps)
 
 
 def recon_options(
@@ -543,9 +552,7 @@ class WebApp:
 
     def device(self):
         """The compute device: the loaded model's, else ``--device`` resolved."""
-        from sd3d.core.device import resolve_device
-
-        return self._model.device if self._model is not None else resolve_device(self.options.device)
+        return self._model.device if self._model is not None else server_device(self.options.device)
 
     # ---- photo tab ------------------------------------------------------------------------------
     def _prepared(self, session: Session, photo: str | os.PathLike, crop_size: int, background: str):

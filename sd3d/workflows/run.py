@@ -259,12 +259,22 @@ def prepare_photo(source, settings: RunSettings, weights_dir: str | os.PathLike 
     )
 
 
-def generate_at(model, prepared, settings: RunSettings, elevation_deg: float, progress=None) -> list:
-    """``settings.generation.samples`` view sets (:class:`~sd3d.core.io.ViewSet`) for ``prepared`` at ``elevation_deg``."""
+def generate_at(model, prepared, settings: RunSettings, elevation_deg: float, dtype, progress=None) -> list:
+    """``settings.generation.samples`` view sets (:class:`~sd3d.core.io.ViewSet`) for ``prepared``
+    at ``elevation_deg``, computed in ``dtype`` (a :class:`torch.dtype`: see :func:`run_dtype`)."""
     from sd3d.pipelines.syncdreamer import run_generation
 
     gen = settings.generation_at(elevation_deg)
-    return run_generation(model, prepared, gen, dtype=settings.dtype, progress=progress)
+    return run_generation(model, prepared, gen, dtype=dtype, progress=progress)
+
+
+def run_dtype(model, settings: RunSettings):
+    """The :class:`torch.dtype` the run's generations compute in on ``model``: ``settings.dtype``
+    resolved once (``auto`` follows half-precision weights, see
+    :func:`sd3d.pipelines.syncdreamer.compute_dtype_for`), then passed to :func:`generate_at`."""
+    from sd3d.pipelines.syncdreamer import compute_dtype_for
+
+    return compute_dtype_for(model, settings.dtype)
 
 
 def choose_elevation(prepared, views: list, settings: RunSettings) -> ElevationChoice:
@@ -453,7 +463,8 @@ def run_photo(
     note("load model")
     with stages("load_model"):
         if model is None:
-            model = load_model(weights_file, None, settings.device, dtype=settings.dtype)
+            device, dtype = settings.device_and_dtype()
+            model = load_model(weights_file, None, device, dtype=dtype)
     generated = generate_run_views(model, prepared, settings, stages=stages, progress=progress, note=note)
     return finish_run(
         out_dir,
@@ -503,10 +514,11 @@ def generate_run_views(
 
     if model.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(model.device)
+    dtype = run_dtype(model, settings)
     first = first_elevation(settings)
     note("generate" if settings.elevation_deg is not None else f"generate (elevation guess {first:.0f} deg)")
     with stages("generate"):
-        views = generate_at(model, prepared, settings, first, progress)
+        views = generate_at(model, prepared, settings, first, dtype, progress)
     if settings.elevation_deg is None:
         note("estimate elevation")
     with stages("elevation") if settings.elevation_deg is None else nullcontext():
@@ -514,7 +526,7 @@ def generate_run_views(
     if elevation.regenerate:
         note(f"generate (elevation {elevation.elevation_deg:.1f} deg)")
         with stages("generate"):
-            views = generate_at(model, prepared, settings, elevation.elevation_deg, progress)
+            views = generate_at(model, prepared, settings, elevation.elevation_deg, dtype, progress)
 
     if len(views) > 1:
         note("rank samples")
@@ -768,7 +780,8 @@ def run_batch(
     model = None
     if todo:
         try:
-            model = load_model(weights_file, None, settings.device, dtype=settings.dtype)
+            device, dtype = settings.device_and_dtype()
+            model = load_model(weights_file, None, device, dtype=dtype)
         except UserError as exc:
             record()
             raise BatchAborted(str(exc), _with_rest(items, images, targets)) from exc
