@@ -39,6 +39,7 @@ def run_object(name: str, shared: Path, out_dir: Path, quality: str, steps, seed
     from recon.export import gltf_to_world
     from recon.metrics import mesh_metrics
     from recon.pipeline import export_mesh, reconstruct
+    from recon.presets import ReconSettings
     from sd3d.core.io import read_views
 
     obj = shared / "data" / "objects" / name
@@ -47,7 +48,7 @@ def run_object(name: str, shared: Path, out_dir: Path, quality: str, steps, seed
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
-    result = reconstruct(views, quality=quality, steps=steps, seed=seed, device=device)
+    result = reconstruct(views, ReconSettings(quality, steps), seed=seed, device=device)
     exported = export_mesh(result, out_dir / f"{name}.glb")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -99,12 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if device.type == "cuda" and not args.no_warmup:  # CUDA context, cuBLAS handles, allocator
         from recon.pipeline import export_mesh, reconstruct
+        from recon.presets import ReconSettings
         from sd3d.core.io import read_views
 
         warm = reconstruct(
             read_views(args.shared / "data/objects" / args.objects[0] / "views"),
-            quality=args.quality,
-            steps=20,
+            ReconSettings(args.quality, steps=20),
             device=device,
         )
         export_mesh(warm, args.out / "warmup.ply")

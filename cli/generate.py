@@ -177,15 +177,15 @@ def generate(
     crop = 200 if crop_size.strip() == "auto" else _number(crop_size, "--crop-size", int)
     method = check_backend_name(background)
     limit = parse_max_pixels(max_pixels)
-    torch_device = resolve_device(device)
-    resolve_dtype(dtype, torch_device)
+    torch_device = resolve_device(device)  # resolved once here; the library gets torch objects
+    torch_dtype = resolve_dtype(dtype, torch_device)
     check_output_folder(output, overwrite, generated_names(settings.samples))
     prepared = as_prepared(image, crop, method, weights_dir, limit)
     path = weights_path(weights, weights_dir)
 
-    model = load_model(path, device=torch_device, dtype=dtype)
+    model = load_model(path, device=torch_device, dtype=torch_dtype)
     views = run_generation(
-        model, prepared, settings, dtype=dtype, progress=progress(), use_compile=compile_steps
+        model, prepared, settings, dtype=torch_dtype, progress=progress(), use_compile=compile_steps
     )
     write_generated(output, views, prepared.rgba, overwrite=overwrite)
     info = views[0].provenance
@@ -223,6 +223,8 @@ def _generate_zero123(
     """``--model zero123``: the same 16 target cameras, each view from Zero123 (independently, or with
     3DiM stochastic conditioning); same output layout as SyncDreamer's. Options that only mean
     something for SyncDreamer are refused rather than silently ignored."""
+    from dataclasses import replace
+
     import numpy as np
 
     from cli.common import echo, parse_max_pixels, progress, say_background
@@ -235,7 +237,7 @@ def _generate_zero123(
         generated_names,
         write_generated,
     )
-    from sd3d.pipelines.zero123 import check_sampling_args, generate_views_zero123, prepare_zero123_input
+    from sd3d.pipelines.zero123 import Zero123Settings, generate_views_zero123, prepare_zero123_input
     from sd3d.pipelines.zero123 import load_model as load_zero123_model
 
     sampler = sampler.strip().lower()
@@ -263,28 +265,25 @@ def _generate_zero123(
     scale = 3.0 if cfg.strip() == "auto" else _number(cfg, "--cfg")
     base_seed = _number(seed, "--seed", int)
     eta_value = _number(eta, "--eta")
-    check_sampling_args(n_steps, scale, n, eta_value)
+    settings = Zero123Settings(
+        steps=n_steps,
+        cfg=scale,
+        eta=eta_value,
+        seed=base_seed,
+        samples=n,
+        sampler=sampler,
+        batch_view_num=views_per_call,
+    ).check()
     method = check_backend_name(background)
     limit = parse_max_pixels(max_pixels)
-    torch_device = resolve_device(device)
-    resolve_dtype(dtype, torch_device)
+    torch_device = resolve_device(device)  # resolved once here; the library gets torch objects
+    torch_dtype = resolve_dtype(dtype, torch_device)
     check_output_folder(output, overwrite, generated_names(n))
     prepared = prepare_zero123_input(image, background=method, max_pixels=limit, weights_dir=weights_dir)
-    model = load_zero123_model(weights, weights_dir, torch_device, dtype)
+    model = load_zero123_model(weights, weights_dir, torch_device, torch_dtype)
     views = [
         generate_views_zero123(
-            prepared,
-            elev,
-            sampler,
-            n_steps,
-            scale,
-            base_seed + i,
-            torch_device,
-            dtype,
-            progress(),
-            eta=eta_value,
-            model=model,
-            batch_size=views_per_call,
+            prepared, elev, replace(settings, seed=base_seed + i), progress=progress(), model=model
         )
         for i in range(n)
     ]

@@ -88,7 +88,7 @@ def novel_view(
     from sd3d.background import check_backend_name
     from sd3d.core.errors import UserError
     from sd3d.core.zero123_pose import pose_from_deltas
-    from sd3d.pipelines.zero123 import check_sampling_args, load_model, novel_view, prepare_zero123_input
+    from sd3d.pipelines.zero123 import Zero123Settings, load_model, novel_view, prepare_zero123_input
     from sd3d.preprocess import RGB_SUFFIXES, check_output_path
 
     d_e = _number(d_elevation, "--d-elevation")
@@ -100,7 +100,7 @@ def novel_view(
     seed_value = _number(seed, "--seed", int)
     if not 0 <= seed_value < 2**63:
         raise UserError(f"--seed must be between 0 and 2**63-1, got {seed_value}")
-    check_sampling_args(n_steps, scale, n)
+    settings = Zero123Settings(steps=n_steps, cfg=scale, seed=seed_value, samples=n).check()
     method = check_backend_name(background)
     limit = parse_max_pixels(max_pixels)
     paths = [check_output_path(p, RGB_SUFFIXES, "output") for p in output_paths(output, n)]
@@ -109,18 +109,7 @@ def novel_view(
         image, preprocess=not no_preprocess, background=method, max_pixels=limit, weights_dir=weights_dir
     )
     model = load_model(weights, weights_dir, device, dtype)
-    views = novel_view(
-        prepared,
-        d_e,
-        d_a,
-        d_r,
-        samples=n,
-        steps=n_steps,
-        cfg=scale,
-        seed=seed_value,
-        progress=progress(),
-        model=model,
-    )
+    views = novel_view(prepared, d_e, d_a, d_r, settings, progress=progress(), model=model)
     _save_all(paths, views)
     T = ", ".join(f"{v:.4g}" for v in pose_from_deltas(d_e, d_a, d_r))
     for path in paths:

@@ -63,7 +63,7 @@ def reconstruct(
     from recon.export import check_output_path
     from recon.pipeline import export_mesh
     from recon.pipeline import reconstruct as run_reconstruct
-    from recon.presets import get_preset, resolve_quality
+    from recon.presets import ReconSettings, resolve_quality
     from sd3d.core.device import resolve_device
     from sd3d.core.io import read_views
 
@@ -73,11 +73,11 @@ def reconstruct(
     check_output_path(output)
     dev = resolve_device(device)
     quality = resolve_quality(quality.strip().lower(), dev)
-    get_preset(quality, n_steps)  # validate before any work
+    settings = ReconSettings(quality, n_steps, n_faces)  # validates before any work
     vs = read_views(views)
     t0 = time.perf_counter()
-    result = run_reconstruct(vs, quality=quality, steps=n_steps, seed=n_seed, device=dev, progress=progress())
-    exported = export_mesh(result, output, faces=n_faces)
+    result = run_reconstruct(vs, settings, seed=n_seed, device=dev, progress=progress())
+    exported = export_mesh(result, output, faces=settings.faces)
     total = time.perf_counter() - t0
     kind = (
         "textured"

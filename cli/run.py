@@ -133,8 +133,10 @@ def _settings(
     **_ignored,
 ):
     from cli.common import parse_max_pixels
+    from recon.presets import ReconSettings
     from sd3d.core.errors import UserError
-    from sd3d.workflows.run import RunSettings
+    from sd3d.pipelines.syncdreamer import GenerationSettings
+    from sd3d.workflows.run import PreviewSettings, RunSettings
 
     if elevation.strip().lower() == "auto":
         elev = None
@@ -148,24 +150,17 @@ def _settings(
     except ValueError:
         raise UserError(f"--batch-view-num must be an integer or 'auto', got {batch_view_num!r}") from None
     fmts = tuple(f.strip().lower().lstrip(".") for f in formats.split(",") if f.strip())
+    max_pixels_value = parse_max_pixels(max_pixels)
     return RunSettings(
+        generation=GenerationSettings(
+            steps=steps, cfg=cfg, eta=eta, seed=seed, samples=samples, batch_view_num=bvn, sampler=sampler
+        ),
+        recon=ReconSettings(quality=quality, steps=recon_steps, faces=faces, formats=("glb", *fmts)),
+        preview=PreviewSettings(format=preview, frames=preview_frames),
         elevation_deg=elev,
         crop_size=crop_size,
         background=background,
-        max_pixels=parse_max_pixels(max_pixels),
-        steps=steps,
-        cfg=cfg,
-        eta=eta,
-        seed=seed,
-        samples=samples,
-        sampler=sampler,
-        batch_view_num=bvn,
-        quality=quality,
-        recon_steps=recon_steps,
-        faces=faces,
-        formats=("glb", *fmts),
-        preview=preview,
-        preview_frames=preview_frames,
+        max_pixels=max_pixels_value,
         device=device,
         dtype=dtype,
     ).check()

@@ -95,6 +95,7 @@ def consistency_score(
 ) -> ConsistencyScore:
     """Fit on the views not in ``held_out``, score the held-out ones (see the module docstring)."""
     from recon.pipeline import reconstruct
+    from recon.presets import ReconSettings
 
     held_out = default_held_out(views.num_views) if held_out is None else tuple(sorted(set(held_out)))
     if not held_out or any(i < 0 or i >= views.num_views for i in held_out):
@@ -103,7 +104,7 @@ def consistency_score(
     if len(keep) < 4:
         raise UserError("keep at least 4 views to fit the field on")
     result = reconstruct(
-        subset(views, keep), quality=quality, steps=steps, seed=seed, device=device, progress=progress
+        subset(views, keep), ReconSettings(quality, steps), seed=seed, device=device, progress=progress
     )
     psnrs, ssims = [], []
     for i in held_out:

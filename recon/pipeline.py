@@ -1,6 +1,6 @@
 """The reconstruction API the CLI and benchmarks call.
 
-``reconstruct(views, quality=...) -> ReconResult`` trains the field; ``export_mesh(result, path)``
+``reconstruct(views, ReconSettings(quality=...)) -> ReconResult`` trains the field; ``export_mesh(result, path)``
 turns it into a file (marching cubes, cleanup, optional decimation, UV + baking). Splitting the two
 lets callers export several formats from one training run and time each stage.
 """
@@ -20,7 +20,7 @@ from recon.export import check_output_path, write_mesh
 from recon.fields import NeuSField
 from recon.masks import view_masks
 from recon.mesh import Mesh, decimate, extract_mesh, vertex_normals
-from recon.presets import Preset, get_preset, resolve_quality
+from recon.presets import Preset, ReconSettings
 from recon.render import OccupancyGrid
 from recon.texture import bake_texture, unwrap_uv, vertex_colors
 from recon.train import train
@@ -64,18 +64,21 @@ class ExportResult:
 
 def reconstruct(
     views: ViewSet | str | os.PathLike,
-    quality: str = "auto",
-    steps: int | None = None,
+    settings: ReconSettings | None = None,
+    *,
     seed: int = 0,
     device: str | torch.device = "auto",
     progress: Progress | None = None,
 ) -> ReconResult:
     """Fit a hash-grid NeuS to 16 views (a :class:`ViewSet`, a views folder or a strip image).
 
-    ``quality``: ``draft``, ``standard``, ``high`` or ``auto`` (standard on CUDA, draft on CPU).
+    ``settings.quality``: ``draft``, ``standard``, ``high`` or ``auto`` (standard on CUDA, draft on
+    CPU); only its quality and steps matter here (faces and formats are the exports').
+    ``device``: a name is resolved here, the public entry point; callers that already resolved it
+    pass the :class:`torch.device`.
     """
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    preset = get_preset(resolve_quality(quality, dev), steps)
+    preset = (settings or ReconSettings()).preset(dev)
     t0 = time.perf_counter()
     vs = views if isinstance(views, ViewSet) else read_views(views)
     masks, source = view_masks(vs)

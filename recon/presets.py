@@ -129,3 +129,36 @@ def get_preset(quality: str, steps: int | None = None) -> Preset:
             raise UserError(f"--steps must be >= 1, got {steps}")
         preset = replace(preset, steps=int(steps))
     return preset
+
+
+MESH_FORMATS = ("glb", "obj", "ply")
+
+
+@dataclass(frozen=True)
+class ReconSettings:
+    """What a caller chooses about reconstruction and export: the quality preset (``auto``: see
+    :func:`resolve_quality`), its training ``steps`` (``None``: the preset's), the face budget of
+    every exported file (``None``: the preset's ``uv_max_faces``) and the mesh ``formats``.
+
+    Checked at construction, so a bad value fails before any training. The messages name the
+    ``sd3d run`` options (``--recon-steps``): ``sd3d reconstruct`` checks its own ``--steps`` first.
+    """
+
+    quality: str = "auto"
+    steps: int | None = None
+    faces: int | None = None
+    formats: tuple[str, ...] = ("glb",)
+
+    def __post_init__(self) -> None:
+        bad = [f for f in self.formats if f not in MESH_FORMATS]
+        if bad:
+            raise UserError(f"unknown mesh format {bad[0]!r}: choose from {', '.join(MESH_FORMATS)}")
+        if self.steps is not None and self.steps < 1:
+            raise UserError(f"--recon-steps must be >= 1, got {self.steps}")
+        get_preset("draft" if self.quality == "auto" else self.quality, self.steps)
+        if self.faces is not None and self.faces < 4:
+            raise UserError(f"--faces must be at least 4, got {self.faces}")
+
+    def preset(self, device: torch.device) -> Preset:
+        """The preset these settings mean on ``device`` (``auto`` decided there)."""
+        return get_preset(resolve_quality(self.quality, device), self.steps)

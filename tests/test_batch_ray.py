@@ -166,7 +166,7 @@ def test_a_result_folder_of_the_users_is_refused_before_any_work(tmp_path):
     (kind 'output', so the next run checks again), and none of its files is touched; with nothing
     left to do, Ray is not even started."""
     from sd3d.workflows.batch_ray import run_batch_ray
-    from sd3d.workflows.run import RunSettings
+    from sd3d.workflows.run import PreviewSettings, RunSettings
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -175,7 +175,7 @@ def test_a_result_folder_of_the_users_is_refused_before_any_work(tmp_path):
     mine.mkdir(parents=True)
     (mine / "notes.txt").write_text("mine")
     mark_output(tmp_path / "out", ["batch.json"], "batch")  # an earlier batch's folder; "a" is the user's
-    settings = RunSettings(elevation_deg=30, preview="none")
+    settings = RunSettings(elevation_deg=30, preview=PreviewSettings("none"))
     (item,) = run_batch_ray(photos, tmp_path / "out", settings, weights=tmp_path / "no.ckpt")
     assert (item.status, item.error_kind) == ("failed", "output")
     assert "already holds files sd3d did not write (notes.txt)" in item.error and "--overwrite" in item.error
@@ -226,15 +226,20 @@ class _CtrlCAfterFirstImage(Progress):
 
 
 def test_ctrl_c_leaves_a_resumable_state(run_cli, cluster, tiny_ckpt, tmp_path):
+    from recon.presets import ReconSettings
+    from sd3d.pipelines.syncdreamer import GenerationSettings
     from sd3d.workflows.batch_ray import RayOptions, run_batch_ray
-    from sd3d.workflows.run import RunSettings
+    from sd3d.workflows.run import PreviewSettings, RunSettings
 
     photos = tmp_path / "photos"
     photos.mkdir()
     good = [object_photo(photos / f"{n}.png", shift=6 * i) for i, n in enumerate("mn")]
     out = tmp_path / "out"
     settings = RunSettings(
-        elevation_deg=30, steps=2, quality="draft", recon_steps=10, preview="none", faces=400
+        generation=GenerationSettings(steps=2),
+        recon=ReconSettings(quality="draft", steps=10, faces=400),
+        preview=PreviewSettings("none"),
+        elevation_deg=30,
     )
     with pytest.raises(KeyboardInterrupt):
         run_batch_ray(

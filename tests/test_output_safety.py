@@ -281,12 +281,13 @@ def test_run_and_batch_options_are_checked_before_anything(run_cli, tmp_path, co
 
 
 def test_python_api_fails_early_too(tmp_path):
+    from recon.presets import ReconSettings
     from sd3d.workflows.run import RunSettings, run_photo
 
     with pytest.raises(UserError, match="unknown quality 'ultra'"):
-        RunSettings(quality="ultra")
+        RunSettings(recon=ReconSettings(quality="ultra"))
     with pytest.raises(UserError, match="--faces must be at least 4"):
-        RunSettings(faces=1)
+        RunSettings(recon=ReconSettings(faces=1))
     with pytest.raises(UserError, match="device 'tpu'"):  # before the (missing) photo is even read
         run_photo(tmp_path / "missing.png", tmp_path / "out", RunSettings(device="tpu"))
     assert list(tmp_path.iterdir()) == []

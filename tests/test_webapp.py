@@ -240,7 +240,7 @@ def test_photo_generate_then_reconstruct(tiny, cutout_photo, object_views, tmp_p
 
     report = json.loads(by_name["report.json"].read_text())
     assert report["input"] == "object.png" and report["seed"] == 3
-    assert report["settings"]["steps"] == 2 and report["settings"]["recon_steps"] == 30
+    assert report["settings"]["generation"]["steps"] == 2 and report["settings"]["recon"]["steps"] == 30
     assert report["elevation"]["source"] == "estimated"
     assert {"background_note", "warnings"} <= set(report["preprocess"])  # the CLI's report, field for field
     for stage in ("preprocess", "load_model", "generate", "elevation", "reconstruct", "export", "preview"):

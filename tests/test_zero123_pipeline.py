@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from sd3d.models.zero123 import tiny_config
 from sd3d.models.zero123_checkpoint import load_zero123, write_synthetic_checkpoint
 from sd3d.pipelines.zero123 import (
     Zero123Input,
+    Zero123Settings,
     generate_views_zero123,
     model_input,
     novel_view,
@@ -21,6 +24,7 @@ from sd3d.pipelines.zero123 import (
 from sd3d.sampling.stochastic_conditioning import INPUT_VIEW
 
 STEPS = 2
+STOCHASTIC = Zero123Settings(steps=STEPS, seed=1, sampler="stochastic-conditioning")
 
 
 @pytest.fixture(scope="module")
@@ -55,14 +59,12 @@ def prepared(photo) -> Zero123Input:
 
 @pytest.fixture(scope="module")
 def independent(model, prepared):
-    return generate_views_zero123(prepared, 20.0, steps=STEPS, seed=1, model=model)
+    return generate_views_zero123(prepared, 20.0, Zero123Settings(steps=STEPS, seed=1), model=model)
 
 
 @pytest.fixture(scope="module")
 def stochastic(model, prepared):
-    return generate_views_zero123(
-        prepared, 20.0, sampler="stochastic-conditioning", steps=STEPS, seed=1, model=model
-    )
+    return generate_views_zero123(prepared, 20.0, STOCHASTIC, model=model)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -114,12 +116,12 @@ def test_syncdreamer_prepared_input_is_used_as_is(photo):
 # novel_view
 # --------------------------------------------------------------------------------------------------
 def test_novel_view_samples_are_seeded(model, prepared):
-    views = novel_view(prepared, 10, 90, samples=2, steps=STEPS, seed=3, model=model)
+    views = novel_view(prepared, 10, 90, settings=Zero123Settings(STEPS, seed=3, samples=2), model=model)
     assert len(views) == 2 and all(v.shape == (256, 256, 3) and v.dtype == np.uint8 for v in views)
     assert not np.array_equal(views[0], views[1])  # samples differ through their noise
-    again = novel_view(prepared, 10, 90, samples=2, steps=STEPS, seed=3, model=model)
+    again = novel_view(prepared, 10, 90, settings=Zero123Settings(STEPS, seed=3, samples=2), model=model)
     assert all(np.array_equal(a, b) for a, b in zip(views, again, strict=True))
-    other = novel_view(prepared, 10, 90, samples=1, steps=STEPS, seed=4, model=model)
+    other = novel_view(prepared, 10, 90, settings=Zero123Settings(STEPS, seed=4, samples=1), model=model)
     assert not np.array_equal(other[0], views[0])
 
 
@@ -130,7 +132,7 @@ def test_novel_view_rejects_impossible_settings(model, prepared):
         ({"cfg": -1.0}, "--cfg"),
     ]:
         with pytest.raises(UserError, match=match):
-            novel_view(prepared, 0, 30, model=model, **{"steps": STEPS, **kwargs})
+            novel_view(prepared, 0, 30, settings=Zero123Settings(**{"steps": STEPS, **kwargs}), model=model)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -162,24 +164,22 @@ def test_views_folder_round_trip(independent, tmp_path):
 
 
 def test_independent_views_are_reproducible_and_batch_size_free(model, prepared, independent):
-    again = generate_views_zero123(prepared, 20.0, steps=STEPS, seed=1, model=model)
+    again = generate_views_zero123(prepared, 20.0, Zero123Settings(steps=STEPS, seed=1), model=model)
     assert np.array_equal(again.images, independent.images)
     # another batching draws the same noise; only float round-off differs (a uint8 step at most)
-    rebatched = generate_views_zero123(prepared, 20.0, steps=STEPS, seed=1, model=model, batch_size=5)
+    rebatched = generate_views_zero123(
+        prepared, 20.0, Zero123Settings(steps=STEPS, seed=1, batch_view_num=5), model=model
+    )
     assert np.abs(rebatched.images - independent.images).max() * 255 <= 1.0 + 1e-4
-    other = generate_views_zero123(prepared, 20.0, steps=STEPS, seed=2, model=model)
+    other = generate_views_zero123(prepared, 20.0, Zero123Settings(steps=STEPS, seed=2), model=model)
     assert not np.array_equal(other.images, independent.images)
 
 
 def test_stochastic_conditioning_is_reproducible_and_seeded(model, prepared, stochastic):
-    again = generate_views_zero123(
-        prepared, 20.0, sampler="stochastic-conditioning", steps=STEPS, seed=1, model=model
-    )
+    again = generate_views_zero123(prepared, 20.0, STOCHASTIC, model=model)
     assert np.array_equal(again.images, stochastic.images)
     assert again.provenance["conditioning_draws"] == stochastic.provenance["conditioning_draws"]
-    other = generate_views_zero123(
-        prepared, 20.0, sampler="stochastic-conditioning", steps=STEPS, seed=2, model=model
-    )
+    other = generate_views_zero123(prepared, 20.0, replace(STOCHASTIC, seed=2), model=model)
     assert not np.array_equal(other.images, stochastic.images)
     assert other.provenance["conditioning_draws"] != stochastic.provenance["conditioning_draws"]
 
@@ -206,9 +206,7 @@ def test_stochastic_conditioning_feeds_the_saved_image_of_a_finished_view(model,
         return original(x, t, context, concat, cfg_scale)
 
     monkeypatch.setattr(model, "guided_eps", spy)
-    views = generate_views_zero123(
-        prepared, 20.0, sampler="stochastic-conditioning", steps=STEPS, seed=5, model=model
-    )
+    views = generate_views_zero123(prepared, 20.0, replace(STOCHASTIC, seed=5), model=model)
     monkeypatch.undo()
     order, draws = views.provenance["generation_order"], views.provenance["conditioning_draws"]
     drawn = [(target, v) for target in order for v in draws[target]]
@@ -225,15 +223,7 @@ def test_stochastic_conditioning_feeds_the_saved_image_of_a_finished_view(model,
 
 
 def test_latent_conditioning_option(model, prepared, stochastic):
-    views = generate_views_zero123(
-        prepared,
-        20.0,
-        sampler="stochastic-conditioning",
-        steps=STEPS,
-        seed=1,
-        model=model,
-        condition_on="latent",
-    )
+    views = generate_views_zero123(prepared, 20.0, replace(STOCHASTIC, condition_on="latent"), model=model)
     assert views.provenance["condition_on"] == "latent"
     assert views.provenance["conditioning_draws"] == stochastic.provenance["conditioning_draws"]
     # the first view only sees the input, so it is identical; later ones see other conditioning
@@ -243,6 +233,6 @@ def test_latent_conditioning_option(model, prepared, stochastic):
 
 def test_bad_sampler_and_elevation(model, prepared):
     with pytest.raises(UserError, match="unknown sampler"):
-        generate_views_zero123(prepared, 20.0, sampler="sync", model=model)
+        generate_views_zero123(prepared, 20.0, Zero123Settings(sampler="sync"), model=model)
     with pytest.raises(UserError, match="elevation"):
         generate_views_zero123(prepared, 120.0, model=model)

@@ -226,6 +226,40 @@ def check_sampling_args(steps: int, cfg: float, samples: int = 1, eta: float = 1
         raise UserError(f"eta must be between 0 and 1, got {eta}")
 
 
+CONDITION_ON = ("image", "latent")
+
+
+@dataclass(frozen=True)
+class Zero123Settings:
+    """Every sampling knob of :func:`novel_view` and :func:`generate_views_zero123`.
+
+    ``samples``: views per :func:`novel_view` call (``generate_views_zero123`` makes one set per
+    call; ``sd3d generate --model zero123`` makes ``samples`` sets with seeds ``seed``, ``seed + 1``,
+    ...). ``sampler``, ``batch_view_num`` (views per UNet call, which changes nothing but float
+    round-off) and ``condition_on`` are the 16-view generation's (see :func:`generate_views_zero123`).
+    """
+
+    steps: int = DEFAULT_STEPS
+    cfg: float = DEFAULT_CFG
+    eta: float = 1.0
+    seed: int = DEFAULT_SEED
+    samples: int = 1
+    sampler: str = "independent"
+    batch_view_num: int = 8
+    condition_on: str = "image"
+
+    def check(self) -> Zero123Settings:
+        """Raise a one-line :class:`UserError` for impossible values (before any weights are read)."""
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+        if self.condition_on not in CONDITION_ON:
+            raise UserError(f"condition_on must be 'image' or 'latent', got {self.condition_on!r}")
+        check_sampling_args(self.steps, self.cfg, self.samples, self.eta)
+        if self.batch_view_num < 1:
+            raise UserError(f"batch_view_num must be >= 1, got {self.batch_view_num}")
+        return self
+
+
 def _model(model: Zero123 | None, weights, weights_dir, device, dtype) -> Zero123:
     if model is not None:
         return model
@@ -240,28 +274,25 @@ def novel_view(
     d_elevation: float,
     d_azimuth: float,
     d_radius: float = 0.0,
-    samples: int = 1,
-    steps: int = DEFAULT_STEPS,
-    cfg: float = DEFAULT_CFG,
-    seed: int = DEFAULT_SEED,
+    settings: Zero123Settings | None = None,
+    *,
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
     progress: Progress | None = None,
-    *,
-    eta: float = 1.0,
     weights: str | os.PathLike | None = None,
     weights_dir: str | os.PathLike | None = None,
     model: Zero123 | None = None,
     background: str = "auto",
     preprocess: bool = True,
 ) -> list[np.ndarray]:
-    """``samples`` views of the object with the camera moved by the given deltas: uint8 (256,256,3) each.
+    """``settings.samples`` views of the object with the camera moved by the given deltas: uint8 (256,256,3) each.
 
     ``d_elevation`` (degrees, + = camera up), ``d_azimuth`` (degrees, + = camera moves to its right,
     counter-clockwise seen from above), ``d_radius`` (world units of the unit-cube-normalised object,
     + = further away; Zero123 was trained with |dr| <= 0.7). The samples differ only through noise;
-    noise comes from ``seed`` (x_T for all samples, then one draw per step). A file or PIL image goes
-    through the demo preprocessing (``background``, ``preprocess``); ``model`` reuses a loaded model.
+    noise comes from ``settings.seed`` (x_T for all samples, then one draw per step). A file or PIL
+    image goes through the demo preprocessing (``background``, ``preprocess``); ``model`` reuses a
+    loaded model (``device``/``dtype`` only load one: names are resolved there, once).
     """
     import torch
 
@@ -271,7 +302,14 @@ def novel_view(
     from sd3d.sampling.ddim import ZERO123, ddim_sample, ddim_tables
     from sd3d.sampling.schedule import zero123_schedule
 
-    check_sampling_args(steps, cfg, samples, eta)
+    settings = (settings or Zero123Settings()).check()
+    steps, cfg, eta, seed, samples = (
+        settings.steps,
+        settings.cfg,
+        settings.eta,
+        settings.seed,
+        settings.samples,
+    )
     x_in = model_input(
         image_or_prepared, background=background, preprocess=preprocess, weights_dir=weights_dir
     )
@@ -310,29 +348,24 @@ def _choice_generator(seed: int) -> torch.Generator:
 def generate_views_zero123(
     prepared: Zero123Input | PreparedInput | str | os.PathLike | Image.Image,
     elevation_deg: float,
-    sampler: str = "independent",
-    steps: int = DEFAULT_STEPS,
-    cfg: float = DEFAULT_CFG,
-    seed: int = DEFAULT_SEED,
+    settings: Zero123Settings | None = None,
+    *,
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
     progress: Progress | None = None,
-    *,
-    eta: float = 1.0,
     weights: str | os.PathLike | None = None,
     weights_dir: str | os.PathLike | None = None,
     model: Zero123 | None = None,
-    batch_size: int = 8,
     order: list[int] | None = None,
-    condition_on: str = "image",
 ) -> ViewSet:
     """The 16 SyncDreamer target views (elevation 30, azimuth 22.5 n, radius 1.5) from Zero123, as a ViewSet.
 
     ``elevation_deg``: the input view's elevation (the input sits at azimuth 0, radius 1.5).
-    ``sampler``: ``independent`` (each view its own chain; ``batch_size`` views per UNet call, which
+    ``settings.sampler``: ``independent`` (each view its own chain; ``settings.batch_view_num`` views
+    per UNet call, which
     changes nothing but float round-off: the noise is drawn for all 16 views at once) or ``stochastic-conditioning`` (3DiM: views one after another in
     ``order``, default by increasing angle from the input; at every step the conditioning view is
-    drawn from the input and the views finished so far). ``condition_on``: how a finished view
+    drawn from the input and the views finished so far). ``settings.condition_on``: how a finished view
     conditions later ones -- ``image`` (decode, quantise to uint8 as saved, re-encode: identical to
     conditioning on the saved PNG) or ``latent`` (its final latent / 0.18215 as concat latent, CLIP of
     the decoded image; cheaper, not an image round trip).
@@ -356,15 +389,17 @@ def generate_views_zero123(
         sample_stochastic_conditioning,
     )
 
-    if sampler not in SAMPLERS:
-        raise UserError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
-    if condition_on not in ("image", "latent"):
-        raise UserError(f"condition_on must be 'image' or 'latent', got {condition_on!r}")
-    check_sampling_args(steps, cfg, 1, eta)
+    settings = (settings or Zero123Settings()).check()
+    sampler, steps, cfg, eta, seed = (
+        settings.sampler,
+        settings.steps,
+        settings.cfg,
+        settings.eta,
+        settings.seed,
+    )
+    batch_size, condition_on = settings.batch_view_num, settings.condition_on
     if not np.isfinite(elevation_deg) or not -90.0 <= float(elevation_deg) <= 90.0:
         raise UserError(f"the input elevation must be between -90 and 90 degrees, got {elevation_deg}")
-    if batch_size < 1:
-        raise UserError(f"batch_size must be >= 1, got {batch_size}")
     x_in = model_input(prepared, weights_dir=weights_dir)
     net = _model(model, weights, weights_dir, device, dtype)
     dev = net.device

@@ -17,7 +17,7 @@ server stops (:meth:`WebApp.close`).
 from __future__ import annotations
 
 import contextlib
-import inspect
+import functools
 import itertools
 import os
 import re
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from sd3d.core.errors import InputImageError, UserError, ViewsFolderError
 from sd3d.core.io import VIEW_FILES
 from sd3d.core.progress import Progress
-from sd3d.workflows.run import MESH_FORMATS, RunSettings
+from sd3d.workflows.run import MESH_FORMATS, PreviewSettings, RunSettings
 
 if TYPE_CHECKING:
     from sd3d.preprocess import PreparedInput
@@ -50,7 +50,7 @@ ELEVATION_AUTO = "auto"
 
 # The photo tab's controls: RunSettings field -> `sd3d run` option (tests check that each option
 # exists with the same default). Device and dtype belong to the server (`sd3d serve --device`).
-RUN_OPTIONS = {
+RUN_OPTIONS = {  # name -> flag; the name is the settings' own, see run_option
     "elevation_deg": "--elevation",
     "crop_size": "--crop-size",
     "background": "--background",
@@ -67,9 +67,34 @@ RUN_OPTIONS = {
     "preview": "--preview",
     "preview_frames": "--preview-frames",
 }
-# The reconstruction half of those: what the photo tab's "Reconstruct" step may change after the
-# views were generated.
-RECON_FIELDS = ("quality", "recon_steps", "faces", "formats", "preview", "preview_frames")
+_NESTED = {
+    "steps": ("generation", "steps"),
+    "cfg": ("generation", "cfg"),
+    "eta": ("generation", "eta"),
+    "seed": ("generation", "seed"),
+    "samples": ("generation", "samples"),
+    "sampler": ("generation", "sampler"),
+    "quality": ("recon", "quality"),
+    "recon_steps": ("recon", "steps"),
+    "faces": ("recon", "faces"),
+    "formats": ("recon", "formats"),
+    "preview": ("preview", "format"),
+    "preview_frames": ("preview", "frames"),
+}
+
+
+def run_option(settings: RunSettings, name: str) -> Any:
+    """The value of ``sd3d run``'s option ``name`` (a key of :data:`RUN_OPTIONS`) in ``settings``,
+    wherever it is nested."""
+    if name in _NESTED:
+        part, attr = _NESTED[name]
+        return getattr(getattr(settings, part), attr)
+    return getattr(settings, name)
+
+
+# The reconstruction half of those (nested settings of RunSettings): what the photo tab's
+# "Reconstruct" step may change after the views were generated.
+RECON_FIELDS = ("recon", "preview")
 
 
 @dataclass(frozen=True)
@@ -86,17 +111,14 @@ class ReconOptions:
 
 
 def recon_defaults() -> ReconOptions:
-    """The defaults of :func:`recon.pipeline.reconstruct` / :func:`~recon.pipeline.export_mesh`,
-    except the seed: every command's ``--seed`` defaults to :data:`sd3d.DEFAULT_SEED`."""
-    from recon.pipeline import export_mesh, reconstruct
+    """The defaults of :class:`recon.presets.ReconSettings`, except the seed: every command's
+    ``--seed`` defaults to :data:`sd3d.DEFAULT_SEED`."""
+    from recon.presets import ReconSettings
     from sd3d import DEFAULT_SEED
 
-    params = inspect.signature(reconstruct).parameters
+    defaults = ReconSettings()
     return ReconOptions(
-        quality=params["quality"].default,
-        steps=params["steps"].default,
-        seed=DEFAULT_SEED,
-        faces=inspect.signature(export_mesh).parameters["faces"].default,
+        quality=defaults.quality, steps=defaults.steps, seed=DEFAULT_SEED, faces=defaults.faces
     )
 
 
@@ -177,12 +199,12 @@ def run_command(settings: RunSettings, photo_name: str, options: ServeOptions) -
     defaults = RunSettings()
     parts = ["sd3d", "run", _arg(photo_name or "photo.png"), "-o", "out/"]
     for name, flag in RUN_OPTIONS.items():
-        value = getattr(settings, name)
+        value = run_option(settings, name)
         if name == "formats":
             extra = [f for f in value if f != "glb"]
             if extra:
                 parts += [flag, ",".join(extra)]
-        elif value != getattr(defaults, name):
+        elif value != run_option(defaults, name):
             parts += [flag, _arg(value)]
     return " ".join(parts + _server_args(options))
 
@@ -265,42 +287,43 @@ def photo_settings(
     """The photo tab's control values -> the :class:`RunSettings` of ``sd3d run`` (checked).
 
     ``elevation`` is ``auto`` (estimate it) or ``manual`` (use ``elevation_deg``)."""
+    from recon.presets import ReconSettings
     from sd3d.pipelines.syncdreamer import GenerationSettings
     from sd3d.preprocess import check_crop_size
 
     elev = None if elevation == ELEVATION_AUTO else _as_float(elevation_deg, "--elevation")
-    settings = RunSettings(
-        elevation_deg=elev,
-        crop_size=check_crop_size(_as_int(crop_size, "--crop-size")),
-        background=background,
+    crop = check_crop_size(_as_int(crop_size, "--crop-size"))
+    generation = GenerationSettings(
         steps=_as_int(steps, "--steps"),
         cfg=_as_float(cfg, "--cfg"),
         eta=_as_float(eta, "--eta"),
         seed=_as_int(seed, "--seed"),
         samples=_as_int(samples, "--samples"),
         sampler=sampler,
-        quality=quality,
-        recon_steps=_as_int(recon_steps, "--recon-steps", optional=True),
-        faces=_as_int(faces, "--faces", optional=True),
-        formats=("glb", *_formats(formats)),
-        preview=preview,
-        preview_frames=_as_int(preview_frames, "--preview-frames"),
+    )
+    recon_steps_value = _as_int(recon_steps, "--recon-steps", optional=True)
+    faces_value = _as_int(faces, "--faces", optional=True)
+    _check_recon(quality, recon_steps_value, faces_value, "--recon-steps", options)
+    return RunSettings(
+        generation=generation,
+        recon=ReconSettings(quality, recon_steps_value, faces_value, ("glb", *_formats(formats))),
+        preview=PreviewSettings(preview, _as_int(preview_frames, "--preview-frames")),
+        elevation_deg=elev,
+        crop_size=crop,
+        background=background,
         max_pixels=options.max_pixels,
         device=options.device,
         dtype=options.dtype,
     ).check()
-    GenerationSettings(
-        30.0 if elev is None else elev,
-        settings.steps,
-        settings.cfg,
-        settings.eta,
-        settings.seed,
-        settings.samples,
-        None,
-        settings.sampler,
-    ).check()
-    _check_recon(settings.quality, settings.recon_steps, settings.faces, "--recon-steps", options)
-    return settings
+
+
+@functools.cache
+def server_device(name: str):
+    """``--device`` of ``sd3d serve`` as a :class:`torch.device`, resolved once per process (the
+    server's options do not change while it runs)."""
+    from sd3d.core.device import resolve_device
+
+    return resolve_device(name)
 
 
 def _check_recon(
@@ -308,13 +331,12 @@ def _check_recon(
 ) -> None:
     """Refuse an impossible reconstruction setting before any work (as the CLI does)."""
     from recon.presets import get_preset, resolve_quality
-    from sd3d.core.device import resolve_device
 
     if steps is not None and steps < 1:
         raise UserError(f"{steps_flag} must be at least 1, got {steps}")
     if faces is not None and faces < 4:
         raise UserError(f"--faces must be at least 4, got {faces}")
-    get_preset(resolve_quality(quality, resolve_device(options.device)), steps)
+    get_preset(resolve_quality(quality, server_device(options.device)), steps)
 
 
 def recon_options(
@@ -530,9 +552,7 @@ class WebApp:
 
     def device(self):
         """The compute device: the loaded model's, else ``--device`` resolved."""
-        from sd3d.core.device import resolve_device
-
-        return self._model.device if self._model is not None else resolve_device(self.options.device)
+        return self._model.device if self._model is not None else server_device(self.options.device)
 
     # ---- photo tab ------------------------------------------------------------------------------
     def _prepared(self, session: Session, photo: str | os.PathLike, crop_size: int, background: str):
@@ -721,6 +741,7 @@ class WebApp:
     ) -> Reconstructed:
         """``sd3d reconstruct``: uploaded views -> textured mesh (needs no weights)."""
         from recon.pipeline import export_mesh, reconstruct
+        from recon.presets import ReconSettings
         from sd3d.core.io import read_views
 
         if not files:
@@ -732,8 +753,7 @@ class WebApp:
             views = read_views(source)
         result = reconstruct(
             views,
-            quality=recon.quality,
-            steps=recon.steps,
+            ReconSettings(recon.quality, recon.steps, recon.faces),
             seed=recon.seed,
             device=self.device(),
             progress=_progress(report),

@@ -207,21 +207,23 @@ def build_demo(app: WebApp) -> gr.Blocks:
                         label="elevation of the photo's camera (degrees)",
                         interactive=run_defaults.elevation_deg is not None,
                     )
-                    steps = gr.Slider(1, 200, value=run_defaults.steps, step=1, label="--steps")
-                    cfg = gr.Slider(0.0, 10.0, value=run_defaults.cfg, step=0.1, label="--cfg")
+                    steps = gr.Slider(1, 200, value=run_defaults.generation.steps, step=1, label="--steps")
+                    cfg = gr.Slider(0.0, 10.0, value=run_defaults.generation.cfg, step=0.1, label="--cfg")
                     with gr.Row():
-                        seed = gr.Number(value=run_defaults.seed, precision=0, label="--seed")
+                        seed = gr.Number(value=run_defaults.generation.seed, precision=0, label="--seed")
                         samples = gr.Slider(
                             1,
                             MAX_SAMPLES_SHOWN,
-                            value=run_defaults.samples,
+                            value=run_defaults.generation.samples,
                             step=1,
                             label="--samples",
                             info="generate N sets, keep the most consistent",
                         )
                     with gr.Accordion("Sampler", open=False):
-                        sampler = gr.Dropdown(list(SAMPLERS), value=run_defaults.sampler, label="--sampler")
-                        eta = gr.Number(value=run_defaults.eta, label="--eta")
+                        sampler = gr.Dropdown(
+                            list(SAMPLERS), value=run_defaults.generation.sampler, label="--sampler"
+                        )
+                        eta = gr.Number(value=run_defaults.generation.eta, label="--eta")
                     generate_btn = gr.Button("Generate the 16 views", variant="primary", elem_id="generate")
             with gr.Row():
                 gallery = gr.Gallery(
@@ -239,26 +241,28 @@ def build_demo(app: WebApp) -> gr.Blocks:
                     elevation_info = gr.Markdown()
             gr.Markdown("### Reconstruction")
             with gr.Row():
-                quality = _quality(run_defaults.quality)
+                quality = _quality(run_defaults.recon.quality)
                 recon_steps = gr.Number(
-                    value=_unset(run_defaults.recon_steps),
+                    value=_unset(run_defaults.recon.steps),
                     precision=0,
                     label="--recon-steps",
                     info="0: the preset's",
                 )
                 faces = gr.Number(
-                    value=_unset(run_defaults.faces), precision=0, label="--faces", info="0: all"
+                    value=_unset(run_defaults.recon.faces), precision=0, label="--faces", info="0: all"
                 )
             with gr.Row():
                 formats = gr.CheckboxGroup(
                     list(EXTRA_FORMATS),
-                    value=[f for f in run_defaults.formats if f != "glb"],
+                    value=[f for f in run_defaults.recon.formats if f != "glb"],
                     label="--formats",
                     info="besides the GLB",
                 )
-                preview = gr.Radio(list(PREVIEW_FORMATS), value=run_defaults.preview, label="--preview")
+                preview = gr.Radio(
+                    list(PREVIEW_FORMATS), value=run_defaults.preview.format, label="--preview"
+                )
                 preview_frames = gr.Number(
-                    value=run_defaults.preview_frames, precision=0, label="--preview-frames"
+                    value=run_defaults.preview.frames, precision=0, label="--preview-frames"
                 )
             reconstruct_btn = gr.Button("Reconstruct the mesh", variant="primary", elem_id="reconstruct")
             with gr.Row():

@@ -170,15 +170,17 @@ class GpuWorker:
 
     def __init__(self, weights: str | None, weights_dir: str | None, settings: RunSettings) -> None:
         self.weights, self.weights_dir, self.settings = weights, weights_dir, settings
-        self.model = None
+        self.model = self.dtype = None
 
     def _loaded(self):
+        """The model, loaded on first use: this worker's process resolves the device and dtype
+        names (on the machine that runs it), once."""
         if self.model is None:
             from sd3d.pipelines.syncdreamer import load_model
 
-            self.model = load_model(
-                self.weights, self.weights_dir, self.settings.device, dtype=self.settings.dtype
-            )
+            device, dtype = self.settings.device_and_dtype()
+            self.model = load_model(self.weights, self.weights_dir, device, dtype=dtype)
+            self.dtype = runner.run_dtype(self.model, self.settings)
         return self.model
 
     def load(self) -> dict:
@@ -204,7 +206,7 @@ class GpuWorker:
         model = self._loaded()
         self._reset_peak()
         start = time.perf_counter()
-        views = runner.generate_at(model, prepared, self.settings, elevation_deg)
+        views = runner.generate_at(model, prepared, self.settings, elevation_deg, self.dtype)
         return _pack(views), self._meta(start)
 
     @ray.method(num_returns=2)
@@ -369,7 +371,7 @@ class _Pipeline:
             self.pending[meta] = _Pending(job, stage, worker, payload)
 
     def _after_views(self, job: _Job) -> None:
-        if self.settings.samples > 1:
+        if self.settings.generation.samples > 1:
             self._cpu(job, "rank", _rank.remote(job.views))
         else:
             self._gpu(job, "reconstruct")

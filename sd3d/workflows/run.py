@@ -31,37 +31,57 @@ from sd3d.core.progress import Progress, resolve
 from sd3d.workflows.storage import IMAGE_SUFFIXES
 
 PREVIEW_FORMATS = ("mp4", "gif", "none")
-MESH_FORMATS = ("glb", "obj", "ply")
+MESH_FORMATS = ("glb", "obj", "ply")  # recon.presets.MESH_FORMATS, without importing torch here
+
+
+def _default_generation():
+    from sd3d.pipelines.syncdreamer import GenerationSettings
+
+    return GenerationSettings()
+
+
+def _default_recon():
+    from recon.presets import ReconSettings
+
+    return ReconSettings()
+
+
+@dataclass(frozen=True)
+class PreviewSettings:
+    """The turntable preview: ``format`` mp4, gif or none, ``frames`` around the object at ``fps``."""
+
+    format: str = "mp4"
+    frames: int = 72
+    fps: int = 24
+
+    def __post_init__(self) -> None:
+        if self.format not in PREVIEW_FORMATS:
+            raise UserError(f"unknown preview {self.format!r}: choose mp4, gif or none")
+        if self.frames < 1 or self.fps < 1:
+            raise UserError("preview frames and fps must be >= 1")
 
 
 @dataclass(frozen=True)
 class RunSettings:
-    """Every option of the chained stages (defaults: the official generator, the standard preset).
+    """Every option of the chained stages (defaults: the official generator, the standard preset),
+    the stages' own settings nested: ``generation`` (the generator's, but for the elevation, which
+    this run chooses: see :meth:`generation_at`), ``recon`` (:class:`recon.presets.ReconSettings`:
+    quality, steps, faces, formats) and ``preview`` (:class:`PreviewSettings`).
 
     ``elevation_deg=None`` estimates the input elevation: generate at 30 deg (the middle of the
     model's training range), estimate from those views, and regenerate once at the estimate when it
     differs by more than ``regenerate_threshold_deg``. ``max_pixels``: the input photo's size limit
-    (``None``: :data:`sd3d.core.io.DEFAULT_MAX_PIXELS`).
+    (``None``: :data:`sd3d.core.io.DEFAULT_MAX_PIXELS`). ``device``/``dtype``: names (``auto``,
+    ``cuda:1``, ``bf16`` ...) as the user gave them; :meth:`device_and_dtype` resolves them.
     """
 
+    generation: Any = field(default_factory=_default_generation)  # GenerationSettings
+    recon: Any = field(default_factory=_default_recon)  # recon.presets.ReconSettings
+    preview: PreviewSettings = field(default_factory=PreviewSettings)
     elevation_deg: float | None = None
     crop_size: int = 200
     background: str = "auto"
     max_pixels: int | None = None
-    steps: int = 50
-    cfg: float = 2.0
-    eta: float = 1.0
-    seed: int = 6033
-    samples: int = 1
-    sampler: str = "ddim"
-    batch_view_num: int | None = None
-    quality: str = "auto"
-    recon_steps: int | None = None
-    faces: int | None = None
-    formats: tuple[str, ...] = ("glb",)
-    preview: str = "mp4"
-    preview_frames: int = 72
-    preview_fps: int = 24
     device: str = "auto"
     dtype: str = "auto"
     regenerate_threshold_deg: float = 2.5
@@ -71,59 +91,59 @@ class RunSettings:
 
     def _validate(self) -> None:
         """Every value that can be judged without a device, so a bad option fails at construction
-        (the CLI's one ``error:`` line), never after minutes of generation or training."""
-        from recon.presets import get_preset
+        (the CLI's one ``error:`` line), never after minutes of generation or training. The nested
+        ``recon`` and ``preview`` settings checked themselves when they were made."""
+        from recon.presets import ReconSettings
         from sd3d.background import check_backend_name
         from sd3d.core.io import check_max_pixels
+        from sd3d.pipelines.syncdreamer import GenerationSettings
         from sd3d.preprocess import check_crop_size
 
+        if not isinstance(self.generation, GenerationSettings):
+            raise TypeError(f"RunSettings.generation must be a GenerationSettings, got {self.generation!r}")
+        if not isinstance(self.recon, ReconSettings) or not isinstance(self.preview, PreviewSettings):
+            raise TypeError("RunSettings.recon / .preview must be ReconSettings / PreviewSettings")
+        if self.generation.elevation_deg != GenerationSettings.elevation_deg:
+            raise UserError(
+                "RunSettings.generation.elevation_deg is not used: give the elevation as "
+                "RunSettings.elevation_deg (None: estimate it)"
+            )
         check_max_pixels(self.max_pixels)
-        bad = [f for f in self.formats if f not in MESH_FORMATS]
-        if bad:
-            raise UserError(f"unknown mesh format {bad[0]!r}: choose from {', '.join(MESH_FORMATS)}")
-        if self.preview not in PREVIEW_FORMATS:
-            raise UserError(f"unknown preview {self.preview!r}: choose mp4, gif or none")
-        if self.samples < 1:
+        if self.generation.samples < 1:
             raise UserError("--samples must be >= 1")
-        if self.preview_frames < 1 or self.preview_fps < 1:
-            raise UserError("preview frames and fps must be >= 1")
-        self.generation(first_elevation(self)).check()
+        self.generation_at(first_elevation(self)).check()
         check_crop_size(self.crop_size)
         check_backend_name(self.background)
-        if self.recon_steps is not None and self.recon_steps < 1:
-            raise UserError(f"--recon-steps must be >= 1, got {self.recon_steps}")
-        get_preset("draft" if self.quality == "auto" else self.quality, self.recon_steps)
-        if self.faces is not None and self.faces < 4:
-            raise UserError(f"--faces must be at least 4, got {self.faces}")
         if not self.regenerate_threshold_deg >= 0:
             raise UserError(f"the regeneration threshold must be >= 0, got {self.regenerate_threshold_deg}")
 
-    def generation(self, elevation_deg: float):
-        """The generator's settings for one elevation."""
-        from sd3d.pipelines.syncdreamer import GenerationSettings
+    def generation_at(self, elevation_deg: float):
+        """The generator's settings (:class:`~sd3d.pipelines.syncdreamer.GenerationSettings`) for
+        one elevation."""
+        return replace(self.generation, elevation_deg=float(elevation_deg))
 
-        return GenerationSettings(
-            float(elevation_deg),
-            self.steps,
-            self.cfg,
-            self.eta,
-            self.seed,
-            self.samples,
-            self.batch_view_num,
-            self.sampler,
-        )
+    def device_and_dtype(self):
+        """``device`` and ``dtype`` resolved on this machine (``auto`` decided here): done once
+        by whoever runs the stages, which then take the :class:`torch.device` / :class:`torch.dtype`."""
+        from sd3d.core.device import resolve_device, resolve_dtype
+
+        device = resolve_device(self.device)
+        return device, resolve_dtype(self.dtype, device)
 
     def check(self) -> RunSettings:
         """Also judge what depends on this machine (device, dtype on it, the resolved quality preset),
         then return the settings with GLB always among the formats."""
-        from recon.presets import get_preset, resolve_quality
-        from sd3d.core.device import resolve_device, resolve_dtype
+        device, _ = self.device_and_dtype()
+        self.recon.preset(device)
+        formats = tuple(dict.fromkeys(("glb", *self.recon.formats)))  # the GLB is always written
+        return replace(self, recon=replace(self.recon, formats=formats))
 
-        device = resolve_device(self.device)
-        resolve_dtype(self.dtype, device)
-        get_preset(resolve_quality(self.quality, device), self.recon_steps)
-        formats = tuple(dict.fromkeys(("glb", *self.formats)))  # the GLB is always written
-        return replace(self, formats=formats)
+    def record(self) -> dict[str, Any]:
+        """Every value, for ``report.json`` (the generation's unused elevation left out)."""
+        out = asdict(self)
+        del out["generation"]["elevation_deg"]
+        out["recon"]["formats"] = list(self.recon.formats)
+        return out
 
 
 @dataclass(frozen=True)
@@ -166,11 +186,11 @@ def run_output_names(settings: RunSettings) -> list[str]:
     """The entries ``run_photo`` writes into its output folder for ``settings``."""
     from recon.export import obj_sidecars
 
-    names = ["input.png", "views", *(f"mesh.{fmt}" for fmt in settings.formats), "report.json"]
-    if "obj" in settings.formats:
+    names = ["input.png", "views", *(f"mesh.{fmt}" for fmt in settings.recon.formats), "report.json"]
+    if "obj" in settings.recon.formats:
         names += [p.name for p in obj_sidecars("mesh.obj")]
-    if settings.preview != "none":
-        names.append(f"preview.{settings.preview}")
+    if settings.preview.format != "none":
+        names.append(f"preview.{settings.preview.format}")
     return names
 
 
@@ -239,12 +259,22 @@ def prepare_photo(source, settings: RunSettings, weights_dir: str | os.PathLike 
     )
 
 
-def generate_at(model, prepared, settings: RunSettings, elevation_deg: float, progress=None) -> list:
-    """``settings.samples`` view sets (:class:`~sd3d.core.io.ViewSet`) for ``prepared`` at ``elevation_deg``."""
+def generate_at(model, prepared, settings: RunSettings, elevation_deg: float, dtype, progress=None) -> list:
+    """``settings.generation.samples`` view sets (:class:`~sd3d.core.io.ViewSet`) for ``prepared``
+    at ``elevation_deg``, computed in ``dtype`` (a :class:`torch.dtype`: see :func:`run_dtype`)."""
     from sd3d.pipelines.syncdreamer import run_generation
 
-    gen = settings.generation(elevation_deg)
-    return run_generation(model, prepared, gen, dtype=settings.dtype, progress=progress)
+    gen = settings.generation_at(elevation_deg)
+    return run_generation(model, prepared, gen, dtype=dtype, progress=progress)
+
+
+def run_dtype(model, settings: RunSettings):
+    """The :class:`torch.dtype` the run's generations compute in on ``model``: ``settings.dtype``
+    resolved once (``auto`` follows half-precision weights, see
+    :func:`sd3d.pipelines.syncdreamer.compute_dtype_for`), then passed to :func:`generate_at`."""
+    from sd3d.pipelines.syncdreamer import compute_dtype_for
+
+    return compute_dtype_for(model, settings.dtype)
 
 
 def choose_elevation(prepared, views: list, settings: RunSettings) -> ElevationChoice:
@@ -287,12 +317,7 @@ def reconstruct_views(
     from recon.pipeline import extract_surface, reconstruct
 
     result = reconstruct(
-        views,
-        quality=settings.quality,
-        steps=settings.recon_steps,
-        seed=settings.seed,
-        device=device,
-        progress=progress,
+        views, settings.recon, seed=settings.generation.seed, device=device, progress=progress
     )
     start = time.perf_counter()
     surface = extract_surface(result)
@@ -336,9 +361,13 @@ def write_run_folder(
     exports = {}
     note("export")
     with stages("export"):
-        for fmt in settings.formats:
+        for fmt in settings.recon.formats:
             exp = export_mesh(
-                result, folder / f"mesh.{fmt}", faces=settings.faces, surface=recon.surface, progress=progress
+                result,
+                folder / f"mesh.{fmt}",
+                faces=settings.recon.faces,
+                surface=recon.surface,
+                progress=progress,
             )
             exports[fmt] = {
                 "files": [p.name for p in exp.paths],
@@ -349,22 +378,22 @@ def write_run_folder(
                 "seconds": {k: round(v, 3) for k, v in exp.timings.items()},
             }
     preview_file = None
-    if settings.preview != "none":
+    if settings.preview.format != "none":
         note("preview")
         with stages("preview"):
             preview_file = write_turntable(
                 folder / "mesh.glb",
-                folder / f"preview.{settings.preview}",
-                frames=settings.preview_frames,
-                fps=settings.preview_fps,
+                folder / f"preview.{settings.preview.format}",
+                frames=settings.preview.frames,
+                fps=settings.preview.fps,
                 device=device,
                 progress=progress,
             )
     report = {
         "input": str(source),
         "outputs": sorted(p.name for p in folder.iterdir()) + ["report.json"],
-        "settings": {**asdict(settings), "formats": list(settings.formats)},
-        "seed": settings.seed,
+        "settings": settings.record(),
+        "seed": settings.generation.seed,
         "elevation": elevation_record,
         "samples": {
             "count": len(views),
@@ -434,7 +463,8 @@ def run_photo(
     note("load model")
     with stages("load_model"):
         if model is None:
-            model = load_model(weights_file, None, settings.device, dtype=settings.dtype)
+            device, dtype = settings.device_and_dtype()
+            model = load_model(weights_file, None, device, dtype=dtype)
     generated = generate_run_views(model, prepared, settings, stages=stages, progress=progress, note=note)
     return finish_run(
         out_dir,
@@ -484,10 +514,11 @@ def generate_run_views(
 
     if model.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(model.device)
+    dtype = run_dtype(model, settings)
     first = first_elevation(settings)
     note("generate" if settings.elevation_deg is not None else f"generate (elevation guess {first:.0f} deg)")
     with stages("generate"):
-        views = generate_at(model, prepared, settings, first, progress)
+        views = generate_at(model, prepared, settings, first, dtype, progress)
     if settings.elevation_deg is None:
         note("estimate elevation")
     with stages("elevation") if settings.elevation_deg is None else nullcontext():
@@ -495,7 +526,7 @@ def generate_run_views(
     if elevation.regenerate:
         note(f"generate (elevation {elevation.elevation_deg:.1f} deg)")
         with stages("generate"):
-            views = generate_at(model, prepared, settings, elevation.elevation_deg, progress)
+            views = generate_at(model, prepared, settings, elevation.elevation_deg, dtype, progress)
 
     if len(views) > 1:
         note("rank samples")
@@ -749,7 +780,8 @@ def run_batch(
     model = None
     if todo:
         try:
-            model = load_model(weights_file, None, settings.device, dtype=settings.dtype)
+            device, dtype = settings.device_and_dtype()
+            model = load_model(weights_file, None, device, dtype=dtype)
         except UserError as exc:
             record()
             raise BatchAborted(str(exc), _with_rest(items, images, targets)) from exc
