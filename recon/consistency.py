@@ -16,6 +16,9 @@ import numpy as np
 import torch
 
 from recon.metrics import psnr, ssim
+from recon.pipeline import reconstruct
+from recon.presets import ReconSettings
+from recon.render import camera_rays, render_rays
 from sd3d.core.errors import UserError
 from sd3d.core.io import ViewSet
 from sd3d.core.progress import Progress
@@ -68,7 +71,6 @@ def subset(views: ViewSet, keep: list[int]) -> ViewSet:
 @torch.no_grad()
 def render_field_view(result, camera, chunk: int = 8192) -> np.ndarray:
     """(H, W, 3) RGB on white of a trained :class:`recon.pipeline.ReconResult` at ``camera``."""
-    from recon.render import camera_rays, render_rays
 
     origins, dirs = camera_rays(camera)
     h, w = origins.shape[:2]
@@ -94,8 +96,6 @@ def consistency_score(
     progress: Progress | None = None,
 ) -> ConsistencyScore:
     """Fit on the views not in ``held_out``, score the held-out ones (see the module docstring)."""
-    from recon.pipeline import reconstruct
-    from recon.presets import ReconSettings
 
     held_out = default_held_out(views.num_views) if held_out is None else tuple(sorted(set(held_out)))
     if not held_out or any(i < 0 or i >= views.num_views for i in held_out):

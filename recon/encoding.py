@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sd3d.core.errors import MissingDependencyError
+
 _PRIMES = (1, 2654435761, 805459861)
 # Index arithmetic runs in int32: products wrap modulo 2^32 exactly like tcnn's uint32 hash, and the
 # final power-of-two mask keeps only low bits, so the signed view of the primes gives the same rows.
@@ -342,12 +344,8 @@ def make_encoding(
         if tcnn_available():
             return TcnnHashGrid(cfg).to(device)
         if backend == "tcnn":
-            from sd3d.core.errors import MissingDependencyError
-
             raise MissingDependencyError("the tcnn hash grid needs tinycudann (pip install tinycudann)")
         warnings.warn("tinycudann not available; using the PyTorch hash grid", stacklevel=2)
     elif backend == "tcnn":
-        from sd3d.core.errors import MissingDependencyError
-
         raise MissingDependencyError("the tcnn hash grid needs a CUDA device")
     return HashGrid(cfg, generator=generator).to(device)

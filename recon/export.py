@@ -28,6 +28,8 @@ import re
 from pathlib import Path
 
 import numpy as np
+import trimesh
+from PIL import Image, PngImagePlugin
 
 from sd3d.core.errors import OutputPathError
 from sd3d.core.io import atomic_path, check_writable_location
@@ -93,7 +95,6 @@ def check_output_path(path: str | Path) -> Path:
 
 
 def _texture_png(texture: np.ndarray) -> bytes:
-    from PIL import Image, PngImagePlugin
 
     info = PngImagePlugin.PngInfo()
     info.add_text("Software", _PNG_SOFTWARE)  # marks the file as ours (see _written_by_sd3d)
@@ -124,8 +125,6 @@ def _add_plain_material(tree: dict) -> None:
 
 
 def _glb_bytes(vertices, faces, uvs, texture, colors, normals) -> bytes:
-    import trimesh
-    from PIL import Image
 
     verts = np.asarray(vertices) @ WORLD_TO_GLTF.T
     post = None
@@ -172,7 +171,6 @@ def _obj_text(vertices, faces, uvs, colors, normals, mtl_name: str | None) -> st
 
 
 def _ply_bytes(vertices, faces, colors, normals) -> bytes:
-    import trimesh
 
     mesh = trimesh.Trimesh(vertices, faces, vertex_normals=normals, vertex_colors=colors, process=False)
     return mesh.export(file_type="ply", vertex_normal=normals is not None)

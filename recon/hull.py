@@ -10,9 +10,11 @@ the plain, exact hull (all three at 0).
 
 from __future__ import annotations
 
+import mcubes
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import distance_transform_edt
 
 from sd3d.core.cameras import Camera
 
@@ -68,7 +70,6 @@ def visual_hull(
 
 def hull_sdf(hull: torch.Tensor, bound: float) -> torch.Tensor:
     """Approximate signed distance (negative inside) of a voxelised hull, on its voxel centres."""
-    from scipy.ndimage import distance_transform_edt
 
     inside = hull.cpu().numpy()
     voxel = 2 * bound / hull.shape[0]
@@ -86,7 +87,6 @@ def hull_mesh(
     ``max_faces``: decimate (quadric edge collapse) to about that many faces. The voxel staircase
     carries many faces and no shape a silhouette comparison can use, and rasterising is the
     estimate's main cost, so the search renders a decimated hull."""
-    import mcubes
 
     r = occupancy.shape[0]
     step = 2.0 * bound / r

@@ -10,6 +10,7 @@ A view whose mask is empty, or that has no background at all, cannot constrain t
 from __future__ import annotations
 
 import numpy as np
+from scipy.ndimage import label
 
 from sd3d.core.errors import ViewsFolderError
 from sd3d.core.io import VIEW_FILES, ViewSet
@@ -21,7 +22,6 @@ MAX_COVERAGE = 0.97  # above this the view has no usable background
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """Keep the largest 8-connected component of a boolean mask."""
-    from scipy.ndimage import label
 
     labels, count = label(mask.astype(bool), structure=np.ones((3, 3), bool))
     if count <= 1:

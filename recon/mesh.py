@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import mcubes
 import numpy as np
 import torch
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from sd3d.core.errors import MissingDependencyError, UserError
 
@@ -71,7 +74,6 @@ def sdf_volume(sdf_fn, grid, res: int, device: torch.device, chunk: int = 262144
 
 def marching_cubes(volume: np.ndarray) -> Mesh:
     """Zero level set of an SDF volume over [-0.6, 0.6]^3 (negative inside), outward-facing triangles."""
-    import mcubes
 
     res = volume.shape[0]
     verts, faces = mcubes.marching_cubes(-volume.astype(np.float64), 0.0)
@@ -89,8 +91,6 @@ def signed_volume(mesh: Mesh) -> float:
 
 def largest_component(mesh: Mesh) -> Mesh:
     """Keep the connected component (through shared vertices) with the most faces."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
 
     if mesh.num_faces == 0:
         return mesh

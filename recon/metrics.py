@@ -40,6 +40,8 @@ import math
 
 import numpy as np
 import torch
+from scipy.ndimage import maximum_filter
+from scipy.spatial import cKDTree
 
 # ------------------------------------------------------------------------------------------------
 # surface samples, Chamfer, F-score
@@ -72,7 +74,6 @@ def sample_surface(vertices: np.ndarray, faces: np.ndarray, num_samples: int, se
 
 def nearest_distances(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Euclidean distance from each query point to its nearest reference point (KD-tree)."""
-    from scipy.spatial import cKDTree
 
     dist, _ = cKDTree(np.asarray(reference, np.float64)).query(np.asarray(query, np.float64), k=1)
     return dist
@@ -336,7 +337,6 @@ def _near_cone_points(cone: np.ndarray, x0: np.ndarray, step: float, n: int, rad
     Samples spaced <= one cell on every triangle are marked in a sub-grid around the cone, then
     grown by a cube of half-size ``radius`` + one cell (a conservative distance test).
     """
-    from scipy.ndimage import maximum_filter
 
     half = int(math.ceil(radius / step)) + 1
     lo = np.clip(np.floor((cone.reshape(-1, 3).min(0) - x0) / step).astype(np.int64) - half, 0, n)

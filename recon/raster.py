@@ -24,6 +24,7 @@ box at 0, like SyncDreamer's data.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -31,9 +32,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import trimesh
+from PIL import Image
 
+from sd3d.core import cameras as cam
 from sd3d.core.cameras import Camera
 from sd3d.core.errors import UserError
+from sd3d.core.io import atomic_dir, cameras_record, contact_sheet, to_uint8, transforms_record
 from sd3d.core.progress import Progress, resolve
 
 MESH_SUFFIXES = (".obj", ".glb", ".gltf", ".ply", ".stl", ".off")
@@ -148,7 +153,6 @@ def _visual_of(geom) -> dict:
 
 
 def _geometries(loaded) -> list[tuple[object, np.ndarray]]:
-    import trimesh
 
     if isinstance(loaded, trimesh.Scene):
         items = []
@@ -200,8 +204,6 @@ def load_mesh(
     of every textured part (for OBJ files whose MTL is missing). ``RenderMesh.transform`` holds the
     file-to-world matrix applied.
     """
-    import trimesh
-    from PIL import Image
 
     path = Path(path)
     if not path.is_file():
@@ -619,7 +621,6 @@ def decode_depth(encoded: np.ndarray) -> np.ndarray:
 def load_trimesh(path: str | os.PathLike, *, up: str = "auto", normalize: bool = False):
     """Geometry only, as a ``trimesh.Trimesh`` in our frame (glTF rotated to +Z up, see
     :func:`load_mesh`), vertices at the same position merged -- what the mesh metrics want."""
-    import trimesh
 
     mesh = load_mesh(path, up=up, normalize=normalize)
     out = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
@@ -632,7 +633,6 @@ def orbit_cameras(
 ) -> list[Camera]:
     """The 16 target cameras by default; otherwise an orbit (elevation 30 and the 16 target
     azimuths unless given)."""
-    from sd3d.core import cameras as cam
 
     if elevation_deg is None and azimuths_deg is None and distance == cam.TARGET_DISTANCE:
         return cam.target_cameras(size)
@@ -665,11 +665,6 @@ def write_renders(
     """Write a views folder atomically: ``000.png ...`` (RGBA), optionally ``000-depth.png ...``
     (uint16, :func:`encode_depth`), ``grid.png``, ``cameras.json`` and ``transforms.json``
     (output folder policy and ``overwrite``: :func:`sd3d.core.io.atomic_dir`)."""
-    import json
-
-    from PIL import Image
-
-    from sd3d.core.io import atomic_dir, cameras_record, contact_sheet, to_uint8, transforms_record
 
     files = render_names(len(cameras))[: len(cameras)]
     record_extra = {

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import label
 
 from sd3d.core.cameras import Camera
 
@@ -93,7 +94,6 @@ class OccupancyGrid:
         What rendering saw is the band; away from it the network is unconstrained (occluded or deep
         regions), so the mesh takes its inside/outside from this flood fill instead of the SDF there.
         """
-        from scipy.ndimage import label
 
         free = ~self.occupied.cpu().numpy()
         labels, _ = label(free)  # 6-connectivity

@@ -25,6 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from scipy.ndimage import uniform_filter
+
+from sd3d.core.io import write_error
+from sd3d.core.progress import resolve
 
 UV_TIMEOUT_S = 300
 POLL_S = 0.5
@@ -75,7 +80,6 @@ def unwrap_uv(
     ``sd3d-uv-*`` temporary folder that is removed on every way out, Ctrl-C and SIGTERM included
     (the CLI turns SIGTERM into an exception, and the child is killed before the exception leaves).
     """
-    from sd3d.core.io import write_error
 
     with tempfile.TemporaryDirectory(prefix="sd3d-uv-") as tmp:
         src, dst = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")
@@ -191,7 +195,6 @@ def rasterize_uv(uvs: np.ndarray, faces: np.ndarray, size: int) -> tuple[np.ndar
 
 def dilate_texture(image: np.ndarray, filled: np.ndarray, iterations: int = 16) -> np.ndarray:
     """Grow chart colours into empty texels (average of filled 8-neighbours), the rest gets the mean."""
-    from scipy.ndimage import uniform_filter
 
     img = image.astype(np.float32).copy()
     mask = filled.astype(np.float32)
@@ -216,9 +219,6 @@ def surface_colors(
 
     ``progress`` (a :class:`sd3d.core.progress.Progress`, optional) shows one step per call.
     """
-    import torch
-
-    from sd3d.core.progress import resolve
 
     out = np.empty((points.shape[0], 3), np.float32)
     calls = max(1, -(-int(points.shape[0]) // chunk))

@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.ndimage import maximum_filter
 
 from recon.fields import NeuSField
 from recon.hull import hull_sdf, visual_hull
 from recon.masks import view_masks
 from recon.presets import Preset
 from recon.render import OccupancyGrid, camera_rays, render_rays, sample_volume
+from sd3d.core.errors import ViewsFolderError
 from sd3d.core.io import ViewSet
 from sd3d.core.progress import Progress, resolve
 
@@ -33,7 +35,6 @@ def prepare_rays(
 ):
     """Rays of every view at ``stride``, restricted to pixels within ``pool_dilate_px`` of the mask
     (farther rays cross no hull voxel, so they would render exactly the white background)."""
-    from scipy.ndimage import maximum_filter
 
     o_all, d_all, c_all, m_all = [], [], [], []
     dil = max(1, pool_dilate_px // stride)
@@ -132,8 +133,6 @@ def train(
         dilate_voxels=1,  # a voxel of slack: the skipping grid must never cut the surface
     )
     if not bool(hull.any()):
-        from sd3d.core.errors import ViewsFolderError
-
         raise ViewsFolderError(
             "the views' masks do not agree on any common volume: cameras and views do not match"
         )

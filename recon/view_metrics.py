@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from recon.metrics import psnr, ssim
 from sd3d.core.errors import ViewsFolderError
@@ -82,8 +83,6 @@ def nvs_metrics(pred: ViewSet, gt: ViewSet, with_lpips: bool = True) -> NVSResul
     if with_lpips:
         model, note = _lpips_model()
         if model is not None:
-            import torch
-
             with torch.no_grad():
                 to_t = lambda x: torch.from_numpy(np.asarray(x, np.float32)).permute(2, 0, 1)[None] * 2 - 1  # noqa: E731
                 lp = tuple(

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from sd3d.background import check_backend_name, remove_background
 from sd3d.core.errors import InputImageError, OutputPathError, UserError
+from sd3d.core.io import atomic_path, check_max_pixels, read_image
 
 MODEL_SIZE = 256
 DEFAULT_CROP_SIZE = 200
@@ -197,8 +200,6 @@ def prepare_input(
     Every user-caused problem raises a one-line :class:`~sd3d.core.errors.UserError`; faint alpha that
     shrinks the object (:func:`faint_alpha_warning`) is a ``UserWarning``, also kept in ``warnings``.
     """
-    from sd3d.background import check_backend_name, remove_background
-    from sd3d.core.io import check_max_pixels, read_image
 
     crop_size = check_crop_size(crop_size)
     check_backend_name(background)
@@ -259,9 +260,6 @@ def save_prepared(
     prepared: PreparedInput, output: str | os.PathLike, model_input: str | os.PathLike | None = None
 ) -> None:
     """Write the RGBA record (and optionally the white-composited RGB) atomically, both or neither."""
-    from contextlib import ExitStack
-
-    from sd3d.core.io import atomic_path
 
     output = check_output_path(output, RGBA_SUFFIXES, "output")
     targets = [(output, prepared.rgba_image())]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -38,7 +39,6 @@ def clean_matte(alpha: np.ndarray, floor: int = 8, min_component_fraction: float
     ``floor`` become 0, and connected pieces smaller than ``min_component_fraction`` of the largest
     piece are removed; everything else (soft edges included) is kept as predicted.
     """
-    import cv2
 
     out = np.where(alpha >= floor, alpha, 0).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats((out > 0).astype(np.uint8), connectivity=8)

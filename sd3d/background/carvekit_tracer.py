@@ -11,6 +11,7 @@ from typing import Any
 
 from PIL import Image
 
+from sd3d.core.device import resolve_device
 from sd3d.core.errors import InputImageError, MissingDependencyError
 
 # Parameters of the official ``foreground_segment.py`` (fp16 only where CUDA runs it).
@@ -39,7 +40,6 @@ class CarvekitBackend:
             raise MissingDependencyError(
                 "--background carvekit needs carvekit (and torchvision): pip install 'sd3d[carvekit]'"
             ) from exc
-        from sd3d.core.device import resolve_device
 
         device = resolve_device(self.device)
         return HiInterface(device=str(device), fp16=device.type == "cuda", **OFFICIAL_PARAMETERS)

@@ -10,6 +10,7 @@ upsampled. Deterministic: OpenCV seeds GrabCut's k-means identically on every ca
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -29,7 +30,6 @@ class GrabCutBackend:
 
     def mask(self, image: Image.Image) -> np.ndarray:
         """uint8 HxW, 255 = object, 0 = background."""
-        import cv2
 
         rgb = np.asarray(image.convert("RGB"))
         h, w = rgb.shape[:2]

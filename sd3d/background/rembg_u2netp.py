@@ -19,13 +19,14 @@ from PIL import Image
 
 from sd3d.background.base import clean_matte, with_alpha
 from sd3d.core.errors import MissingDependencyError, WeightsError
+from sd3d.weights import expected_path, locate
+from sd3d.weights.cache import search_order
 
 MODEL_NAME = "u2netp"
 
 
 def model_path(weights_dir: str | os.PathLike | None = None) -> Path:
     """Where ``u2netp.onnx`` is: the first copy the weights manager finds, else where it is expected."""
-    from sd3d.weights import expected_path, locate
 
     found = locate(MODEL_NAME, weights_dir)
     return found.path if found is not None else expected_path(MODEL_NAME, weights_dir)
@@ -37,7 +38,6 @@ def missing_model_hint(weights_dir: str | os.PathLike | None = None) -> str:
         return "rembg is not installed (pip install 'sd3d[rembg]')"
     if model_path(weights_dir).is_file():
         return ""
-    from sd3d.weights.cache import search_order
 
     where = ", ".join(str(place.path.parent) for place in search_order(MODEL_NAME, weights_dir))
     return f"rembg model {MODEL_NAME}.onnx not found in {where} (get it with: sd3d weights download {MODEL_NAME})"

@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch  # torch's float32 sin/cos are what the official code used (numpy differs by 1 ulp)
 
 NUM_VIEWS = 16
 TARGET_ELEVATION_DEG = 30.0
@@ -136,7 +137,6 @@ def viewpoint_embedding(input_elevation_deg: float, num_views: int = NUM_VIEWS) 
     elevations: Zero123's polar-angle convention), ``d_a = azimuth[n] - azimuth[0]`` from the wrapped
     float32 azimuth buffer. The input view is always assumed to be at azimuth 0.
     """
-    import torch  # torch's float32 sin/cos are what the official code used (numpy differs by 1 ulp)
 
     azimuth = torch.from_numpy(model_azimuth_buffer(num_views))
     theta_in = np.float32(np.deg2rad(np.float32(input_elevation_deg)))

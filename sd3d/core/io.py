@@ -19,16 +19,20 @@ import errno
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+from sd3d import __version__
 from sd3d.core import cameras as cam
 from sd3d.core.errors import InputImageError, OutputPathError, UserError, ViewsFolderError
 
@@ -199,7 +203,6 @@ def check_output_dir(
 
 
 def _write_marker(folder: Path, names: Iterable[str], command: str | None) -> None:
-    from sd3d import __version__
 
     rec = {"written_by": "sd3d", "version": __version__, "command": command, "files": sorted(set(names))}
     write_json_atomic(folder / OUTPUT_MARKER, rec)
@@ -215,8 +218,6 @@ def mark_output(folder: str | os.PathLike, names: Iterable[str], command: str | 
 @contextlib.contextmanager
 def _signals_deferred() -> Iterator[None]:
     """Hold SIGINT/SIGTERM for the few renames of a commit, so they never stop half-way."""
-    import signal
-    import threading
 
     signums = (signal.SIGINT, signal.SIGTERM)
     previous = {s: signal.getsignal(s) for s in signums}
@@ -544,7 +545,6 @@ def _png_bit_depth(path: Path) -> int | None:
 
 def _load_png16(path: Path) -> np.ndarray:
     """A 16-bit PNG as float32 RGB(A) in [0, 1] (value / 65535)."""
-    import cv2
 
     raw = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
     if raw is None or raw.dtype != np.uint16:

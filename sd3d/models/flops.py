@@ -16,8 +16,11 @@ import re
 from dataclasses import dataclass
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from sd3d.models.configs import SyncDreamerConfig
+from sd3d.models.syncdreamer import Conditioning
+from sd3d.models.syncdreamer_checkpoint import build_meta_model
 
 BF16_DENSE_FLOPS_H100 = 790e12
 
@@ -48,7 +51,6 @@ class GenerationFlops:
 
 
 def _meta_model(config: SyncDreamerConfig):
-    from sd3d.models.syncdreamer_checkpoint import build_meta_model
 
     return build_meta_model(config).to("meta")
 
@@ -57,7 +59,6 @@ def count_generation_flops(
     config: SyncDreamerConfig | None = None, samples: int = 1, steps: int = 50, cfg_scale: float = 2.0
 ) -> GenerationFlops:
     """Count one generation's matrix FLOPs for ``config`` (default: the official model)."""
-    from torch.utils.flop_counter import FlopCounterMode
 
     config = SyncDreamerConfig() if config is None else config
     model = _meta_model(config)
@@ -72,8 +73,6 @@ def count_generation_flops(
             clip = model.encode_clip(image)
             contexts = model.project_contexts(clip, torch.empty(B, N, 4, device=meta))
         conditioning = counter.get_total_flops()
-
-        from sd3d.models.syncdreamer import Conditioning
 
         cond = Conditioning(
             input_latent=mean,

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from sd3d.models.syncdreamer import SyncDreamer
+from sd3d.sampling.ddim import ddim_step, ddim_tables
+from sd3d.sampling.schedule import scaled_linear_schedule
 
 ENCODER_RTOL = 1e-4
 OUTPUT_RTOL = 1e-3
@@ -109,9 +111,6 @@ def run_stages(model: SyncDreamer, golden: Mapping[str, np.ndarray]) -> dict[str
         del feats
     for width, s in sums.items():
         out[f"frustum_feats_{width}_stats_targets0to3"] = np.array([s[0], s[1], np.sqrt(s[2])])
-
-    from sd3d.sampling.ddim import ddim_step, ddim_tables
-    from sd3d.sampling.schedule import scaled_linear_schedule
 
     eps = model.eps_from_volume(x_T, TIMESTEP, t_embed, volume, cond, CFG, BATCH_VIEW_NUM)
     out["eps_cfg2_all16"] = eps[0]

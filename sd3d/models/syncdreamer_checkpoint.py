@@ -34,13 +34,17 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from sd3d.core.errors import WeightsError
 from sd3d.models.buffers import BufferRule, check_buffers
 from sd3d.models.clip import text_leftover_shapes
-from sd3d.models.configs import SyncDreamerConfig
+from sd3d.models.configs import CONFIGS, SyncDreamerConfig
+from sd3d.models.inference import keeps_float32
 from sd3d.models.syncdreamer import SyncDreamer, camera_buffers
 from sd3d.sampling.schedule import scaled_linear_schedule
+from sd3d.weights import state_dict_from
+from sd3d.weights.loading import sniff_format
 
 SCHEDULE_BUFFER_KEYS = (
     "betas",
@@ -197,7 +201,6 @@ def detect_config(state_dict: Mapping[str, torch.Tensor]) -> SyncDreamerConfig:
     Lets one loader read the real checkpoint and the small synthetic ones tests write. A checkpoint
     matching none is then reported key by key by :func:`split_state_dict`.
     """
-    from sd3d.models.configs import CONFIGS
 
     for factory in CONFIGS.values():
         config = factory()
@@ -226,12 +229,10 @@ def load_syncdreamer(
     returned model is in eval mode, without gradients, on ``device``; its weights are ``dtype``
     except those :func:`~sd3d.models.inference.keeps_float32` keeps in float32 (norms).
     """
-    from sd3d.models.inference import keeps_float32
 
     device = torch.device(device)
     if source is not None and not isinstance(source, Mapping) and Path(source).suffix == ".safetensors":
         return _load_safetensors(Path(source), config, device, dtype)
-    from sd3d.weights import state_dict_from
 
     state_dict, path = state_dict_from(source)
     return _assemble(state_dict, config, device, dtype, path, keeps_float32)
@@ -240,10 +241,6 @@ def load_syncdreamer(
 def _load_safetensors(
     path: Path, config: SyncDreamerConfig | None, device: torch.device, dtype: torch.dtype
 ) -> SyncDreamer:
-    from safetensors import SafetensorError, safe_open
-
-    from sd3d.models.inference import keeps_float32
-    from sd3d.weights.loading import sniff_format
 
     if not path.is_file():
         raise WeightsError(f"checkpoint not found: {path}")

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import torch
 
+from sd3d.core.io import atomic_path
 from sd3d.models.configs import SyncDreamerConfig
+from sd3d.models.syncdreamer_checkpoint import CHECKED_BUFFER_KEYS, expected_shapes, reference_buffers
 
 GOLDEN_STEP = 0.6180339887498949
 _BLOCK = 8192
@@ -100,7 +102,6 @@ def synthetic_tensor(key: str, shape: Iterable[int]) -> torch.Tensor:
 def synthetic_state_dict(config: SyncDreamerConfig | None = None) -> dict[str, torch.Tensor]:
     """Every key of an official-layout checkpoint for ``config``: synthetic parameters and the
     recomputed schedule/camera buffers (as the fixture kept them)."""
-    from sd3d.models.syncdreamer_checkpoint import CHECKED_BUFFER_KEYS, expected_shapes, reference_buffers
 
     config = SyncDreamerConfig() if config is None else config
     buffers = reference_buffers(config)
@@ -115,7 +116,6 @@ def make_synthetic_checkpoint(path: str | os.PathLike, config: SyncDreamerConfig
 
     Works for any config (the tiny test config too); the file is written atomically.
     """
-    from sd3d.core.io import atomic_path
 
     path = Path(path)
     state_dict = synthetic_state_dict(config)

@@ -19,7 +19,7 @@ from torch import nn
 from sd3d.models.clip import CLIPImageEncoder
 from sd3d.models.configs import LatentDiffusionConfig, UNetConfig
 from sd3d.models.configs import tiny_config as _syncdreamer_tiny
-from sd3d.models.unet import UNetModel
+from sd3d.models.unet import GroupNorm32, UNetModel
 from sd3d.models.vae import AutoencoderKL
 
 
@@ -122,7 +122,6 @@ class Zero123(nn.Module):
 
     def to_inference(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Zero123:
         """Move to ``device``; the UNet and VAE get ``dtype``, CLIP and ``cc_projection`` stay float32."""
-        from sd3d.models.unet import GroupNorm32
 
         self.to(device)
         self.model.to(dtype)

@@ -38,10 +38,13 @@ import numpy as np
 import torch
 
 from sd3d.core.errors import WeightsError
+from sd3d.core.io import atomic_path
 from sd3d.models.buffers import BufferRule, check_buffers
 from sd3d.models.clip import text_leftover_shapes
 from sd3d.models.configs import CLIPVisionConfig
+from sd3d.models.synthetic import synthetic_tensor
 from sd3d.models.zero123 import CONFIGS, Zero123, Zero123Config
+from sd3d.weights import state_dict_from
 
 UNET_PREFIX = "model.diffusion_model."
 EMA_PREFIX = "model_ema."
@@ -242,7 +245,6 @@ def load_zero123(
     ``meta`` and the checkpoint tensors are assigned directly (a memory-mapped file is not copied
     on the CPU in float32); eval mode, no gradients, on ``device`` with the UNet/VAE in ``dtype``.
     """
-    from sd3d.weights import state_dict_from
 
     state_dict, path = state_dict_from(source)
     config = detect_config(state_dict) if config is None else config
@@ -277,7 +279,6 @@ def synthetic_entries(
     Parameters (the EMA copies keyed by their *flattened* names) get the synthetic formula; the 12
     schedule buffers their official values; ``model_ema.decay`` 0.9999 and ``num_updates`` 0 (int32).
     """
-    from sd3d.models.synthetic import synthetic_tensor
 
     config = Zero123Config() if config is None else config
     schedule = schedule_buffers(config)
@@ -304,7 +305,6 @@ def write_synthetic_checkpoint(
     tensor of memory); any other suffix is a Lightning-style ``{"state_dict": ...}`` torch file built
     in memory (meant for small configs). Written atomically.
     """
-    from sd3d.core.io import atomic_path
 
     path = Path(path)
     config = Zero123Config() if config is None else config

@@ -33,19 +33,38 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+from PIL import Image
 
 from sd3d import DEFAULT_SEED
 from sd3d.core import cameras as cam
+from sd3d.core.device import make_generator, resolve_device, resolve_dtype
 from sd3d.core.errors import InputImageError, UserError, WeightsError
-from sd3d.core.io import ViewSet
+from sd3d.core.io import VIEW_FILES, ViewSet, atomic_dir, check_output_dir, contact_sheet, write_views_into
 from sd3d.core.progress import Progress, resolve
+from sd3d.models.configs import SyncDreamerConfig
+from sd3d.models.inference import (
+    HALF_DTYPES,
+    cast_weights_,
+    choose_batch_view_num,
+    choose_decode_batch,
+    compile_step_modules_,
+    prepare_for_inference,
+)
+from sd3d.models.syncdreamer_checkpoint import load_syncdreamer
+from sd3d.preprocess import PreparedInput, prepare_input, to_model_rgb
+from sd3d.sampling.cuda_graph import GraphedEps
+from sd3d.sampling.ddim import ddim_timesteps
 from sd3d.sampling.samplers import SAMPLERS, make_sampler
+from sd3d.sampling.schedule import scaled_linear_schedule
+from sd3d.weights import require
 
 if TYPE_CHECKING:
     import torch
@@ -82,8 +101,6 @@ class GenerationSettings:
                 f"unknown DDIM discretization {self.ddim_discretize!r}: use {' or '.join(DDIM_DISCRETIZATIONS)}"
             )
         if self.sampler == "ddim":
-            from sd3d.sampling.ddim import ddim_timesteps
-
             try:
                 ddim_timesteps(self.steps, discretize=self.ddim_discretize)
             except ValueError as exc:
@@ -122,7 +139,6 @@ def weights_path(
                 f"weights file not found: {path} (get the official one with: sd3d weights download {WEIGHTS_NAME})"
             )
         return path
-    from sd3d.weights import require
 
     return require(WEIGHTS_NAME, weights_dir)
 
@@ -142,11 +158,6 @@ def load_model(
     On CPU they stay float32 (a ``bf16`` run there uses autocast). ``offload``: keep the conditioning
     encoders in host memory between inputs (``None``: only when the GPU is short of memory).
     """
-    import torch
-
-    from sd3d.core.device import resolve_device, resolve_dtype
-    from sd3d.models.inference import prepare_for_inference
-    from sd3d.models.syncdreamer_checkpoint import load_syncdreamer
 
     path = weights_path(weights, weights_dir)
     dev = device if not isinstance(device, str) else resolve_device(device)
@@ -165,7 +176,6 @@ def as_prepared(
 ) -> PreparedInput:
     """A :class:`~sd3d.preprocess.PreparedInput` from a path, PIL image, (256,256,4) uint8 RGBA array
     (already recentred) or an existing ``PreparedInput``. ``max_pixels``: the input size limit."""
-    from sd3d.preprocess import PreparedInput, prepare_input, to_model_rgb
 
     if isinstance(image_or_prepared, PreparedInput):
         return image_or_prepared
@@ -194,7 +204,6 @@ def as_prepared(
 
 def default_batch_view_num(device: torch.device, dtype: torch.dtype, samples: int = 1) -> int:
     """16 on CPU; on CUDA the largest of 16/8/4/2/1 views per chunk that fits the free memory."""
-    from sd3d.models.inference import choose_batch_view_num
 
     return choose_batch_view_num(device, dtype, samples, cam.NUM_VIEWS)
 
@@ -205,12 +214,6 @@ def compute_dtype_for(model: SyncDreamer, dtype: str | torch.dtype = "auto") -> 
     An fp32 run on a model whose weights were loaded in half precision upcasts them in place (with
     a warning: the values keep their half-precision rounding); load with ``dtype='fp32'`` instead.
     """
-    import warnings
-
-    import torch
-
-    from sd3d.core.device import resolve_dtype
-    from sd3d.models.inference import HALF_DTYPES, cast_weights_
 
     device, weights = model.device, model.weight_dtype
     if isinstance(dtype, torch.dtype):
@@ -242,7 +245,6 @@ def check_batch_view_num(n: int) -> int:
 # --------------------------------------------------------------------------------------------------
 def quantize_official(images: torch.Tensor) -> np.ndarray:
     """(..., 3, H, W) in ~[-1, 1] -> (..., H, W, 3) uint8: clamp, ``(x + 1) * 0.5 * 255``, truncate."""
-    import torch
 
     x = torch.clamp(images.float(), -1.0, 1.0)
     x = ((x + 1.0) * 0.5 * 255.0).movedim(-3, -1)
@@ -306,7 +308,6 @@ def generate_views(
 def initial_noise_shape(samples: int, config=None) -> tuple[int, int, int, int, int]:
     """``(samples, views, latent channels, latent size, latent size)`` of ``x_T`` for ``config``
     (default: the official one)."""
-    from sd3d.models.configs import SyncDreamerConfig
 
     cfg = SyncDreamerConfig() if config is None else config
     return (samples, cfg.view_num, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
@@ -317,7 +318,6 @@ def check_initial_noise(x_T: Any, shape: tuple[int, ...]) -> torch.Tensor:
 
     Accepts a torch tensor or numpy array of ``shape`` with a floating dtype and finite values.
     """
-    import torch
 
     if isinstance(x_T, np.ndarray):
         if x_T.dtype.kind != "f":
@@ -394,11 +394,6 @@ def sample_views(
     """Conditioning, the sampling loop and decoding; ``cuda_graph`` (None: on CUDA) replays the steps
     from a CUDA graph; ``use_compile`` compiles the per-step networks first (once per model);
     ``x_T`` (checked by :func:`check_initial_noise`) replaces the seed's initial noise."""
-    import torch
-
-    from sd3d.core.device import make_generator
-    from sd3d.models.inference import choose_decode_batch
-    from sd3d.sampling.schedule import scaled_linear_schedule
 
     settings.check()
     device = model.device
@@ -408,8 +403,6 @@ def sample_views(
     bvn = settings.batch_view_num or default_batch_view_num(device, compute_dtype, B)
     use_graph = device.type == "cuda" and cuda_graph is not False
     if use_compile:
-        from sd3d.models.inference import compile_step_modules_
-
         compile_step_modules_(model)
     generator = make_generator(settings.seed, device)
     progress = resolve(progress)
@@ -472,7 +465,6 @@ def sample_views(
 
 
 def _graphed(step, device):
-    from sd3d.sampling.cuda_graph import GraphedEps
 
     return GraphedEps(step, device)
 
@@ -485,14 +477,12 @@ def check_output_folder(
 ) -> Path:
     """Refuse an unusable output folder early, creating nothing (see :func:`sd3d.core.io.check_output_dir`:
     a non-empty folder sd3d did not write needs ``overwrite``, and none of its files is replaced)."""
-    from sd3d.core.io import check_output_dir
 
     return check_output_dir(path, overwrite=overwrite, planned=planned)
 
 
 def generated_names(samples: int) -> list[str]:
     """The entries :func:`write_generated` puts in a views folder for ``samples`` view sets."""
-    from sd3d.core.io import VIEW_FILES
 
     if samples == 1:
         return [*VIEW_FILES, "grid.png", "cameras.json", "transforms.json", "input.png"]
@@ -504,9 +494,6 @@ def _views_u8(views: ViewSet) -> list[np.ndarray]:
 
 
 def _write_one(folder: Path, views: ViewSet, input_rgba: np.ndarray | None) -> None:
-    from PIL import Image
-
-    from sd3d.core.io import write_views_into
 
     extra = {
         "input_elevation_deg": views.input_elevation_deg,
@@ -537,9 +524,6 @@ def write_generated(
     the folder is a views folder ``sd3d reconstruct`` reads as is; ``cameras.json`` records which
     sample it is, and the others stay beside it as ``sample-<i>/``.
     """
-    from PIL import Image
-
-    from sd3d.core.io import atomic_dir, contact_sheet
 
     out_dir = Path(out_dir)
     if chosen is not None and not 0 <= chosen < len(views):

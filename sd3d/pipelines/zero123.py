@@ -17,15 +17,33 @@ distance, inside Zero123's training range); every relative pose comes from absol
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from PIL import Image
 
+from sd3d.background import check_backend_name, remove_background
+from sd3d.core import cameras as cam
+from sd3d.core.device import make_generator, resolve_device, resolve_dtype
 from sd3d.core.errors import InputImageError, UserError
+from sd3d.core.io import ViewSet, check_max_pixels, read_image
+from sd3d.core.zero123_pose import orbit_center, pose_from_deltas, relative_pose
+from sd3d.models.zero123 import images_to_uint8
+from sd3d.models.zero123_checkpoint import load_zero123
+from sd3d.preprocess import PreparedInput
+from sd3d.sampling.ddim import ZERO123, ddim_sample, ddim_tables
+from sd3d.sampling.schedule import zero123_schedule
+from sd3d.sampling.stochastic_conditioning import (
+    INPUT_VIEW,
+    ConditioningView,
+    sample_stochastic_conditioning,
+)
+from sd3d.weights import require
 
 if TYPE_CHECKING:
     import torch
@@ -121,8 +139,6 @@ def prepare_zero123_input(
     ``background`` picks the foreground backend (:mod:`sd3d.background`; the demo used carvekit,
     ``alpha`` reproduces it for cut-out images). Every user-caused problem is a one-line UserError.
     """
-    from sd3d.background import check_backend_name, remove_background
-    from sd3d.core.io import check_max_pixels, read_image
 
     method = check_backend_name(background)
     image = read_image(source, max_pixels=check_max_pixels(max_pixels))
@@ -152,9 +168,6 @@ def model_input(
     A :class:`sd3d.preprocess.PreparedInput` (SyncDreamer's recentering) is used as is, so Zero123 and
     SyncDreamer can be compared on the very same input.
     """
-    import torch
-
-    from sd3d.preprocess import PreparedInput
 
     if isinstance(image, PreparedInput):
         return torch.from_numpy(np.array(image.model_rgb)).permute(2, 0, 1)[None].contiguous()
@@ -168,9 +181,6 @@ def model_input(
 # model loading and argument checks
 # --------------------------------------------------------------------------------------------------
 def _resolve(device: str | torch.device, dtype: str | torch.dtype) -> tuple[torch.device, torch.dtype]:
-    import torch
-
-    from sd3d.core.device import resolve_device, resolve_dtype
 
     dev = device if isinstance(device, torch.device) else resolve_device(str(device))
     dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(str(dtype), dev)
@@ -187,8 +197,6 @@ def load_model(
 
     Nothing is downloaded: a missing file is a one-line WeightsError saying how to get it.
     """
-    from sd3d.models.zero123_checkpoint import load_zero123
-    from sd3d.weights import require
 
     path = Path(weights) if weights is not None else require(WEIGHTS_NAME, weights_dir)
     dev, dt = _resolve(device, dtype)
@@ -205,7 +213,6 @@ def _steps_supported(steps: int, num_timesteps: int = 1000) -> bool:
 
 def check_sampling_args(steps: int, cfg: float, samples: int = 1, eta: float = 1.0) -> None:
     """One-line UserErrors for impossible sampling settings (before any weights are read)."""
-    import math
 
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= int(steps) <= 1000:
         raise UserError(f"--steps must be an integer between 1 and 1000, got {steps}")
@@ -294,13 +301,6 @@ def novel_view(
     image goes through the demo preprocessing (``background``, ``preprocess``); ``model`` reuses a
     loaded model (``device``/``dtype`` only load one: names are resolved there, once).
     """
-    import torch
-
-    from sd3d.core.device import make_generator
-    from sd3d.core.zero123_pose import pose_from_deltas
-    from sd3d.models.zero123 import images_to_uint8
-    from sd3d.sampling.ddim import ZERO123, ddim_sample, ddim_tables
-    from sd3d.sampling.schedule import zero123_schedule
 
     settings = (settings or Zero123Settings()).check()
     steps, cfg, eta, seed, samples = (
@@ -338,7 +338,6 @@ def novel_view(
 # --------------------------------------------------------------------------------------------------
 def _choice_generator(seed: int) -> torch.Generator:
     """The conditioning-view draws get their own CPU stream, decorrelated from the noise stream."""
-    import torch
 
     gen = torch.Generator(device="cpu")
     gen.manual_seed((int(seed) * 0x9E3779B97F4A7C15 + 0x3D1) % (1 << 64))
@@ -374,20 +373,6 @@ def generate_views_zero123(
     them back with rounding is lossless); provenance records the settings and, for stochastic
     conditioning, the generation order and every draw.
     """
-    import torch
-
-    from sd3d.core import cameras as cam
-    from sd3d.core.device import make_generator
-    from sd3d.core.io import ViewSet
-    from sd3d.core.zero123_pose import orbit_center, relative_pose
-    from sd3d.models.zero123 import images_to_uint8
-    from sd3d.sampling.ddim import ZERO123, ddim_sample, ddim_tables
-    from sd3d.sampling.schedule import zero123_schedule
-    from sd3d.sampling.stochastic_conditioning import (
-        INPUT_VIEW,
-        ConditioningView,
-        sample_stochastic_conditioning,
-    )
 
     settings = (settings or Zero123Settings()).check()
     sampler, steps, cfg, eta, seed = (

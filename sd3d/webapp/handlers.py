@@ -32,10 +32,24 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sd3d.core.errors import InputImageError, UserError, ViewsFolderError
-from sd3d.core.io import VIEW_FILES
+from recon.pipeline import export_mesh, reconstruct
+from recon.presets import ReconSettings, get_preset, resolve_quality
+from sd3d import DEFAULT_SEED
+from sd3d.core.device import resolve_device
+from sd3d.core.errors import InputImageError, UserError, ViewsFolderError, WeightsError
+from sd3d.core.io import VIEW_FILES, read_image, read_views
 from sd3d.core.progress import Progress
-from sd3d.workflows.run import MESH_FORMATS, PreviewSettings, RunSettings
+from sd3d.pipelines.syncdreamer import GenerationSettings, load_model, weights_path, write_generated
+from sd3d.preprocess import check_crop_size
+from sd3d.workflows.run import (
+    MESH_FORMATS,
+    PreviewSettings,
+    RunSettings,
+    StageTimer,
+    finish_run,
+    generate_run_views,
+    prepare_photo,
+)
 
 if TYPE_CHECKING:
     from sd3d.preprocess import PreparedInput
@@ -113,8 +127,6 @@ class ReconOptions:
 def recon_defaults() -> ReconOptions:
     """The defaults of :class:`recon.presets.ReconSettings`, except the seed: every command's
     ``--seed`` defaults to :data:`sd3d.DEFAULT_SEED`."""
-    from recon.presets import ReconSettings
-    from sd3d import DEFAULT_SEED
 
     defaults = ReconSettings()
     return ReconOptions(
@@ -287,9 +299,6 @@ def photo_settings(
     """The photo tab's control values -> the :class:`RunSettings` of ``sd3d run`` (checked).
 
     ``elevation`` is ``auto`` (estimate it) or ``manual`` (use ``elevation_deg``)."""
-    from recon.presets import ReconSettings
-    from sd3d.pipelines.syncdreamer import GenerationSettings
-    from sd3d.preprocess import check_crop_size
 
     elev = None if elevation == ELEVATION_AUTO else _as_float(elevation_deg, "--elevation")
     crop = check_crop_size(_as_int(crop_size, "--crop-size"))
@@ -321,7 +330,6 @@ def photo_settings(
 def server_device(name: str):
     """``--device`` of ``sd3d serve`` as a :class:`torch.device`, resolved once per process (the
     server's options do not change while it runs)."""
-    from sd3d.core.device import resolve_device
 
     return resolve_device(name)
 
@@ -330,7 +338,6 @@ def _check_recon(
     quality: str, steps: int | None, faces: int | None, steps_flag: str, options: ServeOptions
 ) -> None:
     """Refuse an impossible reconstruction setting before any work (as the CLI does)."""
-    from recon.presets import get_preset, resolve_quality
 
     if steps is not None and steps < 1:
         raise UserError(f"{steps_flag} must be at least 1, got {steps}")
@@ -525,13 +532,11 @@ class WebApp:
     # ---- model ----------------------------------------------------------------------------------
     def weights_file(self) -> Path:
         """The checkpoint, or the library's one-line WeightsError that says how to get it."""
-        from sd3d.pipelines.syncdreamer import weights_path
 
         return weights_path(self.options.weights, self.options.weights_dir)
 
     def weights_problem(self) -> str | None:
         """``None`` when generation can run, else the message that says what to do."""
-        from sd3d.core.errors import WeightsError
 
         try:
             self.weights_file()
@@ -541,7 +546,6 @@ class WebApp:
 
     def model(self):
         """The SyncDreamer model, loaded on first use and kept for the server's life."""
-        from sd3d.pipelines.syncdreamer import load_model
 
         with self._model_lock:
             if self._model is None:
@@ -558,7 +562,6 @@ class WebApp:
     def _prepared(self, session: Session, photo: str | os.PathLike, crop_size: int, background: str):
         """``sd3d run``'s preprocessing, kept per session: the cut-out step and the generation of
         the same photo with the same crop and background share one (slow) background removal."""
-        from sd3d.workflows.run import prepare_photo
 
         key = (str(photo), crop_size, background)
         if session.cut_out is not None and session.cut_out[0] == key:
@@ -577,7 +580,6 @@ class WebApp:
         photo_name: str = "",
     ) -> CutOut:
         """``sd3d preprocess``: the recentred object the model will see."""
-        from sd3d.preprocess import check_crop_size
 
         if not photo:
             raise InputImageError("upload a photo first")
@@ -606,8 +608,6 @@ class WebApp:
         report: Report | None = None,
     ) -> Generated:
         """The generation half of ``sd3d run``: the 16 views (elevation given or estimated)."""
-        from sd3d.pipelines.syncdreamer import write_generated
-        from sd3d.workflows.run import StageTimer, generate_run_views
 
         self.weights_file()  # no weights: the one-line instruction, before any work
         if not photo:
@@ -647,7 +647,6 @@ class WebApp:
 
         Only the reconstruction controls (:data:`RECON_FIELDS`) are taken from ``settings``; the
         generation ones stay those the views were made with, so ``report.json`` tells the truth."""
-        from sd3d.workflows.run import StageTimer, finish_run
 
         session = self.session(session_id)
         gen = session.generation
@@ -695,7 +694,6 @@ class WebApp:
     def _views_source(self, session: Session, files: Sequence[str]) -> Path:
         """The uploaded files as a views folder (16 images [+ cameras.json]) or one strip image,
         each image read with the CLI's checks and stored as PNG."""
-        from sd3d.core.io import read_image
 
         paths = [Path(f) for f in files]
         cameras = [p for p in paths if p.suffix.lower() == ".json"]
@@ -740,9 +738,6 @@ class WebApp:
         report: Report | None = None,
     ) -> Reconstructed:
         """``sd3d reconstruct``: uploaded views -> textured mesh (needs no weights)."""
-        from recon.pipeline import export_mesh, reconstruct
-        from recon.presets import ReconSettings
-        from sd3d.core.io import read_views
 
         if not files:
             raise ViewsFolderError("upload the 16 views (or a strip image) first, or load the example")

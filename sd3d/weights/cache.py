@@ -22,6 +22,7 @@ from sd3d.core.errors import WeightsError
 from sd3d.core.progress import Progress
 from sd3d.weights import hub
 from sd3d.weights.registry import WeightsEntry, get_entry
+from sd3d.weights.verify import known_mismatch
 
 ENV_VAR = "SD3D_WEIGHTS"
 
@@ -143,7 +144,6 @@ def require(
     refused and left in place (see :mod:`sd3d.weights.hub`). A refused file does not hide a good one
     further down the search order.
     """
-    from sd3d.weights.verify import known_mismatch
 
     entry = get_entry(name)
     refused: WeightsError | None = None

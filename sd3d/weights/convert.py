@@ -20,6 +20,7 @@ from sd3d.core.errors import OutputPathError, WeightsError
 from sd3d.core.io import atomic_path
 from sd3d.core.progress import Progress, resolve
 from sd3d.weights.loading import load_state_dict
+import torch
 
 if TYPE_CHECKING:
     import torch
@@ -28,7 +29,6 @@ DTYPES = ("fp32", "fp16", "bf16")
 
 
 def _float_dtype(name: str) -> torch.dtype:
-    import torch
 
     table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     if name not in table:
@@ -37,7 +37,6 @@ def _float_dtype(name: str) -> torch.dtype:
 
 
 def _safetensors_code(dtype: torch.dtype) -> str:
-    import torch
 
     codes = {
         torch.float64: "F64",
@@ -72,7 +71,6 @@ def write_safetensors(
     writing; other tensors keep their dtype. Layout: 8-byte little-endian header length, the JSON
     header (padded with spaces to a multiple of 8), then the raw little-endian bytes.
     """
-    import torch
 
     if sys.byteorder != "little":  # pragma: no cover - every platform torch ships for
         raise WeightsError("safetensors writing needs a little-endian machine")

@@ -34,6 +34,8 @@ from sd3d.weights.cache import EXPLICIT_SOURCES, SOURCE_HF, locate, resolve_weig
 from sd3d.weights.registry import WeightsEntry, get_entry
 from sd3d.weights.transfer import DownloadResult, check_writable, unreachable_error
 from sd3d.weights.verify import write_stamp
+from sd3d import __version__
+from sd3d.weights import hub
 
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 # Errors while reading the response that mean "the stream broke": keep the .part and resume.
@@ -56,7 +58,6 @@ def _size(path: Path) -> int:
 
 
 def _user_agent() -> str:
-    from sd3d import __version__
 
     return f"sd3d/{__version__} (python urllib)"
 
@@ -99,7 +100,6 @@ def download(
     entry = get_entry(entry) if isinstance(entry, str) else entry
     sha256 = normalise_sha256(sha256)
     if url is None and entry.hub is not None:
-        from sd3d.weights import hub
 
         folder, source = weights_folder(weights_dir)
         target = folder / entry.filename

@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sd3d.core.errors import WeightsError
+from safetensors import SafetensorError, safe_open
+import torch
+from sd3d.weights import safe_unpickle
 
 if TYPE_CHECKING:
     import torch
@@ -79,7 +82,6 @@ def state_dict_from(
 
 
 def _load_safetensors(path: Path, map_location: Any) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError, safe_open
 
     device = str(map_location) if map_location is not None else "cpu"
     try:
@@ -90,7 +92,6 @@ def _load_safetensors(path: Path, map_location: Any) -> dict[str, torch.Tensor]:
 
 
 def _load_torch_file(path: Path, map_location: Any, mmap: bool) -> Any:
-    import torch
 
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
@@ -101,7 +102,6 @@ def _load_torch_file(path: Path, map_location: Any, mmap: bool) -> Any:
 
     if mmap and _is_torchscript(path):
         raise WeightsError(f"cannot read {path}: a TorchScript archive, not a checkpoint")
-    from sd3d.weights import safe_unpickle
 
     try:
         return torch.load(
@@ -120,7 +120,6 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def _extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    import torch
 
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         state = obj["state_dict"]

@@ -18,6 +18,8 @@ import _compat_pickle
 import importlib
 import pickle
 from typing import Any, ClassVar
+import torch
+import io
 
 # (module, name) pairs that may be imported. Everything here is a constructor of plain data:
 # calling it with arbitrary pickled arguments cannot reach the file system, the network or exec.
@@ -86,7 +88,6 @@ class InertGlobal:
 def _is_torch_dtype(module: str, name: str) -> bool:
     if module != "torch":
         return False
-    import torch
 
     return isinstance(getattr(torch, name, None), torch.dtype)
 
@@ -125,6 +126,5 @@ def load(file: Any, **kwargs: Any) -> Any:
 
 
 def loads(data: bytes, **kwargs: Any) -> Any:
-    import io
 
     return Unpickler(io.BytesIO(data), **kwargs).load()

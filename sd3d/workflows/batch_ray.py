@@ -38,10 +38,13 @@ from typing import Any
 
 import numpy as np
 import ray
+import torch
 from ray.exceptions import ActorDiedError, RayError, RayTaskError
 
 from sd3d.core.errors import UserError
+from sd3d.core.io import to_uint8
 from sd3d.core.progress import Progress, resolve
+from sd3d.pipelines.syncdreamer import load_model, weights_path
 from sd3d.workflows import run as runner
 from sd3d.workflows.run import BatchItem, ElevationChoice, RunSettings, StageTimer
 from sd3d.workflows.storage import ImageEntry, LocalFolder, RemoteFolder, open_folder
@@ -76,7 +79,6 @@ class RayOptions:
 def _pack(views: list) -> list:
     """View sets as uint8 (a quarter of the float32 bytes through the object store; lossless:
     generated views are uint8 divided by 255)."""
-    from sd3d.core.io import to_uint8
 
     return [replace(v, images=to_uint8(v.images)) for v in views]
 
@@ -176,8 +178,6 @@ class GpuWorker:
         """The model, loaded on first use: this worker's process resolves the device and dtype
         names (on the machine that runs it), once."""
         if self.model is None:
-            from sd3d.pipelines.syncdreamer import load_model
-
             device, dtype = self.settings.device_and_dtype()
             self.model = load_model(self.weights, self.weights_dir, device, dtype=dtype)
             self.dtype = runner.run_dtype(self.model, self.settings)
@@ -189,14 +189,12 @@ class GpuWorker:
         return {"device": str(model.device), "seconds": time.perf_counter() - start}
 
     def _meta(self, start: float) -> dict:
-        import torch
 
         device = self.model.device
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         return {"seconds": time.perf_counter() - start, "device": str(device), "peak": peak}
 
     def _reset_peak(self) -> None:
-        import torch
 
         if self.model.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.model.device)
@@ -647,8 +645,6 @@ def run_batch_ray(
     items, todo = _plan(images, output)
     todo = _refuse_unwritable(todo, output, settings, items)
     if todo and options.address is None and not ray.is_initialized():
-        from sd3d.pipelines.syncdreamer import weights_path
-
         weights_path(weights, weights_dir)  # this machine runs the workers: fail before any work
 
     def save() -> None:

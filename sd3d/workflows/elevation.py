@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from recon.hull import hull_mesh, visual_hull
 from recon.masks import view_masks
@@ -34,6 +35,7 @@ from sd3d import DEFAULT_SEED
 from sd3d.core import cameras as cam
 from sd3d.core.errors import InputImageError, UserError, ViewsFolderError
 from sd3d.core.progress import Progress, resolve
+from sd3d.pipelines.syncdreamer import generate_views
 
 ELEVATION_RANGE_DEG = (-20.0, 60.0)
 FRAME_SIZE = 96  # side of the normalised comparison frame, pixels
@@ -70,7 +72,6 @@ class ElevationEstimate:
 def normalized_frame(mask: np.ndarray, size: int = FRAME_SIZE) -> np.ndarray:
     """``mask`` resampled (area-averaged) so its width spans ``FRAME_WIDTH * size`` pixels, centred,
     with its top row at ``FRAME_TOP * size``: a frame free of the mask's scale and position."""
-    from PIL import Image
 
     m = np.asarray(mask, np.float32)
     ys, xs = np.nonzero(m > 0.5)
@@ -204,7 +205,6 @@ def generate_views_for_estimation(
     range); the silhouettes of the generated views carry the object's shape, which is what the
     render-and-compare needs. ``sd3d run`` regenerates at the estimate when it differs.
     """
-    from sd3d.pipelines.syncdreamer import generate_views
 
     return generate_views(
         prepared_input, weights_dir=weights_dir, elevation_deg=30.0, seed=seed, device=device

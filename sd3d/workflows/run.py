@@ -16,18 +16,43 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from PIL import Image
 
-from sd3d.core.errors import MissingDependencyError, UserError, WeightsError
+from recon.export import obj_sidecars
+from recon.pipeline import export_mesh, extract_surface, reconstruct
+from recon.presets import ReconSettings
+from recon.raster import load_mesh, render_mesh
+from sd3d.background import check_backend_name
+from sd3d.core import cameras as cam
+from sd3d.core.device import resolve_device, resolve_dtype
+from sd3d.core.errors import MissingDependencyError, OutputPathError, UserError, WeightsError
+from sd3d.core.io import atomic_dir, check_max_pixels, check_output_dir, mark_output, write_json_atomic
 from sd3d.core.progress import Progress, resolve
+from sd3d.pipelines.syncdreamer import (
+    GenerationSettings,
+    check_output_folder,
+    compute_dtype_for,
+    load_model,
+    run_generation,
+    weights_path,
+    write_generated,
+)
+from sd3d.preprocess import check_crop_size, prepare_input
+from sd3d.workflows.elevation import estimate_elevation
+from sd3d.workflows.ranking import silhouette_consistency
 from sd3d.workflows.storage import IMAGE_SUFFIXES
 
 PREVIEW_FORMATS = ("mp4", "gif", "none")
@@ -35,13 +60,11 @@ MESH_FORMATS = ("glb", "obj", "ply")  # recon.presets.MESH_FORMATS, without impo
 
 
 def _default_generation():
-    from sd3d.pipelines.syncdreamer import GenerationSettings
 
     return GenerationSettings()
 
 
 def _default_recon():
-    from recon.presets import ReconSettings
 
     return ReconSettings()
 
@@ -93,11 +116,6 @@ class RunSettings:
         """Every value that can be judged without a device, so a bad option fails at construction
         (the CLI's one ``error:`` line), never after minutes of generation or training. The nested
         ``recon`` and ``preview`` settings checked themselves when they were made."""
-        from recon.presets import ReconSettings
-        from sd3d.background import check_backend_name
-        from sd3d.core.io import check_max_pixels
-        from sd3d.pipelines.syncdreamer import GenerationSettings
-        from sd3d.preprocess import check_crop_size
 
         if not isinstance(self.generation, GenerationSettings):
             raise TypeError(f"RunSettings.generation must be a GenerationSettings, got {self.generation!r}")
@@ -125,7 +143,6 @@ class RunSettings:
     def device_and_dtype(self):
         """``device`` and ``dtype`` resolved on this machine (``auto`` decided here): done once
         by whoever runs the stages, which then take the :class:`torch.device` / :class:`torch.dtype`."""
-        from sd3d.core.device import resolve_device, resolve_dtype
 
         device = resolve_device(self.device)
         return device, resolve_dtype(self.dtype, device)
@@ -171,7 +188,6 @@ class StageTimer:
 
 
 def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
     for name in ("sd3d", "torch", "numpy", "pillow", "trimesh", "pymcubes", "xatlas", "diffusers"):
@@ -184,7 +200,6 @@ def _versions() -> dict[str, str]:
 
 def run_output_names(settings: RunSettings) -> list[str]:
     """The entries ``run_photo`` writes into its output folder for ``settings``."""
-    from recon.export import obj_sidecars
 
     names = ["input.png", "views", *(f"mesh.{fmt}" for fmt in settings.recon.formats), "report.json"]
     if "obj" in settings.recon.formats:
@@ -198,7 +213,6 @@ def check_run_output(
     out_dir: str | os.PathLike, overwrite: bool = False, planned: Sequence[str] = ()
 ) -> Path:
     """Refuse an output path that cannot become (or be used as) our folder, creating nothing."""
-    from sd3d.pipelines.syncdreamer import check_output_folder
 
     return check_output_folder(out_dir, overwrite, planned)
 
@@ -233,7 +247,6 @@ class Reconstruction:
     surface: Any  # recon.mesh.Mesh
 
     def to_cpu(self) -> Reconstruction:
-        import torch
 
         field_cpu = self.result.field.to("cpu")
         return Reconstruction(
@@ -248,7 +261,6 @@ def first_elevation(settings: RunSettings) -> float:
 
 def prepare_photo(source, settings: RunSettings, weights_dir: str | os.PathLike | None = None):
     """Read ``source`` and recentre the object (:func:`sd3d.preprocess.prepare_input`)."""
-    from sd3d.preprocess import prepare_input
 
     return prepare_input(
         source,
@@ -262,7 +274,6 @@ def prepare_photo(source, settings: RunSettings, weights_dir: str | os.PathLike 
 def generate_at(model, prepared, settings: RunSettings, elevation_deg: float, dtype, progress=None) -> list:
     """``settings.generation.samples`` view sets (:class:`~sd3d.core.io.ViewSet`) for ``prepared``
     at ``elevation_deg``, computed in ``dtype`` (a :class:`torch.dtype`: see :func:`run_dtype`)."""
-    from sd3d.pipelines.syncdreamer import run_generation
 
     gen = settings.generation_at(elevation_deg)
     return run_generation(model, prepared, gen, dtype=dtype, progress=progress)
@@ -272,7 +283,6 @@ def run_dtype(model, settings: RunSettings):
     """The :class:`torch.dtype` the run's generations compute in on ``model``: ``settings.dtype``
     resolved once (``auto`` follows half-precision weights, see
     :func:`sd3d.pipelines.syncdreamer.compute_dtype_for`), then passed to :func:`generate_at`."""
-    from sd3d.pipelines.syncdreamer import compute_dtype_for
 
     return compute_dtype_for(model, settings.dtype)
 
@@ -282,7 +292,6 @@ def choose_elevation(prepared, views: list, settings: RunSettings) -> ElevationC
     if settings.elevation_deg is not None:
         elevation = float(settings.elevation_deg)
         return ElevationChoice(elevation, {"source": "given", "elevation_deg": elevation}, False)
-    from sd3d.workflows.elevation import estimate_elevation
 
     guess = ELEVATION_GUESS_DEG
     estimate = estimate_elevation(prepared.rgba[..., 3].astype(np.float32) / 255.0, views[0])
@@ -304,7 +313,6 @@ def rank_samples(views: list) -> tuple[int, list[float]]:
     """The most consistent sample (silhouette agreement with the visual hull) and every score."""
     if len(views) == 1:
         return 0, []
-    from sd3d.workflows.ranking import silhouette_consistency
 
     scores = [silhouette_consistency(v).score for v in views]
     return int(np.argmax(scores)), scores
@@ -314,7 +322,6 @@ def reconstruct_views(
     views, settings: RunSettings, device, progress: Progress | None = None
 ) -> Reconstruction:
     """Train the field on one view set and extract its surface, on ``device``."""
-    from recon.pipeline import extract_surface, reconstruct
 
     result = reconstruct(
         views, settings.recon, seed=settings.generation.seed, device=device, progress=progress
@@ -349,11 +356,6 @@ def write_run_folder(
     ``device`` renders the preview; ``model_device`` is the one generation and training ran on,
     for the report, when that was another process's (default: ``device``).
     """
-    from PIL import Image
-
-    from recon.pipeline import export_mesh
-    from sd3d.core.io import write_json_atomic
-    from sd3d.pipelines.syncdreamer import write_generated
 
     Image.fromarray(np.ascontiguousarray(prepared.rgba), "RGBA").save(folder / "input.png")
     write_generated(folder / "views", views, prepared.rgba, chosen=chosen if len(views) > 1 else None)
@@ -445,7 +447,6 @@ def run_photo(
     Every setting, the output folder (:func:`sd3d.core.io.check_output_dir`; ``overwrite`` lets a
     non-empty folder sd3d did not write be used, none of its files replaced) and the weights are
     checked before any work."""
-    from sd3d.pipelines.syncdreamer import load_model, weights_path
 
     settings = (settings or RunSettings()).check()
     out_dir = check_run_output(out_dir, overwrite, run_output_names(settings))
@@ -510,7 +511,6 @@ def generate_run_views(
     Its own function (not inlined in :func:`run_photo`) so that callers that show the views before
     reconstructing (the web app) run the same chain; :func:`finish_run` is the other half.
     The GPU's peak-memory count starts here, for the report."""
-    import torch
 
     if model.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(model.device)
@@ -553,9 +553,6 @@ def finish_run(
 
     ``stages`` is the run's timer, also when generation happened in an earlier call (the web app
     generates and reconstructs in two requests), so ``report.json`` times every stage."""
-    import torch
-
-    from sd3d.core.io import atomic_dir
 
     settings = settings.check()
     out_dir = check_run_output(out_dir, overwrite, run_output_names(settings))
@@ -591,7 +588,6 @@ def finish_run(
 
 def turntable_cameras(frames: int, elevation_deg: float = 20.0, size: int = 256):
     """Evenly spaced cameras on an orbit around the object (degrees)."""
-    from sd3d.core import cameras as cam
 
     return [
         cam.orbit_camera(elevation_deg, 360.0 * i / frames, cam.TARGET_DISTANCE, size) for i in range(frames)
@@ -609,7 +605,6 @@ def write_turntable(
     progress: Progress | None = None,
 ) -> Path:
     """Render ``mesh_path`` (textured) on a turntable and write an MP4 (H.264) or a GIF."""
-    from recon.raster import load_mesh, render_mesh
 
     mesh = load_mesh(mesh_path, normalize=False)
     renders = render_mesh(
@@ -617,8 +612,6 @@ def write_turntable(
     )
     images = [np.clip(np.rint(im * 255.0), 0, 255).astype(np.uint8) for im in renders.on_white()]
     if out_path.suffix == ".gif":
-        from PIL import Image
-
         pil = [Image.fromarray(im) for im in images]
         pil[0].save(out_path, save_all=True, append_images=pil[1:], duration=int(1000 / fps), loop=0)
     else:
@@ -633,11 +626,8 @@ def _write_mp4(out_path: Path, images: list[np.ndarray], fps: int, size: int) ->
     """H.264 through imageio-ffmpeg, checked by counting the frames written (ffmpeg failing at the
     end exits quietly). ffmpeg dying on a full disk surfaces as a broken pipe or a short file with
     no errno, so the free space decides whether that is the user's disk or a bug (kept as is)."""
-    import shutil
 
     import imageio_ffmpeg
-
-    from sd3d.core.errors import OutputPathError
 
     writer = imageio_ffmpeg.write_frames(
         str(out_path), (size, size), fps=fps, codec="libx264", pix_fmt_out="yuv420p", quality=7
@@ -753,10 +743,6 @@ def run_batch(
     the others go on; a failure that dooms every image raises :class:`BatchAborted` with the
     summary. ``overwrite`` applies to ``out_dir`` and to each image's folder (see ``run_photo``).
     """
-    import traceback
-
-    from sd3d.core.io import check_output_dir, mark_output, write_json_atomic
-    from sd3d.pipelines.syncdreamer import load_model, weights_path
 
     settings = (settings or RunSettings()).check()
     in_dir, out_dir = Path(in_dir), Path(out_dir)

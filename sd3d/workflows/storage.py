@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from sd3d.core.errors import InputImageError, MissingDependencyError, OutputPathError, UserError
+from sd3d.core.io import atomic_dir, mark_output, stale_temporaries, write_json_atomic
+from sd3d.pipelines.syncdreamer import check_output_folder
 
 # The photo formats a batch picks up from a folder.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -104,8 +106,6 @@ class LocalFolder:
 
     def prepare_output(self) -> None:
         """Refuse an unusable output folder before any work, then create it, marked as sd3d's."""
-        from sd3d.core.io import mark_output
-        from sd3d.pipelines.syncdreamer import check_output_folder
 
         check_output_folder(self.root, self.overwrite, ["batch.json"])
         self.root.mkdir(parents=True, exist_ok=True)
@@ -113,7 +113,6 @@ class LocalFolder:
 
     def check_result(self, name: str, planned: list[str]) -> None:
         """Refuse, before any work, a result folder that ``staging(name)`` would not be allowed to fill."""
-        from sd3d.pipelines.syncdreamer import check_output_folder
 
         check_output_folder(self.root / name, self.overwrite, planned)
 
@@ -131,7 +130,6 @@ class LocalFolder:
             return None
 
     def write_json(self, name: str, obj: Any) -> None:
-        from sd3d.core.io import write_json_atomic
 
         write_json_atomic(self.root / name, obj)
 
@@ -142,7 +140,6 @@ class LocalFolder:
     @contextlib.contextmanager
     def staging(self, name: str) -> Iterator[Path]:
         """A temporary folder that replaces ``name`` when the block succeeds (and only then)."""
-        from sd3d.core.io import atomic_dir
 
         with atomic_dir(self.root / name, overwrite=self.overwrite, command="run", last=(MARKER,)) as tmp:
             yield tmp
@@ -153,7 +150,6 @@ class LocalFolder:
         Only call it while no other attempt at ``name`` runs: the batch driver retries an image only
         after its previous attempt has failed or its process has died.
         """
-        from sd3d.core.io import stale_temporaries
 
         pattern = re.compile(rf"^\.{re.escape(name)}\.(?:[A-Za-z0-9_]+\.part|old-\d+)$")
         with contextlib.suppress(OSError):
