@@ -13,6 +13,7 @@ import typer
 
 from cli.common import BACKGROUND_METAVAR, SEED_DEFAULT, max_pixels_option
 from cli.common import parse_number as _number
+from sd3d.core import defaults
 
 
 def register(app: typer.Typer) -> None:
@@ -42,24 +43,27 @@ def generate(
         help="Also write into a non-empty folder sd3d did not write (none of its files is replaced).",
     ),
     elevation: str = typer.Option(
-        "30",
+        f"{defaults.INPUT_ELEVATION_DEG:g}",
         "--elevation",
         "-e",
         metavar="DEG",
-        help="Elevation of the input view in degrees (roughly -10..40).",
+        help="Elevation of the input view in degrees (the model was trained on -10..40).",
     ),
     samples: str = typer.Option(
         "1", "--samples", "-n", metavar="N", help="Independent 16-view sets (1..64)."
     ),
-    steps: str = typer.Option("50", "--steps", metavar="N", help="Sampling steps."),
+    steps: str = typer.Option(
+        str(defaults.SYNCDREAMER_STEPS), "--steps", metavar="N", help="Sampling steps."
+    ),
     cfg: str = typer.Option(
         "auto",
         "--cfg",
         metavar="SCALE",
-        help="Classifier-free guidance scale (auto: 2.0 for SyncDreamer, 3.0 for Zero123).",
+        help=f"Classifier-free guidance scale (auto: {defaults.SYNCDREAMER_CFG} for SyncDreamer, "
+        f"{defaults.ZERO123_CFG} for Zero123).",
     ),
     eta: str = typer.Option(
-        "1.0", "--eta", metavar="ETA", help="DDIM eta (1 = the official stochastic sampler)."
+        str(defaults.DDIM_ETA), "--eta", metavar="ETA", help="DDIM eta (1 = the official stochastic sampler)."
     ),
     seed: str = typer.Option(
         SEED_DEFAULT, "--seed", metavar="INT", help="Random seed (same seed, same views)."
@@ -74,7 +78,8 @@ def generate(
         "auto",
         "--crop-size",
         metavar="PX",
-        help="SyncDreamer: object size after recentring (150-200; auto: 200); -1 keeps the framing: use "
+        help="SyncDreamer: object size after recentring (150-200; auto: "
+        f"{defaults.CROP_SIZE}); -1 keeps the framing: use "
         "it for a 256x256 RGBA made by `sd3d preprocess`, which is then used as is. (Zero123 crops as "
         "its demo does.)",
     ),

@@ -12,6 +12,7 @@ import typer
 
 from cli.common import BACKGROUND_METAVAR, SEED_DEFAULT, max_pixels_option
 from cli.common import parse_number as _number
+from sd3d.core import defaults
 
 
 def register(app: typer.Typer) -> None:
@@ -54,8 +55,12 @@ def novel_view(
         help="Move the camera away (positive) or closer; trained for |d| <= 0.7.",
     ),
     samples: str = typer.Option("1", "--samples", "-n", metavar="N", help="Number of samples (1..64)."),
-    steps: str = typer.Option("50", "--steps", metavar="N", help="DDIM steps (the demo UI used 75)."),
-    cfg: str = typer.Option("3.0", "--cfg", metavar="SCALE", help="Classifier-free guidance scale."),
+    steps: str = typer.Option(
+        str(defaults.ZERO123_STEPS), "--steps", metavar="N", help="DDIM steps (the demo UI used 75)."
+    ),
+    cfg: str = typer.Option(
+        str(defaults.ZERO123_CFG), "--cfg", metavar="SCALE", help="Classifier-free guidance scale."
+    ),
     seed: str = typer.Option(
         SEED_DEFAULT, "--seed", metavar="INT", help="Random seed (same seed, same views)."
     ),

@@ -9,6 +9,7 @@ import typer
 
 from cli.common import BACKGROUND_METAVAR, max_pixels_option
 from sd3d import DEFAULT_SEED
+from sd3d.core import defaults
 
 
 def register(app: typer.Typer) -> None:
@@ -30,7 +31,9 @@ STAGE_OPTIONS = [
         ),
     ),
     _option(
-        "crop_size", int, typer.Option(200, "--crop-size", help="Object size after recentring (-1: no crop).")
+        "crop_size",
+        int,
+        typer.Option(defaults.CROP_SIZE, "--crop-size", help="Object size after recentring (-1: no crop)."),
     ),
     _option(
         "background",
@@ -38,9 +41,11 @@ STAGE_OPTIONS = [
         typer.Option("auto", "--background", "-b", metavar=BACKGROUND_METAVAR, help="Foreground backend."),
     ),
     _option("max_pixels", str, max_pixels_option()),
-    _option("steps", int, typer.Option(50, "--steps", help="Sampling steps.")),
-    _option("cfg", float, typer.Option(2.0, "--cfg", help="Classifier-free guidance scale.")),
-    _option("eta", float, typer.Option(1.0, "--eta", help="DDIM eta.")),
+    _option("steps", int, typer.Option(defaults.SYNCDREAMER_STEPS, "--steps", help="Sampling steps.")),
+    _option(
+        "cfg", float, typer.Option(defaults.SYNCDREAMER_CFG, "--cfg", help="Classifier-free guidance scale.")
+    ),
+    _option("eta", float, typer.Option(defaults.DDIM_ETA, "--eta", help="DDIM eta.")),
     _option(
         "seed", int, typer.Option(DEFAULT_SEED, "--seed", help="Random seed (generation and reconstruction).")
     ),
@@ -67,7 +72,9 @@ STAGE_OPTIONS = [
     _option(
         "preview_frames",
         int,
-        typer.Option(72, "--preview-frames", help="Turntable frames (72 = 3 s at 24 fps)."),
+        typer.Option(
+            defaults.PREVIEW_FRAMES, "--preview-frames", help="Turntable frames (72 = 3 s at 24 fps)."
+        ),
     ),
     _option("device", str, typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")),
     _option("dtype", str, typer.Option("auto", "--dtype", help="auto, fp32, bf16 or fp16.")),

@@ -25,11 +25,12 @@ import numpy as np
 from PIL import Image
 
 from sd3d.background import check_backend_name, remove_background
+from sd3d.core import defaults
 from sd3d.core.errors import InputImageError, OutputPathError, UserError
 from sd3d.core.io import atomic_path, check_max_pixels, read_image
 
 MODEL_SIZE = 256
-DEFAULT_CROP_SIZE = 200
+DEFAULT_CROP_SIZE = defaults.CROP_SIZE
 NO_CROP = -1
 
 # Formats that keep the alpha channel losslessly (the RGBA "record" output), and those fine for RGB.

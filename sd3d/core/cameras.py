@@ -21,6 +21,12 @@ import torch  # torch's float32 sin/cos are what the official code used (numpy d
 NUM_VIEWS = 16
 TARGET_ELEVATION_DEG = 30.0
 TARGET_DISTANCE = 1.5
+# Elevations of the input camera, in degrees. Any camera: -90..90. SyncDreamer was trained on
+# inputs between -10 and 40 (estimates are clipped to that before generating); the estimator
+# searches a wider range so that an input outside the trained one is seen as such.
+ELEVATION_LIMITS_DEG = (-90.0, 90.0)
+TRAINED_ELEVATION_RANGE_DEG = (-10.0, 40.0)
+ELEVATION_SEARCH_RANGE_DEG = (-20.0, 60.0)
 IMAGE_SIZE = 256
 FOCAL_256 = 280.0
 

@@ -45,6 +45,7 @@ from PIL import Image
 
 from sd3d import DEFAULT_SEED
 from sd3d.core import cameras as cam
+from sd3d.core import defaults
 from sd3d.core.device import make_generator, resolve_device, resolve_dtype
 from sd3d.core.errors import InputImageError, UserError, WeightsError
 from sd3d.core.io import VIEW_FILES, ViewSet, atomic_dir, check_output_dir, contact_sheet, write_views_into
@@ -80,10 +81,10 @@ WEIGHTS_NAME = "syncdreamer"
 class GenerationSettings:
     """Every knob of a run, recorded in ``cameras.json`` so a views folder says how it was made."""
 
-    elevation_deg: float = 30.0
-    steps: int = 50
-    cfg: float = 2.0
-    eta: float = 1.0
+    elevation_deg: float = defaults.INPUT_ELEVATION_DEG
+    steps: int = defaults.SYNCDREAMER_STEPS
+    cfg: float = defaults.SYNCDREAMER_CFG
+    eta: float = defaults.DDIM_ETA
     seed: int = DEFAULT_SEED
     samples: int = 1
     batch_view_num: int | None = None
@@ -92,8 +93,11 @@ class GenerationSettings:
 
     def check(self) -> GenerationSettings:
         """Raise a one-line :class:`UserError` for impossible values (before any heavy work)."""
-        if not math.isfinite(self.elevation_deg) or not -90.0 <= self.elevation_deg <= 90.0:
-            raise UserError(f"--elevation must be between -90 and 90 degrees, got {self.elevation_deg}")
+        lo, hi = cam.ELEVATION_LIMITS_DEG
+        if not math.isfinite(self.elevation_deg) or not lo <= self.elevation_deg <= hi:
+            raise UserError(
+                f"--elevation must be between {lo:g} and {hi:g} degrees, got {self.elevation_deg}"
+            )
         if not 1 <= self.steps <= 500:
             raise UserError(f"--steps must be between 1 and 500, got {self.steps}")
         if self.ddim_discretize not in DDIM_DISCRETIZATIONS:

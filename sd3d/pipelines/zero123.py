@@ -29,6 +29,7 @@ from PIL import Image
 
 from sd3d.background import check_backend_name, remove_background
 from sd3d.core import cameras as cam
+from sd3d.core import defaults
 from sd3d.core.device import make_generator, resolve_device, resolve_dtype
 from sd3d.core.errors import InputImageError, UserError
 from sd3d.core.io import ViewSet, check_max_pixels, read_image
@@ -56,8 +57,8 @@ if TYPE_CHECKING:
 MODEL_SIZE = 256
 DEMO_MAX_SIDE = 1536
 DEMO_OBJECT_SIZE = 200
-DEFAULT_STEPS = 50
-DEFAULT_CFG = 3.0
+DEFAULT_STEPS = defaults.ZERO123_STEPS
+DEFAULT_CFG = defaults.ZERO123_CFG
 DEFAULT_SEED = 0
 INPUT_RADIUS = 1.5
 SAMPLERS = ("independent", "stochastic-conditioning")
@@ -383,8 +384,9 @@ def generate_views_zero123(
         settings.seed,
     )
     batch_size, condition_on = settings.batch_view_num, settings.condition_on
-    if not np.isfinite(elevation_deg) or not -90.0 <= float(elevation_deg) <= 90.0:
-        raise UserError(f"the input elevation must be between -90 and 90 degrees, got {elevation_deg}")
+    lo, hi = cam.ELEVATION_LIMITS_DEG
+    if not np.isfinite(elevation_deg) or not lo <= float(elevation_deg) <= hi:
+        raise UserError(f"the input elevation must be between {lo:g} and {hi:g} degrees, got {elevation_deg}")
     x_in = model_input(prepared, weights_dir=weights_dir)
     net = _model(model, weights, weights_dir, device, dtype)
     dev = net.device

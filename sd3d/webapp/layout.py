@@ -28,6 +28,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read by gradio at 
 import gradio as gr  # noqa: E402
 
 from sd3d.background import BACKEND_NAMES  # noqa: E402
+from sd3d.core.cameras import TRAINED_ELEVATION_RANGE_DEG  # noqa: E402
 from sd3d.core.errors import UserError  # noqa: E402
 from sd3d.pipelines.syncdreamer import SAMPLERS, GenerationSettings  # noqa: E402
 from sd3d.webapp.handlers import (  # noqa: E402
@@ -200,8 +201,7 @@ def build_demo(app: WebApp) -> gr.Blocks:
                         info="auto: estimated from the views (score curve below); manual: the slider",
                     )
                     elevation_deg = gr.Slider(
-                        -10,
-                        40,
+                        *TRAINED_ELEVATION_RANGE_DEG,
                         value=GenerationSettings().elevation_deg,
                         step=0.5,
                         label="elevation of the photo's camera (degrees)",

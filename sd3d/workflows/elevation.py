@@ -37,7 +37,7 @@ from sd3d.core.errors import InputImageError, UserError, ViewsFolderError
 from sd3d.core.progress import Progress, resolve
 from sd3d.pipelines.syncdreamer import generate_views
 
-ELEVATION_RANGE_DEG = (-20.0, 60.0)
+ELEVATION_RANGE_DEG = cam.ELEVATION_SEARCH_RANGE_DEG
 FRAME_SIZE = 96  # side of the normalised comparison frame, pixels
 FRAME_WIDTH = 0.8  # the silhouette's width in the frame, as a fraction of its side
 FRAME_TOP = 0.1  # the silhouette's top row in the frame, as a fraction of its side

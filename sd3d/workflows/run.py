@@ -37,6 +37,7 @@ from recon.presets import ReconSettings
 from recon.raster import load_mesh, render_mesh
 from sd3d.background import check_backend_name
 from sd3d.core import cameras as cam
+from sd3d.core import defaults
 from sd3d.core.device import resolve_device, resolve_dtype
 from sd3d.core.errors import MissingDependencyError, OutputPathError, UserError, WeightsError
 from sd3d.core.io import atomic_dir, check_max_pixels, check_output_dir, mark_output, write_json_atomic
@@ -74,8 +75,8 @@ class PreviewSettings:
     """The turntable preview: ``format`` mp4, gif or none, ``frames`` around the object at ``fps``."""
 
     format: str = "mp4"
-    frames: int = 72
-    fps: int = 24
+    frames: int = defaults.PREVIEW_FRAMES
+    fps: int = defaults.PREVIEW_FPS
 
     def __post_init__(self) -> None:
         if self.format not in PREVIEW_FORMATS:
@@ -102,7 +103,7 @@ class RunSettings:
     recon: Any = field(default_factory=_default_recon)  # recon.presets.ReconSettings
     preview: PreviewSettings = field(default_factory=PreviewSettings)
     elevation_deg: float | None = None
-    crop_size: int = 200
+    crop_size: int = defaults.CROP_SIZE
     background: str = "auto"
     max_pixels: int | None = None
     device: str = "auto"
@@ -295,7 +296,7 @@ def choose_elevation(prepared, views: list, settings: RunSettings) -> ElevationC
 
     guess = ELEVATION_GUESS_DEG
     estimate = estimate_elevation(prepared.rgba[..., 3].astype(np.float32) / 255.0, views[0])
-    elevation = float(np.clip(estimate.elevation_deg, -10.0, 40.0))  # the model's trained range
+    elevation = float(np.clip(estimate.elevation_deg, *cam.TRAINED_ELEVATION_RANGE_DEG))
     regenerate = abs(elevation - guess) > settings.regenerate_threshold_deg
     record = {
         "source": "estimated",
