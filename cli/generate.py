@@ -169,7 +169,7 @@ def generate(
     settings = GenerationSettings(
         elevation_deg=_number(elevation, "--elevation"),
         steps=_number(steps, "--steps", int),
-        cfg=2.0 if cfg.strip() == "auto" else _number(cfg, "--cfg"),
+        cfg=defaults.SYNCDREAMER_CFG if cfg.strip() == "auto" else _number(cfg, "--cfg"),
         eta=_number(eta, "--eta"),
         seed=_number(seed, "--seed", int),
         samples=_number(samples, "--samples", int),
@@ -179,7 +179,7 @@ def generate(
         sampler=sampler.strip().lower(),
         ddim_discretize=ddim_discretize,
     ).check()
-    crop = 200 if crop_size.strip() == "auto" else _number(crop_size, "--crop-size", int)
+    crop = defaults.CROP_SIZE if crop_size.strip() == "auto" else _number(crop_size, "--crop-size", int)
     method = check_backend_name(background)
     limit = parse_max_pixels(max_pixels)
     torch_device = resolve_device(device)  # resolved once here; the library gets torch objects
@@ -267,7 +267,7 @@ def _generate_zero123(
     if not 1 <= n <= 64:
         raise UserError("--samples must be between 1 and 64")
     n_steps = _number(steps, "--steps", int)
-    scale = 3.0 if cfg.strip() == "auto" else _number(cfg, "--cfg")
+    scale = defaults.ZERO123_CFG if cfg.strip() == "auto" else _number(cfg, "--cfg")
     base_seed = _number(seed, "--seed", int)
     eta_value = _number(eta, "--eta")
     settings = Zero123Settings(
