@@ -33,7 +33,6 @@ def _maybe_die(step: str) -> None:
 def setup() -> None:
     from dataclasses import replace
 
-    import recon.pipeline
     import recon.presets
     import sd3d.workflows.run
 
@@ -42,7 +41,7 @@ def setup() -> None:
     recon.presets.PRESETS["draft"] = replace(
         draft, init_steps=40, occupancy_res=48, mesh_res=64, texture_size=128, rays_per_batch=256
     )
-    reconstruct, export = sd3d.workflows.run.reconstruct_views, recon.pipeline.export_mesh
+    reconstruct, export = sd3d.workflows.run.reconstruct_views, sd3d.workflows.run.export_mesh
 
     def reconstruct_views(*args, **kwargs):
         _maybe_die("reconstruct")
@@ -53,4 +52,4 @@ def setup() -> None:
         return export(*args, **kwargs)
 
     sd3d.workflows.run.reconstruct_views = reconstruct_views
-    recon.pipeline.export_mesh = export_mesh
+    sd3d.workflows.run.export_mesh = export_mesh  # the name write_run_folder calls
