@@ -5,7 +5,7 @@ Plain numbers and no imports: the CLI reads them at start-up to show its default
 the library.
 """
 
-SEED = 6033  # the official SyncDreamer demo's seed
+SEED = 6033  # the official SyncDreamer generate.py's seed (also sd3d.DEFAULT_SEED)
 INPUT_ELEVATION_DEG = 30.0  # the middle of SyncDreamer's training range
 SYNCDREAMER_STEPS = 50
 SYNCDREAMER_CFG = 2.0
