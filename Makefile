@@ -54,7 +54,7 @@ test-latest:
 lint:
 	$(PYTHON) -m ruff check sd3d recon cli tests benchmarks
 	$(PYTHON) -m ruff format --check sd3d recon cli tests benchmarks
-	lint-imports --no-cache
+	$(PYTHON) -c 'import sys; from importlinter.cli import lint_imports_command as lint; sys.argv[0] = "lint-imports"; sys.exit(lint())' --no-cache
 
 format:
 	$(PYTHON) -m ruff format sd3d recon cli tests benchmarks
