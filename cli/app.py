@@ -7,7 +7,8 @@ breaks on a missing optional extra.
 Error policy: a :class:`sd3d.core.errors.UserError` prints ``error: <one line>`` on stderr and exits 2
 (``--debug`` shows the traceback); so does a usage error (unknown option, missing argument), with
 a pointer to ``--help``; Ctrl-C exits 130 (``interrupted``) and SIGTERM 143 (``terminated``), both
-through the same cleanup (temporary files and folders removed); anything else is a bug and keeps
+through the same cleanup (temporary files and folders removed); the GPU running out of memory
+prints one line saying what to lower and exits 3; anything else is a bug and keeps
 its traceback. A warning prints ``warning: <first line>``; ``--debug`` shows it in Python's full
 form instead and turns on the ``sd3d`` loggers' DEBUG messages (e.g. the numbers behind a
 checkpoint warning).
@@ -208,6 +209,25 @@ def _main(args: list[str], debug: bool) -> int:
         return 2
     except typer.Abort:
         return 130
+    except Exception as exc:
+        if debug or not _is_cuda_out_of_memory(exc):
+            raise
+        from sd3d.core.device import out_of_memory_message
+
+        torch = sys.modules["torch"]
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
+        print(f"error: {out_of_memory_message(exc, device)}", file=sys.stderr)
+        return OUT_OF_MEMORY_EXIT
+
+
+OUT_OF_MEMORY_EXIT = 3
+
+
+def _is_cuda_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is torch's CUDA out-of-memory error (torch is imported only by commands that
+    use it, so a command that never imported it cannot have raised one)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError)
 
 
 def entry() -> None:

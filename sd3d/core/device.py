@@ -50,3 +50,39 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
     gen = torch.Generator(device=device)
     gen.manual_seed(int(seed))
     return gen
+
+
+def cuda_memory_budget(device: torch.device) -> int:
+    """Bytes this process can still allocate on a CUDA ``device``.
+
+    ``torch.cuda.mem_get_info`` reports the card's free memory, which ignores a per-process cap
+    (``torch.cuda.set_per_process_memory_fraction``: how a shared GPU is split, and how a small
+    card is emulated on a large one) and counts the blocks PyTorch's cache holds but does not use
+    as taken. The budget is the smaller of the card's free memory plus those cached blocks, and the
+    cap minus what is allocated.
+    """
+    free, total = torch.cuda.mem_get_info(device)
+    allocated = torch.cuda.memory_allocated(device)
+    cached_unused = torch.cuda.memory_reserved(device) - allocated
+    budget = free + cached_unused
+    fraction = torch.cuda.get_per_process_memory_fraction(device)
+    if fraction < 1.0:
+        budget = min(budget, int(fraction * total) - allocated)
+    return max(0, budget)
+
+
+def out_of_memory_message(exc: BaseException, device: torch.device | None = None) -> str:
+    """One line for a CUDA out-of-memory error: how much the process held, and what to lower."""
+    held = ""
+    if device is not None and device.type == "cuda":
+        _, total = torch.cuda.mem_get_info(device)
+        fraction = torch.cuda.get_per_process_memory_fraction(device)
+        allowed = fraction * total
+        held = (
+            f" ({torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB at the peak of "
+            f"{allowed / 2**30:.1f} GiB allowed)"
+        )
+    return (
+        f"the GPU ran out of memory{held}: lower --samples or --batch-view-num, use --quality draft "
+        "for reconstruction, close other programs on the GPU, or run with --device cpu"
+    )

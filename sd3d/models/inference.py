@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sd3d.core.device import cuda_memory_budget
 from sd3d.models.norms import HALF_CAPABLE_NORMS
 from sd3d.models.syncdreamer import SyncDreamer, conditioning_modules
 
@@ -139,8 +140,7 @@ def should_offload(model: SyncDreamer, tight_bytes: float = 6e9) -> bool:
     """Offload the conditioning encoders when a CUDA device has less than ``tight_bytes`` free."""
     if model.device.type != "cuda":
         return False
-    free, _ = torch.cuda.mem_get_info(model.device)
-    return free < tight_bytes
+    return cuda_memory_budget(model.device) < tight_bytes
 
 
 def _kind(dtype: torch.dtype) -> str:
@@ -151,7 +151,7 @@ def choose_batch_view_num(device: torch.device, dtype: torch.dtype, samples: int
     """``views`` on CPU; on CUDA the largest of 16/8/4/2/1 views per chunk that fits the free memory."""
     if device.type != "cuda":
         return views
-    free, _ = torch.cuda.mem_get_info(device)
+    free = cuda_memory_budget(device)
     per_view = _BYTES_PER_VIEW[_kind(dtype)] * max(1, samples)
     for n in VIEW_CHOICES:
         if n <= views and n * per_view <= 0.85 * free:
@@ -164,7 +164,7 @@ def choose_decode_batch(device: torch.device, dtype: torch.dtype, images: int) -
     resolution activations dominate the peak), fewer if free memory is short."""
     if device.type != "cuda":
         return images
-    free, _ = torch.cuda.mem_get_info(device)
+    free = cuda_memory_budget(device)
     per_image = _BYTES_PER_DECODED_IMAGE[_kind(dtype)]
     fits = int(0.5 * free // per_image)
     return max(1, min(images, 4, fits))
