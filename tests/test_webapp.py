@@ -23,6 +23,7 @@ gradio_client = pytest.importorskip("gradio_client")
 from support import object_decoder  # noqa: E402
 from support.webapp import served  # noqa: E402
 
+from recon.presets import ReconSettings  # noqa: E402
 from sd3d import DEFAULT_SEED  # noqa: E402
 from sd3d.core.io import VIEW_FILES  # noqa: E402
 from sd3d.models.configs import tiny_config  # noqa: E402
@@ -34,9 +35,9 @@ from sd3d.webapp.handlers import (  # noqa: E402
     WebApp,
     example_files,
     photo_settings,
-    recon_defaults,
-    recon_options,
+    reconstruct_command,
     run_command,
+    views_settings,
 )
 from sd3d.workflows.run import RunSettings  # noqa: E402
 
@@ -141,7 +142,46 @@ def test_page_defaults_are_the_library_defaults(no_weights, tmp_path):
     assert photo_settings(**photo, options=options) == RunSettings(device="cpu").check()
     views = _api_defaults(client, "/reconstruct_views")
     views.pop("views")
-    assert recon_options(**views, options=options) == recon_defaults()
+    assert views_settings(**views) == (ReconSettings(), DEFAULT_SEED)
+
+
+# (endpoint, values, the message's start): each refused by the settings dataclass named. /generate
+# takes the values as sent, without Gradio's own checks of choices and ranges.
+IMPOSSIBLE = [
+    ("/reconstruct_photo", {"recon_steps": -5}, "--recon-steps must be >= 1, got -5"),  # ReconSettings
+    ("/generate", {"formats": ["fbx"]}, "unknown mesh format 'fbx': choose from glb, obj, ply"),
+    ("/generate", {"quality": "ultra"}, "unknown quality 'ultra': use auto, draft, standard, high"),
+    ("/reconstruct_photo", {"preview_frames": 0}, "preview frames and fps must be >= 1"),  # PreviewSettings
+    ("/reconstruct_photo", {"crop_size": 300}, "--crop-size must be between 1 and 256, or -1"),  # RunSettings
+    ("/generate", {"cfg": -1}, "--cfg must be a finite number >= 0, got -1.0"),  # GenerationSettings
+    ("/reconstruct_views", {"faces": 2}, "--faces must be at least 4, got 2"),  # ReconSettings
+    ("/reconstruct_views", {"steps": -3}, "--steps must be at least 1, got -3"),  # the tab's own option
+    ("/reconstruct_views", {"seed": -1}, "--seed must be at least 0, got -1"),  # no dataclass holds it
+]
+
+
+@pytest.mark.parametrize(("endpoint", "values", "expect"), IMPOSSIBLE)
+def test_impossible_settings_are_the_libraries_one_line_errors(
+    no_weights, tmp_path, endpoint, values, expect
+):
+    """The settings dataclasses judge the values (before any work) and their message reaches the page."""
+    client = _client(no_weights.url, tmp_path)
+    upload = {"/reconstruct_views": {"views": None}, "/generate": {"photo": None}}.get(endpoint, {})
+    with pytest.raises(gradio_client.exceptions.AppError) as err:
+        client.predict(**upload, **values, api_name=endpoint)
+    assert str(err.value).startswith(expect) and "\n" not in str(err.value), err.value
+
+
+def test_views_formats_are_normalised_with_the_glb_first():
+    recon, seed = views_settings(
+        quality=" Draft ", steps=0, seed="7", faces=None, formats=["PLY", "obj", "obj"]
+    )
+    assert recon == ReconSettings("draft", None, None, ("glb", "obj", "ply")) and seed == 7
+    command = reconstruct_command(recon, seed, ServeOptions(device="cpu"), "strip.png")
+    assert command.splitlines() == [
+        f"sd3d reconstruct strip.png -o mesh.{fmt} --quality draft --seed 7 --device cpu"
+        for fmt in ("glb", "obj", "ply")
+    ]
 
 
 def test_generate_without_weights_says_how_to_get_them(no_weights, cutout_photo, tmp_path):
@@ -277,11 +317,14 @@ def test_views_controls_are_reconstruct_options_with_the_same_defaults():
     from cli.reconstruct import reconstruct
 
     cli = {name: p.default for name, p in inspect.signature(reconstruct).parameters.items()}
-    defaults = recon_defaults()
+    defaults = ReconSettings()
     assert cli["quality"].default == defaults.quality
     assert cli["steps"].default is None and defaults.steps is None
-    assert int(cli["seed"].default) == defaults.seed
+    assert int(cli["seed"].default) == DEFAULT_SEED
     assert cli["faces"].default is None and defaults.faces is None
+    assert (
+        reconstruct_command(defaults, DEFAULT_SEED, ServeOptions()) == "sd3d reconstruct views/ -o mesh.glb"
+    )
 
 
 def test_upload_of_views_in_any_names_or_as_a_strip(tmp_path):

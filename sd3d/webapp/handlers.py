@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import operator
 import os
 import re
 import shlex
@@ -33,14 +34,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recon.pipeline import export_mesh, reconstruct
-from recon.presets import ReconSettings, get_preset, resolve_quality
-from sd3d import DEFAULT_SEED
+from recon.presets import ReconSettings
+from sd3d.core import defaults
 from sd3d.core.device import resolve_device
 from sd3d.core.errors import InputImageError, UserError, ViewsFolderError, WeightsError
 from sd3d.core.io import VIEW_FILES, read_image, read_views
 from sd3d.core.progress import Progress
 from sd3d.pipelines.syncdreamer import GenerationSettings, load_model, weights_path, write_generated
-from sd3d.preprocess import check_crop_size
 from sd3d.workflows.run import (
     MESH_FORMATS,
     PreviewSettings,
@@ -62,76 +62,47 @@ VIEW_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 EXTRA_FORMATS = tuple(f for f in MESH_FORMATS if f != "glb")  # the GLB is always written
 ELEVATION_AUTO = "auto"
 
-# The photo tab's controls: RunSettings field -> `sd3d run` option (tests check that each option
-# exists with the same default). Device and dtype belong to the server (`sd3d serve --device`).
-RUN_OPTIONS = {  # name -> flag; the name is the settings' own, see run_option
-    "elevation_deg": "--elevation",
-    "crop_size": "--crop-size",
-    "background": "--background",
-    "steps": "--steps",
-    "cfg": "--cfg",
-    "eta": "--eta",
-    "seed": "--seed",
-    "samples": "--samples",
-    "sampler": "--sampler",
-    "quality": "--quality",
-    "recon_steps": "--recon-steps",
-    "faces": "--faces",
-    "formats": "--formats",
-    "preview": "--preview",
-    "preview_frames": "--preview-frames",
+# The photo tab's controls as `sd3d run` options: control name -> (flag, where the value sits in
+# RunSettings). Tests check that each option exists with the same default. Device and dtype belong
+# to the server (`sd3d serve --device`).
+_RUN_CONTROLS = {
+    "elevation_deg": ("--elevation", "elevation_deg"),
+    "crop_size": ("--crop-size", "crop_size"),
+    "background": ("--background", "background"),
+    "steps": ("--steps", "generation.steps"),
+    "cfg": ("--cfg", "generation.cfg"),
+    "eta": ("--eta", "generation.eta"),
+    "seed": ("--seed", "generation.seed"),
+    "samples": ("--samples", "generation.samples"),
+    "sampler": ("--sampler", "generation.sampler"),
+    "quality": ("--quality", "recon.quality"),
+    "recon_steps": ("--recon-steps", "recon.steps"),
+    "faces": ("--faces", "recon.faces"),
+    "formats": ("--formats", "recon.formats"),
+    "preview": ("--preview", "preview.format"),
+    "preview_frames": ("--preview-frames", "preview.frames"),
 }
-_NESTED = {
-    "steps": ("generation", "steps"),
-    "cfg": ("generation", "cfg"),
-    "eta": ("generation", "eta"),
-    "seed": ("generation", "seed"),
-    "samples": ("generation", "samples"),
-    "sampler": ("generation", "sampler"),
-    "quality": ("recon", "quality"),
-    "recon_steps": ("recon", "steps"),
-    "faces": ("recon", "faces"),
-    "formats": ("recon", "formats"),
-    "preview": ("preview", "format"),
-    "preview_frames": ("preview", "frames"),
-}
+RUN_OPTIONS = {name: flag for name, (flag, _) in _RUN_CONTROLS.items()}
 
 
 def run_option(settings: RunSettings, name: str) -> Any:
     """The value of ``sd3d run``'s option ``name`` (a key of :data:`RUN_OPTIONS`) in ``settings``,
     wherever it is nested."""
-    if name in _NESTED:
-        part, attr = _NESTED[name]
-        return getattr(getattr(settings, part), attr)
-    return getattr(settings, name)
+    return operator.attrgetter(_RUN_CONTROLS[name][1])(settings)
 
 
 # The reconstruction half of those (nested settings of RunSettings): what the photo tab's
 # "Reconstruct" step may change after the views were generated.
 RECON_FIELDS = ("recon", "preview")
 
-
-@dataclass(frozen=True)
-class ReconOptions:
-    """The views tab's controls, named like ``sd3d reconstruct``'s options (``--quality``,
-    ``--steps``, ``--seed``, ``--faces``) with the library's defaults (see :func:`recon_defaults`);
-    ``formats``: extra files besides the GLB (each one is ``sd3d reconstruct -o mesh.<fmt>``)."""
-
-    quality: str
-    steps: int | None
-    seed: int
-    faces: int | None
-    formats: tuple[str, ...] = ()
+# The views tab's controls as `sd3d reconstruct` options, in the command line's order: control name
+# -> flag. The seed is not part of ReconSettings: the library takes it beside them.
+RECONSTRUCT_OPTIONS = {"quality": "--quality", "steps": "--steps", "seed": "--seed", "faces": "--faces"}
 
 
-def recon_defaults() -> ReconOptions:
-    """The defaults of :class:`recon.presets.ReconSettings`, except the seed: every command's
-    ``--seed`` defaults to :data:`sd3d.DEFAULT_SEED`."""
-
-    defaults = ReconSettings()
-    return ReconOptions(
-        quality=defaults.quality, steps=defaults.steps, seed=DEFAULT_SEED, faces=defaults.faces
-    )
+def extra_formats(recon: ReconSettings) -> list[str]:
+    """The formats of ``recon`` besides the GLB, which is always written (the pages' checkboxes)."""
+    return [f for f in recon.formats if f != "glb"]
 
 
 @dataclass(frozen=True)
@@ -205,47 +176,55 @@ def _server_args(options: ServeOptions) -> list[str]:
     return parts
 
 
+def _changed(flags: dict[str, str], chosen: dict[str, Any], start: dict[str, Any]) -> list[str]:
+    """``flag value`` for every option (name -> flag) whose chosen value is not its default."""
+    parts = []
+    for name, flag in flags.items():
+        if chosen[name] != start[name]:
+            parts += [flag, _arg(chosen[name])]
+    return parts
+
+
 def run_command(settings: RunSettings, photo_name: str, options: ServeOptions) -> str:
     """The ``sd3d run`` command line that does what the photo tab does with ``settings``
     (options at their default are left out)."""
-    defaults = RunSettings()
+
+    def values(s: RunSettings) -> dict[str, Any]:
+        out = {name: run_option(s, name) for name in RUN_OPTIONS}
+        out["formats"] = ",".join(extra_formats(s.recon))  # the extras only: the GLB is always written
+        return out
+
     parts = ["sd3d", "run", _arg(photo_name or "photo.png"), "-o", "out/"]
-    for name, flag in RUN_OPTIONS.items():
-        value = run_option(settings, name)
-        if name == "formats":
-            extra = [f for f in value if f != "glb"]
-            if extra:
-                parts += [flag, ",".join(extra)]
-        elif value != run_option(defaults, name):
-            parts += [flag, _arg(value)]
+    parts += _changed(RUN_OPTIONS, values(settings), values(RunSettings()))
     return " ".join(parts + _server_args(options))
 
 
-def reconstruct_command(recon: ReconOptions, options: ServeOptions, source: str = "views/") -> str:
+def reconstruct_command(
+    recon: ReconSettings, seed: int, options: ServeOptions, source: str = "views/"
+) -> str:
     """The ``sd3d reconstruct`` command line(s) of the views tab: one per mesh format."""
-    defaults = recon_defaults()
-    flags = {"quality": "--quality", "steps": "--steps", "seed": "--seed", "faces": "--faces"}
-    opts = []
-    for name, flag in flags.items():
-        value = getattr(recon, name)
-        if value != getattr(defaults, name):
-            opts += [flag, _arg(value)]
+    opts = _changed(
+        RECONSTRUCT_OPTIONS, {**vars(recon), "seed": seed}, {**vars(ReconSettings()), "seed": defaults.SEED}
+    )
     server = ["--device", _arg(options.device)] if options.device != "auto" else []
-    lines = []
-    for fmt in ("glb", *recon.formats):
-        lines.append(" ".join(["sd3d", "reconstruct", _arg(source), "-o", f"mesh.{fmt}", *opts, *server]))
-    return "\n".join(lines)
+    return "\n".join(
+        " ".join(["sd3d", "reconstruct", _arg(source), "-o", f"mesh.{fmt}", *opts, *server])
+        for fmt in _with_glb(recon.formats)
+    )
 
 
 # --------------------------------------------------------------------------------------------------
 # control values -> settings
 # --------------------------------------------------------------------------------------------------
-def _as_int(value: Any, option: str, *, optional: bool = False) -> int | None:
+# Impossible values are the settings dataclasses' to refuse (at construction, with the one-line
+# UserError the CLI prints); here the browser's loose values become the types they take.
+def _as_int(value: Any, option: str, *, optional: bool = False, minimum: int | None = None) -> int | None:
     """A number field's value (float, int, text or blank) -> int, or a one-line error naming the option.
 
     ``optional`` options (``--steps``/``--recon-steps``/``--faces``, whose default is "the
     preset's" or "all") take blank or 0 as that default: a number field in the browser cannot
-    stay blank, and 0 is no valid value for any of them."""
+    stay blank, and 0 is no valid value for any of them. ``minimum``: for a value no settings
+    dataclass judges under this option's name."""
     if value is None or (isinstance(value, str) and not value.strip()):
         if optional:
             return None
@@ -258,6 +237,8 @@ def _as_int(value: Any, option: str, *, optional: bool = False) -> int | None:
         raise UserError(f"{option} must be an integer, got {value!r}")
     if optional and number == 0:
         return None
+    if minimum is not None and number < minimum:
+        raise UserError(f"{option} must be at least {minimum}, got {int(number)}")
     return int(number)
 
 
@@ -268,12 +249,16 @@ def _as_float(value: Any, option: str) -> float:
         raise UserError(f"{option} must be a number, got {value!r}") from None
 
 
+def _with_glb(formats: Sequence[str]) -> tuple[str, ...]:
+    """``formats`` with the GLB (always written) first, each once."""
+    return tuple(dict.fromkeys(("glb", *formats)))
+
+
 def _formats(values: Sequence[str] | None) -> tuple[str, ...]:
-    chosen = [str(v).strip().lower() for v in values or ()]
-    bad = [f for f in chosen if f not in EXTRA_FORMATS]
-    if bad:
-        raise UserError(f"unknown mesh format {bad[0]!r}: choose from {', '.join(EXTRA_FORMATS)}")
-    return tuple(f for f in EXTRA_FORMATS if f in chosen)
+    """The ticked extra formats -> :attr:`ReconSettings.formats`: the GLB first, then the known ones in
+    :data:`MESH_FORMATS` order; an unknown name is kept for ReconSettings to refuse."""
+    chosen = _with_glb([str(v).strip().lower() for v in values or ()])
+    return (*(f for f in MESH_FORMATS if f in chosen), *(f for f in chosen if f not in MESH_FORMATS))
 
 
 def photo_settings(
@@ -296,12 +281,13 @@ def photo_settings(
     preview_frames: Any,
     options: ServeOptions,
 ) -> RunSettings:
-    """The photo tab's control values -> the :class:`RunSettings` of ``sd3d run`` (checked).
+    """The photo tab's control values -> the :class:`RunSettings` of ``sd3d run``, checked as the
+    CLI's are (:meth:`RunSettings.check` judges what depends on the server's device).
 
     ``elevation`` is ``auto`` (estimate it) or ``manual`` (use ``elevation_deg``)."""
 
     elev = None if elevation == ELEVATION_AUTO else _as_float(elevation_deg, "--elevation")
-    crop = check_crop_size(_as_int(crop_size, "--crop-size"))
+    crop = _as_int(crop_size, "--crop-size")
     generation = GenerationSettings(
         steps=_as_int(steps, "--steps"),
         cfg=_as_float(cfg, "--cfg"),
@@ -310,12 +296,15 @@ def photo_settings(
         samples=_as_int(samples, "--samples"),
         sampler=sampler,
     )
-    recon_steps_value = _as_int(recon_steps, "--recon-steps", optional=True)
-    faces_value = _as_int(faces, "--faces", optional=True)
-    _check_recon(quality, recon_steps_value, faces_value, "--recon-steps", options)
+    recon = ReconSettings(
+        quality,
+        _as_int(recon_steps, "--recon-steps", optional=True),
+        _as_int(faces, "--faces", optional=True),
+        _formats(formats),
+    )
     return RunSettings(
         generation=generation,
-        recon=ReconSettings(quality, recon_steps_value, faces_value, ("glb", *_formats(formats))),
+        recon=recon,
         preview=PreviewSettings(preview, _as_int(preview_frames, "--preview-frames")),
         elevation_deg=elev,
         crop_size=crop,
@@ -326,41 +315,29 @@ def photo_settings(
     ).check()
 
 
+def views_settings(
+    *, quality: str, steps: Any, seed: Any, faces: Any, formats: Sequence[str] | None
+) -> tuple[ReconSettings, int]:
+    """The views tab's control values -> what ``sd3d reconstruct`` takes: the
+    :class:`ReconSettings` (checked at construction) and the seed.
+
+    The step count is checked here under the views tab's own ``--steps`` (ReconSettings' message
+    names ``sd3d run``'s ``--recon-steps``), as ``sd3d reconstruct`` does."""
+    recon = ReconSettings(
+        str(quality).strip().lower(),
+        _as_int(steps, "--steps", optional=True, minimum=1),
+        _as_int(faces, "--faces", optional=True),
+        _formats(formats),
+    )
+    return recon, _as_int(seed, "--seed", minimum=0)
+
+
 @functools.cache
 def server_device(name: str):
     """``--device`` of ``sd3d serve`` as a :class:`torch.device`, resolved once per process (the
     server's options do not change while it runs)."""
 
     return resolve_device(name)
-
-
-def _check_recon(
-    quality: str, steps: int | None, faces: int | None, steps_flag: str, options: ServeOptions
-) -> None:
-    """Refuse an impossible reconstruction setting before any work (as the CLI does)."""
-
-    if steps is not None and steps < 1:
-        raise UserError(f"{steps_flag} must be at least 1, got {steps}")
-    if faces is not None and faces < 4:
-        raise UserError(f"--faces must be at least 4, got {faces}")
-    get_preset(resolve_quality(quality, server_device(options.device)), steps)
-
-
-def recon_options(
-    *, quality: str, steps: Any, seed: Any, faces: Any, formats: Sequence[str] | None, options: ServeOptions
-) -> ReconOptions:
-    """The views tab's control values -> :class:`ReconOptions` (checked)."""
-    recon = ReconOptions(
-        quality=str(quality).strip().lower(),
-        steps=_as_int(steps, "--steps", optional=True),
-        seed=_as_int(seed, "--seed"),
-        faces=_as_int(faces, "--faces", optional=True),
-        formats=_formats(formats),
-    )
-    if recon.seed < 0:
-        raise UserError(f"--seed must be at least 0, got {recon.seed}")
-    _check_recon(recon.quality, recon.steps, recon.faces, "--steps", options)
-    return recon
 
 
 # --------------------------------------------------------------------------------------------------
@@ -584,7 +561,7 @@ class WebApp:
         if not photo:
             raise InputImageError("upload a photo first")
         session = self.session(session_id)
-        crop = check_crop_size(_as_int(crop_size, "--crop-size"))
+        crop = _as_int(crop_size, "--crop-size")  # RunSettings judges it (see _prepared)
         with _uploads_named([photo], [photo_name]):
             prepared = self._prepared(session, photo, crop, background)
         folder = session.fresh_dir("cutout")
@@ -734,10 +711,12 @@ class WebApp:
         self,
         session_id: str | None,
         files: Sequence[str] | None,
-        recon: ReconOptions,
+        recon: ReconSettings,
+        seed: int = defaults.SEED,
         report: Report | None = None,
     ) -> Reconstructed:
-        """``sd3d reconstruct``: uploaded views -> textured mesh (needs no weights)."""
+        """``sd3d reconstruct``: uploaded views -> textured mesh (needs no weights), one file per
+        format of ``recon`` (the GLB always)."""
 
         if not files:
             raise ViewsFolderError("upload the 16 views (or a strip image) first, or load the example")
@@ -746,17 +725,11 @@ class WebApp:
             source = self._views_source(session, files)
         with _uploads_named([source], ["the upload"]):
             views = read_views(source)
-        result = reconstruct(
-            views,
-            ReconSettings(recon.quality, recon.steps, recon.faces),
-            seed=recon.seed,
-            device=self.device(),
-            progress=_progress(report),
-        )
+        result = reconstruct(views, recon, seed=seed, device=self.device(), progress=_progress(report))
         folder = session.fresh_dir("mesh")
         folder.mkdir()
         exports, faces, textured = {}, 0, False
-        for fmt in ("glb", *recon.formats):
+        for fmt in _with_glb(recon.formats):
             exp = export_mesh(result, folder / f"mesh.{fmt}", faces=recon.faces)
             exports[fmt] = [p.name for p in exp.paths]
             if fmt == "glb":
@@ -772,7 +745,7 @@ class WebApp:
             None,
             _mesh_downloads(folder, exports),
             summary,
-            reconstruct_command(recon, self.options, name),
+            reconstruct_command(recon, seed, self.options, name),
         )
 
 
