@@ -112,6 +112,9 @@ class RunSettings:
 
     def __post_init__(self) -> None:
         self._validate()
+        formats = tuple(dict.fromkeys(("glb", *self.recon.formats)))  # the GLB is always written
+        if formats != self.recon.formats:
+            object.__setattr__(self, "recon", replace(self.recon, formats=formats))
 
     def _validate(self) -> None:
         """Every value that can be judged without a device, so a bad option fails at construction
@@ -149,12 +152,11 @@ class RunSettings:
         return device, resolve_dtype(self.dtype, device)
 
     def check(self) -> RunSettings:
-        """Also judge what depends on this machine (device, dtype on it, the resolved quality preset),
-        then return the settings with GLB always among the formats."""
+        """Also judge what depends on this machine (device, dtype on it, the resolved quality preset)
+        and return the settings: done once, by whoever starts a run."""
         device, _ = self.device_and_dtype()
         self.recon.preset(device)
-        formats = tuple(dict.fromkeys(("glb", *self.recon.formats)))  # the GLB is always written
-        return replace(self, recon=replace(self.recon, formats=formats))
+        return self
 
     def record(self) -> dict[str, Any]:
         """Every value, for ``report.json`` (the generation's unused elevation left out)."""
@@ -553,9 +555,9 @@ def finish_run(
     on ``device`` and write the whole run folder, replacing ``out_dir`` only when all succeeded.
 
     ``stages`` is the run's timer, also when generation happened in an earlier call (the web app
-    generates and reconstructs in two requests), so ``report.json`` times every stage."""
+    generates and reconstructs in two requests), so ``report.json`` times every stage. ``settings``
+    were checked (:meth:`RunSettings.check`) when the run started."""
 
-    settings = settings.check()
     out_dir = check_run_output(out_dir, overwrite, run_output_names(settings))
     progress = resolve(progress)
     device = torch.device(device)
