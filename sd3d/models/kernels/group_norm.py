@@ -326,7 +326,8 @@ def flat_strides(t: torch.Tensor) -> tuple[int, int, int] | None:
     return t.stride(0), t.stride(1), spatial[-1][1] if spatial else 1
 
 
-def _next_pow2(v: int) -> int:
+def next_pow2(v: int) -> int:
+    """The smallest power of two >= ``v`` (1 for ``v`` <= 1)."""
     return 1 << max(0, int(v) - 1).bit_length()
 
 
@@ -341,7 +342,8 @@ def _chunking(s: int, split: int, block_s: int) -> tuple[int, int]:
 
 
 @functools.cache
-def _sm_count(device: torch.device) -> int:
+def sm_count(device: torch.device) -> int:
+    """Multiprocessors of a CUDA device (what :func:`plan_launch` sizes the grid for)."""
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 4  # the Triton interpreter (CPU tensors): a few programs are enough
@@ -362,8 +364,8 @@ def plan_launch(n: int, c: int, groups: int, s: int, channels_last: bool, itemsi
         best: tuple[float, int] | None = None
         for gpb in range(1, groups + 1):
             width = gpb * cg
-            block_c = _next_pow2(width)
-            if block_c > max(_MAX_BLOCK_C, _next_pow2(cg)):
+            block_c = next_pow2(width)
+            if block_c > max(_MAX_BLOCK_C, next_pow2(cg)):
                 break
             score = width / block_c
             score *= 1.0 if (width % vec == 0 or gpb == groups) else 0.6  # unaligned rows: no vector loads
@@ -373,9 +375,9 @@ def plan_launch(n: int, c: int, groups: int, s: int, channels_last: bool, itemsi
         gpb = best[1]
     else:
         gpb = 1
-    block_c = _next_pow2(gpb * cg)
+    block_c = next_pow2(gpb * cg)
     programs = n * _cdiv(groups, gpb)
-    block_s = max(1, min(_TILE // block_c, _next_pow2(s)))
+    block_s = max(1, min(_TILE // block_c, next_pow2(s)))
     split = 1
     if programs < 2 * sms and s >= 4 * block_s:
         max_split = max(1, _MAX_PARTIALS // block_c)
@@ -387,7 +389,9 @@ def plan_launch(n: int, c: int, groups: int, s: int, channels_last: bool, itemsi
 def unsupported_reason(x: torch.Tensor, num_groups: int, out_dtype: torch.dtype | None = None) -> str | None:
     """Why :func:`group_norm` cannot take ``x`` (``None`` when it can): device, dtype, shape or layout."""
     if x.device.type != "cuda" and not INTERPRETED:
-        return f"a {x.device.type} tensor (Triton runs CPU tensors only in its interpreter, TRITON_INTERPRET=1)"
+        return (
+            f"a {x.device.type} tensor (Triton runs CPU tensors only in its interpreter, TRITON_INTERPRET=1)"
+        )
     if x.dtype not in DTYPES or (out_dtype is not None and out_dtype not in DTYPES):
         return f"dtype {x.dtype} -> {out_dtype} (supported: float32, bfloat16, float16)"
     if x.dim() < 2 or x.shape[1] % num_groups:
@@ -450,7 +454,7 @@ def group_norm(
     beta = _pre_bias_matrix(pre_bias, n, c)
     if plan is None:
         channels_last = x_strides[1] == 1 and s > 1
-        plan = plan_launch(n, c, num_groups, s, channels_last, x.element_size(), _sm_count(x.device))
+        plan = plan_launch(n, c, num_groups, s, channels_last, x.element_size(), sm_count(x.device))
     cg = c // num_groups
     blocks = _cdiv(num_groups, plan.groups_per_block)
     dummy = x
@@ -462,7 +466,7 @@ def group_norm(
         num_warps=plan.num_warps,
     )
     affine = dict(
-        GROUPS_P2=_next_pow2(plan.groups_per_block),
+        GROUPS_P2=next_pow2(plan.groups_per_block),
         HAS_WEIGHT=weight is not None,
         HAS_BIAS=bias is not None,
         HAS_BETA=beta is not None,
@@ -484,6 +488,6 @@ def group_norm(
     _gn_partial_kernel[grid](x, part, c, s, chunk, split, part_stride, *x_strides, **common)
     _gn_apply_kernel[grid](
         x, y, w, b, beta_t, part, c, s, chunk, split, part_stride, *x_strides, *y_strides, *beta_strides,
-        float(eps), SPLIT_P2=_next_pow2(split), **common, **affine,
+        float(eps), SPLIT_P2=next_pow2(split), **common, **affine,
     )  # fmt: skip
     return y
