@@ -142,28 +142,27 @@ def bench_shape(spec: tuple, timer: Timer, sweep: bool, device) -> dict:
         plan = gk.plan_launch(n, c, groups, s, layout != "contiguous", 2, gk.sm_count(device))
         row["plan"] = repr(plan)
         row["gbps"] = 2 * x.numel() * x.element_size() / (row["triton_ms"] * 1e6)
-        if sweep:
+        if sweep and (terms or layout == "contiguous"):  # the fused ResBlock pattern and the volumes
             row["sweep"] = sweep_plans(x, norm, pre, activation, plan, timer)
     norm.implementation = "auto"
     return row
 
 
 def sweep_plans(x, norm, pre, activation, default, timer: Timer) -> list[tuple[str, float]]:
-    """Times of nearby launch plans (other blocks of groups, splits, tiles, warps) for the heuristic's
-    check; returns (plan, ms) sorted by time."""
+    """Times of nearby launch plans (one group per block or the heuristic's blocks; no split, the
+    heuristic's, twice it; tiles of 2048 / 4096 / 8192 elements with 4 / 8 / 8 warps), to check
+    :func:`~sd3d.models.kernels.group_norm.plan_launch`; returns (plan, ms) sorted by time."""
     from sd3d.models.kernels import group_norm as gk
 
-    n, c = x.shape[:2]
     s = x[0, 0].numel()
-    cg = c // norm.num_groups
+    cg = x.shape[1] // norm.num_groups
     candidates = {default}
-    for gpb in sorted({1, default.groups_per_block, max(1, default.groups_per_block // 2)}):
+    for gpb in {1, default.groups_per_block}:
         block_c = gk.next_pow2(gpb * cg)
-        for split in sorted({1, default.split, 2 * default.split, 4}):
-            for tile in (2048, 4096, 8192):
+        for split in {1, default.split, 2 * default.split}:
+            for tile, warps in ((2048, 4), (4096, 8), (8192, 8)):
                 block_s = max(1, min(tile // block_c, gk.next_pow2(s)))
-                for warps in (4, 8):
-                    candidates.add(gk.Plan(gpb, block_c, block_s, split, warps))
+                candidates.add(gk.Plan(gpb, block_c, block_s, split, warps))
     out = []
     for plan in candidates:
         try:
@@ -296,7 +295,9 @@ def render(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="three shapes, few repetitions")
-    parser.add_argument("--sweep", action="store_true", help="also time other launch plans")
+    parser.add_argument(
+        "--sweep", action="store_true", help="also time other launch plans (a few minutes: each compiles)"
+    )
     parser.add_argument("--step", action="store_true", help="also one full SyncDreamer step A/B")
     parser.add_argument("--reps", type=int, default=None, help="timed calls per measurement (median)")
     parser.add_argument("--json", type=Path, default=None)

@@ -1,4 +1,4 @@
-"""GroupNorm for inference in Triton: any layout, fused input bias and activation, one read-write.
+"""GroupNorm for inference in Triton: the input's own layout, fused input bias and activation.
 
 Why: PyTorch's CUDA GroupNorm only reads contiguous NCHW. On a channels-last UNet every norm therefore
 copies its input to NCHW, and the next convolution copies the output back; the SiLU after the norm and
