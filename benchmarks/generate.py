@@ -19,13 +19,14 @@ reported on its own: it includes graph capture, cuDNN autotuning or compilation)
 Rows, cumulative unless marked (side): fp32 with TF32 off and the reference depth attention (the
 code before the fast paths); + re-associated depth attention (exact); (side) TF32; + bf16
 autocast with fp32 weights (the previous bf16 path); + bf16 weights; + CUDA graph of the step;
-+ channels-last UNet; + half-precision norms (= the library default on CUDA); (side) conditioning encoders offloaded;
++ channels-last UNet; + half-precision norms; + the Triton GroupNorm with the bias and SiLU fused (= the
+library default on CUDA; the rows above use PyTorch's norms); (side) conditioning encoders offloaded;
 (side) --samples 4; (side) DDIM eta 0 and the DPM-Solver++ / UniPC 20-step samplers (dev against
 DDIM eta 0, 50 steps); then optional speed-ups, kept only if they pay: channels-last 3D nets,
 torch.compile (cold, then again with warm on-disk caches; skipped when the time budget is short).
 (cuDNN autotuning was measured too: no gain, 2.535 vs 2.536 s.) Then where the default's time
 goes (part timings, kernel profile) and the CUDA parity check against the golden fixture in fp32
-with TF32 off.
+with TF32 off (norms by the library default: the Triton kernel on CUDA).
 
 Results are written to ``--json`` after every row, so a run cut short still leaves its numbers
 (print them with ``--render``). Never asks for input.
@@ -350,7 +351,7 @@ _CATEGORIES = (
         "convolutions and matrix products",
         ("gemm", "xmma", "cutlass", "conv", "nvjet", "sm90", "sm80", "cudnn"),
     ),
-    ("norms (GroupNorm / LayerNorm)", ("norm", "moments", "welford")),
+    ("norms (GroupNorm / LayerNorm)", ("norm", "moments", "welford", "_gn_")),
     ("grid_sample", ("grid_sampler",)),
     ("copies, cat, casts", ("copy", "cat", "index")),
     ("softmax", ("softmax",)),
@@ -530,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         onload_conditioning_,
         set_channels_last_,
     )
+    from sd3d.models.norms import set_norm_implementation
     from sd3d.models.syncdreamer_checkpoint import load_syncdreamer
     from sd3d.models.synthetic import synthetic_state_dict
 
@@ -552,6 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args, model, prepared, device, env, flops)
     if not args.skip_parity:
         bench.record_parity(lambda: model)
+    set_norm_implementation(model, "torch")  # the code before the Triton GroupNorm, up to its row
 
     fast, slow = args.repeats, args.slow_repeats
     # A short untimed warm-up: CUDA context, cuBLAS/cuDNN handles, first kernel loads.
@@ -611,8 +614,10 @@ def main(argv: list[str] | None = None) -> int:
         set_channels_last_(model, unet=True, volume=False)
     bench.run("+ channels-last UNet", dtype="bf16", cuda_graph=cuda, repeats=fast)
     cast_weights_(model, torch.bfloat16, half_norms=True)
+    bench.run("+ half-precision norms (float32 statistics)", dtype="bf16", cuda_graph=cuda, repeats=fast)
+    set_norm_implementation(model, "auto")
     default = bench.run(
-        "+ half-precision norms (float32 statistics) = library default on CUDA",
+        "+ Triton GroupNorm (channels-last, bias / SiLU fused) = library default on CUDA",
         dtype="bf16",
         cuda_graph=cuda,
         repeats=fast,

@@ -9,14 +9,19 @@
 time: the full-size synthetic-weights model, then rows timed exactly like ``generate.py``'s (same
 ``Bench``: first call, median of ``--repeats``, peak allocated, deviation of the final latents):
 
-1. fp32, TF32 off, eager: the reference the deviations are measured against;
-2. the previous CUDA default: bf16 weights with float32 norms, CUDA graph, channels-last UNet;
-3. + half-precision norms (:mod:`sd3d.models.norms`), channels-last UNet;
-4. half-precision norms with a contiguous UNet (GroupNorm has no channels-last CUDA kernel in
-   torch 2.11: every norm of a channels-last UNet copies in and out of NCHW);
+1. fp32, TF32 off, eager, PyTorch's norms: the reference the deviations are measured against;
+2. the previous CUDA default: bf16 weights and half-precision norms computed by PyTorch's
+   GroupNorm, CUDA graph, channels-last UNet (every norm of a channels-last UNet copies in and out
+   of NCHW: PyTorch has no channels-last CUDA GroupNorm);
+3. + the Triton GroupNorm (:mod:`sd3d.models.kernels.group_norm`: the input's own layout, the
+   per-channel bias and the SiLU / ReLU fused) = the new default;
+4. + channels-last 3D nets (without PyTorch's GroupNorm, their NCDHW copies are gone too; kept by
+   the default only if it pays);
 
 then the kernel profile of the faster of rows 3 and 4, and with ``--parity`` the fp32 CUDA parity
-check against the golden fixture (TF32 off). The JSON is written after every row.
+check against the golden fixture (TF32 off; norms by the library default, i.e. the Triton kernel
+in float32). The JSON is written after every row. The first call of row 3 includes compiling the
+Triton kernels (cached on disk for later processes).
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from sd3d.core.device import resolve_device
     from sd3d.models.configs import config_by_name
     from sd3d.models.inference import cast_weights_, set_channels_last_
+    from sd3d.models.norms import set_norm_implementation
     from sd3d.models.syncdreamer_checkpoint import load_syncdreamer
     from sd3d.models.synthetic import synthetic_state_dict
     from sd3d.pipelines.syncdreamer import GenerationSettings, sample_views
@@ -69,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     state_dict = synthetic_state_dict(config)
     model = load_syncdreamer(state_dict, config, device)  # fp32 weights: row 1
+    set_norm_implementation(model, "torch")  # rows 1-2: PyTorch's GroupNorm
     if not args.parity:
         del state_dict  # else kept on the host for the parity model
         gc.collect()
@@ -82,33 +89,33 @@ def main(argv: list[str] | None = None) -> int:
     bench.run("fp32, TF32 off, eager (reference)", dtype="fp32", cuda_graph=False, repeats=0, keep_ref="fp32")
     full._tf32(None)  # PyTorch's defaults from here on: what users get
 
-    cast_weights_(model, torch.bfloat16)
+    cast_weights_(model, torch.bfloat16, half_norms=True)
     gc.collect()
     if cuda:
         set_channels_last_(model, unet=True, volume=False)
     bench.run(
-        "previous default: bf16 weights, float32 norms, CUDA graph, channels-last UNet",
+        "previous default: bf16 weights and norms (PyTorch GroupNorm), CUDA graph, channels-last UNet",
         dtype="bf16",
         cuda_graph=cuda,
         repeats=args.repeats,
         keep_ref="previous",
     )
-    cast_weights_(model, torch.bfloat16, half_norms=True)
-    half_cl = bench.run(
-        "+ half-precision norms (float32 statistics), channels-last UNet",
+    set_norm_implementation(model, "auto")
+    triton_cl = bench.run(
+        "+ Triton GroupNorm (input layout kept, bias and SiLU fused) = default on CUDA",
         dtype="bf16",
         cuda_graph=cuda,
         repeats=args.repeats,
     )
     if cuda:
-        set_channels_last_(model, unet=False, volume=False)
-    half_nchw = bench.run(
-        "+ half-precision norms, contiguous (NCHW) UNet",
+        set_channels_last_(model, unet=True, volume=True)
+    triton_3d = bench.run(
+        "+ Triton GroupNorm, channels-last 3D nets too",
         dtype="bf16",
         cuda_graph=cuda,
         repeats=args.repeats,
     )
-    if cuda and half_cl.get("median_s", 1e9) < half_nchw.get("median_s", 1e9):
+    if cuda and triton_cl.get("median_s", 1e9) < triton_3d.get("median_s", 1e9):
         set_channels_last_(model, unet=True, volume=False)
     bench.record_breakdown()
     if args.parity:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sd3d.models.norms import GroupNorm
+from sd3d.models.norms import GroupNorm, NormActSequential
 
 IMPLEMENTATIONS = ("fast", "reference")
 
@@ -117,14 +117,14 @@ class DepthTransformer(nn.Module):
     def __init__(self, dim: int, n_heads: int, d_head: int, context_dim: int, norm_groups: int = 8) -> None:
         super().__init__()
         inner = n_heads * d_head
-        self.proj_in = nn.Sequential(nn.Conv2d(dim, inner, 1), GroupNorm(norm_groups, inner), nn.SiLU())
+        self.proj_in = NormActSequential(nn.Conv2d(dim, inner, 1), GroupNorm(norm_groups, inner), nn.SiLU())
         self.proj_context = nn.Sequential(
             nn.Conv3d(context_dim, context_dim, 1, bias=False),
             GroupNorm(norm_groups, context_dim),
             nn.ReLU(),
         )
         self.depth_attn = DepthAttention(inner, context_dim, n_heads, d_head)
-        self.proj_out = nn.Sequential(
+        self.proj_out = NormActSequential(
             GroupNorm(norm_groups, inner),
             nn.ReLU(),
             nn.Conv2d(inner, inner, 3, 1, 1, bias=False),
@@ -135,7 +135,7 @@ class DepthTransformer(nn.Module):
 
     def _context(self, context: torch.Tensor) -> torch.Tensor:
         conv, norm, _ = self.proj_context
-        return torch.relu_(norm(pointwise_conv3d(conv, context)))  # in place: saves a volume-sized copy
+        return norm(pointwise_conv3d(conv, context), activation="relu")  # ReLU in place or fused
 
     def zero_context_offset(self, h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """(1, dim, h, w): what the layer adds to any input when its context is all zeros."""

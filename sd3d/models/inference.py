@@ -14,7 +14,9 @@ sampler), which live in :mod:`sd3d.pipelines.syncdreamer` and :mod:`sd3d.samplin
   needed once per input. :func:`offload_conditioning_` parks them in pinned host memory and
   :func:`conditioning_on_device` brings a device copy in for the conditioning call only;
 * **memory layout** (:func:`set_channels_last_`) and ``torch.compile`` (:func:`compile_step_modules_`):
-  speed options whose value the benchmark measures;
+  speed options whose value the benchmark measures. The GroupNorms need no preparing: on CUDA they
+  run a Triton kernel that keeps the channels-last layout (``GroupNorm(implementation="auto")``,
+  :mod:`sd3d.models.norms`; ``set_norm_implementation(model, "torch")`` switches it off);
 * memory estimates that pick ``batch_view_num`` and the decode batch from free device memory.
 """
 

@@ -17,15 +17,36 @@ prepared for inference (:func:`sd3d.models.inference.cast_weights_`):
   the call, with the kernel's float32 statistics.
 
 Float64 input (the tests' reference runs) is always computed in float64.
+
+On CUDA, :class:`GroupNorm` (and so :class:`GroupNorm32`) runs a Triton kernel instead
+(:mod:`sd3d.models.kernels.group_norm`) that reads and writes the input's own layout, so a
+channels-last UNet no longer pays an NCHW copy in and out of every norm, and that can add a
+per-(sample, channel) bias before the norm and apply the SiLU / ReLU after it in the same pass.
+The kernel reproduces the arithmetic the PyTorch code above asks for (float32 statistics, the same
+output dtype), so the choice is per object (``implementation``: ``"auto"`` = the kernel for CUDA
+tensors when Triton imports, the dtypes and layout are supported, no gradient is needed and
+``torch.compile`` is not tracing; ``"torch"``; ``"triton"``) and the PyTorch code stays the
+reference. The fusions are spelled out by the callers: ``norm(x, pre_bias=..., activation=...)``,
+or :class:`NormActSequential`, an ``nn.Sequential`` (same children, same state-dict keys) that
+hands each GroupNorm the activation module that follows it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sd3d.models import kernels
+
 HALF_DTYPES = (torch.bfloat16, torch.float16)
+IMPLEMENTATIONS = ("auto", "torch", "triton")
+ACTIVATIONS = ("silu", "relu")
+
+PreBias = torch.Tensor | Sequence[torch.Tensor] | None
+"""Terms added to a norm's input before normalising, each broadcasting as (N, C, 1, ..., 1)."""
 
 
 def computes_in_half(module: nn.Module, x: torch.Tensor) -> bool:
@@ -34,26 +55,170 @@ def computes_in_half(module: nn.Module, x: torch.Tensor) -> bool:
     return weight is not None and weight.dtype in HALF_DTYPES and x.dtype != torch.float64
 
 
-class GroupNorm(nn.GroupNorm):
-    """``nn.GroupNorm``; with half-precision parameters, computed on the half-precision input."""
+def check_implementation(implementation: str) -> str:
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"unknown norm implementation {implementation!r}; known: {', '.join(IMPLEMENTATIONS)}"
+        )
+    return implementation
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+
+def _terms(pre_bias: PreBias) -> list[torch.Tensor]:
+    if pre_bias is None:
+        return []
+    return [pre_bias] if isinstance(pre_bias, torch.Tensor) else list(pre_bias)
+
+
+def _activate(y: torch.Tensor, activation: str | None) -> torch.Tensor:
+    """``F.silu`` / ``F.relu`` as ``nn.SiLU`` / ``nn.ReLU`` would apply them (in place on the norm's
+    fresh output unless autograd needs it)."""
+    if activation is None:
+        return y
+    inplace = not (torch.is_grad_enabled() and y.requires_grad)
+    return F.silu(y, inplace=inplace) if activation == "silu" else F.relu(y, inplace=inplace)
+
+
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm``; with half-precision parameters, computed on the half-precision input.
+
+    ``forward(x, pre_bias=None, activation=None)`` is ``act(norm(x + pre_bias terms))``, by the
+    Triton kernel or the PyTorch code according to ``implementation`` (module docstring).
+    """
+
+    def __init__(
+        self,
+        num_groups: int,
+        num_channels: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        device=None,
+        dtype=None,
+        implementation: str = "auto",
+    ) -> None:
+        super().__init__(num_groups, num_channels, eps, affine, device, dtype)
+        self.implementation = check_implementation(implementation)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (
+            "" if self.implementation == "auto" else f", implementation={self.implementation}"
+        )
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The PyTorch computation (the kernel's reference)."""
         if computes_in_half(self, x):
             with torch.autocast(x.device.type, enabled=False):
                 return F.group_norm(
                     x.to(self.weight.dtype), self.num_groups, self.weight, self.bias, self.eps
                 )
-        return super().forward(x)
+        return nn.GroupNorm.forward(self, x)
+
+    def output_dtype(self, x: torch.Tensor) -> torch.dtype | None:
+        """The dtype :meth:`reference_forward` returns for ``x`` where the kernel computes the same
+        thing (float32 statistics and affine); ``None`` where it does not (float64, mixed dtypes)."""
+        if x.dtype == torch.float64:
+            return None
+        if computes_in_half(self, x):
+            return self.weight.dtype
+        if torch.is_autocast_enabled(x.device.type):
+            return torch.float32  # group_norm is one of autocast's float32 ops
+        if self.weight is None or self.weight.dtype == x.dtype:
+            return x.dtype
+        return None
+
+    def kernel_unavailable(self, x: torch.Tensor, pre_bias: PreBias = None) -> str | None:
+        """Why this call does not run the Triton kernel (``None``: it does)."""
+        if self.implementation == "torch":
+            return "implementation='torch'"
+        if torch.compiler.is_compiling():
+            return "traced by torch.compile"
+        if self.implementation == "auto" and x.device.type != "cuda":
+            return f"a {x.device.type} tensor"
+        module = kernels.group_norm_module()
+        if module is None:
+            return f"Triton is not available ({kernels.unavailable_reason()})"
+        tensors = [x, *self.parameters(), *_terms(pre_bias)]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return "autograd (the kernel has no backward)"
+        out_dtype = self.output_dtype(x)
+        if out_dtype is None or (self.weight is not None and self.weight.dtype not in module.DTYPES):
+            return f"input {x.dtype} with {self.weight.dtype if self.weight is not None else 'no'} parameters"
+        return module.unsupported_reason(x, self.num_groups, out_dtype)
+
+    def forward(
+        self, x: torch.Tensor, pre_bias: PreBias = None, activation: str | None = None
+    ) -> torch.Tensor:
+        if activation is not None and activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; known: {', '.join(ACTIVATIONS)}")
+        reason = self.kernel_unavailable(x, pre_bias)
+        if reason is None:
+            return kernels.group_norm_module().group_norm(
+                x,
+                self.num_groups,
+                self.weight,
+                self.bias,
+                self.eps,
+                activation=activation,
+                pre_bias=pre_bias,
+                out_dtype=self.output_dtype(x),
+            )
+        if self.implementation == "triton":
+            raise RuntimeError(f"GroupNorm(implementation='triton') cannot run its kernel here: {reason}")
+        for term in _terms(pre_bias):
+            x = x + term
+        return _activate(self.reference_forward(x), activation)
 
 
 class GroupNorm32(GroupNorm):
     """CompVis ``GroupNorm32``: with float32 parameters, half input is normalised in float32 and
     returned in its own dtype; with half parameters, like :class:`GroupNorm`."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         if computes_in_half(self, x) or x.dtype == torch.float64:
-            return super().forward(x)
+            return super().reference_forward(x)
         return nn.GroupNorm.forward(self, x.float()).to(x.dtype)
+
+    def output_dtype(self, x: torch.Tensor) -> torch.dtype | None:
+        if computes_in_half(self, x) or x.dtype == torch.float64:
+            return super().output_dtype(x)
+        return x.dtype
+
+
+_FUSABLE_ACTIVATIONS = {nn.SiLU: "silu", nn.ReLU: "relu"}
+
+
+class NormActSequential(nn.Sequential):
+    """``nn.Sequential`` whose GroupNorms get the SiLU / ReLU module that follows them as a fused
+    ``activation`` (that module is then skipped), and whose ``forward(x, pre_bias)`` hands
+    ``pre_bias`` to the leading GroupNorm. Same children, so the same state-dict keys; with the
+    PyTorch implementation the same operations as ``nn.Sequential``."""
+
+    def forward(self, x: torch.Tensor, pre_bias: PreBias = None) -> torch.Tensor:  # type: ignore[override]
+        layers = list(self)
+        if pre_bias is not None and not (layers and isinstance(layers[0], GroupNorm)):
+            raise ValueError("pre_bias needs a GroupNorm as the first layer")
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            if isinstance(layer, GroupNorm):
+                following = type(layers[i + 1]) if i + 1 < len(layers) else None
+                activation = _FUSABLE_ACTIVATIONS.get(following)
+                x = layer(x, pre_bias=pre_bias, activation=activation)
+                i += 2 if activation else 1
+            else:
+                x = layer(x)
+                i += 1
+            pre_bias = None
+        return x
+
+
+def set_norm_implementation(model: nn.Module, implementation: str) -> nn.Module:
+    """Set ``implementation`` (``auto``, ``torch`` or ``triton``) on every :class:`GroupNorm` of
+    ``model``; returns ``model``."""
+    check_implementation(implementation)
+    for module in model.modules():
+        if isinstance(module, GroupNorm):
+            module.implementation = implementation
+    return model
 
 
 class LayerNorm(nn.LayerNorm):

@@ -21,7 +21,7 @@ from torch import nn
 
 from sd3d.models.configs import UNetConfig
 from sd3d.models.depth_attention import DepthTransformer
-from sd3d.models.norms import GroupNorm, GroupNorm32, LayerNorm
+from sd3d.models.norms import GroupNorm, GroupNorm32, LayerNorm, NormActSequential
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -44,11 +44,12 @@ def _group_norm32(cfg: UNetConfig, channels: int) -> GroupNorm32:
 class ResBlock(nn.Module):
     def __init__(self, cfg: UNetConfig, channels: int, out_channels: int) -> None:
         super().__init__()
-        self.in_layers = nn.Sequential(
+        # NormActSequential: each norm applies the SiLU after it (out_layers: and adds the time embedding).
+        self.in_layers = NormActSequential(
             _group_norm32(cfg, channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, 1, 1)
         )
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(cfg.time_embed_dim, out_channels))
-        self.out_layers = nn.Sequential(
+        self.out_layers = NormActSequential(
             _group_norm32(cfg, out_channels),
             nn.SiLU(),
             nn.Dropout(0.0),
@@ -60,8 +61,8 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.in_layers(x)
-        h = h + self.emb_layers(emb).to(h.dtype)[..., None, None]
-        h = self.out_layers(h)
+        emb_out = self.emb_layers(emb).to(h.dtype)[..., None, None]
+        h = self.out_layers(h, pre_bias=emb_out)  # out_layers(h + emb_out), the addition fused into the norm
         return self.skip_connection(x) + h
 
 
@@ -238,7 +239,9 @@ class UNetModel(nn.Module):
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
                 output_shapes.append((ch, ds))
 
-        self.out = nn.Sequential(_group_norm32(cfg, ch), nn.SiLU(), nn.Conv2d(mc, cfg.out_channels, 3, 1, 1))
+        self.out = NormActSequential(
+            _group_norm32(cfg, ch), nn.SiLU(), nn.Conv2d(mc, cfg.out_channels, 3, 1, 1)
+        )
 
         # SyncDreamer's depth-wise attention: after the middle block and after the output blocks of
         # every level but the lowest-resolution one (output blocks 3..11 at full size).

@@ -31,8 +31,8 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = self.conv1(self.norm1(x, activation="silu"))
+        h = self.conv2(self.norm2(h, activation="silu"))
         skip = x if self.nin_shortcut is None else self.nin_shortcut(x)
         return skip + h
 
@@ -113,7 +113,7 @@ class Encoder(nn.Module):
             if hasattr(stage, "downsample"):
                 h = stage.downsample(h)
         h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(self.norm_out(h, activation="silu"))
 
 
 class Decoder(nn.Module):
@@ -144,7 +144,7 @@ class Decoder(nn.Module):
                 h = block(h)
             if hasattr(stage, "upsample"):
                 h = stage.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(self.norm_out(h, activation="silu"))
 
 
 class AutoencoderKL(nn.Module):

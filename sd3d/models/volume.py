@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sd3d.models.configs import VolumeConfig
-from sd3d.models.norms import GroupNorm
+from sd3d.models.norms import GroupNorm, NormActSequential
 
 
 def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
@@ -46,7 +46,7 @@ class Image2DResBlockWithTV(nn.Module):
         super().__init__()
         self.time_embed = nn.Conv2d(cfg.time_dim, dim, 1)
         self.view_embed = nn.Conv2d(cfg.view_dim, dim, 1)
-        self.conv = nn.Sequential(
+        self.conv = NormActSequential(
             _gn(cfg, dim),
             nn.SiLU(),
             nn.Conv2d(dim, dim, 3, 1, 1),
@@ -56,7 +56,7 @@ class Image2DResBlockWithTV(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return x + self.conv(x + self.time_embed(t) + self.view_embed(v))
+        return x + self.conv(x, pre_bias=(self.time_embed(t), self.view_embed(v)))  # conv(x + t + v)
 
 
 class NoisyTargetViewEncoder(nn.Module):
@@ -69,7 +69,7 @@ class NoisyTargetViewEncoder(nn.Module):
         self.out_conv0 = Image2DResBlockWithTV(cfg, run)
         self.out_conv1 = Image2DResBlockWithTV(cfg, run)
         self.out_conv2 = Image2DResBlockWithTV(cfg, run)
-        self.final_out = nn.Sequential(
+        self.final_out = NormActSequential(
             _gn(cfg, run), nn.SiLU(), nn.Conv2d(run, cfg.encoder_output_dim, 3, 1, 1)
         )
 
@@ -86,8 +86,16 @@ class NoisyTargetViewEncoder(nn.Module):
 # --------------------------------------------------------------------------------------------------
 # 3D nets
 # --------------------------------------------------------------------------------------------------
+def _embeddings(block: nn.Module, t: torch.Tensor, v: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """The per-(sample, channel) terms a time block adds to its input: ``t_conv(t)`` [, ``v_conv(v)``]."""
+    return (block.t_conv(t),) if v is None else (block.t_conv(t), block.v_conv(v))
+
+
 class SpatialTimeBlock(nn.Module):
-    """``conv(SiLU(GN(x + t_conv(t))))``; with ``view=True`` also ``+ v_conv(v)`` (FrustumTVBlock)."""
+    """``conv(SiLU(GN(x + t_conv(t))))``; with ``view=True`` also ``+ v_conv(v)`` (FrustumTVBlock).
+
+    The additions, the norm and the SiLU are one :class:`~sd3d.models.norms.GroupNorm` call (one
+    pass over the volume with the Triton kernel)."""
 
     def __init__(self, cfg: VolumeConfig, x_in: int, x_out: int, stride: int, view: bool = False) -> None:
         super().__init__()
@@ -98,10 +106,7 @@ class SpatialTimeBlock(nn.Module):
         self.conv = nn.Conv3d(x_in, x_out, 3, stride, 1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.t_conv(t)
-        if v is not None:
-            x = x + self.v_conv(v)
-        return self.conv(F.silu(self.bn(x)))
+        return self.conv(self.bn(x, pre_bias=_embeddings(self, t, v), activation="silu"))
 
 
 class SpatialUpTimeBlock(nn.Module):
@@ -116,10 +121,7 @@ class SpatialUpTimeBlock(nn.Module):
         self.conv = nn.ConvTranspose3d(x_in, x_out, 3, 2, 1, output_padding=1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.t_conv(t)
-        if v is not None:
-            x = x + self.v_conv(v)
-        return self.conv(F.silu(self.norm(x)))
+        return self.conv(self.norm(x, pre_bias=_embeddings(self, t, v), activation="silu"))
 
 
 class SpatialTime3DNet(nn.Module):

@@ -1,0 +1,34 @@
+"""Hand-written GPU kernels (Triton) behind the inference fast paths of :mod:`sd3d.models`.
+
+Triton is optional: it ships with the CUDA builds of PyTorch, but CPU installs (and CI) have none.
+Nothing here imports it at import time; :func:`group_norm_module` loads the kernels on first use and
+returns ``None`` (with :func:`unavailable_reason` saying why) when Triton cannot be imported, so the
+layers that use them fall back to their PyTorch code, which stays the reference.
+
+Kept in a package of their own so that the model modules never import Triton and the kernels,
+their launch heuristics and their equivalence tests live side by side.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from types import ModuleType
+
+
+@functools.cache
+def _load(name: str) -> tuple[ModuleType | None, str | None]:
+    try:
+        return importlib.import_module(f"{__name__}.{name}"), None
+    except Exception as exc:  # ImportError, or a Triton install that fails to initialise
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def group_norm_module() -> ModuleType | None:
+    """:mod:`sd3d.models.kernels.group_norm`, or ``None`` when Triton cannot be imported."""
+    return _load("group_norm")[0]
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`group_norm_module` is ``None`` (``None`` when the kernels load)."""
+    return _load("group_norm")[1]

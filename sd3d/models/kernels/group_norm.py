@@ -1,0 +1,493 @@
+"""GroupNorm for inference in Triton: the input's own layout, fused input bias and activation.
+
+Why: PyTorch's CUDA GroupNorm only reads contiguous NCHW. On a channels-last UNet every norm therefore
+copies its input to NCHW, and the next convolution copies the output back; the SiLU after the norm and
+the per-(N, C) bias added before it (a ResBlock's time embedding, the 3D nets' time / view
+embeddings) are separate elementwise passes over the same tensor. This kernel reads the input in
+its own layout, adds the bias, normalises, applies the activation and writes the output in the
+input's layout:
+
+    y = act((x + pre_bias[n, c] - mean[n, g]) * rstd[n, g] * weight[c] + bias[c])
+
+Layouts: any tensor (N, C, *spatial) whose spatial dims flatten to one stride, i.e. contiguous
+NCHW / NCDHW, ``channels_last`` and ``channels_last_3d`` (and batch slices of them). dtypes: float32,
+bfloat16, float16 in and out (the output dtype is the caller's choice, so a norm with float32
+parameters can return the input's half precision, as CompVis' ``GroupNorm32`` does).
+
+Numerics: everything is computed in float32. Statistics are exact per tile (mean, then the sum of
+squared deviations from it, both from registers) and merged across tiles, programs and channels
+with Chan et al.'s pairwise update of (count, mean, M2), the parallel form of Welford's algorithm that
+PyTorch's CUDA kernel uses; so a large common offset does not cost precision the way E[x^2] - E[x]^2
+would. The pre-norm bias is added in float32 (the unfused code rounds ``x + bias`` to the input's
+dtype first), and the output is ``(x - centre) * scale + shift`` rather than PyTorch's
+``x * a + b``, which cancels when |mean| >> std. The activation acts on the float32 value, so the
+output is rounded once.
+
+Programs: one per (sample, block of whole groups, spatial chunk). Per-channel (mean, M2) are
+reduced over the spatial axis, so the loaded tile is [spatial, channels] with whichever axis is
+contiguous in memory: a channels-last row of a block is one contiguous run of channels. A block's
+channels are then combined into their groups with a small membership matrix (group sizes such as
+10, 20, 40 channels need not be powers of two). With one chunk per sample-block, one kernel computes
+the statistics and then normalises (its second read mostly hits L2); with several, a first kernel
+writes per-chunk per-channel partial statistics and a second merges them and normalises its chunk
+(:func:`plan_launch` decides from the shape and the device's SM count).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+ACTIVATIONS = {None: 0, "silu": 1, "relu": 2}
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+_TILE = 4096  # elements of one [spatial, channel] tile
+_MAX_BLOCK_C = 256
+_MAX_PARTIALS = 8192  # split x block_c partial statistics merged by one program
+
+
+# --------------------------------------------------------------------------------------------------
+# device code
+# --------------------------------------------------------------------------------------------------
+@triton.jit
+def _channel_moments(
+    x_ptr, col, mask_c, s_begin, s_end, stride_s, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr
+):
+    """Per-channel mean and M2 (sum of squared deviations) of x[s, col] for s in [s_begin, s_end)."""
+    mean = tl.zeros([BLOCK_C], dtype=tl.float32)
+    m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    rows = tl.arange(0, BLOCK_S)
+    for s0 in range(s_begin, s_end, BLOCK_S):
+        s = s0 + rows
+        valid = s < s_end
+        mask = valid[:, None] & mask_c[None, :]
+        x = tl.load(x_ptr + s[:, None] * stride_s + col[None, :], mask=mask, other=0.0).to(tl.float32)
+        n_a = (s0 - s_begin) * 1.0
+        n_b = tl.sum(valid.to(tl.float32), axis=0)
+        tile_mean = tl.sum(x, axis=0) / n_b
+        dev = tl.where(mask, x - tile_mean[None, :], 0.0)
+        tile_m2 = tl.sum(dev * dev, axis=0)
+        n = n_a + n_b
+        delta = tile_mean - mean
+        mean = mean + delta * (n_b / n)
+        m2 = m2 + tile_m2 + delta * delta * (n_a * n_b / n)
+    return mean, m2
+
+
+@triton.jit
+def _affine(
+    mean,
+    m2,
+    count,
+    c,
+    c_local,
+    mask_c,
+    n,
+    w_ptr,
+    b_ptr,
+    beta_ptr,
+    stride_beta_n,
+    stride_beta_c,
+    eps,
+    CG: tl.constexpr,
+    GROUPS_P2: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_BETA: tl.constexpr,
+):
+    """Per-channel (centre, scale, shift) with y = (x - centre) * scale + shift, from per-channel
+    (mean, M2) over ``count`` values each: the pre-norm bias shifts each channel's mean, then the
+    channels of each group are merged (equal counts) into the group's mean and 1/std."""
+    beta = tl.zeros_like(mean)
+    if HAS_BETA:
+        beta = tl.load(beta_ptr + n * stride_beta_n + c * stride_beta_c, mask=mask_c, other=0.0).to(
+            tl.float32
+        )
+    mean = mean + beta
+    groups = tl.arange(0, GROUPS_P2)
+    member = (groups[:, None] == (c_local // CG)[None, :]) & mask_c[None, :]
+    group_mean = tl.sum(tl.where(member, mean[None, :], 0.0), axis=1) / CG
+    mean_of_group = tl.sum(tl.where(member, group_mean[:, None], 0.0), axis=0)
+    dev = mean - mean_of_group
+    group_m2 = tl.sum(tl.where(member, (m2 + count * dev * dev)[None, :], 0.0), axis=1)
+    group_rstd = tl.div_rn(1.0, tl.sqrt_rn(group_m2 / (count * CG) + eps))
+    scale = tl.sum(tl.where(member, group_rstd[:, None], 0.0), axis=0)
+    if HAS_WEIGHT:
+        scale = scale * tl.load(w_ptr + c, mask=mask_c, other=0.0).to(tl.float32)
+    shift = tl.zeros_like(mean)
+    if HAS_BIAS:
+        shift = tl.load(b_ptr + c, mask=mask_c, other=0.0).to(tl.float32)
+    return mean_of_group - beta, scale, shift
+
+
+@triton.jit
+def _normalize(
+    x_ptr,
+    y_ptr,
+    x_col,
+    y_col,
+    mask_c,
+    s_begin,
+    s_end,
+    stride_xs,
+    stride_ys,
+    centre,
+    scale,
+    shift,
+    ACTIVATION: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    rows = tl.arange(0, BLOCK_S)
+    for s0 in range(s_begin, s_end, BLOCK_S):
+        s = s0 + rows
+        mask = (s < s_end)[:, None] & mask_c[None, :]
+        x = tl.load(x_ptr + s[:, None] * stride_xs + x_col[None, :], mask=mask, other=0.0).to(tl.float32)
+        y = (x - centre[None, :]) * scale[None, :] + shift[None, :]
+        if ACTIVATION == 1:
+            y = y * tl.sigmoid(y)
+        elif ACTIVATION == 2:
+            y = tl.where(y > 0.0, y, 0.0)
+        tl.store(y_ptr + s[:, None] * stride_ys + y_col[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _gn_fused_kernel(
+    x_ptr,
+    y_ptr,
+    w_ptr,
+    b_ptr,
+    beta_ptr,
+    C,
+    S,
+    stride_xn,
+    stride_xc,
+    stride_xs,
+    stride_yn,
+    stride_yc,
+    stride_ys,
+    stride_beta_n,
+    stride_beta_c,
+    eps,
+    CG: tl.constexpr,
+    GROUPS_PER_BLOCK: tl.constexpr,
+    GROUPS_P2: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_BETA: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+):
+    """One program per (sample, block of groups): statistics over all of S, then normalise."""
+    n = tl.program_id(0)
+    c_local = tl.arange(0, BLOCK_C)
+    c = tl.program_id(1) * (GROUPS_PER_BLOCK * CG) + c_local
+    mask_c = (c_local < GROUPS_PER_BLOCK * CG) & (c < C)
+    x_base = x_ptr + n.to(tl.int64) * stride_xn
+    y_base = y_ptr + n.to(tl.int64) * stride_yn
+    mean, m2 = _channel_moments(x_base, c * stride_xc, mask_c, 0, S, stride_xs, BLOCK_S, BLOCK_C)
+    centre, scale, shift = _affine(
+        mean, m2, S * 1.0, c, c_local, mask_c, n, w_ptr, b_ptr, beta_ptr,
+        stride_beta_n, stride_beta_c, eps, CG, GROUPS_P2, HAS_WEIGHT, HAS_BIAS, HAS_BETA,
+    )  # fmt: skip
+    _normalize(
+        x_base, y_base, c * stride_xc, c * stride_yc, mask_c, 0, S, stride_xs, stride_ys,
+        centre, scale, shift, ACTIVATION, BLOCK_S,
+    )  # fmt: skip
+
+
+@triton.jit
+def _gn_partial_kernel(
+    x_ptr,
+    part_ptr,
+    C,
+    S,
+    CHUNK,
+    SPLIT,
+    PART_STRIDE,
+    stride_xn,
+    stride_xc,
+    stride_xs,
+    CG: tl.constexpr,
+    GROUPS_PER_BLOCK: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    """Split path, first kernel: per-channel (mean, M2) of one spatial chunk, to ``part``
+    (2, N, SPLIT, C) float32."""
+    n = tl.program_id(0)
+    chunk = tl.program_id(2)
+    c_local = tl.arange(0, BLOCK_C)
+    c = tl.program_id(1) * (GROUPS_PER_BLOCK * CG) + c_local
+    mask_c = (c_local < GROUPS_PER_BLOCK * CG) & (c < C)
+    s_begin = chunk * CHUNK
+    s_end = tl.minimum(s_begin + CHUNK, S)
+    x_base = x_ptr + n.to(tl.int64) * stride_xn
+    mean, m2 = _channel_moments(x_base, c * stride_xc, mask_c, s_begin, s_end, stride_xs, BLOCK_S, BLOCK_C)
+    offset = (n * SPLIT + chunk) * C + c
+    tl.store(part_ptr + offset, mean, mask=mask_c)
+    tl.store(part_ptr + PART_STRIDE + offset, m2, mask=mask_c)
+
+
+@triton.jit
+def _gn_apply_kernel(
+    x_ptr,
+    y_ptr,
+    w_ptr,
+    b_ptr,
+    beta_ptr,
+    part_ptr,
+    C,
+    S,
+    CHUNK,
+    SPLIT,
+    PART_STRIDE,
+    stride_xn,
+    stride_xc,
+    stride_xs,
+    stride_yn,
+    stride_yc,
+    stride_ys,
+    stride_beta_n,
+    stride_beta_c,
+    eps,
+    CG: tl.constexpr,
+    GROUPS_PER_BLOCK: tl.constexpr,
+    GROUPS_P2: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    SPLIT_P2: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_BETA: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+):
+    """Split path, second kernel: merge the chunks' partial statistics (Chan), normalise one chunk."""
+    n = tl.program_id(0)
+    chunk = tl.program_id(2)
+    c_local = tl.arange(0, BLOCK_C)
+    c = tl.program_id(1) * (GROUPS_PER_BLOCK * CG) + c_local
+    mask_c = (c_local < GROUPS_PER_BLOCK * CG) & (c < C)
+    k = tl.arange(0, SPLIT_P2)
+    mask_k = k < SPLIT
+    counts = tl.where(mask_k, tl.minimum(S - k * CHUNK, CHUNK), 0).to(tl.float32)
+    mask = mask_k[:, None] & mask_c[None, :]
+    offset = (n * SPLIT + k)[:, None] * C + c[None, :]
+    part_mean = tl.load(part_ptr + offset, mask=mask, other=0.0)
+    part_m2 = tl.load(part_ptr + PART_STRIDE + offset, mask=mask, other=0.0)
+    total = S * 1.0
+    mean = tl.sum(part_mean * counts[:, None], axis=0) / total
+    dev = tl.where(mask, part_mean - mean[None, :], 0.0)
+    m2 = tl.sum(part_m2 + counts[:, None] * dev * dev, axis=0)
+    centre, scale, shift = _affine(
+        mean, m2, total, c, c_local, mask_c, n, w_ptr, b_ptr, beta_ptr,
+        stride_beta_n, stride_beta_c, eps, CG, GROUPS_P2, HAS_WEIGHT, HAS_BIAS, HAS_BETA,
+    )  # fmt: skip
+    s_begin = chunk * CHUNK
+    s_end = tl.minimum(s_begin + CHUNK, S)
+    _normalize(
+        x_ptr + n.to(tl.int64) * stride_xn, y_ptr + n.to(tl.int64) * stride_yn, c * stride_xc,
+        c * stride_yc, mask_c, s_begin, s_end, stride_xs, stride_ys, centre, scale, shift,
+        ACTIVATION, BLOCK_S,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
+# host code
+# --------------------------------------------------------------------------------------------------
+# ``TRITON_INTERPRET=1`` when Triton was imported: kernels then run on CPU tensors (tests).
+INTERPRETED = type(_gn_fused_kernel).__name__ == "InterpretedFunction"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one call is cut into programs: ``groups_per_block`` whole groups (``block_c`` >= their
+    channels, a power of two) per program, spatial tiles of ``block_s`` rows, ``split`` spatial
+    chunks per (sample, block) (1: the single fused kernel)."""
+
+    groups_per_block: int
+    block_c: int
+    block_s: int
+    split: int
+    num_warps: int
+
+
+def flat_strides(t: torch.Tensor) -> tuple[int, int, int] | None:
+    """(stride_n, stride_c, stride_s) when the spatial dims of ``t`` (N, C, *spatial) flatten to one
+    index with a single stride (contiguous and channels-last layouts), else ``None``."""
+    spatial = [(size, stride) for size, stride in zip(t.shape[2:], t.stride()[2:], strict=True) if size != 1]
+    for (_, outer), (size, inner) in zip(spatial, spatial[1:], strict=False):
+        if outer != inner * size:
+            return None
+    return t.stride(0), t.stride(1), spatial[-1][1] if spatial else 1
+
+
+def next_pow2(v: int) -> int:
+    """The smallest power of two >= ``v`` (1 for ``v`` <= 1)."""
+    return 1 << max(0, int(v) - 1).bit_length()
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _chunking(s: int, split: int, block_s: int) -> tuple[int, int]:
+    """(rows per chunk, a multiple of ``block_s``; number of chunks) for about ``split`` chunks of ``s`` rows."""
+    chunk = _cdiv(_cdiv(s, max(1, split)), block_s) * block_s
+    return chunk, _cdiv(s, chunk)
+
+
+@functools.cache
+def sm_count(device: torch.device) -> int:
+    """Multiprocessors of a CUDA device (what :func:`plan_launch` sizes the grid for)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # the Triton interpreter (CPU tensors): a few programs are enough
+
+
+def plan_launch(n: int, c: int, groups: int, s: int, channels_last: bool, itemsize: int, sms: int) -> Plan:
+    """The launch for an (n, c, s) input with ``groups`` groups; ``channels_last``: channels are the
+    contiguous axis; ``sms``: the device's multiprocessor count.
+
+    Channels-last: blocks of several groups so that a block's row is a long contiguous run starting
+    on a 16-byte boundary (e.g. 12 groups of 10 channels = 120 of 128 lanes); contiguous layouts: one
+    group per block (its rows are contiguous along the spatial axis). The spatial axis is split into
+    chunks when there would otherwise be fewer than about two programs per SM.
+    """
+    cg = c // groups
+    if channels_last:
+        vec = max(1, 16 // itemsize)
+        best: tuple[float, int] | None = None
+        for gpb in range(1, groups + 1):
+            width = gpb * cg
+            block_c = next_pow2(width)
+            if block_c > max(_MAX_BLOCK_C, next_pow2(cg)):
+                break
+            score = width / block_c
+            score *= 1.0 if (width % vec == 0 or gpb == groups) else 0.6  # unaligned rows: no vector loads
+            score *= 1.0 if (block_c >= 64 or gpb == groups) else 0.85  # short rows: partial sectors
+            if best is None or score > best[0] + 1e-9:
+                best = (score, gpb)
+        gpb = best[1]
+    else:
+        gpb = 1
+    block_c = next_pow2(gpb * cg)
+    programs = n * _cdiv(groups, gpb)
+    block_s = max(1, min(_TILE // block_c, next_pow2(s)))
+    split = 1
+    if programs < 2 * sms and s >= 4 * block_s:
+        max_split = max(1, _MAX_PARTIALS // block_c)
+        split = _chunking(s, min(max_split, _cdiv(4 * sms, programs), s // (2 * block_s)), block_s)[1]
+    num_warps = 8 if block_s * block_c >= _TILE else 4
+    return Plan(gpb, block_c, block_s, split, num_warps)
+
+
+def unsupported_reason(x: torch.Tensor, num_groups: int, out_dtype: torch.dtype | None = None) -> str | None:
+    """Why :func:`group_norm` cannot take ``x`` (``None`` when it can): device, dtype, shape or layout."""
+    if x.device.type != "cuda" and not INTERPRETED:
+        return (
+            f"a {x.device.type} tensor (Triton runs CPU tensors only in its interpreter, TRITON_INTERPRET=1)"
+        )
+    if x.dtype not in DTYPES or (out_dtype is not None and out_dtype not in DTYPES):
+        return f"dtype {x.dtype} -> {out_dtype} (supported: float32, bfloat16, float16)"
+    if x.dim() < 2 or x.shape[1] % num_groups:
+        return f"shape {tuple(x.shape)} with {num_groups} groups"
+    if x.numel() == 0:
+        return "empty input"
+    if x[0].numel() >= 2**31:
+        return "more than 2^31 elements per sample"
+    if flat_strides(x) is None:
+        return f"spatial dims that do not flatten to one stride (strides {x.stride()})"
+    return None
+
+
+def _pre_bias_matrix(pre_bias, n: int, c: int) -> torch.Tensor | None:
+    """The per-(sample, channel) bias as an (n, c) matrix: a view of a single term, else the float32
+    sum of the terms."""
+    terms = [pre_bias] if isinstance(pre_bias, torch.Tensor) else list(pre_bias or ())
+    total = None
+    for term in terms:
+        if term.dim() < 2 or term.shape[0] not in (1, n) or term.shape[1] != c or term[0, 0].numel() != 1:
+            raise ValueError(
+                f"a pre-norm bias of shape {tuple(term.shape)} is not one value per (sample, channel)"
+            )
+        mat = term.reshape(term.shape[0], c).expand(n, c)
+        total = mat if total is None else total.float() + mat.float()
+    return total
+
+
+def group_norm(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    *,
+    activation: str | None = None,
+    pre_bias: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
+    out_dtype: torch.dtype | None = None,
+    plan: Plan | None = None,
+) -> torch.Tensor:
+    """``act(group_norm(x + sum(pre_bias)))`` in ``out_dtype`` (default: ``x.dtype``), same layout as ``x``.
+
+    ``pre_bias``: one tensor or a sequence of tensors with one value per (sample, channel) (shapes
+    (N, C), (N, C, 1, ..., 1), or N = 1 for all samples); ``activation``: None, ``"silu"`` or ``"relu"``;
+    ``plan``: a launch other than :func:`plan_launch`'s (benchmarks, tests). No autograd.
+    """
+    reason = unsupported_reason(x, num_groups, out_dtype)
+    if reason is not None:
+        raise ValueError(f"Triton GroupNorm cannot take this input: {reason}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; known: silu, relu")
+    n, c = x.shape[:2]
+    s = x[0, 0].numel()
+    y = torch.empty_like(x, dtype=out_dtype or x.dtype)
+    y_strides = flat_strides(y)
+    if y_strides is None:  # a non-dense input: write a contiguous output
+        y = torch.empty(x.shape, dtype=y.dtype, device=x.device)
+        y_strides = flat_strides(y)
+    x_strides = flat_strides(x)
+    beta = _pre_bias_matrix(pre_bias, n, c)
+    if plan is None:
+        channels_last = x_strides[1] == 1 and s > 1
+        plan = plan_launch(n, c, num_groups, s, channels_last, x.element_size(), sm_count(x.device))
+    cg = c // num_groups
+    blocks = _cdiv(num_groups, plan.groups_per_block)
+    dummy = x
+    common = dict(
+        CG=cg,
+        GROUPS_PER_BLOCK=plan.groups_per_block,
+        BLOCK_C=plan.block_c,
+        BLOCK_S=plan.block_s,
+        num_warps=plan.num_warps,
+    )
+    affine = dict(
+        GROUPS_P2=next_pow2(plan.groups_per_block),
+        HAS_WEIGHT=weight is not None,
+        HAS_BIAS=bias is not None,
+        HAS_BETA=beta is not None,
+        ACTIVATION=ACTIVATIONS[activation],
+    )
+    w = weight if weight is not None else dummy
+    b = bias if bias is not None else dummy
+    beta_t = beta if beta is not None else dummy
+    beta_strides = beta.stride() if beta is not None else (0, 0)
+    if plan.split == 1:
+        _gn_fused_kernel[(n, blocks)](
+            x, y, w, b, beta_t, c, s, *x_strides, *y_strides, *beta_strides, float(eps), **common, **affine
+        )
+        return y
+    chunk, split = _chunking(s, plan.split, plan.block_s)
+    part = torch.empty((2, n, split, c), dtype=torch.float32, device=x.device)
+    part_stride = n * split * c
+    grid = (n, blocks, split)
+    _gn_partial_kernel[grid](x, part, c, s, chunk, split, part_stride, *x_strides, **common)
+    _gn_apply_kernel[grid](
+        x, y, w, b, beta_t, part, c, s, chunk, split, part_stride, *x_strides, *y_strides, *beta_strides,
+        float(eps), SPLIT_P2=next_pow2(split), **common, **affine,
+    )  # fmt: skip
+    return y
