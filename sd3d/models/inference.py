@@ -14,9 +14,9 @@ sampler), which live in :mod:`sd3d.pipelines.syncdreamer` and :mod:`sd3d.samplin
   needed once per input. :func:`offload_conditioning_` parks them in pinned host memory and
   :func:`conditioning_on_device` brings a device copy in for the conditioning call only;
 * **memory layout** (:func:`set_channels_last_`) and ``torch.compile`` (:func:`compile_step_modules_`):
-  speed options whose value the benchmark measures. The GroupNorms need no preparing: on CUDA they
-  run a Triton kernel that keeps the channels-last layout (``GroupNorm(implementation="auto")``,
-  :mod:`sd3d.models.norms`; ``set_norm_implementation(model, "torch")`` switches it off);
+  speed options whose value the benchmark measures; ``norm_kernel="auto"`` lets the GroupNorms run a
+  Triton kernel on CUDA that keeps the channels-last layout (:mod:`sd3d.models.norms`; off by default
+  until it is verified on a GPU);
 * memory estimates that pick ``batch_view_num`` and the decode batch from free device memory.
 """
 
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from sd3d.core.device import cuda_memory_budget
-from sd3d.models.norms import HALF_CAPABLE_NORMS
+from sd3d.models.norms import HALF_CAPABLE_NORMS, set_norm_implementation
 from sd3d.models.syncdreamer import SyncDreamer, conditioning_modules
 
 NORM_TYPES = (nn.GroupNorm, nn.LayerNorm)
@@ -122,10 +122,13 @@ def prepare_for_inference(
     dtype: torch.dtype = torch.float32,
     offload: bool | None = None,
     half_norms: bool | None = None,
+    norm_kernel: str = "torch",
 ) -> SyncDreamer:
     """Weights in ``dtype``; norms in half precision too if ``half_norms`` (None: on CUDA); on CUDA a
     channels-last UNet; conditioning offloaded if ``offload`` (None: when the device's free memory
-    is tight, see :func:`should_offload`)."""
+    is tight, see :func:`should_offload`); the GroupNorms' ``norm_kernel`` (``torch``, or ``auto``:
+    the Triton kernel where it applies)."""
+    set_norm_implementation(model, norm_kernel)
     if half_norms is None:
         half_norms = model.device.type == "cuda"
     cast_weights_(model, dtype, half_norms)

@@ -26,7 +26,9 @@ The kernel reproduces the arithmetic the PyTorch code above asks for (float32 st
 output dtype), so the choice is per object (``implementation``: ``"auto"`` = the kernel for CUDA
 tensors when Triton imports, the dtypes and layout are supported, no gradient is needed and
 ``torch.compile`` is not tracing; ``"torch"``; ``"triton"``) and the PyTorch code stays the
-reference. The fusions are spelled out by the callers: ``norm(x, pre_bias=..., activation=...)``,
+reference. The default is ``"torch"``: the kernel has passed its equivalence tests in Triton's
+interpreter but not yet on a GPU, so it is opted into (``set_norm_implementation(model, "auto")``,
+or ``prepare_for_inference(..., norm_kernel="auto")``) until it is. The fusions are spelled out by the callers: ``norm(x, pre_bias=..., activation=...)``,
 or :class:`NormActSequential`, an ``nn.Sequential`` (same children, same state-dict keys) that
 hands each GroupNorm the activation module that follows it.
 """
@@ -93,7 +95,7 @@ class GroupNorm(nn.GroupNorm):
         affine: bool = True,
         device=None,
         dtype=None,
-        implementation: str = "auto",
+        implementation: str = "torch",
     ) -> None:
         super().__init__(num_groups, num_channels, eps, affine, device, dtype)
         self.implementation = check_implementation(implementation)
