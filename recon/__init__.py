@@ -1,4 +1,5 @@
 """Reconstruction: 16 views -> NeuS with a hash grid -> marching cubes -> textured mesh.
 
-Never imports the diffusion models (dependencies point one way: cli -> sd3d.pipelines.syncdreamer -> recon).
+Never imports the diffusion models: from sd3d it imports only :mod:`sd3d.core` (the layers are in
+docs/architecture.md; ``make lint`` checks them).
 """

@@ -1,8 +1,9 @@
 """UV unwrapping (xatlas, in a subprocess) and texture baking from the colour network.
 
 xatlas can crash the interpreter on some meshes (it is a C++ extension), so it runs in a child
-process (``python -m recon.texture IN.npz OUT.npz``); a crash, a timeout or a missing module
-returns ``None`` with the reason, and the caller falls back to vertex colours.
+process (:mod:`recon.uv_worker`, which imports only numpy so that it starts fast); a crash, a
+timeout or a missing module returns ``None`` with the reason, and the caller falls back to vertex
+colours.
 
 Baking: every texel centre inside a UV triangle is mapped back to the 3D surface (barycentric
 interpolation) and coloured by the colour network there, seen head-on (view direction = -normal).
@@ -10,7 +11,6 @@ Empty texels next to charts are then filled from their neighbours (seam dilation
 filtering and mip-maps never pull in the background.
 
 UVs follow the OBJ/trimesh convention: (0, 0) is the bottom-left of the image, v points up.
-This module imports only numpy at the top so the child process starts fast.
 """
 
 from __future__ import annotations
@@ -48,23 +48,6 @@ class UVMesh:
     vmap: np.ndarray  # (V',) int64
 
 
-def _xatlas_worker(in_path: str, out_path: str) -> None:
-    import xatlas
-
-    data = np.load(in_path)
-    atlas = xatlas.Atlas()
-    atlas.add_mesh(data["vertices"].astype(np.float32), data["faces"].astype(np.uint32))
-    chart = xatlas.ChartOptions()
-    chart.max_iterations = int(data["max_iterations"])
-    pack = xatlas.PackOptions()
-    pack.resolution = int(data["resolution"])
-    pack.padding = int(data["padding"])
-    pack.bilinear = True
-    atlas.generate(chart, pack)
-    vmap, indices, uvs = atlas[0]
-    np.savez(out_path, vmap=vmap.astype(np.int64), faces=indices.astype(np.int64), uvs=uvs.astype(np.float32))
-
-
 def unwrap_uv(
     vertices: np.ndarray,
     faces: np.ndarray,
@@ -97,15 +80,10 @@ def unwrap_uv(
             if mapped is None:
                 raise
             raise mapped from exc
-        root = str(Path(__file__).resolve().parents[1])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "recon.texture", src, dst],
+            [sys.executable, str(Path(__file__).with_name("uv_worker.py")), src, dst],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=env,
-            cwd=root,
         )
         deadline = time.monotonic() + timeout_s
         try:
@@ -251,7 +229,3 @@ def vertex_colors(field, vertices: np.ndarray, device, progress=None) -> np.ndar
     colors = surface_colors(field, np.asarray(vertices), device, progress, "vertex colours")
     rgb = np.clip(np.rint(colors * 255.0), 0, 255).astype(np.uint8)
     return np.concatenate([rgb, np.full((rgb.shape[0], 1), 255, np.uint8)], axis=1)
-
-
-if __name__ == "__main__":  # the xatlas child process
-    _xatlas_worker(sys.argv[1], sys.argv[2])

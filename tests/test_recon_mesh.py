@@ -137,3 +137,18 @@ def test_bake_texture_from_field(tmp_path):
     assert np.abs(tex[-1, 0].astype(int) - [128 + 0, 128, 128 + 2]).max() <= 12
     # top-right texel maps near (0.2, 0, 0.3)
     assert np.abs(tex[0, -1].astype(int) - [179, 128, 204]).max() <= 12
+
+
+def test_uv_child_process_starts_without_torch_or_the_package():
+    """The xatlas child runs once per export on its critical path: it must not pay torch's import."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    worker = Path(__file__).resolve().parents[1] / "recon" / "uv_worker.py"
+    probe = (
+        f"import runpy, sys; runpy.run_path({str(worker)!r}, run_name='probe'); "
+        "print(sorted(m for m in ('torch', 'scipy', 'recon', 'sd3d') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
