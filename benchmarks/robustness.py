@@ -42,6 +42,7 @@ import platform
 import resource
 import sys
 import time
+import types
 import typing
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -58,36 +59,35 @@ from recon.shapes import SHAPES  # noqa: E402
 SHARED_OBJECTS = ("spot", "bob", "duck", "banana")
 OBJECTS = (*SHARED_OBJECTS, *SHAPES)
 DEFAULT_PERTURBATIONS = ("clean", "pose:2", "colour:0.1", "warp:3", "mask:3", "detail:0.04")
-METRIC_KEYS = (
-    "chamfer",
-    "fscore_0.01",
-    "volume_iou",
-    "normal_deg",
-    "app_psnr",
-    "app_ssim",
-    "consistency_psnr",
-    "seconds_total",
-)
-
 
 # ------------------------------------------------------------------------------------------------
 # --set: Preset overrides
 # ------------------------------------------------------------------------------------------------
 
 
+def _declared_type(current, hint):
+    """The type a field's value must have: its annotation (without ``None``), else its value's type."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        hint = args[0]
+    if isinstance(hint, type) or typing.get_origin(hint) in (tuple, typing.Literal):
+        return hint
+    return type(current)
+
+
 def _parse_value(text: str, current, hint, key: str):
-    """``text`` as a value of the field's type: its current value's type, or its annotation when the
-    current value is ``None`` (``int | None`` etc.). ``none`` gives ``None`` where the field allows it."""
-    args = typing.get_args(hint)
-    optional = current is None or type(None) in args
-    if text.strip().lower() in ("none", "null") and optional:
+    """``text`` as a value of the field's declared type (``bool``: true/false/1/0/yes/no/on/off,
+    ``int``, ``float``, ``str``, a ``Literal``'s choices, a tuple as comma-separated items); ``none``
+    gives ``None`` where the field allows it (its value or annotation)."""
+    if text.strip().lower() in ("none", "null") and (current is None or type(None) in typing.get_args(hint)):
         return None
-    if typing.get_origin(hint) is typing.Literal:
-        for choice in args:
+    target = _declared_type(current, hint)
+    origin = typing.get_origin(target)
+    if origin is typing.Literal:
+        for choice in typing.get_args(target):
             if str(choice) == text:
                 return choice
-        raise ValueError(f"--set {key}: choose from {', '.join(map(str, args))}")
-    target = type(current) if current is not None else next((a for a in args if a is not type(None)), hint)
+        raise ValueError(f"--set {key}: choose from {', '.join(map(str, typing.get_args(target)))}")
     if target is bool:
         low = text.strip().lower()
         if low in ("1", "true", "yes", "on"):
@@ -95,10 +95,10 @@ def _parse_value(text: str, current, hint, key: str):
         if low in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"--set {key}: expected true/false, got {text!r}")
-    if target is tuple or typing.get_origin(target) is tuple:
-        items = [t for t in text.split(",") if t.strip()]
-        element = type(current[0]) if current else float
-        return tuple(element(t) for t in items)
+    if target is tuple or origin is tuple:
+        args = typing.get_args(target)
+        element = args[0] if args else (type(current[0]) if current else float)
+        return tuple(_parse_value(t.strip(), None, element, key) for t in text.split(",") if t.strip())
     if target is int:
         number = float(text)
         if not number.is_integer():
@@ -161,6 +161,7 @@ def load_object(name: str, shared: Path):
     """``(render mesh, GT trimesh, GT is watertight)`` of a shared object or a procedural shape."""
     import trimesh
 
+    from recon.metrics import weld_vertices
     from recon.raster import load_mesh
     from recon.shapes import make_shape
 
@@ -177,7 +178,8 @@ def load_object(name: str, shared: Path):
         yaw_deg=norm["yaw_deg"],
         texture=folder / "source" / Path(texture).name if texture else None,
     )
-    gt = trimesh.load(folder / "mesh_normalized.ply", process=False)
+    loaded = trimesh.load(folder / "mesh_normalized.ply", process=False)
+    gt = trimesh.Trimesh(*weld_vertices(loaded.vertices, loaded.faces), process=False)  # UV seams: not holes
     return mesh, gt, bool(gt.is_watertight)
 
 
@@ -263,7 +265,6 @@ def case_id(obj: str, perturbation: Perturbation) -> str:
 def run_case(task: dict) -> dict:
     """One case, end to end (see the module docstring); returns its row (also written as JSON)."""
     import torch
-    import trimesh
 
     from recon.metrics import mesh_metrics, normal_angle_error
     from recon.perturb import apply
@@ -325,10 +326,9 @@ def run_case(task: dict) -> dict:
 
         t = time.perf_counter()
         pred = load_trimesh(glb)
-        gt_mesh = trimesh.Trimesh(np.asarray(gt.vertices), np.asarray(gt.faces), process=False)
         n = cfg["metric_samples"]
-        row.update(mesh_metrics(pred, gt_mesh, num_samples=n, seed=cfg["seed"], grid=cfg["iou_grid"]))
-        row["normal_deg"] = normal_angle_error(pred, gt_mesh, num_samples=n, seed=cfg["seed"])
+        row.update(mesh_metrics(pred, gt, num_samples=n, seed=cfg["seed"], grid=cfg["iou_grid"]))
+        row["normal_deg"] = normal_angle_error(pred, gt, num_samples=n, seed=cfg["seed"])
         timings["geometry_metrics"] = time.perf_counter() - t
         t = time.perf_counter()
         app, renders = appearance(glb, clean, str(device))
@@ -408,9 +408,14 @@ def markdown_table(rows: list[dict], config: dict) -> str:
     ]
     for r in rows:
         if r["status"] != "ok":
-            lines.append(
-                f"| {r['case']} | {r['perturbation']['describe']} | {r['status']} |||||||| {r['seconds_total']:.0f} |"
-            )
+            cells = [
+                r["case"],
+                r["perturbation"]["describe"],
+                r["status"],
+                *[""] * 6,
+                f"{r['seconds_total']:.0f}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
             continue
         iou = r["volume_iou"] if r["gt_watertight"] else None
         lines.append(

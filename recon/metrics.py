@@ -546,9 +546,10 @@ def normal_angle_error(
             closest_faces(pts, dst.vertices, dst.faces, candidates=candidates, seed=seed)
         ]
         cos = np.einsum("ij,ij->i", n_src, n_dst)
-        if not oriented:
-            cos = np.abs(cos)
-        return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))).mean())
+        sin = np.linalg.norm(np.cross(n_src, n_dst), axis=1)
+        # atan2 keeps small angles accurate (arccos of a cosine near 1 does not) and 0 exact
+        angle = np.degrees(np.arctan2(sin, np.abs(cos) if not oriented else cos))
+        return float(angle.mean())
 
     return 0.5 * (one_way(pred, gt) + one_way(gt, pred))
 
