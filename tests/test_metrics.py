@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 import trimesh
 
 from recon import metrics
@@ -143,3 +144,79 @@ def test_silhouette_iou_is_soft():
     a = np.array([[1.0, 0.5], [0.0, 0.0]])
     b = np.array([[1.0, 1.0], [0.5, 0.0]])
     assert metrics.silhouette_iou(a, b) == pytest.approx(1.5 / 2.5)
+
+
+def _grid_plane(n: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """The square [-0.5, 0.5]^2 in the z = 0 plane as 2 n^2 triangles."""
+    s = np.linspace(-0.5, 0.5, n + 1)
+    gx, gy = np.meshgrid(s, s, indexing="ij")
+    v = np.stack([gx.ravel(), gy.ravel(), np.zeros(gx.size)], 1)
+    idx = np.arange(len(v)).reshape(n + 1, n + 1)
+    a, b, c, d = idx[:-1, :-1], idx[1:, :-1], idx[1:, 1:], idx[:-1, 1:]
+    f = np.concatenate([np.stack([a, b, c], -1).reshape(-1, 3), np.stack([a, c, d], -1).reshape(-1, 3)])
+    return v, f
+
+
+def test_normal_angle_error_of_identical_meshes_is_zero(sphere):
+    assert metrics.normal_angle_error(sphere, sphere.copy(), num_samples=20_000) == 0.0
+
+
+def test_normal_angle_error_of_a_tilted_plane_is_the_tilt():
+    v, f = _grid_plane()
+    a = math.radians(17.0)
+    tilt = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
+    flat = trimesh.Trimesh(v, f, process=False)
+    tilted = trimesh.Trimesh(v @ tilt.T, f, process=False)
+    assert metrics.normal_angle_error(flat, tilted, num_samples=20_000) == pytest.approx(17.0, abs=1e-9)
+    # unoriented by default: a flipped copy matches; oriented, it is 180 degrees off
+    flipped = trimesh.Trimesh(v, f[:, ::-1], process=False)
+    assert metrics.normal_angle_error(flat, flipped, num_samples=5000) == 0.0
+    assert metrics.normal_angle_error(flat, flipped, num_samples=5000, oriented=True) == pytest.approx(180.0)
+
+
+def test_normal_angle_error_matches_each_point_to_the_nearest_surface():
+    """GT: the plane plus an equal-area wall far off to the side. Predicted: the plane alone.
+    Predicted points all match the plane (0 deg); half of the GT points (the wall's) match the
+    plane's edge at 90 deg: the symmetric mean is (0 + 45) / 2 = 22.5 deg, up to sampling."""
+    v, f = _grid_plane()
+    wall = v[:, [2, 0, 1]] + [3.0, 0.0, 0.0]  # the square in the x = 3 plane
+    gt = trimesh.Trimesh(np.concatenate([v, wall]), np.concatenate([f, f + len(v)]), process=False)
+    pred = trimesh.Trimesh(v, f, process=False)
+    n = 40_000
+    # the wall's share of the GT samples is binomial(n, 1/2): 90 deg x its standard deviation / 2
+    tol = 4 * 0.5 * 90 * math.sqrt(0.25 / n)
+    assert metrics.normal_angle_error(pred, gt, num_samples=n) == pytest.approx(22.5, abs=tol)
+
+
+def test_closest_faces_is_the_exact_nearest_face(sphere):
+    rng = np.random.default_rng(0)
+    pts = rng.normal(size=(300, 3)) * 0.2
+    got = metrics.closest_faces(pts, sphere.vertices, sphere.faces)
+    tris = sphere.vertices[sphere.faces]
+    for p, face in zip(pts[:40], got[:40], strict=True):
+        d = np.linalg.norm(
+            trimesh.triangles.closest_point(tris, np.repeat(p[None], len(tris), 0)) - p, axis=1
+        )
+        assert d[face] == pytest.approx(d.min(), abs=1e-12)
+
+
+def test_separable_ssim_equals_the_2d_gaussian_window():
+    """The fast path (column then row pass) against the plain 2-D window convolution."""
+    rng = np.random.default_rng(2)
+    a = rng.random((37, 41, 3))
+    b = np.clip(a + rng.normal(0, 0.2, a.shape), 0, 1)
+    p = torch.nn.functional.pad(torch.from_numpy(a).permute(2, 0, 1)[None], (5, 5, 5, 5), mode="reflect")
+    g = torch.nn.functional.pad(torch.from_numpy(b).permute(2, 0, 1)[None], (5, 5, 5, 5), mode="reflect")
+    x = torch.arange(11, dtype=torch.float64) - 5.0
+    k = torch.exp(-0.5 * (x / 1.5) ** 2)
+    k = k / k.sum()
+    window = torch.outer(k, k).expand(3, 1, 11, 11)
+    mu_p, mu_g, e_pp, e_gg, e_pg = torch.nn.functional.conv2d(
+        torch.cat([p, g, p * p, g * g, p * g]), window, groups=3
+    )
+    rng_ = float(max(np.ptp(a), np.ptp(b)))
+    c1, c2 = (0.01 * rng_) ** 2, (0.03 * rng_) ** 2
+    var_p, var_g = (e_pp - mu_p**2).clamp(min=0), (e_gg - mu_g**2).clamp(min=0)
+    cov = e_pg - mu_p * mu_g
+    ref = ((2 * mu_p * mu_g + c1) * (2 * cov + c2)) / ((mu_p**2 + mu_g**2 + c1) * (var_p + var_g + c2))
+    assert metrics.ssim(a, b) == pytest.approx(float(ref.mean()), rel=1e-12)
