@@ -43,12 +43,16 @@ import torch
 from scipy.ndimage import maximum_filter
 from scipy.spatial import cKDTree
 
+from sd3d.core import defaults
+
 # ------------------------------------------------------------------------------------------------
 # surface samples, Chamfer, F-score
 # ------------------------------------------------------------------------------------------------
 
 
-def sample_surface(vertices: np.ndarray, faces: np.ndarray, num_samples: int, seed: int = 0) -> np.ndarray:
+def sample_surface(
+    vertices: np.ndarray, faces: np.ndarray, num_samples: int, seed: int = defaults.SEED
+) -> np.ndarray:
     """``num_samples`` points distributed uniformly by area on a triangle mesh (float64, (n, 3)).
 
     Faces are drawn with probability proportional to their area, points uniformly inside each
@@ -459,7 +463,9 @@ def volume_iou(pred, gt, resolution: int = 128, bound: float = 0.6) -> float:
     return iou(occ_p, occ_g)
 
 
-def mesh_metrics(pred, gt, *, num_samples: int = 100_000, seed: int = 0, grid: int = 128) -> dict[str, float]:
+def mesh_metrics(
+    pred, gt, *, num_samples: int = 100_000, seed: int = defaults.SEED, grid: int = 128
+) -> dict[str, float]:
     """Chamfer, F-score at 0.01 and 0.02, and volume IoU of ``pred`` against ``gt`` (trimesh meshes).
 
     Both meshes must be in the same frame (ours: the unit cube, +Z up). Definitions in the module
