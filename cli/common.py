@@ -42,7 +42,9 @@ def parse_number(value: Any, option: str, kind: type = float, *, or_auto: bool =
     return number
 
 
-def check_range(value: float, option: str, at_least: float | None = None, at_most: float | None = None):
+def check_range(
+    value: float, option: str, at_least: float | None = None, at_most: float | None = None
+) -> float:
     """``value`` if it lies in ``[at_least, at_most]`` (either bound may be open), else a UserError
     naming the option and the range."""
 
@@ -93,16 +95,17 @@ def number_option(
     return typer.Option(*names, parser=parser, **option)
 
 
-def number_list_parser(option: str, kind: type = float, example: str = "") -> Callable[[Any], Any]:
-    """A typer ``parser`` for comma-separated numbers (``0,90,180``) -> a non-empty tuple."""
-    what = "integers" if kind is int else "numbers"
+def number_list_parser(option: str, kind: type = float, what: str = "") -> Callable[[Any], Any]:
+    """A typer ``parser`` for comma-separated numbers (``0,90,180``) -> a non-empty tuple; ``what``
+    names them in the error (default: integers or numbers)."""
+    what = what or ("integers" if kind is int else "numbers")
 
     def parse(value: Any) -> tuple:
         words = [w.strip() for w in str(value).split(",") if w.strip()]
         try:
             numbers = tuple(kind(w) for w in words)
         except ValueError:
-            raise UserError(f"{option} must be comma-separated {what}{example}, got {value!r}") from None
+            raise UserError(f"{option} must be comma-separated {what}, got {value!r}") from None
         if not numbers:
             raise UserError(f"{option} is empty")
         for number in numbers:

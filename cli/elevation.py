@@ -1,7 +1,5 @@
 """``sd3d elevation``: estimate the input photo's camera elevation (no weights needed with --views)."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import Annotated

@@ -1,8 +1,6 @@
 """``sd3d eval``: metrics. ``eval mesh`` (Chamfer, F-score, volume IoU), ``eval nvs`` (PSNR / SSIM /
 LPIPS of views against ground truth), ``eval consistency`` (the 3DiM 3D-consistency score)."""
 
-from __future__ import annotations
-
 import json
 from collections.abc import Sequence
 from pathlib import Path

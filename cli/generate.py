@@ -6,8 +6,6 @@ with exit code 2 before anything runs; the work is done by :mod:`sd3d.pipelines.
 run before the model is loaded.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -37,6 +35,90 @@ MODELS = ("syncdreamer", "zero123")
 ZERO123_SAMPLER_NAMES = {"ddim": "independent"}  # Zero123's own DDIM is its independent sampler
 LOW, HIGH = defaults.TRAINED_ELEVATION_RANGE_DEG
 
+# generate's own options (the ones other commands take too are cli.common's)
+InputImage = Annotated[
+    Path,
+    typer.Argument(
+        help="Input photo, or an already prepared 256x256 RGBA from `sd3d preprocess`.",
+        show_default=False,
+    ),
+]
+ViewsFolder = Annotated[
+    Path,
+    typer.Option(
+        "--output",
+        "-o",
+        help="Views folder to write: new, empty, or written by sd3d (its earlier views are replaced).",
+        show_default=False,
+    ),
+]
+InputElevation = Annotated[
+    float,
+    number_option(
+        "--elevation",
+        "-e",
+        metavar="DEG",
+        help=f"Elevation of the input view in degrees (the model was trained on {LOW:g}..{HIGH:g}).",
+    ),
+]
+AutoCfg = Annotated[
+    float | None,
+    number_option(
+        "--cfg",
+        auto=True,
+        metavar="SCALE",
+        help=f"Classifier-free guidance scale (auto: {defaults.SYNCDREAMER_CFG:g} for SyncDreamer, "
+        f"{defaults.ZERO123_CFG:g} for Zero123).",
+    ),
+]
+AutoCropSize = Annotated[
+    int | None,
+    number_option(
+        "--crop-size",
+        kind=int,
+        auto=True,
+        metavar="PX",
+        help=f"SyncDreamer: object size after recentring (150-200; auto: {defaults.CROP_SIZE}); -1 "
+        "keeps the framing: use it for a 256x256 RGBA made by `sd3d preprocess`, which is then used "
+        "as is. (Zero123 crops as its demo does.)",
+    ),
+]
+Sampler = Annotated[
+    str,
+    typer.Option(
+        "--sampler",
+        parser=word,
+        help="SyncDreamer: ddim (official), dpmpp or unipc. Zero123: independent (= ddim) or "
+        "stochastic-conditioning (3DiM).",
+    ),
+]
+DDIMDiscretize = Annotated[
+    str,
+    typer.Option(
+        "--ddim-discretize",
+        parser=word,
+        metavar="uniform|quad",
+        help="SyncDreamer DDIM timesteps: uniform (official default) or quad (more of them at low noise).",
+    ),
+]
+Compile = Annotated[
+    bool,
+    typer.Option(
+        "--compile",
+        help="SyncDreamer on a GPU: torch.compile the denoiser (1.45 s instead of 2.5 s per image on "
+        "an H100) after ~1 min of compiling (~8 s with a warm cache): worth it for many images per "
+        "process.",
+    ),
+]
+Model = Annotated[
+    str,
+    choice_option(
+        "--model",
+        choices=MODELS,
+        help="syncdreamer (synchronized 16 views) or zero123 (each view on its own: the paper's baseline).",
+    ),
+]
+
 
 def register(app: typer.Typer) -> None:
     app.command(
@@ -47,98 +129,23 @@ def register(app: typer.Typer) -> None:
 
 
 def generate(
-    image: Annotated[
-        Path,
-        typer.Argument(
-            help="Input photo, or an already prepared 256x256 RGBA from `sd3d preprocess`.",
-            show_default=False,
-        ),
-    ],
-    output: Annotated[
-        Path,
-        typer.Option(
-            "--output",
-            "-o",
-            help="Views folder to write: new, empty, or written by sd3d (its earlier views are replaced).",
-            show_default=False,
-        ),
-    ],
+    image: InputImage,
+    output: ViewsFolder,
     overwrite: Overwrite = False,
-    elevation: Annotated[
-        float,
-        number_option(
-            "--elevation",
-            "-e",
-            metavar="DEG",
-            help=f"Elevation of the input view in degrees (the model was trained on {LOW:g}..{HIGH:g}).",
-        ),
-    ] = defaults.INPUT_ELEVATION_DEG,
+    elevation: InputElevation = defaults.INPUT_ELEVATION_DEG,
     samples: Samples = 1,
     steps: Steps = defaults.SYNCDREAMER_STEPS,
-    cfg: Annotated[
-        float | None,
-        number_option(
-            "--cfg",
-            auto=True,
-            metavar="SCALE",
-            help=f"Classifier-free guidance scale (auto: {defaults.SYNCDREAMER_CFG:g} for SyncDreamer, "
-            f"{defaults.ZERO123_CFG:g} for Zero123).",
-        ),
-    ] = None,
+    cfg: AutoCfg = None,
     eta: Eta = defaults.DDIM_ETA,
     seed: Seed = defaults.SEED,
     batch_view_num: BatchViewNum = None,
-    crop_size: Annotated[
-        int | None,
-        number_option(
-            "--crop-size",
-            kind=int,
-            auto=True,
-            metavar="PX",
-            help=f"SyncDreamer: object size after recentring (150-200; auto: {defaults.CROP_SIZE}); -1 "
-            "keeps the framing: use it for a 256x256 RGBA made by `sd3d preprocess`, which is then used "
-            "as is. (Zero123 crops as its demo does.)",
-        ),
-    ] = None,
+    crop_size: AutoCropSize = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
-    sampler: Annotated[
-        str,
-        typer.Option(
-            "--sampler",
-            parser=word,
-            help="SyncDreamer: ddim (official), dpmpp or unipc. Zero123: independent (= ddim) or "
-            "stochastic-conditioning (3DiM).",
-        ),
-    ] = "ddim",
-    ddim_discretize: Annotated[
-        str,
-        typer.Option(
-            "--ddim-discretize",
-            parser=word,
-            metavar="uniform|quad",
-            help="SyncDreamer DDIM timesteps: uniform (official default) or quad (more of them at low "
-            "noise).",
-        ),
-    ] = "uniform",
-    compile_steps: Annotated[
-        bool,
-        typer.Option(
-            "--compile",
-            help="SyncDreamer on a GPU: torch.compile the denoiser (1.45 s instead of 2.5 s per image on "
-            "an H100) after ~1 min of compiling (~8 s with a warm cache): worth it for many images per "
-            "process.",
-        ),
-    ] = False,
-    model_name: Annotated[
-        str,
-        choice_option(
-            "--model",
-            choices=MODELS,
-            help="syncdreamer (synchronized 16 views) or zero123 (each view on its own: the paper's "
-            "baseline).",
-        ),
-    ] = "syncdreamer",
+    sampler: Sampler = "ddim",
+    ddim_discretize: DDIMDiscretize = "uniform",
+    compile_steps: Compile = False,
+    model_name: Model = "syncdreamer",
     weights: Weights = None,
     weights_dir: WeightsDir = None,
     background: Background = "auto",

@@ -4,8 +4,6 @@ Options are typed and parsed by :mod:`cli.common`'s parsers, so every bad value 
 line and exit code 2; the work is done by :func:`sd3d.pipelines.zero123.novel_view`.
 """
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 

@@ -5,8 +5,6 @@ Options are typed and parsed by :mod:`cli.common`'s parsers, so every bad value 
 done by :func:`sd3d.preprocess.prepare_input`.
 """
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 

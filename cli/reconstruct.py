@@ -5,8 +5,6 @@ line and exit code 2; the work is done by :func:`recon.pipeline.reconstruct` and
 :func:`recon.pipeline.export_mesh`.
 """
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 

@@ -1,7 +1,5 @@
 """``sd3d render``: RGBA (+ depth) renders of a mesh at the 16 target cameras or any orbit."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
@@ -35,7 +33,7 @@ def render(
         Sequence[float] | None,
         typer.Option(
             "--azimuths",
-            parser=number_list_parser("--azimuths", example=" of degrees, e.g. 0,90,180,270"),
+            parser=number_list_parser("--azimuths", what="degrees, e.g. 0,90,180,270"),
             metavar="DEG,DEG,...",
             help="Comma-separated azimuths in degrees (default: the 16 target views, i*22.5).",
         ),

@@ -5,8 +5,6 @@ signatures), typed and parsed by :mod:`cli.common`'s parsers; the work is done b
 :mod:`sd3d.workflows.run` and, on a Ray cluster, :mod:`sd3d.workflows.batch_ray`.
 """
 
-from __future__ import annotations
-
 import inspect
 from collections.abc import Sequence
 from pathlib import Path

@@ -1,7 +1,5 @@
 """``sd3d serve``: the browser app (:mod:`sd3d.webapp`), on this machine only unless asked otherwise."""
 
-from __future__ import annotations
-
 import contextlib
 from typing import Annotated
 

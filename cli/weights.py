@@ -1,7 +1,5 @@
 """``sd3d weights list|download|verify|path|convert``: manage checkpoints (a thin layer over sd3d.weights)."""
 
-from __future__ import annotations
-
 import sys
 from pathlib import Path
 from typing import Annotated

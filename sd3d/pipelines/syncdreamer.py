@@ -174,7 +174,7 @@ def load_model(
 
 def as_prepared(
     image_or_prepared: Any,
-    crop_size: int = 200,
+    crop_size: int = defaults.CROP_SIZE,
     background: str = "auto",
     weights_dir=None,
     max_pixels: int | None = None,

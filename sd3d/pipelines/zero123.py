@@ -9,7 +9,8 @@
   DDIM with eta 1, decode, truncating uint8 quantisation.
 * :func:`generate_views_zero123` -- the 16 target cameras of SyncDreamer without synchronisation,
   either each view sampled independently (the SyncDreamer paper's baseline) or with 3DiM stochastic
-  conditioning (:mod:`sd3d.sampling.stochastic_conditioning`).
+  conditioning (:mod:`sd3d.sampling.stochastic_conditioning`); :func:`generate_view_sets_zero123` makes
+  several such sets with consecutive seeds.
 
 The input view is placed at azimuth 0 and the given elevation at radius 1.5 (SyncDreamer's camera
 distance, inside Zero123's training range); every relative pose comes from absolute camera centres.
