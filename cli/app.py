@@ -2,7 +2,10 @@
 
 Each command group lives in its own module exposing ``register(app)``; importing a module must be
 cheap (heavy imports go inside the command functions) so ``sd3d --help`` stays fast and never
-breaks on a missing optional extra.
+breaks on a missing optional extra. Commands declare their options as typed ``Annotated``
+parameters (the shared ones are :mod:`cli.common`'s), and the command modules do without
+``from __future__ import annotations``: Typer reads those annotations to build every command at
+start-up, and annotations made once at import cost less than strings it would evaluate each time.
 
 Error policy: a :class:`sd3d.core.errors.UserError` prints ``error: <one line>`` on stderr and exits 2
 (``--debug`` shows the traceback); so does a usage error (unknown option, missing argument), with

@@ -1,8 +1,7 @@
 """``sd3d cameras``: write ``transforms.json`` (nerfstudio / instant-ngp) for a views folder."""
 
-from __future__ import annotations
-
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -14,7 +13,7 @@ def register(app: typer.Typer) -> None:
 
 
 def cameras(
-    views: Path = typer.Argument(..., help="Views folder (000.png ... 015.png [+ cameras.json])."),
+    views: Annotated[Path, typer.Argument(help="Views folder (000.png ... 015.png [+ cameras.json]).")],
 ) -> None:
     from cli.common import echo
     from sd3d.core.io import write_transforms_json

@@ -1,14 +1,19 @@
 """``sd3d elevation``: estimate the input photo's camera elevation (no weights needed with --views)."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from cli.common import BACKGROUND_METAVAR, max_pixels_option
-from sd3d import DEFAULT_SEED
+from cli.common import AsJson, Background, CropSize, Device, MaxPixels, Seed, WeightsDir, retold
+from sd3d.core import defaults
+
+GeneratorSeed = retold(Seed, "Seed for generating the views (without --views).")
+GeneratorWeightsDir = retold(WeightsDir, "Weights folder (generator path only).")
+GeneratorDevice = retold(Device, "Device for the generator (without --views).")
+RecentringSize = retold(CropSize, "Recentring as for the generator (object size, px).")
+CurveJson = retold(AsJson, "Print one JSON object with the score curve.")
 
 
 def register(app: typer.Typer) -> None:
@@ -18,29 +23,26 @@ def register(app: typer.Typer) -> None:
 
 
 def elevation(
-    photo: Path = typer.Argument(..., help="Input photo (RGBA with the object's alpha, or any image)."),
-    views: Path | None = typer.Option(
-        None, "--views", help="Views folder (000..015.png [+ cameras.json]) at the 16 target cameras."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the score curve."),
-    crop_size: int = typer.Option(
-        200, "--crop-size", help="Recentring as for the generator (object size, px)."
-    ),
-    background: str = typer.Option(
-        "auto", "--background", "-b", metavar=BACKGROUND_METAVAR, help="Foreground backend."
-    ),
-    max_pixels: str = max_pixels_option(),
-    seed: int = typer.Option(DEFAULT_SEED, "--seed", help="Seed for generating the views (without --views)."),
-    weights_dir: Path = typer.Option(None, "--weights-dir", help="Weights folder (generator path only)."),
-    device: str = typer.Option("auto", "--device", help="Device for the generator (without --views)."),
+    photo: Annotated[Path, typer.Argument(help="Input photo (RGBA with the object's alpha, or any image).")],
+    views: Annotated[
+        Path | None,
+        typer.Option(
+            "--views", help="Views folder (000..015.png [+ cameras.json]) at the 16 target cameras."
+        ),
+    ] = None,
+    as_json: CurveJson = False,
+    crop_size: RecentringSize = defaults.CROP_SIZE,
+    background: Background = "auto",
+    max_pixels: MaxPixels = None,
+    seed: GeneratorSeed = defaults.SEED,
+    weights_dir: GeneratorWeightsDir = None,
+    device: GeneratorDevice = "auto",
 ) -> None:
-    from cli.common import echo, parse_max_pixels, progress, say_background
+    from cli.common import echo, progress, say_background
     from sd3d.preprocess import prepare_input
     from sd3d.workflows.elevation import estimate_elevation, generate_views_for_estimation
 
-    prepared = prepare_input(
-        photo, crop_size=crop_size, background=background, max_pixels=parse_max_pixels(max_pixels)
-    )
+    prepared = prepare_input(photo, crop_size=crop_size, background=background, max_pixels=max_pixels)
     if views is None:
         view_set = generate_views_for_estimation(prepared, seed=seed, weights_dir=weights_dir, device=device)
     else:

@@ -1,14 +1,18 @@
 """``sd3d eval``: metrics. ``eval mesh`` (Chamfer, F-score, volume IoU), ``eval nvs`` (PSNR / SSIM /
 LPIPS of views against ground truth), ``eval consistency`` (the 3DiM 3D-consistency score)."""
 
-from __future__ import annotations
-
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from sd3d import DEFAULT_SEED
+from cli.common import AsJson, Device, Seed, TrainingSteps, number_list_parser, number_option, retold, word
+from sd3d.core import defaults
+
+SamplingSeed = retold(Seed, "Seed of the surface sampling.")
+FitSeed = retold(Seed, "Seed of the fit.")
 
 eval_app = typer.Typer(
     help="Evaluate results: mesh metrics, novel-view image metrics.",
@@ -22,25 +26,38 @@ def register(app: typer.Typer) -> None:
 
 @eval_app.command("mesh", help="Chamfer distance, F-score@0.01/0.02 and volume IoU of PRED against GT.")
 def mesh(
-    pred: Path = typer.Argument(..., help="Predicted mesh (.glb/.obj/.ply ...; glTF is converted to +Z up)."),
-    gt: Path = typer.Argument(..., help="Ground-truth mesh in the same frame (e.g. mesh_normalized.ply)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
-    samples: int = typer.Option(
-        100_000, "--samples", min=1000, help="Surface samples per mesh (Chamfer, F-score)."
-    ),
-    seed: int = typer.Option(DEFAULT_SEED, "--seed", help="Seed of the surface sampling."),
-    grid: int = typer.Option(128, "--grid", min=8, max=512, help="Volume IoU grid size over [-0.6, 0.6]^3."),
-    pred_up: str = typer.Option(
-        "auto", "--pred-up", help="Up axis of PRED: auto (glTF: y, others: z), y or z."
-    ),
-    gt_up: str = typer.Option("auto", "--gt-up", help="Up axis of GT: auto, y or z."),
+    pred: Annotated[
+        Path, typer.Argument(help="Predicted mesh (.glb/.obj/.ply ...; glTF is converted to +Z up).")
+    ],
+    gt: Annotated[
+        Path, typer.Argument(help="Ground-truth mesh in the same frame (e.g. mesh_normalized.ply).")
+    ],
+    as_json: AsJson = False,
+    samples: Annotated[
+        int,
+        number_option(
+            "--samples", kind=int, at_least=1000, help="Surface samples per mesh (Chamfer, F-score)."
+        ),
+    ] = 100_000,
+    seed: SamplingSeed = defaults.SEED,
+    grid: Annotated[
+        int,
+        number_option(
+            "--grid", kind=int, at_least=8, at_most=512, help="Volume IoU grid size over [-0.6, 0.6]^3."
+        ),
+    ] = 128,
+    pred_up: Annotated[
+        str,
+        typer.Option("--pred-up", parser=word, help="Up axis of PRED: auto (glTF: y, others: z), y or z."),
+    ] = "auto",
+    gt_up: Annotated[str, typer.Option("--gt-up", parser=word, help="Up axis of GT: auto, y or z.")] = "auto",
 ) -> None:
     from cli.common import echo
     from recon.metrics import mesh_metrics
     from recon.raster import load_trimesh
 
-    p = load_trimesh(pred, up=pred_up.lower())
-    g = load_trimesh(gt, up=gt_up.lower())
+    p = load_trimesh(pred, up=pred_up)
+    g = load_trimesh(gt, up=gt_up)
     result = mesh_metrics(p, g, num_samples=samples, seed=seed, grid=grid)
     if as_json:
         echo(json.dumps({"pred": str(pred), "gt": str(gt), **result}))
@@ -60,9 +77,9 @@ def mesh(
 
 @eval_app.command("nvs", help="PSNR / SSIM (/ LPIPS) of 16 predicted views against 16 ground-truth views.")
 def nvs(
-    pred: Path = typer.Argument(..., help="Predicted views folder (000..015.png) or strip image."),
-    gt: Path = typer.Argument(..., help="Ground-truth views folder (RGBA composited on white)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    pred: Annotated[Path, typer.Argument(help="Predicted views folder (000..015.png) or strip image.")],
+    gt: Annotated[Path, typer.Argument(help="Ground-truth views folder (RGBA composited on white).")],
+    as_json: AsJson = False,
 ) -> None:
     from cli.common import echo
     from recon.view_metrics import nvs_metrics
@@ -98,25 +115,39 @@ def nvs(
     help="3DiM 3D-consistency score: fit a field on 12 of the 16 views, score the held-out ones.",
 )
 def consistency(
-    views: Path = typer.Argument(..., help="Views folder (000..015.png [+ cameras.json]) or strip image."),
-    held_out: str = typer.Option("3,7,11,15", "--held-out", help="Comma-separated held-out view indices."),
-    quality: str = typer.Option("draft", "--quality", help="Reconstruction preset for the fit."),
-    steps: int = typer.Option(None, "--steps", help="Override the preset's training steps."),
-    seed: int = typer.Option(DEFAULT_SEED, "--seed", help="Seed of the fit."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    views: Annotated[
+        Path, typer.Argument(help="Views folder (000..015.png [+ cameras.json]) or strip image.")
+    ],
+    held_out: Annotated[
+        Sequence[int] | None,
+        typer.Option(
+            "--held-out",
+            parser=number_list_parser("--held-out", int),
+            metavar="I,J,...",
+            help="Comma-separated held-out view indices (default: every fourth view, 3,7,11,15 of 16).",
+            show_default=False,
+        ),
+    ] = None,
+    quality: Annotated[
+        str, typer.Option("--quality", parser=word, help="Reconstruction preset for the fit.")
+    ] = "draft",
+    steps: TrainingSteps = None,
+    seed: FitSeed = defaults.SEED,
+    device: Device = "auto",
+    as_json: AsJson = False,
 ) -> None:
     from cli.common import echo, progress
     from recon.consistency import consistency_score
-    from sd3d.core.errors import UserError
     from sd3d.core.io import read_views
 
-    try:
-        idx = tuple(int(x) for x in held_out.split(",") if x.strip())
-    except ValueError:
-        raise UserError(f"--held-out must be comma-separated integers, got {held_out!r}") from None
     result = consistency_score(
-        read_views(views), idx, quality=quality, steps=steps, seed=seed, device=device, progress=progress()
+        read_views(views),
+        tuple(held_out),
+        quality=quality,
+        steps=steps,
+        seed=seed,
+        device=device,
+        progress=progress(),
     )
     if as_json:
         echo(json.dumps({"views": str(views), **result.as_dict()}))

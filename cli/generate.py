@@ -1,19 +1,123 @@
-"""``sd3d generate``: one photo -> the 16 SyncDreamer views (a views folder).
+"""``sd3d generate``: one photo -> the 16 SyncDreamer views (a views folder), or Zero123's baseline.
 
-Options are read as text and checked here so every bad value is one ``error:`` line with exit code
-2; the work is done by :mod:`sd3d.pipelines.syncdreamer`. Cheap checks (options, output folder, input image,
-weights file) all run before the model is loaded.
+Options are typed and parsed by :mod:`cli.common`'s parsers, so a bad value is one ``error:`` line
+with exit code 2 before anything runs; the work is done by :mod:`sd3d.pipelines.syncdreamer` and
+:mod:`sd3d.pipelines.zero123`. Cheap checks (settings, output folder, input image, weights file) all
+run before the model is loaded.
 """
 
-from __future__ import annotations
-
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
-from cli.common import BACKGROUND_METAVAR, SEED_DEFAULT, max_pixels_option
-from cli.common import parse_number as _number
+from cli.common import (
+    Background,
+    BatchViewNum,
+    Device,
+    Dtype,
+    Eta,
+    MaxPixels,
+    Overwrite,
+    Samples,
+    Seed,
+    Steps,
+    Weights,
+    WeightsDir,
+    choice_option,
+    number_option,
+    word,
+)
 from sd3d.core import defaults
+
+MODELS = ("syncdreamer", "zero123")
+ZERO123_SAMPLER_NAMES = {"ddim": "independent"}  # Zero123's own DDIM is its independent sampler
+LOW, HIGH = defaults.TRAINED_ELEVATION_RANGE_DEG
+
+# generate's own options (the ones other commands take too are cli.common's)
+InputImage = Annotated[
+    Path,
+    typer.Argument(
+        help="Input photo, or an already prepared 256x256 RGBA from `sd3d preprocess`.",
+        show_default=False,
+    ),
+]
+ViewsFolder = Annotated[
+    Path,
+    typer.Option(
+        "--output",
+        "-o",
+        help="Views folder to write: new, empty, or written by sd3d (its earlier views are replaced).",
+        show_default=False,
+    ),
+]
+InputElevation = Annotated[
+    float,
+    number_option(
+        "--elevation",
+        "-e",
+        metavar="DEG",
+        help=f"Elevation of the input view in degrees (the model was trained on {LOW:g}..{HIGH:g}).",
+    ),
+]
+AutoCfg = Annotated[
+    float | None,
+    number_option(
+        "--cfg",
+        auto=True,
+        metavar="SCALE",
+        help=f"Classifier-free guidance scale (auto: {defaults.SYNCDREAMER_CFG:g} for SyncDreamer, "
+        f"{defaults.ZERO123_CFG:g} for Zero123).",
+    ),
+]
+AutoCropSize = Annotated[
+    int | None,
+    number_option(
+        "--crop-size",
+        kind=int,
+        auto=True,
+        metavar="PX",
+        help=f"SyncDreamer: object size after recentring (150-200; auto: {defaults.CROP_SIZE}); -1 "
+        "keeps the framing: use it for a 256x256 RGBA made by `sd3d preprocess`, which is then used "
+        "as is. (Zero123 crops as its demo does.)",
+    ),
+]
+Sampler = Annotated[
+    str,
+    typer.Option(
+        "--sampler",
+        parser=word,
+        help="SyncDreamer: ddim (official), dpmpp or unipc. Zero123: independent (= ddim) or "
+        "stochastic-conditioning (3DiM).",
+    ),
+]
+DDIMDiscretize = Annotated[
+    str,
+    typer.Option(
+        "--ddim-discretize",
+        parser=word,
+        metavar="uniform|quad",
+        help="SyncDreamer DDIM timesteps: uniform (official default) or quad (more of them at low noise).",
+    ),
+]
+Compile = Annotated[
+    bool,
+    typer.Option(
+        "--compile",
+        help="SyncDreamer on a GPU: torch.compile the denoiser (1.45 s instead of 2.5 s per image on "
+        "an H100) after ~1 min of compiling (~8 s with a warm cache): worth it for many images per "
+        "process.",
+    ),
+]
+Model = Annotated[
+    str,
+    choice_option(
+        "--model",
+        choices=MODELS,
+        help="syncdreamer (synchronized 16 views) or zero123 (each view on its own: the paper's baseline).",
+    ),
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -25,276 +129,143 @@ def register(app: typer.Typer) -> None:
 
 
 def generate(
-    image: Path = typer.Argument(
-        ...,
-        help="Input photo, or an already prepared 256x256 RGBA from `sd3d preprocess`.",
-        show_default=False,
-    ),
-    output: Path = typer.Option(
-        ...,
-        "--output",
-        "-o",
-        help="Views folder to write: new, empty, or written by sd3d (its earlier views are replaced).",
-        show_default=False,
-    ),
-    overwrite: bool = typer.Option(
-        False,
-        "--overwrite",
-        help="Also write into a non-empty folder sd3d did not write (none of its files is replaced).",
-    ),
-    elevation: str = typer.Option(
-        f"{defaults.INPUT_ELEVATION_DEG:g}",
-        "--elevation",
-        "-e",
-        metavar="DEG",
-        help="Elevation of the input view in degrees (the model was trained on -10..40).",
-    ),
-    samples: str = typer.Option(
-        "1", "--samples", "-n", metavar="N", help="Independent 16-view sets (1..64)."
-    ),
-    steps: str = typer.Option(
-        str(defaults.SYNCDREAMER_STEPS), "--steps", metavar="N", help="Sampling steps."
-    ),
-    cfg: str = typer.Option(
-        "auto",
-        "--cfg",
-        metavar="SCALE",
-        help=f"Classifier-free guidance scale (auto: {defaults.SYNCDREAMER_CFG} for SyncDreamer, "
-        f"{defaults.ZERO123_CFG} for Zero123).",
-    ),
-    eta: str = typer.Option(
-        str(defaults.DDIM_ETA), "--eta", metavar="ETA", help="DDIM eta (1 = the official stochastic sampler)."
-    ),
-    seed: str = typer.Option(
-        SEED_DEFAULT, "--seed", metavar="INT", help="Random seed (same seed, same views)."
-    ),
-    batch_view_num: str = typer.Option(
-        "auto",
-        "--batch-view-num",
-        metavar="N",
-        help="Views per UNet chunk (memory knob; auto: from free memory).",
-    ),
-    crop_size: str = typer.Option(
-        "auto",
-        "--crop-size",
-        metavar="PX",
-        help="SyncDreamer: object size after recentring (150-200; auto: "
-        f"{defaults.CROP_SIZE}); -1 keeps the framing: use "
-        "it for a 256x256 RGBA made by `sd3d preprocess`, which is then used as is. (Zero123 crops as "
-        "its demo does.)",
-    ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    dtype: str = typer.Option(
-        "auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16."
-    ),
-    sampler: str = typer.Option(
-        "ddim",
-        "--sampler",
-        help="SyncDreamer: ddim (official), dpmpp or unipc. Zero123: independent (= ddim) or "
-        "stochastic-conditioning (3DiM).",
-    ),
-    ddim_discretize: str = typer.Option(
-        "uniform",
-        "--ddim-discretize",
-        metavar="uniform|quad",
-        help="SyncDreamer DDIM timesteps: uniform (official default) or quad (more of them at low noise).",
-    ),
-    compile_steps: bool = typer.Option(
-        False,
-        "--compile",
-        help="SyncDreamer on a GPU: torch.compile the denoiser (1.45 s instead of 2.5 s per image on an "
-        "H100) after ~1 min of compiling (~8 s with a warm cache): worth it for many images per process.",
-    ),
-    model_name: str = typer.Option(
-        "syncdreamer",
-        "--model",
-        help="syncdreamer (synchronized 16 views) or zero123 (each view on its own: the paper's baseline).",
-    ),
-    weights: Path = typer.Option(
-        None,
-        "--weights",
-        help="SyncDreamer checkpoint (.ckpt or .safetensors; default: syncdreamer-pretrain.ckpt in the weights folder).",
-        show_default=False,
-    ),
-    weights_dir: Path = typer.Option(None, "--weights-dir", help="Weights folder.", show_default=False),
-    background: str = typer.Option(
-        "auto", "--background", "-b", metavar=BACKGROUND_METAVAR, help="Foreground backend for preprocessing."
-    ),
-    max_pixels: str = max_pixels_option(),
+    image: InputImage,
+    output: ViewsFolder,
+    overwrite: Overwrite = False,
+    elevation: InputElevation = defaults.INPUT_ELEVATION_DEG,
+    samples: Samples = 1,
+    steps: Steps = defaults.SYNCDREAMER_STEPS,
+    cfg: AutoCfg = None,
+    eta: Eta = defaults.DDIM_ETA,
+    seed: Seed = defaults.SEED,
+    batch_view_num: BatchViewNum = None,
+    crop_size: AutoCropSize = None,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    sampler: Sampler = "ddim",
+    ddim_discretize: DDIMDiscretize = "uniform",
+    compile_steps: Compile = False,
+    model_name: Model = "syncdreamer",
+    weights: Weights = None,
+    weights_dir: WeightsDir = None,
+    background: Background = "auto",
+    max_pixels: MaxPixels = None,
 ) -> None:
-    from cli.common import echo, parse_max_pixels, progress, say_background
-    from sd3d.background import check_backend_name
     from sd3d.core.device import resolve_device, resolve_dtype
-    from sd3d.core.errors import UserError
-    from sd3d.pipelines.syncdreamer import (
-        GenerationSettings,
-        as_prepared,
-        check_output_folder,
-        generated_names,
-        load_model,
-        run_generation,
-        weights_path,
-        write_generated,
-    )
+    from sd3d.pipelines.syncdreamer import GenerationSettings, check_output_folder, generated_names
 
-    model_name = model_name.strip().lower()
-    if model_name not in ("syncdreamer", "zero123"):
-        raise UserError(f"unknown --model {model_name!r}: use syncdreamer or zero123")
-    ddim_discretize = ddim_discretize.strip().lower()
     if model_name == "zero123":
-        if ddim_discretize != "uniform":
-            raise UserError("--ddim-discretize is SyncDreamer's DDIM option: drop it for --model zero123")
-        _generate_zero123(
-            image=image,
-            output=output,
-            elevation=elevation,
-            samples=samples,
+        _refuse_syncdreamer_options(crop_size, compile_steps, ddim_discretize)
+        settings = _zero123_settings(steps, cfg, eta, seed, samples, sampler, batch_view_num)
+    else:
+        settings = GenerationSettings(
+            elevation_deg=elevation,
             steps=steps,
-            cfg=cfg,
-            seed=seed,
+            cfg=defaults.SYNCDREAMER_CFG if cfg is None else cfg,
             eta=eta,
+            seed=seed,
+            samples=samples,
             batch_view_num=batch_view_num,
-            crop_size=crop_size,
-            compile_steps=compile_steps,
-            device=device,
-            dtype=dtype,
             sampler=sampler,
-            weights=weights,
-            weights_dir=weights_dir,
-            background=background,
-            max_pixels=max_pixels,
-            overwrite=overwrite,
-        )
-        return
-    settings = GenerationSettings(
-        elevation_deg=_number(elevation, "--elevation"),
-        steps=_number(steps, "--steps", int),
-        cfg=defaults.SYNCDREAMER_CFG if cfg.strip() == "auto" else _number(cfg, "--cfg"),
-        eta=_number(eta, "--eta"),
-        seed=_number(seed, "--seed", int),
-        samples=_number(samples, "--samples", int),
-        batch_view_num=None
-        if batch_view_num.strip() == "auto"
-        else _number(batch_view_num, "--batch-view-num", int),
-        sampler=sampler.strip().lower(),
-        ddim_discretize=ddim_discretize,
-    ).check()
-    crop = defaults.CROP_SIZE if crop_size.strip() == "auto" else _number(crop_size, "--crop-size", int)
-    method = check_backend_name(background)
-    limit = parse_max_pixels(max_pixels)
+            ddim_discretize=ddim_discretize,
+        ).check()
     torch_device = resolve_device(device)  # resolved once here; the library gets torch objects
     torch_dtype = resolve_dtype(dtype, torch_device)
-    check_output_folder(output, overwrite, generated_names(settings.samples))
-    prepared = as_prepared(image, crop, method, weights_dir, limit)
-    path = weights_path(weights, weights_dir)
-
-    model = load_model(path, device=torch_device, dtype=torch_dtype)
-    views = run_generation(
-        model, prepared, settings, dtype=torch_dtype, progress=progress(), use_compile=compile_steps
+    job = _Job(
+        image, output, overwrite, background, max_pixels, torch_device, torch_dtype, weights, weights_dir
     )
-    write_generated(output, views, prepared.rgba, overwrite=overwrite)
+    check_output_folder(output, overwrite, generated_names(samples))
+    if model_name == "zero123":
+        _run_zero123(job, settings, elevation)
+    else:
+        _run_syncdreamer(job, settings, defaults.CROP_SIZE if crop_size is None else crop_size, compile_steps)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What a run of either model needs besides its settings: input, output, device, weights."""
+
+    image: Path
+    output: Path
+    overwrite: bool
+    background: str
+    max_pixels: int | None
+    device: Any  # torch.device (torch is imported only when a command runs)
+    dtype: Any  # torch.dtype
+    weights: Path | None
+    weights_dir: Path | None
+
+
+def _run_syncdreamer(job: _Job, settings, crop_size: int, compile_steps: bool) -> None:
+    """Prepare, load, sample and write SyncDreamer's views, then say what was made."""
+    from cli.common import echo, progress, say_background
+    from sd3d.pipelines import syncdreamer as sd
+
+    prepared = sd.as_prepared(job.image, crop_size, job.background, job.weights_dir, job.max_pixels)
+    model = sd.load_model(sd.weights_path(job.weights, job.weights_dir), device=job.device, dtype=job.dtype)
+    views = sd.run_generation(
+        model, prepared, settings, dtype=job.dtype, progress=progress(), use_compile=compile_steps
+    )
+    sd.write_generated(job.output, views, prepared.rgba, overwrite=job.overwrite)
     info = views[0].provenance
     what = "16 views" if settings.samples == 1 else f"{settings.samples} x 16 views"
-    echo(f"wrote {what} to {output}")
+    echo(f"wrote {what} to {job.output}")
     echo(
-        f"elevation {settings.elevation_deg:g} deg, seed {settings.seed}, {settings.steps} {settings.sampler} steps, "
-        f"cfg {settings.cfg:g}, {info['settings']['dtype']} on {info['device']}, {info['seconds']:.1f} s"
+        f"elevation {settings.elevation_deg:g} deg, seed {settings.seed}, {settings.steps} {settings.sampler} "
+        f"steps, cfg {settings.cfg:g}, {info['settings']['dtype']} on {info['device']}, {info['seconds']:.1f} s"
     )
     say_background(prepared.background, prepared.background_note)
 
 
-def _generate_zero123(
-    *,
-    image,
-    output,
-    elevation,
-    samples,
-    steps,
-    cfg,
-    seed,
-    eta,
-    batch_view_num,
-    crop_size,
-    compile_steps,
-    device,
-    dtype,
-    sampler,
-    weights,
-    weights_dir,
-    background,
-    max_pixels,
-    overwrite,
-) -> None:
-    """``--model zero123``: the same 16 target cameras, each view from Zero123 (independently, or with
-    3DiM stochastic conditioning); same output layout as SyncDreamer's. Options that only mean
-    something for SyncDreamer are refused rather than silently ignored."""
-    from dataclasses import replace
-
-    import numpy as np
-
-    from cli.common import echo, parse_max_pixels, progress, say_background
-    from sd3d.background import check_backend_name
-    from sd3d.core.device import resolve_device, resolve_dtype
+def _refuse_syncdreamer_options(crop_size: int | None, compile_steps: bool, ddim_discretize: str) -> None:
+    """``--model zero123`` refuses the options that only mean something for SyncDreamer rather than
+    silently ignoring them."""
     from sd3d.core.errors import UserError
-    from sd3d.pipelines.syncdreamer import (
-        check_batch_view_num,
-        check_output_folder,
-        generated_names,
-        write_generated,
-    )
-    from sd3d.pipelines.zero123 import Zero123Settings, generate_views_zero123, prepare_zero123_input
-    from sd3d.pipelines.zero123 import load_model as load_zero123_model
 
-    sampler = sampler.strip().lower()
-    sampler = {"ddim": "independent"}.get(sampler, sampler)
-    if sampler not in ("independent", "stochastic-conditioning"):
-        raise UserError(
-            f"--sampler {sampler!r} is not available for Zero123: use independent or stochastic-conditioning"
-        )
-    if crop_size.strip() != "auto":
+    if ddim_discretize != "uniform":
+        raise UserError("--ddim-discretize is SyncDreamer's DDIM option: drop it for --model zero123")
+    if crop_size is not None:
         raise UserError(
             "--crop-size is SyncDreamer's recentring; Zero123 crops as its demo does: drop --crop-size"
         )
     if compile_steps:
         raise UserError("--compile is for SyncDreamer's denoiser; Zero123 runs without it: drop --compile")
-    views_per_call = (
-        8
-        if batch_view_num.strip() == "auto"
-        else check_batch_view_num(_number(batch_view_num, "--batch-view-num", int))
-    )
-    elev = _number(elevation, "--elevation")
-    n = _number(samples, "--samples", int)
-    if not 1 <= n <= 64:
-        raise UserError("--samples must be between 1 and 64")
-    n_steps = _number(steps, "--steps", int)
-    scale = defaults.ZERO123_CFG if cfg.strip() == "auto" else _number(cfg, "--cfg")
-    base_seed = _number(seed, "--seed", int)
-    eta_value = _number(eta, "--eta")
-    settings = Zero123Settings(
-        steps=n_steps,
-        cfg=scale,
-        eta=eta_value,
-        seed=base_seed,
-        samples=n,
+
+
+def _zero123_settings(steps, cfg, eta, seed, samples, sampler, batch_view_num):
+    """Zero123's settings from ``generate``'s options (``auto`` cfg and views per call: its defaults)."""
+    from sd3d.core.errors import UserError
+    from sd3d.pipelines.syncdreamer import check_batch_view_num
+    from sd3d.pipelines.zero123 import SAMPLERS, Zero123Settings
+
+    sampler = ZERO123_SAMPLER_NAMES.get(sampler, sampler)
+    if sampler not in SAMPLERS:
+        raise UserError(f"--sampler {sampler!r} is not available for Zero123: use {' or '.join(SAMPLERS)}")
+    return Zero123Settings(
+        steps=steps,
+        cfg=Zero123Settings.cfg if cfg is None else cfg,
+        eta=eta,
+        seed=seed,
+        samples=samples,
         sampler=sampler,
-        batch_view_num=views_per_call,
+        batch_view_num=Zero123Settings.batch_view_num
+        if batch_view_num is None
+        else check_batch_view_num(batch_view_num),
     ).check()
-    method = check_backend_name(background)
-    limit = parse_max_pixels(max_pixels)
-    torch_device = resolve_device(device)  # resolved once here; the library gets torch objects
-    torch_dtype = resolve_dtype(dtype, torch_device)
-    check_output_folder(output, overwrite, generated_names(n))
-    prepared = prepare_zero123_input(image, background=method, max_pixels=limit, weights_dir=weights_dir)
-    model = load_zero123_model(weights, weights_dir, torch_device, torch_dtype)
-    views = [
-        generate_views_zero123(
-            prepared, elev, replace(settings, seed=base_seed + i), progress=progress(), model=model
-        )
-        for i in range(n)
-    ]
-    rgba = np.concatenate(
-        [np.rint(prepared.image * 255).astype(np.uint8), np.full((256, 256, 1), 255, np.uint8)], axis=-1
+
+
+def _run_zero123(job: _Job, settings, elevation: float) -> None:
+    """Zero123's 16 target views for each sample (independently, or with 3DiM stochastic
+    conditioning), written in SyncDreamer's layout."""
+    from cli.common import echo, progress, say_background
+    from sd3d.pipelines.syncdreamer import write_generated
+    from sd3d.pipelines.zero123 import generate_view_sets_zero123, load_model, prepare_zero123_input
+
+    prepared = prepare_zero123_input(
+        job.image, background=job.background, max_pixels=job.max_pixels, weights_dir=job.weights_dir
     )
-    write_generated(output, views, rgba, overwrite=overwrite)
-    echo(f"wrote {n} x 16 Zero123 views ({sampler}) to {output}")
+    model = load_model(job.weights, job.weights_dir, job.device, job.dtype)
+    views = generate_view_sets_zero123(prepared, elevation, settings, model=model, progress=progress())
+    write_generated(job.output, views, prepared.opaque_rgba(), overwrite=job.overwrite)
+    echo(f"wrote {settings.samples} x 16 Zero123 views ({settings.sampler}) to {job.output}")
     say_background(prepared.background, prepared.background_note)

@@ -1,17 +1,20 @@
 """``sd3d preprocess``: photo -> recentred 256x256 RGBA conditioning image (the official preprocessing).
 
-Options are taken as text and parsed here so that every bad value (unknown backend, ``--crop-size
-abc``) is one ``error:`` line and exit code 2, like every other user error; the work is done by
-:func:`sd3d.preprocess.prepare_input`.
+Options are typed and parsed by :mod:`cli.common`'s parsers, so every bad value (unknown backend,
+``--crop-size abc``) is one ``error:`` line and exit code 2, like every other user error; the work is
+done by :func:`sd3d.preprocess.prepare_input`.
 """
 
-from __future__ import annotations
-
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from cli.common import BACKGROUND_METAVAR, max_pixels_option
+from cli.common import Background, CropSize, MaxPixels, WeightsDir, retold
+from sd3d.core import defaults
+
+ObjectSize = retold(CropSize, "Object size in the 256x256 input (1..256), or -1 for no crop.")
+RembgFolder = retold(WeightsDir, "Where rembg's u2netp.onnx is looked up.")
 
 
 def register(app: typer.Typer) -> None:
@@ -21,49 +24,28 @@ def register(app: typer.Typer) -> None:
     )(preprocess)
 
 
-def _parse_int(text: str | None, option: str) -> int | None:
-    from sd3d.core.errors import UserError
-
-    if text is None:
-        return None
-    try:
-        return int(text.strip())
-    except ValueError:
-        raise UserError(f"{option} must be an integer, got {text!r}") from None
-
-
 def preprocess(
-    image: Path = typer.Argument(..., help="Input photo (PNG, JPEG, WebP, TIFF, ...).", show_default=False),
-    output: Path = typer.Option(
-        ..., "--output", "-o", help="Output RGBA image (.png, .webp or .tiff).", show_default=False
-    ),
-    crop_size: str = typer.Option(
-        "200",
-        "--crop-size",
-        metavar="INT",
-        help="Object size in the 256x256 input (1..256), or -1 for no crop.",
-    ),
-    background: str = typer.Option(
-        "auto",
-        "--background",
-        "-b",
-        metavar=BACKGROUND_METAVAR,
-        help="Foreground backend. auto: the image's alpha if it has one, "
-        "else rembg if its model is installed, else GrabCut.",
-    ),
-    max_pixels: str = max_pixels_option(),
-    save_model_input: Path = typer.Option(
-        None,
-        "--save-model-input",
-        help="Also write the white-composited RGB the model sees.",
-        show_default=False,
-    ),
-    weights_dir: Path = typer.Option(
-        None, "--weights-dir", help="Where rembg's u2netp.onnx is looked up.", show_default=False
-    ),
+    image: Annotated[
+        Path, typer.Argument(help="Input photo (PNG, JPEG, WebP, TIFF, ...).", show_default=False)
+    ],
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="Output RGBA image (.png, .webp or .tiff).", show_default=False),
+    ],
+    crop_size: ObjectSize = defaults.CROP_SIZE,
+    background: Background = "auto",
+    max_pixels: MaxPixels = None,
+    save_model_input: Annotated[
+        Path | None,
+        typer.Option(
+            "--save-model-input",
+            help="Also write the white-composited RGB the model sees.",
+            show_default=False,
+        ),
+    ] = None,
+    weights_dir: RembgFolder = None,
 ) -> None:
-    from cli.common import echo, parse_max_pixels, say_background
-    from sd3d.background import check_backend_name
+    from cli.common import echo, say_background
     from sd3d.core.errors import UserError
     from sd3d.preprocess import (
         RGB_SUFFIXES,
@@ -74,9 +56,7 @@ def preprocess(
         save_prepared,
     )
 
-    crop = check_crop_size(_parse_int(crop_size, "--crop-size"))
-    limit = parse_max_pixels(max_pixels)
-    method = check_backend_name(background)
+    crop = check_crop_size(crop_size)
     check_output_path(output, RGBA_SUFFIXES, "output")
     if save_model_input is not None:
         check_output_path(save_model_input, RGB_SUFFIXES, "model input image")
@@ -84,7 +64,7 @@ def preprocess(
             raise UserError(f"--save-model-input must differ from the output path ({output})")
 
     prepared = prepare_input(
-        image, crop_size=crop, background=method, max_pixels=limit, weights_dir=weights_dir
+        image, crop_size=crop, background=background, max_pixels=max_pixels, weights_dir=weights_dir
     )
     save_prepared(prepared, output, save_model_input)
 

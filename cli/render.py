@@ -1,10 +1,12 @@
 """``sd3d render``: RGBA (+ depth) renders of a mesh at the 16 target cameras or any orbit."""
 
-from __future__ import annotations
-
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated
 
 import typer
+
+from cli.common import Device, Overwrite, number_list_parser, number_option, word
 
 
 def register(app: typer.Typer) -> None:
@@ -13,73 +15,75 @@ def register(app: typer.Typer) -> None:
     )
 
 
-def _parse_azimuths(text: str | None) -> list[float] | None:
-    from sd3d.core.errors import UserError
-
-    if text is None:
-        return None
-    try:
-        values = [float(x) for x in text.replace(" ", "").split(",") if x != ""]
-    except ValueError:
-        raise UserError(
-            f"--azimuths must be comma-separated degrees, e.g. 0,90,180,270 (got {text!r})"
-        ) from None
-    if not values:
-        raise UserError("--azimuths is empty")
-    return values
-
-
 def render(
-    mesh: Path = typer.Argument(..., help="Mesh file: .obj (+ .mtl + textures), .glb/.gltf, .ply, ..."),
-    output: Path = typer.Option(
-        ..., "--output", "-o", help="Views folder to write: new, empty, or written by sd3d (replaced)."
-    ),
-    elevation: float | None = typer.Option(
-        None, "--elevation", help="Orbit elevation in degrees (default: 30, the target views' elevation)."
-    ),
-    azimuths: str | None = typer.Option(
-        None, "--azimuths", help="Comma-separated azimuths in degrees (default: the 16 target views, i*22.5)."
-    ),
-    distance: float = typer.Option(1.5, "--distance", help="Camera distance from the origin."),
-    size: int = typer.Option(256, "--size", min=8, max=4096, help="Image size in pixels (square)."),
-    normalize: bool = typer.Option(
-        True, "--normalize/--no-normalize", help="Scale the largest bbox side to 1 and centre it at 0."
-    ),
-    up: str = typer.Option("auto", "--up", help="Up axis of the file: auto (glTF: y, others: z), y or z."),
-    yaw: float = typer.Option(
-        0.0, "--yaw", help="Rotate about +Z by this many degrees (before normalising)."
-    ),
-    texture: Path | None = typer.Option(
-        None, "--texture", help="Use this image as the texture (e.g. missing MTL)."
-    ),
-    depth: bool = typer.Option(
-        False, "--depth", help="Also write NNN-depth.png (uint16, like the GT renders)."
-    ),
-    supersample: int = typer.Option(
-        3, "--supersample", min=1, max=8, help="Samples per pixel side (coverage)."
-    ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    overwrite: bool = typer.Option(
-        False,
-        "--overwrite",
-        help="Also write into a non-empty folder sd3d did not write (none of its files is replaced).",
-    ),
+    mesh: Annotated[Path, typer.Argument(help="Mesh file: .obj (+ .mtl + textures), .glb/.gltf, .ply, ...")],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", help="Views folder to write: new, empty, or written by sd3d (replaced)."
+        ),
+    ],
+    elevation: Annotated[
+        float | None,
+        number_option(
+            "--elevation", help="Orbit elevation in degrees (default: 30, the target views' elevation)."
+        ),
+    ] = None,
+    azimuths: Annotated[
+        Sequence[float] | None,
+        typer.Option(
+            "--azimuths",
+            parser=number_list_parser("--azimuths", what="degrees, e.g. 0,90,180,270"),
+            metavar="DEG,DEG,...",
+            help="Comma-separated azimuths in degrees (default: the 16 target views, i*22.5).",
+        ),
+    ] = None,
+    distance: Annotated[float, number_option("--distance", help="Camera distance from the origin.")] = 1.5,
+    size: Annotated[
+        int,
+        number_option("--size", kind=int, at_least=8, at_most=4096, help="Image size in pixels (square)."),
+    ] = 256,
+    normalize: Annotated[
+        bool,
+        typer.Option(
+            "--normalize/--no-normalize", help="Scale the largest bbox side to 1 and centre it at 0."
+        ),
+    ] = True,
+    up: Annotated[
+        str, typer.Option("--up", parser=word, help="Up axis of the file: auto (glTF: y, others: z), y or z.")
+    ] = "auto",
+    yaw: Annotated[
+        float, number_option("--yaw", help="Rotate about +Z by this many degrees (before normalising).")
+    ] = 0.0,
+    texture: Annotated[
+        Path | None, typer.Option("--texture", help="Use this image as the texture (e.g. missing MTL).")
+    ] = None,
+    depth: Annotated[
+        bool, typer.Option("--depth", help="Also write NNN-depth.png (uint16, like the GT renders).")
+    ] = False,
+    supersample: Annotated[
+        int,
+        number_option(
+            "--supersample", kind=int, at_least=1, at_most=8, help="Samples per pixel side (coverage)."
+        ),
+    ] = 3,
+    device: Device = "auto",
+    overwrite: Overwrite = False,
 ) -> None:
     from cli.common import echo, progress
     from recon import raster
     from sd3d.core.device import resolve_device
     from sd3d.core.io import check_output_dir
 
-    az = _parse_azimuths(azimuths)
     dev = resolve_device(device)
-    cameras = raster.orbit_cameras(elevation, az, distance, size)
+    cameras = raster.orbit_cameras(elevation, None if azimuths is None else list(azimuths), distance, size)
     check_output_dir(output, overwrite=overwrite, planned=raster.render_names(len(cameras), depth))
-    loaded = raster.load_mesh(mesh, up=up.lower(), yaw_deg=yaw, normalize=normalize, texture=texture)
+    loaded = raster.load_mesh(mesh, up=up, yaw_deg=yaw, normalize=normalize, texture=texture)
     renders = raster.render_mesh(loaded, cameras, supersample=supersample, device=dev, progress=progress())
     extra = {
         "source_mesh": str(mesh),
         "normalization": {
-            "up_axis": up.lower(),
+            "up_axis": up,
             "yaw_deg": yaw,
             "normalized": normalize,
             "raw_to_world": loaded.transform.tolist(),

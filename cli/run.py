@@ -1,15 +1,41 @@
-"""``sd3d run`` (photo -> views -> textured mesh, one shot) and ``sd3d batch`` (a folder of photos)."""
+"""``sd3d run`` (photo -> views -> textured mesh, one shot) and ``sd3d batch`` (a folder of photos).
 
-from __future__ import annotations
+Both take the options of every stage they chain (:data:`STAGE_OPTIONS`, one list given to two
+signatures), typed and parsed by :mod:`cli.common`'s parsers; the work is done by
+:mod:`sd3d.workflows.run` and, on a Ray cluster, :mod:`sd3d.workflows.batch_ray`.
+"""
 
 import inspect
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
-from cli.common import BACKGROUND_METAVAR, max_pixels_option
-from sd3d import DEFAULT_SEED
+from cli.common import (
+    Background,
+    BatchViewNum,
+    Cfg,
+    CropSize,
+    Device,
+    Dtype,
+    Eta,
+    Faces,
+    MaxPixels,
+    Overwrite,
+    Samples,
+    Seed,
+    Steps,
+    Weights,
+    WeightsDir,
+    choice_option,
+    number_option,
+    retold,
+    word,
+)
 from sd3d.core import defaults
+
+ENGINES = ("local", "ray")
 
 
 def register(app: typer.Typer) -> None:
@@ -17,81 +43,107 @@ def register(app: typer.Typer) -> None:
     app.command("batch", help="`sd3d run` for every image of a folder (model loaded once, resumable).")(batch)
 
 
-def _option(name: str, annotation, default) -> inspect.Parameter:
+def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+
+
+def _positional(name: str, annotation: Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotation)
+
+
+def _words(value: str | Sequence[str]) -> tuple[str, ...]:
+    """``--formats obj,.PLY`` -> ``("obj", "ply")`` (the default, a sequence, is taken as it is)."""
+    words = value.split(",") if isinstance(value, str) else value
+    return tuple(w.strip().lower().lstrip(".") for w in words if w.strip())
 
 
 # The options of every stage `run` chains, shared by `run` and `batch` (one list, two signatures).
 STAGE_OPTIONS = [
     _option(
         "elevation",
-        str,
-        typer.Option(
-            "auto", "--elevation", "-e", metavar="DEG|auto", help="Input elevation; auto estimates it."
-        ),
+        Annotated[
+            float | None,
+            number_option(
+                "--elevation", "-e", auto=True, metavar="DEG|auto", help="Input elevation; auto estimates it."
+            ),
+        ],
+        None,
     ),
+    _option("crop_size", CropSize, defaults.CROP_SIZE),
+    _option("background", Background, "auto"),
+    _option("max_pixels", MaxPixels, None),
+    _option("steps", Steps, defaults.SYNCDREAMER_STEPS),
+    _option("cfg", Cfg, defaults.SYNCDREAMER_CFG),
+    _option("eta", Eta, defaults.DDIM_ETA),
+    _option("seed", retold(Seed, "Random seed (generation and reconstruction)."), defaults.SEED),
+    _option("samples", retold(Samples, "Generate N sets, keep the most consistent."), 1),
     _option(
-        "crop_size",
-        int,
-        typer.Option(defaults.CROP_SIZE, "--crop-size", help="Object size after recentring (-1: no crop)."),
+        "sampler",
+        Annotated[str, typer.Option("--sampler", parser=word, help="ddim, dpmpp or unipc.")],
+        "ddim",
     ),
-    _option(
-        "background",
-        str,
-        typer.Option("auto", "--background", "-b", metavar=BACKGROUND_METAVAR, help="Foreground backend."),
-    ),
-    _option("max_pixels", str, max_pixels_option()),
-    _option("steps", int, typer.Option(defaults.SYNCDREAMER_STEPS, "--steps", help="Sampling steps.")),
-    _option(
-        "cfg", float, typer.Option(defaults.SYNCDREAMER_CFG, "--cfg", help="Classifier-free guidance scale.")
-    ),
-    _option("eta", float, typer.Option(defaults.DDIM_ETA, "--eta", help="DDIM eta.")),
-    _option(
-        "seed", int, typer.Option(DEFAULT_SEED, "--seed", help="Random seed (generation and reconstruction).")
-    ),
-    _option(
-        "samples", int, typer.Option(1, "--samples", "-n", help="Generate N sets, keep the most consistent.")
-    ),
-    _option("sampler", str, typer.Option("ddim", "--sampler", help="ddim, dpmpp or unipc.")),
-    _option("batch_view_num", str, typer.Option("auto", "--batch-view-num", help="Views per UNet chunk.")),
+    _option("batch_view_num", BatchViewNum, None),
     _option(
         "quality",
-        str,
-        typer.Option(
-            "auto",
-            "--quality",
-            help="Reconstruction preset: auto (standard on a GPU, draft on CPU), draft, standard or high.",
-        ),
+        Annotated[
+            str,
+            typer.Option(
+                "--quality",
+                parser=word,
+                help="Reconstruction preset: auto (standard on a GPU, draft on CPU), draft, standard or high.",
+            ),
+        ],
+        "auto",
     ),
     _option(
-        "recon_steps", int, typer.Option(None, "--recon-steps", help="Override the preset's training steps.")
+        "recon_steps",
+        Annotated[
+            int | None, number_option("--recon-steps", kind=int, help="Override the preset's training steps.")
+        ],
+        None,
     ),
-    _option("faces", int, typer.Option(None, "--faces", help="Decimate the mesh to about N faces.")),
-    _option("formats", str, typer.Option("", "--formats", help="Extra mesh formats besides GLB: obj,ply.")),
-    _option("preview", str, typer.Option("mp4", "--preview", help="Turntable preview: mp4, gif or none.")),
+    _option("faces", Faces, None),
+    _option(
+        "formats",
+        Annotated[
+            Sequence[str],
+            typer.Option(
+                "--formats",
+                parser=_words,
+                help="Extra mesh formats besides GLB: obj,ply.",
+                show_default=False,
+            ),
+        ],
+        (),
+    ),
+    _option(
+        "preview",
+        Annotated[str, typer.Option("--preview", parser=word, help="Turntable preview: mp4, gif or none.")],
+        "mp4",
+    ),
     _option(
         "preview_frames",
-        int,
-        typer.Option(
-            defaults.PREVIEW_FRAMES, "--preview-frames", help="Turntable frames (72 = 3 s at 24 fps)."
-        ),
+        Annotated[
+            int,
+            number_option("--preview-frames", kind=int, help="Turntable frames (72 = 3 s at 24 fps)."),
+        ],
+        defaults.PREVIEW_FRAMES,
     ),
-    _option("device", str, typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")),
-    _option("dtype", str, typer.Option("auto", "--dtype", help="auto, fp32, bf16 or fp16.")),
-    _option("weights", Path, typer.Option(None, "--weights", help="SyncDreamer checkpoint file.")),
-    _option("weights_dir", Path, typer.Option(None, "--weights-dir", help="Weights folder.")),
+    _option("device", Device, "auto"),
+    _option("dtype", Dtype, "auto"),
+    _option("weights", retold(Weights, "SyncDreamer checkpoint file."), None),
+    _option("weights_dir", WeightsDir, None),
 ]
 
 
 OVERWRITE_OPTION = _option(
     "overwrite",
-    bool,
-    typer.Option(
-        False,
-        "--overwrite",
-        help="Also write into an existing non-empty folder sd3d did not write (its own files are kept; "
+    retold(
+        Overwrite,
+        "Also write into an existing non-empty folder sd3d did not write (its own files are kept; "
         "a folder sd3d wrote is always reused, its earlier outputs replaced).",
     ),
+    False,
 )
 
 
@@ -111,63 +163,49 @@ def _passed_on(options: dict) -> dict:
     return {name: options[name] for name in ("weights", "weights_dir", "overwrite")}
 
 
-def _positional(name: str, annotation, default) -> inspect.Parameter:
-    return inspect.Parameter(
-        name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotation, default=default
-    )
-
-
 def _settings(
-    elevation: str,
+    elevation: float | None,
     crop_size: int,
     background: str,
-    max_pixels: str | None,
+    max_pixels: int | None,
     steps: int,
     cfg: float,
     eta: float,
     seed: int,
     samples: int,
     sampler: str,
-    batch_view_num: str,
+    batch_view_num: int | None,
     quality: str,
     recon_steps: int | None,
     faces: int | None,
-    formats: str,
+    formats: Sequence[str],
     preview: str,
     preview_frames: int,
     device: str,
     dtype: str,
     **_ignored,
 ):
-    from cli.common import parse_max_pixels
+    """The stage options -> the library's checked :class:`~sd3d.workflows.run.RunSettings`."""
     from recon.presets import ReconSettings
-    from sd3d.core.errors import UserError
     from sd3d.pipelines.syncdreamer import GenerationSettings
     from sd3d.workflows.run import PreviewSettings, RunSettings
 
-    if elevation.strip().lower() == "auto":
-        elev = None
-    else:
-        try:
-            elev = float(elevation)
-        except ValueError:
-            raise UserError(f"--elevation must be a number of degrees or 'auto', got {elevation!r}") from None
-    try:
-        bvn = None if batch_view_num.strip().lower() == "auto" else int(batch_view_num)
-    except ValueError:
-        raise UserError(f"--batch-view-num must be an integer or 'auto', got {batch_view_num!r}") from None
-    fmts = tuple(f.strip().lower().lstrip(".") for f in formats.split(",") if f.strip())
-    max_pixels_value = parse_max_pixels(max_pixels)
     return RunSettings(
         generation=GenerationSettings(
-            steps=steps, cfg=cfg, eta=eta, seed=seed, samples=samples, batch_view_num=bvn, sampler=sampler
+            steps=steps,
+            cfg=cfg,
+            eta=eta,
+            seed=seed,
+            samples=samples,
+            batch_view_num=batch_view_num,
+            sampler=sampler,
         ),
-        recon=ReconSettings(quality=quality, steps=recon_steps, faces=faces, formats=("glb", *fmts)),
+        recon=ReconSettings(quality=quality, steps=recon_steps, faces=faces, formats=("glb", *formats)),
         preview=PreviewSettings(format=preview, frames=preview_frames),
-        elevation_deg=elev,
+        elevation_deg=elevation,
         crop_size=crop_size,
         background=background,
-        max_pixels=max_pixels_value,
+        max_pixels=max_pixels,
         device=device,
         dtype=dtype,
     ).check()
@@ -175,14 +213,17 @@ def _settings(
 
 @_with_stage_options(
     _positional(
-        "image", Path, typer.Argument(..., help="Input photo (any format Pillow reads).", show_default=False)
+        "image",
+        Annotated[Path, typer.Argument(help="Input photo (any format Pillow reads).", show_default=False)],
     ),
     _positional(
         "output",
-        Path,
-        typer.Option(
-            ..., "--output", "-o", help="Output folder (new, empty, or written by sd3d).", show_default=False
-        ),
+        Annotated[
+            Path,
+            typer.Option(
+                "--output", "-o", help="Output folder (new, empty, or written by sd3d).", show_default=False
+            ),
+        ],
     ),
 )
 def run(image: Path, output: Path, **options) -> None:
@@ -246,97 +287,96 @@ def _summary(report: dict) -> None:
         )
 
 
-_ENGINE_OPTIONS = [
+_ENGINE_OPTIONS = (
     _option(
         "engine",
-        str,
-        typer.Option(
-            "local",
-            "--engine",
-            metavar="local|ray",
-            help="local: one process, one image after another; ray: a Ray cluster (the sd3d 'ray' extra).",
-        ),
+        Annotated[
+            str,
+            choice_option(
+                "--engine",
+                choices=ENGINES,
+                help="local: one process, one image after another; ray: a Ray cluster (the sd3d 'ray' "
+                "extra).",
+            ),
+        ],
+        "local",
     ),
     _option(
         "address",
-        str,
-        typer.Option(
-            None,
-            "--address",
-            metavar="auto|ray://HOST:10001",
-            help="Ray cluster to join (default: start Ray on this machine).",
-        ),
+        Annotated[
+            str | None,
+            typer.Option(
+                "--address",
+                metavar="auto|ray://HOST:10001",
+                help="Ray cluster to join (default: start Ray on this machine).",
+            ),
+        ],
+        None,
     ),
     _option(
         "workers",
-        str,
-        typer.Option(None, "--workers", metavar="N", help="Model-holding workers (default: one per GPU)."),
+        Annotated[
+            int | None,
+            number_option(
+                "--workers", kind=int, metavar="N", help="Model-holding workers (default: one per GPU)."
+            ),
+        ],
+        None,
     ),
     _option(
         "gpus_per_worker",
-        str,
-        typer.Option(
-            None, "--gpus-per-worker", metavar="G", help="GPUs per worker, may be fractional; 0: CPU only."
-        ),
+        Annotated[
+            float | None,
+            number_option(
+                "--gpus-per-worker", metavar="G", help="GPUs per worker, may be fractional; 0: CPU only."
+            ),
+        ],
+        None,
     ),
-]
+)
 
 
-def _engine_options(engine: str, address, workers, gpus_per_worker):
+def _engine_options(
+    engine: str, address: str | None, workers: int | None, gpus_per_worker: float | None, **_ignored
+):
     """The Ray options (None for the local engine, which refuses the Ray-only ones)."""
-    from cli.common import parse_number
     from sd3d.core.errors import UserError
 
-    engine = engine.strip().lower()
-    if engine not in ("local", "ray"):
-        raise UserError(f"--engine must be local or ray, got {engine!r}")
     if engine == "local":
-        given = [
-            n
-            for n, v in (
-                ("--address", address),
-                ("--workers", workers),
-                ("--gpus-per-worker", gpus_per_worker),
-            )
-            if v is not None
-        ]
-        if given:
-            raise UserError(f"{given[0]} needs --engine ray")
+        given = {"--address": address, "--workers": workers, "--gpus-per-worker": gpus_per_worker}
+        for name, value in given.items():
+            if value is not None:
+                raise UserError(f"{name} needs --engine ray")
         return None
     from sd3d.workflows.engines import ray_engine
 
-    batch_ray = ray_engine()
-    return batch_ray.RayOptions(
-        address=address,
-        workers=None if workers is None else parse_number(workers, "--workers", int),
-        gpus_per_worker=None
-        if gpus_per_worker is None
-        else parse_number(gpus_per_worker, "--gpus-per-worker"),
-    )
+    return ray_engine().RayOptions(address=address, workers=workers, gpus_per_worker=gpus_per_worker)
 
 
 @_with_stage_options(
     _positional(
         "folder",
-        str,
-        typer.Argument(
-            ...,
-            help="Folder of photos (jpg, png, webp); a URL such as s3://bucket/photos with --engine ray.",
-            show_default=False,
-        ),
+        Annotated[
+            str,
+            typer.Argument(
+                help="Folder of photos (jpg, png, webp); a URL such as s3://bucket/photos with --engine ray.",
+                show_default=False,
+            ),
+        ],
     ),
     _positional(
         "output",
-        str,
-        typer.Option(
-            ...,
-            "--output",
-            "-o",
-            help="Output folder: one sub-folder per photo (a URL with --engine ray).",
-            show_default=False,
-        ),
+        Annotated[
+            str,
+            typer.Option(
+                "--output",
+                "-o",
+                help="Output folder: one sub-folder per photo (a URL with --engine ray).",
+                show_default=False,
+            ),
+        ],
     ),
-    trailing=tuple(_ENGINE_OPTIONS),
+    trailing=_ENGINE_OPTIONS,
 )
 def batch(folder: str, output: str, **options) -> None:
     from cli.common import progress
@@ -345,9 +385,7 @@ def batch(folder: str, output: str, **options) -> None:
     from sd3d.workflows.storage import is_url
 
     settings = _settings(**options)
-    ray_options = _engine_options(
-        options["engine"], options["address"], options["workers"], options["gpus_per_worker"]
-    )
+    ray_options = _engine_options(**options)
     common = {"progress": progress(), **_passed_on(options)}
     if ray_options is None:
         url = next((p for p in (folder, output) if is_url(p)), None)

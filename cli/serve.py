@@ -1,15 +1,17 @@
 """``sd3d serve``: the browser app (:mod:`sd3d.webapp`), on this machine only unless asked otherwise."""
 
-from __future__ import annotations
-
 import contextlib
-from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from cli.common import max_pixels_option
+from cli.common import Device, Dtype, MaxPixels, Weights, WeightsDir, number_option, retold
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+PORTS = (1, 65535)
+
+GenerationDtype = retold(Dtype, "Generation precision (auto: bf16 on CUDA, fp32 on CPU).")
+SyncDreamerWeights = retold(Weights, "SyncDreamer checkpoint file.")
 
 
 def register(app: typer.Typer) -> None:
@@ -21,26 +23,29 @@ def register(app: typer.Typer) -> None:
 
 
 def serve(
-    host: str = typer.Option(
-        "127.0.0.1",
-        "--host",
-        help="Address to listen on; 0.0.0.0 serves the whole network (no login: anyone who reaches it can use it).",
-    ),
-    port: str = typer.Option("7860", "--port", metavar="INT", help="Port to listen on."),
-    device: str = typer.Option("auto", "--device", metavar="auto|cpu|cuda[:N]", help="Compute device."),
-    dtype: str = typer.Option("auto", "--dtype", metavar="auto|fp32|bf16|fp16", help="Generation precision."),
-    weights: Path = typer.Option(None, "--weights", help="SyncDreamer checkpoint file."),
-    weights_dir: Path = typer.Option(None, "--weights-dir", help="Weights folder."),
-    max_pixels: str = max_pixels_option(),
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            help="Address to listen on; 0.0.0.0 serves the whole network (no login: anyone who reaches it "
+            "can use it).",
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[
+        int,
+        number_option(
+            "--port", kind=int, at_least=PORTS[0], at_most=PORTS[1], metavar="INT", help="Port to listen on."
+        ),
+    ] = 7860,
+    device: Device = "auto",
+    dtype: GenerationDtype = "auto",
+    weights: SyncDreamerWeights = None,
+    weights_dir: WeightsDir = None,
+    max_pixels: MaxPixels = None,
 ) -> None:
-    from cli.common import parse_max_pixels, parse_number
     from sd3d.core.device import resolve_device, resolve_dtype
-    from sd3d.core.errors import MissingDependencyError, UserError
+    from sd3d.core.errors import MissingDependencyError
 
-    n_port = parse_number(port, "--port", int)
-    if not 1 <= n_port <= 65535:
-        raise UserError(f"--port must be between 1 and 65535, got {n_port}")
-    n_pixels = parse_max_pixels(max_pixels)
     resolve_dtype(dtype, resolve_device(device))  # bad values fail now, not on the first request
     try:
         from sd3d.webapp.layout import launch
@@ -52,18 +57,18 @@ def serve(
 
     if host not in LOOPBACK:
         typer.echo(
-            f"warning: serving on {host}: anyone who can reach this machine on port {n_port} can use the app "
+            f"warning: serving on {host}: anyone who can reach this machine on port {port} can use the app "
             "(and its GPU); there is no login",
             err=True,
         )
     app = WebApp(
         ServeOptions(
-            device=device, dtype=dtype, weights=weights, weights_dir=weights_dir, max_pixels=n_pixels
+            device=device, dtype=dtype, weights=weights, weights_dir=weights_dir, max_pixels=max_pixels
         )
     )
     try:
         with _sigterm_as_ctrl_c():
-            launch(app, host, n_port)
+            launch(app, host, port)
     finally:
         app.close()
 

@@ -1,16 +1,18 @@
 """``sd3d weights list|download|verify|path|convert``: manage checkpoints (a thin layer over sd3d.weights)."""
 
-from __future__ import annotations
-
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
+
+from cli.common import WeightsDir, retold, word
 
 WEIGHTS_DIR_HELP = (
     "Weights folder (default: $SD3D_WEIGHTS, else ./weights if it exists, else ~/.cache/sd3d; files hosted "
     "on the Hugging Face Hub are also found in, and by default downloaded into, the Hugging Face cache)."
 )
+Folder = retold(WeightsDir, WEIGHTS_DIR_HELP)
 
 
 def register(app: typer.Typer) -> None:
@@ -40,9 +42,7 @@ def _human(size: int | None) -> str:
     return f"{size} B"  # pragma: no cover
 
 
-def list_weights(
-    weights_dir: Path | None = typer.Option(None, "--weights-dir", help=WEIGHTS_DIR_HELP),
-) -> None:
+def list_weights(weights_dir: Folder = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -79,11 +79,17 @@ def list_weights(
 
 
 def download(
-    name: str = typer.Argument(..., help="Registered name (see `sd3d weights list`)."),
-    url: str | None = typer.Option(None, "--url", help="Download from this URL instead (a mirror)."),
-    weights_dir: Path | None = typer.Option(None, "--weights-dir", help=WEIGHTS_DIR_HELP),
-    sha256: str | None = typer.Option(None, "--sha256", help="Expect this sha256 instead of the registry's."),
-    force: bool = typer.Option(False, "--force", help="Download again even if the file is present."),
+    name: Annotated[str, typer.Argument(help="Registered name (see `sd3d weights list`).")],
+    url: Annotated[
+        str | None, typer.Option("--url", help="Download from this URL instead (a mirror).")
+    ] = None,
+    weights_dir: Folder = None,
+    sha256: Annotated[
+        str | None, typer.Option("--sha256", help="Expect this sha256 instead of the registry's.")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Download again even if the file is present.")
+    ] = False,
 ) -> None:
     from cli.common import echo, progress
     from sd3d.weights.download import download as fetch
@@ -96,8 +102,10 @@ def download(
 
 
 def verify(
-    name: str | None = typer.Argument(None, help="Registered name; all present files when omitted."),
-    weights_dir: Path | None = typer.Option(None, "--weights-dir", help=WEIGHTS_DIR_HELP),
+    name: Annotated[
+        str | None, typer.Argument(help="Registered name; all present files when omitted.")
+    ] = None,
+    weights_dir: Folder = None,
 ) -> None:
     from cli.common import echo, progress
     from sd3d.core.errors import WeightsError
@@ -129,8 +137,8 @@ def verify(
 
 
 def path(
-    name: str = typer.Argument(..., help="Registered name."),
-    weights_dir: Path | None = typer.Option(None, "--weights-dir", help=WEIGHTS_DIR_HELP),
+    name: Annotated[str, typer.Argument(help="Registered name.")],
+    weights_dir: Folder = None,
 ) -> None:
     """Where the file is (any place in the search order), else where to place it by hand."""
     from cli.common import echo
@@ -141,12 +149,15 @@ def path(
 
 
 def convert(
-    src: Path = typer.Argument(..., help="Checkpoint to read (.ckpt/.pt/.pth/.bin/.safetensors)."),
-    dst: Path = typer.Argument(..., help="Output .safetensors file."),
-    dtype: str = typer.Option("fp32", "--dtype", help="Floating-point dtype of the copy: fp32|fp16|bf16."),
-    drop_prefix: list[str] = typer.Option(
-        [], "--drop-prefix", help="Leave out keys starting with this (repeatable), e.g. model_ema."
-    ),
+    src: Annotated[Path, typer.Argument(help="Checkpoint to read (.ckpt/.pt/.pth/.bin/.safetensors).")],
+    dst: Annotated[Path, typer.Argument(help="Output .safetensors file.")],
+    dtype: Annotated[
+        str, typer.Option("--dtype", parser=word, help="Floating-point dtype of the copy: fp32|fp16|bf16.")
+    ] = "fp32",
+    drop_prefix: Annotated[
+        list[str],
+        typer.Option("--drop-prefix", help="Leave out keys starting with this (repeatable), e.g. model_ema."),
+    ] = [],  # noqa: B006 - only read, never changed
 ) -> None:
     from cli.common import echo, progress
     from sd3d.weights.convert import convert_checkpoint

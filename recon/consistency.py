@@ -19,6 +19,7 @@ from recon.metrics import psnr, ssim
 from recon.pipeline import reconstruct
 from recon.presets import ReconSettings
 from recon.render import camera_rays, render_rays
+from sd3d.core import defaults
 from sd3d.core.errors import UserError
 from sd3d.core.io import ViewSet
 from sd3d.core.progress import Progress
@@ -91,7 +92,7 @@ def consistency_score(
     held_out: tuple[int, ...] | None = None,
     quality: str = "draft",
     steps: int | None = None,
-    seed: int = 0,
+    seed: int = defaults.SEED,
     device: str = "auto",
     progress: Progress | None = None,
 ) -> ConsistencyScore:

@@ -24,6 +24,7 @@ from recon.presets import Preset, ReconSettings
 from recon.render import OccupancyGrid
 from recon.texture import bake_texture, unwrap_uv, vertex_colors
 from recon.train import train
+from sd3d.core import defaults
 from sd3d.core.device import resolve_device
 from sd3d.core.errors import MissingDependencyError, ViewsFolderError
 from sd3d.core.io import ViewSet, read_views
@@ -66,7 +67,7 @@ def reconstruct(
     views: ViewSet | str | os.PathLike,
     settings: ReconSettings | None = None,
     *,
-    seed: int = 0,
+    seed: int = defaults.SEED,
     device: str | torch.device = "auto",
     progress: Progress | None = None,
 ) -> ReconResult:

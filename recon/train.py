@@ -25,6 +25,7 @@ from recon.hull import hull_sdf, visual_hull
 from recon.masks import view_masks
 from recon.presets import Preset
 from recon.render import OccupancyGrid, camera_rays, render_rays, sample_volume
+from sd3d.core import defaults
 from sd3d.core.errors import ViewsFolderError
 from sd3d.core.io import ViewSet
 from sd3d.core.progress import Progress, resolve
@@ -110,7 +111,7 @@ def train(
     views: ViewSet,
     preset: Preset,
     device: torch.device,
-    seed: int = 0,
+    seed: int = defaults.SEED,
     progress: Progress | None = None,
     masks: np.ndarray | None = None,
 ) -> TrainResult:

@@ -471,7 +471,7 @@ def test_corrupt_background_model_is_one_line_with_the_fix(run_cli, tmp_path):
     [
         (("run", "--foo"), "No such option: --foo"),
         (("run",), "Missing argument"),
-        (("render", "--size", "0", "m.obj", "-o", "x"), "Invalid value for '--size'"),
+        (("render", "m.obj"), "Missing option '--output'"),
         (("reconstruct", "v", "-o", "m.glb", "--quality"), "Option '--quality' requires an argument"),
         (("nosuch",), "No such command 'nosuch'"),
     ],
@@ -480,6 +480,11 @@ def test_usage_errors_are_one_line_with_a_help_hint(run_cli, args, expect):
     line = _one_error_line(run_cli(*args), expect)
     command = "sd3d" if args[0] == "nosuch" else f"sd3d {args[0]}"
     assert line.endswith(f"(see '{command} --help')")
+
+
+def test_a_bad_option_value_is_one_line_naming_the_option_and_its_range(run_cli):
+    # option values are parsed by the options' own parsers: a UserError like any other, no usage screen
+    _one_error_line(run_cli("render", "--size", "0", "m.obj", "-o", "x"), "--size must be between 8 and 4096")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ def test_empty_mask_without_alpha(run_cli, views, tmp_path):
         (("--quality", "ultra"), "unknown quality 'ultra'"),
         (("--steps", "0"), "--steps must be at least 1"),
         (("--faces", "many"), "--faces must be an integer"),
-        (("--seed", "-3"), "--seed must be at least 0"),
+        (("--seed", "-3"), "--seed must be between 0 and"),
         (("--device", "tpu"), "device"),
     ],
 )

@@ -302,11 +302,16 @@ def test_photo_generate_then_reconstruct(tiny, cutout_photo, object_views, tmp_p
 # handlers and mapping (no server)
 # --------------------------------------------------------------------------------------------------
 def test_every_control_is_a_run_option_with_the_same_default():
+    import typer
+
+    from cli.app import app
     from cli.run import STAGE_OPTIONS, _settings
 
-    flags = {decl for p in STAGE_OPTIONS for decl in p.default.param_decls}
+    run = typer.main.get_command(app).commands["run"]
+    stage_names = {p.name for p in STAGE_OPTIONS}
+    flags = {opt for param in run.params if param.name in stage_names for opt in param.opts}
     assert set(RUN_OPTIONS.values()) <= flags
-    cli_defaults = _settings(**{p.name: p.default.default for p in STAGE_OPTIONS})
+    cli_defaults = _settings(**{p.name: p.default for p in STAGE_OPTIONS})  # the options' own defaults
     assert cli_defaults == RunSettings().check()
     assert run_command(RunSettings().check(), "photo.png", ServeOptions()) == "sd3d run photo.png -o out/"
 
@@ -318,10 +323,10 @@ def test_views_controls_are_reconstruct_options_with_the_same_defaults():
 
     cli = {name: p.default for name, p in inspect.signature(reconstruct).parameters.items()}
     defaults = ReconSettings()
-    assert cli["quality"].default == defaults.quality
-    assert cli["steps"].default is None and defaults.steps is None
-    assert int(cli["seed"].default) == DEFAULT_SEED
-    assert cli["faces"].default is None and defaults.faces is None
+    assert cli["quality"] == defaults.quality
+    assert cli["steps"] is None and defaults.steps is None
+    assert int(cli["seed"]) == DEFAULT_SEED
+    assert cli["faces"] is None and defaults.faces is None
     assert (
         reconstruct_command(defaults, DEFAULT_SEED, ServeOptions()) == "sd3d reconstruct views/ -o mesh.glb"
     )

@@ -16,6 +16,7 @@ from sd3d.models.zero123_checkpoint import load_zero123, write_synthetic_checkpo
 from sd3d.pipelines.zero123 import (
     Zero123Input,
     Zero123Settings,
+    generate_view_sets_zero123,
     generate_views_zero123,
     model_input,
     novel_view,
@@ -173,6 +174,22 @@ def test_independent_views_are_reproducible_and_batch_size_free(model, prepared,
     assert np.abs(rebatched.images - independent.images).max() * 255 <= 1.0 + 1e-4
     other = generate_views_zero123(prepared, 20.0, Zero123Settings(steps=STEPS, seed=2), model=model)
     assert not np.array_equal(other.images, independent.images)
+
+
+def test_view_sets_use_consecutive_seeds(model, prepared, independent):
+    sets = generate_view_sets_zero123(
+        prepared, 20.0, Zero123Settings(steps=STEPS, seed=1, samples=2), model=model
+    )
+    assert [v.seed for v in sets] == [1, 2]
+    assert np.array_equal(sets[0].images, independent.images)  # set 0 is the one-set run's
+    second = generate_views_zero123(prepared, 20.0, Zero123Settings(steps=STEPS, seed=2), model=model)
+    assert np.array_equal(sets[1].images, second.images)
+
+
+def test_opaque_rgba_is_the_image_with_a_full_alpha(prepared):
+    rgba = prepared.opaque_rgba()
+    assert rgba.shape == (256, 256, 4) and rgba.dtype == np.uint8
+    assert np.array_equal(rgba[..., :3], prepared.uint8()) and (rgba[..., 3] == 255).all()
 
 
 def test_stochastic_conditioning_is_reproducible_and_seeded(model, prepared, stochastic):

@@ -18,15 +18,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch  # torch's float32 sin/cos are what the official code used (numpy differs by 1 ulp)
 
+# The input camera's elevation ranges live with the defaults (plain numbers the CLI reads at start-up
+# without importing torch); they are part of this module's conventions too.
+from sd3d.core.defaults import ELEVATION_LIMITS_DEG as ELEVATION_LIMITS_DEG
+from sd3d.core.defaults import ELEVATION_SEARCH_RANGE_DEG as ELEVATION_SEARCH_RANGE_DEG
+from sd3d.core.defaults import TRAINED_ELEVATION_RANGE_DEG as TRAINED_ELEVATION_RANGE_DEG
+
 NUM_VIEWS = 16
 TARGET_ELEVATION_DEG = 30.0
 TARGET_DISTANCE = 1.5
-# Elevations of the input camera, in degrees. Any camera: -90..90. SyncDreamer was trained on
-# inputs between -10 and 40 (estimates are clipped to that before generating); the estimator
-# searches a wider range so that an input outside the trained one is seen as such.
-ELEVATION_LIMITS_DEG = (-90.0, 90.0)
-TRAINED_ELEVATION_RANGE_DEG = (-10.0, 40.0)
-ELEVATION_SEARCH_RANGE_DEG = (-20.0, 60.0)
 IMAGE_SIZE = 256
 FOCAL_256 = 280.0
 

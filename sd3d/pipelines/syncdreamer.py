@@ -118,8 +118,9 @@ class GenerationSettings:
             raise UserError(f"--cfg must be a finite number >= 0, got {self.cfg}")
         if not math.isfinite(self.eta) or self.eta < 0:
             raise UserError(f"--eta must be a finite number >= 0, got {self.eta}")
-        if not 0 <= self.seed < 2**63:
-            raise UserError(f"--seed must be between 0 and 2**63-1, got {self.seed}")
+        first, last = defaults.SEED_RANGE
+        if not first <= self.seed <= last:
+            raise UserError(f"--seed must be between {first} and {last}, got {self.seed}")
         if not 1 <= self.samples <= 64:
             raise UserError(f"--samples must be between 1 and 64, got {self.samples}")
         if self.batch_view_num is not None:
@@ -173,7 +174,7 @@ def load_model(
 
 def as_prepared(
     image_or_prepared: Any,
-    crop_size: int = 200,
+    crop_size: int = defaults.CROP_SIZE,
     background: str = "auto",
     weights_dir=None,
     max_pixels: int | None = None,

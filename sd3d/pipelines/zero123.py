@@ -9,7 +9,8 @@
   DDIM with eta 1, decode, truncating uint8 quantisation.
 * :func:`generate_views_zero123` -- the 16 target cameras of SyncDreamer without synchronisation,
   either each view sampled independently (the SyncDreamer paper's baseline) or with 3DiM stochastic
-  conditioning (:mod:`sd3d.sampling.stochastic_conditioning`).
+  conditioning (:mod:`sd3d.sampling.stochastic_conditioning`); :func:`generate_view_sets_zero123` makes
+  several such sets with consecutive seeds.
 
 The input view is placed at azimuth 0 and the given elevation at radius 1.5 (SyncDreamer's camera
 distance, inside Zero123's training range); every relative pose comes from absolute camera centres.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,7 +60,7 @@ DEMO_MAX_SIDE = 1536
 DEMO_OBJECT_SIZE = 200
 DEFAULT_STEPS = defaults.ZERO123_STEPS
 DEFAULT_CFG = defaults.ZERO123_CFG
-DEFAULT_SEED = 0
+DEFAULT_SEED = defaults.SEED
 INPUT_RADIUS = 1.5
 SAMPLERS = ("independent", "stochastic-conditioning")
 WEIGHTS_NAME = "zero123-xl"
@@ -93,6 +94,11 @@ class Zero123Input:
 
     def uint8(self) -> np.ndarray:
         return np.clip(np.rint(self.image.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+
+    def opaque_rgba(self) -> np.ndarray:
+        """(256, 256, 4) uint8: the image with an opaque alpha, the ``input.png`` of a views folder."""
+        rgb = np.rint(self.image * 255).astype(np.uint8)
+        return np.concatenate([rgb, np.full((MODEL_SIZE, MODEL_SIZE, 1), 255, np.uint8)], axis=-1)
 
 
 def demo_crop_and_pad(
@@ -486,3 +492,21 @@ def generate_views_zero123(
         seed=int(seed),
         provenance=provenance,
     )
+
+
+def generate_view_sets_zero123(
+    prepared: Zero123Input | PreparedInput,
+    elevation_deg: float,
+    settings: Zero123Settings,
+    *,
+    model: Zero123,
+    progress: Progress | None = None,
+) -> list[ViewSet]:
+    """``settings.samples`` sets of the 16 target views (``sd3d generate --model zero123``): set ``i``
+    is :func:`generate_views_zero123` with seed ``settings.seed + i``, so set 0 is the one-set run's."""
+    return [
+        generate_views_zero123(
+            prepared, elevation_deg, replace(settings, seed=settings.seed + i), progress=progress, model=model
+        )
+        for i in range(settings.samples)
+    ]

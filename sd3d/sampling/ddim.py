@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -168,16 +169,10 @@ def ddim_update(
     return x_prev, pred_x0
 
 
-def ddim_step(
-    x_t: torch.Tensor,
-    eps: torch.Tensor,
-    index: int,
-    tables: DDIMTables,
-    noise: torch.Tensor | None,
-    variant: DDIMVariant = SYNCDREAMER,
-) -> torch.Tensor:
-    """``x_prev`` of :func:`ddim_update` (SyncDreamer ignores ``noise`` on index 0)."""
-    return ddim_update(x_t, eps, index, tables, noise, variant)[0]
+def ddim_step(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """``x_prev`` of :func:`ddim_update`, which takes the same arguments (declared there once); what
+    the sampling loop needs (SyncDreamer ignores ``noise`` on index 0)."""
+    return ddim_update(*args, **kwargs)[0]
 
 
 def ddim_sample(
