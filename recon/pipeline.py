@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from recon.export import check_output_path, write_mesh
 from recon.fields import NeuSField
 from recon.masks import view_masks
 from recon.mesh import Mesh, decimate, extract_mesh, vertex_normals
-from recon.presets import Preset, ReconSettings
+from recon.presets import ROBUSTNESS_OFF, Preset, ReconSettings
 from recon.render import OccupancyGrid
 from recon.texture import bake_texture, unwrap_uv, vertex_colors
 from recon.train import train
@@ -76,6 +76,7 @@ def reconstruct(
     seed: int = 0,
     device: str | torch.device = "auto",
     progress: Progress | None = None,
+    robust: bool = True,
 ) -> ReconResult:
     """Fit a hash-grid NeuS to 16 views (a :class:`ViewSet`, a views folder or a strip image).
 
@@ -83,9 +84,13 @@ def reconstruct(
     CPU); only its quality and steps matter here (faces and formats are the exports').
     ``device``: a name is resolved here, the public entry point; callers that already resolved it
     pass the :class:`torch.device`.
+    ``robust=False`` fits the plain NeuS (the preset with :data:`recon.presets.ROBUSTNESS_OFF`):
+    what a consistency measure wants, since the robust training is made to forgive disagreeing views.
     """
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     preset = (settings or ReconSettings()).preset(dev)
+    if not robust:
+        preset = replace(preset, **ROBUSTNESS_OFF)
     t0 = time.perf_counter()
     vs = views if isinstance(views, ViewSet) else read_views(views)
     masks, source = view_masks(vs)

@@ -138,7 +138,9 @@ class _ViewResiduals:
         self.power, self.floor = power, floor
 
     @torch.no_grad()
-    def update(self, residual: torch.Tensor, view: torch.Tensor, on_object: torch.Tensor, decay=0.9) -> None:
+    def update(
+        self, residual: torch.Tensor, view: torch.Tensor, on_object: torch.Tensor, decay: float = 0.9
+    ) -> None:
         n = self.mean.shape[0]
         w = on_object.float()
         total = torch.zeros(n, device=w.device).index_add_(0, view, residual * w)
@@ -359,7 +361,7 @@ def train(
                 + preset.w_eikonal * loss_eik
                 + preset.w_entry * loss_entry
             )
-            extra: dict[str, float] = {}
+            extra: dict[str, torch.Tensor] = {}
             if preset.w_normal_smooth > 0:
                 loss_smooth = _normal_smoothness(field_, out, preset, gen)
                 fade = 1.0 - (1.0 - preset.normal_smooth_end) * step / max(1, preset.steps - 1)
@@ -413,8 +415,9 @@ def _normal_smoothness(field_: NeuSField, out, preset: Preset, gen: torch.Genera
     (``normal_smooth_eps``) away from them.
 
     Samples are drawn by their rendering weight, so the term acts where the surface is: a curvature
-    penalty at the scale of ``eps`` that irons out the bumps a fast grid fits to views that disagree,
-    while edges wider than ``eps`` survive (and the weight fades over training).
+    penalty at the scale of ``eps`` that irons out the bumps of about that size a fast grid fits to
+    views that disagree. Its weight fades over training so that the last steps can still sharpen
+    the detail the views agree on.
     """
     weights = out.weights.detach() if out.weights is not None else None
     if weights is None or weights.numel() == 0 or not bool((weights > 0).any()):
