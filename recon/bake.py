@@ -146,7 +146,7 @@ class ViewProjector:
     def blend(self, points: torch.Tensor, normals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Blended colour (K, 3) and confidence (K,) (the best view's :meth:`view_weights`) of the points."""
         seen_by, colors = self.view_weights(points, normals)
-        # weights cos ** power * edge, then the softmax of their logs at the temperature
+        # weights (cos * edge) ** power, blended by the softmax of their logs at the temperature
         logw = (self.settings.cos_power * torch.log(seen_by.clamp_min(1e-30))) / self.settings.temperature
         logw = torch.where(seen_by > 0, logw, torch.full_like(logw, -torch.inf))
         confidence = seen_by.amax(0)

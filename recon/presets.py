@@ -79,7 +79,7 @@ class Preset:
     view_weight_power: float = 0.0  # down-weight views whose residual exceeds the median's, 0 = off
     view_weight_min: float = 0.3  # floor of a view's weight
     view_weight_from: float = 0.2  # fraction of training after which residuals are trusted
-    mask_edge_px: float = 0.0  # rays within this many pixels of a mask edge count less, 0 = off
+    mask_edge_px: float = 0.0  # the mask loss trusts rays within this many px of a mask edge less, 0 = off
     texture_source: str = "field"  # views: project the input views (recon.bake); field: colour net
     bake_cos_power: float = 2.0  # view weight ~ (cos(normal, view direction) * edge weight) ** power
     bake_temperature: float = 0.25  # softmax temperature over log weights: low = best view wins
@@ -114,7 +114,7 @@ textures exactly as the plain NeuS did."""
 
 _ROBUST: dict[str, object] = {
     "appearance": "affine",
-    "w_normal_smooth": 0.05,
+    "w_normal_smooth": 0.2,
     "level_ramp": 0.1,
     "view_weight_power": 1.0,
     "mask_edge_px": 2.0,
@@ -140,7 +140,13 @@ PRESETS: dict[str, Preset] = {
         start_levels=3,
         occupancy_every=25,
         eikonal_points=256,
-        **_ROBUST,
+        **{
+            **_ROBUST,
+            # at half resolution a few pixels around the mask edge are the silhouette's own rays
+            "mask_edge_px": 0.0,
+            # 400 steps leave a lumpy surface that a stronger curvature term irons out
+            "w_normal_smooth": 0.5,
+        },
         normal_smooth_points=256,
     ),
     "standard": Preset(

@@ -15,7 +15,7 @@ differ per view, noisy mask edges), each a :class:`~recon.presets.Preset` field 
 a per-view colour transform (:mod:`recon.appearance`) in front of the RGB loss; a normal-smoothness
 term (normals at near-surface samples and a small step away agree), fading over training; hash
 levels ramped in instead of switched on; views whose residual stays above the median's weighted
-down in the RGB loss; and rays near a mask edge weighted down in the RGB and mask losses.
+down in the RGB loss; and rays near a mask edge weighted down in the mask loss.
 """
 
 from __future__ import annotations
@@ -331,16 +331,13 @@ def train(
             pred = out.rgb if appearance is None else appearance.apply(out.rgb, out.opacity, view)
             charb = torch.sqrt(((pred - rgb[idx]) ** 2).sum(-1) + 1e-3)
             opacity = out.opacity.clamp(1e-4, 1.0 - 1e-4)
-            ray_w = None if rays.edge_weight is None else rays.edge_weight[idx]
             if residuals is not None:
                 residuals.update(charb.detach(), view, mask[idx] > 0.5)
-                if step >= weigh_views_from:
-                    vw = residuals.weights()[view]
-                    ray_w = vw if ray_w is None else ray_w * vw
-            if ray_w is None:
-                loss_rgb = charb.mean()
+            if residuals is not None and step >= weigh_views_from:
+                vw = residuals.weights()[view]
+                loss_rgb = (charb * vw).sum() / vw.sum().clamp_min(1e-6)
             else:
-                loss_rgb = (charb * ray_w).sum() / ray_w.sum().clamp_min(1e-6)
+                loss_rgb = charb.mean()
             if rays.edge_weight is None:
                 loss_mask = F.binary_cross_entropy(opacity, mask[idx])
             else:

@@ -70,7 +70,8 @@ def test_presets_switch_the_methods_on_and_robustness_off_restores_the_plain_fie
                    occupancy_res=8, mesh_res=8, texture_size=8, uv_max_faces=8)  # fmt: skip
     for name, preset in PRESETS.items():
         assert preset.appearance != "none" and preset.texture_source == "views", name
-        assert preset.w_normal_smooth > 0 and preset.level_ramp > 0 and preset.mask_edge_px > 0, name
+        assert preset.w_normal_smooth > 0 and preset.level_ramp > 0 and preset.view_weight_power > 0, name
+        assert preset.mask_edge_px > 0 or name == "draft", name
         off = replace(preset, **ROBUSTNESS_OFF)
         for key in ROBUSTNESS_OFF:
             assert getattr(off, key) == getattr(plain, key), (name, key)  # the dataclass defaults
@@ -477,3 +478,17 @@ def test_export_colours_the_mesh_from_the_views_or_the_field(occluded_sphere, tm
     ):
         _, grey = colours(other, "field")
         np.testing.assert_allclose(grey, 0.5, atol=1 / 255)
+
+
+def test_reconstruct_keeps_what_view_baking_needs_and_robust_false_is_the_plain_field(monkeypatch):
+    from recon.pipeline import reconstruct
+    from recon.presets import ReconSettings
+
+    monkeypatch.setitem(PRESETS, "draft", _tiny(PRESETS["draft"]))
+    views = read_views(EXAMPLE)
+    robust = reconstruct(views, ReconSettings("draft", steps=2), device="cpu")
+    assert robust.preset.texture_source == "views" and robust.views is views
+    assert robust.masks.shape == views.images.shape[:3] and robust.appearance.shape == (16, 3, 4)
+    plain = reconstruct(views, ReconSettings("draft", steps=2), device="cpu", robust=False)
+    assert plain.appearance is None
+    assert all(getattr(plain.preset, k) == v for k, v in ROBUSTNESS_OFF.items())
