@@ -31,7 +31,9 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def run_object(name: str, shared: Path, out_dir: Path, quality: str, steps, seed: int, device) -> dict:
+def run_object(
+    name: str, shared: Path, out_dir: Path, quality: str, steps, seed: int, device, robust: bool = True
+) -> dict:
     import numpy as np
     import torch
     import trimesh
@@ -48,7 +50,7 @@ def run_object(name: str, shared: Path, out_dir: Path, quality: str, steps, seed
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
-    result = reconstruct(views, ReconSettings(quality, steps), seed=seed, device=device)
+    result = reconstruct(views, ReconSettings(quality, steps), seed=seed, device=device, robust=robust)
     exported = export_mesh(result, out_dir / f"{name}.glb")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -89,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "out" / "bench-recon")
     ap.add_argument("--json", type=Path, default=None, help="default: <out>/results.json")
     ap.add_argument("--no-warmup", action="store_true", help="skip the short CUDA warm-up run")
+    ap.add_argument(
+        "--plain",
+        action="store_true",
+        help="the plain NeuS: the preset with recon.presets.ROBUSTNESS_OFF (no robustness methods)",
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -111,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         export_mesh(warm, args.out / "warmup.ply")
     rows = []
     for name in args.objects:
-        row = run_object(name, args.shared, args.out, args.quality, args.steps, args.seed, device)
+        row = run_object(
+            name, args.shared, args.out, args.quality, args.steps, args.seed, device, robust=not args.plain
+        )
         rows.append(row)
         s = row["seconds"]
         print(
@@ -130,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     report = {
         "quality": args.quality,
+        "plain": args.plain,
         "steps": args.steps,
         "seed": args.seed,
         "device": torch.cuda.get_device_name(device)

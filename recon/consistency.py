@@ -5,7 +5,9 @@ render the held-out cameras from the field, and compare with the held-out views 
 white). Views that show one consistent 3D object are predicted well from the others; views that
 disagree with each other (a swapped pair, a view rotated by a few degrees, independent per-view
 generation) cannot all be explained by one field, so the held-out views are predicted worse. This is
-what makes the score measure consistency rather than image quality alone.
+what makes the score measure consistency rather than image quality alone. The field is the plain
+NeuS, without the per-view colour correction and down-weighting that reconstruction uses to forgive
+such disagreements.
 """
 
 from __future__ import annotations
@@ -105,7 +107,12 @@ def consistency_score(
     if len(keep) < 4:
         raise UserError("keep at least 4 views to fit the field on")
     result = reconstruct(
-        subset(views, keep), ReconSettings(quality, steps), seed=seed, device=device, progress=progress
+        subset(views, keep),
+        ReconSettings(quality, steps),
+        seed=seed,
+        device=device,
+        progress=progress,
+        robust=False,  # a field that forgives disagreeing views would hide what is measured
     )
     psnrs, ssims = [], []
     for i in held_out:

@@ -58,6 +58,25 @@ class SDFNetwork(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
         self._geometric_init(generator)
         self.to(device)
+        # per output feature, None = no scaling (a buffer, so it follows the module across devices)
+        self.register_buffer("_level_scale", None, persistent=False)
+
+    def set_level_weights(self, weights: torch.Tensor | None) -> None:
+        """Scale each hash level's features (and their Jacobian) by ``weights`` (n_levels,) in [0, 1].
+
+        Why: a level that switches on at full strength lets its fine cells start fitting the
+        views' disagreements at once; ramping it in (coarse-to-fine) keeps the coarse shape in
+        charge a while longer. ``None`` (the default) multiplies nothing.
+        """
+        if weights is None:
+            self._level_scale = None
+            return
+        per = self.cfg.grid.n_features_per_level
+        self._level_scale = weights.to(self.layers[0].weight).repeat_interleave(per)
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        enc = self.encoding(self._normalise(x))
+        return enc if self._level_scale is None else enc * self._level_scale
 
     @torch.no_grad()
     def _geometric_init(self, generator: torch.Generator | None) -> None:
@@ -93,7 +112,7 @@ class SDFNetwork(nn.Module):
 
     def sdf(self, x: torch.Tensor) -> torch.Tensor:
         """SDF only (mesh extraction, occupancy updates): (N,)."""
-        out, _ = self._mlp(torch.cat([x, self.encoding(self._normalise(x))], dim=-1))
+        out, _ = self._mlp(torch.cat([x, self._encode(x)], dim=-1))
         return out[:, 0]
 
     def forward(
@@ -101,11 +120,13 @@ class SDFNetwork(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(sdf (N,), feature (N, feature_dim), grad (N, 3) or None)."""
         if not with_grad:
-            out, _ = self._mlp(torch.cat([x, self.encoding(self._normalise(x))], dim=-1))
+            out, _ = self._mlp(torch.cat([x, self._encode(x)], dim=-1))
             return out[:, 0], out[:, 1:], None
         if not self.analytic_gradient:
             return self._forward_autograd(x)
         enc, jac = self.encoding.forward_with_jacobian(self._normalise(x))
+        if self._level_scale is not None:
+            enc, jac = enc * self._level_scale, jac * self._level_scale[:, None]
         out, pre = self._mlp(torch.cat([x, enc], dim=-1))
         # Reverse-mode Jacobian of output 0 through the MLP, closed form (softplus' = sigmoid(beta z)).
         g = self.layers[-1].weight[0].expand(x.shape[0], -1)
@@ -118,7 +139,7 @@ class SDFNetwork(nn.Module):
     def _forward_autograd(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
-            out, _ = self._mlp(torch.cat([x, self.encoding(self._normalise(x))], dim=-1))
+            out, _ = self._mlp(torch.cat([x, self._encode(x)], dim=-1))
             sdf = out[:, 0]
             (grad,) = torch.autograd.grad(sdf, x, torch.ones_like(sdf), create_graph=torch.is_grad_enabled())
         return sdf, out[:, 1:], grad

@@ -10,17 +10,18 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from recon.bake import BakeSettings, ViewProjector
 from recon.export import check_output_path, write_mesh
 from recon.fields import NeuSField
 from recon.masks import view_masks
 from recon.mesh import Mesh, decimate, extract_mesh, vertex_normals
-from recon.presets import Preset, ReconSettings
+from recon.presets import ROBUSTNESS_OFF, Preset, ReconSettings
 from recon.render import OccupancyGrid
 from recon.texture import bake_texture, unwrap_uv, vertex_colors
 from recon.train import train
@@ -37,6 +38,9 @@ class ReconResult:
 
     ``grid`` is ``None`` in a copy made to export an already extracted surface elsewhere (see
     :func:`extract_surface` and ``export_mesh(..., surface=...)``).
+    ``views`` and ``masks`` are what the field was fitted to and ``appearance`` (N, 3, 4) the
+    learned per-view colour transforms (``None``: not learned): a texture baked from the views
+    (``preset.texture_source == "views"``) needs them; without ``views`` it comes from the field.
     """
 
     field: NeuSField
@@ -48,6 +52,9 @@ class ReconResult:
     final_loss: float
     timings: dict[str, float] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
+    views: ViewSet | None = None
+    masks: np.ndarray | None = None
+    appearance: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,7 @@ def reconstruct(
     seed: int = defaults.SEED,
     device: str | torch.device = "auto",
     progress: Progress | None = None,
+    robust: bool = True,
 ) -> ReconResult:
     """Fit a hash-grid NeuS to 16 views (a :class:`ViewSet`, a views folder or a strip image).
 
@@ -77,9 +85,13 @@ def reconstruct(
     CPU); only its quality and steps matter here (faces and formats are the exports').
     ``device``: a name is resolved here, the public entry point; callers that already resolved it
     pass the :class:`torch.device`.
+    ``robust=False`` fits the plain NeuS (the preset with :data:`recon.presets.ROBUSTNESS_OFF`):
+    what a consistency measure wants, since the robust training is made to forgive disagreeing views.
     """
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     preset = (settings or ReconSettings()).preset(dev)
+    if not robust:
+        preset = replace(preset, **ROBUSTNESS_OFF)
     t0 = time.perf_counter()
     vs = views if isinstance(views, ViewSet) else read_views(views)
     masks, source = view_masks(vs)
@@ -95,6 +107,9 @@ def reconstruct(
         final_loss=out.final_loss,
         timings={"load": t_load, "train": out.seconds},
         history=out.history,
+        views=vs,
+        masks=masks,
+        appearance=out.appearance,
     )
 
 
@@ -114,6 +129,22 @@ def extract_surface(result: ReconResult, progress: Progress | None = None) -> Me
     return mesh
 
 
+def view_projector(result: ReconResult, mesh: Mesh) -> ViewProjector:
+    """The result's input views prepared to colour ``mesh`` (its depth maps, canonical colours)."""
+    views = result.views
+    masks = result.masks if result.masks is not None else view_masks(views)[0]
+    return ViewProjector(
+        views.images,
+        masks,
+        views.cameras,
+        result.appearance,
+        mesh.vertices,
+        mesh.faces,
+        result.device,
+        BakeSettings.from_preset(result.preset),
+    )
+
+
 def export_mesh(
     result: ReconResult,
     out_path: str | os.PathLike,
@@ -123,6 +154,9 @@ def export_mesh(
     progress: Progress | None = None,
 ) -> ExportResult:
     """Extract, clean, decimate, UV-unwrap + bake (or vertex-colour) and write ``out_path``.
+
+    Colours come from the input views (``preset.texture_source == "views"`` and the result holds
+    them, see :mod:`recon.bake`) or from the colour network.
 
     ``faces`` decimates to at most that many faces; without it the preset's ``uv_max_faces`` is
     the budget. Every format gets the same budget, so a .ply holds the same surface as the .glb
@@ -154,6 +188,11 @@ def export_mesh(
         warnings.warn("fast-simplification is missing: exporting the full mesh (slower)", stacklevel=2)
     timings["decimate"] = time.perf_counter() - t
     normals = vertex_normals(mesh.vertices, mesh.faces)
+    projector = None
+    if preset.texture_source == "views" and result.views is not None:
+        t = time.perf_counter()
+        projector = view_projector(result, mesh)
+        timings["view_depth"] = time.perf_counter() - t
 
     uvs = texture = None
     reason = ""
@@ -165,19 +204,23 @@ def export_mesh(
         timings["uv"] = time.perf_counter() - t
         t = time.perf_counter()
         if uv_mesh is not None:
-            texture = bake_texture(result.field, uv_mesh, size, dev, progress=prog)
-            verts, tris, uvs = uv_mesh.vertices, uv_mesh.faces, uv_mesh.uvs
             normals = normals[uv_mesh.vmap]  # seam copies keep their vertex's normal: no visible seams
+            texture = bake_texture(
+                result.field, uv_mesh, size, dev, progress=prog, projector=projector, normals=normals
+            )
+            verts, tris, uvs = uv_mesh.vertices, uv_mesh.faces, uv_mesh.uvs
             colors = None
         else:
             warnings.warn(f"UV unwrapping failed ({reason}); writing vertex colours instead", stacklevel=2)
             verts, tris = mesh.vertices, mesh.faces
-            colors = vertex_colors(result.field, verts, dev, progress=prog)
+            colors = vertex_colors(
+                result.field, verts, dev, progress=prog, projector=projector, normals=normals
+            )
         timings["bake"] = time.perf_counter() - t
     else:
         t = time.perf_counter()
         verts, tris = mesh.vertices, mesh.faces
-        colors = vertex_colors(result.field, verts, dev, progress=prog)
+        colors = vertex_colors(result.field, verts, dev, progress=prog, projector=projector, normals=normals)
         timings["bake"] = time.perf_counter() - t
     t = time.perf_counter()
     paths = write_mesh(path, verts, tris, uvs=uvs, texture=texture, colors=colors, normals=normals)

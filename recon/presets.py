@@ -4,6 +4,12 @@ Presets trade time for detail: ``draft`` is sized for a CPU core (half-resolutio
 hash levels, 128^3 marching cubes), ``standard`` for one GPU (full-resolution rays, 16 levels, 8k
 rays and up to 350k samples per step, 1000 steps, 256^3 marching cubes), ``high`` for more steps and
 detail. ``auto`` picks ``standard`` on CUDA and ``draft`` on CPU.
+
+Every preset also switches on the methods that make reconstruction robust to generated views
+(which disagree a little: alignment, colour, details, mask edges): per-view colour correction,
+normal smoothing, hash levels ramped in, per-view residual weighting, soft mask edges (see
+:mod:`recon.train`), and a texture baked from the views (:mod:`recon.bake`).
+``replace(preset, **ROBUSTNESS_OFF)`` switches them all off again.
 """
 
 from __future__ import annotations
@@ -12,11 +18,13 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from recon.appearance import APPEARANCE_ANCHORS, APPEARANCE_MODES
 from recon.encoding import HashGridConfig
 from recon.fields import FieldConfig
 from sd3d.core.errors import UserError
 
 QUALITIES = ("auto", "draft", "standard", "high")
+TEXTURE_SOURCES = ("field", "views")
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,61 @@ class Preset:
     w_eikonal: float = 0.1
     w_entry: float = 1.0
     eikonal_points: int = 1024
+    # Robustness to inconsistent (generated) views. The class defaults switch every method off and
+    # reproduce the plain NeuS training and field-coloured texture; the named presets switch them on.
+    appearance: str = "none"  # per-view colour transform: none | gain | affine (recon.appearance)
+    appearance_anchor: str = "mean"  # mean: average transform = identity; first: view 0's
+    appearance_lr: float = 2e-3  # slower than the field: corrections follow, they do not lead
+    w_appearance: float = 0.1  # L2 pull of every transform towards the identity
+    w_normal_smooth: float = 0.0  # normals at x and x + eps agree (near-surface samples), 0 = off
+    normal_smooth_eps: float = 0.01  # world units (the object spans ~1)
+    normal_smooth_points: int = 1024  # samples drawn per step by their rendering weight
+    normal_smooth_end: float = 0.1  # weight at the last step relative to the first (linear fade)
+    level_ramp: float = 0.0  # each new hash level fades in over this fraction of training, 0 = switch
+    view_weight_power: float = 0.0  # down-weight views whose residual exceeds the median's, 0 = off
+    view_weight_min: float = 0.3  # floor of a view's weight
+    view_weight_from: float = 0.2  # fraction of training after which residuals are trusted
+    mask_edge_px: float = 0.0  # the mask loss trusts rays within this many px of a mask edge less, 0 = off
+    texture_source: str = "field"  # views: project the input views (recon.bake); field: colour net
+    bake_cos_power: float = 2.0  # view weight ~ (cos(normal, view direction) * edge weight) ** power
+    bake_temperature: float = 0.25  # softmax temperature over log weights: low = best view wins
+    bake_edge_px: float = 3.0  # views' colours fade out within this many pixels of their mask edge
+    bake_min_weight: float = (
+        0.1  # where the best view's cos * edge weight is lower, the field's colour blends in
+    )
+
+    def __post_init__(self) -> None:
+        if self.appearance not in APPEARANCE_MODES:
+            raise ValueError(f"appearance must be one of {APPEARANCE_MODES}, got {self.appearance!r}")
+        if self.appearance_anchor not in APPEARANCE_ANCHORS:
+            raise ValueError(
+                f"appearance_anchor must be one of {APPEARANCE_ANCHORS}, got {self.appearance_anchor!r}"
+            )
+        if self.texture_source not in TEXTURE_SOURCES:
+            raise ValueError(f"texture_source must be one of {TEXTURE_SOURCES}, got {self.texture_source!r}")
+        if self.bake_temperature <= 0:
+            raise ValueError("bake_temperature must be > 0")
+
+
+ROBUSTNESS_OFF: dict[str, object] = {
+    "appearance": "none",
+    "w_normal_smooth": 0.0,
+    "level_ramp": 0.0,
+    "view_weight_power": 0.0,
+    "mask_edge_px": 0.0,
+    "texture_source": "field",
+}
+"""Fields that switch every robustness method off: ``replace(preset, **ROBUSTNESS_OFF)`` trains and
+textures exactly as the plain NeuS did."""
+
+_ROBUST: dict[str, object] = {
+    "appearance": "affine",
+    "w_normal_smooth": 0.2,
+    "level_ramp": 0.1,
+    "view_weight_power": 1.0,
+    "mask_edge_px": 2.0,
+    "texture_source": "views",
+}
 
 
 PRESETS: dict[str, Preset] = {
@@ -77,6 +140,14 @@ PRESETS: dict[str, Preset] = {
         start_levels=3,
         occupancy_every=25,
         eikonal_points=256,
+        **{
+            **_ROBUST,
+            # at half resolution a few pixels around the mask edge are the silhouette's own rays
+            "mask_edge_px": 0.0,
+            # 400 steps leave a lumpy surface that a stronger curvature term irons out
+            "w_normal_smooth": 0.5,
+        },
+        normal_smooth_points=256,
     ),
     "standard": Preset(
         name="standard",
@@ -92,6 +163,7 @@ PRESETS: dict[str, Preset] = {
         mesh_res=256,
         texture_size=1024,
         uv_max_faces=30_000,
+        **_ROBUST,
     ),
     "high": Preset(
         name="high",
@@ -108,6 +180,7 @@ PRESETS: dict[str, Preset] = {
         texture_size=2048,
         uv_max_faces=100_000,
         min_inv_s_end=1500.0,
+        **_ROBUST,
     ),
 }
 

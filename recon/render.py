@@ -255,6 +255,8 @@ class RenderOutput:
     entry_sdf: torch.Tensor  # (R'',) SDF at each ray's first sample (the free space before it is outside)
     num_rays: int  # R' <= R: rays kept under the sample budget
     num_samples: int
+    points: torch.Tensor | None = None  # (P, 3) the samples' positions (no gradient)
+    weights: torch.Tensor | None = None  # (P,) their compositing weights (with gradient)
 
 
 def render_rays(
@@ -299,4 +301,6 @@ def render_rays(
     # packed samples are ordered by ray, then step: a ray's first sample is where the ray index changes
     first = torch.ones_like(s.ray_idx, dtype=torch.bool)
     first[1:] = s.ray_idx[1:] != s.ray_idx[:-1]
-    return RenderOutput(rgb, opacity, depth, grad, sdf[first], s.num_rays, int(pts.shape[0]))
+    return RenderOutput(
+        rgb, opacity, depth, grad, sdf[first], s.num_rays, int(pts.shape[0]), points=pts, weights=w
+    )

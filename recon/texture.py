@@ -1,4 +1,4 @@
-"""UV unwrapping (xatlas, in a subprocess) and texture baking from the colour network.
+"""UV unwrapping (xatlas, in a subprocess) and texture baking from the input views or the colour network.
 
 xatlas can crash the interpreter on some meshes (it is a C++ extension), so it runs in a child
 process (:mod:`recon.uv_worker`, which imports only numpy so that it starts fast); a crash, a
@@ -6,9 +6,10 @@ timeout or a missing module returns ``None`` with the reason, and the caller fal
 colours.
 
 Baking: every texel centre inside a UV triangle is mapped back to the 3D surface (barycentric
-interpolation) and coloured by the colour network there, seen head-on (view direction = -normal).
-Empty texels next to charts are then filled from their neighbours (seam dilation) so bilinear
-filtering and mip-maps never pull in the background.
+interpolation) and coloured there: from the input views when a :class:`recon.bake.ViewProjector`
+is given (sharp; the field's colour only where no view sees the point), else by the colour network,
+seen head-on (view direction = -normal). Empty texels next to charts are then filled from their
+neighbours (seam dilation) so bilinear filtering and mip-maps never pull in the background.
 
 UVs follow the OBJ/trimesh convention: (0, 0) is the bottom-left of the image, v points up.
 """
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from scipy.ndimage import uniform_filter
 
+from recon.bake import ViewProjector
 from sd3d.core.io import write_error
 from sd3d.core.progress import resolve
 
@@ -209,14 +211,52 @@ def surface_colors(
     return out
 
 
-def bake_texture(field, uv_mesh: UVMesh, size: int, device, progress=None) -> np.ndarray:
-    """(size, size, 3) uint8 texture from the colour network at the surface points of each texel."""
+def _colors_at(
+    field,
+    points: np.ndarray,
+    normals: np.ndarray | None,
+    device,
+    progress,
+    description: str,
+    projector: ViewProjector | None,
+) -> np.ndarray:
+    """Colours at surface points: from the views through ``projector`` (the field's where no view
+    sees them), or from the field alone."""
+    if projector is None:
+        return surface_colors(field, points, device, progress, description)
+
+    def fallback(pts: np.ndarray) -> np.ndarray:
+        return surface_colors(field, pts, device, progress, f"{description} (unseen)")
+
+    return projector.colors(points, normals, fallback, progress, description)
+
+
+def bake_texture(
+    field,
+    uv_mesh: UVMesh,
+    size: int,
+    device,
+    progress=None,
+    projector: ViewProjector | None = None,
+    normals: np.ndarray | None = None,
+) -> np.ndarray:
+    """(size, size, 3) uint8 texture of the surface points of each texel.
+
+    With ``projector`` the colours come from the input views (``normals``: (V', 3) unit vertex
+    normals of ``uv_mesh``, interpolated per texel, required then); without it from the colour
+    network.
+    """
     rows, cols, face, bary = rasterize_uv(uv_mesh.uvs, uv_mesh.faces, size)
     corners = uv_mesh.vertices[uv_mesh.faces[face]]  # (K, 3, 3)
     points = np.einsum("kc,kcd->kd", bary, corners)
+    texel_normals = None
+    if projector is not None:
+        if normals is None:
+            raise ValueError("baking from the views needs the vertex normals")
+        texel_normals = np.einsum("kc,kcd->kd", bary, np.asarray(normals)[uv_mesh.faces[face]])
     image = np.ones((size, size, 3), np.float32)
     filled = np.zeros((size, size), bool)
-    colors = surface_colors(field, points, device, progress, "baking texture")
+    colors = _colors_at(field, points, texel_normals, device, progress, "baking texture", projector)
     if rows.shape[0]:
         image[rows, cols] = colors
         filled[rows, cols] = True
@@ -224,8 +264,18 @@ def bake_texture(field, uv_mesh: UVMesh, size: int, device, progress=None) -> np
     return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
 
 
-def vertex_colors(field, vertices: np.ndarray, device, progress=None) -> np.ndarray:
-    """(V, 4) uint8 RGBA colours at the vertices (the no-UV fallback and the .ply output)."""
-    colors = surface_colors(field, np.asarray(vertices), device, progress, "vertex colours")
+def vertex_colors(
+    field,
+    vertices: np.ndarray,
+    device,
+    progress=None,
+    projector: ViewProjector | None = None,
+    normals: np.ndarray | None = None,
+) -> np.ndarray:
+    """(V, 4) uint8 RGBA colours at the vertices (the no-UV fallback and the .ply output); from
+    the views when ``projector`` is given (with the unit vertex ``normals``)."""
+    if projector is not None and normals is None:
+        raise ValueError("colouring from the views needs the vertex normals")
+    colors = _colors_at(field, np.asarray(vertices), normals, device, progress, "vertex colours", projector)
     rgb = np.clip(np.rint(colors * 255.0), 0, 255).astype(np.uint8)
     return np.concatenate([rgb, np.full((rgb.shape[0], 1), 255, np.uint8)], axis=1)

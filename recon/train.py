@@ -9,6 +9,13 @@ Losses: RGB (Charbonnier) against the views composited on white, rendered over w
 the rendered opacity against the foreground coverage); eikonal on the ray samples plus random points
 in the hull's box; and an "entry" hinge that keeps the SDF positive at each ray's first sample (the
 skipped space before it is empty), without which the band's boundary can pose as the surface.
+
+Robustness to inconsistent views (generated sets: small misalignments, colour drift, details that
+differ per view, noisy mask edges), each a :class:`~recon.presets.Preset` field and off at zero:
+a per-view colour transform (:mod:`recon.appearance`) in front of the RGB loss; a normal-smoothness
+term (normals at near-surface samples and a small step away agree), fading over training; hash
+levels ramped in instead of switched on; views whose residual stays above the median's weighted
+down in the RGB loss; and rays near a mask edge weighted down in the mask loss.
 """
 
 from __future__ import annotations
@@ -18,8 +25,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy.ndimage import maximum_filter
+import torch.nn.functional as F
+from scipy.ndimage import distance_transform_edt, maximum_filter
 
+from recon.appearance import ViewAppearance
 from recon.fields import NeuSField
 from recon.hull import hull_sdf, visual_hull
 from recon.masks import view_masks
@@ -31,30 +40,77 @@ from sd3d.core.io import ViewSet
 from sd3d.core.progress import Progress, resolve
 
 
-def prepare_rays(
-    views: ViewSet, masks: np.ndarray, stride: int, device: torch.device, pool_dilate_px: int = 8
-):
-    """Rays of every view at ``stride``, restricted to pixels within ``pool_dilate_px`` of the mask
-    (farther rays cross no hull voxel, so they would render exactly the white background)."""
+@dataclass(frozen=True)
+class RayPool:
+    """Every training ray: origin, direction, target colour and coverage, its view, and the
+    weight of its pixel by distance to the mask edge (``None`` when edges are not weighted)."""
 
-    o_all, d_all, c_all, m_all = [], [], [], []
+    origins: torch.Tensor  # (R, 3)
+    dirs: torch.Tensor  # (R, 3)
+    rgb: torch.Tensor  # (R, 3)
+    mask: torch.Tensor  # (R,)
+    view: torch.Tensor  # (R,) long
+    edge_weight: torch.Tensor | None = None  # (R,)
+
+
+def edge_weights(mask: np.ndarray, edge_px: float) -> np.ndarray:
+    """(H, W) float32 weight of each pixel by its distance to the mask's edge: 0 at the edge,
+    rising linearly to 1 at ``edge_px`` pixels (both sides of it).
+
+    Why: a generated view's mask is least trustworthy at its edge (where the object blends into the
+    background and where neighbouring views disagree by a pixel or two); the interior and the
+    far background are not in doubt.
+    """
+    hard = mask > 0.5
+    # distance from a pixel centre to the nearest pixel of the other side, minus half a pixel:
+    # the distance to the boundary between them
+    dist = np.where(hard, distance_transform_edt(hard), distance_transform_edt(~hard)) - 0.5
+    return np.clip(dist / edge_px, 0.0, 1.0).astype(np.float32)
+
+
+def prepare_rays(
+    views: ViewSet,
+    masks: np.ndarray,
+    stride: int,
+    device: torch.device,
+    pool_dilate_px: int = 8,
+    edge_px: float = 0.0,
+) -> RayPool:
+    """Rays of every view at ``stride``, restricted to pixels within ``pool_dilate_px`` of the mask
+    (farther rays cross no hull voxel, so they would render exactly the white background).
+    ``edge_px`` > 0 adds :func:`edge_weights` (computed at full resolution, averaged like the pixels)."""
+
+    o_all, d_all, c_all, m_all, v_all, e_all = [], [], [], [], [], []
     dil = max(1, pool_dilate_px // stride)
-    for image, mask, cam in zip(views.images, masks, views.cameras, strict=True):
+    for i, (image, mask, cam) in enumerate(zip(views.images, masks, views.cameras, strict=True)):
         h, w = cam.height // stride, cam.width // stride
+        edge = edge_weights(mask, edge_px) if edge_px > 0 else None
         if stride > 1:  # box filter = the average over each ray's s x s pixel block
             image = image[: h * stride, : w * stride].reshape(h, stride, w, stride, 3).mean((1, 3))
             mask = mask[: h * stride, : w * stride].reshape(h, stride, w, stride).mean((1, 3))
+            if edge is not None:
+                edge = edge[: h * stride, : w * stride].reshape(h, stride, w, stride).mean((1, 3))
         origins, dirs = camera_rays(cam, stride)
         pool = maximum_filter(mask > 0.01, size=2 * dil + 1) > 0
         o_all.append(origins[pool])
         d_all.append(dirs[pool])
         c_all.append(image[pool])
         m_all.append(mask[pool])
+        v_all.append(np.full(int(pool.sum()), i, np.int64))
+        if edge is not None:
+            e_all.append(edge[pool])
 
     def cat(xs):
         return torch.from_numpy(np.concatenate(xs).astype(np.float32)).to(device)
 
-    return cat(o_all), cat(d_all), cat(c_all), cat(m_all)
+    return RayPool(
+        origins=cat(o_all),
+        dirs=cat(d_all),
+        rgb=cat(c_all),
+        mask=cat(m_all),
+        view=torch.from_numpy(np.concatenate(v_all)).to(device),
+        edge_weight=cat(e_all) if e_all else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -66,6 +122,56 @@ class TrainResult:
     seconds: float
     final_loss: float
     history: list[dict] = field(default_factory=list)
+    appearance: np.ndarray | None = None  # (N, 3, 4) per-view [A | b], view colour = A c + b
+
+
+class _ViewResiduals:
+    """A running mean of each view's RGB residual on the object, and weights from it.
+
+    A view whose residual stays above the median view's after the colour correction disagrees in
+    shape or detail (misaligned, hallucinated); its rays get ``(median / residual) ** power``
+    (floored at ``floor``) of the weight, so the consensus of the others decides the surface.
+    """
+
+    def __init__(self, num_views: int, power: float, floor: float, device: torch.device) -> None:
+        self.mean = torch.zeros(num_views, device=device)
+        self.seen = torch.zeros(num_views, dtype=torch.bool, device=device)
+        self.power, self.floor = power, floor
+
+    @torch.no_grad()
+    def update(
+        self, residual: torch.Tensor, view: torch.Tensor, on_object: torch.Tensor, decay: float = 0.9
+    ) -> None:
+        n = self.mean.shape[0]
+        w = on_object.float()
+        total = torch.zeros(n, device=w.device).index_add_(0, view, residual * w)
+        count = torch.zeros(n, device=w.device).index_add_(0, view, w)
+        got = count > 0
+        now = total / count.clamp_min(1.0)
+        blended = torch.where(self.seen, decay * self.mean + (1 - decay) * now, now)
+        self.mean = torch.where(got, blended, self.mean)
+        self.seen = self.seen | got
+
+    def weights(self) -> torch.Tensor:
+        if not bool(self.seen.any()):
+            return torch.ones_like(self.mean)
+        ref = self.mean[self.seen].median()
+        ratio = (ref / self.mean.clamp_min(1e-6)).clamp(max=1.0)
+        return torch.where(self.seen, ratio.pow(self.power).clamp_min(self.floor), torch.ones_like(ratio))
+
+
+def _level_weights(
+    step: int, n_levels: int, start_levels: int, level_every: int, ramp_steps: int, device
+) -> torch.Tensor:
+    """Per hash level, how far it has faded in at ``step`` (0..1); the first levels are always on.
+
+    Level ``l >= start_levels`` switches on at step ``(l - start_levels + 1) * level_every`` (the
+    schedule of :func:`train`) and reaches full weight ``ramp_steps`` later.
+    """
+    levels = torch.arange(n_levels, device=device, dtype=torch.float32)
+    on_at = (levels - start_levels + 1) * level_every
+    ramp = ((step - on_at + 1) / ramp_steps).clamp(0.0, 1.0)
+    return torch.where(levels < start_levels, torch.ones_like(ramp), ramp)
 
 
 def _lr_factor(step: int, total: int, warmup: float) -> float:
@@ -138,7 +244,8 @@ def train(
             "the views' masks do not agree on any common volume: cameras and views do not match"
         )
     grid = OccupancyGrid(hull, cfg.bound)
-    origins, dirs, rgb, mask = prepare_rays(views, masks, preset.image_stride, device)
+    rays = prepare_rays(views, masks, preset.image_stride, device, edge_px=preset.mask_edge_px)
+    origins, dirs, rgb, mask = rays.origins, rays.dirs, rays.rgb, rays.mask
     field_ = NeuSField(cfg, device, generator=gen_cpu)
     enc = field_.sdf_net.encoding
     enc.set_active_levels(preset.start_levels)
@@ -165,11 +272,22 @@ def train(
         {"params": mlp_params, "lr": preset.lr},
         {"params": var_params, "lr": preset.lr_variance},
     ]
+    appearance = None
+    if preset.appearance != "none":
+        appearance = ViewAppearance(views.num_views, preset.appearance, preset.appearance_anchor, device)
+        groups.append({"params": list(appearance.parameters()), "lr": preset.appearance_lr})
     base_lrs = [g["lr"] for g in groups]
     opt = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
+    residuals = (
+        _ViewResiduals(views.num_views, preset.view_weight_power, preset.view_weight_min, device)
+        if preset.view_weight_power > 0
+        else None
+    )
+    weigh_views_from = int(preset.steps * preset.view_weight_from)
 
     n_levels = cfg.grid.n_levels
     level_every = max(1, int(preset.steps * preset.levels_done_at / max(1, n_levels - preset.start_levels)))
+    ramp_steps = max(1, int(preset.steps * preset.level_ramp))
     occ_start = int(preset.steps * preset.occupancy_start)
     lo, hi = grid.bbox()
     cap_from = int(preset.steps * preset.per_ray_cap_from)
@@ -182,6 +300,10 @@ def train(
     with prog.task(f"reconstruct ({preset.name})", preset.steps) as advance:
         for step in range(preset.steps):
             enc.set_active_levels(preset.start_levels + step // level_every)
+            if preset.level_ramp > 0:
+                field_.sdf_net.set_level_weights(
+                    _level_weights(step, n_levels, preset.start_levels, level_every, ramp_steps, device)
+                )
             f = _lr_factor(step, preset.steps, preset.warmup)
             for g, base in zip(opt.param_groups, base_lrs, strict=True):
                 g["lr"] = base * f
@@ -206,9 +328,23 @@ def train(
                 max_per_ray=preset.max_samples_per_ray if step >= cap_from else None,
             )
             idx = idx[: out.num_rays]
-            loss_rgb = torch.sqrt(((out.rgb - rgb[idx]) ** 2).sum(-1) + 1e-3).mean()
+            view = rays.view[idx]
+            pred = out.rgb if appearance is None else appearance.apply(out.rgb, out.opacity, view)
+            charb = torch.sqrt(((pred - rgb[idx]) ** 2).sum(-1) + 1e-3)
             opacity = out.opacity.clamp(1e-4, 1.0 - 1e-4)
-            loss_mask = torch.nn.functional.binary_cross_entropy(opacity, mask[idx])
+            if residuals is not None:
+                residuals.update(charb.detach(), view, mask[idx] > 0.5)
+            if residuals is not None and step >= weigh_views_from:
+                vw = residuals.weights()[view]
+                loss_rgb = (charb * vw).sum() / vw.sum().clamp_min(1e-6)
+            else:
+                loss_rgb = charb.mean()
+            if rays.edge_weight is None:
+                loss_mask = F.binary_cross_entropy(opacity, mask[idx])
+            else:
+                ew = rays.edge_weight[idx]
+                bce = F.binary_cross_entropy(opacity, mask[idx], reduction="none")
+                loss_mask = (bce * ew).sum() / ew.sum().clamp_min(1e-6)
             rand_pts = lo + (hi - lo) * torch.rand(preset.eikonal_points, 3, generator=gen, device=device)
             _, _, rand_grad = field_.sdf_net(rand_pts, with_grad=True)
             grads = torch.cat([out.grad, rand_grad])
@@ -223,6 +359,16 @@ def train(
                 + preset.w_eikonal * loss_eik
                 + preset.w_entry * loss_entry
             )
+            extra: dict[str, torch.Tensor] = {}
+            if preset.w_normal_smooth > 0:
+                loss_smooth = _normal_smoothness(field_, out, preset, gen)
+                fade = 1.0 - (1.0 - preset.normal_smooth_end) * step / max(1, preset.steps - 1)
+                loss = loss + preset.w_normal_smooth * fade * loss_smooth
+                extra["normal_smooth"] = loss_smooth
+            if appearance is not None:
+                loss_app = appearance.penalty()
+                loss = loss + preset.w_appearance * loss_app
+                extra["appearance"] = loss_app
 
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -238,6 +384,7 @@ def train(
                         "rgb": float(loss_rgb.item()),
                         "mask": float(loss_mask.item()),
                         "eikonal": float(loss_eik.item()),
+                        **{k: float(v.item()) for k, v in extra.items()},
                         "inv_s": s_now,
                         "samples": out.num_samples,
                         "rays": out.num_rays,
@@ -257,4 +404,27 @@ def train(
         seconds=time.perf_counter() - t0,
         final_loss=loss_value,
         history=history,
+        appearance=None if appearance is None else appearance.matrices(),
     )
+
+
+def _normal_smoothness(field_: NeuSField, out, preset: Preset, gen: torch.Generator) -> torch.Tensor:
+    """Mean squared difference of the unit normals at near-surface samples and a small random step
+    (``normal_smooth_eps``) away from them.
+
+    Samples are drawn by their rendering weight, so the term acts where the surface is: a curvature
+    penalty at the scale of ``eps`` that irons out the bumps of about that size a fast grid fits to
+    views that disagree. Its weight fades over training so that the last steps can still sharpen
+    the detail the views agree on.
+    """
+    weights = out.weights.detach() if out.weights is not None else None
+    if weights is None or weights.numel() == 0 or not bool((weights > 0).any()):
+        return out.grad.new_zeros(())
+    n = preset.normal_smooth_points
+    pick = torch.multinomial(weights, n, replacement=True, generator=gen)
+    points = out.points[pick].detach()
+    step = torch.randn(n, 3, generator=gen, device=gen.device).to(points.device)
+    step = F.normalize(step, dim=-1) * preset.normal_smooth_eps
+    _, _, grad_near = field_.sdf_net(points + step, with_grad=True)
+    here = F.normalize(out.grad[pick], dim=-1)
+    return (here - F.normalize(grad_near, dim=-1)).square().sum(-1).mean()

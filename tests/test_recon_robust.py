@@ -1,0 +1,494 @@
+"""Robustness to inconsistent views: per-view colour correction, geometry terms, soft mask edges and
+textures baked from the views.
+
+Scenes are rendered with :mod:`recon.raster` without shading (ambient 1), so a view's colour is the
+surface's colour and a known colour function is the ground truth of what baking should recover.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from recon.appearance import ViewAppearance, to_canonical
+from recon.bake import BakeSettings, ViewProjector, inner_edge_weight
+from recon.mesh import vertex_normals
+from recon.presets import PRESETS, ROBUSTNESS_OFF, Preset
+from recon.raster import Lighting, RenderMesh, render_mesh
+from recon.texture import UVMesh, bake_texture, rasterize_uv
+from recon.train import _level_weights, _ViewResiduals, edge_weights, prepare_rays, train
+from sd3d.core.cameras import target_cameras
+from sd3d.core.io import ViewSet, read_views
+
+CPU = torch.device("cpu")
+UNSHADED = Lighting(ambient=1.0, directions=(), weights=())
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "spot"
+PERTURBED = [2, 6, 10, 14]  # every fourth view: no smooth function of the view direction
+GAIN = np.array([1.25, 0.8, 1.0])
+
+
+def _render(vertices, faces, colors, size, supersample=2):
+    mesh = RenderMesh(
+        vertices=np.asarray(vertices, np.float64),
+        faces=np.asarray(faces),
+        face_color=np.ones((len(faces), 3)),
+        vertex_colors=np.asarray(colors, np.float64),
+    )
+    cameras = target_cameras(size)
+    return cameras, render_mesh(mesh, cameras, supersample=supersample, lighting=UNSHADED)
+
+
+def _tiny(preset: Preset, **changes) -> Preset:
+    return replace(
+        preset,
+        steps=12,
+        init_steps=10,
+        rays_per_batch=128,
+        occupancy_res=32,
+        occupancy_every=4,
+        **changes,
+    )
+
+
+def _state(result) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in result.field.state_dict().items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# presets and switches
+# ------------------------------------------------------------------------------------------------
+
+
+def test_presets_switch_the_methods_on_and_robustness_off_restores_the_plain_fields():
+    plain = Preset(**{f: getattr(PRESETS["draft"], f) for f in ("name", "steps", "rays_per_batch")},
+                   max_samples_per_batch=1, image_stride=1, step_size=0.01, field=PRESETS["draft"].field,
+                   occupancy_res=8, mesh_res=8, texture_size=8, uv_max_faces=8)  # fmt: skip
+    for name, preset in PRESETS.items():
+        assert preset.appearance != "none" and preset.texture_source == "views", name
+        assert preset.w_normal_smooth > 0 and preset.level_ramp > 0 and preset.view_weight_power > 0, name
+        assert preset.mask_edge_px > 0 or name == "draft", name
+        off = replace(preset, **ROBUSTNESS_OFF)
+        for key in ROBUSTNESS_OFF:
+            assert getattr(off, key) == getattr(plain, key), (name, key)  # the dataclass defaults
+    with pytest.raises(ValueError, match="appearance"):
+        replace(PRESETS["draft"], appearance="curves")
+    with pytest.raises(ValueError, match="texture_source"):
+        replace(PRESETS["draft"], texture_source="photo")
+
+
+def test_appearance_starts_at_identity_and_adds_exact_zeros():
+    for mode in ("gain", "affine"):
+        for anchor in ("mean", "first"):
+            app = ViewAppearance(5, mode, anchor, CPU)
+            np.testing.assert_array_equal(app.matrices(), np.tile(np.eye(3, 4), (5, 1, 1)))
+            rgb = torch.rand(64, 3)
+            opacity = torch.rand(64)
+            view = torch.randint(5, (64,))
+            assert torch.equal(app.apply(rgb, opacity, view), rgb)
+            assert float(app.penalty().detach()) == 0.0
+
+
+def test_anchors_pin_the_canonical_colour():
+    app = ViewAppearance(4, "affine", "mean", CPU)
+    with torch.no_grad():
+        app.delta.copy_(torch.randn(4, 3, 3) * 0.1)
+        app.bias.copy_(torch.randn(4, 3) * 0.1)
+    m = app.matrices()
+    np.testing.assert_allclose(m.mean(0), np.eye(3, 4), atol=1e-6)  # the mean transform is identity
+    app.anchor = "first"
+    m = app.matrices()
+    np.testing.assert_array_equal(m[0], np.eye(3, 4))  # view 0 is the canonical colour
+    assert np.abs(m[1:] - np.eye(3, 4)).max() > 0.01
+    # the background (opacity 0) stays white whatever the transform
+    white = app.apply(torch.ones(3, 3), torch.zeros(3), torch.tensor([1, 2, 3]))
+    torch.testing.assert_close(white, torch.ones(3, 3))
+    # undoing the transforms on images recovers the canonical colours
+    canonical = np.random.default_rng(0).uniform(0.2, 0.7, (4, 2, 2, 3))
+    seen = np.einsum("nij,nhwj->nhwi", m[:, :, :3], canonical) + m[:, None, None, :, 3]
+    np.testing.assert_allclose(to_canonical(seen, m), canonical, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "inert",
+    [
+        # the colour transform on, but frozen at the identity
+        {"appearance": "affine", "appearance_lr": 0.0, "w_appearance": 0.0},
+        {"appearance": "gain", "appearance_anchor": "first", "appearance_lr": 0.0},
+        # hash levels "ramped" in within one step: the hard switch
+        {"level_ramp": 1e-9},
+    ],
+    ids=["affine-frozen", "gain-frozen", "ramp-of-one-step"],
+)
+def test_switched_off_features_train_bit_for_bit_like_the_plain_path(inert):
+    """A method that is on but does nothing gives exactly the training with it off: the new code
+    paths add exact zeros / ones and draw no random numbers of the training's stream."""
+    views = read_views(EXAMPLE)
+    plain = _tiny(replace(PRESETS["draft"], **ROBUSTNESS_OFF))
+    a = train(views, plain, CPU, seed=3)
+    b = train(views, replace(plain, **inert), CPU, seed=3)
+    sa, sb = _state(a), _state(b)
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+    assert a.appearance is None and (b.appearance is None) == ("appearance" not in inert)
+
+
+def test_robust_draft_trains_and_reports_its_terms():
+    views = read_views(EXAMPLE)
+    out = train(views, _tiny(PRESETS["draft"]), CPU, seed=0)
+    last = out.history[-1]
+    assert np.isfinite(last["loss"]) and last["normal_smooth"] >= 0 and last["appearance"] >= 0
+    assert out.appearance.shape == (views.num_views, 3, 4)
+    np.testing.assert_allclose(out.appearance.mean(0), np.eye(3, 4), atol=1e-5)  # "mean" anchor
+
+
+# ------------------------------------------------------------------------------------------------
+# per-view colour correction learns a known gain
+# ------------------------------------------------------------------------------------------------
+
+
+def test_learned_gains_approach_the_known_gains_of_four_views():
+    sphere = trimesh.creation.icosphere(3, radius=0.3)
+    p = sphere.vertices
+    colors = np.stack(
+        [0.45 + 0.2 * np.sin(6 * p[:, 2]), 0.5 + 0.15 * np.cos(5 * p[:, 0]), np.full(len(p), 0.4)], 1
+    )
+    cameras, renders = _render(p, sphere.faces, colors, 64)
+    rgb, alpha = renders.rgba[..., :3].copy(), renders.rgba[..., 3:]
+    rgb[PERTURBED] *= GAIN  # an exposure / white-balance drift of four views (object only)
+    images = np.clip(rgb * alpha + (1 - alpha), 0, 1).astype(np.float32)
+    views = ViewSet(images=images, cameras=cameras, alphas=alpha[..., 0])
+    preset = replace(
+        replace(PRESETS["draft"], **ROBUSTNESS_OFF),
+        steps=60,
+        init_steps=30,
+        image_stride=1,
+        rays_per_batch=256,
+        occupancy_res=32,
+        occupancy_every=10,
+        appearance="affine",
+        appearance_lr=2e-2,
+    )
+    out = train(views, preset, CPU, seed=0)
+    clean = [i for i in range(16) if i not in PERTURBED]
+    c = (rgb[clean] * alpha[clean]).sum((0, 1, 2)) / alpha[clean].sum()  # the object's mean colour
+
+    def apparent_gain(m):  # what the view's transform does to that colour, per channel
+        return (m[:, :3] @ c + m[:, 3]) / c
+
+    reference = np.mean([apparent_gain(out.appearance[i]) for i in clean], axis=0)
+    for i in PERTURBED:
+        ratio = apparent_gain(out.appearance[i]) / reference
+        assert abs(ratio[0] - GAIN[0]) < abs(ratio[0] - 1.0), (i, ratio)
+        assert abs(ratio[1] - GAIN[1]) < abs(ratio[1] - 1.0), (i, ratio)
+        assert abs(ratio[2] - 1.0) < 0.1, (i, ratio)
+
+
+# ------------------------------------------------------------------------------------------------
+# geometry terms
+# ------------------------------------------------------------------------------------------------
+
+
+def test_soft_mask_weights_are_low_only_near_the_edge():
+    mask = np.zeros((40, 40), np.float32)
+    mask[10:30, 12:28] = 1.0
+    w = edge_weights(mask, 3.0)
+    hard = mask > 0.5
+    from scipy.ndimage import distance_transform_edt
+
+    dist = np.where(hard, distance_transform_edt(hard), distance_transform_edt(~hard))  # to the other side
+    assert w[dist <= 1].max() <= 1 / 6 + 1e-6  # the pixels on either side of the edge: 0.5 px / 3 px
+    assert np.all(w[dist >= 4] == 1.0)  # interior and far background are fully trusted
+    assert np.all(w[dist <= 3] < 1.0)
+    # the rays get the weights averaged over their pixel blocks, and none without the option
+    views = read_views(EXAMPLE)
+    masks = np.stack([(im < 0.96).any(-1).astype(np.float32) for im in views.images])
+    pool = prepare_rays(views, masks, 2, CPU, edge_px=2.0)
+    assert pool.edge_weight is not None and pool.edge_weight.shape == pool.mask.shape
+    fuzzy = (pool.mask > 0.05) & (pool.mask < 0.95)  # blocks the mask edge cuts through
+    assert float(pool.edge_weight[fuzzy].max()) < 0.8 and float(pool.edge_weight.max()) == 1.0
+    assert prepare_rays(views, masks, 2, CPU).edge_weight is None
+    # the baking variant: nothing outside the mask
+    inner = inner_edge_weight(mask, 3.0)
+    assert np.all(inner[~hard] == 0.0) and np.all(inner[hard & (dist >= 4)] == 1.0)
+
+
+def test_level_weights_ramp_each_new_level_in():
+    ramp = [_level_weights(s, 6, 2, 10, 5, CPU) for s in range(0, 60)]
+    for s, w in enumerate(ramp):
+        assert torch.all(w[:2] == 1.0)  # the first levels are always on
+        active = 2 + s // 10
+        assert torch.all(w[active:] == 0.0)  # not yet switched on
+    assert ramp[10][2] == pytest.approx(0.2) and ramp[14][2] == 1.0  # level 2 on at step 10, full at 14
+    assert torch.all(torch.stack(ramp).diff(dim=0) >= 0)  # never fades out again
+
+
+def test_view_residual_weights_down_weight_only_the_disagreeing_views():
+    res = _ViewResiduals(4, power=1.0, floor=0.3, device=CPU)
+    view = torch.arange(4).repeat(10)
+    residual = torch.tensor([0.1, 0.1, 0.2, 1.0]).repeat(10)
+    res.update(residual, view, torch.ones(40, dtype=torch.bool))
+    w = res.weights()
+    median = float(torch.tensor([0.1, 0.1, 0.2, 1.0]).median())  # torch's lower median: 0.1
+    torch.testing.assert_close(w, torch.tensor([1.0, 1.0, median / 0.2, 0.3]))
+    # rays off the object do not count, and unseen views keep full weight
+    res = _ViewResiduals(3, power=1.0, floor=0.3, device=CPU)
+    res.update(torch.tensor([0.1, 5.0]), torch.tensor([0, 1]), torch.tensor([True, False]))
+    torch.testing.assert_close(res.weights(), torch.ones(3))
+
+
+def test_normal_smoothness_is_small_on_a_sphere_and_large_on_a_bumpy_one():
+    from recon.train import _normal_smoothness
+
+    class Net:
+        def __init__(self, bumps: float):
+            self.bumps = bumps
+
+        def __call__(self, x, with_grad=True):
+            x = x.detach().requires_grad_(True)
+            with torch.enable_grad():
+                r = x.norm(dim=-1)
+                sdf = r - 0.3 - self.bumps * torch.sin(60 * x[:, 0]) * torch.sin(60 * x[:, 1])
+                (g,) = torch.autograd.grad(sdf.sum(), x)
+            return sdf, None, g
+
+    class Out:
+        pass
+
+    gen = torch.Generator().manual_seed(0)
+    dirs = torch.nn.functional.normalize(torch.randn(2000, 3, generator=gen), dim=-1)
+    preset = replace(PRESETS["draft"], normal_smooth_points=512, normal_smooth_eps=0.01)
+    values = []
+    for bumps in (0.0, 0.01):
+        field = type("F", (), {"sdf_net": Net(bumps)})()
+        out = Out()
+        out.points = dirs * 0.3
+        _, _, out.grad = field.sdf_net(out.points)
+        out.weights = torch.ones(2000)
+        values.append(float(_normal_smoothness(field, out, preset, torch.Generator().manual_seed(1))))
+    assert values[0] < 2e-3  # a sphere's normals turn by eps / r over eps: tiny
+    assert values[1] > 20 * values[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# baking from the views
+# ------------------------------------------------------------------------------------------------
+
+
+def _pattern(p: np.ndarray) -> np.ndarray:
+    """Sharp stripes and a half-and-half split; no green, so the occluder's green is recognisable."""
+    stripes = np.floor((p[:, 2] + 1) * 12) % 2
+    return np.stack([0.2 + 0.6 * stripes, np.full(len(p), 0.15), 0.3 + 0.4 * (p[:, 0] > 0)], 1)
+
+
+@pytest.fixture(scope="module")
+def occluded_sphere():
+    """A patterned sphere and a small green ball between it and camera 0, rendered at 16 views."""
+    sphere = trimesh.creation.icosphere(3, radius=0.3)
+    ball = trimesh.creation.icosphere(2, radius=0.08)
+    centre0 = target_cameras(96)[0].center
+    ball_at = centre0 / np.linalg.norm(centre0) * 0.45
+    ball.apply_translation(ball_at)
+    vertices = np.concatenate([sphere.vertices, ball.vertices])
+    faces = np.concatenate([sphere.faces, ball.faces + len(sphere.vertices)])
+    colors = np.concatenate([_pattern(sphere.vertices), np.tile([[0.0, 1.0, 0.0]], (len(ball.vertices), 1))])
+    cameras, renders = _render(vertices, faces, colors, 96, supersample=3)
+    return {
+        "sphere": sphere,
+        "vertices": vertices,
+        "faces": faces,
+        "cameras": cameras,
+        "images": renders.on_white(),
+        "masks": renders.rgba[..., 3],
+        "ball": (ball_at, 0.08),
+    }
+
+
+def _field_grey(points: np.ndarray) -> np.ndarray:
+    return np.full((len(points), 3), 0.5, np.float32)
+
+
+def test_baked_texture_recovers_a_known_texture(occluded_sphere):
+    s = occluded_sphere
+    sphere = s["sphere"]
+    uv_mesh = _atlas(sphere)
+    normals = vertex_normals(sphere.vertices, sphere.faces)[uv_mesh.vmap]
+    projector = ViewProjector(s["images"], s["masks"], s["cameras"], None, s["vertices"], s["faces"], CPU)
+
+    class GreyField:  # the fallback where no view sees the surface
+        def surface_color(self, points):
+            return torch.full((points.shape[0], 3), 0.5), torch.zeros_like(points)
+
+    size = 256
+    texture = bake_texture(GreyField(), uv_mesh, size, CPU, projector=projector, normals=normals)
+    rows, cols, face, bary = rasterize_uv(uv_mesh.uvs, uv_mesh.faces, size)
+    truth = np.einsum("kc,kcd->kd", bary, _pattern(uv_mesh.vertices)[uv_mesh.faces[face]])
+    points = np.einsum("kc,kcd->kd", bary, uv_mesh.vertices[uv_mesh.faces[face]])
+    seen = points[:, 2] > -0.1  # the cameras look down from 30 degrees: the bottom is not seen
+    baked = texture[rows, cols].astype(np.float64) / 255.0
+    error = np.abs(baked - truth).mean(1)[seen].mean()
+    flat = np.abs(truth[seen] - truth[seen].mean(0)).mean(1).mean()  # a texture of one mean colour
+    assert error < 0.02 and error < 0.1 * flat, (error, flat)
+    # the unseen bottom falls back to the field's colour (grey here)
+    bottom = points[:, 2] < -0.29
+    np.testing.assert_allclose(baked[bottom], 0.5, atol=0.01)
+
+
+def _atlas(mesh) -> UVMesh:
+    """A trivial UV layout: every face its own right triangle in a grid of cells (no xatlas)."""
+    faces = np.asarray(mesh.faces)
+    n = len(faces)
+    side = int(np.ceil(np.sqrt(n)))
+    cell = 1.0 / side
+    idx = np.arange(n)
+    u0, v0 = (idx % side) * cell, (idx // side) * cell
+    pad = 0.15 * cell
+    corners = np.stack(
+        [
+            np.stack([u0 + pad, v0 + pad], 1),
+            np.stack([u0 + cell - pad, v0 + pad], 1),
+            np.stack([u0 + pad, v0 + cell - pad], 1),
+        ],
+        1,
+    )
+    return UVMesh(
+        vertices=np.asarray(mesh.vertices)[faces.reshape(-1)],
+        faces=np.arange(3 * n).reshape(n, 3),
+        uvs=corners.reshape(-1, 2).astype(np.float32),
+        vmap=faces.reshape(-1),
+    )
+
+
+def _surface_samples(sphere, count: int, seed: int = 0, upper: bool = False):
+    """Random points on the sphere's faces, their smooth normals and their true (rendered) colour."""
+    rng = np.random.default_rng(seed)
+    face = rng.integers(0, len(sphere.faces), count)
+    bary = rng.dirichlet([1.0, 1.0, 1.0], count)
+    corners = sphere.faces[face]
+    points = np.einsum("kc,kcd->kd", bary, sphere.vertices[corners])
+    normals = np.einsum("kc,kcd->kd", bary, vertex_normals(sphere.vertices, sphere.faces)[corners])
+    truth = np.einsum("kc,kcd->kd", bary, _pattern(sphere.vertices)[corners])
+    keep = points[:, 2] > 0.0 if upper else np.ones(count, bool)  # the cameras look down at 30 deg
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    return points[keep], normals[keep], truth[keep]
+
+
+def test_occluded_points_take_no_colour_from_the_views_that_cannot_see_them(occluded_sphere):
+    s = occluded_sphere
+    points, normals, truth = _surface_samples(s["sphere"], 20_000)
+    projector = ViewProjector(s["images"], s["masks"], s["cameras"], None, s["vertices"], s["faces"], CPU)
+    # points whose line of sight to camera 0 passes through the ball, on the side facing camera 0
+    centre0 = s["cameras"][0].center
+    ball_at, radius = s["ball"]
+    to_point = points - centre0
+    to_point /= np.linalg.norm(to_point, axis=1, keepdims=True)
+    b = (to_point * (centre0 - ball_at)).sum(1)
+    hidden = (b * b - ((centre0 - ball_at) ** 2).sum() + radius**2 > 0) & (
+        (normals * (centre0 - points)).sum(1) > 0.3
+    )
+    assert hidden.sum() > 100
+    seen_by, _ = projector.view_weights(torch.from_numpy(points).float(), torch.from_numpy(normals).float())
+    assert float(seen_by[0, torch.from_numpy(hidden)].max()) == 0.0  # view 0 sees the ball there
+    assert float(seen_by[1:, torch.from_numpy(hidden)].amax(0).min()) > 0.1  # its neighbours see them
+    colors = projector.colors(points, normals, _field_grey)
+    assert colors[hidden, 1].max() < 0.3  # no green from the ball
+    assert np.abs(colors[hidden] - truth[hidden]).mean() < 0.02
+
+
+def test_baking_undoes_the_views_colour_transforms(occluded_sphere):
+    s = occluded_sphere
+    points, normals, truth = _surface_samples(s["sphere"], 5000, seed=1, upper=True)
+    rng = np.random.default_rng(4)
+    transforms = np.zeros((16, 3, 4))
+    transforms[:, :, :3] = np.eye(3) * rng.uniform(0.75, 1.25, (16, 1, 3)) + rng.uniform(
+        -0.05, 0.05, (16, 3, 3)
+    )
+    transforms[:, :, 3] = rng.uniform(-0.05, 0.05, (16, 3))
+    alpha = s["masks"][..., None]
+    fg = (s["images"] - (1 - alpha)) / np.maximum(alpha, 1e-6)  # straight colour of the renders
+    seen = np.einsum("nij,nhwj->nhwi", transforms[:, :, :3], fg) + transforms[:, None, None, :, 3]
+    images = np.clip(seen * alpha + (1 - alpha), 0, 1)
+
+    def error(imgs, tr):
+        proj = ViewProjector(imgs, s["masks"], s["cameras"], tr, s["vertices"], s["faces"], CPU)
+        return np.abs(proj.colors(points, normals, _field_grey) - truth).mean()
+
+    plain = error(s["images"], None)
+    assert error(images, transforms) < plain + 0.01
+    assert error(images, None) > plain + 0.02  # without undoing them the colours are off
+
+
+def test_best_facing_view_keeps_misaligned_views_from_blurring(occluded_sphere):
+    s = occluded_sphere
+    points, normals, truth = _surface_samples(s["sphere"], 8000, seed=2, upper=True)
+    rng = np.random.default_rng(3)
+    images, masks = s["images"].copy(), s["masks"].copy()
+    for i in range(16):  # each view misaligned by up to 2 px
+        dy, dx = rng.integers(-2, 3, 2)
+        images[i] = np.roll(images[i], (dy, dx), (0, 1))
+        masks[i] = np.roll(masks[i], (dy, dx), (0, 1))
+
+    def error(settings):
+        proj = ViewProjector(images, masks, s["cameras"], None, s["vertices"], s["faces"], CPU, settings)
+        return np.abs(proj.colors(points, normals, _field_grey) - truth).mean()
+
+    average = error(BakeSettings(cos_power=0.0, temperature=1.0, edge_px=0.0))  # every visible view alike
+    assert error(BakeSettings()) < 0.6 * average
+
+
+def test_export_colours_the_mesh_from_the_views_or_the_field(occluded_sphere, tmp_path):
+    """``export_mesh`` wiring: vertex colours from the views with ``texture_source="views"``,
+    from the field (grey here) with ``"field"`` or when the result carries no views."""
+    from recon.pipeline import ReconResult, export_mesh
+
+    class SphereSDF(torch.nn.Module):
+        def sdf(self, points):
+            return points.norm(dim=-1) - 0.3
+
+    class GreyField:
+        sdf_net = SphereSDF()
+
+        def surface_color(self, points):
+            return torch.full((points.shape[0], 3), 0.5), torch.zeros_like(points)
+
+    s = occluded_sphere
+    views = ViewSet(images=s["images"].astype(np.float32), cameras=s["cameras"], alphas=s["masks"])
+    preset = replace(PRESETS["draft"], mesh_res=48, uv_max_faces=4000)
+    result = ReconResult(GreyField(), None, preset, CPU, 0, "test", 0.0, views=views)
+
+    def colours(res, name):
+        out = export_mesh(res, tmp_path / f"{name}.ply")
+        mesh = trimesh.load(out.paths[0], process=False)
+        return np.asarray(mesh.vertices), np.asarray(mesh.visual.vertex_colors)[:, :3] / 255.0
+
+    verts, from_views = colours(result, "views")
+    top = verts[:, 2] > 0.1
+    truth = _pattern(verts[top] / np.linalg.norm(verts[top], axis=1, keepdims=True) * 0.3)
+    near_stripe_edge = np.abs(((verts[top, 2] + 1) * 12) % 1 - 0.5) > 0.35
+    assert np.abs(from_views[top] - truth)[~near_stripe_edge].mean() < 0.05
+    for other in (
+        replace(result, preset=replace(preset, texture_source="field")),
+        replace(result, views=None),
+    ):
+        _, grey = colours(other, "field")
+        np.testing.assert_allclose(grey, 0.5, atol=1 / 255)
+
+
+def test_reconstruct_keeps_what_view_baking_needs_and_robust_false_is_the_plain_field(monkeypatch):
+    from recon.pipeline import reconstruct
+    from recon.presets import ReconSettings
+
+    monkeypatch.setitem(PRESETS, "draft", _tiny(PRESETS["draft"]))
+    views = read_views(EXAMPLE)
+    robust = reconstruct(views, ReconSettings("draft", steps=2), device="cpu")
+    assert robust.preset.texture_source == "views" and robust.views is views
+    assert robust.masks.shape == views.images.shape[:3] and robust.appearance.shape == (16, 3, 4)
+    plain = reconstruct(views, ReconSettings("draft", steps=2), device="cpu", robust=False)
+    assert plain.appearance is None
+    assert all(getattr(plain.preset, k) == v for k, v in ROBUSTNESS_OFF.items())
