@@ -33,7 +33,7 @@ from recon.fields import NeuSField
 from recon.hull import hull_sdf, visual_hull
 from recon.masks import view_masks
 from recon.presets import Preset
-from recon.render import OccupancyGrid, camera_rays, render_rays, sample_volume
+from recon.render import OccupancyGrid, RenderOutput, camera_rays, render_rays, sample_volume
 from sd3d.core import defaults
 from sd3d.core.errors import ViewsFolderError
 from sd3d.core.io import ViewSet
@@ -228,170 +228,31 @@ def train(
     gen_cpu = torch.Generator().manual_seed(int(seed))
     gen = torch.Generator(device=device).manual_seed(int(seed)) if device.type == "cuda" else gen_cpu
 
-    cfg = preset.field
-    hull = visual_hull(
-        masks,
-        views.cameras,
-        preset.occupancy_res,
-        cfg.bound,
-        device,
-        dilate_px=preset.hull_dilate_px,
-        allowed_misses=preset.hull_allowed_misses,
-        dilate_voxels=1,  # a voxel of slack: the skipping grid must never cut the surface
-    )
-    if not bool(hull.any()):
-        raise ViewsFolderError(
-            "the views' masks do not agree on any common volume: cameras and views do not match"
-        )
-    grid = OccupancyGrid(hull, cfg.bound)
+    grid = _skipping_grid(views, masks, preset, device)
     rays = prepare_rays(views, masks, preset.image_stride, device, edge_px=preset.mask_edge_px)
-    origins, dirs, rgb, mask = rays.origins, rays.dirs, rays.rgb, rays.mask
-    field_ = NeuSField(cfg, device, generator=gen_cpu)
-    enc = field_.sdf_net.encoding
-    enc.set_active_levels(preset.start_levels)
+    field_ = NeuSField(preset.field, device, generator=gen_cpu)
+    field_.sdf_net.encoding.set_active_levels(preset.start_levels)
     if preset.init_steps > 0:
-        res = min(128, preset.occupancy_res)  # the distance transform runs on the CPU
-        tight = visual_hull(
-            masks,
-            views.cameras,
-            res,
-            cfg.bound,
-            device,
-            dilate_px=1,
-            allowed_misses=preset.hull_allowed_misses,
-            dilate_voxels=0,
-        )
-        fit_hull(field_, hull_sdf(tight, cfg.bound), cfg.bound, preset, gen)
-
-    grid_params = [p for n, p in field_.named_parameters() if n.startswith("sdf_net.encoding")]
-    var_params = list(field_.inv_s.parameters())
-    ids = {id(p) for p in grid_params + var_params}
-    mlp_params = [p for p in field_.parameters() if id(p) not in ids]
-    groups = [
-        {"params": grid_params, "lr": preset.lr},
-        {"params": mlp_params, "lr": preset.lr},
-        {"params": var_params, "lr": preset.lr_variance},
-    ]
-    appearance = None
-    if preset.appearance != "none":
-        appearance = ViewAppearance(views.num_views, preset.appearance, preset.appearance_anchor, device)
-        groups.append({"params": list(appearance.parameters()), "lr": preset.appearance_lr})
-    base_lrs = [g["lr"] for g in groups]
-    opt = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
-    residuals = (
-        _ViewResiduals(views.num_views, preset.view_weight_power, preset.view_weight_min, device)
-        if preset.view_weight_power > 0
-        else None
-    )
-    weigh_views_from = int(preset.steps * preset.view_weight_from)
-
-    n_levels = cfg.grid.n_levels
-    level_every = max(1, int(preset.steps * preset.levels_done_at / max(1, n_levels - preset.start_levels)))
-    ramp_steps = max(1, int(preset.steps * preset.level_ramp))
-    occ_start = int(preset.steps * preset.occupancy_start)
-    lo, hi = grid.bbox()
-    cap_from = int(preset.steps * preset.per_ray_cap_from)
-    s0 = float(field_.inv_s().item())
-    s1 = max(s0, preset.min_inv_s_end)
+        _fit_to_tight_hull(field_, views, masks, preset, device, gen)
+    opt = _Optimiser(field_, preset, views.num_views, device)
+    sched = _Schedule(preset, preset.field.grid.n_levels, float(field_.inv_s().item()))
+    hull_box = grid.bbox()  # the eikonal term's random points: the hull's box, fixed from the start
     inv_s = field_.inv_s()
     history: list[dict] = []
     loss_value = float("nan")
-    prog = resolve(progress)
-    with prog.task(f"reconstruct ({preset.name})", preset.steps) as advance:
+    with resolve(progress).task(f"reconstruct ({preset.name})", preset.steps) as advance:
         for step in range(preset.steps):
-            enc.set_active_levels(preset.start_levels + step // level_every)
-            if preset.level_ramp > 0:
-                field_.sdf_net.set_level_weights(
-                    _level_weights(step, n_levels, preset.start_levels, level_every, ramp_steps, device)
-                )
-            f = _lr_factor(step, preset.steps, preset.warmup)
-            for g, base in zip(opt.param_groups, base_lrs, strict=True):
-                g["lr"] = base * f
-            if step >= occ_start and (step - occ_start) % preset.occupancy_every == 0:
+            opt.follow_schedule(field_, sched, step, device)
+            if sched.updates_occupancy(step):
                 grid.update_band(field_.sdf_net.sdf, float(inv_s.item()), preset.outside_margin)
-
-            idx = torch.randint(origins.shape[0], (preset.rays_per_batch,), generator=gen, device=device)
-            cos_anneal = min(1.0, step / max(1.0, preset.cos_anneal_end * preset.steps))
-            inv_s = torch.maximum(
-                field_.inv_s(), torch.tensor(s0 * (s1 / s0) ** (step / preset.steps), device=device)
-            )
-            out = render_rays(
-                field_,
-                grid,
-                origins[idx],
-                dirs[idx],
-                preset.step_size,
-                cos_anneal=cos_anneal,
-                generator=gen,
-                max_samples=preset.max_samples_per_batch,
-                inv_s=inv_s,
-                max_per_ray=preset.max_samples_per_ray if step >= cap_from else None,
-            )
-            idx = idx[: out.num_rays]
-            view = rays.view[idx]
-            pred = out.rgb if appearance is None else appearance.apply(out.rgb, out.opacity, view)
-            charb = torch.sqrt(((pred - rgb[idx]) ** 2).sum(-1) + 1e-3)
-            opacity = out.opacity.clamp(1e-4, 1.0 - 1e-4)
-            if residuals is not None:
-                residuals.update(charb.detach(), view, mask[idx] > 0.5)
-            if residuals is not None and step >= weigh_views_from:
-                vw = residuals.weights()[view]
-                loss_rgb = (charb * vw).sum() / vw.sum().clamp_min(1e-6)
-            else:
-                loss_rgb = charb.mean()
-            if rays.edge_weight is None:
-                loss_mask = F.binary_cross_entropy(opacity, mask[idx])
-            else:
-                ew = rays.edge_weight[idx]
-                bce = F.binary_cross_entropy(opacity, mask[idx], reduction="none")
-                loss_mask = (bce * ew).sum() / ew.sum().clamp_min(1e-6)
-            rand_pts = lo + (hi - lo) * torch.rand(preset.eikonal_points, 3, generator=gen, device=device)
-            _, _, rand_grad = field_.sdf_net(rand_pts, with_grad=True)
-            grads = torch.cat([out.grad, rand_grad])
-            loss_eik = ((grads.norm(dim=-1) - 1.0) ** 2).mean()
-            # Skipped space in front of a ray's first sample is empty, so the SDF there must be >= 0.
-            # Without this the field can make the whole band negative and let its boundary act
-            # as the surface (a negative section renders opaque), inflating thin objects.
-            loss_entry = torch.relu(-out.entry_sdf).mean() if out.entry_sdf.numel() else loss_eik * 0
-            loss = (
-                preset.w_rgb * loss_rgb
-                + preset.w_mask * loss_mask
-                + preset.w_eikonal * loss_eik
-                + preset.w_entry * loss_entry
-            )
-            extra: dict[str, torch.Tensor] = {}
-            if preset.w_normal_smooth > 0:
-                loss_smooth = _normal_smoothness(field_, out, preset, gen)
-                fade = 1.0 - (1.0 - preset.normal_smooth_end) * step / max(1, preset.steps - 1)
-                loss = loss + preset.w_normal_smooth * fade * loss_smooth
-                extra["normal_smooth"] = loss_smooth
-            if appearance is not None:
-                loss_app = appearance.penalty()
-                loss = loss + preset.w_appearance * loss_app
-                extra["appearance"] = loss_app
-
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
+            loss, parts, out, inv_s = _step_loss(field_, grid, hull_box, rays, opt, sched, step, gen, device)
+            opt.minimise(loss)
             if step % 10 == 0 or step == preset.steps - 1:
                 loss_value = float(loss.item())
-                s_now = float(inv_s.item())
-                history.append(
-                    {
-                        "step": step,
-                        "loss": loss_value,
-                        "rgb": float(loss_rgb.item()),
-                        "mask": float(loss_mask.item()),
-                        "eikonal": float(loss_eik.item()),
-                        **{k: float(v.item()) for k, v in extra.items()},
-                        "inv_s": s_now,
-                        "samples": out.num_samples,
-                        "rays": out.num_rays,
-                        "seconds": time.perf_counter() - t0,
-                    }
+                history.append(_history_entry(step, loss_value, parts, inv_s, out, time.perf_counter() - t0))
+                advance(
+                    1, info=f"loss {loss_value:.4f} s {history[-1]['inv_s']:.0f} samples {out.num_samples}"
                 )
-                advance(1, info=f"loss {loss_value:.4f} s {s_now:.0f} samples {out.num_samples}")
             else:
                 advance(1)
     if device.type == "cuda":
@@ -404,8 +265,230 @@ def train(
         seconds=time.perf_counter() - t0,
         final_loss=loss_value,
         history=history,
-        appearance=None if appearance is None else appearance.matrices(),
+        appearance=None if opt.appearance is None else opt.appearance.matrices(),
     )
+
+
+def _skipping_grid(views: ViewSet, masks: np.ndarray, preset: Preset, device: torch.device) -> OccupancyGrid:
+    """The occupancy grid that confines the samples, starting as the (dilated) visual hull."""
+    hull = visual_hull(
+        masks,
+        views.cameras,
+        preset.occupancy_res,
+        preset.field.bound,
+        device,
+        dilate_px=preset.hull_dilate_px,
+        allowed_misses=preset.hull_allowed_misses,
+        dilate_voxels=1,  # a voxel of slack: the skipping grid must never cut the surface
+    )
+    if not bool(hull.any()):
+        raise ViewsFolderError(
+            "the views' masks do not agree on any common volume: cameras and views do not match"
+        )
+    return OccupancyGrid(hull, preset.field.bound)
+
+
+def _fit_to_tight_hull(
+    field_: NeuSField,
+    views: ViewSet,
+    masks: np.ndarray,
+    preset: Preset,
+    device: torch.device,
+    gen: torch.Generator,
+) -> None:
+    """:func:`fit_hull` on the undilated hull (the distance transform runs on the CPU, so at most 128^3)."""
+    res = min(128, preset.occupancy_res)
+    tight = visual_hull(
+        masks,
+        views.cameras,
+        res,
+        preset.field.bound,
+        device,
+        dilate_px=1,
+        allowed_misses=preset.hull_allowed_misses,
+        dilate_voxels=0,
+    )
+    fit_hull(field_, hull_sdf(tight, preset.field.bound), preset.field.bound, preset, gen)
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """What changes with the step: active hash levels, NeuS' sharpness floor, when the occupancy
+    grid is narrowed, when the per-ray cap and the view weights start."""
+
+    preset: Preset
+    n_levels: int
+    s0: float  # the field's initial sharpness
+
+    @property
+    def level_every(self) -> int:
+        p = self.preset
+        return max(1, int(p.steps * p.levels_done_at / max(1, self.n_levels - p.start_levels)))
+
+    @property
+    def ramp_steps(self) -> int:
+        return max(1, int(self.preset.steps * self.preset.level_ramp))
+
+    def levels(self, step: int) -> int:
+        return self.preset.start_levels + step // self.level_every
+
+    def updates_occupancy(self, step: int) -> bool:
+        start = int(self.preset.steps * self.preset.occupancy_start)
+        return step >= start and (step - start) % self.preset.occupancy_every == 0
+
+    def inv_s_floor(self, step: int) -> float:
+        s1 = max(self.s0, self.preset.min_inv_s_end)
+        return self.s0 * (s1 / self.s0) ** (step / self.preset.steps)
+
+    def cos_anneal(self, step: int) -> float:
+        return min(1.0, step / max(1.0, self.preset.cos_anneal_end * self.preset.steps))
+
+    def max_per_ray(self, step: int) -> int | None:
+        capped = step >= int(self.preset.steps * self.preset.per_ray_cap_from)
+        return self.preset.max_samples_per_ray if capped else None
+
+    def weighs_views(self, step: int) -> bool:
+        return step >= int(self.preset.steps * self.preset.view_weight_from)
+
+
+class _Optimiser:
+    """Adam over the hash grid, the MLPs, NeuS' variance and (if on) the per-view colour transforms,
+    each group with its own learning rate; plus the running per-view residuals (if on)."""
+
+    def __init__(self, field_: NeuSField, preset: Preset, num_views: int, device: torch.device) -> None:
+        grid_params = [p for n, p in field_.named_parameters() if n.startswith("sdf_net.encoding")]
+        var_params = list(field_.inv_s.parameters())
+        ids = {id(p) for p in grid_params + var_params}
+        mlp_params = [p for p in field_.parameters() if id(p) not in ids]
+        groups = [
+            {"params": grid_params, "lr": preset.lr},
+            {"params": mlp_params, "lr": preset.lr},
+            {"params": var_params, "lr": preset.lr_variance},
+        ]
+        self.appearance = None
+        if preset.appearance != "none":
+            self.appearance = ViewAppearance(num_views, preset.appearance, preset.appearance_anchor, device)
+            groups.append({"params": list(self.appearance.parameters()), "lr": preset.appearance_lr})
+        self.base_lrs = [g["lr"] for g in groups]
+        self.adam = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
+        self.residuals = (
+            _ViewResiduals(num_views, preset.view_weight_power, preset.view_weight_min, device)
+            if preset.view_weight_power > 0
+            else None
+        )
+        self.preset = preset
+
+    def follow_schedule(self, field_: NeuSField, sched: _Schedule, step: int, device: torch.device) -> None:
+        """Activate this step's hash levels (and their ramp weights) and set the learning rates."""
+        p = self.preset
+        field_.sdf_net.encoding.set_active_levels(sched.levels(step))
+        if p.level_ramp > 0:
+            field_.sdf_net.set_level_weights(
+                _level_weights(
+                    step, sched.n_levels, p.start_levels, sched.level_every, sched.ramp_steps, device
+                )
+            )
+        f = _lr_factor(step, p.steps, p.warmup)
+        for g, base in zip(self.adam.param_groups, self.base_lrs, strict=True):
+            g["lr"] = base * f
+
+    def minimise(self, loss: torch.Tensor) -> None:
+        self.adam.zero_grad(set_to_none=True)
+        loss.backward()
+        self.adam.step()
+
+
+def _step_loss(
+    field_: NeuSField,
+    grid: OccupancyGrid,
+    hull_box: tuple[torch.Tensor, torch.Tensor],
+    rays: RayPool,
+    opt: _Optimiser,
+    sched: _Schedule,
+    step: int,
+    gen: torch.Generator,
+    device: torch.device,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], RenderOutput, torch.Tensor]:
+    """Render one random batch of rays and return (loss, its named parts, the render, the sharpness used)."""
+    preset = opt.preset
+    idx = torch.randint(rays.origins.shape[0], (preset.rays_per_batch,), generator=gen, device=device)
+    inv_s = torch.maximum(field_.inv_s(), torch.tensor(sched.inv_s_floor(step), device=device))
+    out = render_rays(
+        field_,
+        grid,
+        rays.origins[idx],
+        rays.dirs[idx],
+        preset.step_size,
+        cos_anneal=sched.cos_anneal(step),
+        generator=gen,
+        max_samples=preset.max_samples_per_batch,
+        inv_s=inv_s,
+        max_per_ray=sched.max_per_ray(step),
+    )
+    idx = idx[: out.num_rays]
+    view, target, coverage = rays.view[idx], rays.rgb[idx], rays.mask[idx]
+    appearance, residuals = opt.appearance, opt.residuals
+    pred = out.rgb if appearance is None else appearance.apply(out.rgb, out.opacity, view)
+    charb = torch.sqrt(((pred - target) ** 2).sum(-1) + 1e-3)
+    opacity = out.opacity.clamp(1e-4, 1.0 - 1e-4)
+    if residuals is not None:
+        residuals.update(charb.detach(), view, coverage > 0.5)
+    if residuals is not None and sched.weighs_views(step):
+        vw = residuals.weights()[view]
+        loss_rgb = (charb * vw).sum() / vw.sum().clamp_min(1e-6)
+    else:
+        loss_rgb = charb.mean()
+    if rays.edge_weight is None:
+        loss_mask = F.binary_cross_entropy(opacity, coverage)
+    else:
+        ew = rays.edge_weight[idx]
+        bce = F.binary_cross_entropy(opacity, coverage, reduction="none")
+        loss_mask = (bce * ew).sum() / ew.sum().clamp_min(1e-6)
+    lo, hi = hull_box
+    rand_pts = lo + (hi - lo) * torch.rand(preset.eikonal_points, 3, generator=gen, device=device)
+    _, _, rand_grad = field_.sdf_net(rand_pts, with_grad=True)
+    grads = torch.cat([out.grad, rand_grad])
+    loss_eik = ((grads.norm(dim=-1) - 1.0) ** 2).mean()
+    # Skipped space in front of a ray's first sample is empty, so the SDF there must be >= 0.
+    # Without this the field can make the whole band negative and let its boundary act
+    # as the surface (a negative section renders opaque), inflating thin objects.
+    loss_entry = torch.relu(-out.entry_sdf).mean() if out.entry_sdf.numel() else loss_eik * 0
+    loss = (
+        preset.w_rgb * loss_rgb
+        + preset.w_mask * loss_mask
+        + preset.w_eikonal * loss_eik
+        + preset.w_entry * loss_entry
+    )
+    parts = {"rgb": loss_rgb, "mask": loss_mask, "eikonal": loss_eik}
+    if preset.w_normal_smooth > 0:
+        loss_smooth = _normal_smoothness(field_, out, preset, gen)
+        fade = 1.0 - (1.0 - preset.normal_smooth_end) * step / max(1, preset.steps - 1)
+        loss = loss + preset.w_normal_smooth * fade * loss_smooth
+        parts["normal_smooth"] = loss_smooth
+    if appearance is not None:
+        loss_app = appearance.penalty()
+        loss = loss + preset.w_appearance * loss_app
+        parts["appearance"] = loss_app
+    return loss, parts, out, inv_s
+
+
+def _history_entry(
+    step: int,
+    loss: float,
+    parts: dict[str, torch.Tensor],
+    inv_s: torch.Tensor,
+    out: RenderOutput,
+    seconds: float,
+) -> dict:
+    return {
+        "step": step,
+        "loss": loss,
+        **{k: float(v.item()) for k, v in parts.items()},
+        "inv_s": float(inv_s.item()),
+        "samples": out.num_samples,
+        "rays": out.num_rays,
+        "seconds": seconds,
+    }
 
 
 def _normal_smoothness(field_: NeuSField, out, preset: Preset, gen: torch.Generator) -> torch.Tensor:
