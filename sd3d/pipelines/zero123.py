@@ -382,116 +382,134 @@ def generate_views_zero123(
     """
 
     settings = (settings or Zero123Settings()).check()
-    sampler, steps, cfg, eta, seed = (
-        settings.sampler,
-        settings.steps,
-        settings.cfg,
-        settings.eta,
-        settings.seed,
-    )
-    batch_size, condition_on = settings.batch_view_num, settings.condition_on
     lo, hi = cam.ELEVATION_LIMITS_DEG
     if not np.isfinite(elevation_deg) or not lo <= float(elevation_deg) <= hi:
         raise UserError(f"the input elevation must be between {lo:g} and {hi:g} degrees, got {elevation_deg}")
     x_in = model_input(prepared, weights_dir=weights_dir)
     net = _model(model, weights, weights_dir, device, dtype)
-    dev = net.device
     cameras = cam.target_cameras(size=MODEL_SIZE)
-    n = len(cameras)
-    input_center = orbit_center(float(elevation_deg), 0.0, INPUT_RADIUS)
-    centers = [c.center for c in cameras]
-    latent_shape = (net.config.latent_channels, net.config.latent_size, net.config.latent_size)
-    tables = ddim_tables(zero123_schedule(), steps, eta, variant=ZERO123)
-    gen = make_generator(seed, dev)
-    provenance: dict[str, Any] = {
-        "model": "zero123",
-        "weights": getattr(net, "weights_path", None),
-        "unet_weights": net.unet_weights,
-        "sampler": sampler,
-        "steps": int(steps),
-        "ddim_steps": int(tables.steps),
-        "cfg": float(cfg),
-        "eta": float(eta),
-        "seed": int(seed),
-        "input_radius": INPUT_RADIUS,
-        "views_per_call": int(batch_size),
-    }
-
+    tables = ddim_tables(zero123_schedule(), settings.steps, settings.eta, variant=ZERO123)
+    gen = make_generator(settings.seed, net.device)
+    provenance = _provenance(net, settings, tables)
+    targets = _Targets(
+        input_center=orbit_center(float(elevation_deg), 0.0, INPUT_RADIUS),
+        centers=[c.center for c in cameras],
+        latent_shape=(net.config.latent_channels, net.config.latent_size, net.config.latent_size),
+    )
     with torch.inference_mode():
-        enc = net.encode_view(x_in.to(dev))
-        if sampler == "independent":
-            poses = torch.from_numpy(np.stack([relative_pose(input_center, c) for c in centers])).to(dev)
-            contexts = net.project(enc.clip_embed.expand(n, -1, -1), poses.reshape(n, 1, -1))
-            concat = enc.concat_latent.expand(n, -1, -1, -1)
-
-            def eps_fn(x: torch.Tensor, t: int, index: int) -> torch.Tensor:
-                return torch.cat(
-                    [
-                        net.guided_eps(
-                            x[i : i + batch_size],
-                            t,
-                            contexts[i : i + batch_size],
-                            concat[i : i + batch_size],
-                            cfg,
-                        )
-                        for i in range(0, n, batch_size)
-                    ]
-                )
-
-            x_T = torch.randn((n, *latent_shape), generator=gen, device=dev, dtype=torch.float32)
-            latents = ddim_sample(
-                eps_fn, x_T, tables, gen, progress, description="zero123 views", variant=ZERO123
-            )
-            views_u8 = images_to_uint8(net.decode(latents, batch_size=batch_size))
+        enc = net.encode_view(x_in.to(net.device))
+        if settings.sampler == "independent":
+            views_u8 = _independent_views(net, enc, targets, tables, settings, gen, progress)
         else:
-            decoded: dict[int, np.ndarray] = {}
-
-            def finish(target: int, latent: torch.Tensor) -> ConditioningView:
-                image = net.decode(latent)
-                u8 = images_to_uint8(image)
-                decoded[target] = u8[0]
-                if condition_on == "image":  # exactly what re-reading the saved PNG would give
-                    image = torch.from_numpy(u8).to(dev).permute(0, 3, 1, 2).float() / 255.0 * 2.0 - 1.0
-                    view = net.encode_view(image)
-                    clip_embed, concat_latent = view.clip_embed, view.concat_latent
-                else:
-                    clip_embed = net.encode_clip(image.clamp(-1.0, 1.0))
-                    concat_latent = latent.float() / net.scale_factor
-                return ConditioningView(target, centers[target], clip_embed, concat_latent)
-
-            input_view = ConditioningView(INPUT_VIEW, input_center, enc.clip_embed, enc.concat_latent)
-            result = sample_stochastic_conditioning(
-                net,
-                input_view,
-                centers,
-                finish,
-                tables,
-                latent_shape,
-                cfg,
-                noise_generator=gen,
-                choice_generator=_choice_generator(seed),
-                order=order,
-                progress=progress,
-            )
-            for i in range(n):
-                if i not in decoded:
-                    decoded[i] = images_to_uint8(net.decode(result.latents[i : i + 1]))[0]
-            views_u8 = np.stack([decoded[i] for i in range(n)])
-            provenance.update(
-                condition_on=condition_on,
-                generation_order=list(result.order),
-                conditioning_draws=[list(d) for d in result.draws],
-            )
-
-    images = (views_u8.astype(np.float32) / 255.0).astype(np.float32)
+            views_u8, record = _stochastic_views(net, enc, targets, tables, settings, gen, order, progress)
+            provenance.update(record)
     return ViewSet(
-        images=images,
+        images=(views_u8.astype(np.float32) / 255.0).astype(np.float32),
         cameras=cameras,
         alphas=None,
         input_elevation_deg=float(elevation_deg),
-        seed=int(seed),
+        seed=int(settings.seed),
         provenance=provenance,
     )
+
+
+@dataclass(frozen=True)
+class _Targets:
+    """Where the input and the 16 targets sit, and the shape of one latent."""
+
+    input_center: np.ndarray
+    centers: list[np.ndarray]
+    latent_shape: tuple[int, int, int]
+
+
+def _provenance(net: Zero123, settings: Zero123Settings, tables) -> dict[str, Any]:
+    return {
+        "model": "zero123",
+        "weights": getattr(net, "weights_path", None),
+        "unet_weights": net.unet_weights,
+        "sampler": settings.sampler,
+        "steps": int(settings.steps),
+        "ddim_steps": int(tables.steps),
+        "cfg": float(settings.cfg),
+        "eta": float(settings.eta),
+        "seed": int(settings.seed),
+        "input_radius": INPUT_RADIUS,
+        "views_per_call": int(settings.batch_view_num),
+    }
+
+
+def _independent_views(
+    net: Zero123, enc, targets: _Targets, tables, settings: Zero123Settings, gen, progress
+) -> np.ndarray:
+    """Each view its own DDIM chain, ``batch_view_num`` views per UNet call (the noise is drawn for
+    all 16 at once, so the chunking changes nothing but float round-off)."""
+    dev, n, batch_size, cfg = net.device, len(targets.centers), settings.batch_view_num, settings.cfg
+    poses = np.stack([relative_pose(targets.input_center, c) for c in targets.centers])
+    contexts = net.project(
+        enc.clip_embed.expand(n, -1, -1), torch.from_numpy(poses).to(dev).reshape(n, 1, -1)
+    )
+    concat = enc.concat_latent.expand(n, -1, -1, -1)
+
+    def eps_fn(x: torch.Tensor, t: int, index: int) -> torch.Tensor:
+        chunks = range(0, n, batch_size)
+        return torch.cat(
+            [
+                net.guided_eps(
+                    x[i : i + batch_size], t, contexts[i : i + batch_size], concat[i : i + batch_size], cfg
+                )
+                for i in chunks
+            ]
+        )
+
+    x_T = torch.randn((n, *targets.latent_shape), generator=gen, device=dev, dtype=torch.float32)
+    latents = ddim_sample(eps_fn, x_T, tables, gen, progress, description="zero123 views", variant=ZERO123)
+    return images_to_uint8(net.decode(latents, batch_size=batch_size))
+
+
+def _stochastic_views(
+    net: Zero123, enc, targets: _Targets, tables, settings: Zero123Settings, gen, order, progress
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """3DiM's stochastic conditioning: the views one after another, each step conditioned on the
+    input or a finished view; returns the uint8 views and what the provenance records of the run."""
+    dev, condition_on = net.device, settings.condition_on
+    decoded: dict[int, np.ndarray] = {}
+
+    def finish(target: int, latent: torch.Tensor) -> ConditioningView:
+        image = net.decode(latent)
+        u8 = images_to_uint8(image)
+        decoded[target] = u8[0]
+        if condition_on == "image":  # exactly what re-reading the saved PNG would give
+            image = torch.from_numpy(u8).to(dev).permute(0, 3, 1, 2).float() / 255.0 * 2.0 - 1.0
+            view = net.encode_view(image)
+            clip_embed, concat_latent = view.clip_embed, view.concat_latent
+        else:
+            clip_embed = net.encode_clip(image.clamp(-1.0, 1.0))
+            concat_latent = latent.float() / net.scale_factor
+        return ConditioningView(target, targets.centers[target], clip_embed, concat_latent)
+
+    input_view = ConditioningView(INPUT_VIEW, targets.input_center, enc.clip_embed, enc.concat_latent)
+    result = sample_stochastic_conditioning(
+        net,
+        input_view,
+        targets.centers,
+        finish,
+        tables,
+        targets.latent_shape,
+        settings.cfg,
+        noise_generator=gen,
+        choice_generator=_choice_generator(settings.seed),
+        order=order,
+        progress=progress,
+    )
+    for i in range(len(targets.centers)):
+        if i not in decoded:
+            decoded[i] = images_to_uint8(net.decode(result.latents[i : i + 1]))[0]
+    record = {
+        "condition_on": condition_on,
+        "generation_order": list(result.order),
+        "conditioning_draws": [list(d) for d in result.draws],
+    }
+    return np.stack([decoded[i] for i in range(len(targets.centers))]), record
 
 
 def generate_view_sets_zero123(
