@@ -221,6 +221,16 @@ Background = Annotated[
 Device = Annotated[
     str, typer.Option("--device", parser=word, metavar="auto|cpu|cuda[:N]", help="Compute device.")
 ]
+GpuMemory = Annotated[
+    float | None,
+    number_option(
+        "--gpu-memory",
+        metavar="GIB",
+        help="Most GPU memory this process may take, in GiB (to share a card, or run as on a smaller "
+        "one; chunks and offloading adapt). Default: the whole card.",
+        show_default=False,
+    ),
+]
 Dtype = Annotated[
     str,
     typer.Option(

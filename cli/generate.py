@@ -18,6 +18,7 @@ from cli.common import (
     Device,
     Dtype,
     Eta,
+    GpuMemory,
     MaxPixels,
     Overwrite,
     Samples,
@@ -142,6 +143,7 @@ def generate(
     crop_size: AutoCropSize = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
+    gpu_memory: GpuMemory = None,
     sampler: Sampler = "ddim",
     ddim_discretize: DDIMDiscretize = "uniform",
     compile_steps: Compile = False,
@@ -151,7 +153,7 @@ def generate(
     background: Background = "auto",
     max_pixels: MaxPixels = None,
 ) -> None:
-    from sd3d.core.device import resolve_device, resolve_dtype
+    from sd3d.core.device import limit_gpu_memory, resolve_device, resolve_dtype
     from sd3d.pipelines.syncdreamer import GenerationSettings, check_output_folder, generated_names
 
     if model_name == "zero123":
@@ -170,6 +172,7 @@ def generate(
             ddim_discretize=ddim_discretize,
         ).check()
     torch_device = resolve_device(device)  # resolved once here; the library gets torch objects
+    limit_gpu_memory(torch_device, gpu_memory)
     torch_dtype = resolve_dtype(dtype, torch_device)
     job = _Job(
         image, output, overwrite, background, max_pixels, torch_device, torch_dtype, weights, weights_dir

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import Device, Faces, Seed, TrainingSteps, word
+from cli.common import Device, Faces, GpuMemory, Seed, TrainingSteps, word
 from sd3d.core import defaults
 
 
@@ -46,6 +46,7 @@ def reconstruct(
     seed: Seed = defaults.SEED,
     device: Device = "auto",
     faces: Faces = None,
+    gpu_memory: GpuMemory = None,
 ) -> None:
     import time
 
@@ -54,11 +55,12 @@ def reconstruct(
     from recon.pipeline import export_mesh
     from recon.pipeline import reconstruct as run_reconstruct
     from recon.presets import ReconSettings, resolve_quality
-    from sd3d.core.device import resolve_device
+    from sd3d.core.device import limit_gpu_memory, resolve_device
     from sd3d.core.io import read_views
 
     check_output_path(output)
     dev = resolve_device(device)
+    limit_gpu_memory(dev, gpu_memory)
     quality = resolve_quality(quality, dev)
     settings = ReconSettings(quality, steps, faces)  # validates before any work
     vs = read_views(views)

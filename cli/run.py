@@ -21,6 +21,7 @@ from cli.common import (
     Dtype,
     Eta,
     Faces,
+    GpuMemory,
     MaxPixels,
     Overwrite,
     Samples,
@@ -131,6 +132,7 @@ STAGE_OPTIONS = [
     ),
     _option("device", Device, "auto"),
     _option("dtype", Dtype, "auto"),
+    _option("gpu_memory", GpuMemory, None),
     _option("weights", retold(Weights, "SyncDreamer checkpoint file."), None),
     _option("weights_dir", WeightsDir, None),
 ]
@@ -183,6 +185,7 @@ def _settings(
     preview_frames: int,
     device: str,
     dtype: str,
+    gpu_memory: float | None,
     **_ignored,
 ):
     """The stage options -> the library's checked :class:`~sd3d.workflows.run.RunSettings`."""
@@ -208,6 +211,7 @@ def _settings(
         max_pixels=max_pixels,
         device=device,
         dtype=dtype,
+        gpu_memory_gib=gpu_memory,
     ).check()
 
 

@@ -9,6 +9,7 @@ import torch
 import recon.pipeline
 from cli.app import OUT_OF_MEMORY_EXIT, main
 from sd3d.core import device as device_mod
+from sd3d.core.errors import UserError
 from sd3d.models import inference
 
 GIB = 2**30
@@ -102,3 +103,36 @@ def test_other_errors_keep_their_traceback(monkeypatch, tmp_path):
     monkeypatch.setattr(recon.pipeline, "reconstruct", bug)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["reconstruct", "examples/spot", "-o", str(tmp_path / "m.glb"), "--device", "cpu"])
+
+
+def test_gpu_memory_cap_sets_the_fraction_of_the_card(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (100 * GIB, 140 * GIB))
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, device=None: calls.append(f))
+    device_mod.limit_gpu_memory(CUDA, 6.0)
+    device_mod.limit_gpu_memory(CUDA, 500.0)  # more than the card: no cap
+    device_mod.limit_gpu_memory(CUDA, None)
+    device_mod.limit_gpu_memory(torch.device("cpu"), 6.0)  # nothing to cap on the CPU
+    assert calls == [pytest.approx(6 / 140), 1.0]
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(UserError, match="--gpu-memory must be a positive number of GiB"):
+            device_mod.limit_gpu_memory(CUDA, bad)
+
+
+def test_run_settings_check_the_cap_before_any_work():
+    from sd3d.workflows.run import RunSettings
+
+    with pytest.raises(UserError, match="--gpu-memory"):
+        RunSettings(gpu_memory_gib=0.0)
+    settings = RunSettings(gpu_memory_gib=6.0, device="cpu").check()
+    assert settings.device_and_dtype()[0] == torch.device("cpu")
+
+
+@pytest.mark.parametrize("command", ["reconstruct", "generate", "run"])
+def test_gpu_memory_option_is_checked_by_every_gpu_command(command, capsys, tmp_path):
+    source = "examples/spot" if command == "reconstruct" else "examples/spot/000.png"
+    out = tmp_path / ("out.glb" if command == "reconstruct" else "out")
+    code = main([command, source, "-o", str(out), "--gpu-memory", "0", "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == ["error: --gpu-memory must be a positive number of GiB, got 0.0"]
+    assert not out.exists()

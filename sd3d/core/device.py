@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from sd3d.core.errors import UserError
@@ -86,3 +88,27 @@ def out_of_memory_message(exc: BaseException, device: torch.device | None = None
         f"the GPU ran out of memory{held}: lower --samples or --batch-view-num, use --quality draft "
         "for reconstruction, close other programs on the GPU, or run with --device cpu"
     )
+
+
+def limit_gpu_memory(device: torch.device, gib: float | None) -> None:
+    """Cap what this process may allocate on a CUDA ``device`` at ``gib`` GiB (``None``: no cap).
+
+    For sharing one card between processes (two batch workers on one GPU) and for running as on a
+    smaller card; the view chunks, the decoder batch and the offloading of the conditioning encoders
+    then size themselves to the cap (:func:`cuda_memory_budget`). A cap at or above the card's memory
+    is no cap; on the CPU it does nothing.
+    """
+    if gib is None:
+        return
+    check_gpu_memory(gib)
+    if device.type != "cuda":
+        return
+    _, total = torch.cuda.mem_get_info(device)
+    torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total), device)
+
+
+def check_gpu_memory(gib: float | None) -> float | None:
+    """A GPU memory cap must be a positive number of GiB (``None``: no cap)."""
+    if gib is not None and not (math.isfinite(gib) and gib > 0):
+        raise UserError(f"--gpu-memory must be a positive number of GiB, got {gib}")
+    return gib

@@ -38,7 +38,7 @@ from recon.raster import load_mesh, render_mesh
 from sd3d.background import check_backend_name
 from sd3d.core import cameras as cam
 from sd3d.core import defaults
-from sd3d.core.device import resolve_device, resolve_dtype
+from sd3d.core.device import check_gpu_memory, limit_gpu_memory, resolve_device, resolve_dtype
 from sd3d.core.errors import MissingDependencyError, OutputPathError, UserError, WeightsError
 from sd3d.core.io import atomic_dir, check_max_pixels, check_output_dir, mark_output, write_json_atomic
 from sd3d.core.progress import Progress, resolve
@@ -96,7 +96,8 @@ class RunSettings:
     model's training range), estimate from those views, and regenerate once at the estimate when it
     differs by more than ``regenerate_threshold_deg``. ``max_pixels``: the input photo's size limit
     (``None``: :data:`sd3d.core.io.DEFAULT_MAX_PIXELS`). ``device``/``dtype``: names (``auto``,
-    ``cuda:1``, ``bf16`` ...) as the user gave them; :meth:`device_and_dtype` resolves them.
+    ``cuda:1``, ``bf16`` ...) as the user gave them; :meth:`device_and_dtype` resolves them and
+    applies ``gpu_memory_gib``, a cap on this process' GPU memory (``None``: the whole card).
     """
 
     generation: Any = field(default_factory=_default_generation)  # GenerationSettings
@@ -109,6 +110,7 @@ class RunSettings:
     device: str = "auto"
     dtype: str = "auto"
     regenerate_threshold_deg: float = 2.5
+    gpu_memory_gib: float | None = None
 
     def __post_init__(self) -> None:
         self._validate()
@@ -136,6 +138,7 @@ class RunSettings:
         self.generation_at(first_elevation(self)).check()
         check_crop_size(self.crop_size)
         check_backend_name(self.background)
+        check_gpu_memory(self.gpu_memory_gib)
         if not self.regenerate_threshold_deg >= 0:
             raise UserError(f"the regeneration threshold must be >= 0, got {self.regenerate_threshold_deg}")
 
@@ -149,6 +152,7 @@ class RunSettings:
         by whoever runs the stages, which then take the :class:`torch.device` / :class:`torch.dtype`."""
 
         device = resolve_device(self.device)
+        limit_gpu_memory(device, self.gpu_memory_gib)
         return device, resolve_dtype(self.dtype, device)
 
     def check(self) -> RunSettings:
