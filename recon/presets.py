@@ -114,7 +114,10 @@ textures exactly as the plain NeuS did."""
 
 _ROBUST: dict[str, object] = {
     "appearance": "affine",
-    "w_normal_smooth": 0.2,
+    # Smoothing trades thin parts for smooth surfaces: on the robustness benchmark (draft, CPU) 0.5
+    # made a smooth object better but a thin sheet much worse; 0.1 gave the lowest mean Chamfer over
+    # smooth, thin, concave objects (benchmarks/RESULTS.md). Not yet measured at standard quality.
+    "w_normal_smooth": 0.1,
     "level_ramp": 0.1,
     "view_weight_power": 1.0,
     "mask_edge_px": 2.0,
@@ -144,8 +147,6 @@ PRESETS: dict[str, Preset] = {
             **_ROBUST,
             # at half resolution a few pixels around the mask edge are the silhouette's own rays
             "mask_edge_px": 0.0,
-            # 400 steps leave a lumpy surface that a stronger curvature term irons out
-            "w_normal_smooth": 0.5,
         },
         normal_smooth_points=256,
     ),
