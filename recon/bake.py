@@ -34,9 +34,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.ndimage import distance_transform_edt
 
 from recon.appearance import to_canonical
+from recon.masks import inner_edge_weight
 from recon.raster import rasterize
 from sd3d.core.cameras import Camera
 from sd3d.core.progress import Progress, resolve
@@ -63,15 +63,6 @@ class BakeSettings:
             edge_px=preset.bake_edge_px,
             min_weight=preset.bake_min_weight,
         )
-
-
-def inner_edge_weight(mask: np.ndarray, edge_px: float) -> np.ndarray:
-    """(H, W) float32: 0 outside the mask, rising linearly from its edge to 1 at ``edge_px`` inside."""
-    hard = mask > 0.5
-    if edge_px <= 0:
-        return hard.astype(np.float32)
-    dist = distance_transform_edt(hard) - 0.5  # pixel centre to the boundary of the mask
-    return np.where(hard, np.clip(dist / edge_px, 0.0, 1.0), 0.0).astype(np.float32)
 
 
 class ViewProjector:

@@ -10,7 +10,7 @@ A view whose mask is empty, or that has no background at all, cannot constrain t
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import label
+from scipy.ndimage import distance_transform_edt, label
 
 from sd3d.core.errors import ViewsFolderError
 from sd3d.core.io import VIEW_FILES, ViewSet
@@ -54,3 +54,34 @@ def view_masks(views: ViewSet) -> tuple[np.ndarray, str]:
                 f"{name} has no background ({source} mask covers {coverage:.0%} of the view)"
             )
     return masks, source
+
+
+def edge_distance(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The hard mask (coverage > 0.5) and each pixel's distance to its boundary, in pixels.
+
+    The distance of a pixel centre to the nearest pixel of the other side, minus half a pixel: the
+    distance to the boundary between them (inside and outside alike). Training weighs the mask loss
+    by it and baking weighs each view's colours by it, so both read the edge the same way.
+    """
+    hard = mask > 0.5
+    return hard, np.where(hard, distance_transform_edt(hard), distance_transform_edt(~hard)) - 0.5
+
+
+def edge_weights(mask: np.ndarray, edge_px: float) -> np.ndarray:
+    """(H, W) float32 weight of each pixel by its distance to the mask's edge: 0 at the edge,
+    rising linearly to 1 at ``edge_px`` pixels (both sides of it).
+
+    Why: a generated view's mask is least trustworthy at its edge (where the object blends into the
+    background and where neighbouring views disagree by a pixel or two); the interior and the
+    far background are not in doubt.
+    """
+    _, dist = edge_distance(mask)
+    return np.clip(dist / edge_px, 0.0, 1.0).astype(np.float32)
+
+
+def inner_edge_weight(mask: np.ndarray, edge_px: float) -> np.ndarray:
+    """(H, W) float32: 0 outside the mask, rising linearly from its edge to 1 at ``edge_px`` inside."""
+    hard, dist = edge_distance(mask)
+    if edge_px <= 0:
+        return hard.astype(np.float32)
+    return np.where(hard, np.clip(dist / edge_px, 0.0, 1.0), 0.0).astype(np.float32)

@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.ndimage import distance_transform_edt, maximum_filter
+from scipy.ndimage import maximum_filter
 
 from recon.appearance import ViewAppearance
 from recon.fields import NeuSField
 from recon.hull import hull_sdf, visual_hull
-from recon.masks import view_masks
+from recon.masks import edge_weights, view_masks
 from recon.presets import Preset
 from recon.render import OccupancyGrid, RenderOutput, camera_rays, render_rays, sample_volume
 from sd3d.core import defaults
@@ -51,21 +51,6 @@ class RayPool:
     mask: torch.Tensor  # (R,)
     view: torch.Tensor  # (R,) long
     edge_weight: torch.Tensor | None = None  # (R,)
-
-
-def edge_weights(mask: np.ndarray, edge_px: float) -> np.ndarray:
-    """(H, W) float32 weight of each pixel by its distance to the mask's edge: 0 at the edge,
-    rising linearly to 1 at ``edge_px`` pixels (both sides of it).
-
-    Why: a generated view's mask is least trustworthy at its edge (where the object blends into the
-    background and where neighbouring views disagree by a pixel or two); the interior and the
-    far background are not in doubt.
-    """
-    hard = mask > 0.5
-    # distance from a pixel centre to the nearest pixel of the other side, minus half a pixel:
-    # the distance to the boundary between them
-    dist = np.where(hard, distance_transform_edt(hard), distance_transform_edt(~hard)) - 0.5
-    return np.clip(dist / edge_px, 0.0, 1.0).astype(np.float32)
 
 
 def prepare_rays(

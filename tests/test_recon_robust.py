@@ -16,12 +16,13 @@ import torch
 import trimesh
 
 from recon.appearance import ViewAppearance, to_canonical
-from recon.bake import BakeSettings, ViewProjector, inner_edge_weight
+from recon.bake import BakeSettings, ViewProjector
+from recon.masks import edge_weights, inner_edge_weight
 from recon.mesh import vertex_normals
 from recon.presets import PRESETS, ROBUSTNESS_OFF, Preset
 from recon.raster import Lighting, RenderMesh, render_mesh
 from recon.texture import UVMesh, bake_texture, rasterize_uv
-from recon.train import _level_weights, _ViewResiduals, edge_weights, prepare_rays, train
+from recon.train import _level_weights, _ViewResiduals, prepare_rays, train
 from sd3d.core.cameras import target_cameras
 from sd3d.core.io import ViewSet, read_views
 
