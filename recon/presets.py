@@ -25,6 +25,7 @@ from sd3d.core.errors import UserError
 
 QUALITIES = ("auto", "draft", "standard", "high")
 TEXTURE_SOURCES = ("field", "views")
+NORMAL_SMOOTH_OFFSETS = ("tangent", "sphere")
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,9 @@ class Preset:
     normal_smooth_eps: float = 0.01  # world units (the object spans ~1)
     normal_smooth_points: int = 1024  # samples drawn per step by their rendering weight
     normal_smooth_end: float = 0.1  # weight at the last step relative to the first (linear fade)
+    # where the second normal is taken: "tangent" (a step in the surface's tangent plane, which stays
+    # on the same face of a thin sheet) or "sphere" (any direction; can reach the sheet's far face)
+    normal_smooth_offset: str = "sphere"
     level_ramp: float = 0.0  # each new hash level fades in over this fraction of training, 0 = switch
     view_weight_power: float = 0.0  # down-weight views whose residual exceeds the median's, 0 = off
     view_weight_min: float = 0.3  # floor of a view's weight
@@ -97,6 +101,10 @@ class Preset:
             )
         if self.texture_source not in TEXTURE_SOURCES:
             raise ValueError(f"texture_source must be one of {TEXTURE_SOURCES}, got {self.texture_source!r}")
+        if self.normal_smooth_offset not in NORMAL_SMOOTH_OFFSETS:
+            raise ValueError(
+                f"normal_smooth_offset must be one of {NORMAL_SMOOTH_OFFSETS}, got {self.normal_smooth_offset!r}"
+            )
         if self.bake_temperature <= 0:
             raise ValueError("bake_temperature must be > 0")
 

@@ -492,7 +492,13 @@ def _normal_smoothness(field_: NeuSField, out, preset: Preset, gen: torch.Genera
     pick = torch.multinomial(weights, n, replacement=True, generator=gen)
     points = out.points[pick].detach()
     step = torch.randn(n, 3, generator=gen, device=gen.device).to(points.device)
+    here = F.normalize(out.grad[pick], dim=-1)
+    if preset.normal_smooth_offset == "tangent":
+        # Along the normal an SDF's gradient does not change, so that component only measures
+        # whether the step crossed to the other face of a part thinner than 2 eps, where the normal
+        # flips: drop it, so that thin sheets are not penalised for being thin.
+        normal = here.detach()
+        step = step - (step * normal).sum(-1, keepdim=True) * normal
     step = F.normalize(step, dim=-1) * preset.normal_smooth_eps
     _, _, grad_near = field_.sdf_net(points + step, with_grad=True)
-    here = F.normalize(out.grad[pick], dim=-1)
     return (here - F.normalize(grad_near, dim=-1)).square().sum(-1).mean()
