@@ -124,7 +124,13 @@ class SDFNetwork(nn.Module):
             return out[:, 0], out[:, 1:], None
         if not self.analytic_gradient:
             return self._forward_autograd(x)
-        enc, jac = self.encoding.forward_with_jacobian(self._normalise(x))
+        u = self._normalise(x)
+        enc, jac = self.encoding.forward_with_jacobian(u.detach())
+        if u.requires_grad:
+            # Positions with a gradient (rays moved by learned camera corrections): the features
+            # follow u to first order through their Jacobian. Adds exact zeros to the values; the
+            # normals' own dependence on u through the grid (its second derivative) is left out.
+            enc = enc + (jac.detach() * (u - u.detach())[:, None, :]).sum(-1)
         if self._level_scale is not None:
             enc, jac = enc * self._level_scale, jac * self._level_scale[:, None]
         out, pre = self._mlp(torch.cat([x, enc], dim=-1))
@@ -138,7 +144,7 @@ class SDFNetwork(nn.Module):
 
     def _forward_autograd(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
+            x = x if x.requires_grad else x.detach().requires_grad_(True)
             out, _ = self._mlp(torch.cat([x, self._encode(x)], dim=-1))
             sdf = out[:, 0]
             (grad,) = torch.autograd.grad(sdf, x, torch.ones_like(sdf), create_graph=torch.is_grad_enabled())

@@ -21,6 +21,7 @@ from recon.export import check_output_path, write_mesh
 from recon.fields import NeuSField
 from recon.masks import view_masks
 from recon.mesh import Mesh, decimate, extract_mesh, vertex_normals
+from recon.poses import corrected_cameras
 from recon.presets import ROBUSTNESS_OFF, Preset, ReconSettings
 from recon.render import OccupancyGrid
 from recon.texture import bake_texture, unwrap_uv, vertex_colors
@@ -41,6 +42,8 @@ class ReconResult:
     ``views`` and ``masks`` are what the field was fitted to and ``appearance`` (N, 3, 4) the
     learned per-view colour transforms (``None``: not learned): a texture baked from the views
     (``preset.texture_source == "views"``) needs them; without ``views`` it comes from the field.
+    ``poses`` (N, 3, 4): the learned camera corrections (:mod:`recon.poses`; ``None``: not learned),
+    with which the views are projected onto the mesh.
     """
 
     field: NeuSField
@@ -55,6 +58,7 @@ class ReconResult:
     views: ViewSet | None = None
     masks: np.ndarray | None = None
     appearance: np.ndarray | None = None
+    poses: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ def reconstruct(
         views=vs,
         masks=masks,
         appearance=out.appearance,
+        poses=out.poses,
     )
 
 
@@ -136,7 +141,7 @@ def view_projector(result: ReconResult, mesh: Mesh) -> ViewProjector:
     return ViewProjector(
         views.images,
         masks,
-        views.cameras,
+        corrected_cameras(views.cameras, result.poses),
         result.appearance,
         mesh.vertices,
         mesh.faces,

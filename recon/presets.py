@@ -25,7 +25,7 @@ from sd3d.core.errors import UserError
 
 QUALITIES = ("auto", "draft", "standard", "high")
 TEXTURE_SOURCES = ("field", "views")
-NORMAL_SMOOTH_OFFSETS = ("tangent", "sphere")
+NORMAL_SMOOTH_OFFSETS = ("sphere", "outward", "tangent")
 
 
 @dataclass(frozen=True)
@@ -76,14 +76,19 @@ class Preset:
     normal_smooth_eps: float = 0.01  # world units (the object spans ~1)
     normal_smooth_points: int = 1024  # samples drawn per step by their rendering weight
     normal_smooth_end: float = 0.1  # weight at the last step relative to the first (linear fade)
-    # where the second normal is taken: "tangent" (a step in the surface's tangent plane, which stays
-    # on the same face of a thin sheet) or "sphere" (any direction; can reach the sheet's far face)
+    # where the second normal is taken: "sphere" (a step in any direction; it can reach the far face
+    # of a thin sheet), "outward" (steps into the surface mirrored out) or "tangent" (in the tangent
+    # plane); the last two stay on the near face of a thin sheet
     normal_smooth_offset: str = "sphere"
     level_ramp: float = 0.0  # each new hash level fades in over this fraction of training, 0 = switch
     view_weight_power: float = 0.0  # down-weight views whose residual exceeds the median's, 0 = off
     view_weight_min: float = 0.3  # floor of a view's weight
     view_weight_from: float = 0.2  # fraction of training after which residuals are trusted
     mask_edge_px: float = 0.0  # the mask loss trusts rays within this many px of a mask edge less, 0 = off
+    pose_refine: bool = False  # learn a small rigid correction of each view's camera (recon.poses)
+    pose_lr: float = 1e-3  # radians / world units per Adam step, scaled by the schedule like the others
+    pose_from: float = 0.1  # fraction of training after which the corrections move (a coarse shape first)
+    w_pose: float = 0.1  # L2 pull of every correction towards zero
     texture_source: str = "field"  # views: project the input views (recon.bake); field: colour net
     bake_cos_power: float = 2.0  # view weight ~ (cos(normal, view direction) * edge weight) ** power
     bake_temperature: float = 0.25  # softmax temperature over log weights: low = best view wins
@@ -115,6 +120,7 @@ ROBUSTNESS_OFF: dict[str, object] = {
     "level_ramp": 0.0,
     "view_weight_power": 0.0,
     "mask_edge_px": 0.0,
+    "pose_refine": False,
     "texture_source": "field",
 }
 """Fields that switch every robustness method off: ``replace(preset, **ROBUSTNESS_OFF)`` trains and
@@ -123,8 +129,9 @@ textures exactly as the plain NeuS did."""
 _ROBUST: dict[str, object] = {
     "appearance": "affine",
     # Smoothing trades thin parts for smooth surfaces: on the robustness benchmark (draft, CPU) 0.5
-    # made a smooth object better but a thin sheet much worse; 0.1 gave the lowest mean Chamfer over
-    # smooth, thin, concave objects (benchmarks/RESULTS.md). Not yet measured at standard quality.
+    # made a smooth object better but a thin sheet much worse; with 0.1 the mean Chamfer over smooth,
+    # thin and concave objects is that of no smoothing, and the normals are smoother
+    # (benchmarks/RESULTS.md). Not yet measured at standard quality.
     "w_normal_smooth": 0.1,
     "level_ramp": 0.1,
     "view_weight_power": 1.0,

@@ -273,8 +273,16 @@ def render_rays(
     max_per_ray: int | None = None,
 ) -> RenderOutput:
     """NeuS volume rendering of a batch of rays over a white (``background``) backdrop."""
+    # where to sample is decided without gradient; the samples' positions keep the rays' gradient
+    # (learned camera corrections, recon.poses)
     s = sample_rays(
-        origins, dirs, grid, dt, generator=generator, max_samples=max_samples, max_per_ray=max_per_ray
+        origins.detach(),
+        dirs.detach(),
+        grid,
+        dt,
+        generator=generator,
+        max_samples=max_samples,
+        max_per_ray=max_per_ray,
     )
     r, k = s.t.shape
     o, d = origins[s.ray_idx], dirs[s.ray_idx]

@@ -15,7 +15,8 @@ differ per view, noisy mask edges), each a :class:`~recon.presets.Preset` field 
 a per-view colour transform (:mod:`recon.appearance`) in front of the RGB loss; a normal-smoothness
 term (normals at near-surface samples and a small step away agree), fading over training; hash
 levels ramped in instead of switched on; views whose residual stays above the median's weighted
-down in the RGB loss; and rays near a mask edge weighted down in the mask loss.
+down in the RGB loss; rays near a mask edge weighted down in the mask loss; and a small rigid
+correction of each view's camera (:mod:`recon.poses`), learned once the coarse shape stands.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from recon.appearance import ViewAppearance
 from recon.fields import NeuSField
 from recon.hull import hull_sdf, visual_hull
 from recon.masks import edge_weights, view_masks
+from recon.poses import ViewPoses
 from recon.presets import Preset
 from recon.render import OccupancyGrid, RenderOutput, camera_rays, render_rays, sample_volume
 from sd3d.core import defaults
@@ -108,6 +110,7 @@ class TrainResult:
     final_loss: float
     history: list[dict] = field(default_factory=list)
     appearance: np.ndarray | None = None  # (N, 3, 4) per-view [A | b], view colour = A c + b
+    poses: np.ndarray | None = None  # (N, 3, 4) per-view camera correction [R | t] (recon.poses)
 
 
 class _ViewResiduals:
@@ -251,6 +254,7 @@ def train(
         final_loss=loss_value,
         history=history,
         appearance=None if opt.appearance is None else opt.appearance.matrices(),
+        poses=None if opt.poses is None else opt.poses.matrices(),
     )
 
 
@@ -335,10 +339,14 @@ class _Schedule:
     def weighs_views(self, step: int) -> bool:
         return step >= int(self.preset.steps * self.preset.view_weight_from)
 
+    def moves_poses(self, step: int) -> bool:
+        return step >= int(self.preset.steps * self.preset.pose_from)
+
 
 class _Optimiser:
-    """Adam over the hash grid, the MLPs, NeuS' variance and (if on) the per-view colour transforms,
-    each group with its own learning rate; plus the running per-view residuals (if on)."""
+    """Adam over the hash grid, the MLPs, NeuS' variance and (if on) the per-view colour transforms
+    and camera corrections, each group with its own learning rate; plus the running per-view
+    residuals (if on)."""
 
     def __init__(self, field_: NeuSField, preset: Preset, num_views: int, device: torch.device) -> None:
         grid_params = [p for n, p in field_.named_parameters() if n.startswith("sdf_net.encoding")]
@@ -354,6 +362,10 @@ class _Optimiser:
         if preset.appearance != "none":
             self.appearance = ViewAppearance(num_views, preset.appearance, preset.appearance_anchor, device)
             groups.append({"params": list(self.appearance.parameters()), "lr": preset.appearance_lr})
+        self.poses = None
+        if preset.pose_refine:
+            self.poses = ViewPoses(num_views, device)
+            groups.append({"params": list(self.poses.parameters()), "lr": preset.pose_lr, "poses": True})
         self.base_lrs = [g["lr"] for g in groups]
         self.adam = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
         self.residuals = (
@@ -375,7 +387,7 @@ class _Optimiser:
             )
         f = _lr_factor(step, p.steps, p.warmup)
         for g, base in zip(self.adam.param_groups, self.base_lrs, strict=True):
-            g["lr"] = base * f
+            g["lr"] = base * f if sched.moves_poses(step) or not g.get("poses") else 0.0
 
     def minimise(self, loss: torch.Tensor) -> None:
         self.adam.zero_grad(set_to_none=True)
@@ -398,11 +410,14 @@ def _step_loss(
     preset = opt.preset
     idx = torch.randint(rays.origins.shape[0], (preset.rays_per_batch,), generator=gen, device=device)
     inv_s = torch.maximum(field_.inv_s(), torch.tensor(sched.inv_s_floor(step), device=device))
+    origins, dirs = rays.origins[idx], rays.dirs[idx]
+    if opt.poses is not None:
+        origins, dirs = opt.poses.apply(origins, dirs, rays.view[idx])
     out = render_rays(
         field_,
         grid,
-        rays.origins[idx],
-        rays.dirs[idx],
+        origins,
+        dirs,
         preset.step_size,
         cos_anneal=sched.cos_anneal(step),
         generator=gen,
@@ -454,6 +469,10 @@ def _step_loss(
         loss_app = appearance.penalty()
         loss = loss + preset.w_appearance * loss_app
         parts["appearance"] = loss_app
+    if opt.poses is not None:
+        loss_pose = opt.poses.penalty()
+        loss = loss + preset.w_pose * loss_pose
+        parts["pose"] = loss_pose
     return loss, parts, out, inv_s
 
 
@@ -493,12 +512,17 @@ def _normal_smoothness(field_: NeuSField, out, preset: Preset, gen: torch.Genera
     points = out.points[pick].detach()
     step = torch.randn(n, 3, generator=gen, device=gen.device).to(points.device)
     here = F.normalize(out.grad[pick], dim=-1)
-    if preset.normal_smooth_offset == "tangent":
-        # Along the normal an SDF's gradient does not change, so that component only measures
-        # whether the step crossed to the other face of a part thinner than 2 eps, where the normal
-        # flips: drop it, so that thin sheets are not penalised for being thin.
+    if preset.normal_smooth_offset != "sphere":
+        # A step against the normal can cross to the far face of a part thinner than 2 eps, where
+        # the normal flips: such parts would be penalised for being thin. "outward" mirrors those
+        # steps to the outside (which keeps the term's hold on the field off the surface, where a
+        # learned SDF's gradient may still bend); "tangent" drops the normal component altogether.
         normal = here.detach()
-        step = step - (step * normal).sum(-1, keepdim=True) * normal
+        along = (step * normal).sum(-1, keepdim=True)
+        if preset.normal_smooth_offset == "tangent":
+            step = step - along * normal
+        else:
+            step = step - 2.0 * along.clamp(max=0.0) * normal
     step = F.normalize(step, dim=-1) * preset.normal_smooth_eps
     _, _, grad_near = field_.sdf_net(points + step, with_grad=True)
     return (here - F.normalize(grad_near, dim=-1)).square().sum(-1).mean()
