@@ -14,6 +14,11 @@ Output layout is level-major (``[l0f0, l0f1, l1f0, ...]``), as in tcnn.
 
 When ``tinycudann`` imports (CUDA only), :func:`make_encoding` can return :class:`TcnnHashGrid`
 behind the same interface; it has no analytic Jacobian, so callers fall back to autograd there.
+
+``HashGrid(..., kernel="triton")`` (encoding backend ``"triton"``) computes the same lookups with the
+fused Triton kernels of :mod:`recon.kernels.hash_grid`: same table, same maths, same outputs up to
+float32 summation order, without the whole-batch intermediates. This module stays the reference and
+the default; the kernel is opt-in.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from recon import kernels
 from sd3d.core.errors import MissingDependencyError
 
 _PRIMES = (1, 2654435761, 805459861)
@@ -75,6 +81,12 @@ def level_layout(cfg: HashGridConfig) -> list[tuple[float, int, int, bool]]:
 # How the 8 corner values are contracted with their coefficients: "matmul" (batched tiny matmuls,
 # faster on CPU) or "elementwise" (broadcast multiply + sum, faster on CUDA). "auto" picks by device.
 CONTRACTIONS = ("auto", "matmul", "elementwise")
+
+
+# Who computes the lookups of a :class:`HashGrid`: this module's PyTorch code, or the Triton kernels.
+KERNELS = ("torch", "triton")
+# What :func:`make_encoding` can build.
+BACKENDS = ("torch", "tcnn", "auto", "triton")
 
 
 def _use_matmul(contraction: str, device: torch.device) -> bool:
@@ -134,18 +146,30 @@ class HashGrid(nn.Module):
     being d(features)/d(u). Levels beyond :attr:`active_levels` output zeros and are not computed
     (coarse-to-fine). Internally level-major: every per-level tensor is (L, N, ...), so the dense
     and hashed level groups join with contiguous copies and the corner terms by broadcasting.
+
+    ``kernel="triton"`` runs ``forward`` and ``forward_with_jacobian`` through the fused Triton
+    kernels instead (CUDA, or Triton's interpreter in tests; otherwise a
+    :class:`~sd3d.core.errors.MissingDependencyError` at the call). Parameters and buffers are the
+    same, so a grid can switch kernels at any time (``grid.kernel = ...``).
     """
 
     supports_jacobian = True
 
     def __init__(
-        self, cfg: HashGridConfig, generator: torch.Generator | None = None, contraction: str = "auto"
+        self,
+        cfg: HashGridConfig,
+        generator: torch.Generator | None = None,
+        contraction: str = "auto",
+        kernel: str = "torch",
     ) -> None:
         super().__init__()
         if contraction not in CONTRACTIONS:
             raise ValueError(f"unknown contraction {contraction!r}; known: {', '.join(CONTRACTIONS)}")
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown hash-grid kernel {kernel!r}; known: {', '.join(KERNELS)}")
         self.cfg = cfg
         self.contraction = contraction
+        self.kernel = kernel
         layout = level_layout(cfg)
         rows = [r for _, _, r, _ in layout]
         if sum(rows) >= 2**31:
@@ -241,9 +265,19 @@ class HashGrid(nn.Module):
             return x
         return torch.cat([x, x.new_zeros(n, missing, *x.shape[2:])], dim=1)
 
+    def _fused(self, u: torch.Tensor, with_jacobian: bool):
+        """The Triton kernels' lookup (same outputs as the PyTorch path, point-major)."""
+        module = kernels.require_hash_grid(u.device)
+        return module.encode(
+            self.table, u, self.scales, self.mult, self.rows, self.offsets,
+            n_dense=self.n_dense, active=self._active, with_jacobian=with_jacobian,
+        )  # fmt: skip
+
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         if u.requires_grad:
             return self.reference_forward(u)
+        if self.kernel == "triton":
+            return self._fused(u, with_jacobian=False)
         idx, frac = self._corner_rows(u, self._active)
         out = _GridLookup.apply(
             self.table, idx, self._coefficients(frac, with_grad=False), self.contraction
@@ -253,6 +287,8 @@ class HashGrid(nn.Module):
     def forward_with_jacobian(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if u.requires_grad:
             raise ValueError("forward_with_jacobian does not differentiate w.r.t. its input")
+        if self.kernel == "triton":
+            return self._fused(u, with_jacobian=True)
         levels = self._active
         idx, frac = self._corner_rows(u, levels)
         out = _GridLookup.apply(
@@ -333,13 +369,18 @@ def make_encoding(
     backend: str = "torch",
     generator: torch.Generator | None = None,
 ) -> nn.Module:
-    """Build the hash grid: ``torch`` (default, analytic Jacobian), ``tcnn``, or ``auto``.
+    """Build the hash grid: ``torch`` (default, analytic Jacobian), ``triton``, ``tcnn``, or ``auto``.
 
-    ``auto`` uses tcnn on CUDA when it imports and falls back to torch with a warning otherwise;
-    ``tcnn`` asked for explicitly but missing is a :class:`MissingDependencyError`.
+    ``triton`` is the same :class:`HashGrid` computed by the fused Triton kernels (analytic Jacobian
+    too); it needs CUDA and Triton (or Triton's interpreter, for tests). ``auto`` uses tcnn on CUDA
+    when it imports and falls back to torch with a warning otherwise; ``tcnn`` or ``triton`` asked
+    for but unavailable is a :class:`MissingDependencyError`.
     """
-    if backend not in ("torch", "tcnn", "auto"):
-        raise ValueError(f"unknown hash-grid backend {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown hash-grid backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if backend == "triton":
+        kernels.require_hash_grid(device)
+        return HashGrid(cfg, generator=generator, kernel="triton").to(device)
     if backend != "torch" and device.type == "cuda":
         if tcnn_available():
             return TcnnHashGrid(cfg).to(device)

@@ -33,7 +33,7 @@ class FieldConfig:
     color_layers: int = 2
     sphere_radius: float = 0.5
     init_variance: float = 0.4  # s = e^4 ~ 55: sharp enough for a hull-initialised SDF
-    encoding_backend: str = "torch"
+    encoding_backend: str = "torch"  # recon.encoding.BACKENDS: torch (default), triton, tcnn, auto
 
 
 def _softplus(z: torch.Tensor) -> torch.Tensor:

@@ -22,16 +22,13 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import json
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from support.triton_interpreter import run_interpreted
 from support.triton_norm_cases import CUDA_CASES, INTERPRETER_CASES, measure, module_parity
 from torch import nn
 
@@ -139,17 +136,7 @@ def test_tiny_syncdreamer_on_cuda_uses_the_kernel_and_stays_close(no_tf32, monke
 def interpreted() -> dict:
     if not TRITON:
         pytest.skip(NO_TRITON)
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
-    names = [case.name for case in INTERPRETER_CASES]
-    res = subprocess.run(
-        [sys.executable, str(SCRIPT), *names, "--modules"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return run_interpreted(SCRIPT, *[case.name for case in INTERPRETER_CASES], "--modules")
 
 
 @pytest.mark.parametrize("case", INTERPRETER_CASES, ids=lambda c: c.name)

@@ -1,0 +1,26 @@
+"""Running a measurement script in Triton's interpreter, for the Triton kernel tests on the CPU.
+
+The interpreter is chosen when Triton is first imported (``TRITON_INTERPRET=1`` must be in the
+environment before that), so the kernels run in a subprocess; the script prints one JSON object on
+its last line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_interpreted(script: Path, *args: str, timeout: float = 600) -> dict:
+    """``python script *args`` with ``TRITON_INTERPRET=1``; its last stdout line, parsed."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
+    res = subprocess.run(
+        [sys.executable, str(script), *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
