@@ -7,8 +7,13 @@ are moved by a rotation ``R_v`` about the world origin (the object's centre, whe
 looks) and a shift ``t_v``: a ray ``o + s d`` becomes ``R_v o + t_v + s R_v d``, i.e. the view's
 camera-to-world map is composed with ``x -> R_v x + t_v``.
 
-Anchoring: a common rotation of all cameras is a rotation of the object, which the field can follow
-forever; ``mean`` pins the average correction to zero (the cameras keep their average frame).
+Anchoring: moving every camera the same way moves nothing in the images but the object, which the
+field can follow forever: a common rotation about the origin, a common shift, and all cameras moving
+towards (or away from) the object by the same distance, which with a smaller (larger) object gives
+the same images to first order. Left free, that last one drifts even on perfectly consistent views
+(measured: shifts of 2 % of the object and a scaled surface). So the rotations have mean zero, and
+the shifts are projected off those four common motions (three shifts and the radial one); the
+cameras keep their average frame and distance.
 The rotation is the axis-angle vector's exponential written as ``x + a (w x) + b w x (w x)`` with
 the series of ``a = sin|w|/|w|`` and ``b = (1 - cos|w|)/|w|^2`` (exact to ~1e-7 below 0.3 rad, the
 regime a *small* correction lives in); at initialisation every correction is zero and applying it
@@ -41,18 +46,32 @@ def rotate(rotvec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return x + a * wx + b * torch.cross(rotvec, wx, dim=-1)
 
 
-class ViewPoses(nn.Module):
-    """Learned rigid corrections of ``num_views`` cameras: ``rotvec`` (N, 3) radians, ``shift`` (N, 3)
-    world units, both initialised to zero (no random numbers are drawn)."""
+def _common_motions(centres: torch.Tensor) -> torch.Tensor:
+    """Orthonormal basis (3N, 4) of the shifts that move all N cameras alike: the same shift along
+    x, y or z, and each camera along its own direction from the origin (``centres`` (N, 3))."""
+    n = centres.shape[0]
+    same = torch.eye(3, dtype=torch.float64).repeat(n, 1)  # (3N, 3)
+    radial = centres.double() / centres.double().norm(dim=1, keepdim=True)
+    basis, _ = torch.linalg.qr(torch.cat([same, radial.reshape(-1, 1)], dim=1))
+    return basis
 
-    def __init__(self, num_views: int, device: torch.device) -> None:
+
+class ViewPoses(nn.Module):
+    """Learned rigid corrections of the cameras whose centres are ``centres`` (N, 3): ``rotvec`` (N, 3)
+    radians, ``shift`` (N, 3) world units, both initialised to zero (no random numbers are drawn)."""
+
+    def __init__(self, centres: torch.Tensor, device: torch.device) -> None:
         super().__init__()
-        self.rotvec = nn.Parameter(torch.zeros(num_views, 3, device=device))
-        self.shift = nn.Parameter(torch.zeros(num_views, 3, device=device))
+        n = centres.shape[0]
+        self.rotvec = nn.Parameter(torch.zeros(n, 3, device=device))
+        self.shift = nn.Parameter(torch.zeros(n, 3, device=device))
+        self.register_buffer("_common", _common_motions(centres).float().to(device), persistent=False)
 
     def offsets(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Anchored (mean zero) rotation vectors and shifts, (N, 3) each."""
-        return self.rotvec - self.rotvec.mean(0, keepdim=True), self.shift - self.shift.mean(0, keepdim=True)
+        """Anchored rotation vectors (mean zero) and shifts (none of the common motions), (N, 3) each."""
+        flat = self.shift.reshape(-1)
+        shift = flat - self._common @ (self._common.T @ flat)
+        return self.rotvec - self.rotvec.mean(0, keepdim=True), shift.view_as(self.shift)
 
     def apply(
         self, origins: torch.Tensor, dirs: torch.Tensor, view: torch.Tensor

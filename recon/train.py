@@ -222,7 +222,8 @@ def train(
     field_.sdf_net.encoding.set_active_levels(preset.start_levels)
     if preset.init_steps > 0:
         _fit_to_tight_hull(field_, views, masks, preset, device, gen)
-    opt = _Optimiser(field_, preset, views.num_views, device)
+    centres = torch.from_numpy(np.stack([cam.center for cam in views.cameras]))
+    opt = _Optimiser(field_, preset, centres, device)
     sched = _Schedule(preset, preset.field.grid.n_levels, float(field_.inv_s().item()))
     hull_box = grid.bbox()  # the eikonal term's random points: the hull's box, fixed from the start
     inv_s = field_.inv_s()
@@ -348,7 +349,10 @@ class _Optimiser:
     and camera corrections, each group with its own learning rate; plus the running per-view
     residuals (if on)."""
 
-    def __init__(self, field_: NeuSField, preset: Preset, num_views: int, device: torch.device) -> None:
+    def __init__(
+        self, field_: NeuSField, preset: Preset, centres: torch.Tensor, device: torch.device
+    ) -> None:
+        num_views = centres.shape[0]  # the views' camera centres (N, 3)
         grid_params = [p for n, p in field_.named_parameters() if n.startswith("sdf_net.encoding")]
         var_params = list(field_.inv_s.parameters())
         ids = {id(p) for p in grid_params + var_params}
@@ -364,7 +368,7 @@ class _Optimiser:
             groups.append({"params": list(self.appearance.parameters()), "lr": preset.appearance_lr})
         self.poses = None
         if preset.pose_refine:
-            self.poses = ViewPoses(num_views, device)
+            self.poses = ViewPoses(centres, device)
             groups.append({"params": list(self.poses.parameters()), "lr": preset.pose_lr, "poses": True})
         self.base_lrs = [g["lr"] for g in groups]
         self.adam = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)

@@ -254,8 +254,13 @@ def test_rotation_matches_scipy_and_zero_changes_no_bit():
     assert torch.equal(rotate(torch.zeros_like(x32), x32), x32)
 
 
+def _centres(cameras) -> torch.Tensor:
+    return torch.from_numpy(np.stack([c.center for c in cameras]))
+
+
 def test_matrices_are_the_applied_corrections_and_cameras_cast_the_corrected_rays():
-    poses = ViewPoses(16, CPU)
+    cameras = target_cameras(32)
+    poses = ViewPoses(_centres(cameras), CPU)
     with torch.no_grad():
         poses.rotvec.copy_(torch.randn(16, 3, generator=torch.Generator().manual_seed(1)) * 0.04)
         poses.shift.copy_(torch.randn(16, 3, generator=torch.Generator().manual_seed(2)) * 0.01)
@@ -263,7 +268,6 @@ def test_matrices_are_the_applied_corrections_and_cameras_cast_the_corrected_ray
     rot = m[:, :, :3]
     np.testing.assert_allclose(rot @ rot.transpose(0, 2, 1), np.broadcast_to(np.eye(3), rot.shape), atol=1e-6)
     np.testing.assert_allclose(m[:, :, 3].mean(0), 0.0, atol=1e-7)  # the "mean" anchor
-    cameras = target_cameras(32)
     fixed = corrected_cameras(cameras, m)
     for v in (0, 5, 11):
         o, d = (torch.from_numpy(a.reshape(-1, 3)) for a in camera_rays(cameras[v]))
@@ -274,6 +278,26 @@ def test_matrices_are_the_applied_corrections_and_cameras_cast_the_corrected_ray
         np.testing.assert_allclose(o2.numpy(), fo.reshape(-1, 3), atol=1e-5)
         np.testing.assert_allclose(d2.numpy(), fd.reshape(-1, 3), atol=1e-5)
     assert corrected_cameras(cameras, None) == cameras
+
+
+def test_corrections_that_move_all_cameras_alike_are_anchored_away():
+    """A common rotation, a common shift, or every camera moving towards the object by the same
+    distance changes nothing but the object's place and size: none of them survives the anchor,
+    while a correction of one view alone mostly does."""
+    centres = _centres(target_cameras(32))
+    poses = ViewPoses(centres, CPU)
+    radial = centres.float() / centres.float().norm(dim=1, keepdim=True)
+    with torch.no_grad():
+        poses.rotvec.copy_(torch.tensor([0.01, -0.02, 0.03]).expand(16, 3))
+        poses.shift.copy_(torch.tensor([0.02, 0.01, -0.03]) + 0.05 * radial)
+    rotvec, shift = poses.offsets()
+    assert float(rotvec.abs().max()) < 1e-8 and float(shift.abs().max()) < 1e-7
+    with torch.no_grad():
+        poses.rotvec.zero_()
+        poses.shift.zero_()
+        poses.shift[3] = torch.tensor([0.0, 0.02, 0.0])
+    _, shift = poses.offsets()
+    assert float(shift[3, 1]) > 0.015 and float(shift[torch.arange(16) != 3].abs().max()) < 0.005
 
 
 def test_training_recovers_known_camera_offsets():
