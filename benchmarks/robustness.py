@@ -53,7 +53,7 @@ sys.path.insert(0, str(REPO))  # before benchmarks/ itself, whose recon.py would
 import numpy as np  # noqa: E402
 
 from recon.perturb import Perturbation  # noqa: E402
-from recon.presets import Preset, ReconSettings  # noqa: E402
+from recon.presets import ROBUSTNESS_OFF, Preset, ReconSettings  # noqa: E402
 from recon.shapes import SHAPES  # noqa: E402
 
 SHARED_OBJECTS = ("spot", "bob", "duck", "banana")
@@ -477,6 +477,11 @@ def main(argv: list[str] | None = None) -> int:
         "--cases", nargs="+", default=["*"], help="glob patterns on case ids (e.g. 'mug/*' '*/clean')"
     )
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument(
+        "--plain",
+        action="store_true",
+        help="every robustness method off (recon.presets.ROBUSTNESS_OFF, as --set items before yours)",
+    )
     ap.add_argument("--masks", choices=("white", "alpha"), default="white")
     ap.add_argument(
         "--consistency", action="store_true", help="also the 3DiM consistency score (one more fit)"
@@ -507,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         perturbations = [Perturbation.parse(s, seed=args.seed) for s in args.perturbations]
     except ValueError as exc:
         ap.error(str(exc))
-    overrides = []
+    overrides = [(k, str(v)) for k, v in ROBUSTNESS_OFF.items()] if args.plain else []
     for item in args.overrides:
         key, eq, value = item.partition("=")
         if not eq:

@@ -1,0 +1,60 @@
+"""One ``sd3d`` command in this (fresh) process, timed from the process start, with its peak GPU memory.
+
+    python benchmarks/cold_cli.py reconstruct examples/spot -o /tmp/m.glb --quality standard
+
+Why not ``time sd3d ...``: the peak GPU memory is only known inside the process. The command runs
+exactly as ``sd3d`` runs it (:func:`cli.app.main` with these arguments); the clock starts at the
+interpreter's start (``time.perf_counter`` before any import here, plus the interpreter start-up,
+read from the process's own start time), so imports and CUDA start-up count, as a user waits for
+them. Prints one last line: ``cold_cli {"rc": ..., "wall_s": ..., "since_exec_s": ..., "peak_gib": ...}``.
+"""
+
+import time
+
+T0 = time.perf_counter()
+
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _since_exec() -> float | None:
+    """Seconds since this process was started (Linux: /proc start time in clock ticks), else None."""
+    try:
+        fields = Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()
+        start_ticks = int(fields[19])  # field 22 of stat, counted after the command name
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def main(argv: list[str]) -> int:
+    from cli.app import main as sd3d
+
+    try:
+        rc = sd3d(argv)
+    except SystemExit as exc:
+        rc = exc.code if isinstance(exc.code, int) else 1
+    peak = None
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        peak = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    since = _since_exec()
+    record = {
+        "rc": rc,
+        "wall_s": round(time.perf_counter() - T0, 2),
+        "since_exec_s": None if since is None else round(since, 2),
+        "peak_gib": peak,
+        "argv": argv,
+    }
+    print("cold_cli " + json.dumps(record), flush=True)
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
