@@ -136,6 +136,18 @@ def override(obj, key: str, text: str):
     return dataclasses.replace(obj, **{head: value})
 
 
+def parse_overrides(items: list[str], plain: bool = False) -> list[tuple[str, str]]:
+    """``--set`` items as ``(key, text)`` pairs; ``plain`` puts :data:`ROBUSTNESS_OFF` first (so an
+    item of the caller's can still switch one method back on)."""
+    overrides = [(k, str(v)) for k, v in ROBUSTNESS_OFF.items()] if plain else []
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"--set wants KEY=VALUE, got {item!r}")
+        overrides.append((key.strip(), value.strip()))
+    return overrides
+
+
 def apply_overrides(preset: Preset, overrides: tuple[tuple[str, str], ...]) -> Preset:
     for key, text in overrides:
         preset = override(preset, key, text)
@@ -512,12 +524,10 @@ def main(argv: list[str] | None = None) -> int:
         perturbations = [Perturbation.parse(s, seed=args.seed) for s in args.perturbations]
     except ValueError as exc:
         ap.error(str(exc))
-    overrides = [(k, str(v)) for k, v in ROBUSTNESS_OFF.items()] if args.plain else []
-    for item in args.overrides:
-        key, eq, value = item.partition("=")
-        if not eq:
-            ap.error(f"--set wants KEY=VALUE, got {item!r}")
-        overrides.append((key.strip(), value.strip()))
+    try:
+        overrides = parse_overrides(args.overrides, args.plain)
+    except ValueError as exc:
+        ap.error(str(exc))
     unknown = [o for o in args.objects if o not in OBJECTS]
     if unknown:
         ap.error(f"unknown object {unknown[0]!r}: choose from {', '.join(OBJECTS)}")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from recon.presets import get_preset
+from recon.presets import ROBUSTNESS_OFF, get_preset
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "robustness.py"
 
@@ -65,6 +66,16 @@ class Knobs:
     cap: int | None = None
 
 
+def test_plain_switches_every_robustness_method_off_before_the_callers_items(bench):
+    preset = get_preset("standard")
+    plain = bench.apply_overrides(preset, tuple(bench.parse_overrides([], plain=True)))
+    assert plain == replace(preset, **ROBUSTNESS_OFF)
+    one_back = bench.apply_overrides(preset, tuple(bench.parse_overrides(["level_ramp=0.2"], plain=True)))
+    assert one_back == replace(preset, **{**ROBUSTNESS_OFF, "level_ramp": 0.2})
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        bench.parse_overrides(["level_ramp"])
+
+
 def test_every_field_type_parses_by_its_declaration(bench):
     assert bench.override(Knobs(), "on", "true").on is True
     assert bench.override(Knobs(True), "on", "0").on is False
@@ -110,3 +121,21 @@ def test_cpu_smoke_run_writes_json_table_and_figure(bench, tmp_path, capsys):
     assert figure.shape == (64, 16 * 32, 3)
     assert (out / "meshes" / "cup__warp-2.glb").is_file()
     assert len(list((out / "cache").glob("cup-*/views/0*.png"))) == 16
+
+
+def test_cold_cli_runs_the_command_and_reports_its_wall_time():
+    """benchmarks/cold_cli.py: the command's own output and exit code, then one JSON line."""
+    script = SCRIPT.parent / "cold_cli.py"
+    res = subprocess.run(
+        [sys.executable, str(script), "--version"], capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr
+    last = res.stdout.strip().splitlines()[-1]
+    assert last.startswith("cold_cli ")
+    record = json.loads(last.removeprefix("cold_cli "))
+    assert record["rc"] == 0 and record["argv"] == ["--version"] and record["peak_gib"] is None
+    assert 0 < record["wall_s"] <= record["since_exec_s"] < 120
+    bad = subprocess.run(
+        [sys.executable, str(script), "reconstruct"], capture_output=True, text=True, timeout=120
+    )
+    assert bad.returncode == 2 and json.loads(bad.stdout.strip().splitlines()[-1][9:])["rc"] == 2
