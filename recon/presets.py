@@ -7,8 +7,9 @@ detail. ``auto`` picks ``standard`` on CUDA and ``draft`` on CPU.
 
 Every preset also switches on the methods that make reconstruction robust to generated views
 (which disagree a little: alignment, colour, details, mask edges): per-view colour correction,
-normal smoothing, hash levels ramped in, per-view residual weighting, soft mask edges (see
-:mod:`recon.train`), and a texture baked from the views (:mod:`recon.bake`).
+per-view camera correction (:mod:`recon.poses`), normal smoothing, hash levels ramped in, per-view
+residual weighting, soft mask edges (see :mod:`recon.train`), and a texture baked from the views
+(:mod:`recon.bake`).
 ``replace(preset, **ROBUSTNESS_OFF)`` switches them all off again.
 """
 
@@ -86,7 +87,9 @@ class Preset:
     view_weight_from: float = 0.2  # fraction of training after which residuals are trusted
     mask_edge_px: float = 0.0  # the mask loss trusts rays within this many px of a mask edge less, 0 = off
     pose_refine: bool = False  # learn a small rigid correction of each view's camera (recon.poses)
-    pose_lr: float = 1e-3  # radians / world units per Adam step, scaled by the schedule like the others
+    # radians / world units per Adam step, scaled by the schedule like the others; 1e-3 let the
+    # corrections of consistent views wander by ~1 degree (benchmarks/RESULTS.md)
+    pose_lr: float = 3e-4
     pose_from: float = 0.1  # fraction of training after which the corrections move (a coarse shape first)
     w_pose: float = 0.1  # L2 pull of every correction towards zero
     texture_source: str = "field"  # views: project the input views (recon.bake); field: colour net
@@ -136,6 +139,10 @@ _ROBUST: dict[str, object] = {
     "level_ramp": 0.1,
     "view_weight_power": 1.0,
     "mask_edge_px": 2.0,
+    # Per-view camera corrections: on the robustness benchmark (draft, CPU, two seeds) they cut the
+    # Chamfer of every misaligned case (mean 0.0159 -> 0.0144) and raised its texture PSNR by 0.5-3
+    # dB; on aligned views the geometry stays as good, the silhouettes move by a fraction of a pixel.
+    "pose_refine": True,
     "texture_source": "views",
 }
 

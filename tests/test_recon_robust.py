@@ -90,6 +90,7 @@ def test_presets_switch_the_methods_on_and_robustness_off_restores_the_plain_fie
     for name, preset in PRESETS.items():
         assert preset.appearance != "none" and preset.texture_source == "views", name
         assert preset.w_normal_smooth > 0 and preset.level_ramp > 0 and preset.view_weight_power > 0, name
+        assert preset.pose_refine, name
         assert preset.mask_edge_px > 0 or name == "draft", name
         off = replace(preset, **ROBUSTNESS_OFF)
         for key in ROBUSTNESS_OFF:
