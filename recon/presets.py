@@ -140,7 +140,7 @@ _ROBUST: dict[str, object] = {
     "view_weight_power": 1.0,
     "mask_edge_px": 2.0,
     # Per-view camera corrections: on the robustness benchmark (draft, CPU, two seeds) they cut the
-    # Chamfer of every misaligned case (mean 0.0159 -> 0.0144) and raised its texture PSNR by 0.5-3
+    # Chamfer of every misaligned case (mean 0.0159 -> 0.0144) and raised its texture PSNR by 0.4-3
     # dB; on aligned views the geometry stays as good, the silhouettes move by a fraction of a pixel.
     "pose_refine": True,
     "texture_source": "views",
