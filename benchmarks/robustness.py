@@ -21,7 +21,8 @@ Writes ``<out>/cases/<case>.json`` per case (with timings), ``<out>/results.json
 (a table per case and the mean per perturbation) and, for cases matching ``--figures``,
 ``<out>/figures/<case>.png``: the 16 input views in a row above the 16 renders of the mesh.
 ``--set KEY=VALUE`` (repeatable) overrides any field of ``recon.presets.Preset`` (dotted for nested
-ones, e.g. ``field.grid.n_levels=12``), parsed by the field's type, to compare method toggles.
+ones, e.g. ``field.grid.n_levels=12``), parsed by the field's type, to compare method toggles;
+``--plain`` switches every robustness method off first (the plain NeuS, the "before" of a comparison).
 ``--jobs N`` runs cases in N worker processes (``--threads`` each; CUDA cases spread over the GPUs).
 
     python benchmarks/robustness.py --quality standard --device cuda --jobs 4 --out out/robust
