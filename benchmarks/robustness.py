@@ -295,7 +295,7 @@ def run_case(task: dict) -> dict:
     timings: dict[str, float] = {}
     t_case = time.perf_counter()
     if device.type == "cuda":
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(0 if device.index is None else device.index)
         torch.cuda.reset_peak_memory_stats(device)
 
     t = time.perf_counter()
@@ -392,7 +392,8 @@ def _init_worker(threads: int, device: str, gpus: int, counter, warmup_views: st
         from recon.pipeline import reconstruct
         from sd3d.core.io import read_views
 
-        torch.cuda.set_device(torch.device(device))
+        index = torch.device(device).index  # "cuda" (one GPU) has none: set_device wants one
+        torch.cuda.set_device(0 if index is None else index)
         reconstruct(read_views(warmup_views), ReconSettings("draft", steps=20), device=device)
 
 

@@ -174,7 +174,11 @@ def test_recon_imports_and_reports_without_triton():
         "except MissingDependencyError as err:\n"
         "    print(err)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # the repository first, then whatever the caller had (packages installed outside the venv)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     reason, error = res.stdout.strip().splitlines()

@@ -204,7 +204,8 @@ def end_to_end(device: torch.device) -> dict:
             std = 0.1 if "encoding" in name else 0.3
             p.copy_(torch.randn(p.shape, generator=gen) * std)
     ref.encoding.set_active_levels(6)
-    fused = SDFNetwork(replace(cfg, encoding_backend="triton"), torch.device("cpu"))
+    # built on the device: outside the interpreter the Triton backend refuses a CPU device
+    fused = SDFNetwork(replace(cfg, encoding_backend="triton"), device)
     fused.load_state_dict(ref.state_dict())
     fused.encoding.set_active_levels(6)
     exact = copy.deepcopy(ref).double()
