@@ -34,6 +34,12 @@ from sd3d.core.io import write_error
 from sd3d.core.progress import resolve
 
 UV_TIMEOUT_S = 300
+FACES_PER_UV_PART = 4000
+"""Faces per spatial block that xatlas charts on its own (see :mod:`recon.uv_worker`): chart growing
+costs more than linearly in a mesh's faces, so blocks of this size chart several times faster than one
+30k-face mesh, and xatlas charts them on its threads; ``benchmarks/uv_unwrap.py`` measured the time
+and the baked texture against the block size."""
+MAX_UV_PARTS = 16
 POLL_S = 0.5
 """How often :func:`unwrap_uv` checks on the child process (and calls its ``tick``)."""
 COLOR_CHUNK = 65536
@@ -50,6 +56,14 @@ class UVMesh:
     vmap: np.ndarray  # (V',) int64
 
 
+def uv_parts(num_faces: int) -> int:
+    """How many blocks a mesh of ``num_faces`` faces is cut into for unwrapping (a power of two)."""
+    parts = 1
+    while parts < MAX_UV_PARTS and num_faces > parts * FACES_PER_UV_PART:
+        parts *= 2
+    return parts
+
+
 def unwrap_uv(
     vertices: np.ndarray,
     faces: np.ndarray,
@@ -57,8 +71,12 @@ def unwrap_uv(
     padding: int = 2,
     timeout_s: float = UV_TIMEOUT_S,
     tick: Callable[[], None] | None = None,
+    parts: int | None = None,
 ) -> tuple[UVMesh | None, str]:
     """UV-unwrap in a child process. Returns ``(UVMesh, "")`` or ``(None, reason)``.
+
+    ``parts``: spatial blocks charted separately and packed into one atlas (``None``: one per
+    :data:`FACES_PER_UV_PART` faces, a power of two, at most :data:`MAX_UV_PARTS`).
 
     ``tick()`` (optional) is called about every :data:`POLL_S` seconds while the child runs, so a
     progress display can show that the unwrap is still going. The exchange files live in a
@@ -76,6 +94,7 @@ def unwrap_uv(
                 resolution=resolution,
                 padding=padding,
                 max_iterations=1,
+                parts=uv_parts(len(faces)) if parts is None else parts,
             )
         except OSError as exc:  # a full temporary folder is the user's to fix, not a fallback
             mapped = write_error(exc, src)

@@ -75,6 +75,48 @@ def test_unwrap_uv_in_subprocess_and_fallback():
     assert bad is None and why
 
 
+def test_split_faces_gives_every_face_to_one_block_of_about_equal_size():
+    from recon.uv_worker import split_faces
+
+    sphere = trimesh.creation.icosphere(3, radius=0.3)  # 1280 faces
+    v, f = np.asarray(sphere.vertices), np.asarray(sphere.faces)
+    for parts in (1, 2, 3, 8):
+        blocks = split_faces(v, f, parts)
+        assert len(blocks) == parts
+        np.testing.assert_array_equal(np.sort(np.concatenate(blocks)), np.arange(len(f)))
+        assert max(map(len, blocks)) <= 2 * min(map(len, blocks))
+    halves = split_faces(v, f, 2)  # cut along the longest side, at the median: two hemispheres
+    centres = v[f].mean(1)
+    axis = int(np.argmax(np.ptp(centres, axis=0)))
+    assert centres[halves[0], axis].max() <= centres[halves[1], axis].min()
+    assert [b.tolist() for b in split_faces(v, f, 8)] == [b.tolist() for b in split_faces(v, f, 8)]
+    assert len(split_faces(v[:3], np.array([[0, 1, 2]]), 4)) == 1  # a lone face is not cut
+
+
+def test_unwrap_in_blocks_shares_one_atlas_without_overlaps():
+    """Blocks are charted apart but packed together: each input face once, and no texel of the
+    texture claimed by triangles of two blocks."""
+    from recon.texture import uv_parts
+    from recon.uv_worker import split_faces
+
+    sphere = trimesh.creation.icosphere(3, radius=0.3)
+    v, f = np.asarray(sphere.vertices), np.asarray(sphere.faces)
+    uv, why = unwrap_uv(v, f, 256, parts=4)
+    assert why == "" and uv is not None
+    np.testing.assert_allclose(uv.vertices, v[uv.vmap])
+    assert uv.uvs.min() >= 0.0 and uv.uvs.max() <= 1.0
+    as_input = {tuple(sorted(t)) for t in uv.vmap[uv.faces].tolist()}
+    assert len(uv.faces) == len(f) and as_input == {tuple(sorted(t)) for t in f.tolist()}
+    sizes = np.cumsum([0] + [len(b) for b in split_faces(v, f, 4)])
+    owner = np.full((256, 256), -1)
+    for k in range(4):
+        rows, cols, _, _ = rasterize_uv(uv.uvs, uv.faces[sizes[k] : sizes[k + 1]], 256)
+        assert rows.size > 0
+        assert (owner[rows, cols] == -1).all(), f"block {k} overlaps another block in the atlas"
+        owner[rows, cols] = k
+    assert [uv_parts(n) for n in (320, 4000, 4001, 20_000, 30_000, 10**6)] == [1, 1, 2, 8, 8, 16]
+
+
 def _textured_quad():
     v = np.array([[0.0, 0.0, 0.0], [0.2, 0.0, 0.0], [0.2, 0.0, 0.3], [0.0, 0.0, 0.3]])
     f = np.array([[0, 1, 2], [0, 2, 3]])
