@@ -54,12 +54,15 @@ step() {  # step NAME SECONDS COMMAND...: run it under min(SECONDS, what is left
 
 case $phase in
 recon)
+    # the Triton hash grid's full test file first: its passing is what makes it the default
+    step hash-grid-tests 120 python3 -m pytest -q -rs -p no:cacheprovider tests/test_triton_hash_grid.py
     # one cold process each, views -> GLB; the log ends with cold_cli.py's wall time and peak memory
     cold=(python3 benchmarks/cold_cli.py reconstruct examples/spot --device cuda)
     step cold-standard 120 "${cold[@]}" -o /tmp/cold-standard.glb --quality standard
+    step cold-standard-triton 120 "${cold[@]}" -o /tmp/cold-standard-t.glb --quality standard --hash-grid triton
     step cold-draft 90 "${cold[@]}" -o /tmp/cold-draft.glb --quality draft
-    step cold-standard-2 120 "${cold[@]}" -o /tmp/cold-standard-2.glb --quality standard  # warm disk caches
-    step hash-grid-tests 120 python3 -m pytest -q -rs -p no:cacheprovider tests/test_triton_hash_grid.py
+    step cold-draft-triton 90 "${cold[@]}" -o /tmp/cold-draft-t.glb --quality draft --hash-grid triton
+    step uv-blocks 120 python3 benchmarks/uv_unwrap.py --shared "$SHARED" --objects spot duck --parts 1 8
     step hash-grid-bench 150 python3 benchmarks/hash_grid.py --train-steps 100 --json "$OUT/hash_grid.json"
     step profile-standard 120 python3 benchmarks/recon_profile.py --quality standard --sync --profile 300:10 \
         --out "$OUT/profile"

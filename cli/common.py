@@ -221,6 +221,16 @@ Background = Annotated[
 Device = Annotated[
     str, typer.Option("--device", parser=word, metavar="auto|cpu|cuda[:N]", help="Compute device.")
 ]
+HashGrid = Annotated[
+    str,
+    typer.Option(
+        "--hash-grid",
+        parser=word,
+        metavar="torch|triton|tcnn|auto",
+        help="Hash-grid implementation the reconstruction trains with: PyTorch (default), our Triton "
+        "kernels or tinycudann (both CUDA only), or auto = the fastest available on the device.",
+    ),
+]
 GpuMemory = Annotated[
     float | None,
     number_option(

@@ -22,6 +22,7 @@ from cli.common import (
     Eta,
     Faces,
     GpuMemory,
+    HashGrid,
     MaxPixels,
     Overwrite,
     Samples,
@@ -104,6 +105,7 @@ STAGE_OPTIONS = [
         None,
     ),
     _option("faces", Faces, None),
+    _option("hash_grid", HashGrid, "torch"),
     _option(
         "formats",
         Annotated[
@@ -180,6 +182,7 @@ def _settings(
     quality: str,
     recon_steps: int | None,
     faces: int | None,
+    hash_grid: str,
     formats: Sequence[str],
     preview: str,
     preview_frames: int,
@@ -203,7 +206,9 @@ def _settings(
             batch_view_num=batch_view_num,
             sampler=sampler,
         ),
-        recon=ReconSettings(quality=quality, steps=recon_steps, faces=faces, formats=("glb", *formats)),
+        recon=ReconSettings(
+            quality=quality, steps=recon_steps, faces=faces, formats=("glb", *formats), hash_grid=hash_grid
+        ),
         preview=PreviewSettings(format=preview, frames=preview_frames),
         elevation_deg=elevation,
         crop_size=crop_size,

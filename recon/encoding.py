@@ -24,7 +24,6 @@ the default; the kernel is opt-in.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -363,6 +362,23 @@ def tcnn_available() -> bool:
     return True
 
 
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The hash grid that ``backend`` means on ``device``: ``torch``, ``triton`` or ``tcnn``.
+
+    ``auto`` takes the fastest one that runs there: tcnn on CUDA when it imports, else the Triton
+    kernels on CUDA when Triton imports, else the PyTorch grid (always on CPU). A backend asked for
+    by name is returned as it is (:func:`make_encoding` says why when it cannot run)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown hash-grid backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    if device.type != "cuda":
+        return "torch"
+    if tcnn_available():
+        return "tcnn"
+    return "triton" if kernels.unavailable_reason(device) is None else "torch"
+
+
 def make_encoding(
     cfg: HashGridConfig,
     device: torch.device,
@@ -372,21 +388,18 @@ def make_encoding(
     """Build the hash grid: ``torch`` (default, analytic Jacobian), ``triton``, ``tcnn``, or ``auto``.
 
     ``triton`` is the same :class:`HashGrid` computed by the fused Triton kernels (analytic Jacobian
-    too); it needs CUDA and Triton (or Triton's interpreter, for tests). ``auto`` uses tcnn on CUDA
-    when it imports and falls back to torch with a warning otherwise; ``tcnn`` or ``triton`` asked
-    for but unavailable is a :class:`MissingDependencyError`.
+    too); it needs CUDA and Triton (or Triton's interpreter, for tests). ``auto``: see
+    :func:`resolve_backend`. ``tcnn`` or ``triton`` asked for but unavailable is a
+    :class:`MissingDependencyError` that says why.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown hash-grid backend {backend!r}; known: {', '.join(BACKENDS)}")
-    if backend == "triton":
+    chosen = resolve_backend(backend, device)
+    if chosen == "triton":
         kernels.require_hash_grid(device)
         return HashGrid(cfg, generator=generator, kernel="triton").to(device)
-    if backend != "torch" and device.type == "cuda":
-        if tcnn_available():
-            return TcnnHashGrid(cfg).to(device)
-        if backend == "tcnn":
+    if chosen == "tcnn":
+        if device.type != "cuda":
+            raise MissingDependencyError("the tcnn hash grid needs a CUDA device")
+        if not tcnn_available():
             raise MissingDependencyError("the tcnn hash grid needs tinycudann (pip install tinycudann)")
-        warnings.warn("tinycudann not available; using the PyTorch hash grid", stacklevel=2)
-    elif backend == "tcnn":
-        raise MissingDependencyError("the tcnn hash grid needs a CUDA device")
+        return TcnnHashGrid(cfg).to(device)
     return HashGrid(cfg, generator=generator).to(device)

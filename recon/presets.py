@@ -228,6 +228,10 @@ def get_preset(quality: str, steps: int | None = None) -> Preset:
 
 
 MESH_FORMATS = ("glb", "obj", "ply")
+HASH_GRIDS = ("torch", "triton", "tcnn", "auto")
+"""``--hash-grid`` values (:func:`recon.encoding.make_encoding`): the same grid, computed by PyTorch
+(the reference, the default until the Triton kernels' tests pass on a GPU in CI-like runs), by our
+Triton kernels (CUDA), by tinycudann (CUDA), or ``auto``: the fastest available on the device."""
 
 
 @dataclass(frozen=True)
@@ -244,6 +248,7 @@ class ReconSettings:
     steps: int | None = None
     faces: int | None = None
     formats: tuple[str, ...] = ("glb",)
+    hash_grid: str = "torch"  # recon.encoding.BACKENDS: which hash-grid implementation trains
 
     def __post_init__(self) -> None:
         bad = [f for f in self.formats if f not in MESH_FORMATS]
@@ -254,7 +259,10 @@ class ReconSettings:
         get_preset("draft" if self.quality == "auto" else self.quality, self.steps)
         if self.faces is not None and self.faces < 4:
             raise UserError(f"--faces must be at least 4, got {self.faces}")
+        if self.hash_grid not in HASH_GRIDS:
+            raise UserError(f"unknown hash grid {self.hash_grid!r}: choose from {', '.join(HASH_GRIDS)}")
 
     def preset(self, device: torch.device) -> Preset:
-        """The preset these settings mean on ``device`` (``auto`` decided there)."""
-        return get_preset(resolve_quality(self.quality, device), self.steps)
+        """The preset these settings mean on ``device`` (``auto`` decided there), with their hash grid."""
+        preset = get_preset(resolve_quality(self.quality, device), self.steps)
+        return replace(preset, field=replace(preset.field, encoding_backend=self.hash_grid))

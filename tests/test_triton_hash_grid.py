@@ -27,6 +27,7 @@ import os
 import subprocess
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import pytest
@@ -150,6 +151,46 @@ def test_triton_on_cpu_without_the_interpreter_is_a_missing_dependency(monkeypat
         grid.forward_with_jacobian(needs_grad)
     out = grid(needs_grad)  # positions that need a gradient take the differentiable reference, as before
     assert out.requires_grad and torch.equal(out, grid.reference_forward(needs_grad))
+
+
+def test_auto_takes_the_fastest_grid_that_runs_on_the_device(monkeypatch):
+    from recon import encoding
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [encoding.resolve_backend(b, cpu) for b in ("torch", "triton", "tcnn", "auto")] == [
+        "torch",
+        "triton",
+        "tcnn",
+        "torch",
+    ]
+    for tcnn, triton_reason, expected in [
+        (True, None, "tcnn"),
+        (False, None, "triton"),
+        (False, "Triton is not installed", "torch"),
+    ]:
+        monkeypatch.setattr(encoding, "tcnn_available", lambda tcnn=tcnn: tcnn)
+        monkeypatch.setattr(kernels, "unavailable_reason", lambda device, r=triton_reason: r)
+        assert encoding.resolve_backend("auto", cuda) == expected
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        grid = make_encoding(SMALL, cpu, backend="auto")  # on CPU: the PyTorch grid, no warning
+    assert grid.kernel == "torch"
+
+
+def test_hash_grid_setting_reaches_the_preset_and_the_command_line(run_cli, tmp_path):
+    from recon.presets import HASH_GRIDS, ReconSettings
+    from sd3d.core.errors import UserError
+
+    assert set(HASH_GRIDS) == set(BACKENDS)
+    cpu = torch.device("cpu")
+    assert ReconSettings().preset(cpu).field.encoding_backend == "torch"
+    assert ReconSettings("standard", hash_grid="triton").preset(cpu).field.encoding_backend == "triton"
+    with pytest.raises(UserError, match="unknown hash grid 'fused': choose from torch, triton, tcnn, auto"):
+        ReconSettings(hash_grid="fused")
+    views = REPO / "examples" / "spot"
+    res = run_cli("reconstruct", views, "-o", tmp_path / "m.glb", "--device", "cpu", "--hash-grid", "tcnn")
+    assert res.code == 2 and res.err.strip() == "error: the tcnn hash grid needs a CUDA device", res
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_kernel_switch_keeps_parameters_and_buffers():

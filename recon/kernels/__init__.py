@@ -59,6 +59,6 @@ def require_hash_grid(device: torch.device) -> ModuleType:
     reason = unavailable_reason(device)
     if reason is not None:
         raise MissingDependencyError(
-            f"the Triton hash grid is unavailable: {reason}; use the PyTorch grid (encoding backend 'torch')"
+            f"the Triton hash grid is unavailable: {reason}; use the PyTorch grid (--hash-grid torch)"
         )
     return _load_hash_grid()[0]
