@@ -63,6 +63,39 @@ def test_dilate_texture_fills_seams():
     np.testing.assert_allclose(out[7, 7], [1.0, 0.5, 0.0], atol=1e-6)
 
 
+def test_dilate_texture_matches_the_plain_neighbour_average():
+    """The pooled dilation gives what the rule says, texel by texel: each pass, every empty texel
+    next to a filled one takes the mean of its filled 8-neighbours; what is still empty after the
+    passes takes the mean of the filled texels. Reference: that rule written as plain loops."""
+
+    def reference(image, filled, iterations):
+        img, mask = image.astype(np.float64).copy(), filled.copy()
+        h, w = mask.shape
+        for _ in range(iterations):
+            grown = {}
+            for y, x in zip(*np.nonzero(~mask), strict=True):
+                ys, xs = slice(max(y - 1, 0), y + 2), slice(max(x - 1, 0), x + 2)
+                if mask[ys, xs].any():
+                    grown[y, x] = img[ys, xs][mask[ys, xs]].mean(0)
+            for (y, x), colour in grown.items():
+                img[y, x], mask[y, x] = colour, True
+        if mask.any() and not mask.all():
+            img[~mask] = img[mask].mean(0)
+        return img
+
+    rng = np.random.default_rng(3)
+    image = rng.random((24, 20, 3)).astype(np.float32)
+    filled = np.zeros((24, 20), bool)
+    filled[3:7, 2:9] = True
+    filled[15:18, 12:14] = True
+    filled[0, 19] = True  # a chart at the border: no wrap-around, no padding counted
+    image[~filled] = 0.0
+    for iterations in (1, 3, 40):
+        np.testing.assert_allclose(
+            dilate_texture(image, filled, iterations), reference(image, filled, iterations), atol=1e-6
+        )
+
+
 def test_unwrap_uv_in_subprocess_and_fallback():
     sphere = trimesh.creation.icosphere(2, radius=0.3)
     uv, why = unwrap_uv(np.asarray(sphere.vertices), np.asarray(sphere.faces), 256)
