@@ -68,6 +68,16 @@ class OccupancyGrid:
         self.res = hull.shape[0]
 
     @property
+    def occupied(self) -> torch.Tensor:
+        """The voxels rays sample in (the hull, then the band around the surface)."""
+        return self._occupied
+
+    @occupied.setter
+    def occupied(self, value: torch.Tensor) -> None:
+        self._occupied = value
+        self._bbox_cache: tuple[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @property
     def voxel_size(self) -> float:
         return 2 * self.bound / self.res
 
@@ -112,7 +122,19 @@ class OccupancyGrid:
         return volume.reshape(-1)[flat]
 
     def bbox(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Axis-aligned bounds of the occupied voxels (the whole cube if none)."""
+        """Axis-aligned bounds of the occupied voxels (the whole cube if none).
+
+        Kept until ``occupied`` changes (assigned anew, or edited in place: the tensor's version
+        counter), because every training step asks for it and the voxels change only every
+        ``occupancy_every`` steps: recomputing meant a nonzero over all R^3 voxels (16.8M at 256^3)
+        and a device synchronisation per step."""
+        version = self._occupied._version
+        if self._bbox_cache is None or self._bbox_cache[0] != version:
+            self._bbox_cache = (version, self._compute_bbox())
+        lo, hi = self._bbox_cache[1]
+        return lo.clone(), hi.clone()
+
+    def _compute_bbox(self) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self.occupied.nonzero()
         if idx.shape[0] == 0:
             full = torch.full((3,), self.bound, device=self.hull.device)

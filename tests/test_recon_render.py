@@ -138,3 +138,26 @@ def test_max_per_ray_and_sample_budget():
     assert int(torch.bincount(s.ray_idx).max()) == 7
     s = sample_rays(o, d, grid, 0.01, max_samples=500)
     assert s.ray_idx.shape[0] <= 500 and s.num_rays < o.shape[0]
+
+
+def test_bbox_is_kept_until_the_occupied_voxels_change():
+    """The bounds are cached (every step asks, the voxels change every ``occupancy_every`` steps),
+    but a new band, or an edit in place, is seen at once."""
+    from recon.render import OccupancyGrid
+
+    hull = torch.zeros(8, 8, 8, dtype=torch.bool)
+    hull[2:5, 3:6, 1:7] = True
+    grid = OccupancyGrid(hull, 0.8)  # voxel 0.2
+    lo, hi = grid.bbox()
+    torch.testing.assert_close(lo, torch.tensor([-0.4, -0.2, -0.6]))
+    torch.testing.assert_close(hi, torch.tensor([0.2, 0.4, 0.6]))
+    lo.fill_(9.0)  # a caller's edit does not reach the cache
+    torch.testing.assert_close(grid.bbox()[0], torch.tensor([-0.4, -0.2, -0.6]))
+    band = torch.zeros_like(hull)
+    band[3, 4, 2] = True
+    grid.occupied = band  # a new band (update_band assigns one)
+    torch.testing.assert_close(grid.bbox()[0], torch.tensor([-0.2, 0.0, -0.4]))
+    grid.occupied[7, 7, 7] = True  # an edit in place
+    torch.testing.assert_close(grid.bbox()[1], torch.tensor([0.8, 0.8, 0.8]))
+    grid.occupied = torch.zeros_like(hull)
+    torch.testing.assert_close(grid.bbox()[1], torch.full((3,), 0.8))
