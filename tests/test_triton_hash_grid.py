@@ -191,6 +191,13 @@ def test_hash_grid_setting_reaches_the_preset_and_the_command_line(run_cli, tmp_
     res = run_cli("reconstruct", views, "-o", tmp_path / "m.glb", "--device", "cpu", "--hash-grid", "tcnn")
     assert res.code == 2 and res.err.strip() == "error: the tcnn hash grid needs a CUDA device", res
     assert list(tmp_path.iterdir()) == []
+    from cli.run import STAGE_OPTIONS, _settings  # sd3d run / batch hand it to ReconSettings too
+
+    options = {p.name: p.default for p in STAGE_OPTIONS}
+    assert _settings(**options).recon.hash_grid == "torch"
+    assert _settings(**{**options, "hash_grid": "auto"}).recon.hash_grid == "auto"
+    res = run_cli("run", views / "000.png", "-o", tmp_path / "out", "--hash-grid", "fused")
+    assert res.code == 2 and "unknown hash grid 'fused'" in res.err and list(tmp_path.iterdir()) == []
 
 
 def test_kernel_switch_keeps_parameters_and_buffers():
