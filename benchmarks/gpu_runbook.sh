@@ -13,7 +13,9 @@
 #   bash benchmarks/gpu_runbook.sh gen      # generation table with the Triton norms, their tests
 #   bash benchmarks/gpu_runbook.sh e2e      # `sd3d run` end to end, default and capped at 6 GiB
 #
-# Thirty minutes hold about three phases after the machine starts: recon, robust and gen first.
+# Thirty minutes hold about three phases after the machine starts. Session 5 ran recon, robust and
+# plain; nothing of #14 has run on a GPU yet, so the next GPU goes to gen, e2e, then recon (which now
+# tests the Triton hash grid first and times cold reconstruct with it and with the UV blocks).
 #
 # Expects, as carried by the device tool: .whl/ (wheels missing on the GPU machine) and
 # .device-carry/h8/data/objects/<name>/{views,mesh_normalized.ply} (the shared objects) and
