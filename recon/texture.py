@@ -76,14 +76,37 @@ def unwrap_uv(
     """UV-unwrap in a child process. Returns ``(UVMesh, "")`` or ``(None, reason)``.
 
     ``parts``: spatial blocks charted separately and packed into one atlas (``None``: one per
-    :data:`FACES_PER_UV_PART` faces, a power of two, at most :data:`MAX_UV_PARTS`).
+    :data:`FACES_PER_UV_PART` faces, a power of two, at most :data:`MAX_UV_PARTS`; should xatlas
+    fail on the blocks, other than by running out of time, the mesh is unwrapped once more in one
+    piece, as before blocks existed, before the caller falls back to vertex colours).
 
     ``tick()`` (optional) is called about every :data:`POLL_S` seconds while the child runs, so a
     progress display can show that the unwrap is still going. The exchange files live in a
     ``sd3d-uv-*`` temporary folder that is removed on every way out, Ctrl-C and SIGTERM included
     (the CLI turns SIGTERM into an exception, and the child is killed before the exception leaves).
     """
+    blocks = uv_parts(len(faces)) if parts is None else parts
+    started = time.monotonic()
+    uv_mesh, why, timed_out = _unwrap_in_child(vertices, faces, resolution, padding, timeout_s, tick, blocks)
+    if uv_mesh is None and parts is None and blocks > 1 and not timed_out:
+        left = timeout_s - (time.monotonic() - started)
+        whole, why_whole, _ = _unwrap_in_child(vertices, faces, resolution, padding, left, tick, 1)
+        if whole is not None:
+            return whole, ""
+        why = f"{why} ({blocks} blocks); in one piece: {why_whole}"
+    return uv_mesh, why
 
+
+def _unwrap_in_child(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    resolution: int,
+    padding: int,
+    timeout_s: float,
+    tick: Callable[[], None] | None,
+    parts: int,
+) -> tuple[UVMesh | None, str, bool]:
+    """One run of :mod:`recon.uv_worker`: ``(UVMesh, "", False)`` or ``(None, reason, timed out)``."""
     with tempfile.TemporaryDirectory(prefix="sd3d-uv-") as tmp:
         src, dst = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")
         try:
@@ -94,7 +117,7 @@ def unwrap_uv(
                 resolution=resolution,
                 padding=padding,
                 max_iterations=1,
-                parts=uv_parts(len(faces)) if parts is None else parts,
+                parts=parts,
             )
         except OSError as exc:  # a full temporary folder is the user's to fix, not a fallback
             mapped = write_error(exc, src)
@@ -116,7 +139,7 @@ def unwrap_uv(
                     if time.monotonic() >= deadline:
                         proc.kill()
                         proc.communicate()
-                        return None, f"xatlas did not finish within {timeout_s:.0f} s"
+                        return None, f"xatlas did not finish within {timeout_s:.0f} s", True
                     if tick is not None:
                         tick()
         except BaseException:  # Ctrl-C or a failing tick: never leave the child running
@@ -128,10 +151,10 @@ def unwrap_uv(
             why = tail[-1] if tail else f"exit code {proc.returncode}"
             if proc.returncode < 0:
                 why = f"xatlas crashed (signal {-proc.returncode})"
-            return None, why
+            return None, why, False
         out = np.load(dst)
         vmap = out["vmap"]
-        return UVMesh(vertices[vmap], out["faces"], out["uvs"], vmap), ""
+        return UVMesh(vertices[vmap], out["faces"], out["uvs"], vmap), "", False
 
 
 def rasterize_uv(uvs: np.ndarray, faces: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

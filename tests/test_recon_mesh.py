@@ -150,6 +150,39 @@ def test_unwrap_in_blocks_shares_one_atlas_without_overlaps():
     assert [uv_parts(n) for n in (320, 4000, 4001, 20_000, 30_000, 10**6)] == [1, 1, 2, 8, 8, 16]
 
 
+def test_a_failure_in_blocks_is_retried_in_one_piece(monkeypatch):
+    """Blocks are new to xatlas's inputs: should it fail on them, the one-piece unwrap of before is
+    tried before the caller falls back to vertex colours; a timeout is not retried."""
+    import recon.texture as texture
+
+    sphere = trimesh.creation.icosphere(4, radius=0.3)  # 5120 faces: 2 blocks by default
+    v, f = np.asarray(sphere.vertices), np.asarray(sphere.faces)
+    assert texture.uv_parts(len(f)) == 2
+    real, calls = texture._unwrap_in_child, []
+
+    def blocks_crash(*args):
+        calls.append(args[-1])
+        return (None, "xatlas crashed (signal 11)", False) if args[-1] > 1 else real(*args)
+
+    monkeypatch.setattr(texture, "_unwrap_in_child", blocks_crash)
+    uv, why = texture.unwrap_uv(v, f, 128)
+    assert calls == [2, 1] and why == "" and uv is not None and len(uv.faces) == len(f)
+
+    calls.clear()
+    monkeypatch.setattr(texture, "_unwrap_in_child", lambda *a: calls.append(a[-1]) or (None, "boom", False))
+    uv, why = texture.unwrap_uv(v, f, 128)
+    assert uv is None and calls == [2, 1] and why == "boom (2 blocks); in one piece: boom"
+    calls.clear()
+    uv, why = texture.unwrap_uv(v, f, 128, parts=4)  # asked for: no second attempt
+    assert uv is None and calls == [4] and why == "boom"
+
+    calls.clear()
+    late = "xatlas did not finish within 300 s"
+    monkeypatch.setattr(texture, "_unwrap_in_child", lambda *a: calls.append(a[-1]) or (None, late, True))
+    uv, why = texture.unwrap_uv(v, f, 128)
+    assert uv is None and calls == [2] and why == late
+
+
 def _textured_quad():
     v = np.array([[0.0, 0.0, 0.0], [0.2, 0.0, 0.0], [0.2, 0.0, 0.3], [0.0, 0.0, 0.3]])
     f = np.array([[0, 1, 2], [0, 2, 3]])
