@@ -21,6 +21,7 @@ correction of each view's camera (:mod:`recon.poses`), learned once the coarse s
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -141,9 +142,13 @@ class _ViewResiduals:
         self.seen = self.seen | got
 
     def weights(self) -> torch.Tensor:
-        if not bool(self.seen.any()):
-            return torch.ones_like(self.mean)
-        ref = self.mean[self.seen].median()
+        """Per view ray weight: 1 for views not seen yet (all of them at first).
+
+        Computed without a host synchronisation (the median of the seen views' residuals is the
+        NaN-ignoring median with NaN for the others; no view seen gives NaN, which every unseen view
+        replaces by 1): a mid-step ``bool(...)`` or boolean index would make the CPU wait for the
+        GPU's forward pass before it could queue the rest of the step."""
+        ref = torch.where(self.seen, self.mean, torch.full_like(self.mean, math.nan)).nanmedian()
         ratio = (ref / self.mean.clamp_min(1e-6)).clamp(max=1.0)
         return torch.where(self.seen, ratio.pow(self.power).clamp_min(self.floor), torch.ones_like(ratio))
 
@@ -509,10 +514,13 @@ def _normal_smoothness(field_: NeuSField, out, preset: Preset, gen: torch.Genera
     the detail the views agree on.
     """
     weights = out.weights.detach() if out.weights is not None else None
-    if weights is None or weights.numel() == 0 or not bool((weights > 0).any()):
+    if weights is None or weights.numel() == 0:
         return out.grad.new_zeros(())
+    # no host synchronisation to find out whether any sample has weight (see _ViewResiduals.weights):
+    # without any, the samples are drawn uniformly (multinomial needs some mass) and the term is 0
+    has_mass = weights.sum() > 0
     n = preset.normal_smooth_points
-    pick = torch.multinomial(weights, n, replacement=True, generator=gen)
+    pick = torch.multinomial(weights + (~has_mass).to(weights.dtype), n, replacement=True, generator=gen)
     points = out.points[pick].detach()
     step = torch.randn(n, 3, generator=gen, device=gen.device).to(points.device)
     here = F.normalize(out.grad[pick], dim=-1)
@@ -529,4 +537,4 @@ def _normal_smoothness(field_: NeuSField, out, preset: Preset, gen: torch.Genera
             step = step - 2.0 * along.clamp(max=0.0) * normal
     step = F.normalize(step, dim=-1) * preset.normal_smooth_eps
     _, _, grad_near = field_.sdf_net(points + step, with_grad=True)
-    return (here - F.normalize(grad_near, dim=-1)).square().sum(-1).mean()
+    return (here - F.normalize(grad_near, dim=-1)).square().sum(-1).mean() * has_mass
