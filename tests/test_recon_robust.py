@@ -15,6 +15,7 @@ import pytest
 import torch
 import trimesh
 from scipy.spatial.transform import Rotation
+from support.host_waits import HostWaits
 from torch import nn
 
 from recon.appearance import ViewAppearance, to_canonical
@@ -395,30 +396,11 @@ def test_view_residual_weights_down_weight_only_the_disagreeing_views():
     torch.testing.assert_close(res.weights(), torch.ones(3))
 
 
-class _HostWaits(torch.utils._python_dispatch.TorchDispatchMode):
-    """Records the operators that make the host wait for the device's results."""
-
-    WAITS = ("aten._local_scalar_dense", "aten.nonzero", "aten.is_nonzero")
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = str(func)
-        bool_index = name.startswith("aten.index.Tensor") and any(
-            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] if i is not None
-        )
-        if name.startswith(self.WAITS) or bool_index:
-            self.seen.append(name)
-        return func(*args, **(kwargs or {}))
-
-
 def test_view_weights_and_normal_smoothing_never_wait_for_the_device():
     """Both run mid-step: a wait there would stop the host queueing the step's remaining work until
     the GPU has finished the forward pass (``benchmarks/step_ops.py`` counts the waits per step)."""
     res = _ViewResiduals(4, power=1.0, floor=0.3, device=CPU)
-    with _HostWaits() as waits:
+    with HostWaits() as waits:
         before = res.weights()
         res.update(torch.tensor([0.1, 0.4, 0.2]), torch.tensor([0, 1, 3]), torch.ones(3, dtype=torch.bool))
         w = res.weights()
@@ -440,7 +422,7 @@ def test_view_weights_and_normal_smoothing_never_wait_for_the_device():
         out.points = torch.randn(50, 3)
         out.grad = (out.points * 2).requires_grad_(True)
         out.weights = weights
-        with _HostWaits() as waits:
+        with HostWaits() as waits:
             value = _normal_smoothness(field, out, preset, torch.Generator().manual_seed(0))
         assert waits.seen == [] and torch.isfinite(value)
         if not bool(weights.any()):
