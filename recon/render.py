@@ -248,6 +248,20 @@ def sample_rays(
     return RayBatchSamples(t=t, ray_idx=ray_idx, step_idx=step_idx, num_rays=num_rays)
 
 
+def _first_sample_values(values: torch.Tensor, ray_idx: torch.Tensor, num_rays: int) -> torch.Tensor:
+    """(num_rays,) ``values`` at each ray's first packed sample, NaN for a ray without samples.
+
+    Packed samples are ordered by ray, then step, so a ray's first sample is where a binary search
+    for its index lands; a boolean mask of "first" samples would need a ``nonzero`` (the host
+    waiting for the device) in the forward pass and another in the backward pass."""
+    rays = torch.arange(num_rays, device=ray_idx.device, dtype=ray_idx.dtype)
+    if ray_idx.numel() == 0:
+        return values.new_full((num_rays,), math.nan)
+    start = torch.searchsorted(ray_idx, rays).clamp(max=ray_idx.numel() - 1)
+    has_samples = ray_idx[start] == rays
+    return torch.where(has_samples, values[start], values.new_full((), math.nan))
+
+
 class _PositiveCumprod(torch.autograd.Function):
     """``cumprod`` along dim 1 of a tensor with no zeros (here: 1 - alpha + 1e-7 >= 1e-7).
 
@@ -294,7 +308,8 @@ class RenderOutput:
     opacity: torch.Tensor  # (R',)
     depth: torch.Tensor  # (R',) expected distance (only meaningful where opacity ~ 1)
     grad: torch.Tensor  # (P, 3) SDF gradients at the samples (eikonal loss)
-    entry_sdf: torch.Tensor  # (R'',) SDF at each ray's first sample (the free space before it is outside)
+    entry_sdf: torch.Tensor  # (R',) SDF at each ray's first sample, NaN for rays without samples (the
+    # free space before the first sample is outside)
     num_rays: int  # R' <= R: rays kept under the sample budget
     num_samples: int
     points: torch.Tensor | None = None  # (P, 3) the samples' positions (no gradient)
@@ -348,9 +363,14 @@ def render_rays(
     opacity = torch.zeros(r, device=pts.device, dtype=pts.dtype).index_add(0, s.ray_idx, w)
     depth = torch.zeros(r, device=pts.device, dtype=pts.dtype).index_add(0, s.ray_idx, w * t_packed)
     rgb = rgb + (1.0 - opacity)[:, None] * background
-    # packed samples are ordered by ray, then step: a ray's first sample is where the ray index changes
-    first = torch.ones_like(s.ray_idx, dtype=torch.bool)
-    first[1:] = s.ray_idx[1:] != s.ray_idx[:-1]
     return RenderOutput(
-        rgb, opacity, depth, grad, sdf[first], s.num_rays, int(pts.shape[0]), points=pts, weights=w
+        rgb,
+        opacity,
+        depth,
+        grad,
+        _first_sample_values(sdf, s.ray_idx, r),
+        s.num_rays,
+        int(pts.shape[0]),
+        points=pts,
+        weights=w,
     )

@@ -461,7 +461,8 @@ def _step_loss(
     # Skipped space in front of a ray's first sample is empty, so the SDF there must be >= 0.
     # Without this the field can make the whole band negative and let its boundary act
     # as the surface (a negative section renders opaque), inflating thin objects.
-    loss_entry = torch.relu(-out.entry_sdf).mean() if out.entry_sdf.numel() else loss_eik * 0
+    entry = out.entry_sdf  # NaN for rays without samples: left out of the mean without a host wait
+    loss_entry = torch.relu(-entry).nansum() / (~torch.isnan(entry)).sum().clamp_min(1)
     loss = (
         preset.w_rgb * loss_rgb
         + preset.w_mask * loss_mask

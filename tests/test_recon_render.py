@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -201,3 +203,22 @@ def test_transmittance_cumprod_has_the_exact_gradient_and_never_waits():
     torch_waits, reference = host_waits_in_backward(lambda t: torch.cumprod(t, 1), x, grad)
     assert waits == 0 and torch_waits >= 1  # torch's backward first asks whether x holds a zero
     torch.testing.assert_close(mine, reference, rtol=1e-12, atol=0)
+
+
+def test_first_sample_of_each_ray_without_waiting():
+    from support.host_waits import HostWaits
+
+    from recon.render import _first_sample_values
+
+    ray_idx = torch.tensor([1, 1, 1, 3, 4, 4])  # rays 0, 2 and 5 have no samples
+    values = torch.tensor([10.0, 11.0, 12.0, 30.0, 40.0, 41.0], requires_grad=True)
+    with HostWaits() as waits:
+        first = _first_sample_values(values, ray_idx, 6)
+    assert waits.seen == []
+    torch.testing.assert_close(
+        first, torch.tensor([math.nan, 10.0, math.nan, 30.0, 40.0, math.nan]), equal_nan=True
+    )
+    first.nan_to_num(0.0).sum().backward()
+    assert values.grad.tolist() == [1.0, 0.0, 0.0, 1.0, 1.0, 0.0]
+    empty = _first_sample_values(torch.zeros(0), torch.zeros(0, dtype=torch.long), 3)
+    assert empty.shape == (3,) and bool(torch.isnan(empty).all())
