@@ -10,6 +10,7 @@
 #   bash benchmarks/gpu_runbook.sh recon    # cold CLI, profile, clean regression, hash-grid kernel
 #   bash benchmarks/gpu_runbook.sh robust   # robustness benchmark at standard quality (the presets)
 #   bash benchmarks/gpu_runbook.sh plain    # the same with every robustness method off
+#   bash benchmarks/gpu_runbook.sh high     # --quality high on clean and misaligned views (vs standard)
 #   bash benchmarks/gpu_runbook.sh gen      # generation table with the Triton norms, their tests
 #   bash benchmarks/gpu_runbook.sh e2e      # `sd3d run` end to end, default and capped at 6 GiB
 #
@@ -22,7 +23,7 @@
 # .device-carry/h8/reference/syncdreamer-golden-synthetic.{npz,json} (generation parity), copied from
 # ../shared before the call: run(..., carry=[".whl", ".device-carry"]).
 set -u
-phase=${1:?usage: gpu_runbook.sh recon|robust|plain|gen|e2e}
+phase=${1:?usage: gpu_runbook.sh recon|robust|plain|high|gen|e2e}
 OUT=${OUT:?set OUT to the folder that comes back}
 SHARED=.device-carry/h8
 mkdir -p "$OUT"
@@ -71,6 +72,14 @@ recon)
     step clean-standard 240 python3 benchmarks/recon.py --shared "$SHARED" --quality standard \
         --out "$OUT/clean" --json "$OUT/clean.json"
     ;;
+high)
+    # is --quality high measurably better than standard (#13)? the same clean views and misaligned
+    # ones at high; standard's figures are the recon phase's clean-standard and the robust phase's
+    step clean-high 300 python3 benchmarks/recon.py --shared "$SHARED" --quality high --objects spot duck \
+        --out "$OUT/clean-high" --json "$OUT/clean-high.json"
+    step rb-high 240 python3 benchmarks/robustness.py --quality high --device cuda --jobs 2 --threads 4 \
+        --shared "$SHARED" --objects spot duck --perturbations pose:2 --out "$OUT/rb-high"
+    ;;
 robust | plain)
     # robust = the presets as they are ("after"); plain = every robustness method off ("before").
     # Each case's JSON is written when it ends, so a phase cut short still returns the cases it ran.
@@ -96,7 +105,7 @@ from pathlib import Path; b.make_photos(Path('/tmp/photos'), 1); b.make_checkpoi
     step e2e-6gib 180 "${run[@]}" -o "$OUT/e2e-6gib" --gpu-memory 6
     ;;
 *)
-    echo "unknown phase $phase (recon | robust | plain | gen | e2e)" >&2
+    echo "unknown phase $phase (recon | robust | plain | high | gen | e2e)" >&2
     exit 2
     ;;
 esac
