@@ -85,7 +85,7 @@ CONTRACTIONS = ("auto", "matmul", "elementwise")
 # Who computes the lookups of a :class:`HashGrid`: this module's PyTorch code, or the Triton kernels.
 KERNELS = ("torch", "triton")
 # What :func:`make_encoding` can build.
-BACKENDS = ("torch", "tcnn", "auto", "triton")
+BACKENDS = ("torch", "triton", "tcnn", "auto")
 
 
 def _use_matmul(contraction: str, device: torch.device) -> bool:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from recon.appearance import APPEARANCE_ANCHORS, APPEARANCE_MODES
-from recon.encoding import HashGridConfig
+from recon.encoding import BACKENDS, HashGridConfig
 from recon.fields import FieldConfig
 from sd3d.core.errors import UserError
 
@@ -228,7 +228,7 @@ def get_preset(quality: str, steps: int | None = None) -> Preset:
 
 
 MESH_FORMATS = ("glb", "obj", "ply")
-HASH_GRIDS = ("torch", "triton", "tcnn", "auto")
+HASH_GRIDS = BACKENDS
 """``--hash-grid`` values (:func:`recon.encoding.make_encoding`): the same grid, computed by PyTorch
 (the reference, the default until the Triton kernels' tests pass on a GPU in CI-like runs), by our
 Triton kernels (CUDA), by tinycudann (CUDA), or ``auto``: the fastest available on the device."""
@@ -248,7 +248,7 @@ class ReconSettings:
     steps: int | None = None
     faces: int | None = None
     formats: tuple[str, ...] = ("glb",)
-    hash_grid: str = "torch"  # recon.encoding.BACKENDS: which hash-grid implementation trains
+    hash_grid: str = "torch"  # one of HASH_GRIDS: which hash-grid implementation trains
 
     def __post_init__(self) -> None:
         bad = [f for f in self.formats if f not in MESH_FORMATS]

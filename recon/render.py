@@ -254,9 +254,9 @@ def _first_sample_values(values: torch.Tensor, ray_idx: torch.Tensor, num_rays: 
     Packed samples are ordered by ray, then step, so a ray's first sample is where a binary search
     for its index lands; a boolean mask of "first" samples would need a ``nonzero`` (the host
     waiting for the device) in the forward pass and another in the backward pass."""
-    rays = torch.arange(num_rays, device=ray_idx.device, dtype=ray_idx.dtype)
     if ray_idx.numel() == 0:
         return values.new_full((num_rays,), math.nan)
+    rays = torch.arange(num_rays, device=ray_idx.device, dtype=ray_idx.dtype)
     start = torch.searchsorted(ray_idx, rays).clamp(max=ray_idx.numel() - 1)
     has_samples = ray_idx[start] == rays
     return torch.where(has_samples, values[start], values.new_full((), math.nan))

@@ -7,9 +7,9 @@ cost the child seconds of start-up on a cold machine. It is run by path, not as 
 not even the package's ``__init__`` is imported.
 
 Why the mesh is cut into parts: xatlas's chart growing costs more than linearly in the faces of one
-mesh (about 0.4 s for 7.5k faces, 1.4 s for 15k, 3.5 s for 30k on one core of the CI machine), while
-the meshes of one atlas are charted one by one on xatlas's own thread pool and then packed together
-into one texture. So cutting a 30k-face surface into a few spatial blocks (recursive median cuts of
+mesh (about 0.4 s for 7.5k faces, 1.4 s for 15k, 3.5 s for 30k on the 2-core development machine),
+while the meshes of one atlas are charted as separate tasks on xatlas's own thread pool and then
+packed together into one texture. So cutting a 30k-face surface into a few spatial blocks (recursive median cuts of
 the face centres along the longest side) charts every block fast, in parallel where there are cores,
 and the packer still places every chart of every block in one shared atlas at one texel density.
 The cuts add seams along the block borders, where the texture is dilated like any other chart edge.
@@ -46,16 +46,16 @@ def unwrap(in_path: str, out_path: str) -> None:
     """Read the mesh and the atlas options from ``in_path``; write vmap, faces and uvs to ``out_path``.
 
     ``vmap`` indexes the input vertices (one output vertex per input vertex and chart it lies in);
-    the output faces are grouped by block, in the input's order within a block."""
+    the output faces are grouped by block (the caller must not rely on the input's face order)."""
     import xatlas
 
     data = np.load(in_path)
     vertices = data["vertices"].astype(np.float32)
     faces = data["faces"].astype(np.int64)
-    parts = int(data["parts"]) if "parts" in data.files else 1
+    parts = int(data["parts"])
     atlas = xatlas.Atlas()
     block_vertices = []
-    for block in split_faces(vertices, faces, max(1, parts)):
+    for block in split_faces(vertices, faces, parts):
         used, local = np.unique(faces[block], return_inverse=True)
         atlas.add_mesh(vertices[used], local.reshape(-1, 3).astype(np.uint32))
         block_vertices.append(used)
