@@ -39,9 +39,10 @@ lock:
 	    | grep -viE '^(torch|nvidia-|triton|pip|setuptools|wheel)(=|-|\b)' | sort -f; } > $(CONSTRAINTS)
 	rm -rf .venv-lock
 
-# The test command (README.md and .ci/run use exactly this target). -rs lists every skip and its reason.
+# The test command (README.md and .ci/run use exactly this target). -rs lists every skip and its reason;
+# --durations names the slowest tests, so that a CI log shows where the ~15-minute budget goes.
 test:
-	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q -rs -n 2 --dist loadfile tests
+	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q -rs -n 2 --dist loadfile --durations=15 tests
 
 # The suite against the newest allowed versions, in a fresh venv of its own.
 test-latest:

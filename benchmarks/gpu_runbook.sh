@@ -57,8 +57,10 @@ step() {  # step NAME SECONDS COMMAND...: run it under min(SECONDS, what is left
 
 case $phase in
 recon)
-    # the Triton hash grid's full test file first: its passing is what makes it the default
-    step hash-grid-tests 120 python3 -m pytest -q -rs -p no:cacheprovider tests/test_triton_hash_grid.py
+    # the Triton hash grid's full test file first: its passing is what makes it the default; and the
+    # fused Adam that training uses on CUDA since session 7
+    step hash-grid-tests 120 python3 -m pytest -q -rs -p no:cacheprovider tests/test_triton_hash_grid.py \
+        "tests/test_recon_robust.py::test_adam_is_fused_on_cuda_and_steps_like_adam"
     # one cold process each, views -> GLB; the log ends with cold_cli.py's wall time and peak memory
     cold=(python3 benchmarks/cold_cli.py reconstruct examples/spot --device cuda)
     step cold-standard 120 "${cold[@]}" -o /tmp/cold-standard.glb --quality standard

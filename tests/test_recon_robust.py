@@ -27,7 +27,7 @@ from recon.presets import PRESETS, ROBUSTNESS_OFF, Preset
 from recon.raster import Lighting, RenderMesh, render_mesh
 from recon.render import camera_rays
 from recon.texture import UVMesh, bake_texture, rasterize_uv
-from recon.train import _level_weights, _normal_smoothness, _ViewResiduals, prepare_rays, train
+from recon.train import _adam, _level_weights, _normal_smoothness, _ViewResiduals, prepare_rays, train
 from sd3d.core.cameras import target_cameras
 from sd3d.core.io import ViewSet, read_views
 
@@ -429,6 +429,26 @@ def test_view_weights_and_normal_smoothing_never_wait_for_the_device():
             assert value.item() == 0.0  # no sample carries weight: no term
             value.backward()
             assert torch.equal(out.grad.grad, torch.zeros_like(out.grad))
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+        ),
+    ],
+)
+def test_adam_is_fused_on_cuda_and_steps_like_adam(device):
+    """Fused on CUDA (one kernel per parameter group: the step is launch-bound), PyTorch's default
+    on the CPU (whose results the tests and tables were made with); the same update either way."""
+    p = nn.Parameter(torch.zeros(3, device=device))
+    opt = _adam([{"params": [p], "lr": 1e-2}])
+    assert bool(opt.defaults["fused"]) == (device == "cuda")
+    p.grad = torch.tensor([1.0, -2.0, 0.5], device=device)
+    opt.step()  # Adam's first step is -lr * sign(grad) (bias-corrected moments g and g^2)
+    torch.testing.assert_close(p.detach().cpu(), torch.tensor([-1e-2, 1e-2, -1e-2]))
 
 
 def test_normal_smoothness_is_small_on_a_sphere_and_large_on_a_bumpy_one():
