@@ -60,19 +60,26 @@ class ViewAppearance(nn.Module):
         return delta, self._anchored(self.bias)
 
     def apply(
-        self, rgb: torch.Tensor, opacity: torch.Tensor, view: torch.Tensor, background: float = 1.0
+        self,
+        rgb: torch.Tensor,
+        opacity: torch.Tensor,
+        view: torch.Tensor,
+        background: float = 1.0,
+        offsets: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Rendered colours (R, 3) over ``background`` as view ``view`` (R,) would show them.
 
         Written as ``rgb + (A - I) fg + opacity * b`` so that the identity adds exact zeros.
+        ``offsets``: this step's :meth:`offsets`, when the caller needs them for :meth:`penalty`
+        too (computed once, their kernels are launched once).
         """
-        delta, bias = self.offsets()
+        delta, bias = self.offsets() if offsets is None else offsets
         fg = rgb - (1.0 - opacity)[:, None] * background
         return rgb + torch.einsum("rij,rj->ri", delta[view], fg) + opacity[:, None] * bias[view]
 
-    def penalty(self) -> torch.Tensor:
+    def penalty(self, offsets: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Mean over views of the squared distance to the identity (keeps corrections small)."""
-        delta, bias = self.offsets()
+        delta, bias = self.offsets() if offsets is None else offsets
         return (delta.square().sum((1, 2)) + bias.square().sum(1)).mean()
 
     @torch.no_grad()

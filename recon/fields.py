@@ -151,32 +151,56 @@ class SDFNetwork(nn.Module):
         return sdf, out[:, 1:], grad
 
 
-def spherical_harmonics_deg4(d: torch.Tensor) -> torch.Tensor:
-    """Real spherical harmonics up to degree 3 (16 coefficients, tcnn's "degree 4") of unit vectors."""
-    x, y, z = d.unbind(-1)
-    xx, yy, zz = x * x, y * y, z * z
-    xy, yz, xz = x * y, y * z, x * z
-    return torch.stack(
-        [
-            torch.full_like(x, 0.28209479177387814),
-            -0.48860251190291987 * y,
-            0.48860251190291987 * z,
-            -0.48860251190291987 * x,
-            1.0925484305920792 * xy,
-            -1.0925484305920792 * yz,
-            0.94617469575755997 * zz - 0.31539156525251999,
-            -1.0925484305920792 * xz,
-            0.54627421529603959 * (xx - yy),
-            0.59004358992664352 * y * (-3.0 * xx + yy),
-            2.8906114426405538 * xy * z,
-            0.45704579946446572 * y * (1.0 - 5.0 * zz),
-            0.3731763325901154 * z * (5.0 * zz - 3.0),
-            0.45704579946446572 * x * (1.0 - 5.0 * zz),
-            1.4453057213202769 * z * (xx - yy),
-            0.59004358992664352 * x * (-xx + 3.0 * yy),
-        ],
-        dim=-1,
-    )
+def _monomial(*axes: int) -> int:
+    """Column of the monomial ``d[a0] d[a1] ...`` in ``[1, d, d (x) d, d (x) d (x) d]`` (40 columns)."""
+    offset = (0, 1, 4, 13)[len(axes)]
+    return offset + sum(a * 3 ** (len(axes) - 1 - i) for i, a in enumerate(axes))
+
+
+def sh_coefficients(dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> torch.Tensor:
+    """(40, 16): the real spherical harmonics up to degree 3 as a linear map of the monomials of
+    degree <= 3 of a unit vector (tcnn's "degree 4" encoding, its constants)."""
+    x, y, z = 0, 1, 2
+    c = torch.zeros(40, 16, dtype=torch.float64)
+    terms = {
+        0: {(): 0.28209479177387814},
+        1: {(y,): -0.48860251190291987},
+        2: {(z,): 0.48860251190291987},
+        3: {(x,): -0.48860251190291987},
+        4: {(x, y): 1.0925484305920792},
+        5: {(y, z): -1.0925484305920792},
+        6: {(z, z): 0.94617469575755997, (): -0.31539156525251999},
+        7: {(x, z): -1.0925484305920792},
+        8: {(x, x): 0.54627421529603959, (y, y): -0.54627421529603959},
+        9: {(x, x, y): -3.0 * 0.59004358992664352, (y, y, y): 0.59004358992664352},
+        10: {(x, y, z): 2.8906114426405538},
+        11: {(y,): 0.45704579946446572, (y, z, z): -5.0 * 0.45704579946446572},
+        12: {(z, z, z): 5.0 * 0.3731763325901154, (z,): -3.0 * 0.3731763325901154},
+        13: {(x,): 0.45704579946446572, (x, z, z): -5.0 * 0.45704579946446572},
+        14: {(x, x, z): 1.4453057213202769, (y, y, z): -1.4453057213202769},
+        15: {(x, x, x): -0.59004358992664352, (x, y, y): 3.0 * 0.59004358992664352},
+    }
+    for k, monomials in terms.items():
+        for axes, value in monomials.items():
+            c[_monomial(*axes), k] = value
+    return c.to(dtype=dtype, device=device)
+
+
+def spherical_harmonics_deg4(d: torch.Tensor, coefficients: torch.Tensor | None = None) -> torch.Tensor:
+    """Real spherical harmonics up to degree 3 (16 coefficients, tcnn's "degree 4") of unit vectors
+    (..., 3) -> (..., 16).
+
+    Computed as the monomials of degree <= 3 (two outer products) times a constant matrix
+    (:func:`sh_coefficients`, pass it to skip building it): a handful of kernels where the 16
+    polynomials written out take ~35 forward and, when the directions carry a gradient (learned
+    camera corrections), ~60 more backward; a GPU training step is bound by launching kernels.
+    """
+    c = sh_coefficients(d.dtype, d.device) if coefficients is None else coefficients
+    flat = d.reshape(-1, 3)
+    d2 = flat[:, :, None] * flat[:, None, :]
+    d3 = d2[:, :, :, None] * flat[:, None, None, :]
+    monomials = torch.cat([torch.ones_like(flat[:, :1]), flat, d2.flatten(1), d3.flatten(1)], dim=1)
+    return (monomials @ c).reshape(*d.shape[:-1], 16)
 
 
 class ColorNetwork(nn.Module):
@@ -193,10 +217,13 @@ class ColorNetwork(nn.Module):
                 bound = 1.0 / math.sqrt(layer.weight.shape[1])
                 layer.weight.copy_((torch.rand(layer.weight.shape, generator=generator) * 2 - 1) * bound)
                 layer.bias.copy_((torch.rand(layer.bias.shape, generator=generator) * 2 - 1) * bound)
+        # a constant, kept on the module's device (built per call it would be a copy to the GPU)
+        self.register_buffer("sh_coefficients", sh_coefficients(), persistent=False)
         self.to(device)
 
     def forward(self, feature: torch.Tensor, normal: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
-        h = torch.cat([feature, normal, spherical_harmonics_deg4(direction)], dim=-1)
+        sh = spherical_harmonics_deg4(direction, self.sh_coefficients.to(direction.dtype))
+        h = torch.cat([feature, normal, sh], dim=-1)
         for layer in self.layers[:-1]:
             h = F.relu(layer(h))
         return torch.sigmoid(self.layers[-1](h))

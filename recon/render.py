@@ -314,6 +314,8 @@ class RenderOutput:
     num_samples: int
     points: torch.Tensor | None = None  # (P, 3) the samples' positions (no gradient)
     weights: torch.Tensor | None = None  # (P,) their compositing weights (with gradient)
+    # (P + E, 3) SDF gradients at the samples, then at render_rays' ``extra_points`` (E of them)
+    all_grad: torch.Tensor | None = None
 
 
 def render_rays(
@@ -329,10 +331,9 @@ def render_rays(
     inv_s: torch.Tensor | None = None,
     max_per_ray: int | None = None,
 ) -> RenderOutput:
-    """NeuS volume rendering of a batch of rays over a white (``background``) backdrop."""
-    # where to sample is decided without gradient; the samples' positions keep the rays' gradient
-    # (learned camera corrections, recon.poses)
-    s = sample_rays(
+    """NeuS volume rendering of a batch of rays over a white (``background``) backdrop: where to
+    sample (:func:`sample_rays`, without gradient), then :func:`render_samples`."""
+    samples = sample_rays(
         origins.detach(),
         dirs.detach(),
         grid,
@@ -341,18 +342,46 @@ def render_rays(
         max_samples=max_samples,
         max_per_ray=max_per_ray,
     )
+    return render_samples(field, samples, origins, dirs, dt, cos_anneal, background, inv_s)
+
+
+def render_samples(
+    field,
+    s: RayBatchSamples,
+    origins: torch.Tensor,
+    dirs: torch.Tensor,
+    dt: float,
+    cos_anneal: float = 1.0,
+    background: float = 1.0,
+    inv_s: torch.Tensor | None = None,
+    extra_points: torch.Tensor | None = None,
+) -> RenderOutput:
+    """NeuS volume rendering of the rays' samples ``s`` (from :func:`sample_rays`); the samples'
+    positions keep the rays' gradient (learned camera corrections, recon.poses).
+
+    ``extra_points`` (E, 3): points where only the SDF's gradient is wanted (the eikonal term's
+    random points, the normal smoothing's points), evaluated in the same pass through the grid and
+    the MLP as the samples: a separate pass would launch all of its kernels, forward and backward, a
+    second time, and a GPU training step is bound by launching kernels. Their gradients follow the
+    samples' in ``all_grad``.
+    """
     r, k = s.t.shape
     o, d = origins[s.ray_idx], dirs[s.ray_idx]
     t_packed = s.t[s.ray_idx, s.step_idx]
     pts = o + t_packed[:, None] * d
     inv_s = field.inv_s() if inv_s is None else inv_s
-    if pts.shape[0] > 0:
-        sdf, feat, grad = field.sdf_net(pts, with_grad=True)
+    num = pts.shape[0]
+    x = pts if extra_points is None else torch.cat([pts, extra_points])
+    if x.shape[0] > 0:
+        sdf, feat, all_grad = field.sdf_net(x, with_grad=True)
+        sdf, feat, grad = sdf[:num], feat[:num], all_grad[:num]
+    else:
+        all_grad = grad = pts.new_zeros(0, 3)
+    if num > 0:
         alpha = neus_alpha(sdf, grad, d, dt, inv_s, cos_anneal)
         color = field.color_net(feat, F.normalize(grad, dim=-1), d)
     else:
-        grad, sdf = pts.new_zeros(0, 3), pts.new_zeros(0)
-        alpha, color = pts.new_zeros(0), pts.new_zeros(0, 3)
+        sdf, alpha, color = pts.new_zeros(0), pts.new_zeros(0), pts.new_zeros(0, 3)
     dense = torch.zeros(r, k, device=pts.device, dtype=pts.dtype)
     dense = dense.index_put((s.ray_idx, s.step_idx), alpha)
     trans = _PositiveCumprod.apply(
@@ -373,4 +402,5 @@ def render_rays(
         int(pts.shape[0]),
         points=pts,
         weights=w,
+        all_grad=all_grad,
     )

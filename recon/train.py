@@ -36,7 +36,14 @@ from recon.hull import hull_sdf, visual_hull
 from recon.masks import edge_weights, view_masks
 from recon.poses import ViewPoses
 from recon.presets import Preset
-from recon.render import OccupancyGrid, RenderOutput, camera_rays, render_rays, sample_volume
+from recon.render import (
+    OccupancyGrid,
+    RenderOutput,
+    camera_rays,
+    render_samples,
+    sample_rays,
+    sample_volume,
+)
 from sd3d.core import defaults
 from sd3d.core.errors import ViewsFolderError
 from sd3d.core.io import ViewSet
@@ -367,7 +374,7 @@ class _Schedule:
 class _Optimiser:
     """Adam over the hash grid, the MLPs, NeuS' variance and (if on) the per-view colour transforms
     and camera corrections, each group with its own learning rate; plus the running per-view
-    residuals (if on)."""
+    residuals (if on) and the normal smoothing's points for the next step (if on)."""
 
     def __init__(
         self, field_: NeuSField, preset: Preset, centres: torch.Tensor, device: torch.device
@@ -398,6 +405,8 @@ class _Optimiser:
             else None
         )
         self.preset = preset
+        # the normal smoothing's points for the next step, drawn from this step's render
+        self.smoothing: _SmoothingPoints | None = None
 
     def follow_schedule(self, field_: NeuSField, sched: _Schedule, step: int, device: torch.device) -> None:
         """Activate this step's hash levels (and their ramp weights) and set the learning rates."""
@@ -435,24 +444,44 @@ def _step_loss(
     idx = torch.randint(rays.origins.shape[0], (preset.rays_per_batch,), generator=gen, device=device)
     inv_s = torch.maximum(field_.inv_s(), torch.tensor(sched.inv_s_floor(step), device=device))
     origins, dirs = rays.origins[idx], rays.dirs[idx]
+    # each correction's anchored offsets, once per step: the rays and the penalty both use them
+    pose_offsets = None if opt.poses is None else opt.poses.offsets()
+    colour_offsets = None if opt.appearance is None else opt.appearance.offsets()
     if opt.poses is not None:
-        origins, dirs = opt.poses.apply(origins, dirs, rays.view[idx])
-    out = render_rays(
-        field_,
+        origins, dirs = opt.poses.apply(origins, dirs, rays.view[idx], pose_offsets)
+    samples = sample_rays(
+        origins.detach(),
+        dirs.detach(),
         grid,
+        preset.step_size,
+        generator=gen,
+        max_samples=preset.max_samples_per_batch,
+        max_per_ray=sched.max_per_ray(step),
+    )
+    # the eikonal term's random points (the hull's box) and the normal smoothing's points (drawn
+    # in the previous step) go through the field in the samples' pass
+    lo, hi = hull_box
+    rand_pts = lo + (hi - lo) * torch.rand(preset.eikonal_points, 3, generator=gen, device=device)
+    smoothing = opt.smoothing
+    extra = rand_pts if smoothing is None else torch.cat([rand_pts, smoothing.here, smoothing.near])
+    out = render_samples(
+        field_,
+        samples,
         origins,
         dirs,
         preset.step_size,
-        cos_anneal=sched.cos_anneal(step),
-        generator=gen,
-        max_samples=preset.max_samples_per_batch,
+        sched.cos_anneal(step),
         inv_s=inv_s,
-        max_per_ray=sched.max_per_ray(step),
+        extra_points=extra,
     )
     idx = idx[: out.num_rays]
     view, target, coverage = rays.view[idx], rays.rgb[idx], rays.mask[idx]
     appearance, residuals = opt.appearance, opt.residuals
-    pred = out.rgb if appearance is None else appearance.apply(out.rgb, out.opacity, view)
+    pred = (
+        out.rgb
+        if appearance is None
+        else appearance.apply(out.rgb, out.opacity, view, offsets=colour_offsets)
+    )
     charb = torch.sqrt(((pred - target) ** 2).sum(-1) + 1e-3)
     opacity = out.opacity.clamp(1e-4, 1.0 - 1e-4)
     if residuals is not None:
@@ -468,11 +497,13 @@ def _step_loss(
         ew = rays.edge_weight[idx]
         bce = F.binary_cross_entropy(opacity, coverage, reduction="none")
         loss_mask = (bce * ew).sum() / ew.sum().clamp_min(1e-6)
-    lo, hi = hull_box
-    rand_pts = lo + (hi - lo) * torch.rand(preset.eikonal_points, 3, generator=gen, device=device)
-    _, _, rand_grad = field_.sdf_net(rand_pts, with_grad=True)
-    grads = torch.cat([out.grad, rand_grad])
-    loss_eik = ((grads.norm(dim=-1) - 1.0) ** 2).mean()
+    eikonal_grad, smoothing_grad = out.all_grad.split(
+        [
+            out.num_samples + preset.eikonal_points,
+            out.all_grad.shape[0] - out.num_samples - preset.eikonal_points,
+        ]
+    )
+    loss_eik = ((eikonal_grad.norm(dim=-1) - 1.0) ** 2).mean()  # samples and random points
     # Skipped space in front of a ray's first sample is empty, so the SDF there must be >= 0.
     # Without this the field can make the whole band negative and let its boundary act
     # as the surface (a negative section renders opaque), inflating thin objects.
@@ -486,16 +517,21 @@ def _step_loss(
     )
     parts = {"rgb": loss_rgb, "mask": loss_mask, "eikonal": loss_eik}
     if preset.w_normal_smooth > 0:
-        loss_smooth = _normal_smoothness(field_, out, preset, gen)
+        if smoothing is None:  # the first step: no points drawn yet
+            loss_smooth = out.all_grad.new_zeros(())
+        else:
+            here, near = smoothing_grad.chunk(2)
+            loss_smooth = _smoothness_loss(here, near, smoothing.has_mass)
         fade = 1.0 - (1.0 - preset.normal_smooth_end) * step / max(1, preset.steps - 1)
         loss = loss + preset.w_normal_smooth * fade * loss_smooth
         parts["normal_smooth"] = loss_smooth
+        opt.smoothing = _draw_smoothing_points(out, preset, gen)
     if appearance is not None:
-        loss_app = appearance.penalty()
+        loss_app = appearance.penalty(colour_offsets)
         loss = loss + preset.w_appearance * loss_app
         parts["appearance"] = loss_app
     if opt.poses is not None:
-        loss_pose = opt.poses.penalty()
+        loss_pose = opt.poses.penalty(pose_offsets)
         loss = loss + preset.w_pose * loss_pose
         parts["pose"] = loss_pose
     return loss, parts, out, inv_s
@@ -520,18 +556,31 @@ def _history_entry(
     }
 
 
-def _normal_smoothness(field_: NeuSField, out, preset: Preset, gen: torch.Generator) -> torch.Tensor:
-    """Mean squared difference of the unit normals at near-surface samples and a small random step
-    (``normal_smooth_eps``) away from them.
+@dataclass(frozen=True)
+class _SmoothingPoints:
+    """Where the normal smoothing compares normals: near-surface points and a small random step
+    away from each (both without gradient), and whether any sample had weight to draw them by."""
 
-    Samples are drawn by their rendering weight, so the term acts where the surface is: a curvature
-    penalty at the scale of ``eps`` that irons out the bumps of about that size a fast grid fits to
-    views that disagree. Its weight fades over training so that the last steps can still sharpen
-    the detail the views agree on.
+    here: torch.Tensor  # (n, 3)
+    near: torch.Tensor  # (n, 3)
+    has_mass: torch.Tensor  # () bool
+
+
+def _draw_smoothing_points(
+    out: RenderOutput, preset: Preset, gen: torch.Generator
+) -> _SmoothingPoints | None:
+    """Samples drawn by their rendering weight, so the smoothing acts where the surface is, and a
+    step of ``normal_smooth_eps`` from each.
+
+    Training draws them from one step's render and evaluates them in the next step's pass through
+    the field, together with that step's samples: a pass of their own would launch the grid's and
+    the MLP's kernels, forward and backward, a second time in every step, and a GPU training step is
+    bound by launching kernels. One step later the surface has moved by one optimizer step, far less
+    than ``eps``.
     """
     weights = out.weights.detach() if out.weights is not None else None
     if weights is None or weights.numel() == 0:
-        return out.grad.new_zeros(())
+        return None
     # no host synchronisation to find out whether any sample has weight (see _ViewResiduals.weights):
     # without any, the samples are drawn uniformly (multinomial needs some mass) and the term is 0
     has_mass = weights.sum() > 0
@@ -539,18 +588,29 @@ def _normal_smoothness(field_: NeuSField, out, preset: Preset, gen: torch.Genera
     pick = torch.multinomial(weights + (~has_mass).to(weights.dtype), n, replacement=True, generator=gen)
     points = out.points[pick].detach()
     step = torch.randn(n, 3, generator=gen, device=gen.device).to(points.device)
-    here = F.normalize(out.grad[pick], dim=-1)
     if preset.normal_smooth_offset != "sphere":
         # A step against the normal can cross to the far face of a part thinner than 2 eps, where
         # the normal flips: such parts would be penalised for being thin. "outward" mirrors those
         # steps to the outside (which keeps the term's hold on the field off the surface, where a
         # learned SDF's gradient may still bend); "tangent" drops the normal component altogether.
-        normal = here.detach()
+        normal = F.normalize(out.grad[pick].detach(), dim=-1)
         along = (step * normal).sum(-1, keepdim=True)
         if preset.normal_smooth_offset == "tangent":
             step = step - along * normal
         else:
             step = step - 2.0 * along.clamp(max=0.0) * normal
     step = F.normalize(step, dim=-1) * preset.normal_smooth_eps
-    _, _, grad_near = field_.sdf_net(points + step, with_grad=True)
-    return (here - F.normalize(grad_near, dim=-1)).square().sum(-1).mean() * has_mass
+    return _SmoothingPoints(points, points + step, has_mass)
+
+
+def _smoothness_loss(
+    grad_here: torch.Tensor, grad_near: torch.Tensor, has_mass: torch.Tensor
+) -> torch.Tensor:
+    """Mean squared difference of the unit normals at the points and a small step away from them.
+
+    A curvature penalty at the scale of ``eps`` that irons out the bumps of about that size a fast
+    grid fits to views that disagree. Its weight fades over training (see _step_loss) so that the
+    last steps can still sharpen the detail the views agree on.
+    """
+    diff = F.normalize(grad_here, dim=-1) - F.normalize(grad_near, dim=-1)
+    return diff.square().sum(-1).mean() * has_mass

@@ -138,3 +138,56 @@ def test_tcnn_equivalence():  # pragma: no cover - runs only where tinycudann is
         ours.table.copy_(theirs.encoding.params.view_as(ours.table).float())
     u = torch.rand(10000, 3, device=dev)
     torch.testing.assert_close(ours(u), theirs(u), rtol=1e-3, atol=1e-5)
+
+
+def _sh_written_out(d: torch.Tensor) -> torch.Tensor:
+    """The 16 real spherical harmonics as tcnn writes them, one polynomial each (the reference)."""
+    x, y, z = d.unbind(-1)
+    xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
+    return torch.stack(
+        [
+            torch.full_like(x, 0.28209479177387814),
+            -0.48860251190291987 * y,
+            0.48860251190291987 * z,
+            -0.48860251190291987 * x,
+            1.0925484305920792 * xy,
+            -1.0925484305920792 * yz,
+            0.94617469575755997 * zz - 0.31539156525251999,
+            -1.0925484305920792 * xz,
+            0.54627421529603959 * (xx - yy),
+            0.59004358992664352 * y * (-3.0 * xx + yy),
+            2.8906114426405538 * xy * z,
+            0.45704579946446572 * y * (1.0 - 5.0 * zz),
+            0.3731763325901154 * z * (5.0 * zz - 3.0),
+            0.45704579946446572 * x * (1.0 - 5.0 * zz),
+            1.4453057213202769 * z * (xx - yy),
+            0.59004358992664352 * x * (-xx + 3.0 * yy),
+        ],
+        dim=-1,
+    )
+
+
+def test_spherical_harmonics_as_monomials_times_a_matrix_match_the_polynomials():
+    """The encoding's matrix form equals the 16 polynomials written out (values and gradients), and
+    the functions are orthonormal over the sphere (mean of Y_i Y_j = delta_ij / 4 pi)."""
+    from recon.fields import ColorNetwork, spherical_harmonics_deg4
+
+    gen = torch.Generator().manual_seed(0)
+    d = torch.nn.functional.normalize(torch.randn(4096, 3, generator=gen, dtype=torch.float64), dim=-1)
+    torch.testing.assert_close(spherical_harmonics_deg4(d), _sh_written_out(d), rtol=0, atol=1e-14)
+    d32 = d.float().requires_grad_(True)
+    ref32 = d.float().requires_grad_(True)
+    weights = torch.randn(4096, 16, generator=gen)
+    (spherical_harmonics_deg4(d32) * weights).sum().backward()
+    (_sh_written_out(ref32) * weights).sum().backward()
+    torch.testing.assert_close(
+        spherical_harmonics_deg4(d32.detach()), _sh_written_out(d.float()), rtol=0, atol=1e-6
+    )
+    torch.testing.assert_close(d32.grad, ref32.grad, rtol=1e-5, atol=1e-5)
+    assert spherical_harmonics_deg4(d.view(64, 64, 3)).shape == (64, 64, 16)
+    many = torch.nn.functional.normalize(torch.randn(400_000, 3, generator=gen, dtype=torch.float64), dim=-1)
+    y = spherical_harmonics_deg4(many)
+    gram = y.T @ y / many.shape[0] * 4 * torch.pi
+    torch.testing.assert_close(gram, torch.eye(16, dtype=torch.float64), rtol=0, atol=0.02)
+    net = ColorNetwork(FieldConfig(), torch.device("cpu"))
+    assert "sh_coefficients" not in net.state_dict()  # a constant, not part of a saved field

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from recon.hull import visual_hull
-from recon.render import OccupancyGrid, camera_rays, neus_alpha, render_rays, sample_rays
+from recon.render import OccupancyGrid, camera_rays, neus_alpha, render_rays, render_samples, sample_rays
 from sd3d.core.cameras import orbit_camera, target_cameras
 
 # The reconstruction's hull: dilated masks, one miss allowed, one voxel of slack.
@@ -222,3 +222,47 @@ def test_first_sample_of_each_ray_without_waiting():
     assert values.grad.tolist() == [1.0, 0.0, 0.0, 1.0, 1.0, 0.0]
     empty = _first_sample_values(torch.zeros(0), torch.zeros(0, dtype=torch.long), 3)
     assert empty.shape == (3,) and bool(torch.isnan(empty).all())
+
+
+def test_extra_points_share_the_samples_pass_and_change_nothing_else():
+    """The eikonal term's random points go through the grid and the MLP with the samples (one pass,
+    half the kernels): the render, the points' SDF gradients and the parameters' gradients are the
+    same as with a separate pass for the points."""
+    from recon.fields import FieldConfig, HashGridConfig, NeuSField
+
+    cfg = FieldConfig(
+        grid=HashGridConfig(n_levels=4, log2_hashmap_size=12, base_resolution=8, max_resolution=64)
+    )
+    field = NeuSField(cfg, CPU, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # the geometric init gives the grid's features zero weight: give them some
+        w = field.sdf_net.layers[0].weight
+        w[:, 3:] = torch.randn(w[:, 3:].shape, generator=torch.Generator().manual_seed(2)) * 0.1
+        field.sdf_net.encoding.table.uniform_(-0.1, 0.1, generator=torch.Generator().manual_seed(3))
+    cams = target_cameras(32)
+    grid = OccupancyGrid(visual_hull(_sphere_masks(cams, 32), cams, 32, 0.6, CPU, **GENEROUS), 0.6)
+    origins, dirs = camera_rays(cams[3])
+    o, d = torch.from_numpy(origins.reshape(-1, 3)), torch.from_numpy(dirs.reshape(-1, 3))
+    extra = (torch.rand(64, 3, generator=torch.Generator().manual_seed(1)) * 2 - 1) * 0.5
+
+    def loss_and_grads(merged: bool):
+        field.zero_grad(set_to_none=True)
+        if merged:
+            out = render_samples(field, sample_rays(o, d, grid, 0.01), o, d, 0.01, extra_points=extra)
+        else:
+            out = render_rays(field, grid, o, d, dt=0.01)
+        extra_grad = out.all_grad[out.num_samples :] if merged else field.sdf_net(extra, with_grad=True)[2]
+        grads = torch.cat([out.grad, extra_grad])
+        loss = out.rgb.square().sum() + out.opacity.sum() + ((grads.norm(dim=-1) - 1) ** 2).mean()
+        loss.backward()
+        return out, extra_grad, {n: p.grad.clone() for n, p in field.named_parameters() if p.grad is not None}
+
+    merged, merged_extra, merged_params = loss_and_grads(True)
+    apart, apart_extra, apart_params = loss_and_grads(False)
+    assert merged.num_samples > 1000 and merged.all_grad.shape == (merged.num_samples + 64, 3)
+    for a, b in ((merged.rgb, apart.rgb), (merged.opacity, apart.opacity), (merged.grad, apart.grad)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(merged_extra, apart_extra, rtol=1e-5, atol=1e-6)
+    assert merged_params.keys() == apart_params.keys() and len(merged_params) > 3
+    assert merged_params["sdf_net.encoding.table"].abs().max() > 0  # the grid's gradient is compared too
+    for name, g in merged_params.items():
+        torch.testing.assert_close(g, apart_params[name], rtol=1e-4, atol=1e-6, msg=name)

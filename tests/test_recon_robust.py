@@ -22,12 +22,20 @@ from recon.appearance import ViewAppearance, to_canonical
 from recon.bake import BakeSettings, ViewProjector
 from recon.masks import edge_weights, inner_edge_weight
 from recon.mesh import vertex_normals
-from recon.poses import ViewPoses, corrected_cameras, rotate
+from recon.poses import ViewPoses, corrected_cameras, rotate, rotation_matrices
 from recon.presets import PRESETS, ROBUSTNESS_OFF, Preset
 from recon.raster import Lighting, RenderMesh, render_mesh
 from recon.render import camera_rays
 from recon.texture import UVMesh, bake_texture, rasterize_uv
-from recon.train import _adam, _level_weights, _normal_smoothness, _ViewResiduals, prepare_rays, train
+from recon.train import (
+    _adam,
+    _draw_smoothing_points,
+    _level_weights,
+    _smoothness_loss,
+    _ViewResiduals,
+    prepare_rays,
+    train,
+)
 from sd3d.core.cameras import target_cameras
 from sd3d.core.io import ViewSet, read_views
 
@@ -61,6 +69,16 @@ def _small_scene_preset(**changes) -> Preset:
 def _on_white(rgb, alpha, cameras) -> ViewSet:
     images = np.clip(rgb * alpha + (1 - alpha), 0, 1).astype(np.float32)
     return ViewSet(images=images, cameras=cameras, alphas=alpha[..., 0])
+
+
+def _normal_smoothness(field_, out, preset: Preset, gen: torch.Generator) -> torch.Tensor:
+    """The normal smoothing term of points drawn from ``out``, evaluated in a pass of their own
+    (training draws them in one step and evaluates them in the next step's pass)."""
+    points = _draw_smoothing_points(out, preset, gen)
+    if points is None:
+        return out.grad.new_zeros(())
+    _, _, grad = field_.sdf_net(torch.cat([points.here, points.near]), with_grad=True)
+    return _smoothness_loss(*grad.chunk(2), points.has_mass)
 
 
 def _tiny(preset: Preset, **changes) -> Preset:
@@ -205,7 +223,8 @@ def test_robust_draft_trains_and_reports_its_terms():
     views = read_views(EXAMPLE)
     out = train(views, _tiny(PRESETS["draft"]), CPU, seed=0)
     last = out.history[-1]
-    assert np.isfinite(last["loss"]) and last["normal_smooth"] >= 0 and last["appearance"] >= 0
+    assert np.isfinite(last["loss"]) and last["normal_smooth"] > 0 and last["appearance"] >= 0
+    assert out.history[0]["normal_smooth"] == 0.0  # the first step has no smoothing points yet
     assert out.appearance.shape == (views.num_views, 3, 4)
     np.testing.assert_allclose(out.appearance.mean(0), np.eye(3, 4), atol=1e-5)  # "mean" anchor
 
@@ -254,6 +273,14 @@ def test_rotation_matches_scipy_and_zero_changes_no_bit():
     np.testing.assert_allclose(rotate(rotvec, x).numpy(), want, rtol=0, atol=1e-9)
     x32 = x.float()
     assert torch.equal(rotate(torch.zeros_like(x32), x32), x32)
+    # the matrices that apply the corrections to rays: the same rotations, the identity at zero
+    mats = rotation_matrices(rotvec)
+    np.testing.assert_allclose((mats @ x[:, :, None])[..., 0].numpy(), want, rtol=0, atol=1e-9)
+    assert torch.equal(rotation_matrices(torch.zeros(4, 3)), torch.eye(3).expand(4, 3, 3))
+    poses = ViewPoses(_centres(target_cameras(32)), CPU)
+    o, d = torch.randn(50, 3, generator=gen), torch.randn(50, 3, generator=gen)
+    o2, d2 = poses.apply(o, d, torch.randint(16, (50,), generator=gen))
+    assert torch.equal(o2, o) and torch.equal(d2, d)  # zero corrections change no bit of a ray
 
 
 def _centres(cameras) -> torch.Tensor:
@@ -427,8 +454,6 @@ def test_view_weights_and_normal_smoothing_never_wait_for_the_device():
         assert waits.seen == [] and torch.isfinite(value)
         if not bool(weights.any()):
             assert value.item() == 0.0  # no sample carries weight: no term
-            value.backward()
-            assert torch.equal(out.grad.grad, torch.zeros_like(out.grad))
 
 
 @pytest.mark.parametrize(
@@ -451,9 +476,40 @@ def test_adam_is_fused_on_cuda_and_steps_like_adam(device):
     torch.testing.assert_close(p.detach().cpu(), torch.tensor([-1e-2, 1e-2, -1e-2]))
 
 
-def test_normal_smoothness_is_small_on_a_sphere_and_large_on_a_bumpy_one():
-    from recon.train import _normal_smoothness
+def test_training_evaluates_the_smoothing_points_of_the_last_step_in_the_samples_pass(monkeypatch):
+    """Each step draws the smoothing points for the next one, whose pass through the field
+    evaluates them together with its samples: their gradients there are the field's own at those
+    points (here and near, in that order), as a pass of their own would give them."""
+    import recon.train as T
 
+    fields, drawn, checked = [], [], []
+    real_field, real_draw, real_loss = T.NeuSField, T._draw_smoothing_points, T._smoothness_loss
+
+    def field(*args, **kwargs):
+        fields.append(real_field(*args, **kwargs))
+        return fields[-1]
+
+    def draw(*args):
+        drawn.append(real_draw(*args))
+        return drawn[-1]
+
+    def loss(here, near, has_mass):
+        points = drawn[-1]  # drawn by the previous step; this step's draw comes after its loss
+        _, _, apart = fields[0].sdf_net(torch.cat([points.here, points.near]), with_grad=True)
+        checked.append((torch.cat([here, near]).detach(), apart.detach()))
+        return real_loss(here, near, has_mass)
+
+    monkeypatch.setattr(T, "NeuSField", field)
+    monkeypatch.setattr(T, "_draw_smoothing_points", draw)
+    monkeypatch.setattr(T, "_smoothness_loss", loss)
+    train(read_views(EXAMPLE), replace(_tiny(PRESETS["draft"]), steps=3), CPU, seed=0)
+    assert len(drawn) == 3 and len(checked) == 2
+    for merged, apart in checked:
+        assert merged.shape == (2 * PRESETS["draft"].normal_smooth_points, 3)
+        torch.testing.assert_close(merged, apart, rtol=1e-5, atol=1e-6)
+
+
+def test_normal_smoothness_is_small_on_a_sphere_and_large_on_a_bumpy_one():
     class Net:
         def __init__(self, bumps: float):
             self.bumps = bumps
