@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=2 python benchmarks/step_ops.py [--quality draft] [--views examples/spot] [--adam foreach]
 
 Why count rather than time: on a GPU a training step is mostly launch-bound (the standard step took
-32 ms on an H200 for ~1500 small kernels), so the number of kernel-launching operators a step
+32 ms on an H200 for ~1200 small kernels, as counted below), so the number of kernel-launching operators a step
 dispatches, and the number of times the host must wait for the device (``.item()``, ``nonzero``,
 ``bool(tensor)``; not Adam's reads of step counters that live on the CPU), predict its GPU time
 better than a CPU clock does. They are counted here on the CPU with ``torch.profiler``: the leaf
