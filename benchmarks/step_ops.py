@@ -141,12 +141,14 @@ def count(views, masks, preset, window: tuple[int, int], adam: str = "fused") ->
             training = description.startswith("reconstruct")
             yield (lambda n=1, **_: prof.step()) if training else (lambda n=1, **_: None)
 
-    def adam_as_on_cuda(groups):  # recon.train builds the fused form on CUDA only
-        form = {"fused": True} if adam == "fused" else {"foreach": True}
-        return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15, **form)
+    real_adam = torch.optim.Adam
+
+    def adam_as_on_cuda(params, **options):  # recon.train._adam's optimizer in its CUDA form
+        options["fused"], options["foreach"] = (True, None) if adam == "fused" else (None, True)
+        return real_adam(params, **options)
 
     prof.start()
-    with patch("recon.train._adam", adam_as_on_cuda):
+    with patch("torch.optim.Adam", adam_as_on_cuda):
         train(
             views,
             replace(preset, steps=start + steps + 1),

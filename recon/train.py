@@ -497,13 +497,11 @@ def _step_loss(
         ew = rays.edge_weight[idx]
         bce = F.binary_cross_entropy(opacity, coverage, reduction="none")
         loss_mask = (bce * ew).sum() / ew.sum().clamp_min(1e-6)
-    eikonal_grad, smoothing_grad = out.all_grad.split(
-        [
-            out.num_samples + preset.eikonal_points,
-            out.all_grad.shape[0] - out.num_samples - preset.eikonal_points,
-        ]
-    )
-    loss_eik = ((eikonal_grad.norm(dim=-1) - 1.0) ** 2).mean()  # samples and random points
+    # all_grad: the samples', the random points', then the smoothing points' (if any); one split,
+    # whose backward is one kernel (two slices would take two each)
+    eikonal_rows = out.num_samples + preset.eikonal_points
+    eikonal_grad, smoothing_grad = out.all_grad.split([eikonal_rows, out.all_grad.shape[0] - eikonal_rows])
+    loss_eik = ((eikonal_grad.norm(dim=-1) - 1.0) ** 2).mean()
     # Skipped space in front of a ray's first sample is empty, so the SDF there must be >= 0.
     # Without this the field can make the whole band negative and let its boundary act
     # as the surface (a negative section renders opaque), inflating thin objects.
