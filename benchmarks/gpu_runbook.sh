@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurements still owed, as five device calls of under ten minutes each.
+# The GPU measurements still owed, as device calls of under ten minutes each.
 #
 # Why a script: a session gets about 30 minutes of one GPU, machine start included, and the last two
 # sessions got none; whoever gets one next should spend it measuring, not composing commands. Each
@@ -7,7 +7,8 @@
 # `timeout` so one hang cannot eat the phase, and leaves a log per step under $OUT (the device tool
 # brings $OUT back), plus $OUT/<phase>.summary with each step's exit code and seconds.
 #
-#   bash benchmarks/gpu_runbook.sh recon    # cold CLI, profile, clean regression, hash-grid kernel
+#   bash benchmarks/gpu_runbook.sh recon    # kernel + CUDA-graph tests, cold CLI with and without them
+#   bash benchmarks/gpu_runbook.sh recon2   # profile, clean regression with graphs, UV blocks, grid bench
 #   bash benchmarks/gpu_runbook.sh robust   # robustness benchmark at standard quality (the presets)
 #   bash benchmarks/gpu_runbook.sh plain    # the same with every robustness method off
 #   bash benchmarks/gpu_runbook.sh high     # --quality high on clean and misaligned views (vs standard)
@@ -15,15 +16,17 @@
 #   bash benchmarks/gpu_runbook.sh e2e      # `sd3d run` end to end, default and capped at 6 GiB
 #
 # Thirty minutes hold about three phases after the machine starts. Session 5 ran recon, robust and
-# plain; nothing of #14 has run on a GPU yet, so the next GPU goes to gen, e2e, then recon (which now
-# tests the Triton hash grid first and times cold reconstruct with it and with the UV blocks).
+# plain; nothing of #14 has run on a GPU yet, and #13's cold-speed target rests on code that no GPU
+# has run (the Triton grid's fixed tests, the training step replayed from CUDA graphs, session 8). The
+# next GPU goes to recon (those tests first, then cold reconstruct with and without them), gen, e2e,
+# then recon2.
 #
 # Expects, as carried by the device tool: .whl/ (wheels missing on the GPU machine) and
 # .device-carry/h8/data/objects/<name>/{views,mesh_normalized.ply} (the shared objects) and
 # .device-carry/h8/reference/syncdreamer-golden-synthetic.{npz,json} (generation parity), copied from
 # ../shared before the call: run(..., carry=[".whl", ".device-carry"]).
 set -u
-phase=${1:?usage: gpu_runbook.sh recon|robust|plain|high|gen|e2e}
+phase=${1:?usage: gpu_runbook.sh recon|recon2|robust|plain|high|gen|e2e}
 OUT=${OUT:?set OUT to the folder that comes back}
 SHARED=.device-carry/h8
 mkdir -p "$OUT"
@@ -57,22 +60,31 @@ step() {  # step NAME SECONDS COMMAND...: run it under min(SECONDS, what is left
 
 case $phase in
 recon)
-    # the Triton hash grid's full test file first: its passing is what makes it the default; and the
-    # fused Adam that training uses on CUDA since session 7
-    step hash-grid-tests 120 python3 -m pytest -q -rs -p no:cacheprovider tests/test_triton_hash_grid.py \
-        "tests/test_recon_robust.py::test_adam_is_fused_on_cuda_and_steps_like_adam"
+    # first the tests whose passing makes these paths the default: the Triton hash grid's full file,
+    # the training step replayed from CUDA graphs (session 8), and the fused Adam (session 7)
+    step gpu-tests 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_triton_hash_grid.py \
+        tests/test_train_static.py "tests/test_recon_robust.py::test_adam_is_fused_on_cuda_and_steps_like_adam"
     # one cold process each, views -> GLB; the log ends with cold_cli.py's wall time and peak memory
     cold=(python3 benchmarks/cold_cli.py reconstruct examples/spot --device cuda)
-    step cold-standard 120 "${cold[@]}" -o /tmp/cold-standard.glb --quality standard
-    step cold-standard-triton 120 "${cold[@]}" -o /tmp/cold-standard-t.glb --quality standard --hash-grid triton
-    step cold-draft 90 "${cold[@]}" -o /tmp/cold-draft.glb --quality draft
-    step cold-draft-triton 90 "${cold[@]}" -o /tmp/cold-draft-t.glb --quality draft --hash-grid triton
-    step uv-blocks 120 python3 benchmarks/uv_unwrap.py --shared "$SHARED" --objects spot duck --parts 1 8
-    step hash-grid-bench 150 python3 benchmarks/hash_grid.py --train-steps 100 --json "$OUT/hash_grid.json"
-    step profile-standard 120 python3 benchmarks/recon_profile.py --quality standard --sync --profile 300:10 \
+    fast=(--hash-grid triton --cuda-graph)
+    step cold-draft-fast 60 "${cold[@]}" -o /tmp/cold-draft-f.glb --quality draft "${fast[@]}"
+    step cold-standard-fast 90 "${cold[@]}" -o /tmp/cold-standard-f.glb --quality standard "${fast[@]}"
+    step cold-standard 100 "${cold[@]}" -o /tmp/cold-standard.glb --quality standard
+    step cold-draft 60 "${cold[@]}" -o /tmp/cold-draft.glb --quality draft
+    step cold-standard-graph 90 "${cold[@]}" -o /tmp/cold-standard-g.glb --quality standard --cuda-graph
+    step cold-standard-triton 90 "${cold[@]}" -o /tmp/cold-standard-t.glb --quality standard --hash-grid triton
+    ;;
+recon2)
+    # where the step time goes with and without the graphs, then standard quality with both on (the
+    # clean regression, #13: mean Chamfer <= 0.0062, IoU >= 0.93), then the rest
+    step profile-fast 90 python3 benchmarks/recon_profile.py --quality standard --hash-grid triton --cuda-graph \
+        --out "$OUT/profile-fast"
+    step profile-standard 100 python3 benchmarks/recon_profile.py --quality standard --sync --profile 300:10 \
         --out "$OUT/profile"
-    step clean-standard 240 python3 benchmarks/recon.py --shared "$SHARED" --quality standard \
-        --out "$OUT/clean" --json "$OUT/clean.json"
+    step clean-standard-graph 200 python3 benchmarks/recon.py --shared "$SHARED" --quality standard --cuda-graph \
+        --out "$OUT/clean-graph" --json "$OUT/clean-graph.json"
+    step uv-blocks 90 python3 benchmarks/uv_unwrap.py --shared "$SHARED" --objects spot duck --parts 1 8
+    step hash-grid-bench 120 python3 benchmarks/hash_grid.py --train-steps 100 --json "$OUT/hash_grid.json"
     ;;
 high)
     # is --quality high measurably better than standard (#13)? the same clean views and misaligned
@@ -107,7 +119,7 @@ from pathlib import Path; b.make_photos(Path('/tmp/photos'), 1); b.make_checkpoi
     step e2e-6gib 180 "${run[@]}" -o "$OUT/e2e-6gib" --gpu-memory 6
     ;;
 *)
-    echo "unknown phase $phase (recon | robust | plain | high | gen | e2e)" >&2
+    echo "unknown phase $phase (recon | recon2 | robust | plain | high | gen | e2e)" >&2
     exit 2
     ;;
 esac

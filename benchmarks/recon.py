@@ -32,7 +32,15 @@ def _peak_rss_gb() -> float:
 
 
 def run_object(
-    name: str, shared: Path, out_dir: Path, quality: str, steps, seed: int, device, robust: bool = True
+    name: str,
+    shared: Path,
+    out_dir: Path,
+    quality: str,
+    steps,
+    seed: int,
+    device,
+    robust: bool = True,
+    cuda_graph: bool = False,
 ) -> dict:
     import numpy as np
     import torch
@@ -50,7 +58,8 @@ def run_object(
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
-    result = reconstruct(views, ReconSettings(quality, steps), seed=seed, device=device, robust=robust)
+    settings = ReconSettings(quality, steps, cuda_graph=cuda_graph)
+    result = reconstruct(views, settings, seed=seed, device=device, robust=robust)
     exported = export_mesh(result, out_dir / f"{name}.glb")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -96,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the plain NeuS: the preset with recon.presets.ROBUSTNESS_OFF (no robustness methods)",
     )
+    ap.add_argument(
+        "--cuda-graph", action="store_true", help="train with the steps replayed from CUDA graphs"
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -119,7 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.objects:
         row = run_object(
-            name, args.shared, args.out, args.quality, args.steps, args.seed, device, robust=not args.plain
+            name,
+            args.shared,
+            args.out,
+            args.quality,
+            args.steps,
+            args.seed,
+            device,
+            robust=not args.plain,
+            cuda_graph=args.cuda_graph,
         )
         rows.append(row)
         s = row["seconds"]

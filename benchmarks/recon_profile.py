@@ -7,6 +7,7 @@ comes from a :class:`sd3d.core.progress.Progress` whose ``advance`` records the 
 ``--sync``, after a device synchronisation, so each step's GPU work is inside its own interval).
 
     python benchmarks/recon_profile.py --views examples/spot --quality standard --sync --profile 400:20
+    python benchmarks/recon_profile.py --quality standard --hash-grid triton --cuda-graph
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def main() -> None:
     ap.add_argument("--profile", default=None, metavar="START:COUNT", help="torch.profiler over these steps")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--out", default=None, help="folder for the GLB and the JSON")
+    ap.add_argument("--hash-grid", default="torch", help="torch | triton | tcnn | auto")
+    ap.add_argument("--cuda-graph", action="store_true", help="replay the training steps from CUDA graphs")
     args = ap.parse_args()
 
     t_start = time.perf_counter()
@@ -101,7 +104,11 @@ def main() -> None:
     views = read_views(args.views)
     t_read = time.perf_counter() - t0
     result = reconstruct(
-        views, ReconSettings(args.quality, args.steps), seed=args.seed, device=dev, progress=clock
+        views,
+        ReconSettings(args.quality, args.steps, hash_grid=args.hash_grid, cuda_graph=args.cuda_graph),
+        seed=args.seed,
+        device=dev,
+        progress=clock,
     )
     if prof is not None:
         prof.stop()
@@ -117,6 +124,8 @@ def main() -> None:
         "torch": torch.__version__,
         "quality": result.preset.name,
         "steps": result.preset.steps,
+        "hash_grid": args.hash_grid,
+        "cuda_graph": args.cuda_graph,
         "sync": args.sync,
         "import_s": round(t_import, 2),
         "cuda_init_s": round(t_cuda, 2),

@@ -325,7 +325,10 @@ def run_case(task: dict) -> dict:
             row["consistency"] = score.as_dict()
             row["consistency_psnr"] = score.mean_psnr
         settings = OverriddenSettings(
-            cfg["quality"], cfg["steps"], overrides=tuple(map(tuple, cfg["overrides"]))
+            cfg["quality"],
+            cfg["steps"],
+            cuda_graph=cfg.get("cuda_graph", False),
+            overrides=tuple(map(tuple, cfg["overrides"])),
         )
         t = time.perf_counter()
         result = reconstruct(fed, settings, seed=cfg["seed"], device=device)
@@ -515,6 +518,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=None, help="GT render cache (default: <out>/cache)")
     ap.add_argument("--out", type=Path, default=REPO / "out" / "bench-robustness")
     ap.add_argument("--no-warmup", action="store_true", help="skip the short CUDA warm-up fit per worker")
+    ap.add_argument(
+        "--cuda-graph", action="store_true", help="train with the steps replayed from CUDA graphs"
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -566,6 +572,7 @@ def main(argv: list[str] | None = None) -> int:
         "metric_samples": args.metric_samples,
         "iou_grid": args.iou_grid,
         "figure_size": args.figure_size,
+        "cuda_graph": args.cuda_graph,
     }
     cache = args.cache or args.out / "cache"
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """Operator launches and host synchronisations per training step, per robustness method (CPU).
 
     OMP_NUM_THREADS=2 python benchmarks/step_ops.py [--quality draft] [--views examples/spot] [--adam foreach]
+        [--engine static]
 
 Why count rather than time: on a GPU a training step is mostly launch-bound (the standard step took
 32 ms on an H200 for ~1200 small kernels, as counted below), so the number of kernel-launching operators a step
@@ -118,11 +119,14 @@ GROUPED = ("aten::_foreach_", "aten::_fused_")
 """Multi-tensor and fused kernels: one launch each on CUDA (a few tensors per parameter group)."""
 
 
-def count(views, masks, preset, window: tuple[int, int], adam: str = "fused") -> tuple[float, float, float]:
+def count(
+    views, masks, preset, window: tuple[int, int], adam: str = "fused", engine: str = "eager"
+) -> tuple[float, float, float]:
     """(CPU operators, GPU launches, host syncs) per step over ``window`` = (first step, number of
     steps); see the module docstring for the difference between the first two. ``adam``: the
     optimizer's form, ``fused`` (what recon.train builds on CUDA) or ``foreach`` (PyTorch's CUDA
-    default, which recon.train used before session 7)."""
+    default, which recon.train used before session 7). ``engine``: ``eager`` or ``static`` (the
+    fixed-shape step that ``--cuda-graph`` captures: its launches are what one graph replay holds)."""
     import torch
 
     from recon.train import train
@@ -156,6 +160,7 @@ def count(views, masks, preset, window: tuple[int, int], adam: str = "fused") ->
             seed=0,
             progress=Clock(),
             masks=masks,
+            engine=engine,
         )
     prof.stop()
     events = prof.events()
@@ -206,6 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--adam", default="fused", choices=("fused", "foreach"), help="the optimizer's form (see count())"
     )
+    parser.add_argument(
+        "--engine",
+        default="eager",
+        choices=("eager", "static"),
+        help="the training step's form (see count())",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -223,12 +234,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = [(label, k) for label, k in rows if label != "without texture_source"]  # export only
     print(
         f"Launching operators and host syncs per training step, {args.quality}, CPU, steps {args.start}+, "
-        f"Adam {args.adam}\n"
+        f"Adam {args.adam}, {args.engine} step\n"
     )
     print("| preset | CPU operators / step | GPU launches / step | syncs / step |")
     print("|---|---:|---:|---:|")
     for label, changes in rows:
-        ops, gpu, syncs = count(views, masks, replace(base, **changes), (args.start, 10), args.adam)
+        ops, gpu, syncs = count(
+            views, masks, replace(base, **changes), (args.start, 10), args.adam, args.engine
+        )
         print(f"| {label} | {ops:.0f} | {gpu:.0f} | {syncs:.1f} |", flush=True)
     return 0
 

@@ -231,6 +231,14 @@ HashGrid = Annotated[
         "kernels or tinycudann (both CUDA only), or auto = the fastest available on the device.",
     ),
 ]
+CudaGraph = Annotated[
+    bool,
+    typer.Option(
+        "--cuda-graph/--no-cuda-graph",
+        help="Replay each reconstruction training step from a CUDA graph (CUDA only): one launch per "
+        "step instead of ~800. Off by default until its tests have passed on a GPU.",
+    ),
+]
 GpuMemory = Annotated[
     float | None,
     number_option(

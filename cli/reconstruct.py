@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import Device, Faces, GpuMemory, HashGrid, Seed, TrainingSteps, word
+from cli.common import CudaGraph, Device, Faces, GpuMemory, HashGrid, Seed, TrainingSteps, word
 from sd3d.core import defaults
 
 
@@ -47,6 +47,7 @@ def reconstruct(
     device: Device = "auto",
     faces: Faces = None,
     hash_grid: HashGrid = "torch",
+    cuda_graph: CudaGraph = False,
     gpu_memory: GpuMemory = None,
 ) -> None:
     import time
@@ -63,7 +64,8 @@ def reconstruct(
     dev = resolve_device(device)
     limit_gpu_memory(dev, gpu_memory)
     quality = resolve_quality(quality, dev)
-    settings = ReconSettings(quality, steps, faces, hash_grid=hash_grid)  # validates before any work
+    settings = ReconSettings(quality, steps, faces, hash_grid=hash_grid, cuda_graph=cuda_graph)
+    settings.engine(dev)  # validates before any work
     vs = read_views(views)
     t0 = time.perf_counter()
     result = run_reconstruct(vs, settings, seed=seed, device=dev, progress=progress())

@@ -17,6 +17,7 @@ from cli.common import (
     BatchViewNum,
     Cfg,
     CropSize,
+    CudaGraph,
     Device,
     Dtype,
     Eta,
@@ -106,6 +107,7 @@ STAGE_OPTIONS = [
     ),
     _option("faces", Faces, None),
     _option("hash_grid", HashGrid, "torch"),
+    _option("cuda_graph", CudaGraph, False),
     _option(
         "formats",
         Annotated[
@@ -183,6 +185,7 @@ def _settings(
     recon_steps: int | None,
     faces: int | None,
     hash_grid: str,
+    cuda_graph: bool,
     formats: Sequence[str],
     preview: str,
     preview_frames: int,
@@ -207,7 +210,12 @@ def _settings(
             sampler=sampler,
         ),
         recon=ReconSettings(
-            quality=quality, steps=recon_steps, faces=faces, formats=("glb", *formats), hash_grid=hash_grid
+            quality=quality,
+            steps=recon_steps,
+            faces=faces,
+            formats=("glb", *formats),
+            hash_grid=hash_grid,
+            cuda_graph=cuda_graph,
         ),
         preview=PreviewSettings(format=preview, frames=preview_frames),
         elevation_deg=elevation,

@@ -72,7 +72,11 @@ class SDFNetwork(nn.Module):
             self._level_scale = None
             return
         per = self.cfg.grid.n_features_per_level
-        self._level_scale = weights.to(self.layers[0].weight).repeat_interleave(per)
+        scale = weights.to(self.layers[0].weight).repeat_interleave(per)
+        if self._level_scale is not None and self._level_scale.shape == scale.shape:
+            self._level_scale.copy_(scale)  # in place: a captured CUDA graph reads this very tensor
+        else:
+            self._level_scale = scale
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         enc = self.encoding(self._normalise(x))

@@ -93,14 +93,15 @@ def reconstruct(
     what a consistency measure wants, since the robust training is made to forgive disagreeing views.
     """
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    preset = (settings or ReconSettings()).preset(dev)
+    settings = settings or ReconSettings()
+    preset, engine = settings.preset(dev), settings.engine(dev)
     if not robust:
         preset = replace(preset, **ROBUSTNESS_OFF)
     t0 = time.perf_counter()
     vs = views if isinstance(views, ViewSet) else read_views(views)
     masks, source = view_masks(vs)
     t_load = time.perf_counter() - t0
-    out = train(vs, preset, dev, seed=seed, progress=progress, masks=masks)
+    out = train(vs, preset, dev, seed=seed, progress=progress, masks=masks, engine=engine)
     return ReconResult(
         field=out.field,
         grid=out.grid,

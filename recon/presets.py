@@ -249,6 +249,8 @@ class ReconSettings:
     faces: int | None = None
     formats: tuple[str, ...] = ("glb",)
     hash_grid: str = "torch"  # one of HASH_GRIDS: which hash-grid implementation trains
+    # replay the training step from CUDA graphs (recon.step_graph); opt-in until its tests pass on a GPU
+    cuda_graph: bool = False
 
     def __post_init__(self) -> None:
         bad = [f for f in self.formats if f not in MESH_FORMATS]
@@ -261,6 +263,17 @@ class ReconSettings:
             raise UserError(f"--faces must be at least 4, got {self.faces}")
         if self.hash_grid not in HASH_GRIDS:
             raise UserError(f"unknown hash grid {self.hash_grid!r}: choose from {', '.join(HASH_GRIDS)}")
+
+    def engine(self, device: torch.device) -> str:
+        """How training runs its steps on ``device`` (:data:`recon.train.ENGINES`); a clear error for
+        CUDA graphs anywhere but on a CUDA device."""
+        if not self.cuda_graph:
+            return "eager"
+        if device.type != "cuda":
+            raise UserError(
+                f"--cuda-graph needs a CUDA device (it replays the training step as a CUDA graph), not {device}"
+            )
+        return "graph"
 
     def preset(self, device: torch.device) -> Preset:
         """The preset these settings mean on ``device`` (``auto`` decided there), with their hash grid."""

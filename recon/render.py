@@ -159,15 +159,17 @@ class OccupancyGrid:
         inside[self.hull] = sdf < 0
         outside = ~inside
         surface = (_dilate(inside, 1) & outside) | (_dilate(outside, 1) & inside)
+        # the voxels change in place (the tensor's version counter renews the box): a captured CUDA
+        # graph of the training step samples from this very tensor
         if not bool(surface.any()):
-            self.occupied = self.hull.clone()
+            self._occupied.copy_(self.hull)
             return 1.0
         vs = self.voxel_size
         r_in = 1 + math.ceil(5.0 / max(inv_s, 1e-3) / vs)
         r_out = 1 + math.ceil((5.0 / max(inv_s, 1e-3) + outside_margin) / vs)
         limit = self.res // 2
         band = (_dilate(surface, min(r_in, limit)) & inside) | (_dilate(surface, min(r_out, limit)) & outside)
-        self.occupied = band & self.hull
+        self._occupied.copy_(band & self.hull)
         return float(self.occupied.sum().item()) / max(1, int(self.hull.sum().item()))
 
 
@@ -196,12 +198,18 @@ def sample_volume(volume: torch.Tensor, points: torch.Tensor, bound: float) -> t
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class RayBatchSamples:
-    """Occupied samples of a ray batch: dense distances (R, K) and packed (ray, step) indices."""
+    """Occupied samples of a ray batch: dense distances (R, K) and packed (ray, step) indices.
+
+    From :func:`sample_rays_static` the packed arrays have a fixed length: ``valid`` marks the real
+    samples (the padding points at the extra row R, step 0) and ``kept`` the rays within the sample
+    budget (the others have no samples); :func:`sample_rays` leaves both ``None``."""
 
     t: torch.Tensor
     ray_idx: torch.Tensor
     step_idx: torch.Tensor
     num_rays: int
+    valid: torch.Tensor | None = None  # (P,) bool
+    kept: torch.Tensor | None = None  # (R,) bool
 
 
 def sample_rays(
@@ -226,6 +234,30 @@ def sample_rays(
     near, far = ray_box(origins, dirs, lo, hi)
     span = (far - near).clamp_min(0.0)
     k = int(min(max_steps, max(1, math.ceil(float(span.max().item()) / dt))))
+    t, occ = _march(origins, dirs, grid, near, far, k, dt, generator, max_per_ray)
+    num_rays = origins.shape[0]
+    if max_samples is not None:
+        counts = occ.sum(1).cumsum(0)
+        fits = int((counts <= max_samples).sum().item())
+        num_rays = max(1, fits)
+        occ = occ[:num_rays]
+        t = t[:num_rays]
+    ray_idx, step_idx = occ.nonzero(as_tuple=True)
+    return RayBatchSamples(t=t, ray_idx=ray_idx, step_idx=step_idx, num_rays=num_rays)
+
+
+def _march(
+    origins: torch.Tensor,
+    dirs: torch.Tensor,
+    grid: OccupancyGrid,
+    near: torch.Tensor,
+    far: torch.Tensor,
+    k: int,
+    dt: float,
+    generator: torch.Generator | None,
+    max_per_ray: int | torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``k`` (jittered) steps of every ray from ``near``: distances (R, k) and which are occupied."""
     if generator is not None:
         jitter = torch.rand(origins.shape[0], generator=generator, device=generator.device).to(origins.device)
     else:
@@ -237,15 +269,48 @@ def sample_rays(
     occ = valid & grid.lookup(pts)
     if max_per_ray is not None:
         occ = occ & (occ.cumsum(1, dtype=torch.int32) <= max_per_ray)
-    num_rays = origins.shape[0]
-    if max_samples is not None:
-        counts = occ.sum(1).cumsum(0)
-        fits = int((counts <= max_samples).sum().item())
-        num_rays = max(1, fits)
-        occ = occ[:num_rays]
-        t = t[:num_rays]
-    ray_idx, step_idx = occ.nonzero(as_tuple=True)
-    return RayBatchSamples(t=t, ray_idx=ray_idx, step_idx=step_idx, num_rays=num_rays)
+    return t, occ
+
+
+def march_steps(lo: torch.Tensor, hi: torch.Tensor, dt: float, max_steps: int = 2048) -> int:
+    """Steps of ``dt`` that cover any ray's path through the box [lo, hi] (its diagonal)."""
+    diagonal = float((hi - lo).clamp_min(0.0).norm().item())
+    return int(min(max_steps, max(1, math.ceil(diagonal / dt))))
+
+
+def sample_rays_static(
+    origins: torch.Tensor,
+    dirs: torch.Tensor,
+    grid: OccupancyGrid,
+    dt: float,
+    bbox: tuple[torch.Tensor, torch.Tensor],
+    steps: int,
+    pad_to: int,
+    generator: torch.Generator | None = None,
+    max_per_ray: int | None = None,
+) -> RayBatchSamples:
+    """:func:`sample_rays` with shapes that do not depend on the data, for a captured CUDA graph.
+
+    Why: a graph replays fixed kernels on fixed buffers, and :func:`sample_rays` asks the device three
+    times per batch how large its arrays must be (the longest march, the rays within the budget, the
+    occupied samples). Here the march has ``steps`` steps (from :func:`march_steps` of a box holding
+    every occupied voxel; steps past a ray's exit are empty, so the samples are the same), the budget
+    ``pad_to`` is applied as a mask of the leading rays whose samples fit (``kept``: the same rays
+    :func:`sample_rays` keeps with ``max_samples=pad_to``), and the packed samples are padded to
+    ``pad_to`` entries (``valid``), the padding at the extra row ``R``. ``bbox`` is the occupied box
+    (the caller keeps it in fixed tensors and refreshes them when the grid changes).
+    """
+    near, far = ray_box(origins, dirs, *bbox)
+    t, occ = _march(origins, dirs, grid, near, far, steps, dt, generator, max_per_ray)
+    r = origins.shape[0]
+    counts = occ.sum(1).cumsum(0)
+    first = torch.arange(r, device=occ.device) == 0  # the first ray always stays, as in sample_rays
+    kept = (counts <= pad_to) | first
+    packed = torch.nonzero_static(occ & kept[:, None], size=pad_to, fill_value=-1)
+    valid = packed[:, 0] >= 0
+    ray_idx = torch.where(valid, packed[:, 0], r)
+    step_idx = packed[:, 1].clamp_min(0)
+    return RayBatchSamples(t=t, ray_idx=ray_idx, step_idx=step_idx, num_rays=r, valid=valid, kept=kept)
 
 
 def _first_sample_values(values: torch.Tensor, ray_idx: torch.Tensor, num_rays: int) -> torch.Tensor:
@@ -316,6 +381,9 @@ class RenderOutput:
     weights: torch.Tensor | None = None  # (P,) their compositing weights (with gradient)
     # (P + E, 3) SDF gradients at the samples, then at render_rays' ``extra_points`` (E of them)
     all_grad: torch.Tensor | None = None
+    # padded samples (sample_rays_static): which of the P are real, and which rays kept samples
+    valid: torch.Tensor | None = None  # (P,) bool
+    kept: torch.Tensor | None = None  # (R',) bool
 
 
 def render_rays(
@@ -364,10 +432,16 @@ def render_samples(
     the MLP as the samples: a separate pass would launch all of its kernels, forward and backward, a
     second time, and a GPU training step is bound by launching kernels. Their gradients follow the
     samples' in ``all_grad``.
+
+    Padded samples (``s.valid``, from :func:`sample_rays_static`) go through the field like the
+    others (at a copy of the last ray's position) but get no opacity and composite into an extra
+    row that is dropped, so every output is that of the real samples.
     """
     r, k = s.t.shape
-    o, d = origins[s.ray_idx], dirs[s.ray_idx]
-    t_packed = s.t[s.ray_idx, s.step_idx]
+    padded = s.valid is not None
+    rows = s.ray_idx.clamp(max=r - 1) if padded else s.ray_idx
+    o, d = origins[rows], dirs[rows]
+    t_packed = s.t[rows, s.step_idx]
     pts = o + t_packed[:, None] * d
     inv_s = field.inv_s() if inv_s is None else inv_s
     num = pts.shape[0]
@@ -382,15 +456,21 @@ def render_samples(
         color = field.color_net(feat, F.normalize(grad, dim=-1), d)
     else:
         sdf, alpha, color = pts.new_zeros(0), pts.new_zeros(0), pts.new_zeros(0, 3)
-    dense = torch.zeros(r, k, device=pts.device, dtype=pts.dtype)
+    if padded:
+        alpha = alpha * s.valid
+    dense = torch.zeros(r + padded, k, device=pts.device, dtype=pts.dtype)
     dense = dense.index_put((s.ray_idx, s.step_idx), alpha)
     trans = _PositiveCumprod.apply(
         torch.cat([torch.ones_like(dense[:, :1]), 1.0 - dense[:, :-1] + 1e-7], dim=1)
     )
     w = (dense * trans)[s.ray_idx, s.step_idx]
-    rgb = torch.zeros(r, 3, device=pts.device, dtype=pts.dtype).index_add(0, s.ray_idx, w[:, None] * color)
-    opacity = torch.zeros(r, device=pts.device, dtype=pts.dtype).index_add(0, s.ray_idx, w)
-    depth = torch.zeros(r, device=pts.device, dtype=pts.dtype).index_add(0, s.ray_idx, w * t_packed)
+    rgb = torch.zeros(r + padded, 3, device=pts.device, dtype=pts.dtype).index_add(
+        0, s.ray_idx, w[:, None] * color
+    )
+    opacity = torch.zeros(r + padded, device=pts.device, dtype=pts.dtype).index_add(0, s.ray_idx, w)
+    depth = torch.zeros(r + padded, device=pts.device, dtype=pts.dtype).index_add(0, s.ray_idx, w * t_packed)
+    if padded:  # drop the padding's row (a slice has a backward of its own, hence only here)
+        rgb, opacity, depth = rgb[:r], opacity[:r], depth[:r]
     rgb = rgb + (1.0 - opacity)[:, None] * background
     return RenderOutput(
         rgb,
@@ -403,4 +483,6 @@ def render_samples(
         points=pts,
         weights=w,
         all_grad=all_grad,
+        valid=s.valid,
+        kept=s.kept,
     )

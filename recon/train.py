@@ -40,12 +40,15 @@ from recon.render import (
     OccupancyGrid,
     RenderOutput,
     camera_rays,
+    march_steps,
     render_samples,
     sample_rays,
+    sample_rays_static,
     sample_volume,
 )
+from recon.step_graph import GraphedSteps
 from sd3d.core import defaults
-from sd3d.core.errors import ViewsFolderError
+from sd3d.core.errors import UserError, ViewsFolderError
 from sd3d.core.io import ViewSet
 from sd3d.core.progress import Progress, resolve
 
@@ -119,6 +122,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     appearance: np.ndarray | None = None  # (N, 3, 4) per-view [A | b], view colour = A c + b
     poses: np.ndarray | None = None  # (N, 3, 4) per-view camera correction [R | t] (recon.poses)
+    graph_captures: int = 0  # CUDA graphs captured (engine "graph")
 
 
 class _ViewResiduals:
@@ -145,8 +149,9 @@ class _ViewResiduals:
         got = count > 0
         now = total / count.clamp_min(1.0)
         blended = torch.where(self.seen, decay * self.mean + (1 - decay) * now, now)
-        self.mean = torch.where(got, blended, self.mean)
-        self.seen = self.seen | got
+        # in place: a captured CUDA graph keeps reading and writing these very tensors
+        self.mean.copy_(torch.where(got, blended, self.mean))
+        self.seen |= got
 
     def weights(self) -> torch.Tensor:
         """Per view ray weight: 1 for views not seen yet (all of them at first).
@@ -155,9 +160,17 @@ class _ViewResiduals:
         NaN-ignoring median with NaN for the others; no view seen gives NaN, which every unseen view
         replaces by 1): a mid-step ``bool(...)`` or boolean index would make the CPU wait for the
         GPU's forward pass before it could queue the rest of the step."""
-        ref = torch.where(self.seen, self.mean, torch.full_like(self.mean, math.nan)).nanmedian()
+        ref = _nanmedian(torch.where(self.seen, self.mean, torch.full_like(self.mean, math.nan)))
         ratio = (ref / self.mean.clamp_min(1e-6)).clamp(max=1.0)
         return torch.where(self.seen, ratio.pow(self.power).clamp_min(self.floor), torch.ones_like(ratio))
+
+
+def _nanmedian(x: torch.Tensor) -> torch.Tensor:
+    """``x.nanmedian()`` of a 1-D tensor (the lower middle value of the non-NaN ones, NaN if none)
+    from a sort and a gather, so that it provably stays on the device (a CUDA graph may not wait)."""
+    ordered = torch.sort(x).values  # NaNs sort last
+    middle = ((~torch.isnan(x)).sum() - 1).clamp_min(0) // 2
+    return ordered.gather(0, middle.view(1)).view(())
 
 
 def _level_weights(
@@ -197,21 +210,37 @@ def _adam(groups: list[dict]) -> torch.optim.Adam:
     return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15, fused=True if on_cuda else None)
 
 
+def _capturable_adam(groups: list[dict], device: torch.device) -> torch.optim.Adam:
+    """:func:`_adam` for steps replayed from a CUDA graph: fused, its step counts on the device and
+    each group's learning rate a device tensor that the schedule refills in place (a float would be
+    baked into the graph at capture)."""
+    for g in groups:
+        g["lr"] = torch.tensor(float(g["lr"]), device=device)
+    return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15, fused=True, capturable=True)
+
+
 def fit_hull(
-    field_: NeuSField, target: torch.Tensor, bound: float, preset: Preset, gen: torch.Generator
+    field_: NeuSField,
+    target: torch.Tensor,
+    bound: float,
+    preset: Preset,
+    gen: torch.Generator,
+    graphed: GraphedSteps | None = None,
 ) -> float:
     """Pre-fit the SDF to the visual hull's (clamped) distance field.
 
     Why: samples are confined to the hull, so the sphere initialisation (which usually contains
     the whole hull) would leave no zero crossing for the rays to find. Starting from the hull's
     SDF puts the surface where the silhouettes say it is; rendering then carves the concavities.
+    Its steps have fixed shapes already: with ``graphed`` they replay from one CUDA graph.
     """
     device = target.device
-    opt = _adam([{"params": list(field_.sdf_net.parameters()), "lr": preset.lr}])
+    groups = [{"params": list(field_.sdf_net.parameters()), "lr": preset.lr}]
+    opt = _adam(groups) if graphed is None else _capturable_adam(groups, device)
     occupied = (target.abs() < 4 * 2 * bound / target.shape[0]).nonzero().float()
     voxel = 2 * bound / target.shape[0]
-    loss = torch.zeros(())
-    for _ in range(preset.init_steps):
+
+    def run_step() -> dict[str, torch.Tensor]:
         n_uniform = preset.init_points // 2
         uniform = (torch.rand(n_uniform, 3, generator=gen, device=device) * 2 - 1) * bound
         pick = torch.randint(
@@ -225,7 +254,19 @@ def fit_hull(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return float(loss.item())
+        return {"loss": loss}
+
+    record = {"loss": torch.zeros(())}
+    for _ in range(preset.init_steps):
+        record = run_step() if graphed is None else graphed.run(run_step, "hull")
+    return float(record["loss"].item())
+
+
+ENGINES = ("eager", "static", "graph")
+"""How :func:`train` runs its steps: ``eager`` (every operator launched from Python, with shapes that
+follow the data), ``static`` (the same step with fixed shapes: padded samples, a fixed march
+length; still eager, the reference of ``graph``) or ``graph`` (CUDA only: the static step captured
+once per phase as a CUDA graph and replayed, so a step costs one launch instead of ~800)."""
 
 
 def train(
@@ -235,8 +276,14 @@ def train(
     seed: int = defaults.SEED,
     progress: Progress | None = None,
     masks: np.ndarray | None = None,
+    engine: str = "eager",
 ) -> TrainResult:
-    """Fit a NeuS field to the views; deterministic on CPU for a given seed."""
+    """Fit a NeuS field to the views; deterministic on CPU for a given seed (``engine``: see
+    :data:`ENGINES`)."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "graph" and device.type != "cuda":
+        raise UserError("CUDA graphs (--cuda-graph) need a CUDA device")
     t0 = time.perf_counter()
     if masks is None:
         masks, _ = view_masks(views)
@@ -247,12 +294,15 @@ def train(
     rays = prepare_rays(views, masks, preset.image_stride, device, edge_px=preset.mask_edge_px)
     field_ = NeuSField(preset.field, device, generator=gen_cpu)
     field_.sdf_net.encoding.set_active_levels(preset.start_levels)
+    graphed = GraphedSteps(device, gen) if engine == "graph" else None
     if preset.init_steps > 0:
-        _fit_to_tight_hull(field_, views, masks, preset, device, gen)
+        _fit_to_tight_hull(field_, views, masks, preset, device, gen, graphed)
     centres = torch.from_numpy(np.stack([cam.center for cam in views.cameras]))
-    opt = _Optimiser(field_, preset, centres, device)
+    opt = _Optimiser(field_, preset, centres, device, capturable=engine == "graph")
     sched = _Schedule(preset, preset.field.grid.n_levels, float(field_.inv_s().item()))
     hull_box = grid.bbox()  # the eikonal term's random points: the hull's box, fixed from the start
+    static = None if engine == "eager" else _StaticShapes.for_grid(grid, preset)
+    knobs = _StepKnobs.on_device(device) if engine == "graph" else None
     inv_s = field_.inv_s()
     history: list[dict] = []
     loss_value = float("nan")
@@ -261,13 +311,31 @@ def train(
             opt.follow_schedule(field_, sched, step, device)
             if sched.updates_occupancy(step):
                 grid.update_band(field_.sdf_net.sdf, float(inv_s.item()), preset.outside_margin)
-            loss, parts, out, inv_s = _step_loss(field_, grid, hull_box, rays, opt, sched, step, gen, device)
-            opt.minimise(loss)
+                if static is not None:
+                    static.refresh(grid)
+            now = _StepKnobs.at(sched, step) if knobs is None else knobs.refill(sched, step)
+
+            def run_step(now: _StepKnobs = now) -> dict[str, torch.Tensor]:
+                loss, parts, out, inv_s = _step_loss(
+                    field_, grid, hull_box, rays, opt, now, gen, device, static
+                )
+                opt.minimise(loss)
+                return {"loss": loss, **parts, "inv_s": inv_s, **_sample_counts(out)}
+
+            if graphed is None:
+                record = run_step()
+            else:
+                # what changes the captured kernels: the active hash levels, the phases of the schedule
+                # and whether the smoothing has points yet (each change: one eager step, a new capture)
+                phase = (sched.levels(step), now.max_per_ray, now.weighs_views, opt.smoothing is None)
+                record = graphed.run(run_step, phase)
+            inv_s = record["inv_s"]
             if step % 10 == 0 or step == preset.steps - 1:
-                loss_value = float(loss.item())
-                history.append(_history_entry(step, loss_value, parts, inv_s, out, time.perf_counter() - t0))
+                history.append(_history_entry(step, record, time.perf_counter() - t0))
+                loss_value = history[-1]["loss"]
                 advance(
-                    1, info=f"loss {loss_value:.4f} s {history[-1]['inv_s']:.0f} samples {out.num_samples}"
+                    1,
+                    info=f"loss {loss_value:.4f} s {history[-1]['inv_s']:.0f} samples {history[-1]['samples']}",
                 )
             else:
                 advance(1)
@@ -283,7 +351,71 @@ def train(
         history=history,
         appearance=None if opt.appearance is None else opt.appearance.matrices(),
         poses=None if opt.poses is None else opt.poses.matrices(),
+        graph_captures=0 if graphed is None else graphed.captures,
     )
+
+
+@dataclass
+class _StaticShapes:
+    """What fixes the sampler's shapes (:func:`recon.render.sample_rays_static`): the march length,
+    enough for the hull's box (every later band lies inside it), the padded sample count (the
+    preset's budget), and the occupied box in tensors that are refreshed in place."""
+
+    steps: int
+    pad_to: int
+    bbox: tuple[torch.Tensor, torch.Tensor]
+
+    @classmethod
+    def for_grid(cls, grid: OccupancyGrid, preset: Preset) -> _StaticShapes:
+        lo, hi = grid.bbox()
+        return cls(march_steps(lo, hi, preset.step_size), preset.max_samples_per_batch, (lo, hi))
+
+    def refresh(self, grid: OccupancyGrid) -> None:
+        lo, hi = grid.bbox()
+        self.bbox[0].copy_(lo)
+        self.bbox[1].copy_(hi)
+
+
+@dataclass
+class _StepKnobs:
+    """The schedule's values that one step reads. Floats when steps run eagerly; 0-d device tensors
+    refilled before every replay when they run from a CUDA graph, where a float would be frozen in
+    at capture. ``max_per_ray`` and ``weighs_views`` change the step's kernels: a new capture."""
+
+    inv_s_floor: float | torch.Tensor
+    cos_anneal: float | torch.Tensor
+    smooth_fade: float | torch.Tensor  # the normal smoothing's weight, relative to its first step's
+    max_per_ray: int | None = None
+    weighs_views: bool = False
+
+    @staticmethod
+    def _values(sched: _Schedule, step: int) -> tuple[float, float, float]:
+        p = sched.preset
+        fade = 1.0 - (1.0 - p.normal_smooth_end) * step / max(1, p.steps - 1)
+        return sched.inv_s_floor(step), sched.cos_anneal(step), fade
+
+    @classmethod
+    def at(cls, sched: _Schedule, step: int) -> _StepKnobs:
+        return cls(*cls._values(sched, step), sched.max_per_ray(step), sched.weighs_views(step))
+
+    @classmethod
+    def on_device(cls, device: torch.device) -> _StepKnobs:
+        return cls(*(torch.zeros((), device=device) for _ in range(3)))
+
+    def refill(self, sched: _Schedule, step: int) -> _StepKnobs:
+        for buffer, value in zip(
+            (self.inv_s_floor, self.cos_anneal, self.smooth_fade), self._values(sched, step), strict=True
+        ):
+            buffer.fill_(value)
+        self.max_per_ray, self.weighs_views = sched.max_per_ray(step), sched.weighs_views(step)
+        return self
+
+
+def _sample_counts(out: RenderOutput) -> dict[str, torch.Tensor | int]:
+    """The step's real samples and rays (tensors when padded: read only when logged)."""
+    if out.valid is None:
+        return {"samples": out.num_samples, "rays": out.num_rays}
+    return {"samples": out.valid.sum(), "rays": out.kept.sum()}
 
 
 def _skipping_grid(views: ViewSet, masks: np.ndarray, preset: Preset, device: torch.device) -> OccupancyGrid:
@@ -312,6 +444,7 @@ def _fit_to_tight_hull(
     preset: Preset,
     device: torch.device,
     gen: torch.Generator,
+    graphed: GraphedSteps | None = None,
 ) -> None:
     """:func:`fit_hull` on the undilated hull (the distance transform runs on the CPU, so at most 128^3)."""
     res = min(128, preset.occupancy_res)
@@ -325,7 +458,7 @@ def _fit_to_tight_hull(
         allowed_misses=preset.hull_allowed_misses,
         dilate_voxels=0,
     )
-    fit_hull(field_, hull_sdf(tight, preset.field.bound), preset.field.bound, preset, gen)
+    fit_hull(field_, hull_sdf(tight, preset.field.bound), preset.field.bound, preset, gen, graphed)
 
 
 @dataclass(frozen=True)
@@ -377,7 +510,12 @@ class _Optimiser:
     residuals (if on) and the normal smoothing's points for the next step (if on)."""
 
     def __init__(
-        self, field_: NeuSField, preset: Preset, centres: torch.Tensor, device: torch.device
+        self,
+        field_: NeuSField,
+        preset: Preset,
+        centres: torch.Tensor,
+        device: torch.device,
+        capturable: bool = False,
     ) -> None:
         num_views = centres.shape[0]  # the views' camera centres (N, 3)
         grid_params = [p for n, p in field_.named_parameters() if n.startswith("sdf_net.encoding")]
@@ -398,7 +536,7 @@ class _Optimiser:
             self.poses = ViewPoses(centres, device)
             groups.append({"params": list(self.poses.parameters()), "lr": preset.pose_lr, "poses": True})
         self.base_lrs = [g["lr"] for g in groups]
-        self.adam = _adam(groups)
+        self.adam = _capturable_adam(groups, device) if capturable else _adam(groups)
         self.residuals = (
             _ViewResiduals(num_views, preset.view_weight_power, preset.view_weight_min, device)
             if preset.view_weight_power > 0
@@ -407,6 +545,7 @@ class _Optimiser:
         self.preset = preset
         # the normal smoothing's points for the next step, drawn from this step's render
         self.smoothing: _SmoothingPoints | None = None
+        self.drawn_smoothing: _SmoothingPoints | None = None
 
     def follow_schedule(self, field_: NeuSField, sched: _Schedule, step: int, device: torch.device) -> None:
         """Activate this step's hash levels (and their ramp weights) and set the learning rates."""
@@ -420,12 +559,31 @@ class _Optimiser:
             )
         f = _lr_factor(step, p.steps, p.warmup)
         for g, base in zip(self.adam.param_groups, self.base_lrs, strict=True):
-            g["lr"] = base * f if sched.moves_poses(step) or not g.get("poses") else 0.0
+            lr = base * f if sched.moves_poses(step) or not g.get("poses") else 0.0
+            if isinstance(g["lr"], torch.Tensor):
+                g["lr"].fill_(lr)
+            else:
+                g["lr"] = lr
 
     def minimise(self, loss: torch.Tensor) -> None:
         self.adam.zero_grad(set_to_none=True)
         loss.backward()
         self.adam.step()
+        self._take_drawn_smoothing()
+
+    def _take_drawn_smoothing(self) -> None:
+        """The points drawn in this step become the next step's, in place once there are some: a
+        captured CUDA graph reads them from these very tensors. Only after the backward pass, which
+        still needs this step's ``has_mass``."""
+        drawn, self.drawn_smoothing = self.drawn_smoothing, None
+        if drawn is None:
+            return
+        if self.smoothing is None:
+            self.smoothing = drawn
+        else:
+            self.smoothing.here.copy_(drawn.here)
+            self.smoothing.near.copy_(drawn.near)
+            self.smoothing.has_mass.copy_(drawn.has_mass)
 
 
 def _step_loss(
@@ -434,30 +592,48 @@ def _step_loss(
     hull_box: tuple[torch.Tensor, torch.Tensor],
     rays: RayPool,
     opt: _Optimiser,
-    sched: _Schedule,
-    step: int,
+    knobs: _StepKnobs,
     gen: torch.Generator,
     device: torch.device,
+    static: _StaticShapes | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], RenderOutput, torch.Tensor]:
-    """Render one random batch of rays and return (loss, its named parts, the render, the sharpness used)."""
+    """Render one random batch of rays and return (loss, its named parts, the render, the sharpness
+    used). With ``static`` the samples are padded to fixed shapes (:func:`sample_rays_static`), and
+    every mean below is taken over the real samples and the rays within the budget."""
     preset = opt.preset
     idx = torch.randint(rays.origins.shape[0], (preset.rays_per_batch,), generator=gen, device=device)
-    inv_s = torch.maximum(field_.inv_s(), torch.tensor(sched.inv_s_floor(step), device=device))
+    floor = knobs.inv_s_floor
+    inv_s = torch.maximum(
+        field_.inv_s(), floor if isinstance(floor, torch.Tensor) else torch.tensor(floor, device=device)
+    )
     origins, dirs = rays.origins[idx], rays.dirs[idx]
     # each correction's anchored offsets, once per step: the rays and the penalty both use them
     pose_offsets = None if opt.poses is None else opt.poses.offsets()
     colour_offsets = None if opt.appearance is None else opt.appearance.offsets()
     if opt.poses is not None:
         origins, dirs = opt.poses.apply(origins, dirs, rays.view[idx], pose_offsets)
-    samples = sample_rays(
-        origins.detach(),
-        dirs.detach(),
-        grid,
-        preset.step_size,
-        generator=gen,
-        max_samples=preset.max_samples_per_batch,
-        max_per_ray=sched.max_per_ray(step),
-    )
+    if static is None:
+        samples = sample_rays(
+            origins.detach(),
+            dirs.detach(),
+            grid,
+            preset.step_size,
+            generator=gen,
+            max_samples=preset.max_samples_per_batch,
+            max_per_ray=knobs.max_per_ray,
+        )
+    else:
+        samples = sample_rays_static(
+            origins.detach(),
+            dirs.detach(),
+            grid,
+            preset.step_size,
+            static.bbox,
+            static.steps,
+            static.pad_to,
+            generator=gen,
+            max_per_ray=knobs.max_per_ray,
+        )
     # the eikonal term's random points (the hull's box) and the normal smoothing's points (drawn
     # in the previous step) go through the field in the samples' pass
     lo, hi = hull_box
@@ -470,7 +646,7 @@ def _step_loss(
         origins,
         dirs,
         preset.step_size,
-        sched.cos_anneal(step),
+        knobs.cos_anneal,
         inv_s=inv_s,
         extra_points=extra,
     )
@@ -484,24 +660,33 @@ def _step_loss(
     )
     charb = torch.sqrt(((pred - target) ** 2).sum(-1) + 1e-3)
     opacity = out.opacity.clamp(1e-4, 1.0 - 1e-4)
+    kept = None if out.kept is None else out.kept.to(charb.dtype)  # rays within the sample budget
     if residuals is not None:
-        residuals.update(charb.detach(), view, coverage > 0.5)
-    if residuals is not None and sched.weighs_views(step):
+        residuals.update(
+            charb.detach(), view, coverage > 0.5 if kept is None else (coverage > 0.5) & out.kept
+        )
+    if residuals is not None and knobs.weighs_views:
         vw = residuals.weights()[view]
+        vw = vw if kept is None else vw * kept
         loss_rgb = (charb * vw).sum() / vw.sum().clamp_min(1e-6)
     else:
-        loss_rgb = charb.mean()
-    if rays.edge_weight is None:
+        loss_rgb = charb.mean() if kept is None else _masked_mean(charb, kept)
+    if rays.edge_weight is None and kept is None:
         loss_mask = F.binary_cross_entropy(opacity, coverage)
     else:
-        ew = rays.edge_weight[idx]
+        ew = rays.edge_weight[idx] if rays.edge_weight is not None else None
+        ew = kept if ew is None else ew if kept is None else ew * kept
         bce = F.binary_cross_entropy(opacity, coverage, reduction="none")
         loss_mask = (bce * ew).sum() / ew.sum().clamp_min(1e-6)
     # all_grad: the samples', the random points', then the smoothing points' (if any); one split,
     # whose backward is one kernel (two slices would take two each)
     eikonal_rows = out.num_samples + preset.eikonal_points
     eikonal_grad, smoothing_grad = out.all_grad.split([eikonal_rows, out.all_grad.shape[0] - eikonal_rows])
-    loss_eik = ((eikonal_grad.norm(dim=-1) - 1.0) ** 2).mean()
+    eikonal = (eikonal_grad.norm(dim=-1) - 1.0) ** 2
+    if out.valid is None:
+        loss_eik = eikonal.mean()
+    else:  # the padding's rows are left out
+        loss_eik = _masked_mean(eikonal, torch.cat([out.valid, out.valid.new_ones(preset.eikonal_points)]))
     # Skipped space in front of a ray's first sample is empty, so the SDF there must be >= 0.
     # Without this the field can make the whole band negative and let its boundary act
     # as the surface (a negative section renders opaque), inflating thin objects.
@@ -520,10 +705,9 @@ def _step_loss(
         else:
             here, near = smoothing_grad.chunk(2)
             loss_smooth = _smoothness_loss(here, near, smoothing.has_mass)
-        fade = 1.0 - (1.0 - preset.normal_smooth_end) * step / max(1, preset.steps - 1)
-        loss = loss + preset.w_normal_smooth * fade * loss_smooth
+        loss = loss + preset.w_normal_smooth * knobs.smooth_fade * loss_smooth
         parts["normal_smooth"] = loss_smooth
-        opt.smoothing = _draw_smoothing_points(out, preset, gen)
+        opt.drawn_smoothing = _draw_smoothing_points(out, preset, gen)  # taken after the backward pass
     if appearance is not None:
         loss_app = appearance.penalty(colour_offsets)
         loss = loss + preset.w_appearance * loss_app
@@ -535,23 +719,17 @@ def _step_loss(
     return loss, parts, out, inv_s
 
 
-def _history_entry(
-    step: int,
-    loss: float,
-    parts: dict[str, torch.Tensor],
-    inv_s: torch.Tensor,
-    out: RenderOutput,
-    seconds: float,
-) -> dict:
-    return {
-        "step": step,
-        "loss": loss,
-        **{k: float(v.item()) for k, v in parts.items()},
-        "inv_s": float(inv_s.item()),
-        "samples": out.num_samples,
-        "rays": out.num_rays,
-        "seconds": seconds,
-    }
+def _masked_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` where ``weights`` (0/1, bool or float) is set, without a host wait."""
+    weights = weights.to(values.dtype)
+    return (values * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+def _history_entry(step: int, record: dict[str, torch.Tensor | int], seconds: float) -> dict:
+    """One logged step: the loss and its parts, the sharpness, the samples and rays used."""
+    values = {k: float(v.item()) if isinstance(v, torch.Tensor) else v for k, v in record.items()}
+    values["samples"], values["rays"] = int(values["samples"]), int(values["rays"])
+    return {"step": step, **values, "seconds": seconds}
 
 
 @dataclass(frozen=True)
@@ -583,7 +761,11 @@ def _draw_smoothing_points(
     # without any, the samples are drawn uniformly (multinomial needs some mass) and the term is 0
     has_mass = weights.sum() > 0
     n = preset.normal_smooth_points
-    pick = torch.multinomial(weights + (~has_mass).to(weights.dtype), n, replacement=True, generator=gen)
+    mass = weights + (~has_mass).to(weights.dtype)
+    if out.valid is None:
+        pick = torch.multinomial(mass, n, replacement=True, generator=gen)
+    else:  # padded samples (the static step): draws a CUDA graph can hold
+        pick = _inverse_cdf_picks(mass, n, gen)
     points = out.points[pick].detach()
     step = torch.randn(n, 3, generator=gen, device=gen.device).to(points.device)
     if preset.normal_smooth_offset != "sphere":
@@ -599,6 +781,15 @@ def _draw_smoothing_points(
             step = step - 2.0 * along.clamp(max=0.0) * normal
     step = F.normalize(step, dim=-1) * preset.normal_smooth_eps
     return _SmoothingPoints(points, points + step, has_mass)
+
+
+def _inverse_cdf_picks(mass: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+    """``n`` indices drawn with replacement in proportion to ``mass`` (>= 0, some > 0), by inverting
+    its cumulative sum at uniform draws: entries of zero mass (the padding) are never drawn. Used by
+    the static step instead of ``torch.multinomial``, whose capture in a CUDA graph is not assured."""
+    cdf = mass.cumsum(0)
+    u = torch.rand(n, generator=gen, device=gen.device).to(mass.device) * cdf[-1]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=mass.shape[0] - 1)
 
 
 def _smoothness_loss(

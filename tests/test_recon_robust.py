@@ -203,7 +203,7 @@ def test_tangent_smoothing_does_not_penalise_a_thin_sheet():
     points = torch.cat([torch.rand(n, 2, generator=gen) - 0.5, torch.full((n, 1), half)], 1)
     grad = torch.zeros(n, 3)
     grad[:, 2] = 1.0
-    out = type("Render", (), {"weights": torch.ones(n), "points": points, "grad": grad})()
+    out = type("Render", (), {"weights": torch.ones(n), "points": points, "grad": grad, "valid": None})()
     field_ = type("Field", (), {"sdf_net": _Slab(half)})()
     costs = {}
     for offset in ("sphere", "outward", "tangent"):
@@ -449,6 +449,7 @@ def test_view_weights_and_normal_smoothing_never_wait_for_the_device():
         out.points = torch.randn(50, 3)
         out.grad = (out.points * 2).requires_grad_(True)
         out.weights = weights
+        out.valid = None  # not padded (the static step's samples are: tests/test_train_static.py)
         with HostWaits() as waits:
             value = _normal_smoothness(field, out, preset, torch.Generator().manual_seed(0))
         assert waits.seen == [] and torch.isfinite(value)
@@ -535,6 +536,7 @@ def test_normal_smoothness_is_small_on_a_sphere_and_large_on_a_bumpy_one():
         out.points = dirs * 0.3
         _, _, out.grad = field.sdf_net(out.points)
         out.weights = torch.ones(2000)
+        out.valid = None
         values.append(float(_normal_smoothness(field, out, preset, torch.Generator().manual_seed(1))))
     assert values[0] < 2e-3  # a sphere's normals turn by eps / r over eps: tiny
     assert values[1] > 20 * values[0]

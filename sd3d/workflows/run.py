@@ -160,6 +160,7 @@ class RunSettings:
         and return the settings: done once, by whoever starts a run."""
         device, _ = self.device_and_dtype()
         self.recon.preset(device)
+        self.recon.engine(device)
         return self
 
     def record(self) -> dict[str, Any]:

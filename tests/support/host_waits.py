@@ -20,6 +20,7 @@ class HostWaits(TorchDispatchMode):
         bool_index = name.startswith("aten.index.Tensor") and any(
             isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] if i is not None
         )
-        if name.startswith(self.WAITS) or bool_index:
+        # by the operator's name without its overload: nonzero waits, nonzero_static does not
+        if name.rsplit(".", 1)[0] in self.WAITS or bool_index:
             self.seen.append(name)
         return func(*args, **(kwargs or {}))

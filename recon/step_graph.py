@@ -1,0 +1,67 @@
+"""Replaying a training step from a CUDA graph.
+
+Why: a training step launches ~800 small kernels (``benchmarks/step_ops.py``), and on a GPU the
+host's time to launch them one by one from Python (~10-20 us each) is longer than the GPU's time to
+run them, so the GPU waits. A CUDA graph records the step's kernels once and replays them with one
+launch. It needs a step whose shapes and buffers do not change between replays: the static step of
+:mod:`recon.train` (padded samples, a fixed march, schedule values in device tensors refilled in
+place, state updated in place).
+
+What may still change the kernels (the active hash levels, a schedule phase) is the ``phase`` key
+of :meth:`GraphedSteps.run`: on a new key the step runs once eagerly (kernels compile, optimizer
+state and buffers are allocated, outside any capture), then it is captured and replayed until the
+key changes again. Each graph is dropped when its phase ends; all share one memory pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+
+import torch
+
+StepOutputs = dict[str, torch.Tensor]
+
+
+class GraphedSteps:
+    """Runs ``step()`` (one whole training step: forward, backward, optimizer) eagerly once per
+    phase, then from a CUDA graph captured on its second call."""
+
+    def __init__(self, device: torch.device, generator: torch.Generator) -> None:
+        if device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA device")
+        self.device = device
+        self.generator = generator  # its draws inside the graph advance with every replay
+        self.pool = torch.cuda.graph_pool_handle()
+        self.phase: Hashable = None
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.outputs: StepOutputs | None = None
+        self.captures = 0
+
+    def run(self, step: Callable[[], StepOutputs], phase: Hashable) -> StepOutputs:
+        """This step's outputs (tensors owned by the graph: valid until the next call)."""
+        if phase != self.phase:
+            self.graph = self.outputs = None  # its memory returns to the shared pool
+            self.phase = phase
+            return self._eager(step)
+        if self.graph is None:
+            self._capture(step)
+        self.graph.replay()
+        return self.outputs
+
+    def _eager(self, step: Callable[[], StepOutputs]) -> StepOutputs:
+        """The step on a side stream, as PyTorch's capture recipe warms up: lazily initialised
+        state (cuBLAS handles, the autograd engine's device thread) must exist before a capture."""
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            outputs = step()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        return outputs
+
+    def _capture(self, step: Callable[[], StepOutputs]) -> None:
+        graph = torch.cuda.CUDAGraph()
+        graph.register_generator_state(self.generator)
+        with torch.cuda.graph(graph, pool=self.pool):
+            self.outputs = step()
+        self.graph = graph
+        self.captures += 1

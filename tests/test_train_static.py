@@ -1,0 +1,303 @@
+"""The static training step (fixed shapes, for CUDA graphs) against the eager one it stands in for.
+
+What a CUDA graph needs of a step, checked here on the CPU: the same samples, render, losses and
+gradients as the eager step, and no host wait anywhere in its forward and backward passes. That the
+captured step replays like the eager static one is checked on a GPU (the tests marked ``cuda``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from support.host_waits import HostWaits
+
+import recon.train as T
+from recon.fields import NeuSField
+from recon.presets import PRESETS, ROBUSTNESS_OFF, Preset, ReconSettings
+from recon.render import (
+    OccupancyGrid,
+    march_steps,
+    render_samples,
+    sample_rays,
+    sample_rays_static,
+)
+from sd3d.core.errors import UserError
+from sd3d.core.io import read_views
+
+CPU = torch.device("cpu")
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "spot"
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _tiny(preset: Preset, **changes) -> Preset:
+    sizes = {"steps": 12, "init_steps": 10, "rays_per_batch": 128, "occupancy_res": 32, "occupancy_every": 4}
+    return replace(preset, **{**sizes, **changes})
+
+
+def _ball_grid(res: int = 32, radius: float = 0.5, bound: float = 1.0) -> OccupancyGrid:
+    idx = torch.stack(torch.meshgrid(*[torch.arange(res)] * 3, indexing="ij"), -1).float()
+    centres = (idx + 0.5) * (2 * bound / res) - bound
+    return OccupancyGrid(centres.norm(dim=-1) < radius, bound)
+
+
+def _rays(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rays from a sphere of radius 2 towards points near the centre (some miss the ball)."""
+    g = torch.Generator().manual_seed(seed)
+    origins = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1) * 2.0
+    aim = (torch.rand(n, 3, generator=g) - 0.5) * 1.4
+    return origins, torch.nn.functional.normalize(aim - origins, dim=-1)
+
+
+def _samples(out) -> set[tuple[int, int]]:
+    keep = torch.ones_like(out.ray_idx, dtype=torch.bool) if out.valid is None else out.valid
+    return set(zip(out.ray_idx[keep].tolist(), out.step_idx[keep].tolist(), strict=True))
+
+
+@pytest.mark.parametrize("budget", [10**6, 3000])
+def test_static_sampler_keeps_the_same_samples_and_rays(budget):
+    """A fixed march of the box's diagonal and padding to the budget keep exactly the samples and the
+    leading rays that :func:`sample_rays` keeps (it truncates the batch; the static one masks it)."""
+    grid = _ball_grid()
+    origins, dirs = _rays(200)
+    bbox = grid.bbox()
+    dyn = sample_rays(
+        origins, dirs, grid, 0.02, torch.Generator().manual_seed(1), max_samples=budget, max_per_ray=40
+    )
+    pad = min(budget, 12_000)
+    sta = sample_rays_static(
+        origins, dirs, grid, 0.02, bbox, march_steps(*bbox, 0.02), pad, torch.Generator().manual_seed(1), 40
+    )
+    assert sta.ray_idx.shape == (pad,) and sta.t.shape[0] == 200
+    assert int(sta.kept.sum()) == dyn.num_rays and bool(sta.kept[: dyn.num_rays].all())
+    assert _samples(sta) == _samples(dyn)
+    assert int(sta.valid.sum()) == dyn.ray_idx.numel() < pad
+    assert bool((sta.ray_idx[~sta.valid] == 200).all())  # the padding's row
+    torch.testing.assert_close(sta.t[: dyn.num_rays, : dyn.t.shape[1]], dyn.t)
+
+
+def test_padded_render_gives_the_same_pixels_and_gradients():
+    """Padding samples go through the field but add nothing: the same colours, opacities, depths and
+    entry SDFs, and the same gradient of every parameter."""
+    torch.manual_seed(0)
+    preset = PRESETS["draft"]
+    field_ = NeuSField(preset.field, CPU, generator=torch.Generator().manual_seed(0))
+    grid = _ball_grid()
+    origins, dirs = _rays(96, seed=3)
+    extra = torch.rand(20, 3) - 0.5
+    bbox = grid.bbox()
+    dyn_s = sample_rays(origins, dirs, grid, 0.02, torch.Generator().manual_seed(2))
+    sta_s = sample_rays_static(
+        origins, dirs, grid, 0.02, bbox, march_steps(*bbox, 0.02), 9000, torch.Generator().manual_seed(2)
+    )
+    assert int(sta_s.valid.sum()) < 9000  # some padding
+
+    def run(samples):
+        field_.zero_grad(set_to_none=True)
+        out = render_samples(field_, samples, origins, dirs, 0.02, 0.5, extra_points=extra)
+        loss = out.rgb.square().sum() + out.opacity.sum() + out.depth.sum()
+        loss = loss + out.all_grad[-20:].square().sum()
+        loss.backward()
+        return out, {n: p.grad.clone() for n, p in field_.named_parameters() if p.grad is not None}
+
+    dyn, dyn_grads = run(dyn_s)
+    sta, sta_grads = run(sta_s)
+    for name in ("rgb", "opacity", "depth", "entry_sdf"):
+        torch.testing.assert_close(
+            getattr(sta, name), getattr(dyn, name), rtol=1e-5, atol=1e-6, equal_nan=True
+        )
+    torch.testing.assert_close(sta.all_grad[-20:], dyn.all_grad[-20:])
+    assert float(sta.weights.detach()[~sta.valid].abs().max()) == 0.0
+    assert dyn_grads.keys() == sta_grads.keys()
+    for name, grad in dyn_grads.items():
+        torch.testing.assert_close(sta_grads[name], grad, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def _one_step(preset: Preset, static: bool, smoothing=None):
+    """Loss and gradients of one training step from the same state (and, if given, the same
+    smoothing points drawn by a previous step), eager or static."""
+    views = read_views(EXAMPLE)
+    masks, _ = T.view_masks(views)
+    gen = torch.Generator().manual_seed(0)
+    grid = T._skipping_grid(views, masks, preset, CPU)
+    rays = T.prepare_rays(views, masks, preset.image_stride, CPU, edge_px=preset.mask_edge_px)
+    field_ = NeuSField(preset.field, CPU, generator=torch.Generator().manual_seed(0))
+    centres = torch.from_numpy(np.stack([c.center for c in views.cameras]))
+    opt = T._Optimiser(field_, preset, centres, CPU)
+    opt.smoothing = smoothing
+    sched = T._Schedule(preset, preset.field.grid.n_levels, float(field_.inv_s().item()))
+    step = preset.steps // 2  # every phase on: levels ramping, view weights, camera corrections
+    opt.follow_schedule(field_, sched, step, CPU)
+    # one residual update first, so that the view weights differ between views
+    opt.residuals.update(
+        torch.rand(50, generator=torch.Generator().manual_seed(5)),
+        torch.arange(50) % 16,
+        torch.ones(50, dtype=torch.bool),
+    )
+    shapes = T._StaticShapes.for_grid(grid, preset) if static else None
+    knobs = T._StepKnobs.at(sched, step)
+    loss, parts, out, _ = T._step_loss(field_, grid, grid.bbox(), rays, opt, knobs, gen, CPU, shapes)
+    opt.adam.zero_grad(set_to_none=True)
+    loss.backward()
+    params = dict(field_.named_parameters())
+    params.update({f"poses.{n}": p for n, p in opt.poses.named_parameters()})
+    params.update({f"appearance.{n}": p for n, p in opt.appearance.named_parameters()})
+    return (
+        loss.detach(),
+        {k: v.detach() for k, v in parts.items()},
+        {n: p.grad for n, p in params.items()},
+        out,
+    )
+
+
+@pytest.mark.parametrize("budget", [None, 900])
+def test_static_step_has_the_eager_steps_loss_and_gradients(budget):
+    """The whole robust draft step (colour and camera corrections, view weights, soft edges, normal
+    smoothing with given points): the same loss parts and parameter gradients; with a budget that
+    drops rays, their means are over the same kept rays."""
+    preset = _tiny(PRESETS["draft"], rays_per_batch=256, mask_edge_px=2.0)
+    if budget is not None:
+        preset = replace(preset, max_samples_per_batch=budget)
+    g = torch.Generator().manual_seed(4)
+    n = preset.normal_smooth_points
+    here = (torch.rand(n, 3, generator=g) - 0.5) * 0.8
+    smoothing = T._SmoothingPoints(here, here + 0.01, torch.tensor(True))
+    loss_e, parts_e, grads_e, out_e = _one_step(preset, False, smoothing)
+    loss_s, parts_s, grads_s, out_s = _one_step(preset, True, smoothing)
+    if budget is not None:
+        assert out_e.num_rays < preset.rays_per_batch and int(out_s.kept.sum()) == out_e.num_rays
+    assert parts_e.keys() == parts_s.keys() and "normal_smooth" in parts_e and "pose" in parts_e
+    for k in parts_e:
+        torch.testing.assert_close(parts_s[k], parts_e[k], rtol=1e-5, atol=1e-7, msg=k)
+    torch.testing.assert_close(loss_s, loss_e, rtol=1e-5, atol=1e-7)
+    for name, grad in grads_e.items():
+        assert grad is not None, name
+        torch.testing.assert_close(grads_s[name], grad, rtol=1e-3, atol=1e-6, msg=name)
+
+
+def test_static_step_never_waits_for_the_device():
+    """Forward and backward of the static step ask the device nothing (a wait cannot be captured in a
+    CUDA graph); the eager step's sampler does (the march length, the budget, the packing)."""
+    preset = _tiny(PRESETS["draft"])
+    views = read_views(EXAMPLE)
+    masks, _ = T.view_masks(views)
+    grid = T._skipping_grid(views, masks, preset, CPU)
+    rays = T.prepare_rays(views, masks, preset.image_stride, CPU)
+    field_ = NeuSField(preset.field, CPU, generator=torch.Generator().manual_seed(0))
+    centres = torch.from_numpy(np.stack([c.center for c in views.cameras]))
+    opt = T._Optimiser(field_, preset, centres, CPU)
+    sched = T._Schedule(preset, preset.field.grid.n_levels, 64.0)
+    shapes = T._StaticShapes.for_grid(grid, preset)
+    gen = torch.Generator().manual_seed(0)
+    hull_box = grid.bbox()
+    for step in range(3):  # the second and third steps evaluate the drawn smoothing points
+        opt.follow_schedule(field_, sched, step, CPU)
+        knobs = T._StepKnobs.at(sched, step)
+        with HostWaits() as waits:
+            loss, *_ = T._step_loss(field_, grid, hull_box, rays, opt, knobs, gen, CPU, shapes)
+            opt.adam.zero_grad(set_to_none=True)
+            loss.backward()
+        assert waits.seen == [], step
+        opt.adam.step()
+        opt._take_drawn_smoothing()
+    with HostWaits() as waits:
+        T._step_loss(field_, grid, hull_box, rays, opt, knobs, gen, CPU, None)
+    assert waits.seen  # the eager sampler's questions
+
+
+def test_static_training_follows_the_eager_training():
+    """Without the smoothing (whose points the static step draws differently, see below) the two
+    train alike step by step, to rounding, up to the point where rounding differences grow."""
+    preset = _tiny(replace(PRESETS["draft"], w_normal_smooth=0.0), steps=20)
+    views = read_views(EXAMPLE)
+    eager = T.train(views, preset, CPU, seed=0)
+    static = T.train(views, preset, CPU, seed=0, engine="static")
+    assert [h["step"] for h in eager.history] == [h["step"] for h in static.history] == [0, 10, 19]
+    for a, b in zip(eager.history, static.history, strict=True):
+        assert a["samples"] == b["samples"] and a["rays"] == b["rays"]  # the same samples every time
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)  # measured: 2e-6 at step 10, 2e-5 at 19
+
+
+def test_inverse_cdf_picks_follow_the_mass_and_skip_the_padding():
+    mass = torch.tensor([0.0, 1.0, 3.0, 0.0, 4.0, 0.0])
+    picks = T._inverse_cdf_picks(mass, 80_000, torch.Generator().manual_seed(0))
+    counts = torch.bincount(picks, minlength=6).double() / picks.numel()
+    assert counts[[0, 3, 5]].sum() == 0
+    torch.testing.assert_close(
+        counts[[1, 2, 4]], torch.tensor([0.125, 0.375, 0.5], dtype=torch.double), atol=0.01, rtol=0
+    )
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [0.3, float("nan"), 0.1, 0.2],
+        [0.4, 0.1, 0.3, 0.2],
+        [float("nan")] * 3,
+        [0.5],
+        [0.2, float("nan"), 0.9],
+    ],
+)
+def test_sort_median_is_torch_nanmedian(values):
+    x = torch.tensor(values)
+    torch.testing.assert_close(T._nanmedian(x), x.nanmedian(), equal_nan=True)
+
+
+def test_the_graph_engine_needs_cuda_and_says_so(run_cli, tmp_path):
+    """Asked for on the CPU: one line, before any work, and nothing written."""
+    with pytest.raises(UserError, match="CUDA"):
+        T.train(read_views(EXAMPLE), _tiny(PRESETS["draft"]), CPU, engine="graph")
+    assert ReconSettings("draft").engine(CPU) == "eager"
+    with pytest.raises(UserError, match="cuda-graph"):
+        ReconSettings("draft", cuda_graph=True).engine(CPU)
+    res = run_cli("reconstruct", EXAMPLE, "-o", tmp_path / "m.glb", "--device", "cpu", "--cuda-graph")
+    assert res.code == 2 and res.err.strip().startswith("error: --cuda-graph needs a CUDA device"), res
+    res = run_cli("run", EXAMPLE / "000.png", "-o", tmp_path / "out", "--device", "cpu", "--cuda-graph")
+    assert res.code == 2 and "--cuda-graph needs a CUDA device" in res.err, res
+    assert list(tmp_path.iterdir()) == []
+    from cli.run import STAGE_OPTIONS, _settings
+
+    options = {p.name: p.default for p in STAGE_OPTIONS}  # sd3d run / batch: off unless asked for
+    assert options["cuda_graph"] is False and _settings(**options).recon.cuda_graph is False
+
+
+# ------------------------------------------------------------------------------------------------
+# on a GPU
+# ------------------------------------------------------------------------------------------------
+
+
+@needs_cuda
+@pytest.mark.parametrize("robust", [True, False])
+def test_graph_training_replays_the_static_step(robust):
+    """Captured once per phase and replayed, the training follows the eager static one (on CUDA
+    neither is bit-exact: index_add's atomics), with every phase captured."""
+    cuda = torch.device("cuda")
+    preset = _tiny(PRESETS["draft"], steps=60, rays_per_batch=512)
+    if not robust:
+        preset = replace(preset, **ROBUSTNESS_OFF)
+    views = read_views(EXAMPLE)
+    static = T.train(views, preset, cuda, seed=0, engine="static")
+    graph = T.train(views, preset, cuda, seed=0, engine="graph")
+    assert graph.graph_captures >= 2
+    for a, b in zip(static.history[:2], graph.history[:2], strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
+    assert graph.final_loss == pytest.approx(static.final_loss, rel=0.1)
+
+
+@needs_cuda
+def test_graph_training_makes_a_surface_like_eager_training():
+    """A short draft fit of the example: the graph's field is as good as the eager one's (its
+    SDF agrees with the eager field's on the samples' band)."""
+    cuda = torch.device("cuda")
+    preset = replace(PRESETS["draft"], steps=200)
+    views = read_views(EXAMPLE)
+    eager = T.train(views, preset, cuda, seed=0)
+    graph = T.train(views, preset, cuda, seed=0, engine="graph")
+    assert graph.final_loss == pytest.approx(eager.final_loss, rel=0.15)
+    pts = eager.grid.centres(eager.grid.occupied)
+    with torch.no_grad():
+        a, b = eager.field.sdf_net.sdf(pts), graph.field.sdf_net.sdf(pts)
+    assert float(((a > 0) == (b > 0)).float().mean()) > 0.9
