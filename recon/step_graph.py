@@ -61,7 +61,12 @@ class GraphedSteps:
     def _capture(self, step: Callable[[], StepOutputs]) -> None:
         graph = torch.cuda.CUDAGraph()
         graph.register_generator_state(self.generator)
-        with torch.cuda.graph(graph, pool=self.pool):
-            self.outputs = step()
+        try:
+            with torch.cuda.graph(graph, pool=self.pool):
+                self.outputs = step()
+        except RuntimeError as exc:  # an operator that cannot be captured: say which switch to drop
+            raise RuntimeError(
+                f"capturing the training step as a CUDA graph failed ({exc}); train without --cuda-graph"
+            ) from exc
         self.graph = graph
         self.captures += 1

@@ -325,9 +325,9 @@ def train(
             if graphed is None:
                 record = run_step()
             else:
-                # what changes the captured kernels: the active hash levels, the phases of the schedule
-                # and whether the smoothing has points yet (each change: one eager step, a new capture)
-                phase = (sched.levels(step), now.max_per_ray, now.weighs_views, opt.smoothing is None)
+                # what changes the captured kernels: the active hash levels and the phases of the
+                # schedule (each change: one eager step, then a new capture)
+                phase = (sched.levels(step), now.max_per_ray, now.weighs_views)
                 record = graphed.run(run_step, phase)
             inv_s = record["inv_s"]
             if step % 10 == 0 or step == preset.steps - 1:
@@ -507,7 +507,7 @@ class _Schedule:
 class _Optimiser:
     """Adam over the hash grid, the MLPs, NeuS' variance and (if on) the per-view colour transforms
     and camera corrections, each group with its own learning rate; plus the running per-view
-    residuals (if on) and the normal smoothing's points for the next step (if on)."""
+    residuals (if on)."""
 
     def __init__(
         self,
@@ -543,9 +543,6 @@ class _Optimiser:
             else None
         )
         self.preset = preset
-        # the normal smoothing's points for the next step, drawn from this step's render
-        self.smoothing: _SmoothingPoints | None = None
-        self.drawn_smoothing: _SmoothingPoints | None = None
 
     def follow_schedule(self, field_: NeuSField, sched: _Schedule, step: int, device: torch.device) -> None:
         """Activate this step's hash levels (and their ramp weights) and set the learning rates."""
@@ -569,21 +566,6 @@ class _Optimiser:
         self.adam.zero_grad(set_to_none=True)
         loss.backward()
         self.adam.step()
-        self._take_drawn_smoothing()
-
-    def _take_drawn_smoothing(self) -> None:
-        """The points drawn in this step become the next step's, in place once there are some: a
-        captured CUDA graph reads them from these very tensors. Only after the backward pass, which
-        still needs this step's ``has_mass``."""
-        drawn, self.drawn_smoothing = self.drawn_smoothing, None
-        if drawn is None:
-            return
-        if self.smoothing is None:
-            self.smoothing = drawn
-        else:
-            self.smoothing.here.copy_(drawn.here)
-            self.smoothing.near.copy_(drawn.near)
-            self.smoothing.has_mass.copy_(drawn.has_mass)
 
 
 def _step_loss(
@@ -634,12 +616,9 @@ def _step_loss(
             generator=gen,
             max_per_ray=knobs.max_per_ray,
         )
-    # the eikonal term's random points (the hull's box) and the normal smoothing's points (drawn
-    # in the previous step) go through the field in the samples' pass
+    # the eikonal term's random points (the hull's box) go through the field in the samples' pass
     lo, hi = hull_box
     rand_pts = lo + (hi - lo) * torch.rand(preset.eikonal_points, 3, generator=gen, device=device)
-    smoothing = opt.smoothing
-    extra = rand_pts if smoothing is None else torch.cat([rand_pts, smoothing.here, smoothing.near])
     out = render_samples(
         field_,
         samples,
@@ -648,7 +627,7 @@ def _step_loss(
         preset.step_size,
         knobs.cos_anneal,
         inv_s=inv_s,
-        extra_points=extra,
+        extra_points=rand_pts,
     )
     idx = idx[: out.num_rays]
     view, target, coverage = rays.view[idx], rays.rgb[idx], rays.mask[idx]
@@ -678,11 +657,7 @@ def _step_loss(
         ew = kept if ew is None else ew if kept is None else ew * kept
         bce = F.binary_cross_entropy(opacity, coverage, reduction="none")
         loss_mask = (bce * ew).sum() / ew.sum().clamp_min(1e-6)
-    # all_grad: the samples', the random points', then the smoothing points' (if any); one split,
-    # whose backward is one kernel (two slices would take two each)
-    eikonal_rows = out.num_samples + preset.eikonal_points
-    eikonal_grad, smoothing_grad = out.all_grad.split([eikonal_rows, out.all_grad.shape[0] - eikonal_rows])
-    eikonal = (eikonal_grad.norm(dim=-1) - 1.0) ** 2
+    eikonal = (out.all_grad.norm(dim=-1) - 1.0) ** 2  # the samples', then the random points'
     if out.valid is None:
         loss_eik = eikonal.mean()
     else:  # the padding's rows are left out
@@ -700,14 +675,9 @@ def _step_loss(
     )
     parts = {"rgb": loss_rgb, "mask": loss_mask, "eikonal": loss_eik}
     if preset.w_normal_smooth > 0:
-        if smoothing is None:  # the first step: no points drawn yet
-            loss_smooth = out.all_grad.new_zeros(())
-        else:
-            here, near = smoothing_grad.chunk(2)
-            loss_smooth = _smoothness_loss(here, near, smoothing.has_mass)
+        loss_smooth = _normal_smoothness(field_, out, preset, gen)
         loss = loss + preset.w_normal_smooth * knobs.smooth_fade * loss_smooth
         parts["normal_smooth"] = loss_smooth
-        opt.drawn_smoothing = _draw_smoothing_points(out, preset, gen)  # taken after the backward pass
     if appearance is not None:
         loss_app = appearance.penalty(colour_offsets)
         loss = loss + preset.w_appearance * loss_app
@@ -734,9 +704,11 @@ def _history_entry(step: int, record: dict[str, torch.Tensor | int], seconds: fl
 
 @dataclass(frozen=True)
 class _SmoothingPoints:
-    """Where the normal smoothing compares normals: near-surface points and a small random step
-    away from each (both without gradient), and whether any sample had weight to draw them by."""
+    """Where the normal smoothing compares normals: near-surface samples (their index among the
+    render's samples, and their positions) and a small random step away from each (no gradient), and
+    whether any sample had weight to draw them by."""
 
+    pick: torch.Tensor  # (n,) long
     here: torch.Tensor  # (n, 3)
     near: torch.Tensor  # (n, 3)
     has_mass: torch.Tensor  # () bool
@@ -746,14 +718,7 @@ def _draw_smoothing_points(
     out: RenderOutput, preset: Preset, gen: torch.Generator
 ) -> _SmoothingPoints | None:
     """Samples drawn by their rendering weight, so the smoothing acts where the surface is, and a
-    step of ``normal_smooth_eps`` from each.
-
-    Training draws them from one step's render and evaluates them in the next step's pass through
-    the field, together with that step's samples: a pass of their own would launch the grid's and
-    the MLP's kernels, forward and backward, a second time in every step, and a GPU training step is
-    bound by launching kernels. One step later the surface has moved by one optimizer step, far less
-    than ``eps``.
-    """
+    step of ``normal_smooth_eps`` from each."""
     weights = out.weights.detach() if out.weights is not None else None
     if weights is None or weights.numel() == 0:
         return None
@@ -780,7 +745,7 @@ def _draw_smoothing_points(
         else:
             step = step - 2.0 * along.clamp(max=0.0) * normal
     step = F.normalize(step, dim=-1) * preset.normal_smooth_eps
-    return _SmoothingPoints(points, points + step, has_mass)
+    return _SmoothingPoints(pick, points, points + step, has_mass)
 
 
 def _inverse_cdf_picks(mass: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -790,6 +755,27 @@ def _inverse_cdf_picks(mass: torch.Tensor, n: int, gen: torch.Generator) -> torc
     cdf = mass.cumsum(0)
     u = torch.rand(n, generator=gen, device=gen.device).to(mass.device) * cdf[-1]
     return torch.searchsorted(cdf, u, right=True).clamp_(max=mass.shape[0] - 1)
+
+
+def _normal_smoothness(
+    field_: NeuSField, out: RenderOutput, preset: Preset, gen: torch.Generator
+) -> torch.Tensor:
+    """The normal smoothing term of this step: the normals of samples drawn from this very render
+    against a pass of the field at a small step from each.
+
+    The first normals are the samples' own (``out.grad``), which follow the sample positions and so
+    the learned camera corrections: the term pulls on the corrections as well as on the surface.
+    Session 7 evaluated both normals in the next step's pass instead, at points drawn one step
+    earlier (no second pass, ~120 fewer GPU launches per step); on the draft robustness benchmark at
+    four fresh seeds that lost 0.5 dB of texture PSNR (3 standard errors, 22 pairs) with the same
+    geometry, and this same-step form won it back (benchmarks/RESULTS.md, session 8). With CUDA graphs
+    (``--cuda-graph``) the second pass costs no launches.
+    """
+    points = _draw_smoothing_points(out, preset, gen)
+    if points is None:
+        return out.grad.new_zeros(())
+    _, _, grad_near = field_.sdf_net(points.near, with_grad=True)
+    return _smoothness_loss(out.grad[points.pick], grad_near, points.has_mass)
 
 
 def _smoothness_loss(

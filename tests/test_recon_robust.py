@@ -72,8 +72,8 @@ def _on_white(rgb, alpha, cameras) -> ViewSet:
 
 
 def _normal_smoothness(field_, out, preset: Preset, gen: torch.Generator) -> torch.Tensor:
-    """The normal smoothing term of points drawn from ``out``, evaluated in a pass of their own
-    (training draws them in one step and evaluates them in the next step's pass)."""
+    """The normal smoothing term of points drawn from ``out``, both normals from a pass of their
+    own (training takes the first from the render's samples: the same values)."""
     points = _draw_smoothing_points(out, preset, gen)
     if points is None:
         return out.grad.new_zeros(())
@@ -224,7 +224,7 @@ def test_robust_draft_trains_and_reports_its_terms():
     out = train(views, _tiny(PRESETS["draft"]), CPU, seed=0)
     last = out.history[-1]
     assert np.isfinite(last["loss"]) and last["normal_smooth"] > 0 and last["appearance"] >= 0
-    assert out.history[0]["normal_smooth"] == 0.0  # the first step has no smoothing points yet
+    assert out.history[0]["normal_smooth"] > 0  # drawn from each step's own render, from the first
     assert out.appearance.shape == (views.num_views, 3, 4)
     np.testing.assert_allclose(out.appearance.mean(0), np.eye(3, 4), atol=1e-5)  # "mean" anchor
 
@@ -477,37 +477,34 @@ def test_adam_is_fused_on_cuda_and_steps_like_adam(device):
     torch.testing.assert_close(p.detach().cpu(), torch.tensor([-1e-2, 1e-2, -1e-2]))
 
 
-def test_training_evaluates_the_smoothing_points_of_the_last_step_in_the_samples_pass(monkeypatch):
-    """Each step draws the smoothing points for the next one, whose pass through the field
-    evaluates them together with its samples: their gradients there are the field's own at those
-    points (here and near, in that order), as a pass of their own would give them."""
+def test_the_smoothing_compares_the_samples_own_normals_and_moves_the_camera_corrections():
+    """The training's smoothing term takes its first normals from the render's own samples: the
+    same values as a pass of their own at those points, but with the gradient that reaches the
+    camera corrections through the sample positions (session 8: dropping that gradient, as session
+    7's one-step-ahead form did, cost 0.5 dB of texture PSNR on the robustness benchmark)."""
     import recon.train as T
 
-    fields, drawn, checked = [], [], []
-    real_field, real_draw, real_loss = T.NeuSField, T._draw_smoothing_points, T._smoothness_loss
-
-    def field(*args, **kwargs):
-        fields.append(real_field(*args, **kwargs))
-        return fields[-1]
-
-    def draw(*args):
-        drawn.append(real_draw(*args))
-        return drawn[-1]
-
-    def loss(here, near, has_mass):
-        points = drawn[-1]  # drawn by the previous step; this step's draw comes after its loss
-        _, _, apart = fields[0].sdf_net(torch.cat([points.here, points.near]), with_grad=True)
-        checked.append((torch.cat([here, near]).detach(), apart.detach()))
-        return real_loss(here, near, has_mass)
-
-    monkeypatch.setattr(T, "NeuSField", field)
-    monkeypatch.setattr(T, "_draw_smoothing_points", draw)
-    monkeypatch.setattr(T, "_smoothness_loss", loss)
-    train(read_views(EXAMPLE), replace(_tiny(PRESETS["draft"]), steps=3), CPU, seed=0)
-    assert len(drawn) == 3 and len(checked) == 2
-    for merged, apart in checked:
-        assert merged.shape == (2 * PRESETS["draft"].normal_smooth_points, 3)
-        torch.testing.assert_close(merged, apart, rtol=1e-5, atol=1e-6)
+    preset = replace(_tiny(PRESETS["draft"]), w_normal_smooth=1.0)
+    views = read_views(EXAMPLE)
+    masks, _ = T.view_masks(views)
+    grid = T._skipping_grid(views, masks, preset, CPU)
+    rays = prepare_rays(views, masks, preset.image_stride, CPU)
+    field_ = T.NeuSField(preset.field, CPU, generator=torch.Generator().manual_seed(0))
+    opt = T._Optimiser(field_, preset, _centres(views.cameras), CPU)
+    sched = T._Schedule(preset, preset.field.grid.n_levels, 64.0)
+    step = preset.steps - 1  # the camera corrections move
+    opt.follow_schedule(field_, sched, step, CPU)
+    with torch.no_grad():
+        opt.poses.rotvec.normal_(0.0, 0.01, generator=torch.Generator().manual_seed(1))
+    knobs = T._StepKnobs.at(sched, step)
+    _, parts, out, _ = T._step_loss(field_, grid, grid.bbox(), rays, opt, knobs, torch.Generator(), CPU)
+    assert float(parts["normal_smooth"].detach()) > 0
+    (pose_grad,) = torch.autograd.grad(parts["normal_smooth"], opt.poses.rotvec)
+    assert float(pose_grad.abs().max()) > 0
+    # drawn alike, the training's term is the helper's (both normals from a pass of their own)
+    in_training = T._normal_smoothness(field_, out, preset, torch.Generator().manual_seed(7))
+    apart = _normal_smoothness(field_, out, preset, torch.Generator().manual_seed(7))
+    torch.testing.assert_close(in_training, apart, rtol=1e-5, atol=1e-7)
 
 
 def test_normal_smoothness_is_small_on_a_sphere_and_large_on_a_bumpy_one():
