@@ -116,6 +116,7 @@ from pathlib import Path; b.make_photos(Path('/tmp/photos'), 1); b.make_checkpoi
     run=(python3 benchmarks/batch_engines.py --child local -- run /tmp/photos/photo-000.png
         --weights /tmp/ckpt/syncdreamer-synthetic-full.ckpt --preview gif)
     step e2e 120 "${run[@]}" -o "$OUT/e2e"
+    step e2e-fast 120 "${run[@]}" -o "$OUT/e2e-fast" --hash-grid triton --cuda-graph
     step e2e-6gib 180 "${run[@]}" -o "$OUT/e2e-6gib" --gpu-memory 6
     ;;
 *)
