@@ -17,6 +17,10 @@ term (normals at near-surface samples and a small step away agree), fading over 
 levels ramped in instead of switched on; views whose residual stays above the median's weighted
 down in the RGB loss; rays near a mask edge weighted down in the mask loss; and a small rigid
 correction of each view's camera (:mod:`recon.poses`), learned once the coarse shape stands.
+
+Engines (:data:`ENGINES`): the step runs eagerly with shapes that follow the data (the default), or
+with fixed shapes (padded samples, a fixed march) so that CUDA can replay it from a graph
+(:mod:`recon.step_graph`, ``--cuda-graph``): same losses and gradients, one launch per step.
 """
 
 from __future__ import annotations
@@ -339,6 +343,9 @@ def train(
                 )
             else:
                 advance(1)
+    # the last step's gradients are not needed any more (under --cuda-graph they also hold on to the
+    # graphs' memory pool): the export that follows gets that memory
+    field_.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return TrainResult(

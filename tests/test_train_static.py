@@ -7,6 +7,7 @@ captured step replays like the eager static one is checked on a GPU (the tests m
 
 from __future__ import annotations
 
+import types
 from dataclasses import replace
 from pathlib import Path
 
@@ -258,6 +259,70 @@ def test_the_graph_engine_needs_cuda_and_says_so(run_cli, tmp_path):
 
     options = {p.name: p.default for p in STAGE_OPTIONS}  # sd3d run / batch: off unless asked for
     assert options["cuda_graph"] is False and _settings(**options).recon.cuda_graph is False
+
+
+def test_graphed_steps_run_each_phase_eagerly_once_then_capture_and_replay(monkeypatch):
+    """The bookkeeping of recon.step_graph with a stand-in for CUDA's graphs (a "replay" runs the
+    recorded step again): one eager step per new phase, one capture on the next call, replays after;
+    a new phase drops the old graph. The real capture is tested on a GPU below."""
+    import contextlib
+
+    import recon.step_graph as G
+
+    events = []
+
+    class FakeGraph:
+        def __init__(self):
+            self.step = None
+
+        def register_generator_state(self, gen):
+            events.append("register")
+
+        def replay(self):
+            events.append("replay")
+            self.step()
+
+    @contextlib.contextmanager
+    def capture(graph, pool=None):
+        events.append("capture")
+        yield
+        graph.step = recording[-1]
+
+    recording = []
+    fake = types.SimpleNamespace(
+        graph_pool_handle=lambda: "pool",
+        Stream=lambda device: types.SimpleNamespace(wait_stream=lambda s: None),
+        stream=lambda s: contextlib.nullcontext(),
+        current_stream=lambda device: types.SimpleNamespace(wait_stream=lambda s: None),
+        CUDAGraph=FakeGraph,
+        graph=capture,
+    )
+    monkeypatch.setattr(G.torch, "cuda", fake)
+    runner = G.GraphedSteps.__new__(G.GraphedSteps)  # the constructor insists on a CUDA device
+    runner.device, runner.generator, runner.pool = CPU, None, "pool"
+    runner.phase, runner.graph, runner.outputs, runner.captures = None, None, None, 0
+
+    def make_step(tag):
+        def step():
+            events.append(tag)
+            return {"tag": tag}
+
+        recording.append(step)
+        return step
+
+    for phase in ["a", "a", "a", "a", "b", "b", "b"]:
+        runner.run(make_step(phase), phase)
+    assert events == [
+        "a",  # a new phase: eagerly
+        "register", "capture", "a",  # recorded (the stand-in runs it while recording), ...
+        "replay", "a",  # ... then replayed
+        "replay", "a",
+        "replay", "a",
+        "b",  # the next phase: eagerly, the old graph dropped
+        "register", "capture", "b", "replay", "b",
+        "replay", "b",
+    ]  # fmt: skip
+    assert runner.captures == 2
 
 
 # ------------------------------------------------------------------------------------------------
