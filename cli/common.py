@@ -236,7 +236,7 @@ CudaGraph = Annotated[
     typer.Option(
         "--cuda-graph/--no-cuda-graph",
         help="Replay each reconstruction training step from a CUDA graph (CUDA only): one launch per "
-        "step instead of ~800. Off by default until its tests have passed on a GPU.",
+        "step instead of ~900. Off by default until its tests have passed on a GPU.",
     ),
 ]
 GpuMemory = Annotated[

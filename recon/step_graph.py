@@ -1,6 +1,6 @@
 """Replaying a training step from a CUDA graph.
 
-Why: a training step launches ~800 small kernels (``benchmarks/step_ops.py``), and on a GPU the
+Why: a training step launches ~900 small kernels (``benchmarks/step_ops.py``), and on a GPU the
 host's time to launch them one by one from Python (~10-20 us each) is longer than the GPU's time to
 run them, so the GPU waits. A CUDA graph records the step's kernels once and replays them with one
 launch. It needs a step whose shapes and buffers do not change between replays: the static step of

@@ -270,7 +270,7 @@ ENGINES = ("eager", "static", "graph")
 """How :func:`train` runs its steps: ``eager`` (every operator launched from Python, with shapes that
 follow the data), ``static`` (the same step with fixed shapes: padded samples, a fixed march
 length; still eager, the reference of ``graph``) or ``graph`` (CUDA only: the static step captured
-once per phase as a CUDA graph and replayed, so a step costs one launch instead of ~800)."""
+once per phase as a CUDA graph and replayed, so a step costs one launch instead of ~900)."""
 
 
 def train(
