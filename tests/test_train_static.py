@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from support.host_waits import HostWaits
+from support.step_inputs import StepInputs
 
 import recon.train as T
 from recon.fields import NeuSField
@@ -203,6 +204,61 @@ def test_static_step_never_waits_for_the_device():
     with HostWaits() as waits:
         T._step_loss(field_, grid, hull_box, rays, opt, knobs, gen, CPU, None)
     assert waits.seen  # the eager sampler's questions
+
+
+def _external_reads(field_, grid, hull_box, rays, opt, knobs, gen, shapes) -> dict[int, str]:
+    """The storages one static step's forward and backward read without making them."""
+    with StepInputs() as inputs:
+        loss, *_ = T._step_loss(field_, grid, hull_box, rays, opt, knobs, gen, CPU, shapes)
+        opt.adam.zero_grad(set_to_none=True)
+        loss.backward()
+    opt.adam.step()
+    return inputs.read
+
+
+def test_static_steps_read_the_same_memory_across_schedule_and_grid_updates():
+    """What a CUDA graph replays reads the addresses its capture read: between two steps of one phase
+    the schedule's values, the learning rates, the level weights and the occupancy band all change,
+    and every one changes in place. A band replaced by a new tensor instead (as update_band did
+    before session 8) is caught."""
+    preset = _tiny(PRESETS["draft"], occupancy_every=1000)
+    views = read_views(EXAMPLE)
+    masks, _ = T.view_masks(views)
+    grid = T._skipping_grid(views, masks, preset, CPU)
+    rays = T.prepare_rays(views, masks, preset.image_stride, CPU)
+    field_ = NeuSField(preset.field, CPU, generator=torch.Generator().manual_seed(0))
+    centres = torch.from_numpy(np.stack([c.center for c in views.cameras]))
+    opt = T._Optimiser(field_, preset, centres, CPU)
+    sched = T._Schedule(preset, preset.field.grid.n_levels, 64.0)
+    shapes = T._StaticShapes.for_grid(grid, preset)
+    knobs = T._StepKnobs.on_device(CPU)  # as under --cuda-graph: tensors refilled in place
+    gen = torch.Generator().manual_seed(0)
+    hull_box = grid.bbox()
+
+    def step(s: int, between=None) -> dict[int, str]:
+        opt.follow_schedule(field_, sched, s, CPU)
+        knobs.refill(sched, s)
+        if between is not None:
+            between()
+        return _external_reads(field_, grid, hull_box, rays, opt, knobs, gen, shapes)
+
+    def narrow_band():
+        grid.update_band(field_.sdf_net.sdf, 64.0, preset.outside_margin)
+        shapes.refresh(grid)
+
+    assert sched.levels(6) >= preset.field.grid.n_levels and sched.weighs_views(6)  # one phase from 6 on
+    for s in range(6):
+        step(s)
+    first = step(6)
+    second = step(7, between=narrow_band)
+    assert len(first) > 20  # parameters, buffers, the ray pool, the grid, the knobs, ...
+    assert second == first
+
+    def rebind_band():
+        grid.occupied = grid.occupied.clone()
+
+    third = step(8, between=rebind_band)
+    assert set(third) - set(first) == {grid.occupied.untyped_storage().data_ptr()}  # only the new band
 
 
 def test_static_training_follows_the_eager_training():
