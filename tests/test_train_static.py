@@ -177,10 +177,9 @@ def test_static_step_has_the_eager_steps_loss_and_gradients(budget, monkeypatch)
         torch.testing.assert_close(grads_s[name], grad, rtol=1e-3, atol=1e-6, msg=name)
 
 
-def test_static_step_never_waits_for_the_device():
-    """Forward and backward of the static step ask the device nothing (a wait cannot be captured in a
-    CUDA graph); the eager step's sampler does (the march length, the budget, the packing)."""
-    preset = _tiny(PRESETS["draft"])
+def _static_training(preset: Preset):
+    """What train() builds before its first step, for the static step: field, grid, ray pool,
+    optimiser, schedule and fixed shapes."""
     views = read_views(EXAMPLE)
     masks, _ = T.view_masks(views)
     grid = T._skipping_grid(views, masks, preset, CPU)
@@ -190,6 +189,13 @@ def test_static_step_never_waits_for_the_device():
     opt = T._Optimiser(field_, preset, centres, CPU)
     sched = T._Schedule(preset, preset.field.grid.n_levels, 64.0)
     shapes = T._StaticShapes.for_grid(grid, preset)
+    return field_, grid, rays, opt, sched, shapes
+
+
+def test_static_step_never_waits_for_the_device():
+    """Forward and backward of the static step ask the device nothing (a wait cannot be captured in a
+    CUDA graph); the eager step's sampler does (the march length, the budget, the packing)."""
+    field_, grid, rays, opt, sched, shapes = _static_training(_tiny(PRESETS["draft"]))
     gen = torch.Generator().manual_seed(0)
     hull_box = grid.bbox()
     for step in range(3):
@@ -222,15 +228,7 @@ def test_static_steps_read_the_same_memory_across_schedule_and_grid_updates():
     and every one changes in place. A band replaced by a new tensor instead (as update_band did
     before session 8) is caught."""
     preset = _tiny(PRESETS["draft"], occupancy_every=1000)
-    views = read_views(EXAMPLE)
-    masks, _ = T.view_masks(views)
-    grid = T._skipping_grid(views, masks, preset, CPU)
-    rays = T.prepare_rays(views, masks, preset.image_stride, CPU)
-    field_ = NeuSField(preset.field, CPU, generator=torch.Generator().manual_seed(0))
-    centres = torch.from_numpy(np.stack([c.center for c in views.cameras]))
-    opt = T._Optimiser(field_, preset, centres, CPU)
-    sched = T._Schedule(preset, preset.field.grid.n_levels, 64.0)
-    shapes = T._StaticShapes.for_grid(grid, preset)
+    field_, grid, rays, opt, sched, shapes = _static_training(preset)
     knobs = T._StepKnobs.on_device(CPU)  # as under --cuda-graph: tensors refilled in place
     gen = torch.Generator().manual_seed(0)
     hull_box = grid.bbox()
