@@ -379,7 +379,7 @@ class RenderOutput:
     num_samples: int
     points: torch.Tensor | None = None  # (P, 3) the samples' positions (no gradient)
     weights: torch.Tensor | None = None  # (P,) their compositing weights (with gradient)
-    # (P + E, 3) SDF gradients at the samples, then at render_rays' ``extra_points`` (E of them)
+    # (P + E, 3) SDF gradients at the samples, then at render_samples' ``extra_points`` (E of them)
     all_grad: torch.Tensor | None = None
     # padded samples (sample_rays_static): which of the P are real, and which rays kept samples
     valid: torch.Tensor | None = None  # (P,) bool
@@ -424,12 +424,12 @@ def render_samples(
     inv_s: torch.Tensor | None = None,
     extra_points: torch.Tensor | None = None,
 ) -> RenderOutput:
-    """NeuS volume rendering of the rays' samples ``s`` (from :func:`sample_rays`); the samples'
-    positions keep the rays' gradient (learned camera corrections, recon.poses).
+    """NeuS volume rendering of the rays' samples ``s`` (from :func:`sample_rays` or
+    :func:`sample_rays_static`); the samples' positions keep the rays' gradient (learned camera
+    corrections, recon.poses).
 
     ``extra_points`` (E, 3): points where only the SDF's gradient is wanted (the eikonal term's
-    random points, the normal smoothing's points), evaluated in the same pass through the grid and
-    the MLP as the samples: a separate pass would launch all of its kernels, forward and backward, a
+    random points), evaluated in the same pass through the grid and the MLP as the samples: a separate pass would launch all of its kernels, forward and backward, a
     second time, and a GPU training step is bound by launching kernels. Their gradients follow the
     samples' in ``all_grad``.
 

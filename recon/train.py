@@ -377,7 +377,7 @@ class _WeightAverage:
     """
 
     def __init__(self, field_: NeuSField, preset: Preset) -> None:
-        self.params = [p for p in field_.parameters()]
+        self.params = list(field_.parameters())
         self.start = int(preset.steps * preset.average_from)
         window = preset.average_window * preset.steps
         self.on = preset.average_window > 0 and self.start < preset.steps
@@ -694,11 +694,12 @@ def _step_loss(
         loss_rgb = (charb * vw).sum() / vw.sum().clamp_min(1e-6)
     else:
         loss_rgb = charb.mean() if kept is None else _masked_mean(charb, kept)
-    if rays.edge_weight is None and kept is None:
+    ew = None if rays.edge_weight is None else rays.edge_weight[idx]  # the mask loss's ray weights
+    if kept is not None:
+        ew = kept if ew is None else ew * kept
+    if ew is None:
         loss_mask = F.binary_cross_entropy(opacity, coverage)
     else:
-        ew = rays.edge_weight[idx] if rays.edge_weight is not None else None
-        ew = kept if ew is None else ew if kept is None else ew * kept
         bce = F.binary_cross_entropy(opacity, coverage, reduction="none")
         loss_mask = (bce * ew).sum() / ew.sum().clamp_min(1e-6)
     eikonal = (out.all_grad.norm(dim=-1) - 1.0) ** 2  # the samples', then the random points'
@@ -749,11 +750,10 @@ def _history_entry(step: int, record: dict[str, torch.Tensor | int], seconds: fl
 @dataclass(frozen=True)
 class _SmoothingPoints:
     """Where the normal smoothing compares normals: near-surface samples (their index among the
-    render's samples, and their positions) and a small random step away from each (no gradient), and
-    whether any sample had weight to draw them by."""
+    render's samples) and a small random step away from each (no gradient), and whether any sample
+    had weight to draw them by."""
 
     pick: torch.Tensor  # (n,) long
-    here: torch.Tensor  # (n, 3)
     near: torch.Tensor  # (n, 3)
     has_mass: torch.Tensor  # () bool
 
@@ -789,7 +789,7 @@ def _draw_smoothing_points(
         else:
             step = step - 2.0 * along.clamp(max=0.0) * normal
     step = F.normalize(step, dim=-1) * preset.normal_smooth_eps
-    return _SmoothingPoints(pick, points, points + step, has_mass)
+    return _SmoothingPoints(pick, points + step, has_mass)
 
 
 def _inverse_cdf_picks(mass: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:

@@ -77,7 +77,8 @@ def _normal_smoothness(field_, out, preset: Preset, gen: torch.Generator) -> tor
     points = _draw_smoothing_points(out, preset, gen)
     if points is None:
         return out.grad.new_zeros(())
-    _, _, grad = field_.sdf_net(torch.cat([points.here, points.near]), with_grad=True)
+    here = out.points[points.pick].detach()
+    _, _, grad = field_.sdf_net(torch.cat([here, points.near]), with_grad=True)
     return _smoothness_loss(*grad.chunk(2), points.has_mass)
 
 

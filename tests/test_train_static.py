@@ -118,17 +118,25 @@ def test_padded_render_gives_the_same_pixels_and_gradients():
         torch.testing.assert_close(sta_grads[name], grad, rtol=1e-4, atol=1e-7, msg=name)
 
 
-def _one_step(preset: Preset, static: bool):
-    """Loss and gradients of one training step from the same state, eager or static."""
+def _static_training(preset: Preset):
+    """What train() builds before its first step (without the hull pre-fit), for the static step:
+    field, grid, ray pool, optimiser, schedule and fixed shapes."""
     views = read_views(EXAMPLE)
     masks, _ = T.view_masks(views)
-    gen = torch.Generator().manual_seed(0)
     grid = T._skipping_grid(views, masks, preset, CPU)
     rays = T.prepare_rays(views, masks, preset.image_stride, CPU, edge_px=preset.mask_edge_px)
     field_ = NeuSField(preset.field, CPU, generator=torch.Generator().manual_seed(0))
     centres = torch.from_numpy(np.stack([c.center for c in views.cameras]))
     opt = T._Optimiser(field_, preset, centres, CPU)
     sched = T._Schedule(preset, preset.field.grid.n_levels, float(field_.inv_s().item()))
+    shapes = T._StaticShapes.for_grid(grid, preset)
+    return field_, grid, rays, opt, sched, shapes
+
+
+def _one_step(preset: Preset, static: bool):
+    """Loss and gradients of one training step from the same state, eager or static."""
+    field_, grid, rays, opt, sched, shapes = _static_training(preset)
+    gen = torch.Generator().manual_seed(0)
     step = preset.steps // 2  # every phase on: levels ramping, view weights, camera corrections
     opt.follow_schedule(field_, sched, step, CPU)
     # one residual update first, so that the view weights differ between views
@@ -137,9 +145,10 @@ def _one_step(preset: Preset, static: bool):
         torch.arange(50) % 16,
         torch.ones(50, dtype=torch.bool),
     )
-    shapes = T._StaticShapes.for_grid(grid, preset) if static else None
     knobs = T._StepKnobs.at(sched, step)
-    loss, parts, out, _ = T._step_loss(field_, grid, grid.bbox(), rays, opt, knobs, gen, CPU, shapes)
+    loss, parts, out, _ = T._step_loss(
+        field_, grid, grid.bbox(), rays, opt, knobs, gen, CPU, shapes if static else None
+    )
     opt.adam.zero_grad(set_to_none=True)
     loss.backward()
     params = dict(field_.named_parameters())
@@ -175,21 +184,6 @@ def test_static_step_has_the_eager_steps_loss_and_gradients(budget, monkeypatch)
     for name, grad in grads_e.items():
         assert grad is not None, name
         torch.testing.assert_close(grads_s[name], grad, rtol=1e-3, atol=1e-6, msg=name)
-
-
-def _static_training(preset: Preset):
-    """What train() builds before its first step, for the static step: field, grid, ray pool,
-    optimiser, schedule and fixed shapes."""
-    views = read_views(EXAMPLE)
-    masks, _ = T.view_masks(views)
-    grid = T._skipping_grid(views, masks, preset, CPU)
-    rays = T.prepare_rays(views, masks, preset.image_stride, CPU)
-    field_ = NeuSField(preset.field, CPU, generator=torch.Generator().manual_seed(0))
-    centres = torch.from_numpy(np.stack([c.center for c in views.cameras]))
-    opt = T._Optimiser(field_, preset, centres, CPU)
-    sched = T._Schedule(preset, preset.field.grid.n_levels, 64.0)
-    shapes = T._StaticShapes.for_grid(grid, preset)
-    return field_, grid, rays, opt, sched, shapes
 
 
 def test_static_step_never_waits_for_the_device():
