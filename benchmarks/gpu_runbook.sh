@@ -62,7 +62,7 @@ case $phase in
 recon)
     # first the tests whose passing makes these paths the default: the Triton hash grid's full file,
     # the training step replayed from CUDA graphs (session 8), and the fused Adam (session 7)
-    step gpu-tests 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_triton_hash_grid.py \
+    step gpu-tests 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_triton_hash_grid.py tests/test_adam.py \
         tests/test_train_static.py "tests/test_recon_robust.py::test_adam_is_fused_on_cuda_and_steps_like_adam"
     # one cold process each, views -> GLB; the log ends with cold_cli.py's wall time and peak memory
     cold=(python3 benchmarks/cold_cli.py reconstruct examples/spot --device cuda)
@@ -106,7 +106,8 @@ gen)
     step triton-norm-tests 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_triton_norms.py \
         tests/test_fast_paths.py
     step norm-kernels 60 python3 benchmarks/norm_kernels.py --step --json "$OUT/norms.json"
-    step generate 400 python3 benchmarks/generate.py --shared "$SHARED" --skip-compile --json "$OUT/generate.json"
+    step generate 400 python3 benchmarks/generate.py --shared "$SHARED" --skip-compile --slow-repeats 0 \
+        --budget-s "${GEN_BUDGET_S:-300}" --json "$OUT/generate.json"
     ;;
 e2e)
     # end to end on the full-size synthetic checkpoint, views from the object-decoder double (the real

@@ -145,14 +145,15 @@ def count(
             training = description.startswith("reconstruct")
             yield (lambda n=1, **_: prof.step()) if training else (lambda n=1, **_: None)
 
-    real_adam = torch.optim.Adam
+    import recon.train as T
 
-    def adam_as_on_cuda(params, **options):  # recon.train._adam's optimizer in its CUDA form
-        options["fused"], options["foreach"] = (True, None) if adam == "fused" else (None, True)
-        return real_adam(params, **options)
+    def adam_as_on_cuda(groups):  # recon.train._adam's optimizer in its CUDA form
+        if adam == "fused":
+            return T.Adam(groups, betas=(0.9, 0.99), eps=1e-15, fused=True)
+        return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15, foreach=True)
 
     prof.start()
-    with patch("torch.optim.Adam", adam_as_on_cuda):
+    with patch("recon.train._adam", adam_as_on_cuda):
         train(
             views,
             replace(preset, steps=start + steps + 1),

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import maximum_filter
 
+from recon.adam import Adam
 from recon.appearance import ViewAppearance
 from recon.fields import NeuSField
 from recon.hull import hull_sdf, visual_hull
@@ -199,7 +200,7 @@ def _lr_factor(step: int, total: int, warmup: float) -> float:
     return 0.1 ** ((step - w) / max(1, total - w))
 
 
-def _adam(groups: list[dict]) -> torch.optim.Adam:
+def _adam(groups: list[dict]) -> Adam:
     """Adam as Instant-NGP sets it up (betas 0.9/0.99, eps 1e-15); fused on CUDA.
 
     Why fused there: the update of a parameter group is then one kernel instead of the ~6
@@ -208,19 +209,21 @@ def _adam(groups: list[dict]) -> torch.optim.Adam:
     CPU PyTorch's default loop stays: the fused form was about as fast there (33.0 vs 34.0 s for 400
     draft steps), and its different rounding moved one of eight draft benchmark cases beyond the
     seed-to-seed spread (spot/clean, seed 0: Chamfer 0.0094 -> 0.0119; benchmarks/RESULTS.md,
-    session 7), so the CPU keeps the results its tests and tables were made with.
+    session 7), so the CPU keeps the results its tests and tables were made with. Both are
+    :class:`recon.adam.Adam` (PyTorch's arithmetic without the import of torch._dynamo that
+    torch.optim costs a cold process).
     """
     on_cuda = groups[0]["params"][0].device.type == "cuda"
-    return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15, fused=True if on_cuda else None)
+    return Adam(groups, betas=(0.9, 0.99), eps=1e-15, fused=on_cuda)
 
 
-def _capturable_adam(groups: list[dict], device: torch.device) -> torch.optim.Adam:
-    """:func:`_adam` for steps replayed from a CUDA graph: fused, its step counts on the device and
-    each group's learning rate a device tensor that the schedule refills in place (a float would be
-    baked into the graph at capture)."""
+def _capturable_adam(groups: list[dict], device: torch.device) -> Adam:
+    """:func:`_adam` for steps replayed from a CUDA graph: fused (its step counts live on the
+    device) and each group's learning rate a device tensor that the schedule refills in place (a
+    float would be baked into the graph at capture)."""
     for g in groups:
         g["lr"] = torch.tensor(float(g["lr"]), device=device)
-    return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15, fused=True, capturable=True)
+    return Adam(groups, betas=(0.9, 0.99), eps=1e-15, fused=True)
 
 
 def fit_hull(

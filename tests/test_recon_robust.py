@@ -501,7 +501,7 @@ def test_adam_is_fused_on_cuda_and_steps_like_adam(device):
     on the CPU (whose results the tests and tables were made with); the same update either way."""
     p = nn.Parameter(torch.zeros(3, device=device))
     opt = _adam([{"params": [p], "lr": 1e-2}])
-    assert bool(opt.defaults["fused"]) == (device == "cuda")
+    assert opt.fused == (device == "cuda")
     p.grad = torch.tensor([1.0, -2.0, 0.5], device=device)
     opt.step()  # Adam's first step is -lr * sign(grad) (bias-corrected moments g and g^2)
     torch.testing.assert_close(p.detach().cpu(), torch.tensor([-1e-2, 1e-2, -1e-2]))
