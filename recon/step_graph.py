@@ -10,7 +10,12 @@ place, state updated in place).
 What may still change the kernels (the active hash levels, a schedule phase) is the ``phase`` key
 of :meth:`GraphedSteps.run`: on a new key the step runs once eagerly (kernels compile, optimizer
 state and buffers are allocated, outside any capture), then it is captured and replayed until the
-key changes again. Each graph is dropped when its phase ends; all share one memory pool.
+key changes again. All graphs share one memory pool, and each is kept until the training ends,
+though only the latest is replayed: a graph dropped while tensors it allocated live on (the
+gradients made inside the capture) leaves the pool with no user but live blocks, and PyTorch's
+allocator then refuses the next capture into it (an internal assert, seen on an H100 with torch
+2.11). Kept graphs cost little: memory freed inside a capture returns to the shared pool for the
+next one, which may overwrite it since an old graph is never replayed.
 """
 
 from __future__ import annotations
@@ -34,13 +39,14 @@ class GraphedSteps:
         self.pool = torch.cuda.graph_pool_handle()
         self.phase: Hashable = None
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.graphs: list[torch.cuda.CUDAGraph] = []  # every capture, kept alive (module docstring)
         self.outputs: StepOutputs | None = None
         self.captures = 0
 
     def run(self, step: Callable[[], StepOutputs], phase: Hashable) -> StepOutputs:
         """This step's outputs (tensors owned by the graph: valid until the next call)."""
         if phase != self.phase:
-            self.graph = self.outputs = None  # its memory returns to the shared pool
+            self.graph = self.outputs = None  # the outputs' memory returns to the shared pool
             self.phase = phase
             return self._eager(step)
         if self.graph is None:
@@ -69,4 +75,5 @@ class GraphedSteps:
                 f"capturing the training step as a CUDA graph failed ({exc}); train without --cuda-graph"
             ) from exc
         self.graph = graph
+        self.graphs.append(graph)
         self.captures += 1

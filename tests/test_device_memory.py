@@ -136,3 +136,24 @@ def test_gpu_memory_option_is_checked_by_every_gpu_command(command, capsys, tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == ["error: --gpu-memory must be a positive number of GiB, got 0.0"]
     assert not out.exists()
+
+
+def test_a_cap_on_a_device_without_an_index_names_the_current_device(monkeypatch):
+    """``--gpu-memory 6`` with ``--device cuda``: torch 2.11's set_per_process_memory_fraction
+    refuses ``torch.device("cuda")`` (ValueError, seen on the GPU machine in session 9), so the cap
+    is set on the current device's index."""
+    calls = []
+
+    def set_fraction(fraction, device=None):
+        if not isinstance(device, int):
+            raise ValueError(
+                f"Expected a torch.device with a specified index or an integer, but got:{device}"
+            )
+        calls.append((fraction, device))
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (70 * GIB, 80 * GIB))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", set_fraction)
+    device_mod.limit_gpu_memory(torch.device("cuda"), 6)
+    device_mod.limit_gpu_memory(torch.device("cuda:1"), 8)
+    assert calls == [(6 / 80, 0), (8 / 80, 1)]

@@ -348,7 +348,7 @@ def test_graphed_steps_run_each_phase_eagerly_once_then_capture_and_replay(monke
     monkeypatch.setattr(G.torch, "cuda", fake)
     runner = G.GraphedSteps.__new__(G.GraphedSteps)  # the constructor insists on a CUDA device
     runner.device, runner.generator, runner.pool = CPU, None, "pool"
-    runner.phase, runner.graph, runner.outputs, runner.captures = None, None, None, 0
+    runner.phase, runner.graph, runner.outputs, runner.captures, runner.graphs = None, None, None, 0, []
 
     def make_step(tag):
         def step():
@@ -366,11 +366,16 @@ def test_graphed_steps_run_each_phase_eagerly_once_then_capture_and_replay(monke
         "replay", "a",  # ... then replayed
         "replay", "a",
         "replay", "a",
-        "b",  # the next phase: eagerly, the old graph dropped
+        "b",  # the next phase: eagerly; the old graph is no longer replayed
         "register", "capture", "b", "replay", "b",
         "replay", "b",
     ]  # fmt: skip
     assert runner.captures == 2
+    # ... but kept: dropping a graph while tensors it allocated live on (gradients made inside the
+    # capture) left the shared pool with no user, and the next capture into it failed on an H100
+    # (CUDACachingAllocator's `use_count > 0` assert, torch 2.11)
+    assert len(runner.graphs) == 2 and runner.graphs[-1] is runner.graph
+    assert runner.graphs[0] is not runner.graph
 
 
 # ------------------------------------------------------------------------------------------------

@@ -136,12 +136,25 @@ def test_tiny_syncdreamer_on_cuda_uses_the_kernel_and_stays_close(no_tf32, monke
 def interpreted() -> dict:
     if not TRITON:
         pytest.skip(NO_TRITON)
+    if CUDA:
+        # The GPU machine's Triton 3.6 interpreter cannot run with its numpy 2.5 (``int()`` of a
+        # one-element array, inside Triton: seen there in session 9), and these cases run compiled
+        # in test_kernel_on_cuda, the module routing in the CUDA module tests.
+        pytest.skip("on a CUDA machine the compiled kernel is tested on these cases instead")
     return run_interpreted(SCRIPT, *[case.name for case in INTERPRETER_CASES], "--modules")
 
 
 @pytest.mark.parametrize("case", INTERPRETER_CASES, ids=lambda c: c.name)
 def test_kernel_in_the_interpreter(interpreted, case):
     check(interpreted[case.name])
+
+
+def test_a_large_offset_costs_no_precision(interpreted):
+    """Inputs 100 standard deviations from zero: the group mean is carried as pivot + centre, so
+    the float32 output stays at float32 round-off of the result (6e-8 relative L2; 2.7e-6 before
+    the pivot, when the mean was one float32 near 100 -- and 3.0e-6 on an H100, 18 % worse than
+    PyTorch's CUDA GroupNorm, which failed test_kernel_on_cuda in session 9)."""
+    assert interpreted["offset100_fp32"]["l2_err"] <= 2**-22
 
 
 def test_modules_route_to_the_kernel_in_the_interpreter(interpreted):

@@ -103,8 +103,11 @@ def limit_gpu_memory(device: torch.device, gib: float | None) -> None:
     check_gpu_memory(gib)
     if device.type != "cuda":
         return
-    _, total = torch.cuda.mem_get_info(device)
-    torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total), device)
+    # an index, not torch.device("cuda"): torch 2.11's set_per_process_memory_fraction refuses a
+    # device without one (seen on the GPU machine)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    _, total = torch.cuda.mem_get_info(index)
+    torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total), index)
 
 
 def check_gpu_memory(gib: float | None) -> float | None:
