@@ -227,8 +227,9 @@ HashGrid = Annotated[
         "--hash-grid",
         parser=word,
         metavar="torch|triton|tcnn|auto",
-        help="Hash-grid implementation the reconstruction trains with: PyTorch (default), our Triton "
-        "kernels or tinycudann (both CUDA only), or auto = the fastest available on the device.",
+        help="Hash-grid implementation the reconstruction trains with: auto (default) = our Triton "
+        "kernels on CUDA when Triton is installed, else PyTorch; or name one: torch, triton, tcnn "
+        "(tinycudann; both CUDA only).",
     ),
 ]
 CudaGraph = Annotated[

@@ -46,7 +46,7 @@ def reconstruct(
     seed: Seed = defaults.SEED,
     device: Device = "auto",
     faces: Faces = None,
-    hash_grid: HashGrid = "torch",
+    hash_grid: HashGrid = "auto",
     cuda_graph: CudaGraph = False,
     gpu_memory: GpuMemory = None,
 ) -> None:

@@ -106,7 +106,7 @@ STAGE_OPTIONS = [
         None,
     ),
     _option("faces", Faces, None),
-    _option("hash_grid", HashGrid, "torch"),
+    _option("hash_grid", HashGrid, "auto"),
     _option("cuda_graph", CudaGraph, False),
     _option(
         "formats",

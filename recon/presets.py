@@ -260,7 +260,7 @@ class ReconSettings:
     steps: int | None = None
     faces: int | None = None
     formats: tuple[str, ...] = ("glb",)
-    hash_grid: str = "torch"  # one of HASH_GRIDS: which hash-grid implementation trains
+    hash_grid: str = "auto"  # one of HASH_GRIDS: which hash-grid implementation trains (auto: Triton on CUDA)
     # replay the training step from CUDA graphs (recon.step_graph); opt-in until its tests pass on a GPU
     cuda_graph: bool = False
 

@@ -36,7 +36,7 @@ from support.triton_hash_grid_cases import CUDA_CASES, INTERPRETER_CASES, end_to
 from support.triton_interpreter import run_interpreted
 
 import recon.kernels as kernels
-from recon.encoding import BACKENDS, KERNELS, HashGrid, HashGridConfig, make_encoding
+from recon.encoding import BACKENDS, KERNELS, HashGrid, HashGridConfig, make_encoding, resolve_backend
 from recon.fields import FieldConfig
 from recon.presets import PRESETS
 from sd3d.core.errors import MissingDependencyError
@@ -164,7 +164,7 @@ def test_auto_takes_the_fastest_grid_that_runs_on_the_device(monkeypatch):
         "torch",
     ]
     for tcnn, triton_reason, expected in [
-        (True, None, "tcnn"),
+        (True, None, "triton"),  # tinycudann only by name (never run on a GPU here)
         (False, None, "triton"),
         (False, "Triton is not installed", "torch"),
     ]:
@@ -183,7 +183,8 @@ def test_hash_grid_setting_reaches_the_preset_and_the_command_line(run_cli, tmp_
 
     assert HASH_GRIDS == BACKENDS
     cpu = torch.device("cpu")
-    assert ReconSettings().preset(cpu).field.encoding_backend == "torch"
+    default = ReconSettings().preset(cpu).field.encoding_backend
+    assert default == "auto" and resolve_backend(default, cpu) == "torch"  # Triton on CUDA, PyTorch here
     assert ReconSettings("standard", hash_grid="triton").preset(cpu).field.encoding_backend == "triton"
     with pytest.raises(UserError, match="unknown hash grid 'fused': choose from torch, triton, tcnn, auto"):
         ReconSettings(hash_grid="fused")
@@ -194,8 +195,8 @@ def test_hash_grid_setting_reaches_the_preset_and_the_command_line(run_cli, tmp_
     from cli.run import STAGE_OPTIONS, _settings  # sd3d run / batch hand it to ReconSettings too
 
     options = {p.name: p.default for p in STAGE_OPTIONS}
-    assert _settings(**options).recon.hash_grid == "torch"
-    assert _settings(**{**options, "hash_grid": "auto"}).recon.hash_grid == "auto"
+    assert _settings(**options).recon.hash_grid == "auto"
+    assert _settings(**{**options, "hash_grid": "torch"}).recon.hash_grid == "torch"
     res = run_cli("run", views / "000.png", "-o", tmp_path / "out", "--hash-grid", "fused")
     assert res.code == 2 and "unknown hash grid 'fused'" in res.err and list(tmp_path.iterdir()) == []
 
