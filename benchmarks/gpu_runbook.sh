@@ -16,12 +16,18 @@
 #   bash benchmarks/gpu_runbook.sh e2e      # `sd3d run` end to end, default and capped at 6 GiB
 #
 # Thirty minutes hold about three phases after the machine starts. Session 5 ran recon, robust and
-# plain; nothing of #14 has run on a GPU yet, and #13's cold-speed target rests on code that no GPU
-# has run (the Triton grid's fixed tests, the training step replayed from CUDA graphs, session 8). The
-# next GPU goes to recon (those tests first, then cold reconstruct with and without them), gen, e2e,
-# then recon2.
+# plain; session 9 ran recon, gen and e2e on an H100 (benchmarks/RESULTS.md, "Session 9"), which found
+# three faults fixed since without a GPU: the second CUDA-graph capture (4bc046d), --gpu-memory on
+# "cuda" (4bc046d) and the Triton norm's offset case (4bc046d). The next GPU goes to recon (the fixed
+# tests first, then cold reconstruct with graphs), e2e (the 6 GiB run, and with graphs), gen (the
+# fixed norm's tests; if they pass, make the Triton norm the default), then recon2.
 #
-# Expects, as carried by the device tool: .whl/ (wheels missing on the GPU machine) and
+# Since 75b3916 the hash grid defaults to auto (Triton on CUDA): the PyTorch grid is --hash-grid torch.
+#
+# Expects, as carried by the device tool: .whl/ (wheels missing on the GPU machine's image: trimesh,
+# pymcubes, xatlas, diffusers, fast-simplification, importlib-metadata, lazy-importer, fetched with
+# `pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform
+# manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux2014_x86_64 -d .whl NAME`) and
 # .device-carry/h8/data/objects/<name>/{views,mesh_normalized.ply} (the shared objects) and
 # .device-carry/h8/reference/syncdreamer-golden-synthetic.{npz,json} (generation parity), copied from
 # ../shared before the call: run(..., carry=[".whl", ".device-carry"]).
@@ -60,19 +66,18 @@ step() {  # step NAME SECONDS COMMAND...: run it under min(SECONDS, what is left
 
 case $phase in
 recon)
-    # first the tests whose passing makes these paths the default: the Triton hash grid's full file,
-    # the training step replayed from CUDA graphs (session 8), and the fused Adam (session 7)
-    step gpu-tests 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_triton_hash_grid.py tests/test_adam.py \
-        tests/test_train_static.py "tests/test_recon_robust.py::test_adam_is_fused_on_cuda_and_steps_like_adam"
+    # first the tests of what session 9 fixed without a GPU: the graph-replayed training step (the
+    # second capture), the Triton norm's offset case; then recon.adam and the Triton grid again
+    step gpu-tests 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_train_static.py tests/test_adam.py \
+        tests/test_triton_norms.py tests/test_triton_hash_grid.py
     # one cold process each, views -> GLB; the log ends with cold_cli.py's wall time and peak memory
     cold=(python3 benchmarks/cold_cli.py reconstruct examples/spot --device cuda)
-    fast=(--hash-grid triton --cuda-graph)
-    step cold-draft-fast 60 "${cold[@]}" -o /tmp/cold-draft-f.glb --quality draft "${fast[@]}"
-    step cold-standard-fast 90 "${cold[@]}" -o /tmp/cold-standard-f.glb --quality standard "${fast[@]}"
-    step cold-standard 100 "${cold[@]}" -o /tmp/cold-standard.glb --quality standard
-    step cold-draft 60 "${cold[@]}" -o /tmp/cold-draft.glb --quality draft
+    step cold-draft-graph 60 "${cold[@]}" -o /tmp/cold-draft-g.glb --quality draft --cuda-graph
     step cold-standard-graph 90 "${cold[@]}" -o /tmp/cold-standard-g.glb --quality standard --cuda-graph
-    step cold-standard-triton 90 "${cold[@]}" -o /tmp/cold-standard-t.glb --quality standard --hash-grid triton
+    step cold-draft-graph-2 60 "${cold[@]}" -o /tmp/cold-draft-g2.glb --quality draft --cuda-graph
+    step cold-standard-graph-2 90 "${cold[@]}" -o /tmp/cold-standard-g2.glb --quality standard --cuda-graph
+    step cold-standard 90 "${cold[@]}" -o /tmp/cold-standard.glb --quality standard
+    step cold-standard-torch 90 "${cold[@]}" -o /tmp/cold-standard-t.glb --quality standard --hash-grid torch
     ;;
 recon2)
     # where the step time goes with and without the graphs, then standard quality with both on (the
@@ -117,8 +122,8 @@ from pathlib import Path; b.make_photos(Path('/tmp/photos'), 1); b.make_checkpoi
     run=(python3 benchmarks/batch_engines.py --child local -- run /tmp/photos/photo-000.png
         --weights /tmp/ckpt/syncdreamer-synthetic-full.ckpt --preview gif)
     step e2e 120 "${run[@]}" -o "$OUT/e2e"
-    step e2e-fast 120 "${run[@]}" -o "$OUT/e2e-fast" --hash-grid triton --cuda-graph
     step e2e-6gib 180 "${run[@]}" -o "$OUT/e2e-6gib" --gpu-memory 6
+    step e2e-graph 120 "${run[@]}" -o "$OUT/e2e-graph" --cuda-graph
     ;;
 *)
     echo "unknown phase $phase (recon | recon2 | robust | plain | high | gen | e2e)" >&2
