@@ -145,11 +145,11 @@ def count(
             training = description.startswith("reconstruct")
             yield (lambda n=1, **_: prof.step()) if training else (lambda n=1, **_: None)
 
-    import recon.train as T
+    from recon.adam import Adam
 
     def adam_as_on_cuda(groups):  # recon.train._adam's optimizer in its CUDA form
         if adam == "fused":
-            return T.Adam(groups, betas=(0.9, 0.99), eps=1e-15, fused=True)
+            return Adam(groups, betas=(0.9, 0.99), eps=1e-15, fused=True)
         return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15, foreach=True)
 
     prof.start()

@@ -49,13 +49,12 @@ class Adam:
         # reads it with .item(): the same float)
         self.state: dict[torch.Tensor, list] = {}
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
+    def zero_grad(self) -> None:
+        """Drop the gradients (PyTorch's ``set_to_none=True``, the only form the trainer uses:
+        under a CUDA graph the next backward then allocates them inside the capture)."""
         for g in self.param_groups:
             for p in g["params"]:
-                if set_to_none:
-                    p.grad = None
-                elif p.grad is not None:
-                    p.grad.zero_()
+                p.grad = None
 
     def _state(self, p: torch.Tensor) -> list:
         s = self.state.get(p)

@@ -258,7 +258,7 @@ def fit_hull(
         want = sample_volume(target, pts, bound).clamp(-0.2, 0.2)
         sdf, _, grad = field_.sdf_net(pts, with_grad=True)
         loss = (sdf.clamp(-0.2, 0.2) - want).abs().mean() + 0.1 * ((grad.norm(dim=-1) - 1) ** 2).mean()
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         loss.backward()
         opt.step()
         return {"loss": loss}
@@ -610,7 +610,7 @@ class _Optimiser:
                 g["lr"] = lr
 
     def minimise(self, loss: torch.Tensor) -> None:
-        self.adam.zero_grad(set_to_none=True)
+        self.adam.zero_grad()
         loss.backward()
         self.adam.step()
 

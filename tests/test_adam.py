@@ -40,7 +40,7 @@ def _run(make_opt, device: str, steps: int = 25) -> list[torch.Tensor]:
     opt = make_opt(groups)
     gen = torch.Generator().manual_seed(1)
     for step in range(steps):
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()  # torch.optim: set_to_none=True by default too
         for i, p in enumerate(params):
             if i == 3 and step % 3 == 0:
                 continue
@@ -115,7 +115,7 @@ def test_the_fused_step_replays_from_a_cuda_graph_like_eager_steps():
         target = torch.linspace(1, 2, 1000, device=device)
 
         def one() -> None:
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             ((p - target) ** 2).sum().backward()
             opt.step()
 

@@ -149,7 +149,7 @@ def _one_step(preset: Preset, static: bool):
     loss, parts, out, _ = T._step_loss(
         field_, grid, grid.bbox(), rays, opt, knobs, gen, CPU, shapes if static else None
     )
-    opt.adam.zero_grad(set_to_none=True)
+    opt.adam.zero_grad()
     loss.backward()
     params = dict(field_.named_parameters())
     params.update({f"poses.{n}": p for n, p in opt.poses.named_parameters()})
@@ -197,7 +197,7 @@ def test_static_step_never_waits_for_the_device():
         knobs = T._StepKnobs.at(sched, step)
         with HostWaits() as waits:
             loss, *_ = T._step_loss(field_, grid, hull_box, rays, opt, knobs, gen, CPU, shapes)
-            opt.adam.zero_grad(set_to_none=True)
+            opt.adam.zero_grad()
             loss.backward()
         assert waits.seen == [], step
         opt.adam.step()
@@ -210,7 +210,7 @@ def _external_reads(field_, grid, hull_box, rays, opt, knobs, gen, shapes) -> di
     """The storages one static step's forward and backward read without making them."""
     with StepInputs() as inputs:
         loss, *_ = T._step_loss(field_, grid, hull_box, rays, opt, knobs, gen, CPU, shapes)
-        opt.adam.zero_grad(set_to_none=True)
+        opt.adam.zero_grad()
         loss.backward()
     opt.adam.step()
     return inputs.read
