@@ -7,6 +7,7 @@
 # `timeout` so one hang cannot eat the phase, and leaves a log per step under $OUT (the device tool
 # brings $OUT back), plus $OUT/<phase>.summary with each step's exit code and seconds.
 #
+#   bash benchmarks/gpu_runbook.sh first    # when one call may be all: graph tests, cold CLI, e2e owed
 #   bash benchmarks/gpu_runbook.sh recon    # kernel + CUDA-graph tests, cold CLI with and without them
 #   bash benchmarks/gpu_runbook.sh recon2   # profile, clean regression with graphs, UV blocks, grid bench
 #   bash benchmarks/gpu_runbook.sh robust   # robustness benchmark at standard quality (the presets)
@@ -32,7 +33,7 @@
 # .device-carry/h8/reference/syncdreamer-golden-synthetic.{npz,json} (generation parity), copied from
 # ../shared before the call: run(..., carry=[".whl", ".device-carry"]).
 set -u
-phase=${1:?usage: gpu_runbook.sh recon|recon2|robust|plain|high|gen|e2e}
+phase=${1:?usage: gpu_runbook.sh first|recon|recon2|robust|plain|high|gen|e2e}
 OUT=${OUT:?set OUT to the folder that comes back}
 SHARED=.device-carry/h8
 mkdir -p "$OUT"
@@ -64,14 +65,34 @@ step() {  # step NAME SECONDS COMMAND...: run it under min(SECONDS, what is left
 }
 
 
+e2e_inputs() {  # the full-size synthetic checkpoint and one photo, for the e2e runs
+    step inputs 120 python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import batch_engines as b; \
+from pathlib import Path; b.make_photos(Path('/tmp/photos'), 1); b.make_checkpoint(Path('/tmp/ckpt'), False)"
+}
+e2e_run=(python3 benchmarks/batch_engines.py --child local -- run /tmp/photos/photo-000.png
+    --weights /tmp/ckpt/syncdreamer-synthetic-full.ckpt --preview gif)
+cold=(python3 benchmarks/cold_cli.py reconstruct examples/spot --device cuda)
+
 case $phase in
+first)
+    # when only one call may come: the fixed graph tests, cold reconstruct with graphs, then the
+    # e2e runs still owed (with graphs; capped at 6 GiB), then cold standard without graphs
+    step gpu-tests 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_train_static.py \
+        tests/test_triton_norms.py
+    step cold-draft-graph 60 "${cold[@]}" -o /tmp/cold-draft-g.glb --quality draft --cuda-graph
+    step cold-standard-graph 90 "${cold[@]}" -o /tmp/cold-standard-g.glb --quality standard --cuda-graph
+    step cold-standard-graph-2 90 "${cold[@]}" -o /tmp/cold-standard-g2.glb --quality standard --cuda-graph
+    e2e_inputs
+    step e2e-graph 120 "${e2e_run[@]}" -o "$OUT/e2e-graph" --cuda-graph
+    step e2e-6gib 180 "${e2e_run[@]}" -o "$OUT/e2e-6gib" --gpu-memory 6
+    step cold-standard 90 "${cold[@]}" -o /tmp/cold-standard.glb --quality standard
+    ;;
 recon)
     # first the tests of what session 9 fixed without a GPU: the graph-replayed training step (the
     # second capture), the Triton norm's offset case; then recon.adam and the Triton grid again
     step gpu-tests 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_train_static.py tests/test_adam.py \
         tests/test_triton_norms.py tests/test_triton_hash_grid.py
     # one cold process each, views -> GLB; the log ends with cold_cli.py's wall time and peak memory
-    cold=(python3 benchmarks/cold_cli.py reconstruct examples/spot --device cuda)
     step cold-draft-graph 60 "${cold[@]}" -o /tmp/cold-draft-g.glb --quality draft --cuda-graph
     step cold-standard-graph 90 "${cold[@]}" -o /tmp/cold-standard-g.glb --quality standard --cuda-graph
     step cold-draft-graph-2 60 "${cold[@]}" -o /tmp/cold-draft-g2.glb --quality draft --cuda-graph
@@ -121,16 +142,13 @@ gen)
 e2e)
     # end to end on the full-size synthetic checkpoint, views from the object-decoder double (the real
     # weights cannot be fetched there): the default, then the process capped at 6 GiB
-    step inputs 120 python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import batch_engines as b; \
-from pathlib import Path; b.make_photos(Path('/tmp/photos'), 1); b.make_checkpoint(Path('/tmp/ckpt'), False)"
-    run=(python3 benchmarks/batch_engines.py --child local -- run /tmp/photos/photo-000.png
-        --weights /tmp/ckpt/syncdreamer-synthetic-full.ckpt --preview gif)
-    step e2e 120 "${run[@]}" -o "$OUT/e2e"
-    step e2e-6gib 180 "${run[@]}" -o "$OUT/e2e-6gib" --gpu-memory 6
-    step e2e-graph 120 "${run[@]}" -o "$OUT/e2e-graph" --cuda-graph
+    e2e_inputs
+    step e2e 120 "${e2e_run[@]}" -o "$OUT/e2e"
+    step e2e-6gib 180 "${e2e_run[@]}" -o "$OUT/e2e-6gib" --gpu-memory 6
+    step e2e-graph 120 "${e2e_run[@]}" -o "$OUT/e2e-graph" --cuda-graph
     ;;
 *)
-    echo "unknown phase $phase (recon | recon2 | robust | plain | high | gen | e2e)" >&2
+    echo "unknown phase $phase (first | recon | recon2 | robust | plain | high | gen | e2e)" >&2
     exit 2
     ;;
 esac
