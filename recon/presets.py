@@ -242,8 +242,9 @@ def get_preset(quality: str, steps: int | None = None) -> Preset:
 MESH_FORMATS = ("glb", "obj", "ply")
 HASH_GRIDS = BACKENDS
 """``--hash-grid`` values (:func:`recon.encoding.make_encoding`): the same grid, computed by PyTorch
-(the reference, the default until the Triton kernels' tests pass on a GPU in CI-like runs), by our
-Triton kernels (CUDA), by tinycudann (CUDA), or ``auto``: the fastest available on the device."""
+(the reference; what ``auto`` means on a CPU), by our Triton kernels (CUDA; what ``auto`` means there
+when Triton imports, since their tests passed on an H100), by tinycudann (CUDA, only by name: no GPU
+here has run it), or ``auto``."""
 
 
 @dataclass(frozen=True)
