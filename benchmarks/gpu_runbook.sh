@@ -8,6 +8,7 @@
 # brings $OUT back), plus $OUT/<phase>.summary with each step's exit code and seconds.
 #
 #   bash benchmarks/gpu_runbook.sh first    # when one call may be all: graph tests, cold CLI, e2e owed
+#   bash benchmarks/gpu_runbook.sh second   # then: Triton norm tests + deviation, clean regression at standard
 #   bash benchmarks/gpu_runbook.sh recon    # kernel + CUDA-graph tests, cold CLI with and without them
 #   bash benchmarks/gpu_runbook.sh recon2   # profile, clean regression with graphs, UV blocks, grid bench
 #   bash benchmarks/gpu_runbook.sh robust   # robustness benchmark at standard quality (the presets)
@@ -33,7 +34,7 @@
 # .device-carry/h8/reference/syncdreamer-golden-synthetic.{npz,json} (generation parity), copied from
 # ../shared before the call: run(..., carry=[".whl", ".device-carry"]).
 set -u
-phase=${1:?usage: gpu_runbook.sh first|recon|recon2|robust|plain|high|gen|e2e}
+phase=${1:?usage: gpu_runbook.sh first|second|recon|recon2|robust|plain|high|gen|e2e}
 OUT=${OUT:?set OUT to the folder that comes back}
 SHARED=.device-carry/h8
 mkdir -p "$OUT"
@@ -86,6 +87,17 @@ first)
     step e2e-graph 120 "${e2e_run[@]}" -o "$OUT/e2e-graph" --cuda-graph
     step e2e-6gib 180 "${e2e_run[@]}" -o "$OUT/e2e-6gib" --gpu-memory 6
     step cold-standard 90 "${cold[@]}" -o /tmp/cold-standard.glb --quality standard
+    ;;
+second)
+    # after 'first': the Triton norm's tests and its deviation over seeds (whether it becomes the
+    # default), then the clean regression at standard quality (#13: mean Chamfer <= 0.0062, IoU >= 0.93)
+    # with graphs unless CLEAN_FLAGS says otherwise (CLEAN_FLAGS= : eager)
+    step triton-norm-tests 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_triton_norms.py \
+        tests/test_fast_paths.py
+    step norm-deviation 200 python3 benchmarks/norm_deviation.py --shared "$SHARED" --seeds 6033 1 2 3 4 \
+        --json "$OUT/norm_deviation.json"
+    step clean-standard 220 python3 benchmarks/recon.py --shared "$SHARED" --quality standard \
+        ${CLEAN_FLAGS---cuda-graph} --out "$OUT/clean" --json "$OUT/clean.json"
     ;;
 recon)
     # first the tests of what session 9 fixed without a GPU: the graph-replayed training step (the
@@ -148,7 +160,7 @@ e2e)
     step e2e-graph 120 "${e2e_run[@]}" -o "$OUT/e2e-graph" --cuda-graph
     ;;
 *)
-    echo "unknown phase $phase (first | recon | recon2 | robust | plain | high | gen | e2e)" >&2
+    echo "unknown phase $phase (first | second | recon | recon2 | robust | plain | high | gen | e2e)" >&2
     exit 2
     ;;
 esac
