@@ -20,7 +20,8 @@ next one, which may overwrite it since an old graph is never replayed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+import contextlib
+from collections.abc import Callable, Hashable, Iterator
 
 import torch
 
@@ -37,11 +38,31 @@ class GraphedSteps:
         self.device = device
         self.generator = generator  # its draws inside the graph advance with every replay
         self.pool = torch.cuda.graph_pool_handle()
+        self.stream = torch.cuda.Stream(device)  # the eager steps' and the captures' (streamed())
         self.phase: Hashable = None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graphs: list[torch.cuda.CUDAGraph] = []  # every capture, kept alive (module docstring)
         self.outputs: StepOutputs | None = None
         self.captures = 0
+
+    @contextlib.contextmanager
+    def streamed(self) -> Iterator[None]:
+        """Run the block on this object's stream, ordered after the caller's stream and before it.
+
+        Why: autograd records the current stream in each parameter's AccumulateGrad node when the
+        node is made, and a capture whose backward reaches a node made on another stream must make
+        that stream wait on the capturing one; for the legacy default stream CUDA refuses, and the
+        capture is invalidated (an H100, torch 2.11: the first ``--cuda-graph`` fit of every
+        process failed). With the whole fit on one stream, the eager steps, the captures and
+        whatever runs between them (occupancy updates, the hull pre-fit) make their nodes on the
+        capture's stream."""
+        caller = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(caller)
+        try:
+            with torch.cuda.stream(self.stream):
+                yield
+        finally:
+            caller.wait_stream(self.stream)
 
     def run(self, step: Callable[[], StepOutputs], phase: Hashable) -> StepOutputs:
         """This step's outputs (tensors owned by the graph: valid until the next call)."""
@@ -57,18 +78,14 @@ class GraphedSteps:
     def _eager(self, step: Callable[[], StepOutputs]) -> StepOutputs:
         """The step on a side stream, as PyTorch's capture recipe warms up: lazily initialised
         state (cuBLAS handles, the autograd engine's device thread) must exist before a capture."""
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            outputs = step()
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        return outputs
+        with self.streamed():
+            return step()
 
     def _capture(self, step: Callable[[], StepOutputs]) -> None:
         graph = torch.cuda.CUDAGraph()
         graph.register_generator_state(self.generator)
         try:
-            with torch.cuda.graph(graph, pool=self.pool):
+            with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
                 self.outputs = step()
         except RuntimeError as exc:  # an operator that cannot be captured: say which switch to drop
             raise RuntimeError(

@@ -25,6 +25,7 @@ with fixed shapes (padded samples, a fixed march) so that CUDA can replay it fro
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -261,7 +262,7 @@ def fit_hull(
         opt.zero_grad()
         loss.backward()
         opt.step()
-        return {"loss": loss}
+        return _detached({"loss": loss})
 
     record = {"loss": torch.zeros(())}
     for _ in range(preset.init_steps):
@@ -302,56 +303,58 @@ def train(
     field_ = NeuSField(preset.field, device, generator=gen_cpu)
     field_.sdf_net.encoding.set_active_levels(preset.start_levels)
     graphed = GraphedSteps(device, gen) if engine == "graph" else None
-    if preset.init_steps > 0:
-        _fit_to_tight_hull(field_, views, masks, preset, device, gen, graphed)
-    centres = torch.from_numpy(np.stack([cam.center for cam in views.cameras]))
-    opt = _Optimiser(field_, preset, centres, device, capturable=engine == "graph")
-    sched = _Schedule(preset, preset.field.grid.n_levels, float(field_.inv_s().item()))
-    hull_box = grid.bbox()  # the eikonal term's random points: the hull's box, fixed from the start
-    static = None if engine == "eager" else _StaticShapes.for_grid(grid, preset)
-    knobs = _StepKnobs.on_device(device) if engine == "graph" else None
-    inv_s = field_.inv_s()
-    average = _WeightAverage(field_, preset)
-    history: list[dict] = []
-    loss_value = float("nan")
-    with resolve(progress).task(f"reconstruct ({preset.name})", preset.steps) as advance:
-        for step in range(preset.steps):
-            opt.follow_schedule(field_, sched, step, device)
-            if sched.updates_occupancy(step):
-                grid.update_band(field_.sdf_net.sdf, float(inv_s.item()), preset.outside_margin)
-                if static is not None:
-                    static.refresh(grid)
-            now = _StepKnobs.at(sched, step) if knobs is None else knobs.refill(sched, step)
+    # under --cuda-graph the whole fit runs on the graphs' stream (GraphedSteps.streamed says why)
+    with graphed.streamed() if graphed is not None else contextlib.nullcontext():
+        if preset.init_steps > 0:
+            _fit_to_tight_hull(field_, views, masks, preset, device, gen, graphed)
+        centres = torch.from_numpy(np.stack([cam.center for cam in views.cameras]))
+        opt = _Optimiser(field_, preset, centres, device, capturable=engine == "graph")
+        sched = _Schedule(preset, preset.field.grid.n_levels, float(field_.inv_s().item()))
+        hull_box = grid.bbox()  # the eikonal term's random points: the hull's box, fixed from the start
+        static = None if engine == "eager" else _StaticShapes.for_grid(grid, preset)
+        knobs = _StepKnobs.on_device(device) if engine == "graph" else None
+        inv_s = field_.inv_s().detach()
+        average = _WeightAverage(field_, preset)
+        history: list[dict] = []
+        loss_value = float("nan")
+        with resolve(progress).task(f"reconstruct ({preset.name})", preset.steps) as advance:
+            for step in range(preset.steps):
+                opt.follow_schedule(field_, sched, step, device)
+                if sched.updates_occupancy(step):
+                    grid.update_band(field_.sdf_net.sdf, float(inv_s.item()), preset.outside_margin)
+                    if static is not None:
+                        static.refresh(grid)
+                now = _StepKnobs.at(sched, step) if knobs is None else knobs.refill(sched, step)
 
-            def run_step(now: _StepKnobs = now) -> dict[str, torch.Tensor]:
-                loss, parts, out, inv_s = _step_loss(
-                    field_, grid, hull_box, rays, opt, now, gen, device, static
-                )
-                opt.minimise(loss)
-                return {"loss": loss, **parts, "inv_s": inv_s, **_sample_counts(out)}
+                def run_step(now: _StepKnobs = now) -> dict[str, torch.Tensor]:
+                    loss, parts, out, inv_s = _step_loss(
+                        field_, grid, hull_box, rays, opt, now, gen, device, static
+                    )
+                    opt.minimise(loss)
+                    return _detached({"loss": loss, **parts, "inv_s": inv_s, **_sample_counts(out)})
 
-            if graphed is None:
-                record = run_step()
-            else:
-                # what changes the captured kernels: the active hash levels and the phases of the
-                # schedule (each change: one eager step, then a new capture)
-                phase = (sched.levels(step), now.max_per_ray, now.weighs_views)
-                record = graphed.run(run_step, phase)
-            inv_s = record["inv_s"]
-            average.update(step)
-            if step % 10 == 0 or step == preset.steps - 1:
-                history.append(_history_entry(step, record, time.perf_counter() - t0))
-                loss_value = history[-1]["loss"]
-                advance(
-                    1,
-                    info=f"loss {loss_value:.4f} s {history[-1]['inv_s']:.0f} samples {history[-1]['samples']}",
-                )
-            else:
-                advance(1)
-    average.apply()
-    # the last step's gradients are not needed any more (under --cuda-graph they also hold on to the
-    # graphs' memory pool): the export that follows gets that memory
-    field_.zero_grad(set_to_none=True)
+                if graphed is None:
+                    record = run_step()
+                else:
+                    # what changes the captured kernels: the active hash levels and the phases of the
+                    # schedule (each change: one eager step, then a new capture)
+                    phase = (sched.levels(step), now.max_per_ray, now.weighs_views)
+                    record = graphed.run(run_step, phase)
+                inv_s = record["inv_s"]
+                average.update(step)
+                if step % 10 == 0 or step == preset.steps - 1:
+                    history.append(_history_entry(step, record, time.perf_counter() - t0))
+                    loss_value = history[-1]["loss"]
+                    advance(
+                        1,
+                        info=f"loss {loss_value:.4f} s {history[-1]['inv_s']:.0f} samples {history[-1]['samples']}",
+                    )
+                else:
+                    advance(1)
+        average.apply()
+        # the last step's gradients are not needed any more (under --cuda-graph they also hold on to the
+        # graphs' memory pool): the export that follows gets that memory
+        field_.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return TrainResult(
@@ -456,6 +459,17 @@ class _StepKnobs:
             buffer.fill_(value)
         self.max_per_ray, self.weighs_views = sched.max_per_ray(step), sched.weighs_views(step)
         return self
+
+
+def _detached(record: dict[str, torch.Tensor | int]) -> dict[str, torch.Tensor | int]:
+    """A step's record without its autograd graph.
+
+    Why: a record outlives its step (it is read for the log, and ``inv_s`` for the next occupancy
+    update), and a tensor with a ``grad_fn`` keeps the step's whole graph alive, with the
+    AccumulateGrad node of every parameter it touched. The next step then reuses those nodes, made
+    on the stream of the step that made them; a CUDA-graph capture on another stream that meets one
+    is invalidated (seen on an H100: the first ``--cuda-graph`` training of every process failed)."""
+    return {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in record.items()}
 
 
 def _sample_counts(out: RenderOutput) -> dict[str, torch.Tensor | int]:
