@@ -84,10 +84,14 @@ class GraphedSteps:
     def _capture(self, step: Callable[[], StepOutputs]) -> None:
         graph = torch.cuda.CUDAGraph()
         graph.register_generator_state(self.generator)
+        caller = torch.cuda.current_stream(self.device)
         try:
             with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
                 self.outputs = step()
         except RuntimeError as exc:  # an operator that cannot be captured: say which switch to drop
+            # torch.cuda.graph leaves its capture stream current when the capture fails (its exit
+            # raises before it restores the stream), and everything after would run there
+            torch.cuda.set_stream(caller)
             raise RuntimeError(
                 f"capturing the training step as a CUDA graph failed ({exc}); train without --cuda-graph"
             ) from exc

@@ -379,6 +379,40 @@ def test_graphed_steps_run_each_phase_eagerly_once_then_capture_and_replay(monke
     assert runner.graphs[0] is not runner.graph
 
 
+def test_a_failed_capture_gives_the_stream_back(monkeypatch):
+    """torch.cuda.graph's exit raises before it restores the caller's stream when a capture fails;
+    left so, every later fit of the process ran on the capture stream (which is how a second
+    ``--cuda-graph`` fit on an H100 got through where the first failed). The caller's stream is
+    current again after the error."""
+    import contextlib
+
+    import recon.step_graph as G
+
+    streams = {"current": "caller"}
+
+    @contextlib.contextmanager
+    def failing_capture(graph, pool=None, stream=None):
+        streams["current"] = stream  # as torch.cuda.graph: the capture stream becomes current ...
+        yield
+        raise RuntimeError("operation failed due to a previous error during capture")  # ... and stays
+
+    def set_stream(stream):
+        streams["current"] = stream
+
+    fake = types.SimpleNamespace(
+        CUDAGraph=lambda: types.SimpleNamespace(register_generator_state=lambda gen: None),
+        graph=failing_capture,
+        current_stream=lambda device: streams["current"],
+        set_stream=set_stream,
+    )
+    monkeypatch.setattr(G.torch, "cuda", fake)
+    runner = G.GraphedSteps.__new__(G.GraphedSteps)
+    runner.device, runner.generator, runner.pool, runner.stream = CPU, None, "pool", "capture"
+    with pytest.raises(RuntimeError, match="train without --cuda-graph"):
+        runner._capture(lambda: {})
+    assert streams["current"] == "caller"
+
+
 def test_no_autograd_graph_outlives_its_step(monkeypatch):
     """Between two training steps no tensor holds an autograd graph.
 
