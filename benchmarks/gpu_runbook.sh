@@ -8,7 +8,7 @@
 # brings $OUT back), plus $OUT/<phase>.summary with each step's exit code and seconds.
 #
 #   bash benchmarks/gpu_runbook.sh first    # when one call may be all: graph tests, cold CLI, e2e owed
-#   bash benchmarks/gpu_runbook.sh second   # then: Triton norm tests + deviation, clean regression at standard
+#   bash benchmarks/gpu_runbook.sh second   # then: Triton norm tests + deviation, throughput, clean regression
 #   bash benchmarks/gpu_runbook.sh recon    # kernel + CUDA-graph tests, cold CLI with and without them
 #   bash benchmarks/gpu_runbook.sh recon2   # profile, clean regression with graphs, UV blocks, grid bench
 #   bash benchmarks/gpu_runbook.sh robust   # robustness benchmark at standard quality (the presets)
@@ -98,6 +98,7 @@ second)
     # session 10 ran the fixture's input over five seeds (Triton +10 %); now other inputs
     step norm-deviation 240 python3 benchmarks/norm_deviation.py --shared "$SHARED" --seeds 1 2 \
         --images "$SHARED"/data/objects/*/views/000.png --json "$OUT/norm_deviation.json"
+    step throughput 120 python3 benchmarks/generate_throughput.py --json "$OUT/throughput.json"
     step clean-standard 220 python3 benchmarks/recon.py --shared "$SHARED" --quality standard \
         ${CLEAN_FLAGS---cuda-graph} --out "$OUT/clean" --json "$OUT/clean.json"
     ;;
@@ -150,6 +151,7 @@ gen)
     step norm-deviation 240 python3 benchmarks/norm_deviation.py --shared "$SHARED" --seeds 1 2 \
         --images "$SHARED"/data/objects/*/views/000.png --json "$OUT/norm_deviation.json"
     step norm-kernels 60 python3 benchmarks/norm_kernels.py --step --json "$OUT/norms.json"
+    step throughput 120 python3 benchmarks/generate_throughput.py --json "$OUT/throughput.json"
     step generate 400 python3 benchmarks/generate.py --shared "$SHARED" --skip-compile --slow-repeats 0 \
         --budget-s "${GEN_BUDGET_S:-300}" --json "$OUT/generate.json"
     ;;
