@@ -96,7 +96,7 @@ second)
     step triton-norm-tests 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_triton_norms.py \
         tests/test_fast_paths.py
     # session 10 ran the fixture's input over five seeds (Triton +10 %); now other inputs
-    step norm-deviation 240 python3 benchmarks/norm_deviation.py --shared "$SHARED" --seeds 1 2 \
+    step norm-deviation 300 python3 benchmarks/norm_deviation.py --shared "$SHARED" --seeds 1 2 --parts \
         --images "$SHARED"/data/objects/*/views/000.png --json "$OUT/norm_deviation.json"
     step throughput 120 python3 benchmarks/generate_throughput.py --json "$OUT/throughput.json"
     step clean-standard 220 python3 benchmarks/recon.py --shared "$SHARED" --quality standard \
@@ -148,7 +148,7 @@ gen)
         tests/test_fast_paths.py
     # the kernel's deviation from fp32 against PyTorch's norms over five seeds (one seed cannot
     # tell a worse kernel from where roundings land), then the per-shape timings
-    step norm-deviation 240 python3 benchmarks/norm_deviation.py --shared "$SHARED" --seeds 1 2 \
+    step norm-deviation 300 python3 benchmarks/norm_deviation.py --shared "$SHARED" --seeds 1 2 --parts \
         --images "$SHARED"/data/objects/*/views/000.png --json "$OUT/norm_deviation.json"
     step norm-kernels 60 python3 benchmarks/norm_kernels.py --step --json "$OUT/norms.json"
     step throughput 120 python3 benchmarks/generate_throughput.py --json "$OUT/throughput.json"

@@ -51,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="input images (read whole: background none) instead of the fixture's; each runs every seed",
     )
+    parser.add_argument(
+        "--parts",
+        action="store_true",
+        help="also the kernel in one part at a time (UNet, 3D volume nets, VAE): where the difference comes from",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -96,16 +101,23 @@ def main(argv: list[str] | None = None) -> int:
         set_channels_last_(model, unet=True, volume=False)
 
     rows = []
+    parts = {"unet": model.model, "volume": model.spatial_volume, "vae": model.first_stage_model}
     for run in runs:
         row = {"input": run[0], "seed": run[1]}
         for impl in ("torch", "auto"):
             set_norm_implementation(model, impl)
             row[impl] = _rel(latents(run, "bf16"), refs[run])
         row["diff"] = row["auto"] - row["torch"]
+        for name, part in parts.items() if args.parts else ():
+            set_norm_implementation(model, "torch")
+            set_norm_implementation(part, "auto")
+            row[f"only_{name}"] = _rel(latents(run, "bf16"), refs[run]) - row["torch"]
         rows.append(row)
         print(
             f"{run[0]} seed {run[1]}: dev PyTorch norms {row['torch']:.4e}, Triton norms {row['auto']:.4e} "
-            f"(Triton - PyTorch {row['diff']:+.2e})",
+            f"(Triton - PyTorch {row['diff']:+.2e}"
+            + "".join(f"; only {n}: {row[f'only_{n}']:+.2e}" for n in parts if f"only_{n}" in row)
+            + ")",
             flush=True,
         )
     diffs = [r["diff"] for r in rows]
@@ -115,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         "mean_diff": statistics.fmean(diffs),
         "se_diff": statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan"),
         "triton_ran": cuda,
+        **{
+            f"mean_only_{n}": statistics.fmean(r[f"only_{n}"] for r in rows)
+            for n in parts
+            if f"only_{n}" in rows[0]
+        },
     }
     print(
         f"mean dev: PyTorch norms {summary['mean_torch']:.4e}, Triton norms {summary['mean_triton']:.4e}; "
