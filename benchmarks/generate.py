@@ -499,14 +499,21 @@ def _parity(model, shared: Path) -> list[tuple[str, float, float, bool]]:
 # --------------------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--shared", type=Path, default=Path(os.environ.get("SD3D_SHARED", REPO.parent / "shared"))
-    )
+def add_model_arguments(parser: argparse.ArgumentParser, shared: bool = True) -> None:
+    """The options every generation benchmark shares (this one, norm_deviation.py,
+    generate_throughput.py): the shared folder (fixture input), device, model size, DDIM steps."""
+    if shared:
+        parser.add_argument(
+            "--shared", type=Path, default=Path(os.environ.get("SD3D_SHARED", REPO.parent / "shared"))
+        )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--config", default="official", help="official or tiny (smoke tests)")
     parser.add_argument("--steps", type=int, default=50)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_arguments(parser)
     parser.add_argument("--seed", type=int, default=6033)
     parser.add_argument("--batch-view-num", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per fast row (median)")

@@ -33,10 +33,10 @@ sys.path.insert(0, str(REPO / "tests"))
 
 
 def main(argv: list[str] | None = None) -> int:
+    from generate import add_model_arguments
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--config", default="official", help="official or tiny (smoke tests)")
-    parser.add_argument("--steps", type=int, default=50)
+    add_model_arguments(parser, shared=False)
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--samples", type=int, default=1, help="samples per photo")
     parser.add_argument("--json", type=Path, default=None)

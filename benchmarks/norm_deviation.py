@@ -24,7 +24,6 @@ import argparse
 import gc
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -36,13 +35,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def main(argv: list[str] | None = None) -> int:
+    from generate import add_model_arguments
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--shared", type=Path, default=Path(os.environ.get("SD3D_SHARED", REPO.parent / "shared"))
-    )
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--config", default="official", help="official or tiny (smoke tests)")
-    parser.add_argument("--steps", type=int, default=50)
+    add_model_arguments(parser)
     parser.add_argument("--seeds", type=int, nargs="+", default=[6033, 1, 2, 3])
     parser.add_argument(
         "--images",

@@ -16,7 +16,7 @@ sampler), which live in :mod:`sd3d.pipelines.syncdreamer` and :mod:`sd3d.samplin
 * **memory layout** (:func:`set_channels_last_`) and ``torch.compile`` (:func:`compile_step_modules_`):
   speed options whose value the benchmark measures; ``norm_kernel="auto"`` lets the GroupNorms run a
   Triton kernel on CUDA that keeps the channels-last layout (:mod:`sd3d.models.norms`; off by default
-  while its deviation from float32 is larger than PyTorch's norms');
+  while its deviation from float32 is larger than with PyTorch's norms);
 * memory estimates that pick ``batch_view_num`` and the decode batch from free device memory.
 """
 
