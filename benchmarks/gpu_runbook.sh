@@ -87,20 +87,21 @@ first)
     e2e_inputs
     step e2e-graph 120 "${e2e_run[@]}" -o "$OUT/e2e-graph" --cuda-graph
     step e2e-6gib 180 "${e2e_run[@]}" -o "$OUT/e2e-6gib" --gpu-memory 6
+    step e2e 120 "${e2e_run[@]}" -o "$OUT/e2e"  # uncapped and eager like the capped one: the cap's cost
     step cold-standard 90 "${cold[@]}" -o /tmp/cold-standard.glb --quality standard
     ;;
 second)
-    # after 'first': the Triton norm's tests and its deviation over seeds (whether it becomes the
-    # default), then the clean regression at standard quality (#13: mean Chamfer <= 0.0062, IoU >= 0.93)
-    # with graphs unless CLEAN_FLAGS says otherwise (CLEAN_FLAGS= : eager)
-    step triton-norm-tests 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_triton_norms.py \
-        tests/test_fast_paths.py
-    # session 10 ran the fixture's input over five seeds (Triton +10 %); now other inputs
-    step norm-deviation 300 python3 benchmarks/norm_deviation.py --shared "$SHARED" --seeds 1 2 --parts \
-        --images "$SHARED"/data/objects/*/views/000.png --json "$OUT/norm_deviation.json"
-    step throughput 120 python3 benchmarks/generate_throughput.py --json "$OUT/throughput.json"
+    # after 'first': the clean regression at standard quality (#13: mean Chamfer <= 0.0062, IoU >=
+    # 0.93) with graphs unless CLEAN_FLAGS says otherwise (CLEAN_FLAGS= : eager) -- what graphs on by
+    # default must keep --, generation throughput (#14), then the Triton norm's tests and its
+    # deviation over other inputs (session 10 ran the fixture's input over five seeds: Triton +10 %)
     step clean-standard 220 python3 benchmarks/recon.py --shared "$SHARED" --quality standard \
         ${CLEAN_FLAGS---cuda-graph} --out "$OUT/clean" --json "$OUT/clean.json"
+    step throughput 120 python3 benchmarks/generate_throughput.py --json "$OUT/throughput.json"
+    step norm-deviation 300 python3 benchmarks/norm_deviation.py --shared "$SHARED" --seeds 1 2 --parts \
+        --images "$SHARED"/data/objects/*/views/000.png --json "$OUT/norm_deviation.json"
+    step triton-norm-tests 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_triton_norms.py \
+        tests/test_fast_paths.py
     ;;
 recon)
     # first the tests of what session 9 fixed without a GPU: the graph-replayed training step (the

@@ -28,6 +28,11 @@ import torch
 StepOutputs = dict[str, torch.Tensor]
 
 
+class GraphCaptureError(RuntimeError):
+    """A training step could not be captured as a CUDA graph (:func:`recon.train.train` then trains
+    again without graphs)."""
+
+
 class GraphedSteps:
     """Runs ``step()`` (one whole training step: forward, backward, optimizer) eagerly once per
     phase, then from a CUDA graph captured on its second call."""
@@ -92,7 +97,7 @@ class GraphedSteps:
             # torch.cuda.graph leaves its capture stream current when the capture fails (its exit
             # raises before it restores the stream), and everything after would run there
             torch.cuda.set_stream(caller)
-            raise RuntimeError(
+            raise GraphCaptureError(
                 f"capturing the training step as a CUDA graph failed ({exc}); train without --cuda-graph"
             ) from exc
         self.graph = graph

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,7 +53,7 @@ from recon.render import (
     sample_rays_static,
     sample_volume,
 )
-from recon.step_graph import GraphedSteps
+from recon.step_graph import GraphCaptureError, GraphedSteps
 from sd3d.core import defaults
 from sd3d.core.errors import UserError, ViewsFolderError
 from sd3d.core.io import ViewSet
@@ -287,11 +288,38 @@ def train(
     engine: str = "eager",
 ) -> TrainResult:
     """Fit a NeuS field to the views; deterministic on CPU for a given seed (``engine``: see
-    :data:`ENGINES`)."""
+    :data:`ENGINES`).
+
+    If a step cannot be captured as a CUDA graph (``engine="graph"``), the fit starts again without
+    graphs, with a warning: everything it holds (field, grid, rays, generators) is made here, so the
+    second fit is the one the eager engine would have made, only later. Why not fail: graphs are an
+    optimisation, and a capture can fail for reasons of the setup (a driver, a PyTorch version) that
+    the user cannot change; the price is the time of the failed fit, which fails at its first
+    capture in practice (the first steps of the hull pre-fit)."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if engine == "graph" and device.type != "cuda":
         raise UserError("CUDA graphs (--cuda-graph) need a CUDA device")
+    try:
+        return _fit(views, preset, device, seed, progress, masks, engine)
+    except GraphCaptureError as exc:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        reason = str(exc.__cause__ or exc).splitlines()[0]
+        warnings.warn(f"CUDA graph capture failed, training again without graphs: {reason}", stacklevel=2)
+        return _fit(views, preset, device, seed, progress, masks, "eager")
+
+
+def _fit(
+    views: ViewSet,
+    preset: Preset,
+    device: torch.device,
+    seed: int,
+    progress: Progress | None,
+    masks: np.ndarray | None,
+    engine: str,
+) -> TrainResult:
+    """:func:`train`'s one fit with one engine."""
     t0 = time.perf_counter()
     if masks is None:
         masks, _ = view_masks(views)
