@@ -7,8 +7,8 @@
 # `timeout` so one hang cannot eat the phase, and leaves a log per step under $OUT (the device tool
 # brings $OUT back), plus $OUT/<phase>.summary with each step's exit code and seconds.
 #
-#   bash benchmarks/gpu_runbook.sh first    # when one call may be all: graph tests, cold CLI, e2e owed
-#   bash benchmarks/gpu_runbook.sh second   # then: Triton norm tests + deviation, throughput, clean regression
+#   bash benchmarks/gpu_runbook.sh first    # when one call may be all: graph tests, cold CLI, clean, e2e, throughput
+#   bash benchmarks/gpu_runbook.sh second   # then: high on misaligned views, Triton norm deviation + tests
 #   bash benchmarks/gpu_runbook.sh recon    # kernel + CUDA-graph tests, cold CLI with and without them
 #   bash benchmarks/gpu_runbook.sh recon2   # profile, clean regression with graphs, UV blocks, grid bench
 #   bash benchmarks/gpu_runbook.sh robust   # robustness benchmark at standard quality (the presets)
@@ -23,7 +23,8 @@
 # (it stays opt-in), the clean regression at standard passes, and --cuda-graph failed at the first
 # capture of each process, fixed since without a GPU (b77a5ec, 42ed788). The next GPU goes to first
 # (the graph tests, cold CLI with graphs; if they pass, merge the local branch graph-auto, which turns
-# graphs on by default on CUDA), then second (norm deviation over other inputs) or robust / high.
+# graphs on by default on CUDA), then second (high on misaligned views, norm deviation over other
+# inputs) or robust.
 
 # Since 75b3916 the hash grid defaults to auto (Triton on CUDA): the PyTorch grid is --hash-grid torch.
 #
@@ -77,30 +78,32 @@ cold=(python3 benchmarks/cold_cli.py reconstruct examples/spot --device cuda)
 
 case $phase in
 first)
-    # when only one call may come: the fixed graph tests, cold reconstruct with graphs, then the
-    # e2e runs still owed (with graphs; capped at 6 GiB), then cold standard without graphs
-    step gpu-tests 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_train_static.py \
-        tests/test_triton_norms.py
+    # when only one call may come: the graph tests (b77a5ec, 42ed788, a967a9f), cold reconstruct with
+    # graphs, the clean regression with graphs (what graphs on by default must keep), the e2e runs
+    # still owed (with graphs; capped at 6 GiB and uncapped, both eager), generation throughput, then
+    # second processes (Triton's kernels cached on disk)
+    step gpu-tests 120 python3 -m pytest -q -rs -p no:cacheprovider tests/test_train_static.py
     step cold-draft-graph 60 "${cold[@]}" -o /tmp/cold-draft-g.glb --quality draft --cuda-graph
     step cold-standard-graph 90 "${cold[@]}" -o /tmp/cold-standard-g.glb --quality standard --cuda-graph
-    step cold-standard-graph-2 90 "${cold[@]}" -o /tmp/cold-standard-g2.glb --quality standard --cuda-graph
+    step clean-standard 150 python3 benchmarks/recon.py --shared "$SHARED" --quality standard \
+        ${CLEAN_FLAGS---cuda-graph} --out "$OUT/clean" --json "$OUT/clean.json"
     e2e_inputs
-    step e2e-graph 120 "${e2e_run[@]}" -o "$OUT/e2e-graph" --cuda-graph
-    step e2e-6gib 180 "${e2e_run[@]}" -o "$OUT/e2e-6gib" --gpu-memory 6
-    step e2e 120 "${e2e_run[@]}" -o "$OUT/e2e"  # uncapped and eager like the capped one: the cap's cost
-    step cold-standard 90 "${cold[@]}" -o /tmp/cold-standard.glb --quality standard
+    step e2e-graph 90 "${e2e_run[@]}" -o "$OUT/e2e-graph" --cuda-graph
+    step e2e-6gib 120 "${e2e_run[@]}" -o "$OUT/e2e-6gib" --gpu-memory 6
+    step e2e 90 "${e2e_run[@]}" -o "$OUT/e2e"  # uncapped and eager like the capped one: the cap's cost
+    step throughput 120 python3 benchmarks/generate_throughput.py --json "$OUT/throughput.json"
+    step cold-standard-graph-2 60 "${cold[@]}" -o /tmp/cold-standard-g2.glb --quality standard --cuda-graph
+    step cold-draft-graph-2 40 "${cold[@]}" -o /tmp/cold-draft-g2.glb --quality draft --cuda-graph
     ;;
 second)
-    # after 'first': the clean regression at standard quality (#13: mean Chamfer <= 0.0062, IoU >=
-    # 0.93) with graphs unless CLEAN_FLAGS says otherwise (CLEAN_FLAGS= : eager) -- what graphs on by
-    # default must keep --, generation throughput (#14), then the Triton norm's tests and its
-    # deviation over other inputs (session 10 ran the fixture's input over five seeds: Triton +10 %)
-    step clean-standard 220 python3 benchmarks/recon.py --shared "$SHARED" --quality standard \
-        ${CLEAN_FLAGS---cuda-graph} --out "$OUT/clean" --json "$OUT/clean.json"
-    step throughput 120 python3 benchmarks/generate_throughput.py --json "$OUT/throughput.json"
-    step norm-deviation 300 python3 benchmarks/norm_deviation.py --shared "$SHARED" --seeds 1 2 --parts \
+    # after 'first': is --quality high better than standard on misaligned views (#13 item 4; on clean
+    # views it was not, session 10)? Then the Triton norm's deviation over other inputs (session 10 ran
+    # the fixture's input over five seeds: Triton +10 %) and its tests
+    step rb-high 240 python3 benchmarks/robustness.py --quality high --device cuda --jobs 2 --threads 4 \
+        --shared "$SHARED" --objects spot duck --perturbations pose:2 --out "$OUT/rb-high"
+    step norm-deviation 200 python3 benchmarks/norm_deviation.py --shared "$SHARED" --seeds 1 --parts \
         --images "$SHARED"/data/objects/*/views/000.png --json "$OUT/norm_deviation.json"
-    step triton-norm-tests 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_triton_norms.py \
+    step triton-norm-tests 100 python3 -m pytest -q -rs -p no:cacheprovider tests/test_triton_norms.py \
         tests/test_fast_paths.py
     ;;
 recon)
