@@ -47,6 +47,9 @@ class Preset:
     max_samples_per_ray: int | None = None  # cap, applied once the band is narrow (see sample_rays)
     per_ray_cap_from: float = 0.5  # fraction of training after which the cap applies
     lr: float = 1e-2
+    # The hash grid's own rate (None: ``lr``). Draft at twice the rate converges much further on
+    # smooth objects but breaks thin ones when the MLP moves that fast too (RESULTS.md, session 10).
+    grid_lr: float | None = None
     lr_variance: float = 1e-3
     start_levels: int = 4
     levels_done_at: float = 0.4  # fraction of training when all hash levels are active

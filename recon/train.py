@@ -612,7 +612,7 @@ class _Optimiser:
         ids = {id(p) for p in grid_params + var_params}
         mlp_params = [p for p in field_.parameters() if id(p) not in ids]
         groups = [
-            {"params": grid_params, "lr": preset.lr},
+            {"params": grid_params, "lr": preset.lr if preset.grid_lr is None else preset.grid_lr},
             {"params": mlp_params, "lr": preset.lr},
             {"params": var_params, "lr": preset.lr_variance},
         ]
