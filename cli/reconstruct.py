@@ -47,7 +47,7 @@ def reconstruct(
     device: Device = "auto",
     faces: Faces = None,
     hash_grid: HashGrid = "auto",
-    cuda_graph: CudaGraph = False,
+    cuda_graph: CudaGraph = None,
     gpu_memory: GpuMemory = None,
 ) -> None:
     import time

@@ -107,7 +107,7 @@ STAGE_OPTIONS = [
     ),
     _option("faces", Faces, None),
     _option("hash_grid", HashGrid, "auto"),
-    _option("cuda_graph", CudaGraph, False),
+    _option("cuda_graph", CudaGraph, None),
     _option(
         "formats",
         Annotated[
@@ -185,7 +185,7 @@ def _settings(
     recon_steps: int | None,
     faces: int | None,
     hash_grid: str,
-    cuda_graph: bool,
+    cuda_graph: bool | None,
     formats: Sequence[str],
     preview: str,
     preview_frames: int,

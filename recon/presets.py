@@ -265,8 +265,8 @@ class ReconSettings:
     faces: int | None = None
     formats: tuple[str, ...] = ("glb",)
     hash_grid: str = "auto"  # one of HASH_GRIDS: which hash-grid implementation trains (auto: Triton on CUDA)
-    # replay the training step from CUDA graphs (recon.step_graph); opt-in until its tests pass on a GPU
-    cuda_graph: bool = False
+    # replay the training step from CUDA graphs (recon.step_graph); None = auto: on a CUDA device
+    cuda_graph: bool | None = None
 
     def __post_init__(self) -> None:
         bad = [f for f in self.formats if f not in MESH_FORMATS]
@@ -283,6 +283,8 @@ class ReconSettings:
     def engine(self, device: torch.device) -> str:
         """How training runs its steps on ``device`` (:data:`recon.train.ENGINES`); a clear error for
         CUDA graphs anywhere but on a CUDA device."""
+        if self.cuda_graph is None:
+            return "graph" if device.type == "cuda" else "eager"
         if not self.cuda_graph:
             return "eager"
         if device.type != "cuda":

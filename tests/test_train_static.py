@@ -305,8 +305,14 @@ def test_the_graph_engine_needs_cuda_and_says_so(run_cli, tmp_path):
     assert list(tmp_path.iterdir()) == []
     from cli.run import STAGE_OPTIONS, _settings
 
-    options = {p.name: p.default for p in STAGE_OPTIONS}  # sd3d run / batch: off unless asked for
-    assert options["cuda_graph"] is False and _settings(**options).recon.cuda_graph is False
+    options = {p.name: p.default for p in STAGE_OPTIONS}  # sd3d run / batch: auto = on CUDA only
+    assert options["cuda_graph"] is None and _settings(**options).recon.cuda_graph is None
+    assert ReconSettings("draft").engine(torch.device("cuda")) == "graph"
+    assert ReconSettings("draft", cuda_graph=False).engine(torch.device("cuda")) == "eager"
+    res = run_cli(
+        "reconstruct", EXAMPLE, "-o", tmp_path / "m.glb", "--device", "cpu", "--no-cuda-graph", "--steps", "0"
+    )
+    assert res.code == 2 and "--steps" in res.err and "cuda-graph" not in res.err, res
 
 
 def test_graphed_steps_run_each_phase_eagerly_once_then_capture_and_replay(monkeypatch):
