@@ -7,6 +7,11 @@ exactly as ``sd3d`` runs it (:func:`cli.app.main` with these arguments); the clo
 interpreter's start (``time.perf_counter`` before any import here, plus the interpreter start-up,
 read from the process's own start time), so imports and CUDA start-up count, as a user waits for
 them. Prints one last line: ``cold_cli {"rc": ..., "wall_s": ..., "since_exec_s": ..., "peak_gib": ...}``.
+
+For ``reconstruct`` it also splits the wall time (``split_s``): before the reconstruction starts
+(interpreter, imports, CUDA's start, reading the views), the reconstruction, the export, and after it.
+Why: on one H100 a cold process spent 6-8 s outside the command's own stages and another 4 s, and
+only this split says where (it wraps :func:`recon.pipeline.reconstruct` and ``export_mesh``).
 """
 
 import time
@@ -33,7 +38,41 @@ def _since_exec() -> float | None:
         return None
 
 
+def _mark_reconstruction(marks: dict[str, float]) -> None:
+    """Record when :func:`recon.pipeline.reconstruct` and ``export_mesh`` start and end (the command
+    imports them from the module when it runs, so wrapping the module's attributes is enough)."""
+    import recon.pipeline as pipeline
+
+    def marked(name: str, fn):
+        def wrapper(*args, **kwargs):
+            marks.setdefault(f"{name}_start", time.perf_counter() - T0)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                marks[f"{name}_end"] = time.perf_counter() - T0
+
+        return wrapper
+
+    pipeline.reconstruct = marked("reconstruct", pipeline.reconstruct)
+    pipeline.export_mesh = marked("export", pipeline.export_mesh)
+
+
+def _split(marks: dict[str, float], wall: float) -> dict[str, float] | None:
+    """Seconds before the reconstruction, in it, in the export and after it."""
+    if "export_end" not in marks:
+        return None
+    return {
+        "before": round(marks["reconstruct_start"], 2),
+        "reconstruct": round(marks["reconstruct_end"] - marks["reconstruct_start"], 2),
+        "export": round(marks["export_end"] - marks["export_start"], 2),
+        "after": round(wall - marks["export_end"], 2),
+    }
+
+
 def main(argv: list[str]) -> int:
+    marks: dict[str, float] = {}
+    if argv[:1] == ["reconstruct"]:
+        _mark_reconstruction(marks)
     from cli.app import main as sd3d
 
     try:
@@ -45,11 +84,13 @@ def main(argv: list[str]) -> int:
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         peak = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     since = _since_exec()
+    wall = time.perf_counter() - T0
     record = {
         "rc": rc,
-        "wall_s": round(time.perf_counter() - T0, 2),
+        "wall_s": round(wall, 2),
         "since_exec_s": None if since is None else round(since, 2),
         "peak_gib": peak,
+        "split_s": _split(marks, wall),
         "argv": argv,
     }
     print("cold_cli " + json.dumps(record), flush=True)

@@ -134,8 +134,19 @@ def test_cold_cli_runs_the_command_and_reports_its_wall_time():
     assert last.startswith("cold_cli ")
     record = json.loads(last.removeprefix("cold_cli "))
     assert record["rc"] == 0 and record["argv"] == ["--version"] and record["peak_gib"] is None
+    assert record["split_s"] is None  # only reconstruct is split into its parts
     assert 0 < record["wall_s"] <= record["since_exec_s"] < 120
     bad = subprocess.run(
         [sys.executable, str(script), "reconstruct"], capture_output=True, text=True, timeout=120
     )
     assert bad.returncode == 2 and json.loads(bad.stdout.strip().splitlines()[-1][9:])["rc"] == 2
+
+
+def test_cold_cli_splits_a_reconstruction_at_its_marks():
+    """The split adds up to the wall time: before the reconstruction, in it, in the export, after."""
+    spec = importlib.util.spec_from_file_location("cold_cli", SCRIPT.parent / "cold_cli.py")
+    cold_cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cold_cli)
+    marks = {"reconstruct_start": 5.0, "reconstruct_end": 21.0, "export_start": 21.0, "export_end": 25.5}
+    assert cold_cli._split(marks, 26.0) == {"before": 5.0, "reconstruct": 16.0, "export": 4.5, "after": 0.5}
+    assert cold_cli._split({"reconstruct_start": 5.0}, 6.0) is None  # failed before the export ended
