@@ -18,7 +18,7 @@ behind the same interface; it has no analytic Jacobian, so callers fall back to 
 ``HashGrid(..., kernel="triton")`` (encoding backend ``"triton"``) computes the same lookups with the
 fused Triton kernels of :mod:`recon.kernels.hash_grid`: same table, same maths, same outputs up to
 float32 summation order, without the whole-batch intermediates. This module stays the reference and
-the default; the kernel is opt-in.
+the CPU's path; the backend ``auto`` (the default) picks the kernel on CUDA when Triton imports.
 """
 
 from __future__ import annotations
