@@ -40,7 +40,7 @@ def run_object(
     seed: int,
     device,
     robust: bool = True,
-    cuda_graph: bool = False,
+    cuda_graph: bool | None = None,
 ) -> dict:
     import numpy as np
     import torch
@@ -106,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         help="the plain NeuS: the preset with recon.presets.ROBUSTNESS_OFF (no robustness methods)",
     )
     ap.add_argument(
-        "--cuda-graph", action="store_true", help="train with the steps replayed from CUDA graphs"
+        "--cuda-graph",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train with the steps replayed from CUDA graphs (default: as sd3d, on with a CUDA device)",
     )
     args = ap.parse_args(argv)
 

@@ -327,7 +327,7 @@ def run_case(task: dict) -> dict:
         settings = OverriddenSettings(
             cfg["quality"],
             cfg["steps"],
-            cuda_graph=cfg.get("cuda_graph", False),
+            cuda_graph=cfg.get("cuda_graph"),
             overrides=tuple(map(tuple, cfg["overrides"])),
         )
         t = time.perf_counter()
@@ -519,7 +519,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "out" / "bench-robustness")
     ap.add_argument("--no-warmup", action="store_true", help="skip the short CUDA warm-up fit per worker")
     ap.add_argument(
-        "--cuda-graph", action="store_true", help="train with the steps replayed from CUDA graphs"
+        "--cuda-graph",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train with the steps replayed from CUDA graphs (default: as sd3d, on with a CUDA device)",
     )
     args = ap.parse_args(argv)
 
