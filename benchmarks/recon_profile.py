@@ -6,8 +6,8 @@ runs ``torch.profiler`` over a window of steady steps and prints the top kernels
 comes from a :class:`sd3d.core.progress.Progress` whose ``advance`` records the time (with
 ``--sync``, after a device synchronisation, so each step's GPU work is inside its own interval).
 
-    python benchmarks/recon_profile.py --views examples/spot --quality standard --sync --profile 400:20
-    python benchmarks/recon_profile.py --quality standard --hash-grid triton --cuda-graph
+    python benchmarks/recon_profile.py --views examples/spot --quality standard --no-cuda-graph --sync --profile 400:20
+    python benchmarks/recon_profile.py --quality standard
 """
 
 from __future__ import annotations
@@ -64,8 +64,16 @@ def main() -> None:
     ap.add_argument("--profile", default=None, metavar="START:COUNT", help="torch.profiler over these steps")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--out", default=None, help="folder for the GLB and the JSON")
-    ap.add_argument("--hash-grid", default="torch", help="torch | triton | tcnn | auto")
-    ap.add_argument("--cuda-graph", action="store_true", help="replay the training steps from CUDA graphs")
+    ap.add_argument(
+        "--hash-grid", default="auto", help="auto (as sd3d: Triton on CUDA) | torch | triton | tcnn"
+    )
+    ap.add_argument(
+        "--cuda-graph",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="replay the training steps from CUDA graphs (default: as sd3d, on with a CUDA device; "
+        "--no-cuda-graph for a kernel-by-kernel profile)",
+    )
     args = ap.parse_args()
 
     t_start = time.perf_counter()
