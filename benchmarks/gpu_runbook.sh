@@ -108,13 +108,12 @@ speed)
     # a cold process spends 6-8 s outside the command's stages: first where both go (cold_cli's
     # split, an eager kernel-by-kernel profile), then cheaper standards against the preset on the
     # robustness benchmark (smooth, thin and misaligned cases; graphs on, as sd3d trains)
-    step cold-split 60 "${cold[@]}" -o /tmp/cold-standard.glb --quality standard
-    step cold-split-draft 40 "${cold[@]}" -o /tmp/cold-draft.glb --quality draft
-    step profile 100 python3 benchmarks/recon_profile.py --quality standard --no-cuda-graph --sync \
+    step cold-split 50 "${cold[@]}" -o /tmp/cold-standard.glb --quality standard
+    step profile 90 python3 benchmarks/recon_profile.py --quality standard --no-cuda-graph --sync \
         --profile 400:10 --out "$OUT/profile"
-    step rb-preset 110 "${rb[@]}" --out "$OUT/rb-preset"
-    step rb-600 100 "${rb[@]}" --set steps=600 --out "$OUT/rb-600"
-    step rb-half 100 "${rb[@]}" --set rays_per_batch=4096 --set max_samples_per_batch=175000 --out "$OUT/rb-half"
+    step rb-preset 140 "${rb[@]}" --out "$OUT/rb-preset"
+    step rb-600 120 "${rb[@]}" --set steps=600 --out "$OUT/rb-600"
+    step rb-half 120 "${rb[@]}" --set rays_per_batch=4096 --set max_samples_per_batch=175000 --out "$OUT/rb-half"
     ;;
 high)
     # today's high (3x steps, a finer grid, a denser export) has standard's geometry, 0.7-1.4 deg

@@ -82,6 +82,7 @@ def run_object(
         "faces": exported.num_faces,
         "textured": exported.textured,
         "final_loss": result.final_loss,
+        "graph_captures": result.graph_captures,
         "final_inv_s": result.history[-1]["inv_s"] if result.history else None,
         "history": result.history[:: max(1, len(result.history) // 20)],
     }

@@ -59,6 +59,7 @@ class ReconResult:
     masks: np.ndarray | None = None
     appearance: np.ndarray | None = None
     poses: np.ndarray | None = None
+    graph_captures: int = 0  # CUDA graphs the training replayed from (0: eager, also after a failed capture)
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ def reconstruct(
         masks=masks,
         appearance=out.appearance,
         poses=out.poses,
+        graph_captures=out.graph_captures,
     )
 
 

@@ -423,6 +423,7 @@ def write_run_folder(
             "preset": result.preset.name,
             "final_loss": result.final_loss,
             "mask_source": result.mask_source,
+            "cuda_graphs": result.graph_captures,
             "seconds": {k: round(v, 3) for k, v in result.timings.items()},
         },
         "exports": exports,
