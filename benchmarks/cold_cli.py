@@ -10,8 +10,8 @@ them. Prints one last line: ``cold_cli {"rc": ..., "wall_s": ..., "since_exec_s"
 
 For ``reconstruct`` it also splits the wall time (``split_s``): before the reconstruction starts
 (interpreter, imports, CUDA's start, reading the views), the reconstruction, the export, and after it.
-Why: on one H100 a cold process spent 6-8 s outside the command's own stages and another 4 s, and
-only this split says where (it wraps :func:`recon.pipeline.reconstruct` and ``export_mesh``).
+Why: a cold process on one H100 spent 6-8 s outside the command's own stages (on another, about
+4 s), and only this split says where (it wraps :func:`recon.pipeline.reconstruct` and ``export_mesh``).
 """
 
 import time

@@ -47,8 +47,8 @@ class Preset:
     max_samples_per_ray: int | None = None  # cap, applied once the band is narrow (see sample_rays)
     per_ray_cap_from: float = 0.5  # fraction of training after which the cap applies
     lr: float = 1e-2
-    # The hash grid's own rate (None: ``lr``). Draft at twice the rate converges much further on
-    # smooth objects but breaks thin ones when the MLP moves that fast too (RESULTS.md, session 10).
+    # The hash grid's own rate (None: ``lr``, as in every preset). Draft at twice ``lr`` fits smooth
+    # objects much better but breaks thin ones; a faster grid alone does neither (RESULTS.md, session 11).
     grid_lr: float | None = None
     lr_variance: float = 1e-3
     start_levels: int = 4

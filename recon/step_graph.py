@@ -93,13 +93,11 @@ class GraphedSteps:
         try:
             with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
                 self.outputs = step()
-        except RuntimeError as exc:  # an operator that cannot be captured: say which switch to drop
+        except RuntimeError as exc:  # an operator that cannot be captured: train() falls back to eager
             # torch.cuda.graph leaves its capture stream current when the capture fails (its exit
             # raises before it restores the stream), and everything after would run there
             torch.cuda.set_stream(caller)
-            raise GraphCaptureError(
-                f"capturing the training step as a CUDA graph failed ({exc}); train without --cuda-graph"
-            ) from exc
+            raise GraphCaptureError(f"capturing the training step as a CUDA graph failed ({exc})") from exc
         self.graph = graph
         self.graphs.append(graph)
         self.captures += 1

@@ -414,7 +414,7 @@ def test_a_failed_capture_gives_the_stream_back(monkeypatch):
     monkeypatch.setattr(G.torch, "cuda", fake)
     runner = G.GraphedSteps.__new__(G.GraphedSteps)
     runner.device, runner.generator, runner.pool, runner.stream = CPU, None, "pool", "capture"
-    with pytest.raises(RuntimeError, match="train without --cuda-graph"):
+    with pytest.raises(G.GraphCaptureError, match="capturing the training step as a CUDA graph failed"):
         runner._capture(lambda: {})
     assert streams["current"] == "caller"
 
@@ -443,6 +443,42 @@ def test_no_autograd_graph_outlives_its_step(monkeypatch):
     assert preset.pose_refine and preset.appearance != "none" and preset.w_normal_smooth > 0
     T.train(read_views(EXAMPLE), preset, CPU, seed=0, engine="static")
     assert holders == []
+
+
+def test_a_failed_capture_trains_again_without_graphs(monkeypatch):
+    """With graphs on (the default on CUDA) a capture that fails costs time, not the command: the
+    fit starts again with the eager engine and says why in one warning."""
+    import recon.step_graph as G
+
+    engines: list[str] = []
+    done = object()
+
+    def fit(views, preset, device, seed, progress, masks, engine):
+        engines.append(engine)
+        if engine == "graph":
+            try:
+                raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+            except RuntimeError as exc:
+                raise G.GraphCaptureError("capturing the training step as a CUDA graph failed") from exc
+        return done
+
+    synchronized = []
+    monkeypatch.setattr(T, "_fit", fit)
+    monkeypatch.setattr(T.torch.cuda, "synchronize", lambda device=None: synchronized.append(device))
+    cuda = torch.device("cuda")  # nothing here touches CUDA: _fit is the stand-in
+    with pytest.warns(
+        UserWarning, match="training again without graphs: operation not permitted when stream"
+    ):
+        assert T.train(None, None, cuda, engine="graph") is done
+    assert engines == ["graph", "eager"] and synchronized == [cuda]
+
+    def bad_views(*args):
+        raise ValueError("bad views")
+
+    # any other error is not a capture's and is not retried
+    monkeypatch.setattr(T, "_fit", bad_views)
+    with pytest.raises(ValueError, match="bad views"):
+        T.train(None, None, cuda, engine="graph")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -483,39 +519,3 @@ def test_graph_training_makes_a_surface_like_eager_training():
     with torch.no_grad():
         a, b = eager.field.sdf_net.sdf(pts), graph.field.sdf_net.sdf(pts)
     assert float(((a > 0) == (b > 0)).float().mean()) > 0.9
-
-
-def test_a_failed_capture_trains_again_without_graphs(monkeypatch):
-    """With graphs on (the default on CUDA) a capture that fails costs time, not the command: the
-    fit starts again with the eager engine and says why in one warning."""
-    import recon.step_graph as G
-
-    engines: list[str] = []
-    done = object()
-
-    def fit(views, preset, device, seed, progress, masks, engine):
-        engines.append(engine)
-        if engine == "graph":
-            try:
-                raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
-            except RuntimeError as exc:
-                raise G.GraphCaptureError("capturing the training step as a CUDA graph failed") from exc
-        return done
-
-    synchronized = []
-    monkeypatch.setattr(T, "_fit", fit)
-    monkeypatch.setattr(T.torch.cuda, "synchronize", lambda device=None: synchronized.append(device))
-    cuda = torch.device("cuda")  # nothing here touches CUDA: _fit is the stand-in
-    with pytest.warns(
-        UserWarning, match="training again without graphs: operation not permitted when stream"
-    ):
-        assert T.train(None, None, cuda, engine="graph") is done
-    assert engines == ["graph", "eager"] and synchronized == [cuda]
-
-    def bad_views(*args):
-        raise ValueError("bad views")
-
-    # any other error is not a capture's and is not retried
-    monkeypatch.setattr(T, "_fit", bad_views)
-    with pytest.raises(ValueError, match="bad views"):
-        T.train(None, None, cuda, engine="graph")
