@@ -12,6 +12,7 @@ For ``reconstruct`` it also splits the wall time (``split_s``): before the recon
 (interpreter, imports, CUDA's start, reading the views), the reconstruction, the export, and after it.
 Why: a cold process on one H100 spent 6-8 s outside the command's own stages (on another, about
 4 s), and only this split says where (it wraps :func:`recon.pipeline.reconstruct` and ``export_mesh``).
+``train_phases_s`` splits the training further (:attr:`recon.train.TrainResult.phase_seconds`).
 """
 
 import time
@@ -38,7 +39,7 @@ def _since_exec() -> float | None:
         return None
 
 
-def _mark_reconstruction(marks: dict[str, float]) -> None:
+def _mark_reconstruction(marks: dict[str, float], phases: dict[str, float]) -> None:
     """Record when :func:`recon.pipeline.reconstruct` and ``export_mesh`` start and end (the command
     imports them from the module when it runs, so wrapping the module's attributes is enough)."""
     import recon.pipeline as pipeline
@@ -47,7 +48,10 @@ def _mark_reconstruction(marks: dict[str, float]) -> None:
         def wrapper(*args, **kwargs):
             marks.setdefault(f"{name}_start", time.perf_counter() - T0)
             try:
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
+                # the reconstruction's training by part (recon.train.TrainResult.phase_seconds)
+                phases.update(getattr(result, "train_phases", None) or {})
+                return result
             finally:
                 marks[f"{name}_end"] = time.perf_counter() - T0
 
@@ -71,8 +75,9 @@ def _split(marks: dict[str, float], wall: float) -> dict[str, float] | None:
 
 def main(argv: list[str]) -> int:
     marks: dict[str, float] = {}
+    phases: dict[str, float] = {}
     if argv[:1] == ["reconstruct"]:
-        _mark_reconstruction(marks)
+        _mark_reconstruction(marks, phases)
     from cli.app import main as sd3d
 
     try:
@@ -91,6 +96,7 @@ def main(argv: list[str]) -> int:
         "since_exec_s": None if since is None else round(since, 2),
         "peak_gib": peak,
         "split_s": _split(marks, wall),
+        "train_phases_s": phases or None,
         "argv": argv,
     }
     print("cold_cli " + json.dumps(record), flush=True)

@@ -8,6 +8,8 @@
 # brings $OUT back), plus $OUT/<phase>.summary with each step's exit code and seconds.
 #
 #   bash benchmarks/gpu_runbook.sh speed    # where standard's step and a cold process's time go; cheaper standards
+#   bash benchmarks/gpu_runbook.sh cheaper  # standard at half the samples: cold, clean regression, 2000 steps
+#   bash benchmarks/gpu_runbook.sh levels   # one graph for the level ramp: graph tests, cold, e2e, high candidates
 #   bash benchmarks/gpu_runbook.sh high     # candidates for a --quality high worth its name (misaligned, warped, thin)
 #   bash benchmarks/gpu_runbook.sh second   # the Triton norm's deviation over other inputs, its tests
 #   bash benchmarks/gpu_runbook.sh first    # session 11's: graph tests, cold CLI, clean regression, e2e, throughput
@@ -32,7 +34,7 @@
 # .device-carry/h8/reference/syncdreamer-golden-synthetic.{npz,json} (generation parity), copied from
 # ../shared before the call: run(..., carry=[".whl", ".device-carry"]).
 set -u
-phase=${1:?usage: gpu_runbook.sh first|second|speed|high|robust|plain|gen|e2e}
+phase=${1:?usage: gpu_runbook.sh first|second|speed|cheaper|levels|high|robust|plain|gen|e2e}
 OUT=${OUT:?set OUT to the folder that comes back}
 SHARED=.device-carry/h8
 mkdir -p "$OUT"
@@ -115,6 +117,33 @@ speed)
     step rb-600 120 "${rb[@]}" --set steps=600 --out "$OUT/rb-600"
     step rb-half 120 "${rb[@]}" --set rays_per_batch=4096 --set max_samples_per_batch=175000 --out "$OUT/rb-half"
     ;;
+cheaper)
+    # standard at half the rays and samples (the tree's preset since session 12's speed phase): cold
+    # twice (the second with Triton's kernels cached on disk), draft cold twice, the clean regression
+    # it must keep, then 2000 steps of it as a candidate for high (against speed's rb-half)
+    step cold-standard 60 "${cold[@]}" -o /tmp/cold-standard.glb --quality standard
+    step cold-standard-2 50 "${cold[@]}" -o /tmp/cold-standard-2.glb --quality standard
+    step cold-draft 40 "${cold[@]}" -o /tmp/cold-draft.glb --quality draft
+    step cold-draft-2 30 "${cold[@]}" -o /tmp/cold-draft-2.glb --quality draft
+    step clean-standard 150 python3 benchmarks/recon.py --shared "$SHARED" --quality standard --out /tmp/clean
+    step rb-2000 220 "${rb[@]}" --set steps=2000 --out /tmp/rb-2000
+    ;;
+levels)
+    # every hash level computed under graphs, weighed by the schedule (one graph for the whole level
+    # ramp instead of one per level): the graph tests, cold standard and draft twice each, the end
+    # to end run, then two candidates for high against cheaper's standard (speed's rb-half): stronger
+    # smoothing, and standard's fit exported denser (high's mesh, texture and face budget)
+    step gpu-tests 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_train_static.py
+    step cold-standard 60 "${cold[@]}" -o /tmp/cold-standard.glb --quality standard
+    step cold-standard-2 50 "${cold[@]}" -o /tmp/cold-standard-2.glb --quality standard
+    step cold-draft 40 "${cold[@]}" -o /tmp/cold-draft.glb --quality draft
+    step cold-draft-2 30 "${cold[@]}" -o /tmp/cold-draft-2.glb --quality draft
+    e2e_inputs
+    step e2e 120 "${e2e_run[@]}" -o /tmp/e2e
+    step rb-smooth 120 "${rb[@]}" --set w_normal_smooth=0.3 --out /tmp/rb-smooth
+    step rb-dense 120 "${rb[@]}" --set mesh_res=384 --set texture_size=2048 --set uv_max_faces=100000 \
+        --out /tmp/rb-dense
+    ;;
 high)
     # today's high (3x steps, a finer grid, a denser export) has standard's geometry, 0.7-1.4 deg
     # smoother normals and 0.1 dB less texture at 4.6x the time (sessions 10 and 11): not better in
@@ -153,7 +182,7 @@ e2e)
     step e2e-graph 120 "${e2e_run[@]}" -o "$OUT/e2e-graph" --cuda-graph
     ;;
 *)
-    echo "unknown phase $phase (first | second | speed | high | robust | plain | gen | e2e)" >&2
+    echo "unknown phase $phase (first | second | speed | cheaper | levels | high | robust | plain | gen | e2e)" >&2
     exit 2
     ;;
 esac

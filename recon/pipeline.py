@@ -60,6 +60,7 @@ class ReconResult:
     appearance: np.ndarray | None = None
     poses: np.ndarray | None = None
     graph_captures: int = 0  # CUDA graphs the training replayed from (0: eager, also after a failed capture)
+    train_phases: dict[str, float] = field(default_factory=dict)  # TrainResult.phase_seconds
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ def reconstruct(
         appearance=out.appearance,
         poses=out.poses,
         graph_captures=out.graph_captures,
+        train_phases=out.phase_seconds,
     )
 
 

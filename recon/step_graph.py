@@ -7,7 +7,8 @@ launch. It needs a step whose shapes and buffers do not change between replays: 
 :mod:`recon.train` (padded samples, a fixed march, schedule values in device tensors refilled in
 place, state updated in place).
 
-What may still change the kernels (the active hash levels, a schedule phase) is the ``phase`` key
+What may still change the kernels (a schedule phase; the training computes every hash level under
+graphs and weighs them, so a level switching on is not one) is the ``phase`` key
 of :meth:`GraphedSteps.run`: on a new key the step runs once eagerly (kernels compile, optimizer
 state and buffers are allocated, outside any capture), then it is captured and replayed until the
 key changes again. All graphs share one memory pool, and each is kept until the training ends,
@@ -21,6 +22,7 @@ next one, which may overwrite it since an old graph is never replayed.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Hashable, Iterator
 
 import torch
@@ -49,6 +51,9 @@ class GraphedSteps:
         self.graphs: list[torch.cuda.CUDAGraph] = []  # every capture, kept alive (module docstring)
         self.outputs: StepOutputs | None = None
         self.captures = 0
+        # host seconds in the eager first steps of phases and in captures (no synchronisation: a
+        # capture is the host's work; the eager step's GPU work overlaps what follows)
+        self.capture_seconds = 0.0
 
     @contextlib.contextmanager
     def streamed(self) -> Iterator[None]:
@@ -74,9 +79,14 @@ class GraphedSteps:
         if phase != self.phase:
             self.graph = self.outputs = None  # the outputs' memory returns to the shared pool
             self.phase = phase
-            return self._eager(step)
+            t = time.perf_counter()
+            outputs = self._eager(step)
+            self.capture_seconds += time.perf_counter() - t
+            return outputs
         if self.graph is None:
+            t = time.perf_counter()
             self._capture(step)
+            self.capture_seconds += time.perf_counter() - t
         self.graph.replay()
         return self.outputs
 

@@ -130,6 +130,9 @@ class TrainResult:
     appearance: np.ndarray | None = None  # (N, 3, 4) per-view [A | b], view colour = A c + b
     poses: np.ndarray | None = None  # (N, 3, 4) per-view camera correction [R | t] (recon.poses)
     graph_captures: int = 0  # CUDA graphs captured (engine "graph")
+    # seconds of the fit's parts (setup, prefit, loop, finish; captures: the part of loop spent in the
+    # eager steps and captures of new graph phases): where a cold command's training time goes
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
 
 class _ViewResiduals:
@@ -321,6 +324,7 @@ def _fit(
 ) -> TrainResult:
     """:func:`train`'s one fit with one engine."""
     t0 = time.perf_counter()
+    clock = _PhaseClock(device)
     if masks is None:
         masks, _ = view_masks(views)
     gen_cpu = torch.Generator().manual_seed(int(seed))
@@ -333,10 +337,14 @@ def _fit(
     graphed = GraphedSteps(device, gen) if engine == "graph" else None
     # under --cuda-graph the whole fit runs on the graphs' stream (GraphedSteps.streamed says why)
     with graphed.streamed() if graphed is not None else contextlib.nullcontext():
+        clock.lap("setup")
         if preset.init_steps > 0:
             _fit_to_tight_hull(field_, views, masks, preset, device, gen, graphed)
+        clock.lap("prefit")
         centres = torch.from_numpy(np.stack([cam.center for cam in views.cameras]))
-        opt = _Optimiser(field_, preset, centres, device, capturable=engine == "graph")
+        opt = _Optimiser(
+            field_, preset, centres, device, capturable=engine == "graph", all_levels=engine != "eager"
+        )
         sched = _Schedule(preset, preset.field.grid.n_levels, float(field_.inv_s().item()))
         hull_box = grid.bbox()  # the eikonal term's random points: the hull's box, fixed from the start
         static = None if engine == "eager" else _StaticShapes.for_grid(grid, preset)
@@ -364,9 +372,10 @@ def _fit(
                 if graphed is None:
                     record = run_step()
                 else:
-                    # what changes the captured kernels: the active hash levels and the phases of the
-                    # schedule (each change: one eager step, then a new capture)
-                    phase = (sched.levels(step), now.max_per_ray, now.weighs_views)
+                    # what changes the captured kernels: the computed hash levels (all of them under
+                    # graphs: _Optimiser's all_levels) and the phases of the schedule (each change:
+                    # one eager step, then a new capture)
+                    phase = (field_.sdf_net.encoding.active_levels, now.max_per_ray, now.weighs_views)
                     record = graphed.run(run_step, phase)
                 inv_s = record["inv_s"]
                 average.update(step)
@@ -379,12 +388,14 @@ def _fit(
                     )
                 else:
                     advance(1)
+        clock.lap("loop")
         average.apply()
         # the last step's gradients are not needed any more (under --cuda-graph they also hold on to the
         # graphs' memory pool): the export that follows gets that memory
         field_.zero_grad(set_to_none=True)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    clock.lap("finish")
+    if graphed is not None:
+        clock.seconds["captures"] = round(graphed.capture_seconds, 3)
     return TrainResult(
         field=field_,
         grid=grid,
@@ -396,7 +407,25 @@ def _fit(
         appearance=None if opt.appearance is None else opt.appearance.matrices(),
         poses=None if opt.poses is None else opt.poses.matrices(),
         graph_captures=0 if graphed is None else graphed.captures,
+        phase_seconds=clock.seconds,
     )
+
+
+class _PhaseClock:
+    """Seconds between laps, the device synchronised at each (a handful per fit: their cost is
+    nothing next to a step), so a lap holds the GPU work it launched."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._last, 3)
+        self._last = now
 
 
 class _WeightAverage:
@@ -605,6 +634,7 @@ class _Optimiser:
         centres: torch.Tensor,
         device: torch.device,
         capturable: bool = False,
+        all_levels: bool = False,
     ) -> None:
         num_views = centres.shape[0]  # the views' camera centres (N, 3)
         grid_params = [p for n, p in field_.named_parameters() if n.startswith("sdf_net.encoding")]
@@ -632,12 +662,30 @@ class _Optimiser:
             else None
         )
         self.preset = preset
+        self.all_levels = all_levels
 
     def follow_schedule(self, field_: NeuSField, sched: _Schedule, step: int, device: torch.device) -> None:
-        """Activate this step's hash levels (and their ramp weights) and set the learning rates."""
+        """Activate this step's hash levels (and their ramp weights) and set the learning rates.
+
+        With ``all_levels`` (the static and graph engines) every level is computed from the first
+        step and the schedule only weighs them, 0 until a level switches on (:func:`_level_weights`
+        with a one-step ramp when the preset has none): the same features, Jacobians and gradients
+        as computing only the active levels (a level at weight 0 adds exact zeros and gets a zero
+        gradient, which leaves Adam's state and its weights at rest), but the step's kernels stay the
+        same as levels switch on. Why: under CUDA graphs every new level was a new graph, and each
+        costs an eager step and a capture: 12 of them took 2.9 s of standard's 8.3 s loop (H100,
+        session 12), against a fraction of that for computing the early steps' unused levels."""
         p = self.preset
-        field_.sdf_net.encoding.set_active_levels(sched.levels(step))
-        if p.level_ramp > 0:
+        if self.all_levels:
+            field_.sdf_net.encoding.set_active_levels(sched.n_levels)
+            field_.sdf_net.set_level_weights(
+                _level_weights(
+                    step, sched.n_levels, p.start_levels, sched.level_every, sched.ramp_steps, device
+                )
+            )
+        else:
+            field_.sdf_net.encoding.set_active_levels(sched.levels(step))
+        if p.level_ramp > 0 and not self.all_levels:
             field_.sdf_net.set_level_weights(
                 _level_weights(
                     step, sched.n_levels, p.start_levels, sched.level_every, sched.ramp_steps, device

@@ -87,6 +87,8 @@ def test_run_writes_every_output(run_cli, tiny_ckpt, tmp_path):
     assert report["versions"]["torch"] and report["device"] == "cpu"
     assert report["peak_gpu_memory_bytes"] is None
     assert report["reconstruction"]["cuda_graphs"] == 0  # graphs are for CUDA devices only
+    phases = report["reconstruction"]["train_phases"]
+    assert set(phases) == {"setup", "prefit", "loop", "finish"} and phases["loop"] > 0
     assert set(report["exports"]) == {"glb", "obj", "ply"}
     assert set(report["outputs"]) == names - {OUTPUT_MARKER}
     assert output_marker(out)["command"] == "run" and set(output_marker(out)["files"]) == names - {

@@ -264,6 +264,48 @@ def test_static_training_follows_the_eager_training():
     for a, b in zip(eager.history, static.history, strict=True):
         assert a["samples"] == b["samples"] and a["rays"] == b["rays"]  # the same samples every time
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)  # measured: 2e-6 at step 10, 2e-5 at 19
+    for fit in (eager, static):  # where the fit's time went: its parts, adding up to its seconds
+        assert list(fit.phase_seconds) == ["setup", "prefit", "loop", "finish"]  # no captures on a CPU
+        assert all(v >= 0 for v in fit.phase_seconds.values()) and fit.phase_seconds["loop"] > 0
+        assert sum(fit.phase_seconds.values()) == pytest.approx(fit.seconds, abs=0.02)
+
+
+@pytest.mark.parametrize("robust", [True, False], ids=["ramped", "switched"])
+def test_weighing_every_level_is_computing_the_active_ones(robust):
+    """The static and graph engines compute every hash level from the start and let the schedule's
+    weights switch them on (one CUDA graph for the whole ramp); the eager engine computes only the
+    active levels. At every step of the schedule the SDF, its gradient and the table's gradient
+    agree, with the preset's ramp and without one (the plain preset switches levels on at once)."""
+    preset = replace(PRESETS["draft"], steps=40)
+    if not robust:
+        preset = replace(preset, **ROBUSTNESS_OFF)
+    pts = (torch.rand(256, 3, generator=torch.Generator().manual_seed(0)) - 0.5) * 1.6
+    centres = torch.randn(16, 3)
+    fields, opts = [], []
+    for all_levels in (False, True):
+        f = NeuSField(preset.field, CPU, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():  # a trained field's grid matters (at initialisation the MLP ignores it)
+            g = torch.Generator().manual_seed(2)
+            f.sdf_net.layers[0].weight[:, 3:] = torch.randn(
+                f.sdf_net.layers[0].weight[:, 3:].shape, generator=g
+            )
+            f.sdf_net.encoding.table.uniform_(-0.5, 0.5, generator=g)
+        fields.append(f)
+        opts.append(T._Optimiser(f, preset, centres, CPU, all_levels=all_levels))
+    sched = T._Schedule(preset, preset.field.grid.n_levels, 20.0)
+    assert sched.levels(0) < preset.field.grid.n_levels <= sched.levels(preset.steps - 1)
+    for step in range(0, preset.steps, 3):
+        outs = []
+        for f, opt in zip(fields, opts, strict=True):
+            opt.follow_schedule(f, sched, step, CPU)
+            f.zero_grad(set_to_none=True)
+            sdf, _, grad = f.sdf_net(pts, with_grad=True)
+            (sdf.square().sum() + grad.square().sum()).backward()
+            outs.append((sdf, grad, f.sdf_net.encoding.table.grad))
+        assert outs[0][2].abs().sum() > 0  # the active levels' rows learn
+        assert fields[1].sdf_net.encoding.active_levels == preset.field.grid.n_levels
+        for a, b in zip(*outs, strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
 
 
 def test_inverse_cdf_picks_follow_the_mass_and_skip_the_padding():
@@ -356,6 +398,7 @@ def test_graphed_steps_run_each_phase_eagerly_once_then_capture_and_replay(monke
     runner = G.GraphedSteps.__new__(G.GraphedSteps)  # the constructor insists on a CUDA device
     runner.device, runner.generator, runner.pool, runner.stream = CPU, None, "pool", fake.Stream(CPU)
     runner.phase, runner.graph, runner.outputs, runner.captures, runner.graphs = None, None, None, 0, []
+    runner.capture_seconds = 0.0
 
     def make_step(tag):
         def step():
@@ -377,7 +420,7 @@ def test_graphed_steps_run_each_phase_eagerly_once_then_capture_and_replay(monke
         "register", "capture", "b", "replay", "b",
         "replay", "b",
     ]  # fmt: skip
-    assert runner.captures == 2
+    assert runner.captures == 2 and runner.capture_seconds > 0  # 2 eager steps, 2 captures timed
     # ... but kept: dropping a graph while tensors it allocated live on (gradients made inside the
     # capture) left the shared pool with no user, and the next capture into it failed on an H100
     # (CUDACachingAllocator's `use_count > 0` assert, torch 2.11)
@@ -514,6 +557,7 @@ def test_graph_training_makes_a_surface_like_eager_training():
     eager = T.train(views, preset, cuda, seed=0)
     graph = T.train(views, preset, cuda, seed=0, engine="graph")
     assert graph.graph_captures > 0  # not the eager fit that a failed capture falls back to
+    assert 0 < graph.phase_seconds["captures"] < graph.phase_seconds["loop"]
     assert graph.final_loss == pytest.approx(eager.final_loss, rel=0.15)
     pts = eager.grid.centres(eager.grid.occupied)
     with torch.no_grad():

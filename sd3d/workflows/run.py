@@ -425,6 +425,7 @@ def write_run_folder(
             "mask_source": result.mask_source,
             "cuda_graphs": result.graph_captures,
             "seconds": {k: round(v, 3) for k, v in result.timings.items()},
+            "train_phases": dict(result.train_phases),
         },
         "exports": exports,
         "preview": preview_file.name if preview_file else None,
