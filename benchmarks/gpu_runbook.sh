@@ -10,6 +10,7 @@
 #   bash benchmarks/gpu_runbook.sh speed    # where standard's step and a cold process's time go; cheaper standards
 #   bash benchmarks/gpu_runbook.sh cheaper  # standard at half the samples: cold, clean regression, 2000 steps
 #   bash benchmarks/gpu_runbook.sh levels   # one graph for the level ramp: graph tests, cold, e2e, high candidates
+#   bash benchmarks/gpu_runbook.sh final    # session 12's end: cold standard/draft/high, high vs standard, model loading
 #   bash benchmarks/gpu_runbook.sh high     # candidates for a --quality high worth its name (misaligned, warped, thin)
 #   bash benchmarks/gpu_runbook.sh second   # the Triton norm's deviation over other inputs, its tests
 #   bash benchmarks/gpu_runbook.sh first    # session 11's: graph tests, cold CLI, clean regression, e2e, throughput
@@ -34,7 +35,7 @@
 # .device-carry/h8/reference/syncdreamer-golden-synthetic.{npz,json} (generation parity), copied from
 # ../shared before the call: run(..., carry=[".whl", ".device-carry"]).
 set -u
-phase=${1:?usage: gpu_runbook.sh first|second|speed|cheaper|levels|high|robust|plain|gen|e2e}
+phase=${1:?usage: gpu_runbook.sh first|second|speed|cheaper|levels|final|high|robust|plain|gen|e2e}
 OUT=${OUT:?set OUT to the folder that comes back}
 SHARED=.device-carry/h8
 mkdir -p "$OUT"
@@ -144,6 +145,23 @@ levels)
     step rb-dense 120 "${rb[@]}" --set mesh_res=384 --set texture_size=2048 --set uv_max_faces=100000 \
         --out /tmp/rb-dense
     ;;
+final)
+    # the tree as it ends session 12, on one machine: cold standard, draft and high (second
+    # processes after first ones), standard against the redefined high on the clean robustness
+    # cases, where model loading's 8 s in the end-to-end run goes, and the end-to-end run again
+    step cold-standard 60 "${cold[@]}" -o /tmp/cold-standard.glb --quality standard
+    step cold-standard-2 50 "${cold[@]}" -o /tmp/cold-standard-2.glb --quality standard
+    step cold-draft 40 "${cold[@]}" -o /tmp/cold-draft.glb --quality draft
+    step cold-draft-2 30 "${cold[@]}" -o /tmp/cold-draft-2.glb --quality draft
+    step cold-high-2 60 "${cold[@]}" -o /tmp/cold-high.glb --quality high
+    step rb-std-clean 80 "${rb[@]}" --perturbations clean --out /tmp/rb-std-clean
+    step rb-high-clean 90 "${rb[@]}" --perturbations clean --quality high --out /tmp/rb-high-clean
+    e2e_inputs
+    step load-profile 60 python3 -c "import cProfile, pstats, torch; from sd3d.pipelines.syncdreamer import load_model; \
+torch.zeros(1, device='cuda'); cProfile.run('load_model(\"/tmp/ckpt/syncdreamer-synthetic-full.ckpt\", device=\"cuda\")', '/tmp/load.prof'); \
+pstats.Stats('/tmp/load.prof').sort_stats('cumulative').print_stats(25)"
+    step e2e 120 "${e2e_run[@]}" -o /tmp/e2e
+    ;;
 high)
     # today's high (3x steps, a finer grid, a denser export) has standard's geometry, 0.7-1.4 deg
     # smoother normals and 0.1 dB less texture at 4.6x the time (sessions 10 and 11): not better in
@@ -182,7 +200,7 @@ e2e)
     step e2e-graph 120 "${e2e_run[@]}" -o "$OUT/e2e-graph" --cuda-graph
     ;;
 *)
-    echo "unknown phase $phase (first | second | speed | cheaper | levels | high | robust | plain | gen | e2e)" >&2
+    echo "unknown phase $phase (first | second | speed | cheaper | levels | final | high | robust | plain | gen | e2e)" >&2
     exit 2
     ;;
 esac
