@@ -172,3 +172,32 @@ def test_bad_checkpoints_are_refused_naming_the_key(tiny_sd, mutate, message):
 def test_a_tiny_checkpoint_is_refused_by_the_official_config(tiny_sd):
     with pytest.raises(WeightsError, match="unexpected key|missing key|has shape"):
         load_syncdreamer(tiny_sd, official_config())
+
+
+def test_building_the_checkpoints_model_on_meta_imports_no_sympy():
+    """A cold process that loads a checkpoint builds the model on ``meta`` first; ``torch.randn`` (or
+    ``arange``, ``normal_``) there runs PyTorch's Python reference, whose first check imports sympy:
+    about 2 s of a cold process on the GPU machine for values the checkpoint overwrites."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from sd3d.models.configs import official_config; "
+        "from sd3d.models.syncdreamer_checkpoint import build_meta_model; "
+        "build_meta_model(official_config()); print('sympy' in sys.modules)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "False"
+
+
+def test_clip_parameters_off_meta_are_the_draws_randn_makes():
+    """The CLIP tower's random parameters (models built with random weights) keep their values."""
+    from sd3d.models.clip import _normal
+
+    torch.manual_seed(5)
+    want = 0.25 * torch.randn(7, 33)
+    torch.manual_seed(5)
+    torch.testing.assert_close(_normal(0.25, 7, 33), want, rtol=0, atol=0)
+    with torch.device("meta"):
+        assert _normal(0.25, 7, 33).is_meta

@@ -82,6 +82,16 @@ class _Transformer(nn.Module):
         return x
 
 
+def _normal(std: float, *shape: int) -> torch.Tensor:
+    """``std * torch.randn(*shape)`` (the same draws), but nothing drawn on the ``meta`` device.
+
+    Why: a checkpoint's model is built on ``meta`` and every value is loaded afterwards, and on
+    ``meta`` ``torch.randn`` runs PyTorch's Python reference, whose first check imports sympy (about
+    2 s of a cold process on the GPU machine, session 12) for values nobody reads."""
+    t = torch.empty(*shape)
+    return t if t.is_meta else t.normal_(0.0, std)
+
+
 class VisionTransformer(nn.Module):
     """Pre-LN ViT: patchify, prepend the class token, add positions, ln_pre, blocks, ln_post(CLS) @ proj."""
 
@@ -90,12 +100,12 @@ class VisionTransformer(nn.Module):
         self.config = cfg
         scale = cfg.width**-0.5
         self.conv1 = nn.Conv2d(3, cfg.width, cfg.patch_size, cfg.patch_size, bias=False)
-        self.class_embedding = nn.Parameter(scale * torch.randn(cfg.width))
-        self.positional_embedding = nn.Parameter(scale * torch.randn(cfg.grid_size**2 + 1, cfg.width))
+        self.class_embedding = nn.Parameter(_normal(scale, cfg.width))
+        self.positional_embedding = nn.Parameter(_normal(scale, cfg.grid_size**2 + 1, cfg.width))
         self.ln_pre = LayerNorm(cfg.width, eps=cfg.ln_eps)
         self.transformer = _Transformer(cfg)
         self.ln_post = LayerNorm(cfg.width, eps=cfg.ln_eps)
-        self.proj = nn.Parameter(scale * torch.randn(cfg.width, cfg.embed_dim))
+        self.proj = nn.Parameter(_normal(scale, cfg.width, cfg.embed_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)
