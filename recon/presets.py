@@ -211,12 +211,14 @@ PRESETS: dict[str, Preset] = {
         normal_smooth_points=256,
     ),
     "standard": _STANDARD,
-    # high was 3x standard's steps with twice its rays and samples and a finer grid: at 4.6x the time
-    # it gave the same geometry on the robustness benchmark (H100, sessions 10 and 11), and neither
-    # 2000 steps nor stronger normal smoothing did better on it (session 12). What did: standard's
-    # fit exported denser (1.5x the mesh resolution, 4x the texture pixels, 100k faces): the same
-    # geometry, texture PSNR +0.9 / +1.0 dB on the clean spot and blade, +0.3 dB on average over the
-    # six cases, for a few seconds more of export
+    # Redefined in session 12. high was 3x standard's steps with twice its rays and samples and a
+    # finer grid: at 4.6x the time it gave the same geometry on the robustness benchmark (H100,
+    # sessions 10 and 11), and neither 2000 steps nor stronger normal smoothing beat standard there
+    # (session 12). No fit measured better, so high is now standard's fit exported denser: 1.5x the
+    # mesh resolution, 4x the texture pixels, 100k faces, for users who want a denser file (cold
+    # 23.8 s instead of 17.6 s on an H100). The benchmark cannot show that density: it compares
+    # renders at the views' 256 px, where high and standard differ by run-to-run noise (same machine:
+    # texture PSNR -0.37 / +0.22 / -0.04 dB on the clean spot, blade, duck; the same geometry)
     "high": replace(_STANDARD, name="high", mesh_res=384, texture_size=2048, uv_max_faces=100_000),
 }
 
