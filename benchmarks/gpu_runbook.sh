@@ -7,11 +7,7 @@
 # `timeout` so one hang cannot eat the phase, and leaves a log per step under $OUT (the device tool
 # brings $OUT back), plus $OUT/<phase>.summary with each step's exit code and seconds.
 #
-#   bash benchmarks/gpu_runbook.sh speed    # where standard's step and a cold process's time go; cheaper standards
-#   bash benchmarks/gpu_runbook.sh cheaper  # standard at half the samples: cold, clean regression, 2000 steps
-#   bash benchmarks/gpu_runbook.sh levels   # one graph for the level ramp: graph tests, cold, e2e, high candidates
-#   bash benchmarks/gpu_runbook.sh final    # session 12's end: cold standard/draft/high, high vs standard, model loading
-#   bash benchmarks/gpu_runbook.sh high     # candidates for a --quality high worth its name (misaligned, warped, thin)
+#   bash benchmarks/gpu_runbook.sh cold     # cold reconstruct (standard, draft), model loading profiled, sd3d run
 #   bash benchmarks/gpu_runbook.sh second   # the Triton norm's deviation over other inputs, its tests
 #   bash benchmarks/gpu_runbook.sh first    # session 11's: graph tests, cold CLI, clean regression, e2e, throughput
 #   bash benchmarks/gpu_runbook.sh robust   # robustness benchmark at standard quality (the presets)
@@ -19,11 +15,12 @@
 #   bash benchmarks/gpu_runbook.sh gen      # generation table with the Triton norms, their tests
 #   bash benchmarks/gpu_runbook.sh e2e      # `sd3d run` end to end, default and capped at 6 GiB
 #
-# Thirty minutes hold about three phases after the machine starts (when it starts: in sessions 10 and
-# 11 five to nine tries failed first, 90-180 s each). Session 11 ran first, then high's old form by
-# hand (benchmarks/RESULTS.md, "Session 11"): the CUDA graphs' tests pass, graphs are on by default,
-# the clean regression holds with them; standard's step is bound by the GPU, not by launches, and a
-# cold process spends 6-8 s outside the command's stages. The next GPU goes to speed, then high.
+# Thirty minutes hold about three phases after the machine starts (in sessions 10 and 11 five to nine
+# tries failed first, 90-180 s each; in session 12 every start worked). Session 12 ran four phases since
+# retired (speed, cheaper, levels, final; benchmarks/RESULTS.md, "Session 12"): standard now samples
+# half as much, a fit is 3 graphs, high is standard's fit exported denser; cold standard 17.6 s, draft
+# 8.3 s, `sd3d run` 26.7 s in the process. The next GPU goes to cold (did aef34e4 take sympy's 1.9 s
+# off model loading; draft's 8 s), then gen and second for generation (#14).
 
 # Since 75b3916 the hash grid defaults to auto (Triton on CUDA): the PyTorch grid is --hash-grid torch.
 #
@@ -35,7 +32,7 @@
 # .device-carry/h8/reference/syncdreamer-golden-synthetic.{npz,json} (generation parity), copied from
 # ../shared before the call: run(..., carry=[".whl", ".device-carry"]).
 set -u
-phase=${1:?usage: gpu_runbook.sh first|second|speed|cheaper|levels|final|high|robust|plain|gen|e2e}
+phase=${1:?usage: gpu_runbook.sh first|second|cold|robust|plain|gen|e2e}
 OUT=${OUT:?set OUT to the folder that comes back}
 SHARED=.device-carry/h8
 mkdir -p "$OUT"
@@ -74,10 +71,6 @@ from pathlib import Path; b.make_photos(Path('/tmp/photos'), 1); b.make_checkpoi
 e2e_run=(python3 benchmarks/batch_engines.py --child local -- run /tmp/photos/photo-000.png
     --weights /tmp/ckpt/syncdreamer-synthetic-full.ckpt --preview gif)
 cold=(python3 benchmarks/cold_cli.py reconstruct examples/spot --device cuda)
-# the robustness benchmark at standard on a smooth, a detailed and a thin object; the GT renders are
-# cached across steps (needs the objects' source meshes in the carry: data/objects/NAME/source)
-rb=(python3 benchmarks/robustness.py --quality standard --device cuda --jobs 3 --threads 4 --shared "$SHARED"
-    --objects spot duck blade --perturbations clean pose:2 --cache /tmp/rb-cache)
 
 case $phase in
 first)
@@ -106,70 +99,21 @@ second)
     step triton-norm-tests 100 python3 -m pytest -q -rs -p no:cacheprovider tests/test_triton_norms.py \
         tests/test_fast_paths.py
     ;;
-speed)
-    # standard's step is bound by the GPU's work (13 ms at 350k samples with graphs, session 11), and
-    # a cold process spends 6-8 s outside the command's stages: first where both go (cold_cli's
-    # split, an eager kernel-by-kernel profile), then cheaper standards against the preset on the
-    # robustness benchmark (smooth, thin and misaligned cases; graphs on, as sd3d trains)
-    step cold-split 50 "${cold[@]}" -o /tmp/cold-standard.glb --quality standard
-    step profile 90 python3 benchmarks/recon_profile.py --quality standard --no-cuda-graph --sync \
-        --profile 400:10 --out "$OUT/profile"
-    step rb-preset 140 "${rb[@]}" --out "$OUT/rb-preset"
-    step rb-600 120 "${rb[@]}" --set steps=600 --out "$OUT/rb-600"
-    step rb-half 120 "${rb[@]}" --set rays_per_batch=4096 --set max_samples_per_batch=175000 --out "$OUT/rb-half"
-    ;;
-cheaper)
-    # standard at half the rays and samples (the tree's preset since session 12's speed phase): cold
-    # twice (the second with Triton's kernels cached on disk), draft cold twice, the clean regression
-    # it must keep, then 2000 steps of it as a candidate for high (against speed's rb-half)
-    step cold-standard 60 "${cold[@]}" -o /tmp/cold-standard.glb --quality standard
-    step cold-standard-2 50 "${cold[@]}" -o /tmp/cold-standard-2.glb --quality standard
-    step cold-draft 40 "${cold[@]}" -o /tmp/cold-draft.glb --quality draft
-    step cold-draft-2 30 "${cold[@]}" -o /tmp/cold-draft-2.glb --quality draft
-    step clean-standard 150 python3 benchmarks/recon.py --shared "$SHARED" --quality standard --out /tmp/clean
-    step rb-2000 220 "${rb[@]}" --set steps=2000 --out /tmp/rb-2000
-    ;;
-levels)
-    # every hash level computed under graphs, weighed by the schedule (one graph for the whole level
-    # ramp instead of one per level): the graph tests, cold standard and draft twice each, the end
-    # to end run, then two candidates for high against cheaper's standard (speed's rb-half): stronger
-    # smoothing, and standard's fit exported denser (high's mesh, texture and face budget)
-    step gpu-tests 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_train_static.py
+cold)
+    # a cold process as a user meets it, on one machine: reconstruct standard and draft twice each
+    # (the second with Triton's kernels and Python's bytecode cached), model loading profiled (is
+    # sympy's import, 1.9 s in session 12, gone since aef34e4?), and `sd3d run` end to end
     step cold-standard 60 "${cold[@]}" -o /tmp/cold-standard.glb --quality standard
     step cold-standard-2 50 "${cold[@]}" -o /tmp/cold-standard-2.glb --quality standard
     step cold-draft 40 "${cold[@]}" -o /tmp/cold-draft.glb --quality draft
     step cold-draft-2 30 "${cold[@]}" -o /tmp/cold-draft-2.glb --quality draft
     e2e_inputs
-    step e2e 120 "${e2e_run[@]}" -o /tmp/e2e
-    step rb-smooth 120 "${rb[@]}" --set w_normal_smooth=0.3 --out /tmp/rb-smooth
-    step rb-dense 120 "${rb[@]}" --set mesh_res=384 --set texture_size=2048 --set uv_max_faces=100000 \
-        --out /tmp/rb-dense
-    ;;
-final)
-    # the tree as it ends session 12, on one machine: cold standard, draft and high (second
-    # processes after first ones), standard against the redefined high on the clean robustness
-    # cases, where model loading's 8 s in the end-to-end run goes, and the end-to-end run again
-    step cold-standard 60 "${cold[@]}" -o /tmp/cold-standard.glb --quality standard
-    step cold-standard-2 50 "${cold[@]}" -o /tmp/cold-standard-2.glb --quality standard
-    step cold-draft 40 "${cold[@]}" -o /tmp/cold-draft.glb --quality draft
-    step cold-draft-2 30 "${cold[@]}" -o /tmp/cold-draft-2.glb --quality draft
-    step cold-high-2 60 "${cold[@]}" -o /tmp/cold-high.glb --quality high
-    step rb-std-clean 80 "${rb[@]}" --perturbations clean --out /tmp/rb-std-clean
-    step rb-high-clean 90 "${rb[@]}" --perturbations clean --quality high --out /tmp/rb-high-clean
-    e2e_inputs
-    step load-profile 60 python3 -c "import cProfile, pstats, torch; from sd3d.pipelines.syncdreamer import load_model; \
+    step load-profile 60 python3 -c "import cProfile, pstats, sys, torch; from sd3d.pipelines.syncdreamer import load_model; \
 torch.zeros(1, device='cuda'); cProfile.run('load_model(\"/tmp/ckpt/syncdreamer-synthetic-full.ckpt\", device=\"cuda\")', '/tmp/load.prof'); \
-pstats.Stats('/tmp/load.prof').sort_stats('cumulative').print_stats(25)"
+pstats.Stats('/tmp/load.prof').sort_stats('cumulative').print_stats(25); print('sympy imported:', 'sympy' in sys.modules)"
     step e2e 120 "${e2e_run[@]}" -o /tmp/e2e
-    ;;
-high)
-    # today's high (3x steps, a finer grid, a denser export) has standard's geometry, 0.7-1.4 deg
-    # smoother normals and 0.1 dB less texture at 4.6x the time (sessions 10 and 11): not better in
-    # the issue's terms. Candidates for a high worth its name, where views disagree (misaligned,
-    # warped) and on the thin blade, against the preset: twice the steps alone, stronger smoothing
-    step rb-std 130 "${rb[@]}" --perturbations pose:2 warp:3 --out "$OUT/rb-std"
-    step rb-2x 200 "${rb[@]}" --perturbations pose:2 warp:3 --set steps=2000 --out "$OUT/rb-2x"
-    step rb-smooth 130 "${rb[@]}" --perturbations pose:2 warp:3 --set w_normal_smooth=0.3 --out "$OUT/rb-smooth"
+    python3 -c "import json; r = json.load(open('/tmp/e2e/report.json')); print(json.dumps({k: r.get(k) for k in \
+('stage_seconds', 'total_seconds', 'peak_gpu_memory_bytes')}), json.dumps(r['reconstruction']))" >>"$OUT/e2e.log" 2>&1
     ;;
 robust | plain)
     # robust = the presets as they are ("after"); plain = every robustness method off ("before").
@@ -200,7 +144,7 @@ e2e)
     step e2e-graph 120 "${e2e_run[@]}" -o "$OUT/e2e-graph" --cuda-graph
     ;;
 *)
-    echo "unknown phase $phase (first | second | speed | cheaper | levels | final | high | robust | plain | gen | e2e)" >&2
+    echo "unknown phase $phase (first | second | cold | robust | plain | gen | e2e)" >&2
     exit 2
     ;;
 esac
