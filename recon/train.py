@@ -373,9 +373,9 @@ def _fit(
                     record = run_step()
                 else:
                     # what changes the captured kernels: the computed hash levels (all of them under
-                    # graphs: _Optimiser's all_levels) and the phases of the schedule (each change:
-                    # one eager step, then a new capture)
-                    phase = (field_.sdf_net.encoding.active_levels, now.max_per_ray, now.weighs_views)
+                    # graphs: _Optimiser's all_levels) and the per-ray cap (each change: one eager
+                    # step, then a new capture); the view weights' start is a tensor (_step_loss)
+                    phase = (field_.sdf_net.encoding.active_levels, now.max_per_ray)
                     record = graphed.run(run_step, phase)
                 inv_s = record["inv_s"]
                 average.update(step)
@@ -485,15 +485,15 @@ class _StaticShapes:
 
 @dataclass
 class _StepKnobs:
-    """The schedule's values that one step reads. Floats when steps run eagerly; 0-d device tensors
-    refilled before every replay when they run from a CUDA graph, where a float would be frozen in
-    at capture. ``max_per_ray`` and ``weighs_views`` change the step's kernels: a new capture."""
+    """The schedule's values that one step reads. Floats (and a bool) when steps run eagerly; 0-d
+    device tensors refilled before every replay when they run from a CUDA graph, where a Python
+    value would be frozen in at capture. ``max_per_ray`` changes the step's kernels: a new capture."""
 
     inv_s_floor: float | torch.Tensor
     cos_anneal: float | torch.Tensor
     smooth_fade: float | torch.Tensor  # the normal smoothing's weight, relative to its first step's
     max_per_ray: int | None = None
-    weighs_views: bool = False
+    weighs_views: bool | torch.Tensor = False  # whether the per-view residual weights apply yet
 
     @staticmethod
     def _values(sched: _Schedule, step: int) -> tuple[float, float, float]:
@@ -507,14 +507,16 @@ class _StepKnobs:
 
     @classmethod
     def on_device(cls, device: torch.device) -> _StepKnobs:
-        return cls(*(torch.zeros((), device=device) for _ in range(3)))
+        floats = (torch.zeros((), device=device) for _ in range(3))
+        return cls(*floats, weighs_views=torch.zeros((), dtype=torch.bool, device=device))
 
     def refill(self, sched: _Schedule, step: int) -> _StepKnobs:
         for buffer, value in zip(
             (self.inv_s_floor, self.cos_anneal, self.smooth_fade), self._values(sched, step), strict=True
         ):
             buffer.fill_(value)
-        self.max_per_ray, self.weighs_views = sched.max_per_ray(step), sched.weighs_views(step)
+        self.weighs_views.fill_(sched.weighs_views(step))
+        self.max_per_ray = sched.max_per_ray(step)
         return self
 
 
@@ -781,7 +783,19 @@ def _step_loss(
         residuals.update(
             charb.detach(), view, coverage > 0.5 if kept is None else (coverage > 0.5) & out.kept
         )
-    if residuals is not None and knobs.weighs_views:
+    if residuals is not None and static is not None:
+        # the static and graph engines weigh every step's rays, by 1 until the view weights start:
+        # one formula before and after, so their start is no new CUDA graph (a 0-d bool tensor
+        # under graphs, refilled before each replay)
+        vw = residuals.weights()[view]
+        on = knobs.weighs_views
+        if isinstance(on, torch.Tensor):
+            vw = torch.where(on, vw, torch.ones_like(vw))
+        elif not on:
+            vw = torch.ones_like(vw)
+        vw = vw if kept is None else vw * kept
+        loss_rgb = (charb * vw).sum() / vw.sum().clamp_min(1e-6)
+    elif residuals is not None and knobs.weighs_views:
         vw = residuals.weights()[view]
         vw = vw if kept is None else vw * kept
         loss_rgb = (charb * vw).sum() / vw.sum().clamp_min(1e-6)
