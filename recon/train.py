@@ -130,8 +130,9 @@ class TrainResult:
     appearance: np.ndarray | None = None  # (N, 3, 4) per-view [A | b], view colour = A c + b
     poses: np.ndarray | None = None  # (N, 3, 4) per-view camera correction [R | t] (recon.poses)
     graph_captures: int = 0  # CUDA graphs captured (engine "graph")
-    # seconds of the fit's parts (setup, prefit, loop, finish; captures: the part of loop spent in the
-    # eager steps and captures of new graph phases): where a cold command's training time goes
+    # seconds of the fit's parts (setup, prefit, loop, finish; and under graphs "captures": the eager
+    # first steps and the captures of every graph phase, the pre-fit's one included, so it is part
+    # of prefit and loop): where a cold command's training time goes
     phase_seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -675,19 +676,13 @@ class _Optimiser:
         as computing only the active levels (a level at weight 0 adds exact zeros and gets a zero
         gradient, which leaves Adam's state and its weights at rest), but the step's kernels stay the
         same as levels switch on. Why: under CUDA graphs every new level was a new graph, and each
-        costs an eager step and a capture: 12 of them took 2.9 s of standard's 8.3 s loop (H100,
-        session 12), against a fraction of that for computing the early steps' unused levels."""
+        costs an eager step and a capture: about 15 of them took 2.9 s of standard's 9.9 s of
+        pre-fit and step loop (H100, session 12), against a fraction of that for computing the early
+        steps' unused levels."""
         p = self.preset
-        if self.all_levels:
-            field_.sdf_net.encoding.set_active_levels(sched.n_levels)
-            field_.sdf_net.set_level_weights(
-                _level_weights(
-                    step, sched.n_levels, p.start_levels, sched.level_every, sched.ramp_steps, device
-                )
-            )
-        else:
-            field_.sdf_net.encoding.set_active_levels(sched.levels(step))
-        if p.level_ramp > 0 and not self.all_levels:
+        computed = sched.n_levels if self.all_levels else sched.levels(step)
+        field_.sdf_net.encoding.set_active_levels(computed)
+        if self.all_levels or p.level_ramp > 0:
             field_.sdf_net.set_level_weights(
                 _level_weights(
                     step, sched.n_levels, p.start_levels, sched.level_every, sched.ramp_steps, device
