@@ -12,7 +12,9 @@ For ``reconstruct`` it also splits the wall time (``split_s``): before the recon
 (interpreter, imports, CUDA's start, reading the views), the reconstruction, the export, and after it.
 Why: a cold process on one H100 spent 6-8 s outside the command's own stages (on another, about
 4 s), and only this split says where (it wraps :func:`recon.pipeline.reconstruct` and ``export_mesh``).
-``train_phases_s`` splits the training further (:attr:`recon.train.TrainResult.phase_seconds`).
+``train_phases_s`` splits the training further (:attr:`recon.train.TrainResult.phase_seconds`), and
+``before_s`` the time before it (importing torch, our modules, the command's own start), since that
+part moved by 3 s between machines of one kind in session 12.
 """
 
 import time
@@ -73,11 +75,32 @@ def _split(marks: dict[str, float], wall: float) -> dict[str, float] | None:
     }
 
 
+def _before(marks: dict[str, float]) -> dict[str, float] | None:
+    """Seconds of "before" by part: importing torch, then the CLI's and reconstruction's modules
+    (the command imports both anyway; here they are imported first, to time them), then the
+    command's own start (arguments, CUDA's context, reading the views) up to the reconstruction."""
+    if "reconstruct_start" not in marks or "modules_imported" not in marks:
+        return None
+    return {
+        "to_imports": round(marks["imports_start"], 2),
+        "import_torch": round(marks["torch_imported"] - marks["imports_start"], 2),
+        "import_modules": round(marks["modules_imported"] - marks["torch_imported"], 2),
+        "command": round(marks["reconstruct_start"] - marks["modules_imported"], 2),
+    }
+
+
 def main(argv: list[str]) -> int:
     marks: dict[str, float] = {}
     phases: dict[str, float] = {}
     if argv[:1] == ["reconstruct"]:
+        marks["imports_start"] = time.perf_counter() - T0
+        import torch  # noqa: F401
+
+        marks["torch_imported"] = time.perf_counter() - T0
+        import cli.reconstruct  # noqa: F401
+
         _mark_reconstruction(marks, phases)
+        marks["modules_imported"] = time.perf_counter() - T0
     from cli.app import main as sd3d
 
     try:
@@ -96,6 +119,7 @@ def main(argv: list[str]) -> int:
         "since_exec_s": None if since is None else round(since, 2),
         "peak_gib": peak,
         "split_s": _split(marks, wall),
+        "before_s": _before(marks),
         "train_phases_s": phases or None,
         "argv": argv,
     }

@@ -150,3 +150,8 @@ def test_cold_cli_splits_a_reconstruction_at_its_marks():
     marks = {"reconstruct_start": 5.0, "reconstruct_end": 21.0, "export_start": 21.0, "export_end": 25.5}
     assert cold_cli._split(marks, 26.0) == {"before": 5.0, "reconstruct": 16.0, "export": 4.5, "after": 0.5}
     assert cold_cli._split({"reconstruct_start": 5.0}, 6.0) is None  # failed before the export ended
+    marks.update(imports_start=0.1, torch_imported=3.1, modules_imported=4.0)
+    before = cold_cli._before(marks)
+    assert before == {"to_imports": 0.1, "import_torch": 3.0, "import_modules": 0.9, "command": 1.0}
+    assert sum(before.values()) == pytest.approx(marks["reconstruct_start"])
+    assert cold_cli._before({"reconstruct_start": 5.0}) is None  # not a reconstruct: nothing imported first
