@@ -175,16 +175,19 @@ def test_a_tiny_checkpoint_is_refused_by_the_official_config(tiny_sd):
 
 
 def test_building_the_checkpoints_model_on_meta_imports_no_sympy():
-    """A cold process that loads a checkpoint builds the model on ``meta`` first; ``torch.randn`` (or
-    ``arange``, ``normal_``) there runs PyTorch's Python reference, whose first check imports sympy:
-    about 2 s of a cold process on the GPU machine for values the checkpoint overwrites."""
+    """A cold process that loads a checkpoint (SyncDreamer's or Zero123's) builds the model on
+    ``meta`` first; ``torch.randn`` (or ``arange``, ``normal_``) there runs PyTorch's Python
+    reference, whose first check imports sympy: about 2 s of a cold process on the GPU machine for
+    values the checkpoint overwrites."""
     import subprocess
     import sys
 
     code = (
         "import sys; from sd3d.models.configs import official_config; "
         "from sd3d.models.syncdreamer_checkpoint import build_meta_model; "
-        "build_meta_model(official_config()); print('sympy' in sys.modules)"
+        "from sd3d.models import zero123, zero123_checkpoint; "
+        "build_meta_model(official_config()); "
+        "zero123_checkpoint.build_meta_model(zero123.official_config()); print('sympy' in sys.modules)"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
