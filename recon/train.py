@@ -778,20 +778,16 @@ def _step_loss(
         residuals.update(
             charb.detach(), view, coverage > 0.5 if kept is None else (coverage > 0.5) & out.kept
         )
-    if residuals is not None and static is not None:
-        # the static and graph engines weigh every step's rays, by 1 until the view weights start:
-        # one formula before and after, so their start is no new CUDA graph (a 0-d bool tensor
-        # under graphs, refilled before each replay)
+    # the static and graph engines weigh every step's rays, by 1 until the view weights start: one
+    # formula before and after, so their start is no new CUDA graph (``weighs_views`` is a 0-d bool
+    # tensor under graphs, refilled before each replay; ``static`` first, so it is never a Python test)
+    if residuals is not None and (static is not None or knobs.weighs_views):
         vw = residuals.weights()[view]
         on = knobs.weighs_views
         if isinstance(on, torch.Tensor):
             vw = torch.where(on, vw, torch.ones_like(vw))
         elif not on:
             vw = torch.ones_like(vw)
-        vw = vw if kept is None else vw * kept
-        loss_rgb = (charb * vw).sum() / vw.sum().clamp_min(1e-6)
-    elif residuals is not None and knobs.weighs_views:
-        vw = residuals.weights()[view]
         vw = vw if kept is None else vw * kept
         loss_rgb = (charb * vw).sum() / vw.sum().clamp_min(1e-6)
     else:
