@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sd3d.models.attention import attention
 from sd3d.models.configs import CLIPVisionConfig
 
 
@@ -43,7 +44,7 @@ class MultiheadSelfAttention(nn.Module):
         b, n, c = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
         qkv = qkv.reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        out = attention(qkv[0], qkv[1], qkv[2])
         return self.out_proj(out.transpose(1, 2).reshape(b, n, c))
 
 

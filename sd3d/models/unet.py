@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sd3d.models.attention import attention
 from sd3d.models.configs import UNetConfig
 from sd3d.models.depth_attention import DepthTransformer
 from sd3d.models.norms import GroupNorm, GroupNorm32, LayerNorm, NormActSequential
@@ -108,7 +109,7 @@ class CrossAttention(nn.Module):
         b, n, _ = x.shape
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
         q, k, v = (t.reshape(b, t.shape[1], self.heads, -1).transpose(1, 2) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attention(q, k, v)
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
 
 

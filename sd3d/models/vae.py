@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sd3d.models.attention import attention
 from sd3d.models.configs import VAEConfig
 from sd3d.models.norms import GroupNorm
 from sd3d.models.unet import Upsample
@@ -52,7 +53,7 @@ class AttnBlock(nn.Module):
         h = self.norm(x)
         b, c, hh, ww = h.shape
         q, k, v = (m(h).reshape(b, 1, c, hh * ww).transpose(-1, -2) for m in (self.q, self.k, self.v))
-        out = F.scaled_dot_product_attention(q, k, v)  # scale c^-0.5, softmax over keys
+        out = attention(q, k, v)  # scale c^-0.5, softmax over keys
         out = out.transpose(-1, -2).reshape(b, c, hh, ww)
         return x + self.proj_out(out)
 
