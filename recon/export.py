@@ -28,7 +28,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import trimesh
 from PIL import Image, PngImagePlugin
 
 from sd3d.core.errors import OutputPathError
@@ -125,6 +124,7 @@ def _add_plain_material(tree: dict) -> None:
 
 
 def _glb_bytes(vertices, faces, uvs, texture, colors, normals) -> bytes:
+    import trimesh  # here, not at the top: sd3d.core.imports says why
 
     verts = np.asarray(vertices) @ WORLD_TO_GLTF.T
     post = None
@@ -171,6 +171,7 @@ def _obj_text(vertices, faces, uvs, colors, normals, mtl_name: str | None) -> st
 
 
 def _ply_bytes(vertices, faces, colors, normals) -> bytes:
+    import trimesh  # here, not at the top: sd3d.core.imports says why
 
     mesh = trimesh.Trimesh(vertices, faces, vertex_normals=normals, vertex_colors=colors, process=False)
     return mesh.export(file_type="ply", vertex_normal=normals is not None)

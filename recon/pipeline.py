@@ -29,6 +29,7 @@ from recon.train import train
 from sd3d.core import defaults
 from sd3d.core.device import resolve_device
 from sd3d.core.errors import MissingDependencyError, ViewsFolderError
+from sd3d.core.imports import import_in_background
 from sd3d.core.io import ViewSet, read_views
 from sd3d.core.progress import Progress, resolve
 
@@ -209,6 +210,8 @@ def export_mesh(
     if path.suffix.lower() in (".glb", ".obj"):
         t = time.perf_counter()
         size = texture_size or preset.texture_size
+        # the writer's trimesh, imported while this thread waits for xatlas' process (sd3d.core.imports)
+        import_in_background("trimesh")
         with prog.task("UV unwrapping (xatlas)", None) as advance:
             uv_mesh, reason = unwrap_uv(mesh.vertices, mesh.faces, size, tick=lambda: advance(0))
         timings["uv"] = time.perf_counter() - t

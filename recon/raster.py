@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import trimesh
 from PIL import Image
 
 from sd3d.core import cameras as cam
@@ -153,6 +152,7 @@ def _visual_of(geom) -> dict:
 
 
 def _geometries(loaded) -> list[tuple[object, np.ndarray]]:
+    import trimesh  # here, not at the top: sd3d.core.imports says why
 
     if isinstance(loaded, trimesh.Scene):
         items = []
@@ -213,6 +213,8 @@ def load_mesh(
         raise UserError(
             f"unsupported mesh format {suffix or '(none)'}: use one of {', '.join(MESH_SUFFIXES)}"
         )
+    import trimesh  # here, not at the top: sd3d.core.imports says why
+
     try:
         loaded = trimesh.load(str(path), process=False)
     except Exception as exc:  # trimesh raises many types for corrupt files
@@ -621,6 +623,7 @@ def decode_depth(encoded: np.ndarray) -> np.ndarray:
 def load_trimesh(path: str | os.PathLike, *, up: str = "auto", normalize: bool = False):
     """Geometry only, as a ``trimesh.Trimesh`` in our frame (glTF rotated to +Z up, see
     :func:`load_mesh`), vertices at the same position merged -- what the mesh metrics want."""
+    import trimesh  # here, not at the top: sd3d.core.imports says why
 
     mesh = load_mesh(path, up=up, normalize=normalize)
     out = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
