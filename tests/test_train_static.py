@@ -557,7 +557,12 @@ def test_a_failed_capture_trains_again_without_graphs(monkeypatch):
 @pytest.mark.parametrize("robust", [True, False])
 def test_graph_training_replays_the_static_step(robust):
     """Captured once per phase and replayed, the training follows the eager static one (on CUDA
-    neither is bit-exact: index_add's atomics), with every phase captured."""
+    neither is bit-exact: index_add's atomics), with every phase captured.
+
+    Step 0 (history[0]) must agree closely; step 10 (history[1], replayed) at 1e-3 only without the
+    robustness methods: with them the static engine differs from itself by 2.0e-3 at step 10
+    (two static runs on an H100, session 13: 0.420615 and 0.421474; without them 3e-6), so 1e-3 there
+    tested the atomics, not the graph."""
     cuda = torch.device("cuda")
     preset = _tiny(PRESETS["draft"], steps=60, rays_per_batch=512)
     if not robust:
@@ -567,8 +572,9 @@ def test_graph_training_replays_the_static_step(robust):
     graph = T.train(views, preset, cuda, seed=0, engine="graph")
     # two graphs: the hull pre-fit's and the loop's (levels and view weights switch on inside it)
     assert graph.graph_captures == 2
-    for a, b in zip(static.history[:2], graph.history[:2], strict=True):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
+    assert graph.history[0]["loss"] == pytest.approx(static.history[0]["loss"], rel=1e-4)
+    if not robust:
+        assert graph.history[1]["loss"] == pytest.approx(static.history[1]["loss"], rel=1e-3)
     assert graph.final_loss == pytest.approx(static.final_loss, rel=0.1)
 
 
