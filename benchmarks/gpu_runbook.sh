@@ -16,11 +16,11 @@
 #   bash benchmarks/gpu_runbook.sh e2e      # `sd3d run` end to end, default and capped at 6 GiB
 #
 # Thirty minutes hold about three phases after the machine starts (in sessions 10 and 11 five to nine
-# tries failed first, 90-180 s each; in session 12 every start worked). Session 12 ran four phases since
-# retired (speed, cheaper, levels, final; benchmarks/RESULTS.md, "Session 12"): standard now samples
-# half as much, a fit is 3 graphs, high is standard's fit exported denser; cold standard 17.6 s, draft
-# 8.3 s, `sd3d run` 26.7 s in the process. The next GPU goes to cold (did aef34e4 take sympy's 1.9 s
-# off model loading; draft's 8 s), then gen and second for generation (#14).
+# tries failed first, 90-180 s each; in sessions 12 and 13 every start worked). Session 13 ran cold,
+# then A/B calls of ad-hoc scripts (old code in an untracked old/ folder against the tree; RESULTS,
+# "Session 13"): a fit is 2 graphs, loading imports no sympy, attention leaves cuDNN out, trimesh imports
+# during the UV unwrap; cold draft 7.8-8.8 s, standard 17-19 s, `sd3d run` 25.5-28.4 s by machine. What
+# is left is generation's speed (#14: 2.19 s against 1.0 s): gen, then second.
 
 # Since 75b3916 the hash grid defaults to auto (Triton on CUDA): the PyTorch grid is --hash-grid torch.
 #
@@ -131,6 +131,8 @@ gen)
     step norm-deviation 300 python3 benchmarks/norm_deviation.py --shared "$SHARED" --seeds 1 2 --parts \
         --images "$SHARED"/data/objects/*/views/000.png --json "$OUT/norm_deviation.json"
     step norm-kernels 60 python3 benchmarks/norm_kernels.py --step --json "$OUT/norms.json"
+    # a process's first generation against the later ones, and the attention kernels' deviation
+    step first-generation 90 python3 benchmarks/first_generation.py --deviation --json "$OUT/first.json"
     step throughput 120 python3 benchmarks/generate_throughput.py --json "$OUT/throughput.json"
     step generate 400 python3 benchmarks/generate.py --shared "$SHARED" --skip-compile --slow-repeats 0 \
         --budget-s "${GEN_BUDGET_S:-300}" --json "$OUT/generate.json"

@@ -31,7 +31,8 @@ reference. The default is ``"torch"``, and the kernel is opted into
 it passes its equivalence tests compiled on an H100 and is closer to float64 than PyTorch's norm on
 every real shape, yet a whole generation with it ends 10 % further from the float32 model's latents
 over five seeds (1.38e-2 vs 1.26e-2, SE of the difference 2.5e-5; benchmarks/RESULTS.md, session 10),
-which #14 does not allow, and why is not understood yet. The fusions are spelled out by the callers: ``norm(x, pre_bias=..., activation=...)``,
+which #14 does not allow, and why is not understood yet (session 13: the same +9 % on other inputs,
+mostly from the UNet's norms, some from the 3D nets', none from the VAE's). The fusions are spelled out by the callers: ``norm(x, pre_bias=..., activation=...)``,
 or :class:`NormActSequential`, an ``nn.Sequential`` (same children, same state-dict keys) that
 hands each GroupNorm the activation module that follows it.
 """
