@@ -23,16 +23,20 @@ On CUDA, :class:`GroupNorm` (and so :class:`GroupNorm32`) runs a Triton kernel i
 channels-last UNet no longer pays an NCHW copy in and out of every norm, and that can add a
 per-(sample, channel) bias before the norm and apply the SiLU / ReLU after it in the same pass.
 The kernel reproduces the arithmetic the PyTorch code above asks for (float32 statistics, the same
-output dtype), so the choice is per object (``implementation``: ``"auto"`` = the kernel for CUDA
-tensors when Triton imports, the dtypes and layout are supported, no gradient is needed and
-``torch.compile`` is not tracing; ``"torch"``; ``"triton"``) and the PyTorch code stays the
-reference. The default is ``"torch"``, and the kernel is opted into
-(``set_norm_implementation(model, "auto")``, or ``prepare_for_inference(..., norm_kernel="auto")``):
-it passes its equivalence tests compiled on an H100 and is closer to float64 than PyTorch's norm on
-every real shape, yet a whole generation with it ends 10 % further from the float32 model's latents
-over five seeds (1.38e-2 vs 1.26e-2, SE of the difference 2.5e-5; benchmarks/RESULTS.md, session 10),
-which #14 does not allow, and why is not understood yet (session 13: the same +9 % on other inputs,
-mostly from the UNet's norms, some from the 3D nets', none from the VAE's). The fusions are spelled out by the callers: ``norm(x, pre_bias=..., activation=...)``,
+output dtype) and, by default, its roundings too (``kernel_rounding="unfused"``: each ``x + term``
+rounded to the input's dtype, the norm's output rounded before the activation), so the choice is per
+object (``implementation``: ``"auto"`` = the kernel for CUDA tensors when Triton imports, the dtypes
+and layout are supported, no gradient is needed and ``torch.compile`` is not tracing; ``"torch"``;
+``"triton"``) and the PyTorch code stays the reference. The default is ``"torch"``, and the kernel is
+opted into (``set_norm_implementation(model, "auto")``, or ``prepare_for_inference(...,
+norm_kernel="auto")``). Why the roundings: the kernel's first form (``kernel_rounding="fused"``, one
+rounding) is closer to float64 than PyTorch's norm on every real shape, yet a whole generation with
+it ends 9-10 % further from the float32 model's latents (1.38e-2 vs 1.26e-2 over five seeds, SE of
+the difference 2.5e-5, session 10; the same on other inputs, mostly from the UNet's norms, session
+13; benchmarks/RESULTS.md), which #14 does not allow. The unfused form gives PyTorch's path's output
+bit for bit in Triton's interpreter (tests/test_triton_norms.py); whether it keeps the kernel's speed
+and PyTorch's deviation on a GPU is the next GPU call's to measure (``norm_deviation.py``), and only
+then can ``auto`` become the default. The fusions are spelled out by the callers: ``norm(x, pre_bias=..., activation=...)``,
 or :class:`NormActSequential`, an ``nn.Sequential`` (same children, same state-dict keys) that
 hands each GroupNorm the activation module that follows it.
 """
@@ -49,6 +53,7 @@ from sd3d.models import kernels
 
 HALF_DTYPES = (torch.bfloat16, torch.float16)
 IMPLEMENTATIONS = ("auto", "torch", "triton")
+ROUNDINGS = ("unfused", "fused")  # the kernel's (sd3d.models.kernels.group_norm.ROUNDINGS)
 ACTIVATIONS = ("silu", "relu")
 
 PreBias = torch.Tensor | Sequence[torch.Tensor] | None
@@ -103,6 +108,9 @@ class GroupNorm(nn.GroupNorm):
     ) -> None:
         super().__init__(num_groups, num_channels, eps, affine, device, dtype)
         self.implementation = check_implementation(implementation)
+        # where the kernel rounds (sd3d.models.kernels.group_norm.group_norm's ``rounding``):
+        # "unfused" = where the PyTorch code rounds; "fused" only to measure the difference
+        self.kernel_rounding = "unfused"
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (
@@ -166,6 +174,7 @@ class GroupNorm(nn.GroupNorm):
                 activation=activation,
                 pre_bias=pre_bias,
                 out_dtype=self.output_dtype(x),
+                rounding=self.kernel_rounding,
             )
         if self.implementation == "triton":
             raise RuntimeError(f"GroupNorm(implementation='triton') cannot run its kernel here: {reason}")
@@ -217,13 +226,17 @@ class NormActSequential(nn.Sequential):
         return x
 
 
-def set_norm_implementation(model: nn.Module, implementation: str) -> nn.Module:
+def set_norm_implementation(model: nn.Module, implementation: str, rounding: str | None = None) -> nn.Module:
     """Set ``implementation`` (``auto``, ``torch`` or ``triton``) on every :class:`GroupNorm` of
-    ``model``; returns ``model``."""
+    ``model``, and the kernel's ``rounding`` (``unfused`` or ``fused``) when given; returns ``model``."""
     check_implementation(implementation)
+    if rounding is not None and rounding not in ROUNDINGS:
+        raise ValueError(f"unknown kernel rounding {rounding!r}; known: {', '.join(ROUNDINGS)}")
     for module in model.modules():
         if isinstance(module, GroupNorm):
             module.implementation = implementation
+            if rounding is not None:
+                module.kernel_rounding = rounding
     return model
 
 

@@ -7,7 +7,9 @@ prints one JSON object: ``{case name: measure(case), ..., "modules": module_pari
 
 Every error is measured against float64 on the same rounded inputs: the kernel's and PyTorch's own
 path at the case's dtype (``x + bias`` rounded to that dtype, ``F.group_norm``, then the activation
-rounded again), so a test can demand that the kernel be no worse than PyTorch.
+rounded again), so a test can demand that the kernel's ``rounding="fused"`` be no worse than PyTorch.
+Its default, ``rounding="unfused"``, rounds where PyTorch's path does, so it is compared with that
+path itself: how many elements differ, and by how many units in the last place.
 """
 
 from __future__ import annotations
@@ -98,16 +100,20 @@ def measure(case: Case, device: torch.device) -> dict:
 
     pre_bias = None if not terms else (terms[0] if len(terms) == 1 else tuple(terms))
     plan = Plan(*case.plan) if case.plan else None
-    y = group_norm(
-        x,
-        case.groups,
-        weight,
-        bias,
-        EPS,
-        activation=case.activation,
-        pre_bias=pre_bias,
-        out_dtype=dtype,
-        plan=plan,
+    y, unfused = (
+        group_norm(
+            x,
+            case.groups,
+            weight,
+            bias,
+            EPS,
+            activation=case.activation,
+            pre_bias=pre_bias,
+            out_dtype=dtype,
+            plan=plan,
+            rounding=rounding,
+        )
+        for rounding in ("fused", "unfused")
     )
     ref_in = x
     for t in terms:
@@ -123,7 +129,21 @@ def measure(case: Case, device: torch.device) -> dict:
     truncating = INTERPRETED and case.dtype == "bf16"
     half_ulp = 2.0 ** -(PRECISION_BITS[case.dtype] - truncating)  # truncation: a whole ulp
     bound = half_ulp * exact.abs() + 2.0**-17 * scale
+    # the unfused kernel against PyTorch's path: units in the last place of the half dtype (its
+    # spacing at the reference value); float32 has no roundings to reproduce (a float32 sum is what
+    # both add), so there its error against float64, as the fused kernel's
+    diff = (unfused.double() - reference.double()).abs()
+    if dtype == torch.float32:
+        ulps, mismatch = float((unfused.double() - exact).norm()) / norm, float((diff > 0).double().mean())
+    else:
+        tiny = 2.0**-14 if dtype == torch.float16 else 2.0**-126
+        spacing = torch.exp2(torch.floor(torch.log2(reference.double().abs().clamp_min(tiny))))
+        spacing = spacing * 2.0 ** -(PRECISION_BITS[case.dtype] - 1)
+        ulps, mismatch = float((diff / spacing).max()), float((diff > 0).double().mean())
     return {
+        "unfused_max_ulps" if dtype != torch.float32 else "unfused_l2_err": ulps,
+        "unfused_mismatch": mismatch,
+        "unfused_dtype_ok": unfused.dtype == dtype and unfused.stride() == x.stride(),
         "max_err": float(err.max()) / scale,
         "l2_err": float(err.norm()) / norm,
         "torch_max_err": float(ref_err.max()) / scale,

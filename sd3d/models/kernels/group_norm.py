@@ -9,6 +9,8 @@ input's layout:
 
     y = act((x + pre_bias[n, c] - mean[n, g]) * rstd[n, g] * weight[c] + bias[c])
 
+(rounded where the unfused PyTorch code rounds: "Rounding" below).
+
 Layouts: any tensor (N, C, *spatial) whose spatial dims flatten to one stride, i.e. contiguous
 NCHW / NCDHW, ``channels_last`` and ``channels_last_3d`` (and batch slices of them). dtypes: float32,
 bfloat16, float16 in and out (the output dtype is the caller's choice, so a norm with float32
@@ -19,13 +21,21 @@ channel at the sample's first position, ``x - pivot`` exact where the values are
 two of it (Sterbenz), so a large common offset costs no precision. Statistics are exact per tile
 (mean, then the sum of squared deviations from it, both from registers) and merged across tiles,
 programs and channels with Chan et al.'s pairwise update of (count, mean, M2), the parallel form of
-Welford's algorithm that PyTorch's CUDA kernel uses. The pre-norm bias is added in float32 (the
-unfused code rounds ``x + bias`` to the input's dtype first), and the output is
+Welford's algorithm that PyTorch's CUDA kernel uses. The output is
 ``((x - pivot) - centre) * scale + shift`` rather than PyTorch's ``x * a + b``, which cancels when
 |mean| >> std: the group mean is carried as pivot + centre, never rounded to one float32 near the
 offset (with an offset of 100 standard deviations that rounding alone left the output 18 % further
-from float64 than PyTorch's CUDA GroupNorm, seen on an H100). The activation acts on the float32
-value, so the output is rounded once.
+from float64 than PyTorch's CUDA GroupNorm, seen on an H100).
+
+Rounding (``group_norm(..., rounding=...)``): ``"unfused"``, the default, rounds a half-precision
+call where the PyTorch code it replaces does -- ``x + term`` to the input's dtype after each term,
+the norm's output to the output dtype, the activation's output again -- with round-to-nearest-even
+done on the float32 bits (so Triton's interpreter, whose bfloat16 cast truncates, rounds as the GPU
+does). It changes the memory traffic, not the numbers: in the interpreter its half-precision output
+equals PyTorch's path bit for bit. ``"fused"`` adds the bias in float32 (through the statistics, the
+terms' sum shifting each channel's mean) and applies the activation to the float32 value, rounding
+once: closer to float64 shape by shape, further from a float32 model over a whole SyncDreamer
+generation (:mod:`sd3d.models.norms` says by how much).
 
 Programs: one per (sample, block of whole groups, spatial chunk). Per-channel (mean, M2) are
 reduced over the spatial axis, so the loaded tile is [spatial, channels] with whichever axis is
@@ -58,11 +68,55 @@ _MAX_PARTIALS = 8192  # split x block_c partial statistics merged by one program
 # device code
 # --------------------------------------------------------------------------------------------------
 @triton.jit
+def _round_to(v, HALF: tl.constexpr):
+    """``v`` (float32) rounded to the nearest ``HALF`` value (1: bfloat16, 2: float16; 0: left as
+    it is), ties to even, kept in float32. bfloat16 by its bits: Triton's interpreter truncates a
+    float32 -> bfloat16 cast, the compiled kernel rounds to nearest; this is the same in both."""
+    if HALF == 1:
+        bits = v.to(tl.uint32, bitcast=True)
+        bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+        return tl.where(v != v, v, bits.to(tl.float32, bitcast=True))
+    elif HALF == 2:
+        return v.to(tl.float16).to(tl.float32)
+    else:
+        return v
+
+
+@triton.jit
+def _load_term(t_ptr, n, ch, mask_c, stride_tn, stride_tc):
+    """One pre-norm bias term's values for sample ``n``, channels ``ch`` (float32)."""
+    return tl.load(t_ptr + n * stride_tn + ch * stride_tc, mask=mask_c, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _with_terms(x, t1, t2, NUM_TERMS: tl.constexpr, HALF: tl.constexpr):
+    """``x`` plus the pre-norm bias terms one at a time, each sum rounded to the input's dtype
+    (``HALF``) as PyTorch's ``x = x + term`` does (rounding "unfused"; NUM_TERMS = 0 otherwise)."""
+    if NUM_TERMS > 0:
+        x = _round_to(x + t1[None, :], HALF)
+    if NUM_TERMS > 1:
+        x = _round_to(x + t2[None, :], HALF)
+    return x
+
+
+@triton.jit
 def _channel_moments(
-    x_ptr, col, mask_c, s_begin, s_end, stride_s, pivot, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr
+    x_ptr,
+    col,
+    mask_c,
+    s_begin,
+    s_end,
+    stride_s,
+    pivot,
+    t1,
+    t2,
+    BLOCK_S: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    NUM_TERMS: tl.constexpr,
+    HALF: tl.constexpr,
 ):
     """Per-channel mean and M2 (sum of squared deviations) of x[s, col] - pivot for s in
-    [s_begin, s_end)."""
+    [s_begin, s_end), x with the ``NUM_TERMS`` bias terms added (:func:`_with_terms`)."""
     mean = tl.zeros([BLOCK_C], dtype=tl.float32)
     m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
     rows = tl.arange(0, BLOCK_S)
@@ -71,6 +125,7 @@ def _channel_moments(
         valid = s < s_end
         mask = valid[:, None] & mask_c[None, :]
         x = tl.load(x_ptr + s[:, None] * stride_s + col[None, :], mask=mask, other=0.0).to(tl.float32)
+        x = _with_terms(x, t1, t2, NUM_TERMS, HALF)
         x = tl.where(mask, x - pivot[None, :], 0.0)
         n_a = (s0 - s_begin) * 1.0
         n_b = tl.sum(valid.to(tl.float32), axis=0)
@@ -89,6 +144,36 @@ def _group_pivot(x_base, c, mask_c, stride_xc, CG: tl.constexpr):
     """Each channel's pivot: its group's first channel at the sample's first position (the same
     for every program and chunk of the sample, so partial statistics merge without re-centring)."""
     return tl.load(x_base + (c // CG) * CG * stride_xc, mask=mask_c, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _terms_and_pivot(
+    t1_ptr,
+    t2_ptr,
+    n,
+    c,
+    mask_c,
+    stride_t1n,
+    stride_t1c,
+    stride_t2n,
+    stride_t2c,
+    pivot,
+    CG: tl.constexpr,
+    NUM_TERMS: tl.constexpr,
+):
+    """The bias terms added element by element (rounding "unfused") for channels ``c``, and the
+    pivot moved by the pivot channel's terms (any value near the group's data would do; the same
+    one in the statistics and the normalisation)."""
+    t1 = tl.zeros_like(pivot)
+    t2 = tl.zeros_like(pivot)
+    first = (c // CG) * CG
+    if NUM_TERMS > 0:
+        t1 = _load_term(t1_ptr, n, c, mask_c, stride_t1n, stride_t1c)
+        pivot = pivot + _load_term(t1_ptr, n, first, mask_c, stride_t1n, stride_t1c)
+    if NUM_TERMS > 1:
+        t2 = _load_term(t2_ptr, n, c, mask_c, stride_t2n, stride_t2c)
+        pivot = pivot + _load_term(t2_ptr, n, first, mask_c, stride_t2n, stride_t2c)
+    return t1, t2, pivot
 
 
 @triton.jit
@@ -153,19 +238,30 @@ def _normalize(
     centre,
     scale,
     shift,
+    t1,
+    t2,
     ACTIVATION: tl.constexpr,
     BLOCK_S: tl.constexpr,
+    NUM_TERMS: tl.constexpr,
+    HALF: tl.constexpr,
+    OUT_HALF: tl.constexpr,
+    UNFUSED: tl.constexpr,
 ):
     rows = tl.arange(0, BLOCK_S)
     for s0 in range(s_begin, s_end, BLOCK_S):
         s = s0 + rows
         mask = (s < s_end)[:, None] & mask_c[None, :]
         x = tl.load(x_ptr + s[:, None] * stride_xs + x_col[None, :], mask=mask, other=0.0).to(tl.float32)
+        x = _with_terms(x, t1, t2, NUM_TERMS, HALF)
         y = ((x - pivot[None, :]) - centre[None, :]) * scale[None, :] + shift[None, :]
+        if UNFUSED:  # the norm's output is rounded before the activation, as in PyTorch's two ops
+            y = _round_to(y, OUT_HALF)
         if ACTIVATION == 1:
             y = y * tl.sigmoid(y)
         elif ACTIVATION == 2:
             y = tl.where(y > 0.0, y, 0.0)
+        if UNFUSED:
+            y = _round_to(y, OUT_HALF)  # to nearest in the interpreter too (the cast below is exact)
         tl.store(y_ptr + s[:, None] * stride_ys + y_col[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -176,6 +272,8 @@ def _gn_fused_kernel(
     w_ptr,
     b_ptr,
     beta_ptr,
+    t1_ptr,
+    t2_ptr,
     C,
     S,
     stride_xn,
@@ -186,6 +284,10 @@ def _gn_fused_kernel(
     stride_ys,
     stride_beta_n,
     stride_beta_c,
+    stride_t1n,
+    stride_t1c,
+    stride_t2n,
+    stride_t2c,
     eps,
     CG: tl.constexpr,
     GROUPS_PER_BLOCK: tl.constexpr,
@@ -196,6 +298,10 @@ def _gn_fused_kernel(
     HAS_BIAS: tl.constexpr,
     HAS_BETA: tl.constexpr,
     ACTIVATION: tl.constexpr,
+    NUM_TERMS: tl.constexpr,
+    HALF: tl.constexpr,
+    OUT_HALF: tl.constexpr,
+    UNFUSED: tl.constexpr,
 ):
     """One program per (sample, block of groups): statistics over all of S, then normalise."""
     n = tl.program_id(0)
@@ -205,14 +311,19 @@ def _gn_fused_kernel(
     x_base = x_ptr + n.to(tl.int64) * stride_xn
     y_base = y_ptr + n.to(tl.int64) * stride_yn
     pivot = _group_pivot(x_base, c, mask_c, stride_xc, CG)
-    mean, m2 = _channel_moments(x_base, c * stride_xc, mask_c, 0, S, stride_xs, pivot, BLOCK_S, BLOCK_C)
+    t1, t2, pivot = _terms_and_pivot(
+        t1_ptr, t2_ptr, n, c, mask_c, stride_t1n, stride_t1c, stride_t2n, stride_t2c, pivot, CG, NUM_TERMS
+    )
+    mean, m2 = _channel_moments(
+        x_base, c * stride_xc, mask_c, 0, S, stride_xs, pivot, t1, t2, BLOCK_S, BLOCK_C, NUM_TERMS, HALF
+    )
     centre, scale, shift = _affine(
         mean, m2, S * 1.0, c, c_local, mask_c, n, w_ptr, b_ptr, beta_ptr,
         stride_beta_n, stride_beta_c, eps, CG, GROUPS_P2, HAS_WEIGHT, HAS_BIAS, HAS_BETA,
     )  # fmt: skip
     _normalize(
         x_base, y_base, c * stride_xc, c * stride_yc, mask_c, 0, S, stride_xs, stride_ys,
-        pivot, centre, scale, shift, ACTIVATION, BLOCK_S,
+        pivot, centre, scale, shift, t1, t2, ACTIVATION, BLOCK_S, NUM_TERMS, HALF, OUT_HALF, UNFUSED,
     )  # fmt: skip
 
 
@@ -220,6 +331,8 @@ def _gn_fused_kernel(
 def _gn_partial_kernel(
     x_ptr,
     part_ptr,
+    t1_ptr,
+    t2_ptr,
     C,
     S,
     CHUNK,
@@ -228,10 +341,16 @@ def _gn_partial_kernel(
     stride_xn,
     stride_xc,
     stride_xs,
+    stride_t1n,
+    stride_t1c,
+    stride_t2n,
+    stride_t2c,
     CG: tl.constexpr,
     GROUPS_PER_BLOCK: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
+    NUM_TERMS: tl.constexpr,
+    HALF: tl.constexpr,
 ):
     """Split path, first kernel: per-channel (mean, M2) of one spatial chunk, to ``part``
     (2, N, SPLIT, C) float32."""
@@ -244,8 +363,23 @@ def _gn_partial_kernel(
     s_end = tl.minimum(s_begin + CHUNK, S)
     x_base = x_ptr + n.to(tl.int64) * stride_xn
     pivot = _group_pivot(x_base, c, mask_c, stride_xc, CG)
+    t1, t2, pivot = _terms_and_pivot(
+        t1_ptr, t2_ptr, n, c, mask_c, stride_t1n, stride_t1c, stride_t2n, stride_t2c, pivot, CG, NUM_TERMS
+    )
     mean, m2 = _channel_moments(
-        x_base, c * stride_xc, mask_c, s_begin, s_end, stride_xs, pivot, BLOCK_S, BLOCK_C
+        x_base,
+        c * stride_xc,
+        mask_c,
+        s_begin,
+        s_end,
+        stride_xs,
+        pivot,
+        t1,
+        t2,
+        BLOCK_S,
+        BLOCK_C,
+        NUM_TERMS,
+        HALF,
     )
     offset = (n * SPLIT + chunk) * C + c
     tl.store(part_ptr + offset, mean, mask=mask_c)
@@ -260,6 +394,8 @@ def _gn_apply_kernel(
     b_ptr,
     beta_ptr,
     part_ptr,
+    t1_ptr,
+    t2_ptr,
     C,
     S,
     CHUNK,
@@ -273,6 +409,10 @@ def _gn_apply_kernel(
     stride_ys,
     stride_beta_n,
     stride_beta_c,
+    stride_t1n,
+    stride_t1c,
+    stride_t2n,
+    stride_t2c,
     eps,
     CG: tl.constexpr,
     GROUPS_PER_BLOCK: tl.constexpr,
@@ -284,6 +424,10 @@ def _gn_apply_kernel(
     HAS_BIAS: tl.constexpr,
     HAS_BETA: tl.constexpr,
     ACTIVATION: tl.constexpr,
+    NUM_TERMS: tl.constexpr,
+    HALF: tl.constexpr,
+    OUT_HALF: tl.constexpr,
+    UNFUSED: tl.constexpr,
 ):
     """Split path, second kernel: merge the chunks' partial statistics (Chan), normalise one chunk."""
     n = tl.program_id(0)
@@ -310,10 +454,13 @@ def _gn_apply_kernel(
     s_end = tl.minimum(s_begin + CHUNK, S)
     x_base = x_ptr + n.to(tl.int64) * stride_xn
     pivot = _group_pivot(x_base, c, mask_c, stride_xc, CG)
+    t1, t2, pivot = _terms_and_pivot(
+        t1_ptr, t2_ptr, n, c, mask_c, stride_t1n, stride_t1c, stride_t2n, stride_t2c, pivot, CG, NUM_TERMS
+    )
     _normalize(
         x_base, y_ptr + n.to(tl.int64) * stride_yn, c * stride_xc,
         c * stride_yc, mask_c, s_begin, s_end, stride_xs, stride_ys, pivot, centre, scale, shift,
-        ACTIVATION, BLOCK_S,
+        t1, t2, ACTIVATION, BLOCK_S, NUM_TERMS, HALF, OUT_HALF, UNFUSED,
     )  # fmt: skip
 
 
@@ -426,17 +573,28 @@ def unsupported_reason(x: torch.Tensor, num_groups: int, out_dtype: torch.dtype 
     return None
 
 
-def _pre_bias_matrix(pre_bias, n: int, c: int) -> torch.Tensor | None:
-    """The per-(sample, channel) bias as an (n, c) matrix: a view of a single term, else the float32
-    sum of the terms."""
+ROUNDINGS = ("unfused", "fused")
+_HALF_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+def _term_matrices(pre_bias, n: int, c: int) -> list[torch.Tensor]:
+    """Each per-(sample, channel) bias term as an (n, c) view."""
     terms = [pre_bias] if isinstance(pre_bias, torch.Tensor) else list(pre_bias or ())
-    total = None
+    out = []
     for term in terms:
         if term.dim() < 2 or term.shape[0] not in (1, n) or term.shape[1] != c or term[0, 0].numel() != 1:
             raise ValueError(
                 f"a pre-norm bias of shape {tuple(term.shape)} is not one value per (sample, channel)"
             )
-        mat = term.reshape(term.shape[0], c).expand(n, c)
+        out.append(term.reshape(term.shape[0], c).expand(n, c))
+    return out
+
+
+def _pre_bias_matrix(terms: list[torch.Tensor]) -> torch.Tensor | None:
+    """The terms' sum as one (n, c) matrix (rounding "fused"): a view of a single term, else their
+    float32 sum."""
+    total = None
+    for mat in terms:
         total = mat if total is None else total.float() + mat.float()
     return total
 
@@ -452,18 +610,29 @@ def group_norm(
     pre_bias: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
     out_dtype: torch.dtype | None = None,
     plan: Plan | None = None,
+    rounding: str = "unfused",
 ) -> torch.Tensor:
     """``act(group_norm(x + sum(pre_bias)))`` in ``out_dtype`` (default: ``x.dtype``), same layout as ``x``.
 
     ``pre_bias``: one tensor or a sequence of tensors with one value per (sample, channel) (shapes
-    (N, C), (N, C, 1, ..., 1), or N = 1 for all samples); ``activation``: None, ``"silu"`` or ``"relu"``;
-    ``plan``: a launch other than :func:`plan_launch`'s (benchmarks, tests). No autograd.
+    (N, C), (N, C, 1, ..., 1), or N = 1 for all samples; at most two with ``rounding="unfused"``);
+    ``activation``: None, ``"silu"`` or ``"relu"``; ``plan``: a launch other than
+    :func:`plan_launch`'s (benchmarks, tests). No autograd.
+
+    ``rounding``: where a half-precision call rounds. ``"unfused"`` (the default) rounds where the
+    PyTorch code it replaces does: each ``x + term`` to the input's dtype, the norm's output to the
+    output dtype, then the activation's; so the kernel changes the layout work, not the numbers.
+    ``"fused"`` adds the terms and applies the activation in float32 and rounds once: closer to
+    float64 shape by shape, yet a whole SyncDreamer generation with it ended 9-10 % further from the
+    float32 model (benchmarks/RESULTS.md, sessions 10 and 13), which #14 does not allow.
     """
     reason = unsupported_reason(x, num_groups, out_dtype)
     if reason is not None:
         raise ValueError(f"Triton GroupNorm cannot take this input: {reason}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; known: silu, relu")
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"unknown rounding {rounding!r}; known: {', '.join(ROUNDINGS)}")
     n, c = x.shape[:2]
     s = x[0, 0].numel()
     y = torch.empty_like(x, dtype=out_dtype or x.dtype)
@@ -472,7 +641,20 @@ def group_norm(
         y = torch.empty(x.shape, dtype=y.dtype, device=x.device)
         y_strides = flat_strides(y)
     x_strides = flat_strides(x)
-    beta = _pre_bias_matrix(pre_bias, n, c)
+    terms = _term_matrices(pre_bias, n, c)
+    unfused = rounding == "unfused"
+    if unfused and len(terms) > 2:
+        raise ValueError(f"rounding='unfused' takes at most two pre-norm bias terms, got {len(terms)}")
+    beta = None if unfused else _pre_bias_matrix(terms)
+    term_args = [*terms[:2], *[x] * (2 - len(terms[:2]))] if unfused else [x, x]
+    term_strides = [st for t in (terms[:2] if unfused else []) for st in t.stride()]
+    term_strides += [0] * (4 - len(term_strides))
+    rounded = dict(
+        NUM_TERMS=len(terms) if unfused else 0,
+        HALF=_HALF_CODE[x.dtype] if unfused else 0,
+        OUT_HALF=_HALF_CODE[y.dtype] if unfused else 0,
+        UNFUSED=unfused,
+    )
     if plan is None:
         channels_last = x_strides[1] == 1 and s > 1
         plan = plan_launch(n, c, num_groups, s, channels_last, x.element_size(), sm_count(x.device))
@@ -499,16 +681,20 @@ def group_norm(
     beta_strides = beta.stride() if beta is not None else (0, 0)
     if plan.split == 1:
         _gn_fused_kernel[(n, blocks)](
-            x, y, w, b, beta_t, c, s, *x_strides, *y_strides, *beta_strides, float(eps), **common, **affine
-        )
+            x, y, w, b, beta_t, *term_args, c, s, *x_strides, *y_strides, *beta_strides, *term_strides,
+            float(eps), **common, **affine, **rounded,
+        )  # fmt: skip
         return y
     chunk, split = _chunking(s, plan.split, plan.block_s)
     part = torch.empty((2, n, split, c), dtype=torch.float32, device=x.device)
     part_stride = n * split * c
     grid = (n, blocks, split)
-    _gn_partial_kernel[grid](x, part, c, s, chunk, split, part_stride, *x_strides, **common)
+    _gn_partial_kernel[grid](
+        x, part, *term_args, c, s, chunk, split, part_stride, *x_strides, *term_strides, **common,
+        NUM_TERMS=rounded["NUM_TERMS"], HALF=rounded["HALF"],
+    )  # fmt: skip
     _gn_apply_kernel[grid](
-        x, y, w, b, beta_t, part, c, s, chunk, split, part_stride, *x_strides, *y_strides, *beta_strides,
-        float(eps), SPLIT_P2=next_pow2(split), **common, **affine,
+        x, y, w, b, beta_t, part, *term_args, c, s, chunk, split, part_stride, *x_strides, *y_strides,
+        *beta_strides, *term_strides, float(eps), SPLIT_P2=next_pow2(split), **common, **affine, **rounded,
     )  # fmt: skip
     return y
