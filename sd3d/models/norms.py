@@ -53,7 +53,7 @@ from sd3d.models import kernels
 
 HALF_DTYPES = (torch.bfloat16, torch.float16)
 IMPLEMENTATIONS = ("auto", "torch", "triton")
-ROUNDINGS = ("unfused", "fused")  # the kernel's (sd3d.models.kernels.group_norm.ROUNDINGS)
+ROUNDINGS = kernels.GROUP_NORM_ROUNDINGS
 ACTIVATIONS = ("silu", "relu")
 
 PreBias = torch.Tensor | Sequence[torch.Tensor] | None

@@ -15,6 +15,10 @@ import functools
 import importlib
 from types import ModuleType
 
+GROUP_NORM_ROUNDINGS = ("unfused", "fused")
+"""Where the GroupNorm kernel may round (:func:`sd3d.models.kernels.group_norm.group_norm`'s
+``rounding``); here, without Triton, so that :mod:`sd3d.models.norms` checks the same names."""
+
 
 @functools.cache
 def _load(name: str) -> tuple[ModuleType | None, str | None]:

@@ -56,6 +56,8 @@ import torch
 import triton
 import triton.language as tl
 
+from sd3d.models.kernels import GROUP_NORM_ROUNDINGS
+
 ACTIVATIONS = {None: 0, "silu": 1, "relu": 2}
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -573,7 +575,7 @@ def unsupported_reason(x: torch.Tensor, num_groups: int, out_dtype: torch.dtype 
     return None
 
 
-ROUNDINGS = ("unfused", "fused")
+ROUNDINGS = GROUP_NORM_ROUNDINGS
 _HALF_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
@@ -646,11 +648,11 @@ def group_norm(
     if unfused and len(terms) > 2:
         raise ValueError(f"rounding='unfused' takes at most two pre-norm bias terms, got {len(terms)}")
     beta = None if unfused else _pre_bias_matrix(terms)
-    term_args = [*terms[:2], *[x] * (2 - len(terms[:2]))] if unfused else [x, x]
-    term_strides = [st for t in (terms[:2] if unfused else []) for st in t.stride()]
-    term_strides += [0] * (4 - len(term_strides))
+    elementwise = terms if unfused else []  # the terms the kernel adds element by element
+    term_args = [*elementwise, *[x] * (2 - len(elementwise))]  # x: a placeholder pointer, never read
+    term_strides = [st for t in elementwise for st in t.stride()] + [0] * (4 - 2 * len(elementwise))
     rounded = dict(
-        NUM_TERMS=len(terms) if unfused else 0,
+        NUM_TERMS=len(elementwise),
         HALF=_HALF_CODE[x.dtype] if unfused else 0,
         OUT_HALF=_HALF_CODE[y.dtype] if unfused else 0,
         UNFUSED=unfused,
