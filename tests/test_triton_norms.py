@@ -47,19 +47,24 @@ NO_TRITON = "triton is not installed (CPU-only torch, as in CI): the interpreter
 
 def check(result: dict) -> None:
     """``rounding="fused"``: one rounding, no worse than PyTorch's path. ``rounding="unfused"`` (the
-    default), in half precision: PyTorch's path itself, but for an output that a float32 difference
-    in the statistics moves across a rounding boundary (one unit in the last place, on at most one
-    element in a thousand; none in the interpreter cases); in float32, where there is no rounding
-    to reproduce, no worse than PyTorch's path."""
+    default), in half precision: PyTorch's CUDA path itself (emulated in the interpreter), but for
+    an output that a float32 difference in the statistics moves across a rounding boundary (one
+    unit in the last place, on at most one element in a thousand); in float32, where there is no
+    rounding to reproduce, no worse than PyTorch's path. On CUDA the emulation must meet the same
+    bound against the real path, or the interpreter's checks would be against the wrong target."""
     assert result["finite"] and result["dtype_ok"] and result["layout_ok"], result
     assert result["rounding_ratio"] <= 1.0, result
     if result["rounding"] == "nearest":
         assert result["l2_err"] <= 1.05 * result["torch_l2_err"] + 2**-23, result
+    if "unfused_skipped" in result:  # one position per channel: PyTorch's own formula runs instead
+        return
     assert result["unfused_dtype_ok"], result
     if "unfused_max_ulps" in result:
         assert result["unfused_max_ulps"] <= 1.0 and result["unfused_mismatch"] <= 1e-3, result
     else:
         assert result["unfused_l2_err"] <= 1.05 * result["torch_l2_err"] + 2**-23, result
+    if "emulation_max_ulps" in result:
+        assert result["emulation_max_ulps"] <= 1.0 and result["emulation_mismatch"] <= 1e-3, result
 
 
 # --------------------------------------------------------------------------------------------------
@@ -159,11 +164,16 @@ def test_kernel_in_the_interpreter(interpreted, case):
     check(interpreted[case.name])
 
 
-def test_unfused_rounding_is_pytorchs_path_bit_for_bit_in_the_interpreter(interpreted):
-    """The default ``rounding="unfused"`` gives PyTorch's half-precision output exactly (bias terms
-    one at a time, the norm's output rounded before the activation, both kernels, every layout):
-    the kernel then changes how the memory is read and written, not the numbers a model sees."""
-    half = [case for case in INTERPRETER_CASES if case.dtype != "fp32"]
+def test_unfused_rounding_is_pytorchs_cuda_path_bit_for_bit_in_the_interpreter(interpreted):
+    """The default ``rounding="unfused"`` gives the half-precision output of PyTorch's CUDA path
+    exactly (bias terms one at a time, statistics rounded to the input's dtype, ``a * x + b``, the
+    norm's output rounded before the activation; both kernels, every layout): the kernel then
+    changes how the memory is read and written, not the numbers a model sees."""
+    half = [
+        case
+        for case in INTERPRETER_CASES
+        if case.dtype != "fp32" and "unfused_skipped" not in interpreted[case.name]
+    ]
     assert len(half) >= 5 and any(case.bias_terms == 2 for case in half)
     for case in half:
         assert interpreted[case.name]["unfused_mismatch"] == 0.0, (case.name, interpreted[case.name])
@@ -380,6 +390,8 @@ def test_kernels_compile_for_a_gpu_in_both_roundings(rounding):
         "HALF": 1 if unfused else 0,
         "OUT_HALF": 1 if unfused else 0,
         "UNFUSED": unfused,
+        "AFFINE": 1 if unfused else 0,
+        "STATS_HALF": 1 if unfused else 0,
     }
     pointer = {"beta_ptr": "*fp32", "part_ptr": "*fp32"}
     for kernel in (G._gn_fused_kernel, G._gn_partial_kernel, G._gn_apply_kernel):

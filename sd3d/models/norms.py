@@ -23,8 +23,10 @@ On CUDA, :class:`GroupNorm` (and so :class:`GroupNorm32`) runs a Triton kernel i
 channels-last UNet no longer pays an NCHW copy in and out of every norm, and that can add a
 per-(sample, channel) bias before the norm and apply the SiLU / ReLU after it in the same pass.
 The kernel reproduces the arithmetic the PyTorch code above asks for (float32 statistics, the same
-output dtype) and, by default, its roundings too (``kernel_rounding="unfused"``: each ``x + term``
-rounded to the input's dtype, the norm's output rounded before the activation), so the choice is per
+output dtype) and, by default, the roundings of PyTorch's CUDA path too (``kernel_rounding="unfused"``:
+each ``x + term`` rounded to the input's dtype; the group's mean and 1/std rounded to the input's
+dtype, as ``native_group_norm`` returns them in it and its CUDA affine reads them back; ``a * x + b``;
+the norm's output rounded before the activation), so the choice is per
 object (``implementation``: ``"auto"`` = the kernel for CUDA tensors when Triton imports, the dtypes
 and layout are supported, no gradient is needed and ``torch.compile`` is not tracing; ``"torch"``;
 ``"triton"``) and the PyTorch code stays the reference. The default is ``"torch"``, and the kernel is
@@ -33,10 +35,13 @@ norm_kernel="auto")``). Why the roundings: the kernel's first form (``kernel_rou
 rounding) is closer to float64 than PyTorch's norm on every real shape, yet a whole generation with
 it ends 9-10 % further from the float32 model's latents (1.38e-2 vs 1.26e-2 over five seeds, SE of
 the difference 2.5e-5, session 10; the same on other inputs, mostly from the UNet's norms, session
-13; benchmarks/RESULTS.md), which #14 does not allow. The unfused form gives PyTorch's path's output
-bit for bit in Triton's interpreter (tests/test_triton_norms.py); whether it keeps the kernel's speed
-and PyTorch's deviation on a GPU is the next GPU call's to measure (``norm_deviation.py``), and only
-then can ``auto`` become the default. The fusions are spelled out by the callers: ``norm(x, pre_bias=..., activation=...)``,
+13; benchmarks/RESULTS.md), which #14 does not allow. Session 14 found why the first unfused form
+(float32 statistics, PyTorch's CPU roundings) still differed from PyTorch on an H100 in 27 % of the
+outputs and ended 6 % further from float32: PyTorch's CUDA GroupNorm rounds its statistics to
+bfloat16 before the affine map, which makes it less accurate per call, yet it is the model's
+reference. The unfused form now rounds them too; in Triton's interpreter it equals an emulation of
+that CUDA path bit for bit (tests/test_triton_norms.py, whose CUDA run checks the emulation against
+PyTorch). The fusions are spelled out by the callers: ``norm(x, pre_bias=..., activation=...)``,
 or :class:`NormActSequential`, an ``nn.Sequential`` (same children, same state-dict keys) that
 hands each GroupNorm the activation module that follows it.
 """
@@ -156,7 +161,7 @@ class GroupNorm(nn.GroupNorm):
         out_dtype = self.output_dtype(x)
         if out_dtype is None or (self.weight is not None and self.weight.dtype not in module.DTYPES):
             return f"input {x.dtype} with {self.weight.dtype if self.weight is not None else 'no'} parameters"
-        return module.unsupported_reason(x, self.num_groups, out_dtype)
+        return module.unsupported_reason(x, self.num_groups, out_dtype, self.kernel_rounding)
 
     def forward(
         self, x: torch.Tensor, pre_bias: PreBias = None, activation: str | None = None

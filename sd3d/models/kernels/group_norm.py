@@ -21,21 +21,25 @@ channel at the sample's first position, ``x - pivot`` exact where the values are
 two of it (Sterbenz), so a large common offset costs no precision. Statistics are exact per tile
 (mean, then the sum of squared deviations from it, both from registers) and merged across tiles,
 programs and channels with Chan et al.'s pairwise update of (count, mean, M2), the parallel form of
-Welford's algorithm that PyTorch's CUDA kernel uses. The output is
+Welford's algorithm that PyTorch's CUDA kernel uses. In float32 and with rounding "fused" the output is
 ``((x - pivot) - centre) * scale + shift`` rather than PyTorch's ``x * a + b``, which cancels when
 |mean| >> std: the group mean is carried as pivot + centre, never rounded to one float32 near the
 offset (with an offset of 100 standard deviations that rounding alone left the output 18 % further
 from float64 than PyTorch's CUDA GroupNorm, seen on an H100).
 
 Rounding (``group_norm(..., rounding=...)``): ``"unfused"``, the default, rounds a half-precision
-call where the PyTorch code it replaces does -- ``x + term`` to the input's dtype after each term,
-the norm's output to the output dtype, the activation's output again -- with round-to-nearest-even
-done on the float32 bits (so Triton's interpreter, whose bfloat16 cast truncates, rounds as the GPU
-does). It changes the memory traffic, not the numbers: in the interpreter its half-precision output
-equals PyTorch's path bit for bit. ``"fused"`` adds the bias in float32 (through the statistics, the
-terms' sum shifting each channel's mean) and applies the activation to the float32 value, rounding
-once: closer to float64 shape by shape, further from a float32 model over a whole SyncDreamer
-generation (:mod:`sd3d.models.norms` says by how much).
+call where the PyTorch code it replaces does on CUDA -- ``x + term`` to the input's dtype after each
+term; the group's mean and 1/std to the input's dtype (``native_group_norm`` returns them in that
+dtype unless a parameter is float32, and its CUDA affine reads them back), then PyTorch's ``a * x + b``
+with ``a = rstd * weight``, ``b = bias - a * mean`` (fmas, as nvcc compiles them); the norm's
+output to the output dtype; the activation's output again -- with round-to-nearest-even done on
+the float32 bits (so Triton's interpreter, whose bfloat16 cast truncates, rounds as the GPU does).
+It changes the memory traffic, not the numbers: in the interpreter its half-precision output
+equals an emulation of PyTorch's CUDA path bit for bit. float32 calls keep the pivot form (nothing
+to round; it does not cancel). ``"fused"`` adds the bias in float32 (through the statistics, the
+terms' sum shifting each channel's mean), keeps the statistics in float32 and applies the activation
+to the float32 value, rounding once: closer to float64 shape by shape, further from a float32 model
+over a whole SyncDreamer generation (:mod:`sd3d.models.norms` says by how much).
 
 Programs: one per (sample, block of whole groups, spatial chunk). Per-channel (mean, M2) are
 reduced over the spatial axis, so the loaded tile is [spatial, channels] with whichever axis is
@@ -193,16 +197,22 @@ def _affine(
     stride_beta_n,
     stride_beta_c,
     eps,
+    pivot,
     CG: tl.constexpr,
     GROUPS_P2: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     HAS_BETA: tl.constexpr,
+    AFFINE: tl.constexpr,
+    STATS_HALF: tl.constexpr,
 ):
-    """Per-channel (centre, scale, shift) with y = ((x - pivot) - centre) * scale + shift, from
-    per-channel (mean, M2) of x - pivot over ``count`` values each: the pre-norm bias shifts each
-    channel's mean, then the channels of each group are merged (equal counts) into the group's
-    mean and 1/std."""
+    """Per-channel (centre, scale, shift) from per-channel (mean, M2) of x - pivot over ``count``
+    values each: the pre-norm bias shifts each channel's mean, then the channels of each group are
+    merged (equal counts) into the group's mean and 1/std. What they mean depends on ``AFFINE``
+    (:func:`_normalize` applies them): 0, y = ((x - pivot) - centre) * scale + shift; 1, PyTorch's
+    CUDA form y = fma(x, a, b) with a = rstd * weight, b = fma(-a, mean, bias), mean and rstd first
+    rounded to ``STATS_HALF`` (returned as centre = 0, scale = a, shift = b); 2, PyTorch's form
+    without parameters, y = (x - mean) * rstd (centre = mean, scale = rstd)."""
     beta = tl.zeros_like(mean)
     if HAS_BETA:
         beta = tl.load(beta_ptr + n * stride_beta_n + c * stride_beta_c, mask=mask_c, other=0.0).to(
@@ -217,6 +227,20 @@ def _affine(
     group_m2 = tl.sum(tl.where(member, (m2 + count * dev * dev)[None, :], 0.0), axis=1)
     group_rstd = tl.div_rn(1.0, tl.sqrt_rn(group_m2 / (count * CG) + eps))
     scale = tl.sum(tl.where(member, group_rstd[:, None], 0.0), axis=0)
+    if AFFINE != 0:
+        # native_group_norm returns mean and rstd in the input's dtype when the parameters share it,
+        # and its CUDA affine reads them back from there: round them as it does
+        mean_r = _round_to(pivot + mean_of_group, STATS_HALF)
+        rstd_r = _round_to(scale, STATS_HALF)
+        if AFFINE == 2:
+            return mean_r, rstd_r, tl.zeros_like(mean)
+        a = rstd_r
+        if HAS_WEIGHT:
+            a = a * tl.load(w_ptr + c, mask=mask_c, other=0.0).to(tl.float32)
+        b = tl.zeros_like(mean)
+        if HAS_BIAS:
+            b = tl.load(b_ptr + c, mask=mask_c, other=0.0).to(tl.float32)
+        return tl.zeros_like(mean), a, tl.fma(-a, mean_r, b)
     if HAS_WEIGHT:
         scale = scale * tl.load(w_ptr + c, mask=mask_c, other=0.0).to(tl.float32)
     shift = tl.zeros_like(mean)
@@ -248,6 +272,7 @@ def _normalize(
     HALF: tl.constexpr,
     OUT_HALF: tl.constexpr,
     UNFUSED: tl.constexpr,
+    AFFINE: tl.constexpr,
 ):
     rows = tl.arange(0, BLOCK_S)
     for s0 in range(s_begin, s_end, BLOCK_S):
@@ -255,7 +280,12 @@ def _normalize(
         mask = (s < s_end)[:, None] & mask_c[None, :]
         x = tl.load(x_ptr + s[:, None] * stride_xs + x_col[None, :], mask=mask, other=0.0).to(tl.float32)
         x = _with_terms(x, t1, t2, NUM_TERMS, HALF)
-        y = ((x - pivot[None, :]) - centre[None, :]) * scale[None, :] + shift[None, :]
+        if AFFINE == 1:  # PyTorch's CUDA GroupNorm: a * x + b, one fma
+            y = tl.fma(x, scale[None, :], shift[None, :])
+        elif AFFINE == 2:
+            y = (x - centre[None, :]) * scale[None, :]
+        else:
+            y = ((x - pivot[None, :]) - centre[None, :]) * scale[None, :] + shift[None, :]
         if UNFUSED:  # the norm's output is rounded before the activation, as in PyTorch's two ops
             y = _round_to(y, OUT_HALF)
         if ACTIVATION == 1:
@@ -304,6 +334,8 @@ def _gn_fused_kernel(
     HALF: tl.constexpr,
     OUT_HALF: tl.constexpr,
     UNFUSED: tl.constexpr,
+    AFFINE: tl.constexpr,
+    STATS_HALF: tl.constexpr,
 ):
     """One program per (sample, block of groups): statistics over all of S, then normalise."""
     n = tl.program_id(0)
@@ -320,12 +352,12 @@ def _gn_fused_kernel(
         x_base, c * stride_xc, mask_c, 0, S, stride_xs, pivot, t1, t2, BLOCK_S, BLOCK_C, NUM_TERMS, HALF
     )
     centre, scale, shift = _affine(
-        mean, m2, S * 1.0, c, c_local, mask_c, n, w_ptr, b_ptr, beta_ptr,
-        stride_beta_n, stride_beta_c, eps, CG, GROUPS_P2, HAS_WEIGHT, HAS_BIAS, HAS_BETA,
+        mean, m2, S * 1.0, c, c_local, mask_c, n, w_ptr, b_ptr, beta_ptr, stride_beta_n, stride_beta_c,
+        eps, pivot, CG, GROUPS_P2, HAS_WEIGHT, HAS_BIAS, HAS_BETA, AFFINE, STATS_HALF,
     )  # fmt: skip
     _normalize(
         x_base, y_base, c * stride_xc, c * stride_yc, mask_c, 0, S, stride_xs, stride_ys,
-        pivot, centre, scale, shift, t1, t2, ACTIVATION, BLOCK_S, NUM_TERMS, HALF, OUT_HALF, UNFUSED,
+        pivot, centre, scale, shift, t1, t2, ACTIVATION, BLOCK_S, NUM_TERMS, HALF, OUT_HALF, UNFUSED, AFFINE,
     )  # fmt: skip
 
 
@@ -430,6 +462,8 @@ def _gn_apply_kernel(
     HALF: tl.constexpr,
     OUT_HALF: tl.constexpr,
     UNFUSED: tl.constexpr,
+    AFFINE: tl.constexpr,
+    STATS_HALF: tl.constexpr,
 ):
     """Split path, second kernel: merge the chunks' partial statistics (Chan), normalise one chunk."""
     n = tl.program_id(0)
@@ -448,10 +482,6 @@ def _gn_apply_kernel(
     mean = tl.sum(part_mean * counts[:, None], axis=0) / total
     dev = tl.where(mask, part_mean - mean[None, :], 0.0)
     m2 = tl.sum(part_m2 + counts[:, None] * dev * dev, axis=0)
-    centre, scale, shift = _affine(
-        mean, m2, total, c, c_local, mask_c, n, w_ptr, b_ptr, beta_ptr,
-        stride_beta_n, stride_beta_c, eps, CG, GROUPS_P2, HAS_WEIGHT, HAS_BIAS, HAS_BETA,
-    )  # fmt: skip
     s_begin = chunk * CHUNK
     s_end = tl.minimum(s_begin + CHUNK, S)
     x_base = x_ptr + n.to(tl.int64) * stride_xn
@@ -459,10 +489,14 @@ def _gn_apply_kernel(
     t1, t2, pivot = _terms_and_pivot(
         t1_ptr, t2_ptr, n, c, mask_c, stride_t1n, stride_t1c, stride_t2n, stride_t2c, pivot, CG, NUM_TERMS
     )
+    centre, scale, shift = _affine(
+        mean, m2, total, c, c_local, mask_c, n, w_ptr, b_ptr, beta_ptr, stride_beta_n, stride_beta_c,
+        eps, pivot, CG, GROUPS_P2, HAS_WEIGHT, HAS_BIAS, HAS_BETA, AFFINE, STATS_HALF,
+    )  # fmt: skip
     _normalize(
         x_base, y_ptr + n.to(tl.int64) * stride_yn, c * stride_xc,
         c * stride_yc, mask_c, s_begin, s_end, stride_xs, stride_ys, pivot, centre, scale, shift,
-        t1, t2, ACTIVATION, BLOCK_S, NUM_TERMS, HALF, OUT_HALF, UNFUSED,
+        t1, t2, ACTIVATION, BLOCK_S, NUM_TERMS, HALF, OUT_HALF, UNFUSED, AFFINE,
     )  # fmt: skip
 
 
@@ -556,7 +590,9 @@ def plan_launch(n: int, c: int, groups: int, s: int, channels_last: bool, itemsi
     return Plan(gpb, block_c, block_s, split, num_warps)
 
 
-def unsupported_reason(x: torch.Tensor, num_groups: int, out_dtype: torch.dtype | None = None) -> str | None:
+def unsupported_reason(
+    x: torch.Tensor, num_groups: int, out_dtype: torch.dtype | None = None, rounding: str = "unfused"
+) -> str | None:
     """Why :func:`group_norm` cannot take ``x`` (``None`` when it can): device, dtype, shape or layout."""
     if x.device.type != "cuda" and not INTERPRETED:
         return (
@@ -572,11 +608,26 @@ def unsupported_reason(x: torch.Tensor, num_groups: int, out_dtype: torch.dtype 
         return "more than 2^31 elements per sample"
     if flat_strides(x) is None:
         return f"spatial dims that do not flatten to one stride (strides {x.stride()})"
+    if rounding == "unfused" and x.dtype != torch.float32 and x[0, 0].numel() == 1:
+        # PyTorch's CUDA GroupNorm has another formula for one position per channel; no SyncDreamer
+        # norm sees such an input, so it is left to PyTorch rather than reproduced
+        return "one spatial position per channel with rounding 'unfused' (PyTorch's 1-d formula)"
     return None
 
 
 ROUNDINGS = GROUP_NORM_ROUNDINGS
 _HALF_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+def _torch_affine(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> tuple[int, int]:
+    """(AFFINE, STATS_HALF) for rounding "unfused": how PyTorch's CUDA GroupNorm maps a half-precision
+    input (native_group_norm's mean and rstd in the input's dtype unless a parameter is float32, the
+    "mixed" case; ``a * x + b``, or ``(x - mean) * rstd`` without parameters). float32 keeps the
+    pivot form: no rounding to reproduce, and it does not cancel when |mean| >> std."""
+    if x.dtype == torch.float32:
+        return 0, 0
+    mixed = any(p is not None and p.dtype != x.dtype for p in (weight, bias))
+    return (2 if weight is None and bias is None else 1), (0 if mixed else _HALF_CODE[x.dtype])
 
 
 def _term_matrices(pre_bias, n: int, c: int) -> list[torch.Tensor]:
@@ -622,13 +673,15 @@ def group_norm(
     :func:`plan_launch`'s (benchmarks, tests). No autograd.
 
     ``rounding``: where a half-precision call rounds. ``"unfused"`` (the default) rounds where the
-    PyTorch code it replaces does: each ``x + term`` to the input's dtype, the norm's output to the
-    output dtype, then the activation's; so the kernel changes the layout work, not the numbers.
+    PyTorch code it replaces does on CUDA: each ``x + term`` to the input's dtype, the statistics to
+    the input's dtype, the norm's output to the output dtype, then the activation's; so the kernel
+    changes the layout work, not the numbers (one position per channel, where PyTorch uses another
+    formula, is refused: :func:`unsupported_reason`).
     ``"fused"`` adds the terms and applies the activation in float32 and rounds once: closer to
     float64 shape by shape, yet a whole SyncDreamer generation with it ended 9-10 % further from the
     float32 model (benchmarks/RESULTS.md, sessions 10 and 13), which #14 does not allow.
     """
-    reason = unsupported_reason(x, num_groups, out_dtype)
+    reason = unsupported_reason(x, num_groups, out_dtype, rounding)
     if reason is not None:
         raise ValueError(f"Triton GroupNorm cannot take this input: {reason}")
     if activation not in ACTIVATIONS:
@@ -657,6 +710,7 @@ def group_norm(
         OUT_HALF=_HALF_CODE[y.dtype] if unfused else 0,
         UNFUSED=unfused,
     )
+    affine_form, stats_half = _torch_affine(x, weight, bias) if unfused else (0, 0)
     if plan is None:
         channels_last = x_strides[1] == 1 and s > 1
         plan = plan_launch(n, c, num_groups, s, channels_last, x.element_size(), sm_count(x.device))
@@ -676,6 +730,8 @@ def group_norm(
         HAS_BIAS=bias is not None,
         HAS_BETA=beta is not None,
         ACTIVATION=ACTIVATIONS[activation],
+        AFFINE=affine_form,
+        STATS_HALF=stats_half,
     )
     w = weight if weight is not None else dummy
     b = bias if bias is not None else dummy
