@@ -20,7 +20,8 @@ Rows, cumulative unless marked (side): fp32 with TF32 off and the reference dept
 code before the fast paths); + re-associated depth attention (exact); (side) TF32; + bf16
 autocast with fp32 weights (the previous bf16 path); + bf16 weights; + CUDA graph of the step;
 + channels-last UNet; + half-precision norms; + the Triton GroupNorm with the bias and SiLU fused
-(``norm_kernel="auto"``, opt-in: its deviation from fp32 is larger, ``norm_deviation.py``; the rows above use PyTorch's norms); (side) conditioning encoders offloaded;
+(``norm_kernel="auto"``, the default since session 14: PyTorch's CUDA roundings, its deviation,
+``norm_deviation.py``; the rows above use PyTorch's norms); (side) conditioning encoders offloaded;
 (side) --samples 4; (side) DDIM eta 0 and the DPM-Solver++ / UniPC 20-step samplers (dev against
 DDIM eta 0, 50 steps); then optional speed-ups, kept only if they pay: channels-last 3D nets,
 torch.compile (cold, then again with warm on-disk caches; skipped when the time budget is short).
@@ -629,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.run("+ half-precision norms (float32 statistics)", dtype="bf16", cuda_graph=cuda, repeats=fast)
     set_norm_implementation(model, "auto")
     default = bench.run(
-        "+ Triton GroupNorm (channels-last, bias / SiLU fused; opt-in)",
+        "+ Triton GroupNorm (channels-last, bias / SiLU fused) = default",
         dtype="bf16",
         cuda_graph=cuda,
         repeats=fast,

@@ -47,11 +47,15 @@ NO_TRITON = "triton is not installed (CPU-only torch, as in CI): the interpreter
 
 def check(result: dict) -> None:
     """``rounding="fused"``: one rounding, no worse than PyTorch's path. ``rounding="unfused"`` (the
-    default), in half precision: PyTorch's CUDA path itself (emulated in the interpreter), but for
-    an output that a float32 difference in the statistics moves across a rounding boundary (one
-    unit in the last place, on at most one element in a thousand); in float32, where there is no
-    rounding to reproduce, no worse than PyTorch's path. On CUDA the emulation must meet the same
-    bound against the real path, or the interpreter's checks would be against the wrong target."""
+    default), in half precision: PyTorch's CUDA path itself (emulated in the interpreter), but where
+    a float32 difference in the statistics (summation order) moves an output, or a statistic
+    rounded to the half dtype, across a rounding boundary: at most one element in a thousand differs
+    (an H100 measured at most 4.8e-4 over the real shapes, session 14), by at most two units in the
+    last place of the tensor's largest value (a flipped statistic shifts its group by about one;
+    near zero that is many ulps of the element itself, which is why the bound is not per element);
+    in float32, where there is no rounding to reproduce, no worse than PyTorch's path. On CUDA the
+    emulation must meet the same bound against the real path, or the interpreter's checks would be
+    against the wrong target."""
     assert result["finite"] and result["dtype_ok"] and result["layout_ok"], result
     assert result["rounding_ratio"] <= 1.0, result
     if result["rounding"] == "nearest":
@@ -59,12 +63,11 @@ def check(result: dict) -> None:
     if "unfused_skipped" in result:  # one position per channel: PyTorch's own formula runs instead
         return
     assert result["unfused_dtype_ok"], result
-    if "unfused_max_ulps" in result:
-        assert result["unfused_max_ulps"] <= 1.0 and result["unfused_mismatch"] <= 1e-3, result
-    else:
+    for target in ("unfused", "emulation"):
+        if f"{target}_scale_ulps" in result:
+            assert result[f"{target}_scale_ulps"] <= 2.0 and result[f"{target}_mismatch"] <= 1e-3, result
+    if "unfused_l2_err" in result:
         assert result["unfused_l2_err"] <= 1.05 * result["torch_l2_err"] + 2**-23, result
-    if "emulation_max_ulps" in result:
-        assert result["emulation_max_ulps"] <= 1.0 and result["emulation_mismatch"] <= 1e-3, result
 
 
 # --------------------------------------------------------------------------------------------------
@@ -213,9 +216,27 @@ def test_auto_keeps_the_pytorch_path_on_cpu(monkeypatch):
         out = unet(x, torch.tensor([3, 700]), torch.randn(2, 1, 32))
     assert out.shape == (2, 4, 16, 16) and bool(torch.isfinite(out).all())
     norm = unet.out[0]
-    assert norm.implementation == "torch"  # the default until the kernel is verified on a GPU
+    assert norm.implementation == "torch"  # a module's own default; prepare_for_inference picks "auto"
     set_norm_implementation(unet, "auto")
     assert norm.kernel_unavailable(x) == "a cpu tensor"
+
+
+def test_inference_set_up_picks_the_kernel_where_it_applies(monkeypatch):
+    """prepare_for_inference's default is ``norm_kernel="auto"`` (session 14: PyTorch's CUDA roundings,
+    the deviation of PyTorch's norms, 19 % off a generation on an H100); on the CPU that is
+    PyTorch's path, and the kernel's module is never even looked up."""
+    from sd3d.models.inference import prepare_for_inference
+    from sd3d.models.syncdreamer_checkpoint import load_syncdreamer
+    from sd3d.models.synthetic import synthetic_state_dict
+
+    monkeypatch.setattr(kernels, "group_norm_module", _never)
+    model = prepare_for_inference(load_syncdreamer(synthetic_state_dict(tiny_config()), tiny_config(), "cpu"))
+    norms = [m for m in model.modules() if isinstance(m, GroupNorm)]
+    assert norms and all(m.implementation == "auto" and m.kernel_rounding == "unfused" for m in norms)
+    unet = model.model.diffusion_model
+    with torch.no_grad():
+        out = unet.out(torch.randn(2, unet.out[0].num_channels, 8, 8))
+    assert bool(torch.isfinite(out).all())
 
 
 def _plain_sequential(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:

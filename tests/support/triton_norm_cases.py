@@ -182,25 +182,35 @@ def measure(case: Case, device: torch.device) -> dict:
     if unfused is None:  # left to PyTorch (unsupported_reason says why)
         return {**measured, "unfused_skipped": unsupported_reason(x, case.groups, dtype, "unfused")}
 
-    def ulps_and_mismatch(got: torch.Tensor, want: torch.Tensor) -> tuple[float, float]:
-        diff = (got.double() - want.double()).abs()
+    def ulps(values: torch.Tensor) -> torch.Tensor:
+        """The spacing of the half dtype's values at ``values`` (one unit in the last place)."""
         tiny = 2.0**-14 if dtype == torch.float16 else 2.0**-126
-        spacing = torch.exp2(torch.floor(torch.log2(want.double().abs().clamp_min(tiny))))
-        spacing = spacing * 2.0 ** -(PRECISION_BITS[case.dtype] - 1)
-        return float((diff / spacing).max()), float((diff > 0).double().mean())
+        spacing = torch.exp2(torch.floor(torch.log2(values.double().abs().clamp_min(tiny))))
+        return spacing * 2.0 ** -(PRECISION_BITS[case.dtype] - 1)
+
+    def compare(prefix: str, got: torch.Tensor, want: torch.Tensor) -> dict:
+        """How many elements differ; the largest difference in ulps of each element and in ulps of
+        the tensor's largest value (a statistic that rounds the other way moves a whole group by
+        about one ulp of its values, which near zero is many ulps of the element)."""
+        diff = (got.double() - want.double()).abs()
+        return {
+            f"{prefix}_mismatch": float((diff > 0).double().mean()),
+            f"{prefix}_max_ulps": float((diff / ulps(want)).max()),
+            f"{prefix}_scale_ulps": float(diff.max() / ulps(want.abs().max())),
+        }
 
     if dtype == torch.float32:
         diff = (unfused.double() - target.double()).abs()
-        ulps, mismatch = float((unfused.double() - exact).norm()) / norm, float((diff > 0).double().mean())
+        compared = {
+            "unfused_l2_err": float((unfused.double() - exact).norm()) / norm,
+            "unfused_mismatch": float((diff > 0).double().mean()),
+        }
     else:
-        ulps, mismatch = ulps_and_mismatch(unfused, target)
-    extra = {}
-    if x.is_cuda and dtype != torch.float32:  # is the interpreter's target PyTorch's CUDA path?
-        extra["emulation_max_ulps"], extra["emulation_mismatch"] = ulps_and_mismatch(emulated, reference)
+        compared = compare("unfused", unfused, target)
+        if x.is_cuda:  # is the interpreter's target PyTorch's CUDA path?
+            compared.update(compare("emulation", emulated, reference))
     return {
-        **extra,
-        "unfused_max_ulps" if dtype != torch.float32 else "unfused_l2_err": ulps,
-        "unfused_mismatch": mismatch,
+        **compared,
         "unfused_dtype_ok": unfused.dtype == dtype and unfused.stride() == x.stride(),
         **measured,
     }
