@@ -13,6 +13,7 @@
 #   bash benchmarks/gpu_runbook.sh robust   # robustness benchmark at standard quality (the presets)
 #   bash benchmarks/gpu_runbook.sh plain    # the same with every robustness method off
 #   bash benchmarks/gpu_runbook.sh gen      # generation table with the Triton norms, their tests
+#   bash benchmarks/gpu_runbook.sh default  # the Triton norm as the default: its tests, generation, sd3d run
 #   bash benchmarks/gpu_runbook.sh e2e      # `sd3d run` end to end, default and capped at 6 GiB
 #
 # Thirty minutes hold about three phases after the machine starts (in sessions 10 and 11 five to nine
@@ -35,7 +36,7 @@
 # .device-carry/h8/reference/syncdreamer-golden-synthetic.{npz,json} (generation parity), copied from
 # ../shared before the call: run(..., carry=[".whl", ".device-carry"]).
 set -u
-phase=${1:?usage: gpu_runbook.sh first|second|cold|robust|plain|gen|e2e}
+phase=${1:?usage: gpu_runbook.sh first|second|cold|robust|plain|gen|default|e2e}
 OUT=${OUT:?set OUT to the folder that comes back}
 SHARED=.device-carry/h8
 mkdir -p "$OUT"
@@ -140,6 +141,18 @@ gen)
     step generate 400 python3 benchmarks/generate.py --shared "$SHARED" --skip-compile --slow-repeats 0 \
         --budget-s "${GEN_BUDGET_S:-300}" --json "$OUT/generate.json"
     ;;
+default)
+    # the Triton norm as the default (session 14): its tests with PyTorch's CUDA roundings, then what
+    # the new default gives a user: a cold process's generations, throughput, `sd3d run`, samples
+    step triton-norm-tests 200 python3 -m pytest -q -rs -p no:cacheprovider tests/test_triton_norms.py
+    step first-generation 90 python3 benchmarks/first_generation.py --json "$OUT/first.json"
+    step throughput 150 python3 benchmarks/generate_throughput.py --json "$OUT/throughput.json"
+    e2e_inputs
+    step e2e 120 "${e2e_run[@]}" -o "$OUT/e2e"
+    python3 -c "import json; r = json.load(open('$OUT/e2e/report.json')); print(json.dumps({k: r.get(k) for k in \
+('stage_seconds', 'total_seconds', 'peak_gpu_memory_bytes')}))" >>"$OUT/e2e.log" 2>&1
+    step samples 100 python3 benchmarks/generate_throughput.py --samples 4 --counts 1 4 --json "$OUT/samples.json"
+    ;;
 e2e)
     # end to end on the full-size synthetic checkpoint, views from the object-decoder double (the real
     # weights cannot be fetched there): the default, then the process capped at 6 GiB
@@ -149,7 +162,7 @@ e2e)
     step e2e-graph 120 "${e2e_run[@]}" -o "$OUT/e2e-graph" --cuda-graph
     ;;
 *)
-    echo "unknown phase $phase (first | second | cold | robust | plain | gen | e2e)" >&2
+    echo "unknown phase $phase (first | second | cold | robust | plain | gen | default | e2e)" >&2
     exit 2
     ;;
 esac
