@@ -143,15 +143,15 @@ gen)
     ;;
 default)
     # the Triton norm as the default (session 14): its tests with PyTorch's CUDA roundings, then what
-    # the new default gives a user: a cold process's generations, throughput, `sd3d run`, samples
+    # the new default gives a user: a cold process's generations, samples, throughput, `sd3d run`
     step triton-norm-tests 200 python3 -m pytest -q -rs -p no:cacheprovider tests/test_triton_norms.py
     step first-generation 90 python3 benchmarks/first_generation.py --json "$OUT/first.json"
+    step samples 100 python3 benchmarks/generate_throughput.py --samples 4 --counts 1 --json "$OUT/samples.json"
     step throughput 150 python3 benchmarks/generate_throughput.py --json "$OUT/throughput.json"
     e2e_inputs
     step e2e 120 "${e2e_run[@]}" -o "$OUT/e2e"
     python3 -c "import json; r = json.load(open('$OUT/e2e/report.json')); print(json.dumps({k: r.get(k) for k in \
 ('stage_seconds', 'total_seconds', 'peak_gpu_memory_bytes')}))" >>"$OUT/e2e.log" 2>&1
-    step samples 100 python3 benchmarks/generate_throughput.py --samples 4 --counts 1 4 --json "$OUT/samples.json"
     ;;
 e2e)
     # end to end on the full-size synthetic checkpoint, views from the object-decoder double (the real
