@@ -47,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="then the final latents' rel L2 from the fp32 model (TF32 off) with either --sdpa choice",
     )
+    parser.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="no GroupNorm kernel warm-up (load_model starts one while the checkpoint loads; this mirrors it)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -59,10 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     from sd3d.core.progress import Progress
     from sd3d.models import attention
     from sd3d.models.configs import config_by_name
-    from sd3d.models.inference import prepare_for_inference
+    from sd3d.models.inference import choose_decode_batch, prepare_for_inference
+    from sd3d.models.norm_warmup import start_norm_kernel_warmup
     from sd3d.models.syncdreamer_checkpoint import load_syncdreamer
     from sd3d.models.synthetic import synthetic_state_dict
-    from sd3d.pipelines.syncdreamer import GenerationSettings, sample_views
+    from sd3d.pipelines.syncdreamer import GenerationSettings, default_batch_view_num, sample_views
 
     class StepClock(Progress):
         """Records the host time of every ``advance`` of every task."""
@@ -87,7 +93,17 @@ def main(argv: list[str] | None = None) -> int:
     half = torch.bfloat16 if device.type == "cuda" else torch.float32
     config = config_by_name(args.config)
     t0 = time.perf_counter()
+    warmup = None
+    if not args.no_warmup:  # as load_model: started before the weights are made
+        warmup = start_norm_kernel_warmup(
+            config,
+            device,
+            half,
+            batch_view_num=default_batch_view_num(device, half),
+            decode_batch=choose_decode_batch(device, half, config.view_num),
+        )
     model = prepare_for_inference(load_syncdreamer(synthetic_state_dict(config), config, device, half), half)
+    model.kernel_warmup = warmup
     _sync(device)
     built = time.perf_counter() - t0
     print(f"# imports {t0 - t_start:.2f} s, model built {built:.2f} s on {device}", flush=True)
@@ -101,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         if profiler is not None:
             profiler.enable()
-        sample_views(model, prepared, settings, "auto", clock)
+        generation = sample_views(model, prepared, settings, "auto", clock)
         _sync(device)
         if profiler is not None:
             profiler.disable()
@@ -115,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
             "step_host_s": host[:6],
             "steps_after_5_s": round(sum(host[5:]), 3),
             "decode_s": round(t0 + wall - steps[-1], 3),
+            **(
+                {"kernel_warmup": generation.record["kernel_warmup"]}
+                if "kernel_warmup" in generation.record
+                else {}
+            ),
         }
         runs.append(record)
         print(json.dumps(record), flush=True)

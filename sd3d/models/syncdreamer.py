@@ -96,6 +96,9 @@ class SyncDreamer(nn.Module):
         # True while the conditioning encoders live in pinned host memory (sd3d.models.inference).
         self.conditioning_offloaded = False
         self.step_modules_compiled = False  # sd3d.models.inference.compile_step_modules_
+        # The GroupNorm kernels being compiled ahead (sd3d.models.norm_warmup), waited for by the
+        # first generation; None when there is nothing to wait for.
+        self.kernel_warmup = None
         for name, value in camera_buffers(config).items():
             self.register_buffer(name, value, persistent=False)
         self._register_grids()

@@ -59,6 +59,7 @@ from sd3d.models.inference import (
     compile_step_modules_,
     prepare_for_inference,
 )
+from sd3d.models.norm_warmup import start_norm_kernel_warmup
 from sd3d.models.syncdreamer_checkpoint import load_syncdreamer
 from sd3d.preprocess import PreparedInput, prepare_input, to_model_rgb
 from sd3d.sampling.cuda_graph import GraphedEps
@@ -168,8 +169,40 @@ def load_model(
     dev = device if not isinstance(device, str) else resolve_device(device)
     dt = dtype if not isinstance(dtype, str) else resolve_dtype(dtype, dev)
     weight_dtype = dt if dev.type == "cuda" else torch.float32
+    # A machine's first process compiles the GroupNorm kernels (seconds): started while the
+    # checkpoint loads, for the official model's default generation (None off CUDA)
+    warmup = start_norm_kernel_warmup(
+        config or SyncDreamerConfig(),
+        dev,
+        weight_dtype,
+        batch_view_num=default_batch_view_num(dev, weight_dtype),
+        decode_batch=choose_decode_batch(dev, weight_dtype, cam.NUM_VIEWS),
+    )
     model = load_syncdreamer(path, config, dev, weight_dtype)
-    return prepare_for_inference(model, weight_dtype, offload)
+    model = prepare_for_inference(model, weight_dtype, offload)
+    model.kernel_warmup = warmup
+    return model
+
+
+def wait_for_kernel_warmup(model: SyncDreamer, progress: Progress) -> dict | None:
+    """Wait for the GroupNorm kernels :func:`load_model` started compiling (once per model; a progress
+    line while it still runs); what it did, or None when there was none."""
+    warmup, model.kernel_warmup = model.kernel_warmup, None
+    if warmup is None:
+        return None
+    t0 = time.perf_counter()
+    if warmup.running:
+        with progress.task("compiling GPU kernels (a machine's first run)", 1) as advance:
+            result = warmup.wait()
+            advance(1)
+    else:
+        result = warmup.wait()
+    return {
+        "variants": result.get("variants", 0),
+        "failed": len(result.get("failed", ())) + ("error" in result),
+        "seconds": result.get("seconds"),
+        "waited_s": round(time.perf_counter() - t0, 3),
+    }
 
 
 def as_prepared(
@@ -412,6 +445,7 @@ def sample_views(
     generator = make_generator(settings.seed, device)
     progress = resolve(progress)
     started = time.perf_counter()
+    warmup = wait_for_kernel_warmup(model, progress)
 
     image = torch.from_numpy(np.array(prepared.model_rgb)).permute(2, 0, 1)[None].to(device)
     image = image.expand(B, -1, -1, -1).contiguous()
@@ -460,6 +494,7 @@ def sample_views(
         "device": str(device),
         "cuda_graph": use_graph,
         "compiled": model.step_modules_compiled,
+        **({"kernel_warmup": warmup} if warmup else {}),
         "x_T": "seed" if given_x_T is None else "given",
         "seconds": round(elapsed, 2),
         "input": str(prepared.source) if prepared.source is not None else None,

@@ -53,6 +53,7 @@ writes per-chunk per-channel partial statistics and a second merges them and nor
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 
@@ -503,6 +504,8 @@ def _gn_apply_kernel(
 # --------------------------------------------------------------------------------------------------
 # host code
 # --------------------------------------------------------------------------------------------------
+KERNELS = (_gn_fused_kernel, _gn_partial_kernel, _gn_apply_kernel)
+
 # ``TRITON_INTERPRET=1`` when Triton was imported: kernels then run on CPU tensors (tests).
 INTERPRETED = type(_gn_fused_kernel).__name__ == "InterpretedFunction"
 
@@ -598,6 +601,14 @@ def unsupported_reason(
         return (
             f"a {x.device.type} tensor (Triton runs CPU tensors only in its interpreter, TRITON_INTERPRET=1)"
         )
+    return input_reason(x, num_groups, out_dtype, rounding)
+
+
+def input_reason(
+    x: torch.Tensor, num_groups: int, out_dtype: torch.dtype | None = None, rounding: str = "unfused"
+) -> str | None:
+    """:func:`unsupported_reason` but for the device: why a CUDA tensor shaped, strided and typed
+    like ``x`` could not be taken (so meta tensors can stand in for it, :func:`kernel_launches`)."""
     if x.dtype not in DTYPES or (out_dtype is not None and out_dtype not in DTYPES):
         return f"dtype {x.dtype} -> {out_dtype} (supported: float32, bfloat16, float16)"
     if x.dim() < 2 or x.shape[1] % num_groups:
@@ -689,17 +700,50 @@ def group_norm(
     if rounding not in ROUNDINGS:
         raise ValueError(f"unknown rounding {rounding!r}; known: {', '.join(ROUNDINGS)}")
     n, c = x.shape[:2]
-    s = x[0, 0].numel()
     y = torch.empty_like(x, dtype=out_dtype or x.dtype)
-    y_strides = flat_strides(y)
-    if y_strides is None:  # a non-dense input: write a contiguous output
+    if flat_strides(y) is None:  # a non-dense input: write a contiguous output
         y = torch.empty(x.shape, dtype=y.dtype, device=x.device)
-        y_strides = flat_strides(y)
-    x_strides = flat_strides(x)
     terms = _term_matrices(pre_bias, n, c)
-    unfused = rounding == "unfused"
-    if unfused and len(terms) > 2:
+    if rounding == "unfused" and len(terms) > 2:
         raise ValueError(f"rounding='unfused' takes at most two pre-norm bias terms, got {len(terms)}")
+    for launch in kernel_launches(x, y, num_groups, weight, bias, eps, activation, terms, plan, rounding):
+        launch.kernel[launch.grid](*launch.args, **launch.constants)
+    return y
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch: the ``@triton.jit`` function, its grid, its arguments and its compile-time
+    constants (with ``num_warps``). Triton compiles one variant per distinct set of constants (and of
+    argument specialisations, :func:`variant_key`), which a fresh machine pays for once."""
+
+    kernel: object
+    grid: tuple[int, ...]
+    args: tuple
+    constants: dict
+
+
+def kernel_launches(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    activation: str | None,
+    terms: list[torch.Tensor],
+    plan: Plan | None,
+    rounding: str,
+    sms: int | None = None,
+) -> list[Launch]:
+    """The launches of :func:`group_norm` writing ``y`` (host work only, so it also runs on the meta
+    device: benchmarks/norm_variants.py counts the variants a generation compiles); ``terms``: the
+    pre-norm bias terms as (n, c) matrices; ``sms``: the device's multiprocessor count (default: asked)."""
+    n, c = x.shape[:2]
+    s = x[0, 0].numel()
+    y_strides = flat_strides(y)
+    x_strides = flat_strides(x)
+    unfused = rounding == "unfused"
     beta = None if unfused else _pre_bias_matrix(terms)
     elementwise = terms if unfused else []  # the terms the kernel adds element by element
     term_args = [*elementwise, *[x] * (2 - len(elementwise))]  # x: a placeholder pointer, never read
@@ -713,7 +757,8 @@ def group_norm(
     affine_form, stats_half = _torch_affine(x, weight, bias) if unfused else (0, 0)
     if plan is None:
         channels_last = x_strides[1] == 1 and s > 1
-        plan = plan_launch(n, c, num_groups, s, channels_last, x.element_size(), sm_count(x.device))
+        sms = sm_count(x.device) if sms is None else sms
+        plan = plan_launch(n, c, num_groups, s, channels_last, x.element_size(), sms)
     cg = c // num_groups
     blocks = _cdiv(num_groups, plan.groups_per_block)
     dummy = x
@@ -738,21 +783,81 @@ def group_norm(
     beta_t = beta if beta is not None else dummy
     beta_strides = beta.stride() if beta is not None else (0, 0)
     if plan.split == 1:
-        _gn_fused_kernel[(n, blocks)](
-            x, y, w, b, beta_t, *term_args, c, s, *x_strides, *y_strides, *beta_strides, *term_strides,
-            float(eps), **common, **affine, **rounded,
-        )  # fmt: skip
-        return y
+        args = (
+            x,
+            y,
+            w,
+            b,
+            beta_t,
+            *term_args,
+            c,
+            s,
+            *x_strides,
+            *y_strides,
+            *beta_strides,
+            *term_strides,
+            float(eps),
+        )
+        return [Launch(_gn_fused_kernel, (n, blocks), args, {**common, **affine, **rounded})]
     chunk, split = _chunking(s, plan.split, plan.block_s)
     part = torch.empty((2, n, split, c), dtype=torch.float32, device=x.device)
     part_stride = n * split * c
     grid = (n, blocks, split)
-    _gn_partial_kernel[grid](
-        x, part, *term_args, c, s, chunk, split, part_stride, *x_strides, *term_strides, **common,
-        NUM_TERMS=rounded["NUM_TERMS"], HALF=rounded["HALF"],
-    )  # fmt: skip
-    _gn_apply_kernel[grid](
+    partial_args = (x, part, *term_args, c, s, chunk, split, part_stride, *x_strides, *term_strides)
+    apply_args = (
         x, y, w, b, beta_t, part, *term_args, c, s, chunk, split, part_stride, *x_strides, *y_strides,
-        *beta_strides, *term_strides, float(eps), SPLIT_P2=next_pow2(split), **common, **affine, **rounded,
+        *beta_strides, *term_strides, float(eps),
     )  # fmt: skip
-    return y
+    return [
+        Launch(
+            _gn_partial_kernel,
+            grid,
+            partial_args,
+            {**common, "NUM_TERMS": rounded["NUM_TERMS"], "HALF": rounded["HALF"]},
+        ),
+        Launch(
+            _gn_apply_kernel, grid, apply_args, {"SPLIT_P2": next_pow2(split), **common, **affine, **rounded}
+        ),
+    ]
+
+
+def warm_up(launches: list[Launch], workers: int, device: torch.device | None = None) -> dict:
+    """Compile the variants of ``launches`` (each once) on ``workers`` threads, without launching:
+    Triton's ``warmup`` specialises as a launch would (a tensor argument given by its dtype counts as
+    16-byte aligned, as PyTorch's allocations are), compiles, and leaves the kernel in its in-memory
+    and on-disk caches, where the launches then find it. Compilation releases the GIL for much of its
+    work (on 2 CPU cores, 16 variants took 3.2 s on two threads against 5.3 s on one). Returns
+    ``{"variants": n, "failed": [reason, ...]}``; a variant that fails here is compiled (and fails, if
+    it must) at its launch as before."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    unique = list({variant_key(launch): launch for launch in launches}.values())
+
+    def compile_one(launch: Launch) -> str | None:
+        args = [a.dtype if isinstance(a, torch.Tensor) else a for a in launch.args]
+        try:
+            with torch.cuda.device(device) if device is not None else contextlib.nullcontext():
+                launch.kernel.warmup(*args, grid=launch.grid, **launch.constants)
+        except Exception as exc:  # a Triton without warmup, a compiler error: the launch will tell
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(unique) or 1))) as pool:
+        failed = [r for r in pool.map(compile_one, unique) if r is not None]
+    return {"variants": len(unique), "failed": failed}
+
+
+def variant_key(launch: Launch) -> tuple:
+    """What Triton compiles a launch's variant for: the kernel, its constants, and how each argument
+    is specialised (integers equal to 1 or divisible by 16, tensors by dtype; pointers are taken to
+    be 16-byte aligned, as PyTorch's allocations are)."""
+
+    def spec(a) -> str:
+        if isinstance(a, torch.Tensor):
+            return str(a.dtype)
+        if isinstance(a, bool) or not isinstance(a, int):
+            return type(a).__name__
+        return "1" if a == 1 else "d16" if a % 16 == 0 else "i"
+
+    name = getattr(launch.kernel, "__name__", None) or launch.kernel.fn.__name__
+    return (name, tuple(sorted(launch.constants.items())), tuple(spec(a) for a in launch.args))

@@ -1,0 +1,182 @@
+"""The Triton GroupNorm's kernel variants of a generation, compiled ahead on background threads.
+
+Why: with the kernel on by default (session 14), a machine's first generation took 17-28 s instead of
+1.8 s on an H100, because its first step compiled some 70 kernel variants one after another (Triton
+compiles one per distinct set of compile-time constants and argument specialisations; a tile shape per
+channel count, fused or split, with or without bias terms and activation). They are then in Triton's
+on-disk cache, so only a machine's first process (or the first after an sd3d upgrade changes the
+kernel source) pays. That process now enumerates the launches a default generation makes -- the
+official model run on the ``meta`` device (nothing allocated or computed), each GroupNorm's launches
+computed by the kernel's own host code (:func:`sd3d.models.kernels.group_norm.kernel_launches`) -- and
+compiles them on a few threads while the checkpoint loads (:func:`start_norm_kernel_warmup`, called by
+:func:`sd3d.pipelines.syncdreamer.load_model`); the generation waits for it before its conditioning
+(:meth:`KernelWarmUp.wait`). Variants it misses (other sample counts, chunk sizes) compile at their
+first launch, as before; with a warm cache the whole warm-up is a few cache lookups.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import types
+from collections.abc import Callable
+
+import torch
+
+from sd3d.models import kernels
+from sd3d.models.configs import SyncDreamerConfig
+from sd3d.models.norms import GroupNorm
+from sd3d.models.syncdreamer import Conditioning
+
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def generation_norm_launches(
+    config: SyncDreamerConfig,
+    dtype: torch.dtype,
+    *,
+    samples: int = 1,
+    batch_view_num: int = 16,
+    decode_batch: int = 4,
+    channels_last: bool = True,
+    sms: int = 132,
+) -> list:
+    """The GroupNorm kernel launches of one generation of ``samples`` x 16 views (conditioning, one
+    guided denoising step in chunks of ``batch_view_num`` views, decoding ``decode_batch`` images per
+    call) for a model prepared as on CUDA: half-precision (``dtype``) activations and norm parameters,
+    a ``channels_last`` UNet, a device with ``sms`` multiprocessors. Empty without Triton."""
+    module = kernels.group_norm_module()
+    if module is None:
+        return []
+    from sd3d.models.inference import set_channels_last_
+    from sd3d.models.syncdreamer_checkpoint import build_meta_model
+
+    meta = torch.device("meta")
+    launches: list = []
+
+    def recording(self: GroupNorm, x: torch.Tensor, pre_bias=None, activation=None) -> torch.Tensor:
+        stand_in = torch.empty_strided(x.shape, x.stride(), dtype=dtype, device=meta)
+        launches.extend(norm_launches(self, stand_in, pre_bias, activation, sms))
+        return GroupNorm.forward(self, x, pre_bias, activation)  # on meta: shapes only
+
+    model = build_meta_model(config).to(meta)
+    set_channels_last_(model, unet=channels_last, volume=False)
+    for module in model.modules():  # this model's instances only: a real model may be running
+        if isinstance(module, GroupNorm):
+            module.forward = types.MethodType(recording, module)
+        elif isinstance(module, torch.nn.Conv2d):
+            module.forward = types.MethodType(_conv_keeping_channels_last, module)
+    B, N = samples, config.view_num
+    size, channels = config.latent_size, config.latent_channels
+    with torch.no_grad():
+        image = torch.empty(B, 3, config.image_size, config.image_size, device=meta)
+        mean, _ = model.encode_posterior(image)
+        clip = model.encode_clip(image)
+        viewpoint = torch.empty(B, N, 4, device=meta)
+        cond = Conditioning(
+            input_latent=mean,
+            concat_latent=mean,
+            clip_embed=clip,
+            viewpoint=viewpoint,
+            contexts=model.project_contexts(clip, viewpoint),
+        )
+        model.predict_eps(
+            torch.empty(B, N, channels, size, size, device=meta), 981, cond, 2.0, batch_view_num
+        )
+        model.decode_latents(torch.empty(B * N, channels, size, size, device=meta), decode_batch)
+    return launches
+
+
+def _channels_last(t: torch.Tensor) -> bool:
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _conv_keeping_channels_last(self: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A convolution whose input or weights are channels-last returns channels-last output on CUDA
+    (cuDNN, as on the CPU); the meta device's returns a contiguous one."""
+    out = torch.nn.Conv2d.forward(self, x)
+    if _channels_last(x) or _channels_last(self.weight):
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def norm_launches(norm: GroupNorm, x: torch.Tensor, pre_bias, activation: str | None, sms: int) -> list:
+    """The kernel launches ``norm(x, pre_bias, activation)`` makes on a CUDA device with ``sms``
+    multiprocessors, for an ``x`` (a meta stand-in, or a real tensor of any device) in the dtype the
+    norm computes in, and parameters in that dtype too (half-precision norms, as on CUDA)."""
+    module = kernels.group_norm_module()
+    if module is None or module.input_reason(x, norm.num_groups, x.dtype, norm.kernel_rounding) is not None:
+        return []
+
+    def like(t: torch.Tensor) -> torch.Tensor:
+        return torch.empty_strided(t.shape, t.stride(), dtype=x.dtype, device=torch.device("meta"))
+
+    n, c = x.shape[:2]
+    xh = like(x)
+    y = torch.empty_like(xh)
+    if module.flat_strides(y) is None:
+        y = torch.empty(x.shape, dtype=x.dtype, device=xh.device)
+    terms = [like(t) for t in module._term_matrices(pre_bias, n, c)]
+    weight = like(norm.weight) if norm.weight is not None else None
+    bias = like(norm.bias) if norm.bias is not None else None
+    return module.kernel_launches(
+        xh, y, norm.num_groups, weight, bias, norm.eps, activation, terms, None, norm.kernel_rounding, sms
+    )
+
+
+class KernelWarmUp:
+    """Work started on a daemon thread; :meth:`wait` joins it and returns what it returned (with
+    ``seconds``, or ``error`` if it raised: a failed warm-up only means the launches compile lazily)."""
+
+    def __init__(self, work: Callable[[], dict]) -> None:
+        self._result: dict = {}
+        self._started = time.perf_counter()
+        self._thread = threading.Thread(
+            target=self._run, args=(work,), name="sd3d-kernel-warmup", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, work: Callable[[], dict]) -> None:
+        try:
+            self._result = dict(work())
+        except Exception as exc:
+            self._result = {"error": f"{type(exc).__name__}: {exc}"}
+        self._result["seconds"] = round(time.perf_counter() - self._started, 3)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def wait(self) -> dict:
+        self._thread.join()
+        return self._result
+
+
+def start_norm_kernel_warmup(
+    config: SyncDreamerConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    batch_view_num: int = 16,
+    decode_batch: int = 4,
+    workers: int | None = None,
+) -> KernelWarmUp | None:
+    """Compile a one-sample generation's GroupNorm kernel variants on ``workers`` threads (default:
+    up to 8, one per CPU core) in the background; ``None`` where the kernel does not run (not CUDA,
+    not half precision, no Triton)."""
+    if device.type != "cuda" or dtype not in HALF_DTYPES:
+        return None
+    module = kernels.group_norm_module()
+    if module is None:
+        return None
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    workers = workers or max(1, min(8, os.cpu_count() or 1))
+
+    def work() -> dict:
+        launches = generation_norm_launches(
+            config, dtype, batch_view_num=batch_view_num, decode_batch=decode_batch, sms=sms
+        )
+        return module.warm_up(launches, workers, device)
+
+    return KernelWarmUp(work)

@@ -1,0 +1,99 @@
+"""The GroupNorm kernels compiled ahead (sd3d/models/norm_warmup.py): what it enumerates, how it is waited for.
+
+The enumeration runs on the meta device and needs Triton only for the kernel's host code (skipped in
+CI, which installs none); the compiling itself needs a GPU (benchmarks/RESULTS.md, session 14).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sd3d.core.progress import Progress
+from sd3d.models.configs import tiny_config
+from sd3d.models.inference import prepare_for_inference, set_channels_last_
+from sd3d.models.norm_warmup import (
+    KernelWarmUp,
+    generation_norm_launches,
+    norm_launches,
+    start_norm_kernel_warmup,
+)
+from sd3d.models.norms import GroupNorm
+from sd3d.models.syncdreamer_checkpoint import load_syncdreamer
+from sd3d.models.synthetic import synthetic_state_dict
+from sd3d.pipelines.syncdreamer import GenerationSettings, sample_views, wait_for_kernel_warmup
+
+TRITON = importlib.util.find_spec("triton") is not None
+
+
+@pytest.mark.skipif(
+    not TRITON, reason="triton is not installed (CPU-only torch, as in CI): the kernel's host code needs it"
+)
+def test_the_meta_run_enumerates_the_launches_a_generation_makes(monkeypatch):
+    """The launches the warm-up compiles are those a real generation makes: a tiny model prepared as
+    on CUDA (bf16 weights and norms, channels-last UNet) generates on the CPU while every GroupNorm
+    call records the launches the kernel would make for it (the same host code, real tensors); the
+    meta-device enumeration must give the same set of variants -- a dtype, layout or chunking it got
+    wrong would show here as a variant compiled for nothing and one compiled at its launch."""
+    from sd3d.models.kernels import group_norm as G
+    from sd3d.preprocess import prepare_input
+
+    config = tiny_config()
+    model = load_syncdreamer(synthetic_state_dict(config), config, "cpu", torch.bfloat16)
+    prepare_for_inference(model, torch.bfloat16, half_norms=True)
+    set_channels_last_(model, unet=True, volume=False)
+    seen: set = set()
+    forward = GroupNorm.forward
+
+    def recording(self, x, pre_bias=None, activation=None):
+        seen.update(G.variant_key(launch) for launch in norm_launches(self, x, pre_bias, activation, 132))
+        return forward(self, x, pre_bias, activation)
+
+    monkeypatch.setattr(GroupNorm, "forward", recording)
+    rgba = np.zeros((256, 256, 4), dtype=np.uint8)
+    rgba[64:192, 64:192] = 200
+    prepared = prepare_input(Image.fromarray(rgba, "RGBA"))
+    settings = GenerationSettings(steps=2, batch_view_num=8)
+    sample_views(model, prepared, settings, dtype=torch.bfloat16, cuda_graph=False)
+    monkeypatch.setattr(GroupNorm, "forward", forward)
+
+    launches = generation_norm_launches(config, torch.bfloat16, batch_view_num=8, decode_batch=16, sms=132)
+    expected = {G.variant_key(launch) for launch in launches}
+    assert seen and expected == seen, (sorted(expected - seen), sorted(seen - expected))
+    assert {key[0] for key in expected} <= {"_gn_fused_kernel", "_gn_partial_kernel", "_gn_apply_kernel"}
+
+
+def test_nothing_is_started_off_cuda():
+    assert start_norm_kernel_warmup(tiny_config(), torch.device("cpu"), torch.bfloat16) is None
+
+
+def test_the_first_generation_waits_once_and_reports_it():
+    """sample_views waits for the warm-up :func:`load_model` started (here a stand-in that takes
+    0.2 s), says so on a progress line while it runs, records it, and clears it: a second generation
+    does not wait again; a warm-up that failed is reported, not raised (the launches then compile
+    themselves, as without a warm-up)."""
+
+    class Model:
+        kernel_warmup = None
+
+    model = Model()
+    model.kernel_warmup = KernelWarmUp(lambda: (time.sleep(0.2), {"variants": 5, "failed": ["x"]})[1])
+    stream = io.StringIO()
+    progress = Progress(enabled=True, plain=True, stream=stream)
+    record = wait_for_kernel_warmup(model, progress)
+    assert record["variants"] == 5 and record["failed"] == 1 and record["waited_s"] >= 0.1
+    assert model.kernel_warmup is None and wait_for_kernel_warmup(model, progress) is None
+    assert "compiling GPU kernels" in stream.getvalue()
+
+    def broken() -> dict:
+        raise RuntimeError("no warmup in this Triton")
+
+    model.kernel_warmup = KernelWarmUp(broken)
+    record = wait_for_kernel_warmup(model, progress)
+    assert record["failed"] == 1 and record["variants"] == 0
