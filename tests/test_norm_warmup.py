@@ -20,9 +20,11 @@ from sd3d.models.configs import tiny_config
 from sd3d.models.inference import prepare_for_inference, set_channels_last_
 from sd3d.models.norm_warmup import (
     KernelWarmUp,
+    _mark,
     generation_norm_launches,
     norm_launches,
     start_norm_kernel_warmup,
+    warmup_marker,
 )
 from sd3d.models.norms import GroupNorm
 from sd3d.models.syncdreamer_checkpoint import load_syncdreamer
@@ -97,3 +99,42 @@ def test_the_first_generation_waits_once_and_reports_it():
     model.kernel_warmup = KernelWarmUp(broken)
     record = wait_for_kernel_warmup(model, progress)
     assert record["failed"] == 1 and record["variants"] == 0
+
+
+def test_a_complete_warm_up_leaves_its_marker_and_a_failed_one_none(tmp_path):
+    """The marker (which stops later processes from warming up again) is written only when every
+    variant compiled, whole (no partial file left), and a folder that cannot be written is no error."""
+    marker = tmp_path / "cache" / "sd3d-groupnorm-warm-x"
+    _mark(marker, {"variants": 70, "failed": ["RuntimeError: ptxas"]})
+    _mark(marker, {"variants": 0, "failed": [], "error": "ValueError: no warmup"})
+    assert not marker.exists()
+    _mark(marker, {"variants": 70, "failed": []})
+    assert marker.read_text() == "70 variants\n" and sorted(p.name for p in marker.parent.iterdir()) == [
+        marker.name
+    ]
+    (tmp_path / "file").write_text("")
+    _mark(tmp_path / "file" / "marker", {"variants": 1, "failed": []})  # parent is a file: ignored
+
+
+@pytest.mark.skipif(not TRITON, reason="triton is not installed (CPU-only torch, as in CI)")
+def test_the_marker_names_what_decides_the_variants(tmp_path, monkeypatch):
+    """One marker per (kernel source, Triton, PyTorch, GPU, config, dtype, chunking), inside Triton's
+    cache folder (so clearing the cache clears it): the same inputs name the same file, any change a
+    different one."""
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    gpu = SimpleNamespace(name="NVIDIA H100 80GB HBM3", major=9, minor=0, multi_processor_count=132)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: gpu)
+    device = torch.device("cuda", 0)
+    base = warmup_marker(tiny_config(), device, torch.bfloat16, batch_view_num=16, decode_batch=4)
+    assert base == warmup_marker(tiny_config(), device, torch.bfloat16, batch_view_num=16, decode_batch=4)
+    assert base.parent == tmp_path and base.name.startswith("sd3d-groupnorm-warm-")
+    others = {
+        warmup_marker(tiny_config(), device, torch.float16, batch_view_num=16, decode_batch=4),
+        warmup_marker(tiny_config(), device, torch.bfloat16, batch_view_num=8, decode_batch=4),
+        warmup_marker(tiny_config(), device, torch.bfloat16, batch_view_num=16, decode_batch=2),
+    }
+    gpu.multi_processor_count = 114
+    others.add(warmup_marker(tiny_config(), device, torch.bfloat16, batch_view_num=16, decode_batch=4))
+    assert base not in others and len(others) == 4

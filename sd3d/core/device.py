@@ -63,6 +63,8 @@ def cuda_memory_budget(device: torch.device) -> int:
     as taken. The budget is the smaller of the card's free memory plus those cached blocks, and the
     cap minus what is allocated.
     """
+    if device.index is None:  # "cuda": the current device (get_per_process_memory_fraction needs an index)
+        device = torch.device("cuda", torch.cuda.current_device())
     free, total = torch.cuda.mem_get_info(device)
     allocated = torch.cuda.memory_allocated(device)
     cached_unused = torch.cuda.memory_reserved(device) - allocated
