@@ -23,6 +23,7 @@ import os
 import threading
 import time
 import types
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -232,12 +233,18 @@ def start_norm_kernel_warmup(
     module = kernels.group_norm_module()
     if module is None:
         return None
-    if device.index is None:  # "cuda": the current device, named (get_device_properties needs it)
-        device = torch.device("cuda", torch.cuda.current_device())
-    marker = warmup_marker(config, device, dtype, batch_view_num=batch_view_num, decode_batch=decode_batch)
-    if marker.exists() and not force:
+    try:
+        if device.index is None:  # "cuda": the current device, named (get_device_properties needs it)
+            device = torch.device("cuda", torch.cuda.current_device())
+        marker = warmup_marker(
+            config, device, dtype, batch_view_num=batch_view_num, decode_batch=decode_batch
+        )
+        if marker.exists() and not force:
+            return None
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+    except Exception as exc:  # an optimisation only: the kernels then compile at their launches
+        warnings.warn(f"GroupNorm kernel warm-up skipped: {type(exc).__name__}: {exc}", stacklevel=2)
         return None
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
     workers = workers or max(1, min(8, os.cpu_count() or 1))
 
     def work() -> dict:
