@@ -51,8 +51,7 @@ def generation_norm_launches(
     guided denoising step in chunks of ``batch_view_num`` views, decoding ``decode_batch`` images per
     call) for a model prepared as on CUDA: half-precision (``dtype``) activations and norm parameters,
     a ``channels_last`` UNet, a device with ``sms`` multiprocessors. Empty without Triton."""
-    module = kernels.group_norm_module()
-    if module is None:
+    if kernels.group_norm_module() is None:
         return []
     from sd3d.models.inference import set_channels_last_
     from sd3d.models.syncdreamer_checkpoint import build_meta_model
@@ -67,11 +66,11 @@ def generation_norm_launches(
 
     model = build_meta_model(config).to(meta)
     set_channels_last_(model, unet=channels_last, volume=False)
-    for module in model.modules():  # this model's instances only: a real model may be running
-        if isinstance(module, GroupNorm):
-            module.forward = types.MethodType(recording, module)
-        elif isinstance(module, torch.nn.Conv2d):
-            module.forward = types.MethodType(_conv_keeping_channels_last, module)
+    for layer in model.modules():  # this model's instances only: a real model may be running
+        if isinstance(layer, GroupNorm):
+            layer.forward = types.MethodType(recording, layer)
+        elif isinstance(layer, torch.nn.Conv2d):
+            layer.forward = types.MethodType(_conv_keeping_channels_last, layer)
     B, N = samples, config.view_num
     size, channels = config.latent_size, config.latent_channels
     with torch.no_grad():
