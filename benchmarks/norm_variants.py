@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         by_kernel = collections.Counter(k[0] for k in counts)
         row = {
             "samples": samples,
-            "calls": sum(counts.values()),
+            "launches": sum(counts.values()),
             "variants": len(counts),
             "new_variants": len(new),
             "by_kernel": dict(by_kernel),

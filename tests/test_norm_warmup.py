@@ -101,19 +101,25 @@ def test_the_first_generation_waits_once_and_reports_it():
     assert record["failed"] == 1 and record["variants"] == 0
 
 
-def test_a_complete_warm_up_leaves_its_marker_and_a_failed_one_none(tmp_path):
-    """The marker (which stops later processes from warming up again) is written only when every
-    variant compiled, whole (no partial file left), and a folder that cannot be written is no error."""
+def test_a_warm_up_that_ran_leaves_its_marker_with_what_it_did(tmp_path):
+    """The marker (which stops later processes from warming up again) is written once a warm-up has
+    run, failures included (they would recur: each later process would pay for them again), whole
+    (no partial file left behind), and a folder that cannot be written is no error."""
+    import json
+
     marker = tmp_path / "cache" / "sd3d-groupnorm-warm-x"
-    _mark(marker, {"variants": 70, "failed": ["RuntimeError: ptxas"]})
-    _mark(marker, {"variants": 0, "failed": [], "error": "ValueError: no warmup"})
-    assert not marker.exists()
+    _mark(marker, {"variants": 70, "failed": ["RuntimeError: ptxas"], "seconds": 3.0})
+    assert json.loads(marker.read_text()) == {
+        "variants": 70,
+        "failed": ["RuntimeError: ptxas"],
+        "error": None,
+    }
     _mark(marker, {"variants": 70, "failed": []})
-    assert marker.read_text() == "70 variants\n" and sorted(p.name for p in marker.parent.iterdir()) == [
-        marker.name
-    ]
+    assert json.loads(marker.read_text())["failed"] == []
+    assert sorted(p.name for p in marker.parent.iterdir()) == [marker.name]
     (tmp_path / "file").write_text("")
     _mark(tmp_path / "file" / "marker", {"variants": 1, "failed": []})  # parent is a file: ignored
+    assert not (tmp_path / "file" / "marker").exists()
 
 
 @pytest.mark.skipif(not TRITON, reason="triton is not installed (CPU-only torch, as in CI)")

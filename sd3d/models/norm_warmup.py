@@ -11,7 +11,7 @@ computed by the kernel's own host code (:func:`sd3d.models.kernels.group_norm.ke
 compiles them on a few threads while the checkpoint loads (:func:`start_norm_kernel_warmup`, called by
 :func:`sd3d.pipelines.syncdreamer.load_model`); the generation waits for it before its conditioning
 (:meth:`KernelWarmUp.wait`). Variants it misses (other sample counts, chunk sizes) compile at their
-first launch, as before. A warm-up that compiled everything leaves a marker file in Triton's cache
+first launch, as before. A warm-up that has run leaves a marker file in Triton's cache
 (:func:`warmup_marker`), and a process that finds it starts none: with the kernels cached, a warm-up
 is 70 cache look-ups that compete with the model's loading (measured: +4.7 s; without it the first
 generation loads the kernels lazily, about 1.4 s).
@@ -19,6 +19,7 @@ generation loads the kernels lazily, about 1.4 s).
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -173,7 +174,6 @@ def warmup_marker(config: SyncDreamerConfig, device: torch.device, dtype: torch.
     dtype and the generation's chunking), so that it is found exactly when those kernels are cached,
     and goes with the cache when that is cleared."""
     import hashlib
-    import json
     from dataclasses import asdict
 
     import triton
@@ -195,14 +195,14 @@ def warmup_marker(config: SyncDreamerConfig, device: torch.device, dtype: torch.
 
 
 def _mark(marker: Path, result: dict) -> None:
-    """Leave ``marker`` after a warm-up in which every variant compiled (written whole or not at all;
-    a cache folder that cannot be written only means the next process warms up again)."""
-    if result.get("failed") or "error" in result:
-        return
+    """Leave ``marker`` once a warm-up has run, with what it did (written whole or not at all). Also
+    after failures: a variant that failed compiles (or fails) at its launch as it would have without
+    a warm-up, and a warm-up that failed once would fail again, costing every later process its
+    seconds. A cache folder that cannot be written only means the next process warms up again."""
     try:
         marker.parent.mkdir(parents=True, exist_ok=True)
         partial = marker.with_name(marker.name + f".{os.getpid()}.tmp")
-        partial.write_text(f"{result.get('variants', 0)} variants\n")
+        partial.write_text(json.dumps({k: result.get(k) for k in ("variants", "failed", "error")}) + "\n")
         partial.replace(marker)
     except OSError:
         pass
