@@ -239,6 +239,44 @@ def test_inference_set_up_picks_the_kernel_where_it_applies(monkeypatch):
     assert bool(torch.isfinite(out).all())
 
 
+def test_a_kernel_that_fails_falls_back_to_pytorch_once_and_says_so(monkeypatch):
+    """The kernel is the inference default, so a GPU that Triton cannot compile for must not stop a
+    generation: with ``implementation="auto"`` a failing launch warns, returns PyTorch's result, and
+    the module does not try again; ``"triton"`` (asked for explicitly) raises. Simulated on the CPU:
+    the device check is waived and the kernel raises as a compile error would."""
+    from types import SimpleNamespace
+
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("Triton Error [CUDA]: device kernel image is invalid\nmore")
+
+    fake = SimpleNamespace(
+        group_norm=failing, DTYPES=(torch.float32,), unsupported_reason=lambda *args: None
+    )  # the kernel module as far as GroupNorm asks it
+    monkeypatch.setattr(kernels, "group_norm_module", lambda: fake)
+    original = GroupNorm.kernel_unavailable
+
+    def on_any_device(self, x, pre_bias=None):
+        reason = original(self, x, pre_bias)
+        return None if reason == "a cpu tensor" else reason
+
+    monkeypatch.setattr(GroupNorm, "kernel_unavailable", on_any_device)
+    torch.manual_seed(0)
+    norm = GroupNorm(4, 16, implementation="auto")
+    x = torch.randn(2, 16, 5, 5)
+    expected = F.silu(F.group_norm(x, 4, norm.weight, norm.bias, norm.eps))
+    with pytest.warns(RuntimeWarning, match="device kernel image is invalid"):
+        out = norm(x, activation="silu")
+    assert torch.equal(out, expected) and len(calls) == 1
+    assert norm.kernel_error == "RuntimeError: Triton Error [CUDA]: device kernel image is invalid"
+    assert torch.equal(norm(x, activation="silu"), expected) and len(calls) == 1  # not tried again
+    explicit = GroupNorm(4, 16, implementation="triton")
+    with torch.no_grad(), pytest.raises(RuntimeError, match="kernel image"):
+        explicit(x)
+
+
 def _plain_sequential(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     for layer in seq:
         x = nn.GroupNorm.forward(layer, x) if isinstance(layer, GroupNorm) else layer(x)

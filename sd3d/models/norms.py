@@ -50,6 +50,7 @@ hands each GroupNorm the activation module that follows it.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -118,6 +119,8 @@ class GroupNorm(nn.GroupNorm):
         # where the kernel rounds (sd3d.models.kernels.group_norm.group_norm's ``rounding``):
         # "unfused" = where the PyTorch code rounds; "fused" only to measure the difference
         self.kernel_rounding = "unfused"
+        # why the kernel failed on this module (then it takes PyTorch's path: implementation "auto")
+        self.kernel_error: str | None = None
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (
@@ -150,6 +153,8 @@ class GroupNorm(nn.GroupNorm):
         """Why this call does not run the Triton kernel (``None``: it does)."""
         if self.implementation == "torch":
             return "implementation='torch'"
+        if self.kernel_error is not None and self.implementation == "auto":
+            return f"the kernel failed here: {self.kernel_error}"
         if torch.compiler.is_compiling():
             return "traced by torch.compile"
         if self.implementation == "auto" and x.device.type != "cuda":
@@ -172,17 +177,31 @@ class GroupNorm(nn.GroupNorm):
             raise ValueError(f"unknown activation {activation!r}; known: {', '.join(ACTIVATIONS)}")
         reason = self.kernel_unavailable(x, pre_bias)
         if reason is None:
-            return kernels.group_norm_module().group_norm(
-                x,
-                self.num_groups,
-                self.weight,
-                self.bias,
-                self.eps,
-                activation=activation,
-                pre_bias=pre_bias,
-                out_dtype=self.output_dtype(x),
-                rounding=self.kernel_rounding,
-            )
+            try:
+                return kernels.group_norm_module().group_norm(
+                    x,
+                    self.num_groups,
+                    self.weight,
+                    self.bias,
+                    self.eps,
+                    activation=activation,
+                    pre_bias=pre_bias,
+                    out_dtype=self.output_dtype(x),
+                    rounding=self.kernel_rounding,
+                )
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as exc:  # e.g. Triton cannot compile for this GPU: the kernel is the
+                # default, so a user whose card it does not support still gets PyTorch's norm
+                if self.implementation == "triton":
+                    raise
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                self.kernel_error = reason = f"{type(exc).__name__}: {first}"
+                warnings.warn(
+                    f"the Triton GroupNorm failed ({reason}); PyTorch's GroupNorm runs instead",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         if self.implementation == "triton":
             raise RuntimeError(f"GroupNorm(implementation='triton') cannot run its kernel here: {reason}")
         for term in _terms(pre_bias):
