@@ -177,6 +177,25 @@ def test_auto_takes_the_fastest_grid_that_runs_on_the_device(monkeypatch):
     assert grid.kernel == "torch"
 
 
+def test_auto_takes_the_pytorch_grid_on_a_gpu_triton_cannot_compile_for(monkeypatch):
+    """``--hash-grid auto`` is the default: on a GPU older than compute capability 7.0 (which Triton
+    does not compile for; PyTorch's inductor draws the same line) it must pick the PyTorch grid, and
+    ``triton`` asked for by name must say why it cannot run, rather than fail inside training."""
+    if kernels.hash_grid_module() is None:
+        pytest.skip(f"triton not importable: {kernels.unavailable_reason(torch.device('cpu'))}")
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (6, 1))
+    assert kernels.unavailable_reason(cuda) == (
+        "Triton does not compile for this GPU (compute capability 6.1; it needs 7.0)"
+    )
+    assert resolve_backend("auto", cuda) == "torch"
+    with pytest.raises(MissingDependencyError, match="compute capability 6.1"):
+        kernels.require_hash_grid(cuda)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert kernels.unavailable_reason(cuda) is None and resolve_backend("auto", cuda) == "triton"
+
+
 def test_hash_grid_setting_reaches_the_preset_and_the_command_line(run_cli, tmp_path):
     from recon.presets import HASH_GRIDS, ReconSettings
     from sd3d.core.errors import UserError

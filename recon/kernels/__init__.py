@@ -46,7 +46,16 @@ def unavailable_reason(device: torch.device) -> str | None:
     module, reason = _load_hash_grid()
     if module is None:
         return reason
-    if device.type == "cuda" or module.INTERPRETED:
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return "CUDA is not available"
+        major, minor = torch.cuda.get_device_capability(device)
+        if (
+            major < 7
+        ):  # Triton compiles for compute capability 7.0 and newer (PyTorch's inductor checks the same)
+            return f"Triton does not compile for this GPU (compute capability {major}.{minor}; it needs 7.0)"
+        return None
+    if module.INTERPRETED:
         return None
     return (
         f"it runs on CUDA devices, not {device.type} (Triton's CPU interpreter, for tests, "

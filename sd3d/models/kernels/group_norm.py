@@ -601,6 +601,8 @@ def unsupported_reason(
         return (
             f"a {x.device.type} tensor (Triton runs CPU tensors only in its interpreter, TRITON_INTERPRET=1)"
         )
+    if x.device.type == "cuda" and torch.cuda.get_device_capability(x.device)[0] < 7:
+        return "a GPU of compute capability below 7.0, which Triton does not compile for"
     return input_reason(x, num_groups, out_dtype, rounding)
 
 
