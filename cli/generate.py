@@ -106,9 +106,9 @@ Compile = Annotated[
     bool,
     typer.Option(
         "--compile",
-        help="SyncDreamer on a GPU: torch.compile the denoiser (1.45 s instead of 2.5 s per image on "
-        "an H100) after ~1 min of compiling (~8 s with a warm cache): worth it for many images per "
-        "process.",
+        help="SyncDreamer on a GPU: torch.compile the denoiser (1.45 s per image on an H100 against a "
+        "2.5 s default then; ~1.8 s is today's default) after ~1 min of compiling (~8 s with a warm "
+        "cache): worth it for many images per process.",
     ),
 ]
 Model = Annotated[
