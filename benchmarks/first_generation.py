@@ -64,11 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     from sd3d.core.progress import Progress
     from sd3d.models import attention
     from sd3d.models.configs import config_by_name
-    from sd3d.models.inference import choose_decode_batch, prepare_for_inference
-    from sd3d.models.norm_warmup import start_norm_kernel_warmup
+    from sd3d.models.inference import prepare_for_inference
     from sd3d.models.syncdreamer_checkpoint import load_syncdreamer
     from sd3d.models.synthetic import synthetic_state_dict
-    from sd3d.pipelines.syncdreamer import GenerationSettings, default_batch_view_num, sample_views
+    from sd3d.pipelines.syncdreamer import GenerationSettings, sample_views, start_kernel_warmup
 
     class StepClock(Progress):
         """Records the host time of every ``advance`` of every task."""
@@ -93,15 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     half = torch.bfloat16 if device.type == "cuda" else torch.float32
     config = config_by_name(args.config)
     t0 = time.perf_counter()
-    warmup = None
-    if not args.no_warmup:  # as load_model: started before the weights are made
-        warmup = start_norm_kernel_warmup(
-            config,
-            device,
-            half,
-            batch_view_num=default_batch_view_num(device, half),
-            decode_batch=choose_decode_batch(device, half, config.view_num),
-        )
+    # as load_model: started before the weights are made
+    warmup = None if args.no_warmup else start_kernel_warmup(config, device, half)
     model = prepare_for_inference(load_syncdreamer(synthetic_state_dict(config), config, device, half), half)
     model.kernel_warmup = warmup
     _sync(device)

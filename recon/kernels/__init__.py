@@ -18,6 +18,7 @@ from types import ModuleType
 
 import torch
 
+from sd3d.core.device import triton_unsupported_gpu
 from sd3d.core.errors import MissingDependencyError
 
 
@@ -47,14 +48,7 @@ def unavailable_reason(device: torch.device) -> str | None:
     if module is None:
         return reason
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            return "CUDA is not available"
-        major, minor = torch.cuda.get_device_capability(device)
-        if (
-            major < 7
-        ):  # Triton compiles for compute capability 7.0 and newer (PyTorch's inductor checks the same)
-            return f"Triton does not compile for this GPU (compute capability {major}.{minor}; it needs 7.0)"
-        return None
+        return triton_unsupported_gpu(device)
     if module.INTERPRETED:
         return None
     return (

@@ -54,6 +54,18 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
     return gen
 
 
+def triton_unsupported_gpu(device: torch.device) -> str | None:
+    """Why Triton cannot compile kernels for the CUDA ``device`` (``None``: it can): a compute
+    capability below 7.0, where PyTorch's inductor draws the same line. The one rule behind both of
+    our Triton kernels' availability (the hash grid, the GroupNorm)."""
+    if not torch.cuda.is_available():
+        return "CUDA is not available"
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 7:
+        return f"Triton does not compile for this GPU (compute capability {major}.{minor}; it needs 7.0)"
+    return None
+
+
 def cuda_memory_budget(device: torch.device) -> int:
     """Bytes this process can still allocate on a CUDA ``device``.
 

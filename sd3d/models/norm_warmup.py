@@ -119,9 +119,7 @@ def norm_launches(norm: GroupNorm, x: torch.Tensor, pre_bias, activation: str | 
 
     n, c = x.shape[:2]
     xh = like(x)
-    y = torch.empty_like(xh)
-    if module.flat_strides(y) is None:
-        y = torch.empty(x.shape, dtype=x.dtype, device=xh.device)
+    y = module.output_like(xh, x.dtype)
     terms = [like(t) for t in module._term_matrices(pre_bias, n, c)]
     weight = like(norm.weight) if norm.weight is not None else None
     bias = like(norm.bias) if norm.bias is not None else None

@@ -59,7 +59,7 @@ from sd3d.models.inference import (
     compile_step_modules_,
     prepare_for_inference,
 )
-from sd3d.models.norm_warmup import start_norm_kernel_warmup
+from sd3d.models.norm_warmup import KernelWarmUp, start_norm_kernel_warmup
 from sd3d.models.syncdreamer_checkpoint import load_syncdreamer
 from sd3d.preprocess import PreparedInput, prepare_input, to_model_rgb
 from sd3d.sampling.cuda_graph import GraphedEps
@@ -169,19 +169,28 @@ def load_model(
     dev = device if not isinstance(device, str) else resolve_device(device)
     dt = dtype if not isinstance(dtype, str) else resolve_dtype(dtype, dev)
     weight_dtype = dt if dev.type == "cuda" else torch.float32
-    # A machine's first process compiles the GroupNorm kernels (seconds): started while the
-    # checkpoint loads, for the official model's default generation (None off CUDA)
-    warmup = start_norm_kernel_warmup(
-        config or SyncDreamerConfig(),
-        dev,
-        weight_dtype,
-        batch_view_num=default_batch_view_num(dev, weight_dtype),
-        decode_batch=choose_decode_batch(dev, weight_dtype, cam.NUM_VIEWS),
-    )
+    # started while the checkpoint loads, for the official model unless another config is named
+    warmup = start_kernel_warmup(config or SyncDreamerConfig(), dev, weight_dtype)
     model = load_syncdreamer(path, config, dev, weight_dtype)
     model = prepare_for_inference(model, weight_dtype, offload)
     model.kernel_warmup = warmup
     return model
+
+
+def start_kernel_warmup(
+    config: SyncDreamerConfig, device: torch.device, dtype: torch.dtype
+) -> KernelWarmUp | None:
+    """A machine's first process compiles the GroupNorm kernels (seconds): start that for a default
+    generation (the views per chunk and images per decoder call that :func:`sample_views` will pick)
+    in the background (:func:`sd3d.models.norm_warmup.start_norm_kernel_warmup`; None off CUDA or
+    where an earlier process did it). Set the result as the model's ``kernel_warmup``."""
+    return start_norm_kernel_warmup(
+        config,
+        device,
+        dtype,
+        batch_view_num=default_batch_view_num(device, dtype),
+        decode_batch=choose_decode_batch(device, dtype, cam.NUM_VIEWS),
+    )
 
 
 def wait_for_kernel_warmup(model: SyncDreamer, progress: Progress) -> dict | None:

@@ -61,6 +61,7 @@ import torch
 import triton
 import triton.language as tl
 
+from sd3d.core.device import triton_unsupported_gpu
 from sd3d.models.kernels import GROUP_NORM_ROUNDINGS
 
 ACTIVATIONS = {None: 0, "silu": 1, "relu": 2}
@@ -601,9 +602,15 @@ def unsupported_reason(
         return (
             f"a {x.device.type} tensor (Triton runs CPU tensors only in its interpreter, TRITON_INTERPRET=1)"
         )
-    if x.device.type == "cuda" and torch.cuda.get_device_capability(x.device)[0] < 7:
-        return "a GPU of compute capability below 7.0, which Triton does not compile for"
+    if x.device.type == "cuda" and (gpu := _unsupported_gpu(x.device.index)) is not None:
+        return gpu
     return input_reason(x, num_groups, out_dtype, rounding)
+
+
+@functools.cache
+def _unsupported_gpu(index: int) -> str | None:
+    """:func:`sd3d.core.device.triton_unsupported_gpu`, once per device: this runs before every launch."""
+    return triton_unsupported_gpu(torch.device("cuda", index))
 
 
 def input_reason(
@@ -702,15 +709,20 @@ def group_norm(
     if rounding not in ROUNDINGS:
         raise ValueError(f"unknown rounding {rounding!r}; known: {', '.join(ROUNDINGS)}")
     n, c = x.shape[:2]
-    y = torch.empty_like(x, dtype=out_dtype or x.dtype)
-    if flat_strides(y) is None:  # a non-dense input: write a contiguous output
-        y = torch.empty(x.shape, dtype=y.dtype, device=x.device)
+    y = output_like(x, out_dtype or x.dtype)
     terms = _term_matrices(pre_bias, n, c)
     if rounding == "unfused" and len(terms) > 2:
         raise ValueError(f"rounding='unfused' takes at most two pre-norm bias terms, got {len(terms)}")
     for launch in kernel_launches(x, y, num_groups, weight, bias, eps, activation, terms, plan, rounding):
         launch.kernel[launch.grid](*launch.args, **launch.constants)
     return y
+
+
+def output_like(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The empty output :func:`group_norm` writes for ``x``: ``x``'s layout, or contiguous where
+    ``x`` is not dense (its spatial dims do not flatten to one stride)."""
+    y = torch.empty_like(x, dtype=dtype)
+    return y if flat_strides(y) is not None else torch.empty(x.shape, dtype=dtype, device=x.device)
 
 
 @dataclass(frozen=True)
