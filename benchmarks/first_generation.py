@@ -52,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="no GroupNorm kernel warm-up (load_model starts one while the checkpoint loads; this mirrors it)",
     )
+    parser.add_argument(
+        "--warmup-threads",
+        action="store_true",
+        help="compile the warm-up's variants on threads of this process (session 14's way), not in worker processes",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -93,7 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     config = config_by_name(args.config)
     t0 = time.perf_counter()
     # as load_model: started before the weights are made
-    warmup = None if args.no_warmup else start_kernel_warmup(config, device, half)
+    warmup = (
+        None
+        if args.no_warmup
+        else start_kernel_warmup(config, device, half, processes=not args.warmup_threads)
+    )
     model = prepare_for_inference(load_syncdreamer(synthetic_state_dict(config), config, device, half), half)
     model.kernel_warmup = warmup
     _sync(device)

@@ -14,7 +14,7 @@
 #   bash benchmarks/gpu_runbook.sh plain    # the same with every robustness method off
 #   bash benchmarks/gpu_runbook.sh gen      # generation table with the Triton norms, their tests
 #   bash benchmarks/gpu_runbook.sh default  # the Triton norm as the default: its tests, generation, sd3d run
-#   bash benchmarks/gpu_runbook.sh warmup   # the kernel warm-up through sd3d run: fresh cache, then marked
+#   bash benchmarks/gpu_runbook.sh warmup   # the kernel warm-up through sd3d run (fresh, marked cache); processes vs threads
 #   bash benchmarks/gpu_runbook.sh e2e      # `sd3d run` end to end, default and capped at 6 GiB
 #
 # Thirty minutes hold about three phases after the machine starts (in sessions 10 and 11 five to nine
@@ -154,9 +154,10 @@ default)
 ('stage_seconds', 'total_seconds', 'peak_gpu_memory_bytes')}))" >>"$OUT/e2e.log" 2>&1
     ;;
 warmup)
-    # session 14's kernel warm-up through `sd3d run` (load_model), unrun there: a fresh Triton cache
-    # (the warm-up runs and leaves its marker), the same cache again (marker found: no warm-up), then
-    # the first-generation A/B on another fresh cache
+    # the kernel warm-up through `sd3d run` (load_model), in worker processes since session 15: a fresh
+    # Triton cache (the warm-up runs and leaves its marker), the same cache again (marker found: no
+    # warm-up); then the first-generation A/B, each on a fresh cache: processes, threads (session 14's
+    # way), none; then the marked cache; then the tests, the workers' one on the GPU included
     e2e_inputs
     export TRITON_CACHE_DIR=/tmp/tc-warmup
     step e2e-fresh-cache 120 "${e2e_run[@]}" -o "$OUT/e2e-fresh"
@@ -168,8 +169,16 @@ for k in ('stage_seconds', 'total_seconds')}), json.dumps(r['generation'].get('k
     ls /tmp/tc-warmup | grep -c sd3d-groupnorm-warm >>"$OUT/warmup.log"
     export TRITON_CACHE_DIR=/tmp/tc-first
     step first-generation 90 python3 benchmarks/first_generation.py --runs 2 --json "$OUT/first.json"
+    export TRITON_CACHE_DIR=/tmp/tc-threads
+    step first-generation-threads 90 python3 benchmarks/first_generation.py --runs 2 --warmup-threads \
+        --json "$OUT/first-threads.json"
+    export TRITON_CACHE_DIR=/tmp/tc-none
+    step first-generation-none 90 python3 benchmarks/first_generation.py --runs 2 --no-warmup \
+        --json "$OUT/first-none.json"
+    export TRITON_CACHE_DIR=/tmp/tc-first
     step first-generation-cached 60 python3 benchmarks/first_generation.py --runs 1 --json "$OUT/first-cached.json"
     unset TRITON_CACHE_DIR
+    step warmup-tests 120 python3 -m pytest -q -rs -p no:cacheprovider tests/test_norm_warmup.py
     ;;
 e2e)
     # end to end on the full-size synthetic checkpoint, views from the object-decoder double (the real

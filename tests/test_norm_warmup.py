@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +21,7 @@ from PIL import Image
 from sd3d.core.progress import Progress
 from sd3d.models.configs import tiny_config
 from sd3d.models.inference import prepare_for_inference, set_channels_last_
+from sd3d.models.kernels.precompile import CompileWorkers, variant_spec
 from sd3d.models.norm_warmup import (
     KernelWarmUp,
     _mark,
@@ -144,3 +148,106 @@ def test_the_marker_names_what_decides_the_variants(tmp_path, monkeypatch):
     gpu.multi_processor_count = 114
     others.add(warmup_marker(tiny_config(), device, torch.bfloat16, batch_view_num=16, decode_batch=4))
     assert base not in others and len(others) == 4
+
+
+def _fake_specs(kernel_name: str, count: int) -> list[dict]:
+    from support import fake_kernels
+
+    kernel = next(k for k in fake_kernels.KERNELS if k.__name__ == kernel_name)
+    x = torch.empty(2, 8, 4, 4, dtype=torch.bfloat16, device="meta")
+    return [
+        variant_spec(kernel, (x, x, 8, 16, 1e-6), (2, 4), {"CG": cg, "num_warps": 4}) for cg in range(count)
+    ]
+
+
+def test_compile_workers_compile_each_variant_once_in_other_processes(tmp_path, monkeypatch):
+    """Each variant goes to exactly one worker process, with its tensors given by dtype and its
+    scalars (the float ``eps`` included) as the launch has them; the workers are not this process,
+    the work is shared out, and a compiler error is reported as a failure, not raised."""
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("SD3D_FAKE_KERNEL_LOG", str(log))
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # where support.fake_kernels lives
+    specs = _fake_specs("_ok_kernel", 5) + _fake_specs("_raising_kernel", 1)
+    with CompileWorkers(2, "support.fake_kernels") as pool:
+        result = pool.compile(specs, None)
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted(c["constants"]["CG"] for c in calls) == [0, 1, 2, 3, 4]
+    assert {c["pid"] for c in calls} <= set(range(1, 2**22)) - {os.getpid()}
+    assert len({c["pid"] for c in calls}) == 2
+    for call in calls:
+        assert call["args"] == ["torch.bfloat16", "torch.bfloat16", "8", "16", "1e-06"]
+        assert call["grid"] == [2, 4] and call["constants"]["num_warps"] == 4
+    assert result["variants"] == 6 and result["workers"] == 2
+    assert result["failed"] == ["_raising_kernel: RuntimeError: ptxas said no"]
+    assert len(result["cuda_context"]) == 2
+
+
+def test_a_worker_that_dies_gives_up_its_variants_only(tmp_path, monkeypatch):
+    """A worker that dies (a compiler crash) or cannot start (its module does not import) fails the
+    variants it had -- each named, with the exit code -- and nothing else: the others still compile,
+    and no worker process is left running."""
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("SD3D_FAKE_KERNEL_LOG", str(log))
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    specs = _fake_specs("_dying_kernel", 1) + _fake_specs("_ok_kernel", 1)  # one per worker
+    pool = CompileWorkers(2, "support.fake_kernels")
+    with pool:
+        result = pool.compile(specs, None)
+    assert result["failed"] == ["_dying_kernel: compile worker exited with code 3: no output"]
+    assert len(log.read_text().splitlines()) == 1
+    assert all(p.returncode is not None for p in pool._processes)
+
+    with CompileWorkers(1, "support.no_such_module") as pool:
+        result = pool.compile(_fake_specs("_ok_kernel", 2), None)
+    assert len(result["failed"]) == 2
+    assert all("exited with code 1: ModuleNotFoundError" in reason for reason in result["failed"])
+
+
+_LAUNCH_AFTER_WORKERS = """
+import json, os, sys, torch
+from pathlib import Path
+from sd3d.models.kernels import group_norm as G
+from sd3d.models.kernels.precompile import CompileWorkers, variant_spec, cuda_context_current
+from sd3d.models.norm_warmup import norm_launches
+from sd3d.models.norms import GroupNorm
+
+cache = Path(os.environ["TRITON_CACHE_DIR"])
+norm = GroupNorm(32, 320).cuda().to(torch.bfloat16)
+x = torch.randn(2, 320, 16, 16, device="cuda", dtype=torch.bfloat16)
+x = x.contiguous(memory_format=torch.channels_last)
+sms = torch.cuda.get_device_properties(0).multi_processor_count
+variants = G.distinct_variants(norm_launches(norm, x, None, "silu", sms))
+with CompileWorkers(2, G.__name__) as pool:
+    result = pool.compile([variant_spec(v.kernel, v.args, v.grid, v.constants) for v in variants], 0)
+after_workers = sorted(p.name for p in cache.iterdir())
+y = G.group_norm(x, 32, norm.weight, norm.bias, norm.eps, activation="silu")
+torch.cuda.synchronize()
+reference = torch.nn.functional.silu(torch.nn.functional.group_norm(x, 32, norm.weight, norm.bias, norm.eps))
+print(json.dumps({"variants": len(variants), "result": result, "after_workers": after_workers,
+                  "after_launch": sorted(p.name for p in cache.iterdir()),
+                  "max_diff": float((y.float() - reference.float()).abs().max())}))
+"""
+
+
+@pytest.mark.skipif(not TRITON or not torch.cuda.is_available(), reason="needs Triton and a CUDA GPU")
+def test_a_launch_loads_what_the_workers_compiled(tmp_path):
+    """The point of compiling in other processes: a fresh process whose launch finds the workers'
+    kernels in Triton's on-disk cache compiles nothing (the cache has no new entry after the launch),
+    because the workers, inheriting the environment, computed the same cache keys; and the workers
+    did it without making a CUDA context (which would cost each of them GPU memory)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_CACHE_DIR": str(tmp_path / "cache")}
+    root = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-c", _LAUNCH_AFTER_WORKERS], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["variants"] >= 1 and report["result"]["failed"] == []
+    assert len(report["after_workers"]) >= report["variants"]
+    assert report["after_launch"] == report["after_workers"]
+    assert report["result"]["cuda_context"] == [False, False]
+    assert report["max_diff"] < 0.1

@@ -1,4 +1,4 @@
-"""The Triton GroupNorm's kernel variants of a generation, compiled ahead on background threads.
+"""The Triton GroupNorm's kernel variants of a generation, compiled ahead in the background.
 
 Why: with the kernel on by default (session 14), a machine's first generation took 17-28 s instead of
 1.8 s on an H100, because its first step compiled some 70 kernel variants one after another (Triton
@@ -8,8 +8,10 @@ on-disk cache, so only a machine's first process (or the first after an sd3d upg
 kernel source) pays. That process now enumerates the launches a default generation makes -- the
 official model run on the ``meta`` device (nothing allocated or computed), each GroupNorm's launches
 computed by the kernel's own host code (:func:`sd3d.models.kernels.group_norm.kernel_launches`) -- and
-compiles them on a few threads while the checkpoint loads (:func:`start_norm_kernel_warmup`, called by
-:func:`sd3d.pipelines.syncdreamer.load_model`); the generation waits for it before its conditioning
+compiles them in a few worker processes while the checkpoint loads (:func:`start_norm_kernel_warmup`,
+called by :func:`sd3d.pipelines.syncdreamer.load_model`; :mod:`sd3d.models.kernels.precompile`: on
+threads, session 14's first way, the compiler held this process's interpreter and stretched the
+model's loading from 3 to 17 s); the generation waits for it before its conditioning
 (:meth:`KernelWarmUp.wait`). Variants it misses (other sample counts, chunk sizes) compile at their
 first launch, as before. A warm-up that has run leaves a marker file in Triton's cache
 (:func:`warmup_marker`), and a process that finds it starts none: with the kernels cached, a warm-up
@@ -32,6 +34,7 @@ import torch
 
 from sd3d.models import kernels
 from sd3d.models.configs import SyncDreamerConfig
+from sd3d.models.kernels.precompile import CompileWorkers, variant_spec
 from sd3d.models.norms import GroupNorm
 from sd3d.models.syncdreamer import Conditioning
 
@@ -214,17 +217,21 @@ def start_norm_kernel_warmup(
     batch_view_num: int = 16,
     decode_batch: int = 4,
     workers: int | None = None,
+    processes: bool = True,
     force: bool = False,
 ) -> KernelWarmUp | None:
-    """Compile a one-sample generation's GroupNorm kernel variants on ``workers`` threads (default:
-    up to 8, one per CPU core) in the background; ``None`` where the kernel does not run (not CUDA,
-    not half precision, no Triton) and where an earlier warm-up left its :func:`warmup_marker`
-    (unless ``force``).
+    """Compile a one-sample generation's GroupNorm kernel variants in the background, in ``workers``
+    processes (default: up to 8, leaving a CPU core to this process; ``processes=False``: threads of
+    this process, session 14's way, kept for the comparison); ``None`` where the kernel does not run
+    (not CUDA, not half precision, no Triton) and where an earlier warm-up left its
+    :func:`warmup_marker` (unless ``force``).
 
     Why the marker: on an H100 (session 14) the warm-up took a fresh cache's first generation from
     44.4 s (process start, imports and model included) to 29.3 s, but with the kernels already cached
     it cost 4.7 s (11.0 -> 15.7 s): its 70 cache look-ups and the meta-device run compete with the
-    model's loading for the interpreter. So only a process that has not seen these kernels warms up."""
+    model's loading for the interpreter. So only a process that has not seen these kernels warms up.
+    Why processes: the threads held the interpreter so much that the model took 17.1 s to load
+    instead of 3.1 s (:mod:`sd3d.models.kernels.precompile`)."""
     if device.type != "cuda" or dtype not in HALF_DTYPES:
         return None
     module = kernels.group_norm_module()
@@ -242,13 +249,22 @@ def start_norm_kernel_warmup(
     except Exception as exc:  # an optimisation only: the kernels then compile at their launches
         warnings.warn(f"GroupNorm kernel warm-up skipped: {type(exc).__name__}: {exc}", stacklevel=2)
         return None
-    workers = workers or max(1, min(8, os.cpu_count() or 1))
+    cores = os.cpu_count() or 1
+    workers = workers or max(1, min(8, cores - 1 if processes else cores))
 
-    def work() -> dict:
-        launches = generation_norm_launches(
+    def enumerate_launches() -> list:
+        return generation_norm_launches(
             config, dtype, batch_view_num=batch_view_num, decode_batch=decode_batch, sms=sms
         )
-        result = module.warm_up(launches, workers, device)
+
+    def in_processes() -> dict:
+        with CompileWorkers(workers, module.__name__) as pool:  # started first: they import meanwhile
+            variants = module.distinct_variants(enumerate_launches())
+            specs = [variant_spec(v.kernel, v.args, v.grid, v.constants) for v in variants]
+            return pool.compile(specs, device.index)
+
+    def work() -> dict:
+        result = in_processes() if processes else module.warm_up(enumerate_launches(), workers, device)
         _mark(marker, result)
         return result
 

@@ -178,18 +178,20 @@ def load_model(
 
 
 def start_kernel_warmup(
-    config: SyncDreamerConfig, device: torch.device, dtype: torch.dtype
+    config: SyncDreamerConfig, device: torch.device, dtype: torch.dtype, *, processes: bool = True
 ) -> KernelWarmUp | None:
     """A machine's first process compiles the GroupNorm kernels (seconds): start that for a default
     generation (the views per chunk and images per decoder call that :func:`sample_views` will pick)
-    in the background (:func:`sd3d.models.norm_warmup.start_norm_kernel_warmup`; None off CUDA or
-    where an earlier process did it). Set the result as the model's ``kernel_warmup``."""
+    in the background (:func:`sd3d.models.norm_warmup.start_norm_kernel_warmup`, in worker processes
+    unless ``processes`` is False; None off CUDA or where an earlier process did it). Set the result
+    as the model's ``kernel_warmup``."""
     return start_norm_kernel_warmup(
         config,
         device,
         dtype,
         batch_view_num=default_batch_view_num(device, dtype),
         decode_batch=choose_decode_batch(device, dtype, cam.NUM_VIEWS),
+        processes=processes,
     )
 
 

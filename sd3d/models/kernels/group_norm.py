@@ -63,6 +63,7 @@ import triton.language as tl
 
 from sd3d.core.device import triton_unsupported_gpu
 from sd3d.models.kernels import GROUP_NORM_ROUNDINGS
+from sd3d.models.kernels.precompile import kernel_name
 
 ACTIVATIONS = {None: 0, "silu": 1, "relu": 2}
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -835,17 +836,23 @@ def kernel_launches(
     ]
 
 
+def distinct_variants(launches: list[Launch]) -> list[Launch]:
+    """One launch per variant (:func:`variant_key`), in first-seen order: what a warm-up compiles."""
+    return list({variant_key(launch): launch for launch in launches}.values())
+
+
 def warm_up(launches: list[Launch], workers: int, device: torch.device | None = None) -> dict:
-    """Compile the variants of ``launches`` (each once) on ``workers`` threads, without launching:
-    Triton's ``warmup`` specialises as a launch would (a tensor argument given by its dtype counts as
-    16-byte aligned, as PyTorch's allocations are), compiles, and leaves the kernel in its in-memory
-    and on-disk caches, where the launches then find it. Compilation releases the GIL for much of its
-    work (on 2 CPU cores, 16 variants took 3.2 s on two threads against 5.3 s on one). Returns
-    ``{"variants": n, "failed": [reason, ...]}``; a variant that fails here is compiled (and fails, if
-    it must) at its launch as before."""
+    """Compile the variants of ``launches`` (each once) on ``workers`` threads of this process,
+    without launching: Triton's ``warmup`` specialises as a launch would (a tensor argument given by
+    its dtype counts as 16-byte aligned, as PyTorch's allocations are), compiles, and leaves the kernel
+    in its in-memory and on-disk caches, where the launches then find it. Compilation holds the GIL for
+    much of its work (on an H100's host, 8 threads were ~1.7x faster than one, and slowed everything
+    else this process did): :mod:`sd3d.models.kernels.precompile` compiles in processes instead; this
+    is its comparison in ``benchmarks/first_generation.py``. Returns ``{"variants": n, "failed":
+    [reason, ...]}``; a variant that fails here is compiled (and fails, if it must) at its launch."""
     from concurrent.futures import ThreadPoolExecutor
 
-    unique = list({variant_key(launch): launch for launch in launches}.values())
+    unique = distinct_variants(launches)
 
     def compile_one(launch: Launch) -> str | None:
         args = [a.dtype if isinstance(a, torch.Tensor) else a for a in launch.args]
@@ -873,5 +880,8 @@ def variant_key(launch: Launch) -> tuple:
             return type(a).__name__
         return "1" if a == 1 else "d16" if a % 16 == 0 else "i"
 
-    name = getattr(launch.kernel, "__name__", None) or launch.kernel.fn.__name__
-    return (name, tuple(sorted(launch.constants.items())), tuple(spec(a) for a in launch.args))
+    return (
+        kernel_name(launch.kernel),
+        tuple(sorted(launch.constants.items())),
+        tuple(spec(a) for a in launch.args),
+    )
