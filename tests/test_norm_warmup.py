@@ -21,7 +21,7 @@ from PIL import Image
 from sd3d.core.progress import Progress
 from sd3d.models.configs import tiny_config
 from sd3d.models.inference import prepare_for_inference, set_channels_last_
-from sd3d.models.kernels.precompile import CompileWorkers, variant_spec
+from sd3d.models.kernels.precompile import CompileWorkers
 from sd3d.models.norm_warmup import (
     KernelWarmUp,
     _mark,
@@ -150,81 +150,86 @@ def test_the_marker_names_what_decides_the_variants(tmp_path, monkeypatch):
     assert base not in others and len(others) == 4
 
 
-def _fake_specs(kernel_name: str, count: int) -> list[dict]:
+def test_compile_workers_compile_each_variant_once_in_other_processes(tmp_path, monkeypatch):
+    """The workers compute the variants themselves (the same list in each) and compile a share
+    each: every variant exactly once, with its tensors given by dtype and its scalars (the float
+    ``eps`` included) as the launch has them; the workers are not this process, the work is shared
+    out, and a compiler error is reported as a failure, not raised."""
     from support import fake_kernels
 
-    kernel = next(k for k in fake_kernels.KERNELS if k.__name__ == kernel_name)
-    x = torch.empty(2, 8, 4, 4, dtype=torch.bfloat16, device="meta")
-    return [
-        variant_spec(kernel, (x, x, 8, 16, 1e-6), (2, 4), {"CG": cg, "num_warps": 4}) for cg in range(count)
-    ]
-
-
-def test_compile_workers_compile_each_variant_once_in_other_processes(tmp_path, monkeypatch):
-    """Each variant goes to exactly one worker process, with its tensors given by dtype and its
-    scalars (the float ``eps`` included) as the launch has them; the workers are not this process,
-    the work is shared out, and a compiler error is reported as a failure, not raised."""
     log = tmp_path / "calls.jsonl"
     monkeypatch.setenv("SD3D_FAKE_KERNEL_LOG", str(log))
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # where support.fake_kernels lives
-    specs = _fake_specs("_ok_kernel", 5) + _fake_specs("_raising_kernel", 1)
     with CompileWorkers(2, "support.fake_kernels") as pool:
-        result = pool.compile(specs, None)
+        result = pool.compile(fake_kernels.variants, {"ok": 5, "raising": 1}, None)
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     assert sorted(c["constants"]["CG"] for c in calls) == [0, 1, 2, 3, 4]
-    assert {c["pid"] for c in calls} <= set(range(1, 2**22)) - {os.getpid()}
-    assert len({c["pid"] for c in calls}) == 2
+    assert os.getpid() not in {c["pid"] for c in calls} and len({c["pid"] for c in calls}) == 2
     for call in calls:
         assert call["args"] == ["torch.bfloat16", "torch.bfloat16", "8", "16", "1e-06"]
         assert call["grid"] == [2, 4] and call["constants"]["num_warps"] == 4
-    assert result["variants"] == 6 and result["workers"] == 2
+    assert result["variants"] == 6 and result["compiled"] == 5 and result["workers"] == 2
     assert result["failed"] == ["_raising_kernel: RuntimeError: ptxas said no"]
     assert len(result["cuda_context"]) == 2
 
 
-def test_a_worker_that_dies_gives_up_its_variants_only(tmp_path, monkeypatch):
-    """A worker that dies (a compiler crash) or cannot start (its module does not import) fails the
-    variants it had -- each named, with the exit code -- and nothing else: the others still compile,
-    and no worker process is left running."""
+def test_a_worker_that_dies_gives_up_its_share_only(tmp_path, monkeypatch):
+    """A worker that dies (a compiler crash) or cannot start (its module does not import) is named
+    with its exit code among the failures, and nothing else is lost: the other worker still
+    compiles its share, and no worker process is left running."""
+    from support import fake_kernels
+
     log = tmp_path / "calls.jsonl"
     monkeypatch.setenv("SD3D_FAKE_KERNEL_LOG", str(log))
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
-    specs = _fake_specs("_dying_kernel", 1) + _fake_specs("_ok_kernel", 1)  # one per worker
     pool = CompileWorkers(2, "support.fake_kernels")
-    with pool:
-        result = pool.compile(specs, None)
-    assert result["failed"] == ["_dying_kernel: compile worker exited with code 3: no output"]
-    assert len(log.read_text().splitlines()) == 1
+    with pool:  # variant 0 (ok) to the first worker, variant 1 (dies) to the second
+        result = pool.compile(fake_kernels.variants, {"ok": 1, "dying": 1}, None)
+    assert result["failed"] == ["compile worker 2 of 2: exited with code 3: no output"]
+    assert result["compiled"] == 1 and len(log.read_text().splitlines()) == 1
     assert all(p.returncode is not None for p in pool._processes)
 
     with CompileWorkers(1, "support.no_such_module") as pool:
-        result = pool.compile(_fake_specs("_ok_kernel", 2), None)
-    assert len(result["failed"]) == 2
-    assert all("exited with code 1: ModuleNotFoundError" in reason for reason in result["failed"])
+        result = pool.compile(fake_kernels.variants, {"ok": 2}, None)
+    assert result["compiled"] == 0 and len(result["failed"]) == 1
+    assert "exited with code 1: ModuleNotFoundError" in result["failed"][0]
 
 
-_LAUNCH_AFTER_WORKERS = """
-import json, os, sys, torch
-from pathlib import Path
+_PROBE_MODULE = """
+import torch
 from sd3d.models.kernels import group_norm as G
-from sd3d.models.kernels.precompile import CompileWorkers, variant_spec, cuda_context_current
 from sd3d.models.norm_warmup import norm_launches
 from sd3d.models.norms import GroupNorm
 
+
+def variants(sms):
+    norm = GroupNorm(32, 320).to("meta", torch.bfloat16)
+    x = torch.empty(2, 320, 16, 16, device="meta", dtype=torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last)
+    return G.distinct_variants(norm_launches(norm, x, None, "silu", sms))
+"""
+
+_LAUNCH_AFTER_WORKERS = """
+import json, os, torch
+from pathlib import Path
+import probe_variants
+from sd3d.models.kernels import group_norm as G
+from sd3d.models.kernels.precompile import CompileWorkers
+
 cache = Path(os.environ["TRITON_CACHE_DIR"])
-norm = GroupNorm(32, 320).cuda().to(torch.bfloat16)
-x = torch.randn(2, 320, 16, 16, device="cuda", dtype=torch.bfloat16)
-x = x.contiguous(memory_format=torch.channels_last)
 sms = torch.cuda.get_device_properties(0).multi_processor_count
-variants = G.distinct_variants(norm_launches(norm, x, None, "silu", sms))
-with CompileWorkers(2, G.__name__) as pool:
-    result = pool.compile([variant_spec(v.kernel, v.args, v.grid, v.constants) for v in variants], 0)
-after_workers = sorted(p.name for p in cache.iterdir())
-y = G.group_norm(x, 32, norm.weight, norm.bias, norm.eps, activation="silu")
+with CompileWorkers(2, "probe_variants") as pool:
+    result = pool.compile(probe_variants.variants, {"sms": sms}, 0)
+after_workers = {p.name: sorted(f.name for f in p.iterdir()) for p in cache.iterdir()}
+weight = torch.randn(320, device="cuda", dtype=torch.bfloat16)
+bias = torch.randn(320, device="cuda", dtype=torch.bfloat16)
+x = torch.randn(2, 320, 16, 16, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+y = G.group_norm(x, 32, weight, bias, 1e-5, activation="silu")
 torch.cuda.synchronize()
-reference = torch.nn.functional.silu(torch.nn.functional.group_norm(x, 32, norm.weight, norm.bias, norm.eps))
-print(json.dumps({"variants": len(variants), "result": result, "after_workers": after_workers,
-                  "after_launch": sorted(p.name for p in cache.iterdir()),
+after_launch = {p.name: sorted(f.name for f in p.iterdir()) for p in cache.iterdir()}
+reference = torch.nn.functional.silu(torch.nn.functional.group_norm(x, 32, weight, bias, 1e-5))
+print(json.dumps({"result": result, "after_workers": after_workers,
+                  "new_at_launch": {k: v for k, v in after_launch.items() if k not in after_workers},
                   "max_diff": float((y.float() - reference.float()).abs().max())}))
 """
 
@@ -232,22 +237,48 @@ print(json.dumps({"variants": len(variants), "result": result, "after_workers": 
 @pytest.mark.skipif(not TRITON or not torch.cuda.is_available(), reason="needs Triton and a CUDA GPU")
 def test_a_launch_loads_what_the_workers_compiled(tmp_path):
     """The point of compiling in other processes: a fresh process whose launch finds the workers'
-    kernels in Triton's on-disk cache compiles nothing (the cache has no new entry after the launch),
-    because the workers, inheriting the environment, computed the same cache keys; and the workers
-    did it without making a CUDA context (which would cost each of them GPU memory)."""
+    kernels and launchers in Triton's on-disk cache compiles nothing (the cache has no new entry
+    after the launch), because the workers, inheriting the environment, computed the same cache
+    keys; and the workers did it without making a CUDA context (which would cost each of them GPU
+    memory)."""
     import subprocess
     import sys
 
+    (tmp_path / "probe_variants.py").write_text(_PROBE_MODULE)
     env = {**os.environ, "TRITON_CACHE_DIR": str(tmp_path / "cache")}
     root = Path(__file__).resolve().parents[1]
-    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(root), str(tmp_path), env.get("PYTHONPATH", "")])
     done = subprocess.run(
         [sys.executable, "-c", _LAUNCH_AFTER_WORKERS], env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["variants"] >= 1 and report["result"]["failed"] == []
-    assert len(report["after_workers"]) >= report["variants"]
-    assert report["after_launch"] == report["after_workers"]
-    assert report["result"]["cuda_context"] == [False, False]
+    result = report["result"]
+    assert result["variants"] >= 1 and result["compiled"] == result["variants"] and result["failed"] == []
+    cubins = [name for files in report["after_workers"].values() for name in files if name.endswith(".cubin")]
+    assert len(cubins) == result["variants"]
+    assert report["new_at_launch"] == {}, report["new_at_launch"]
+    assert result["cuda_context"] == [False, False]
     assert report["max_diff"] < 0.1
+
+
+def test_a_regenerated_run_keeps_the_warm_up_its_first_generation_waited_for():
+    """`sd3d run` regenerates when the estimated elevation is off, and its report shows the kept
+    generation's record: the kernel warm-up the first generation waited for (a fresh GPU machine's
+    seconds) must stay in it (on the GPU in session 15 it was lost)."""
+    from sd3d.core import cameras as cam
+    from sd3d.core.io import ViewSet
+    from sd3d.workflows.run import carry_kernel_warmup
+
+    def views(**provenance) -> ViewSet:
+        images = np.ones((16, 4, 4, 3), np.float32)
+        return ViewSet(images, cam.target_cameras(), provenance=dict(provenance))
+
+    warm = {"variants": 70, "failed": 0, "seconds": 9.6, "waited_s": 2.7}
+    kept = carry_kernel_warmup([views(model="a", kernel_warmup=warm)], [views(model="b"), views(model="c")])
+    assert [v.provenance for v in kept] == [
+        {"model": "b", "kernel_warmup": warm},
+        {"model": "c", "kernel_warmup": warm},
+    ]
+    plain = [views(model="b")]
+    assert carry_kernel_warmup([views(model="a")], plain) is plain

@@ -34,7 +34,7 @@ import torch
 
 from sd3d.models import kernels
 from sd3d.models.configs import SyncDreamerConfig
-from sd3d.models.kernels.precompile import CompileWorkers, variant_spec
+from sd3d.models.kernels.precompile import CompileWorkers
 from sd3d.models.norms import GroupNorm
 from sd3d.models.syncdreamer import Conditioning
 
@@ -94,6 +94,15 @@ def generation_norm_launches(
         )
         model.decode_latents(torch.empty(B * N, channels, size, size, device=meta), decode_batch)
     return launches
+
+
+def generation_norm_variants(config: SyncDreamerConfig, dtype: torch.dtype, **shape) -> list:
+    """One launch per kernel variant of :func:`generation_norm_launches` (what a warm-up compiles),
+    in an order every process computes alike (the compile workers each take a share of it)."""
+    module = kernels.group_norm_module()
+    if module is None:
+        return []
+    return module.distinct_variants(generation_norm_launches(config, dtype, **shape))
 
 
 def _channels_last(t: torch.Tensor) -> bool:
@@ -252,19 +261,19 @@ def start_norm_kernel_warmup(
     cores = os.cpu_count() or 1
     workers = workers or max(1, min(8, cores - 1 if processes else cores))
 
-    def enumerate_launches() -> list:
-        return generation_norm_launches(
-            config, dtype, batch_view_num=batch_view_num, decode_batch=decode_batch, sms=sms
-        )
+    shape = dict(batch_view_num=batch_view_num, decode_batch=decode_batch, sms=sms)
 
     def in_processes() -> dict:
-        with CompileWorkers(workers, module.__name__) as pool:  # started first: they import meanwhile
-            variants = module.distinct_variants(enumerate_launches())
-            specs = [variant_spec(v.kernel, v.args, v.grid, v.constants) for v in variants]
-            return pool.compile(specs, device.index)
+        with CompileWorkers(workers, __name__) as pool:  # they enumerate the variants themselves
+            return pool.compile(
+                generation_norm_variants, dict(config=config, dtype=dtype, **shape), device.index
+            )
 
     def work() -> dict:
-        result = in_processes() if processes else module.warm_up(enumerate_launches(), workers, device)
+        if processes:
+            result = in_processes()
+        else:
+            result = module.warm_up(generation_norm_launches(config, dtype, **shape), workers, device)
         _mark(marker, result)
         return result
 

@@ -211,6 +211,7 @@ def wait_for_kernel_warmup(model: SyncDreamer, progress: Progress) -> dict | Non
     return {
         "variants": result.get("variants", 0),
         "failed": len(result.get("failed", ())) + ("error" in result),
+        **{k: result[k] for k in ("workers", "launchers_failed") if k in result},
         "seconds": result.get("seconds"),
         "waited_s": round(time.perf_counter() - t0, 3),
     }

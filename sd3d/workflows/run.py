@@ -287,6 +287,17 @@ def generate_at(model, prepared, settings: RunSettings, elevation_deg: float, dt
     return run_generation(model, prepared, gen, dtype=dtype, progress=progress)
 
 
+def carry_kernel_warmup(first: Sequence, kept: list) -> list:
+    """``kept`` with the kernel warm-up the ``first`` generation waited for (a machine's first run,
+    :func:`sd3d.pipelines.syncdreamer.wait_for_kernel_warmup`) in its provenance: the report shows
+    the kept generation's, and without this a regenerated run's report lost the seconds its first
+    generation spent waiting (session 15, `sd3d run` on a fresh GPU machine)."""
+    warmup = first[0].provenance.get("kernel_warmup") if first else None
+    if warmup is None:
+        return kept
+    return [replace(views, provenance={**views.provenance, "kernel_warmup": warmup}) for views in kept]
+
+
 def run_dtype(model, settings: RunSettings):
     """The :class:`torch.dtype` the run's generations compute in on ``model``: ``settings.dtype``
     resolved once (``auto`` follows half-precision weights, see
@@ -536,7 +547,8 @@ def generate_run_views(
     if elevation.regenerate:
         note(f"generate (elevation {elevation.elevation_deg:.1f} deg)")
         with stages("generate"):
-            views = generate_at(model, prepared, settings, elevation.elevation_deg, dtype, progress)
+            regenerated = generate_at(model, prepared, settings, elevation.elevation_deg, dtype, progress)
+        views = carry_kernel_warmup(views, regenerated)
 
     if len(views) > 1:
         note("rank samples")

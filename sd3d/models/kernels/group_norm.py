@@ -63,7 +63,7 @@ import triton.language as tl
 
 from sd3d.core.device import triton_unsupported_gpu
 from sd3d.models.kernels import GROUP_NORM_ROUNDINGS
-from sd3d.models.kernels.precompile import kernel_name
+from sd3d.models.kernels.precompile import compile_launch, kernel_name
 
 ACTIVATIONS = {None: 0, "silu": 1, "relu": 2}
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -848,17 +848,16 @@ def warm_up(launches: list[Launch], workers: int, device: torch.device | None = 
     in its in-memory and on-disk caches, where the launches then find it. Compilation holds the GIL for
     much of its work (on an H100's host, 8 threads were ~1.7x faster than one, and slowed everything
     else this process did): :mod:`sd3d.models.kernels.precompile` compiles in processes instead; this
-    is its comparison in ``benchmarks/first_generation.py``. Returns ``{"variants": n, "failed":
+    is its comparison in ``benchmarks/first_generation.py --warmup-threads``. Returns ``{"variants": n, "failed":
     [reason, ...]}``; a variant that fails here is compiled (and fails, if it must) at its launch."""
     from concurrent.futures import ThreadPoolExecutor
 
     unique = distinct_variants(launches)
 
     def compile_one(launch: Launch) -> str | None:
-        args = [a.dtype if isinstance(a, torch.Tensor) else a for a in launch.args]
         try:
             with torch.cuda.device(device) if device is not None else contextlib.nullcontext():
-                launch.kernel.warmup(*args, grid=launch.grid, **launch.constants)
+                compile_launch(launch)
         except Exception as exc:  # a Triton without warmup, a compiler error: the launch will tell
             return f"{type(exc).__name__}: {exc}"
         return None

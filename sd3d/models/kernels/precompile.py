@@ -3,22 +3,28 @@
 Why processes, not threads: session 14 compiled the GroupNorm's ~70 variants on 8 threads while the
 model loaded (benchmarks/RESULTS.md). Triton's compiler holds the interpreter lock for much of its
 work, so 8 threads were only ~1.7x faster than one, and the model's loading, which needs the
-interpreter too, took 17.1 s instead of 3.1 s. A worker process compiles with an interpreter of its
+interpreter too, took 11-17 s instead of 2-3 s. A worker process compiles with an interpreter of its
 own and leaves each kernel in Triton's on-disk cache; the workers inherit this process's environment
 (``TRITON_CACHE_DIR`` and Triton's other settings), so they compute the cache keys this process's
 launches look up, and those launches then load the kernels instead of compiling them.
 
-The workers start before the variants are known (:class:`CompileWorkers`): importing PyTorch and
-Triton takes each a few seconds, which overlaps the enumeration here. Each imports the kernels' module
-(named on its command line) and then reads its share as one JSON object on stdin -- ``{"device":
-index or null, "variants": [spec, ...]}``, a
-spec being ``{"kernel": name, "args": [...], "grid": [...], "constants": {...}}`` with a tensor
-argument given by its dtype (``{"dtype": "bfloat16"}``: Triton's ``warmup`` specialises a dtype as a
-16-byte-aligned tensor, as PyTorch allocates them) -- calls each kernel's ``warmup`` (compile, never
-launch), and answers one JSON line: ``{"failed": [reason, ...], "cuda_context": bool or null}``
-(whether compiling made a CUDA context current in the worker, which would cost GPU memory per worker).
-A variant that fails, or a worker that dies, only means that those kernels compile at their first
-launch, as they did before any warm-up.
+Each worker also builds the kernel's launcher: Triton versions that compile a C launcher per argument
+signature (3.6 on the GPU machine) otherwise build those at the first launch, a few seconds of the
+first step that a warm-up by ``warmup`` alone leaves (session 15: the first step took 3.1 s after a
+warm-up, 0.55 s with everything cached).
+
+A worker imports the module named on its command line first (PyTorch, Triton and the model code come
+with it), then reads one pickled request on stdin -- ``{"device": index or None, "share": (i, n),
+"variants": function, "kwargs": {...}}`` -- calls ``function(**kwargs)`` for the variants (objects
+with ``kernel``, ``args``, ``grid``, ``constants``, one per variant, in an order every worker
+computes alike), compiles every n-th from the i-th with the kernel's ``warmup`` (compile, never
+launch; a tensor argument given by its dtype, which Triton specialises as a 16-byte-aligned tensor,
+as PyTorch allocates them), and answers one JSON line: ``{"variants": total, "compiled": k,
+"failed": [reason, ...], "launchers_failed": m, "cuda_context": bool or null}`` (whether compiling
+made a CUDA context current in the worker, which would cost GPU memory per worker). So this process
+only starts the workers and waits: even the enumeration of the variants (a model run on the meta
+device, ~1-2 s of interpreter time) happens in them. A variant that fails, or a worker that dies, only
+means that those kernels compile at their first launch, as they did before any warm-up.
 """
 
 from __future__ import annotations
@@ -27,9 +33,10 @@ import contextlib
 import importlib
 import json
 import os
+import pickle
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -43,37 +50,54 @@ def kernel_name(kernel) -> str:
     return getattr(kernel, "__name__", None) or kernel.fn.__name__
 
 
-def variant_spec(kernel, args: Sequence, grid: Sequence[int], constants: dict) -> dict:
-    """One launch as a worker gets it: tensors by their dtype, everything else as given (Python's
-    JSON writes floats exactly, so a float argument such as ``eps`` specialises as it will at launch)."""
+def compile_launch(launch) -> object:
+    """Compile one launch's variant with its kernel's ``warmup``: Triton specialises as at a launch
+    (a tensor argument given by its dtype counts as 16-byte aligned), compiles, caches, and returns
+    the compiled kernel without launching it."""
     import torch
 
-    return {
-        "kernel": kernel_name(kernel),
-        "args": [
-            {"dtype": str(a.dtype).removeprefix("torch.")} if isinstance(a, torch.Tensor) else a for a in args
-        ],
-        "grid": list(grid),
-        "constants": dict(constants),
-    }
+    args = [a.dtype if isinstance(a, torch.Tensor) else a for a in launch.args]
+    return launch.kernel.warmup(*args, grid=launch.grid, **launch.constants)
 
 
-def compile_variants(module, specs: list[dict], device_index: int | None) -> list[str]:
-    """Compile each spec's variant with its kernel (from ``module.KERNELS``)'s ``warmup`` (the
-    worker's side); the failures."""
+def build_launcher(compiled) -> None:
+    """Build (and cache) the launcher Triton makes for ``compiled`` at its first launch, without
+    loading the kernel onto a GPU. Triton's own internals (``driver.active.launcher_cls``), so any
+    error is the caller's to note and move past: the launch builds it as it always did."""
+    from triton.runtime import driver
+
+    driver.active.launcher_cls(compiled.src, compiled.metadata)
+
+
+def compile_share(variants: list, share: tuple[int, int], device_index: int | None) -> dict:
+    """The worker's side: compile every ``share[1]``-th variant from the ``share[0]``-th, and build
+    each one's launcher."""
     import torch
 
-    kernels = {kernel_name(k): k for k in module.KERNELS}
-    failed = []
+    first, step = share
+    failed: list[str] = []
+    compiled = launchers_failed = 0
     on_device = torch.cuda.device(device_index) if device_index is not None else contextlib.nullcontext()
     with on_device:
-        for spec in specs:
-            args = [getattr(torch, a["dtype"]) if isinstance(a, dict) else a for a in spec["args"]]
+        for launch in variants[first::step]:
+            name = kernel_name(launch.kernel)
             try:
-                kernels[spec["kernel"]].warmup(*args, grid=tuple(spec["grid"]), **spec["constants"])
+                kernel = compile_launch(launch)
             except Exception as exc:  # a compiler error: the launch will meet it again and say so
-                failed.append(f"{spec['kernel']}: {type(exc).__name__}: {exc}")
-    return failed
+                failed.append(f"{name}: {type(exc).__name__}: {exc}")
+                continue
+            compiled += 1
+            if kernel is not None and hasattr(kernel, "metadata"):
+                try:
+                    build_launcher(kernel)
+                except Exception:
+                    launchers_failed += 1
+    return {
+        "variants": len(variants),
+        "compiled": compiled,
+        "failed": failed,
+        "launchers_failed": launchers_failed,
+    }
 
 
 def cuda_context_current() -> bool | None:
@@ -92,13 +116,13 @@ def cuda_context_current() -> bool | None:
 
 
 class CompileWorkers:
-    """``count`` worker processes, started now, that compile the variants of ``module_name``'s
-    ``KERNELS`` that :meth:`compile` hands them.
+    """``count`` worker processes, started now (each importing ``preload``, the module of the
+    variants' function, while this process carries on), that compile what :meth:`compile` names.
 
     A context manager: leaving it ends workers that are still running (a warm-up abandoned halfway
     leaves no compiler processes behind)."""
 
-    def __init__(self, count: int, module_name: str) -> None:
+    def __init__(self, count: int, preload: str) -> None:
         env = dict(os.environ)
         # sd3d's own folder first: a parent that found sd3d through sys.path (a checkout, a benchmark
         # script) must not start workers that cannot import it
@@ -106,11 +130,10 @@ class CompileWorkers:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
         self._processes = [
             subprocess.Popen(
-                [sys.executable, "-m", __name__, module_name],
+                [sys.executable, "-m", __name__, preload],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                text=True,
                 env=env,
             )
             for _ in range(max(1, count))
@@ -131,45 +154,52 @@ class CompileWorkers:
                 if stream is not None:
                     stream.close()
 
-    def compile(self, specs: list[dict], device_index: int | None) -> dict:
-        """Share ``specs`` out round-robin (neighbouring variants tend to be alike in cost), wait for
-        every worker; ``{"variants": n, "failed": [...], "workers": k, "cuda_context": [...]}``."""
-        shares = [specs[i :: len(self._processes)] for i in range(len(self._processes))]
-        with ThreadPoolExecutor(max_workers=len(self._processes)) as pool:  # each waits without the GIL
-            answers = list(pool.map(_ask, self._processes, shares, [device_index] * len(shares)))
-        failed: list[str] = []
+    def compile(self, variants: Callable[..., list], kwargs: dict, device_index: int | None) -> dict:
+        """Have the workers compute ``variants(**kwargs)`` (a module-level function, so that it
+        pickles by name) and compile a share each (round-robin: neighbouring variants tend to be
+        alike in cost); wait for all. ``{"variants": n, "compiled": k, "failed": [...],
+        "launchers_failed": m, "workers": w, "cuda_context": [...]}``."""
+        count = len(self._processes)
+        requests = [
+            pickle.dumps(
+                {"device": device_index, "share": (i, count), "variants": variants, "kwargs": kwargs}
+            )
+            for i in range(count)
+        ]
+        with ThreadPoolExecutor(max_workers=count) as pool:  # each waits without the GIL
+            answers = list(pool.map(_ask, self._processes, requests))
+        result: dict = {"variants": 0, "compiled": 0, "failed": [], "launchers_failed": 0}
         contexts = []
-        for answer, share in zip(answers, shares, strict=True):
-            if isinstance(answer, str):  # the worker died or did not start: why
-                failed.extend(f"{spec['kernel']}: {answer}" for spec in share)
+        for i, answer in enumerate(answers):
+            if isinstance(
+                answer, str
+            ):  # the worker died or did not start: why (its share compiles at launch)
+                result["failed"].append(f"compile worker {i + 1} of {count}: {answer}")
                 continue
-            failed.extend(answer["failed"])
+            result["variants"] = max(result["variants"], answer["variants"])
+            result["compiled"] += answer["compiled"]
+            result["failed"].extend(answer["failed"])
+            result["launchers_failed"] += answer["launchers_failed"]
             contexts.append(answer.get("cuda_context"))
-        return {
-            "variants": len(specs),
-            "failed": failed,
-            "workers": len(self._processes),
-            "cuda_context": contexts,
-        }
+        return {**result, "workers": count, "cuda_context": contexts}
 
 
-def _ask(process: subprocess.Popen, share: list[dict], device_index: int | None) -> dict | str:
-    """Hand one worker its share and wait: its answer, or why there is none."""
-    request = json.dumps({"device": device_index, "variants": share})
+def _ask(process: subprocess.Popen, request: bytes) -> dict | str:
+    """Hand one worker its request and wait: its answer, or why there is none."""
     try:
         out, err = process.communicate(request, timeout=WORKER_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         process.kill()
         out, err = process.communicate()
-    answer = _last_json_line(out)
+    answer = _last_json_line(out.decode(errors="replace"))
     if process.returncode != 0 or answer is None:
-        tail = (err or "").strip().splitlines()[-1:] or ["no output"]
-        return f"compile worker exited with code {process.returncode}: {tail[0]}"
+        tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        return f"exited with code {process.returncode}: {tail[0]}"
     return answer
 
 
-def _last_json_line(text: str | None) -> dict | None:
-    for line in reversed((text or "").splitlines()):
+def _last_json_line(text: str) -> dict | None:
+    for line in reversed(text.splitlines()):
         with contextlib.suppress(ValueError):
             answer = json.loads(line)
             if isinstance(answer, dict) and "failed" in answer:
@@ -178,15 +208,16 @@ def _last_json_line(text: str | None) -> dict | None:
 
 
 def main(argv: list[str]) -> int:
-    """The worker: imports the kernels' module (``argv[0]``; PyTorch and Triton with it) while the
-    parent is still enumerating, then one request on stdin, one answer line on stdout (anything a
+    """The worker: imports ``argv[0]`` (the variants' module, and PyTorch and Triton with it) while
+    the parent carries on, then one pickled request on stdin, one answer line on stdout (anything a
     compiler prints goes to stderr, so the answer stays the last line)."""
-    module = importlib.import_module(argv[0])
-    request = json.loads(sys.stdin.read() or "{}")
+    importlib.import_module(argv[0])
+    request = pickle.loads(sys.stdin.buffer.read())
     stdout = sys.stdout
     sys.stdout = sys.stderr
-    failed = compile_variants(module, request.get("variants", []), request.get("device"))
-    stdout.write(json.dumps({"failed": failed, "cuda_context": cuda_context_current()}) + "\n")
+    variants = request["variants"](**request["kwargs"])
+    answer = compile_share(variants, request["share"], request["device"])
+    stdout.write(json.dumps({**answer, "cuda_context": cuda_context_current()}) + "\n")
     stdout.flush()
     return 0
 
