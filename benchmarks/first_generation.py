@@ -53,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         help="no GroupNorm kernel warm-up (load_model starts one while the checkpoint loads; this mirrors it)",
     )
     parser.add_argument(
+        "--depth-attention",
+        choices=("fast", "folded"),
+        default=None,
+        help="the depth attention's form (sd3d.models.depth_attention; default: the model's own)",
+    )
+    parser.add_argument(
         "--warmup-threads",
         action="store_true",
         help="compile the warm-up's variants on threads of this process (session 14's way), not in worker processes",
@@ -69,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     from sd3d.core.progress import Progress
     from sd3d.models import attention
     from sd3d.models.configs import config_by_name
+    from sd3d.models.depth_attention import set_depth_attention_impl
     from sd3d.models.inference import prepare_for_inference
     from sd3d.models.syncdreamer_checkpoint import load_syncdreamer
     from sd3d.models.synthetic import synthetic_state_dict
@@ -105,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     model = prepare_for_inference(load_syncdreamer(synthetic_state_dict(config), config, device, half), half)
     model.kernel_warmup = warmup
+    if args.depth_attention:
+        set_depth_attention_impl(model, args.depth_attention)
     _sync(device)
     built = time.perf_counter() - t0
     print(f"# imports {t0 - t_start:.2f} s, model built {built:.2f} s on {device}", flush=True)
@@ -160,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         record = {
             "device": str(device),
             "sdpa": args.sdpa,
+            "depth_attention": args.depth_attention,
             "build_s": built,
             "runs": runs,
             "deviation": deviation,

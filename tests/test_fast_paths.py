@@ -69,20 +69,45 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 # --------------------------------------------------------------------------------------------------
 # exact rewrites
 # --------------------------------------------------------------------------------------------------
-def test_reassociated_depth_attention_equals_the_direct_form():
+@pytest.mark.parametrize("impl", ["fast", "folded"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_reassociated_depth_attention_equals_the_direct_form(impl, channels_last):
+    """Both re-associations give the direct form's output (float64), from either input layout; the
+    folded form's output is channels-last (what the UNet's next convolution reads on CUDA)."""
     torch.manual_seed(0)
     layer = DepthTransformer(dim=24, n_heads=4, d_head=8, context_dim=16).double().eval()
     for p in layer.parameters():
         torch.nn.init.normal_(p, std=0.3)
     x = torch.randn(5, 24, 6, 7, dtype=torch.float64)  # non-square: pixel order matters
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     ctx = torch.randn(3, 16, 9, 6, 7, dtype=torch.float64)
     with torch.no_grad():
+        layer.depth_attn.impl = impl
         fast = layer(x, ctx)
+        inner = layer.depth_attn(layer.proj_in(x[:3]), layer._context(ctx))
         layer.depth_attn.impl = "reference"
         ref = layer(x, ctx)
         layer.depth_attn.impl = "fast"
     assert rel(fast, ref) < 1e-13
     assert rel(fast[:3], x[:3]) > 1e-2  # the attention really contributes
+    if impl == "folded":
+        assert inner.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_folded_depth_attention_weights_are_kept_until_a_weight_changes():
+    """The folded matrices are formed once, not every step, and formed again when a weight changes
+    in place (its version) or is replaced (its storage), or another dtype is asked for."""
+    layer = DepthTransformer(dim=24, n_heads=4, d_head=8, context_dim=16).eval().depth_attn
+    m, n = layer.folded_weights(torch.float32)
+    assert layer.folded_weights(torch.float32)[0] is m
+    with torch.no_grad():
+        layer.to_q.weight.mul_(2)
+    m2, _ = layer.folded_weights(torch.float32)
+    assert m2 is not m and torch.allclose(m2, 2 * m)
+    layer.to_out.weight.data = layer.to_out.weight.data.clone() * 3
+    assert torch.allclose(layer.folded_weights(torch.float32)[1], 3 * n)
+    assert layer.folded_weights(torch.bfloat16)[0].dtype == torch.bfloat16
 
 
 def test_whole_model_eps_is_unchanged_by_the_rewrites(model64, inputs):
@@ -91,9 +116,11 @@ def test_whole_model_eps_is_unchanged_by_the_rewrites(model64, inputs):
     with torch.no_grad():
         set_depth_attention_impl(model64, "reference")
         ref = model64.predict_eps(x_t, T, cond, 2.0, 16)
+        set_depth_attention_impl(model64, "folded")
+        folded = model64.predict_eps(x_t, T, cond, 2.0, 16)
         set_depth_attention_impl(model64, "fast")
         fast = model64.predict_eps(x_t, torch.tensor(T), cond, 2.0, 16)
-    assert rel(fast, ref) < 1e-12
+    assert rel(fast, ref) < 1e-12 and rel(folded, ref) < 1e-12
     with pytest.raises(ValueError, match="unknown"):
         set_depth_attention_impl(model64, "flash")
 
