@@ -219,7 +219,7 @@ from sd3d.models.kernels.precompile import CompileWorkers
 cache = Path(os.environ["TRITON_CACHE_DIR"])
 sms = torch.cuda.get_device_properties(0).multi_processor_count
 with CompileWorkers(2, "probe_variants") as pool:
-    result = pool.compile(probe_variants.variants, {"sms": sms}, 0)
+    result = pool.compile(probe_variants.variants, {"sms": sms}, (0, torch.cuda.get_device_capability(0)))
 after_workers = {p.name: sorted(f.name for f in p.iterdir()) for p in cache.iterdir()}
 weight = torch.randn(320, device="cuda", dtype=torch.bfloat16)
 bias = torch.randn(320, device="cuda", dtype=torch.bfloat16)

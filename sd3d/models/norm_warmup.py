@@ -254,7 +254,8 @@ def start_norm_kernel_warmup(
         )
         if marker.exists() and not force:
             return None
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        props = torch.cuda.get_device_properties(device)
+        sms, capability = props.multi_processor_count, (props.major, props.minor)
     except Exception as exc:  # an optimisation only: the kernels then compile at their launches
         warnings.warn(f"GroupNorm kernel warm-up skipped: {type(exc).__name__}: {exc}", stacklevel=2)
         return None
@@ -266,7 +267,9 @@ def start_norm_kernel_warmup(
     def in_processes() -> dict:
         with CompileWorkers(workers, __name__) as pool:  # they enumerate the variants themselves
             return pool.compile(
-                generation_norm_variants, dict(config=config, dtype=dtype, **shape), device.index
+                generation_norm_variants,
+                dict(config=config, dtype=dtype, **shape),
+                (device.index, capability),
             )
 
     def work() -> dict:

@@ -14,7 +14,7 @@ first step that a warm-up by ``warmup`` alone leaves (session 15: the first step
 warm-up, 0.55 s with everything cached).
 
 A worker imports the module named on its command line first (PyTorch, Triton and the model code come
-with it), then reads one pickled request on stdin -- ``{"device": index or None, "share": (i, n),
+with it), then reads one pickled request on stdin -- ``{"gpu": (index, capability) or None, "share": (i, n),
 "variants": function, "kwargs": {...}}`` -- calls ``function(**kwargs)`` for the variants (objects
 with ``kernel``, ``args``, ``grid``, ``constants``, one per variant, in an order every worker
 computes alike), compiles every n-th from the i-th with the kernel's ``warmup`` (compile, never
@@ -69,34 +69,58 @@ def build_launcher(compiled) -> None:
     driver.active.launcher_cls(compiled.src, compiled.metadata)
 
 
-def compile_share(variants: list, share: tuple[int, int], device_index: int | None) -> dict:
-    """The worker's side: compile every ``share[1]``-th variant from the ``share[0]``-th, and build
-    each one's launcher."""
-    import torch
+def pin_triton_gpu(index: int, capability: tuple[int, int]) -> bool:
+    """Make Triton's active driver answer "which GPU, which architecture, which stream" with the
+    parent's answers instead of asking CUDA. Why: asking makes a CUDA context in the worker (found on
+    an H100 in session 15: every worker had one), and each context holds some hundreds of MB of GPU
+    memory while the parent is loading its model; compiling needs only the architecture. Triton's
+    internals (the driver's ``get_current_device`` / ``get_device_capability`` /
+    ``get_current_stream`` attributes, set per instance in Triton 3.x): False where they are not
+    there, and the worker then asks CUDA as before."""
+    from triton.runtime import driver
 
+    active = driver.active
+    names = ("get_current_device", "get_device_capability", "get_current_stream")
+    if not all(hasattr(active, name) for name in names):
+        return False
+    active.get_current_device = lambda: index
+    active.get_device_capability = lambda device=None: tuple(capability)
+    active.get_current_stream = lambda device=None: 0
+    return True
+
+
+def compile_share(variants: list, share: tuple[int, int], gpu: tuple[int, tuple[int, int]] | None) -> dict:
+    """The worker's side: compile every ``share[1]``-th variant from the ``share[0]``-th, and build
+    each one's launcher; ``gpu``: the parent's (device index, compute capability), which Triton is
+    told instead of asking CUDA (:func:`pin_triton_gpu`)."""
     first, step = share
     failed: list[str] = []
     compiled = launchers_failed = 0
-    on_device = torch.cuda.device(device_index) if device_index is not None else contextlib.nullcontext()
-    with on_device:
-        for launch in variants[first::step]:
-            name = kernel_name(launch.kernel)
+    pinned = False
+    if gpu is not None:
+        try:
+            pinned = pin_triton_gpu(*gpu)
+        except Exception:  # a Triton without an active CUDA driver: the compiles below say so
+            pinned = False
+    for launch in variants[first::step]:
+        name = kernel_name(launch.kernel)
+        try:
+            kernel = compile_launch(launch)
+        except Exception as exc:  # a compiler error: the launch will meet it again and say so
+            failed.append(f"{name}: {type(exc).__name__}: {exc}")
+            continue
+        compiled += 1
+        if kernel is not None and hasattr(kernel, "metadata"):
             try:
-                kernel = compile_launch(launch)
-            except Exception as exc:  # a compiler error: the launch will meet it again and say so
-                failed.append(f"{name}: {type(exc).__name__}: {exc}")
-                continue
-            compiled += 1
-            if kernel is not None and hasattr(kernel, "metadata"):
-                try:
-                    build_launcher(kernel)
-                except Exception:
-                    launchers_failed += 1
+                build_launcher(kernel)
+            except Exception:
+                launchers_failed += 1
     return {
         "variants": len(variants),
         "compiled": compiled,
         "failed": failed,
         "launchers_failed": launchers_failed,
+        "pinned": pinned,
     }
 
 
@@ -154,16 +178,17 @@ class CompileWorkers:
                 if stream is not None:
                     stream.close()
 
-    def compile(self, variants: Callable[..., list], kwargs: dict, device_index: int | None) -> dict:
+    def compile(
+        self, variants: Callable[..., list], kwargs: dict, gpu: tuple[int, tuple[int, int]] | None
+    ) -> dict:
         """Have the workers compute ``variants(**kwargs)`` (a module-level function, so that it
         pickles by name) and compile a share each (round-robin: neighbouring variants tend to be
-        alike in cost); wait for all. ``{"variants": n, "compiled": k, "failed": [...],
-        "launchers_failed": m, "workers": w, "cuda_context": [...]}``."""
+        alike in cost) for ``gpu`` (device index, compute capability); wait for all.
+        ``{"variants": n, "compiled": k, "failed": [...], "launchers_failed": m, "workers": w,
+        "cuda_context": [...]}``."""
         count = len(self._processes)
         requests = [
-            pickle.dumps(
-                {"device": device_index, "share": (i, count), "variants": variants, "kwargs": kwargs}
-            )
+            pickle.dumps({"gpu": gpu, "share": (i, count), "variants": variants, "kwargs": kwargs})
             for i in range(count)
         ]
         with ThreadPoolExecutor(max_workers=count) as pool:  # each waits without the GIL
@@ -216,7 +241,7 @@ def main(argv: list[str]) -> int:
     stdout = sys.stdout
     sys.stdout = sys.stderr
     variants = request["variants"](**request["kwargs"])
-    answer = compile_share(variants, request["share"], request["device"])
+    answer = compile_share(variants, request["share"], request["gpu"])
     stdout.write(json.dumps({**answer, "cuda_context": cuda_context_current()}) + "\n")
     stdout.flush()
     return 0
