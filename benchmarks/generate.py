@@ -21,7 +21,8 @@ code before the fast paths); + re-associated depth attention (exact); (side) TF3
 autocast with fp32 weights (the previous bf16 path); + bf16 weights; + CUDA graph of the step;
 + channels-last UNet; + half-precision norms; + the Triton GroupNorm with the bias and SiLU fused
 (``norm_kernel="auto"``, the default since session 14: PyTorch's CUDA roundings, its deviation,
-``norm_deviation.py``; the rows above use PyTorch's norms); (side) conditioning encoders offloaded;
+``norm_deviation.py``; the rows above use PyTorch's norms); + the folded depth attention (the
+default since session 15; the rows above use the re-associated "fast" form); (side) conditioning encoders offloaded;
 (side) --samples 4; (side) DDIM eta 0 and the DPM-Solver++ / UniPC 20-step samplers (dev against
 DDIM eta 0, 50 steps); then optional speed-ups, kept only if they pay: channels-last 3D nets,
 torch.compile (cold, then again with warm on-disk caches; skipped when the time budget is short).
@@ -629,8 +630,15 @@ def main(argv: list[str] | None = None) -> int:
     cast_weights_(model, torch.bfloat16, half_norms=True)
     bench.run("+ half-precision norms (float32 statistics)", dtype="bf16", cuda_graph=cuda, repeats=fast)
     set_norm_implementation(model, "auto")
+    bench.run(
+        "+ Triton GroupNorm (channels-last, bias / SiLU fused)",
+        dtype="bf16",
+        cuda_graph=cuda,
+        repeats=fast,
+    )
+    set_depth_attention_impl(model, "folded")
     default = bench.run(
-        "+ Triton GroupNorm (channels-last, bias / SiLU fused) = default",
+        "+ depth attention folded (projections merged, channels-last) = default",
         dtype="bf16",
         cuda_graph=cuda,
         repeats=fast,

@@ -282,3 +282,37 @@ def test_a_regenerated_run_keeps_the_warm_up_its_first_generation_waited_for():
     ]
     plain = [views(model="b")]
     assert carry_kernel_warmup([views(model="a")], plain) is plain
+
+
+@pytest.mark.skipif(not TRITON, reason="triton is not installed (CPU-only torch, as in CI)")
+def test_a_pinned_worker_answers_triton_without_asking_cuda():
+    """A compile worker tells Triton's active driver the parent's GPU (index, architecture, the
+    default stream) so that compiling never asks CUDA, whose questions made a CUDA context -- GPU
+    memory -- in every worker on the H100 (session 15). Checked on a stand-in for the driver Triton
+    would make (a CPU has none): afterwards its questions are answered from the pin alone."""
+    from triton.runtime import driver
+
+    from sd3d.models.kernels.precompile import pin_triton_gpu
+
+    class AsksCuda:
+        def __init__(self) -> None:
+            def ask(*args):
+                raise AssertionError("asked CUDA")
+
+            self.get_current_device = self.get_device_capability = self.get_current_stream = ask
+
+        def get_current_target(self):  # as Triton's CUDA driver computes it
+            capability = self.get_device_capability(self.get_current_device())
+            return capability[0] * 10 + capability[1]
+
+    stand_in = AsksCuda()
+    previous = driver._active  # None until a driver was made; restored as it was
+    driver.set_active(stand_in)
+    try:
+        assert pin_triton_gpu(1, (9, 0))
+        assert stand_in.get_current_device() == 1 and stand_in.get_current_stream(1) == 0
+        assert stand_in.get_current_target() == 90
+        driver.set_active(object())  # a driver without those attributes: not pinned, no error
+        assert pin_triton_gpu(0, (9, 0)) is False
+    finally:
+        driver.set_active(previous)

@@ -16,7 +16,7 @@ Two exact shortcuts (docs/reference/syncdreamer.md §6.5):
   covers only the first rows of the batch, the remaining rows are treated as zero context that way,
   without building or attending to all-zero frustum volumes.
 
-And one exact re-association (``impl="fast"``, the default): keys and values are linear in the
+And one exact re-association (``impl="fast"``): keys and values are linear in the
 context, so ``q . (W_k c) = (W_k^T q) . c`` and ``sum_d a_d W_v c_d = W_v sum_d a_d c_d``. The layer
 then never materialises k and v (2 x inner channels for every frustum sample, 0.4 GB per layer at
 the full width for 16 views in bf16): it projects the query into the context space, takes the
@@ -24,7 +24,7 @@ logits and the attention-weighted context with two small batched matrix products
 projects the result with W_v. Fewer bytes and fewer FLOPs, the same function up to round-off;
 ``impl="reference"`` keeps the direct form (tests and the benchmark compare both).
 
-``impl="folded"`` goes one step further with the same identities: ``to_q`` followed by ``W_k^T`` is
+``impl="folded"`` (the default since session 15) goes one step further with the same identities: ``to_q`` followed by ``W_k^T`` is
 one matrix ``M = scale * W_q^T W_k`` (input channels x heads*C), and ``W_v`` followed by ``to_out``
 is one matrix ``N`` (heads*C x output channels). With a channels-last input (the UNet's layout on
 CUDA) the layer is then two plain matrix products on the pixels-by-channels view of ``x`` around the
@@ -33,7 +33,11 @@ two per-pixel products, and writes a channels-last result: session 15's profile 
 1x1 convolutions and einsums (the query reshaped out of channels-last, the projected query made
 contiguous for its product, the output turned back to NCHW for ``to_out``). It costs a third more
 multiply-adds in the two projections (16 C^2 instead of 12 C^2 a pixel, for C context channels) and
-rounds differently in half precision (M and N are formed in float32 and rounded once).
+rounds differently in half precision (M and N are formed in float32 and rounded once). Measured on
+an H100 (benchmarks/RESULTS.md, session 15): generation 1.740 s against 1.753 s (two processes of
+three timed generations each), final latents 1.232e-2 from fp32 against 1.262e-2 (one input, one
+seed). So the copies were not where the meta-device trace had put them; the gain is small but
+both ways in its favour.
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ class DepthAttention(nn.Module):
         self.heads = heads
         self.dim_head = dim_head
         self.scale = dim_head**-0.5
-        self.impl = "fast"
+        self.impl = "folded"  # session 15: 0.7 % faster on an H100, as exact (module docstring)
         self.to_q = nn.Conv2d(query_dim, inner, 1, bias=False)
         self.to_k = nn.Conv3d(context_dim, inner, 1, bias=False)
         self.to_v = nn.Conv3d(context_dim, inner, 1, bias=False)
@@ -129,12 +133,14 @@ class DepthAttention(nn.Module):
         """``M`` (input channels, heads*C) and ``N`` (heads*C, output channels) of ``impl="folded"``,
         formed in float32 (float64 stays float64) and rounded once to ``dtype``; kept until a weight
         changes (its storage or version), except while a CUDA graph is being captured, whose replays
-        then recompute them."""
-        weights = (self.to_q.weight, self.to_k.weight, self.to_v.weight, self.to_out.weight)
-        key = (dtype, *((w.data_ptr(), w._version, w.dtype, w.device) for w in weights))
-        cached = getattr(self, "_folded", None)
-        if cached is not None and cached[0] == key:
-            return cached[1], cached[2]
+        then recompute them, and under torch.compile, which traces them into its graph."""
+        compiling = torch.compiler.is_compiling()  # torch.compile traces the products instead
+        if not compiling:
+            weights = (self.to_q.weight, self.to_k.weight, self.to_v.weight, self.to_out.weight)
+            key = (dtype, *((w.data_ptr(), w._version, w.dtype, w.device) for w in weights))
+            cached = getattr(self, "_folded", None)
+            if cached is not None and cached[0] == key:
+                return cached[1], cached[2]
         exact = torch.float64 if dtype == torch.float64 else torch.float32
         c_dim = self.to_k.weight.shape[1]
         w_q = self.to_q.weight.reshape(self.heads, self.dim_head, -1).to(exact)
@@ -143,8 +149,7 @@ class DepthAttention(nn.Module):
         w_out = self.to_out.weight.reshape(-1, self.heads, self.dim_head).to(exact)
         m = (torch.einsum("hei,hec->ihc", w_q, w_k) * self.scale).reshape(w_q.shape[-1], -1).to(dtype)
         n = torch.einsum("hec,ohe->hco", w_v, w_out).reshape(self.heads * c_dim, -1).to(dtype)
-        capturing = m.is_cuda and torch.cuda.is_current_stream_capturing()
-        if not capturing:
+        if not compiling and not (m.is_cuda and torch.cuda.is_current_stream_capturing()):
             self._folded = (key, m, n)
         return m, n
 
@@ -154,9 +159,9 @@ class DepthAttention(nn.Module):
         b, _, h, w = x.shape
         c_dim, depth = context.shape[1], context.shape[2]
         pixels = h * w
-        dtype = (
-            torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-        )
+        kind = x.device.type  # the meta device (the warm-up's enumeration) has no autocast to ask
+        autocast = torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
+        dtype = torch.get_autocast_dtype(kind) if autocast else x.dtype
         m, n = self.folded_weights(dtype)
         rows = x.permute(0, 2, 3, 1).reshape(b * pixels, -1).to(dtype)  # a view when x is channels-last
         q_ctx = torch.matmul(rows, m).reshape(b, pixels, self.heads, c_dim)  # (b, P, heads, C)
