@@ -18,13 +18,15 @@
 #   bash benchmarks/gpu_runbook.sh e2e      # `sd3d run` end to end, default and capped at 6 GiB
 #
 # Thirty minutes hold about three phases after the machine starts (in sessions 10 and 11 five to nine
-# tries failed first, 90-180 s each; in session 14 one start failed). Session 14 (RESULTS, "Session
-# 14") found why the Triton norm sat further from fp32 than PyTorch's (PyTorch's CUDA GroupNorm rounds
-# its statistics to bf16; the kernel now does too), made it the default (generation 1.76-1.78 s on an
-# H100, 2.19 s before) and added a warm-up that compiles its ~70 variants on threads while the model
-# loads, marked in Triton's cache once done. First next time: warmup (the warm-up through `sd3d run`,
-# fresh and marked caches; unrun on a GPU), then fewer variants or compiling in processes, then
-# `--samples` (3.42x for 4; asked <= 3.2x) and regional torch.compile for generation's last 0.8 s.
+# tries failed first, 90-180 s each; in session 15 five tries failed, ~550 s). Session 15 (RESULTS,
+# "Session 15") moved the GroupNorm warm-up into worker processes that enumerate the variants and build
+# Triton's launchers themselves (first step after a warm-up 0.58 s, was 3.1 s; `sd3d run` on an empty
+# cache 41 s, was 44.3 s), found each worker making a CUDA context and pinned Triton to the parent's GPU
+# (8093be2, unrun on a GPU), and made the folded depth attention the default (1.740 vs 1.753 s).
+# First next time: `warmup` (its tests check the pin: no CUDA context in the workers), then `gen` with
+# generate.py's full table (CUDA parity of the folded default; its new row), then a CUDA profile with
+# stacks of the 72 strided copies a step (3.85 of 32.3 ms), and fewer warm-up workers if the model's
+# loading still stretches (15.2 s against 2.2 s with synthetic weights).
 
 # Since 75b3916 the hash grid defaults to auto (Triton on CUDA): the PyTorch grid is --hash-grid torch.
 #
@@ -128,18 +130,12 @@ robust | plain)
         --shared "$SHARED" --objects spot duck cup blade "${flags[@]}" --out "$OUT/rb-$phase"
     ;;
 gen)
+    # generation: the Triton norm's tests, then generate.py's whole table (CUDA parity of the default,
+    # the folded depth attention's row, torch.compile on top), then the first-generation A/B
     step triton-norm-tests 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_triton_norms.py \
         tests/test_fast_paths.py
-    # the kernel's deviation from fp32 against PyTorch's norms over five seeds (one seed cannot
-    # tell a worse kernel from where roundings land), then the per-shape timings
-    step norm-deviation 300 python3 benchmarks/norm_deviation.py --shared "$SHARED" --seeds 1 2 --parts \
-        --images "$SHARED"/data/objects/*/views/000.png --json "$OUT/norm_deviation.json"
-    step norm-kernels 60 python3 benchmarks/norm_kernels.py --step --json "$OUT/norms.json"
-    # a process's first generation against the later ones, and the attention kernels' deviation
-    step first-generation 90 python3 benchmarks/first_generation.py --deviation --json "$OUT/first.json"
-    step throughput 120 python3 benchmarks/generate_throughput.py --json "$OUT/throughput.json"
-    step generate 400 python3 benchmarks/generate.py --shared "$SHARED" --skip-compile --slow-repeats 0 \
-        --budget-s "${GEN_BUDGET_S:-300}" --json "$OUT/generate.json"
+    step generate 420 python3 benchmarks/generate.py --shared "$SHARED" --budget-s 330 --compile-budget-s 230 \
+        --json "$OUT/generate.json"
     ;;
 default)
     # the Triton norm as the default (session 14): its tests with PyTorch's CUDA roundings, then what
