@@ -170,7 +170,7 @@ def test_compile_workers_compile_each_variant_once_in_other_processes(tmp_path, 
         assert call["grid"] == [2, 4] and call["constants"]["num_warps"] == 4
     assert result["variants"] == 6 and result["compiled"] == 5 and result["workers"] == 2
     assert result["failed"] == ["_raising_kernel: RuntimeError: ptxas said no"]
-    assert len(result["cuda_context"]) == 2
+    assert len(result["cuda_context"]) == 2 and result["pinned"] == [False, False]  # no GPU named
 
 
 def test_a_worker_that_dies_gives_up_its_share_only(tmp_path, monkeypatch):
@@ -258,7 +258,7 @@ def test_a_launch_loads_what_the_workers_compiled(tmp_path):
     cubins = [name for files in report["after_workers"].values() for name in files if name.endswith(".cubin")]
     assert len(cubins) == result["variants"]
     assert report["new_at_launch"] == {}, report["new_at_launch"]
-    assert result["cuda_context"] == [False, False]
+    assert result["pinned"] == [True, True] and result["cuda_context"] == [False, False]
     assert report["max_diff"] < 0.1
 
 

@@ -20,8 +20,10 @@ with ``kernel``, ``args``, ``grid``, ``constants``, one per variant, in an order
 computes alike), compiles every n-th from the i-th with the kernel's ``warmup`` (compile, never
 launch; a tensor argument given by its dtype, which Triton specialises as a 16-byte-aligned tensor,
 as PyTorch allocates them), and answers one JSON line: ``{"variants": total, "compiled": k,
-"failed": [reason, ...], "launchers_failed": m, "cuda_context": bool or null}`` (whether compiling
-made a CUDA context current in the worker, which would cost GPU memory per worker). So this process
+"failed": [reason, ...], "launchers_failed": m, "pinned": bool, "cuda_context": bool or null}``.
+Triton is told the parent's GPU instead of asking CUDA (:func:`pin_triton_gpu`; "pinned"), because
+asking made a CUDA context, which holds GPU memory, in every worker on an H100 ("cuda_context" says
+whether one is current when the worker is done; the GPU test asserts none). So this process
 only starts the workers and waits: even the enumeration of the variants (a model run on the meta
 device, ~1-2 s of interpreter time) happens in them. A variant that fails, or a worker that dies, only
 means that those kernels compile at their first launch, as they did before any warm-up.
@@ -40,9 +42,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-WORKER_TIMEOUT_S = 600.0
-"""How long :meth:`CompileWorkers.compile` waits for a worker before giving its variants up (a
-worker's import and ~10 variants take seconds; this only bounds a wedged compiler)."""
+WORKER_TIMEOUT_S = 180.0
+"""How long :meth:`CompileWorkers.compile` waits for a worker before giving its share up. A worker
+took 13-16 s on an H100's host (session 15); the first generation waits for the warm-up, so a wedged
+compiler must not hold it for long: its kernels then compile at their first launch."""
 
 
 def kernel_name(kernel) -> str:
@@ -185,7 +188,7 @@ class CompileWorkers:
         pickles by name) and compile a share each (round-robin: neighbouring variants tend to be
         alike in cost) for ``gpu`` (device index, compute capability); wait for all.
         ``{"variants": n, "compiled": k, "failed": [...], "launchers_failed": m, "workers": w,
-        "cuda_context": [...]}``."""
+        "pinned": [...], "cuda_context": [...]}`` (the last two per worker that answered)."""
         count = len(self._processes)
         requests = [
             pickle.dumps({"gpu": gpu, "share": (i, count), "variants": variants, "kwargs": kwargs})
@@ -194,11 +197,10 @@ class CompileWorkers:
         with ThreadPoolExecutor(max_workers=count) as pool:  # each waits without the GIL
             answers = list(pool.map(_ask, self._processes, requests))
         result: dict = {"variants": 0, "compiled": 0, "failed": [], "launchers_failed": 0}
-        contexts = []
+        contexts: list = []
+        pinned: list = []
         for i, answer in enumerate(answers):
-            if isinstance(
-                answer, str
-            ):  # the worker died or did not start: why (its share compiles at launch)
+            if isinstance(answer, str):  # it died or did not start: its share compiles at launch
                 result["failed"].append(f"compile worker {i + 1} of {count}: {answer}")
                 continue
             result["variants"] = max(result["variants"], answer["variants"])
@@ -206,7 +208,8 @@ class CompileWorkers:
             result["failed"].extend(answer["failed"])
             result["launchers_failed"] += answer["launchers_failed"]
             contexts.append(answer.get("cuda_context"))
-        return {**result, "workers": count, "cuda_context": contexts}
+            pinned.append(answer.get("pinned"))
+        return {**result, "workers": count, "pinned": pinned, "cuda_context": contexts}
 
 
 def _ask(process: subprocess.Popen, request: bytes) -> dict | str:
