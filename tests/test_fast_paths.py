@@ -96,18 +96,26 @@ def test_reassociated_depth_attention_equals_the_direct_form(impl, channels_last
 
 
 def test_folded_depth_attention_weights_are_kept_until_a_weight_changes():
-    """The folded matrices are formed once, not every step, and formed again when a weight changes
-    in place (its version) or is replaced (its storage), or another dtype is asked for."""
+    """The folded matrices are formed once, not every step (inference runs without autograd), and
+    formed again when a weight changes in place (its version) or is replaced (its storage), also by
+    one made under inference mode (which keeps no version), or another dtype is asked for; with
+    autograd on nothing is kept (a kept pair would hold a stale graph)."""
     layer = DepthTransformer(dim=24, n_heads=4, d_head=8, context_dim=16).eval().depth_attn
-    m, n = layer.folded_weights(torch.float32)
-    assert layer.folded_weights(torch.float32)[0] is m
     with torch.no_grad():
+        m, n = layer.folded_weights(torch.float32)
+        assert layer.folded_weights(torch.float32)[0] is m
         layer.to_q.weight.mul_(2)
-    m2, _ = layer.folded_weights(torch.float32)
-    assert m2 is not m and torch.allclose(m2, 2 * m)
-    layer.to_out.weight.data = layer.to_out.weight.data.clone() * 3
-    assert torch.allclose(layer.folded_weights(torch.float32)[1], 3 * n)
-    assert layer.folded_weights(torch.bfloat16)[0].dtype == torch.bfloat16
+        m2, _ = layer.folded_weights(torch.float32)
+        assert m2 is not m and torch.allclose(m2, 2 * m)
+        layer.to_out.weight.data = layer.to_out.weight.data.clone() * 3
+        assert torch.allclose(layer.folded_weights(torch.float32)[1], 3 * n)
+        assert layer.folded_weights(torch.bfloat16)[0].dtype == torch.bfloat16
+        with torch.inference_mode():
+            layer.to_k.weight.data = layer.to_k.weight.data * 0.5
+        assert torch.allclose(layer.folded_weights(torch.float32)[0], m2 * 0.5)
+    fresh = DepthTransformer(dim=24, n_heads=4, d_head=8, context_dim=16).depth_attn
+    assert fresh.folded_weights(torch.float32)[0].requires_grad
+    assert getattr(fresh, "_folded", None) is None
 
 
 def test_whole_model_eps_is_unchanged_by_the_rewrites(model64, inputs):

@@ -24,20 +24,19 @@ logits and the attention-weighted context with two small batched matrix products
 projects the result with W_v. Fewer bytes and fewer FLOPs, the same function up to round-off;
 ``impl="reference"`` keeps the direct form (tests and the benchmark compare both).
 
-``impl="folded"`` (the default since session 15) goes one step further with the same identities: ``to_q`` followed by ``W_k^T`` is
-one matrix ``M = scale * W_q^T W_k`` (input channels x heads*C), and ``W_v`` followed by ``to_out``
-is one matrix ``N`` (heads*C x output channels). With a channels-last input (the UNet's layout on
-CUDA) the layer is then two plain matrix products on the pixels-by-channels view of ``x`` around the
-two per-pixel products, and writes a channels-last result: session 15's profile of the default step
-(H100) found 72 strided copies a step (3.85 of 32.3 ms), which the fast form makes around its
-1x1 convolutions and einsums (the query reshaped out of channels-last, the projected query made
-contiguous for its product, the output turned back to NCHW for ``to_out``). It costs a third more
+``impl="folded"`` (the default since session 15) goes one step further with the same identities:
+``to_q`` followed by ``W_k^T`` is one matrix ``M = scale * W_q^T W_k`` (input channels x heads*C),
+and ``W_v`` followed by ``to_out`` is one matrix ``N`` (heads*C x output channels). With a
+channels-last input (the UNet's layout on CUDA) the layer is then two plain matrix products on the
+pixels-by-channels view of ``x`` around the two per-pixel products, and writes a channels-last
+result, where the fast form reshapes the query out of channels-last, makes the projected query
+contiguous for its product and turns the output back to NCHW for ``to_out``. It costs a third more
 multiply-adds in the two projections (16 C^2 instead of 12 C^2 a pixel, for C context channels) and
 rounds differently in half precision (M and N are formed in float32 and rounded once). Measured on
 an H100 (benchmarks/RESULTS.md, session 15): generation 1.740 s against 1.753 s (two processes of
 three timed generations each), final latents 1.232e-2 from fp32 against 1.262e-2 (one input, one
-seed). So the copies were not where the meta-device trace had put them; the gain is small but
-both ways in its favour.
+seed): small, but both ways in its favour. (The 72 strided copies of that session's step profile,
+3.85 of 32.3 ms, are therefore mostly elsewhere.)
 """
 
 from __future__ import annotations
@@ -53,6 +52,12 @@ IMPLEMENTATIONS = ("fast", "folded", "reference")
 def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
     """Softmax inputs in float32 under autocast; float64 (tests) stays float64."""
     return t if t.dtype == torch.float64 else t.float()
+
+
+def _version(t: torch.Tensor) -> int:
+    """``t``'s in-place modification count; -1 for a tensor made under ``torch.inference_mode``,
+    which keeps none (its storage is then the only sign of a change)."""
+    return -1 if t.is_inference() else t._version
 
 
 def set_depth_attention_impl(model: nn.Module, impl: str) -> None:
@@ -133,11 +138,14 @@ class DepthAttention(nn.Module):
         """``M`` (input channels, heads*C) and ``N`` (heads*C, output channels) of ``impl="folded"``,
         formed in float32 (float64 stays float64) and rounded once to ``dtype``; kept until a weight
         changes (its storage or version), except while a CUDA graph is being captured, whose replays
-        then recompute them, and under torch.compile, which traces them into its graph."""
-        compiling = torch.compiler.is_compiling()  # torch.compile traces the products instead
-        if not compiling:
+        then recompute them, under torch.compile, which traces them into its graph, and with
+        autograd on."""
+        # torch.compile traces the products instead; with autograd on, a cached pair would keep a
+        # stale graph (inference runs without it)
+        cacheable = not torch.compiler.is_compiling() and not torch.is_grad_enabled()
+        if cacheable:
             weights = (self.to_q.weight, self.to_k.weight, self.to_v.weight, self.to_out.weight)
-            key = (dtype, *((w.data_ptr(), w._version, w.dtype, w.device) for w in weights))
+            key = (dtype, *((w.data_ptr(), _version(w), w.dtype, w.device) for w in weights))
             cached = getattr(self, "_folded", None)
             if cached is not None and cached[0] == key:
                 return cached[1], cached[2]
@@ -149,7 +157,7 @@ class DepthAttention(nn.Module):
         w_out = self.to_out.weight.reshape(-1, self.heads, self.dim_head).to(exact)
         m = (torch.einsum("hei,hec->ihc", w_q, w_k) * self.scale).reshape(w_q.shape[-1], -1).to(dtype)
         n = torch.einsum("hec,ohe->hco", w_v, w_out).reshape(self.heads * c_dim, -1).to(dtype)
-        if not compiling and not (m.is_cuda and torch.cuda.is_current_stream_capturing()):
+        if cacheable and not (m.is_cuda and torch.cuda.is_current_stream_capturing()):
             self._folded = (key, m, n)
         return m, n
 
