@@ -59,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the depth attention's form (sd3d.models.depth_attention; default: the model's own)",
     )
     parser.add_argument(
+        "--geglu",
+        choices=("torch", "auto"),
+        default=None,
+        help="GEGLU's implementation (auto: the fused Triton kernel, sd3d.models.kernels.geglu; default: the model's own)",
+    )
+    parser.add_argument(
         "--warmup-threads",
         action="store_true",
         help="compile the warm-up's variants on threads of this process (session 14's way), not in worker processes",
@@ -79,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     from sd3d.models.inference import prepare_for_inference
     from sd3d.models.syncdreamer_checkpoint import load_syncdreamer
     from sd3d.models.synthetic import synthetic_state_dict
+    from sd3d.models.unet import set_geglu_implementation
     from sd3d.pipelines.syncdreamer import GenerationSettings, sample_views, start_kernel_warmup
 
     class StepClock(Progress):
@@ -114,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     model.kernel_warmup = warmup
     if args.depth_attention:
         set_depth_attention_impl(model, args.depth_attention)
+    if args.geglu:
+        set_geglu_implementation(model, args.geglu)
     _sync(device)
     built = time.perf_counter() - t0
     print(f"# imports {t0 - t_start:.2f} s, model built {built:.2f} s on {device}", flush=True)
@@ -170,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             "device": str(device),
             "sdpa": args.sdpa,
             "depth_attention": args.depth_attention,
+            "geglu": args.geglu,
             "build_s": built,
             "runs": runs,
             "deviation": deviation,

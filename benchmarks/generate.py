@@ -597,6 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     from sd3d.models.norms import set_norm_implementation
     from sd3d.models.syncdreamer_checkpoint import load_syncdreamer
     from sd3d.models.synthetic import synthetic_state_dict
+    from sd3d.models.unet import set_geglu_implementation
 
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
@@ -699,6 +700,15 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- side rows with the default configuration ------------------------------------------------
     if cuda:
+        set_geglu_implementation(model, "auto")
+        bench.run(
+            "(side) default + fused GEGLU (Triton, opt-in: sd3d.models.kernels.geglu)",
+            dtype="bf16",
+            cuda_graph=True,
+            repeats=fast,
+            side=True,
+        )
+        set_geglu_implementation(model, "torch")
         offload_conditioning_(model)
         bench.run(
             "(side) default + conditioning encoders offloaded to pinned host memory",

@@ -24,7 +24,8 @@
 # cache 41 s, was 44.3 s), found each worker making a CUDA context and pinned Triton to the parent's GPU
 # (8093be2, unrun on a GPU), and made the folded depth attention the default (1.740 vs 1.753 s).
 # First next time: `warmup` (its tests check the pin: no CUDA context in the workers), then `gen` with
-# generate.py's full table (CUDA parity of the folded default; its new row), then a CUDA profile with
+# generate.py's full table (CUDA parity of the folded default; its new row; the opt-in fused GEGLU's
+# side row and tests, sd3d/models/kernels/geglu.py, never run on a GPU), then a CUDA profile with
 # stacks of the 72 strided copies a step (3.85 of 32.3 ms), and fewer warm-up workers if the model's
 # loading still stretches (15.2 s against 2.2 s with synthetic weights).
 
@@ -133,7 +134,7 @@ gen)
     # generation: the Triton norm's tests, then generate.py's whole table (CUDA parity of the default,
     # the folded depth attention's row, torch.compile on top), then the first-generation A/B
     step triton-norm-tests 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_triton_norms.py \
-        tests/test_fast_paths.py
+        tests/test_triton_geglu.py tests/test_fast_paths.py
     step generate 420 python3 benchmarks/generate.py --shared "$SHARED" --budget-s 330 --compile-budget-s 230 \
         --json "$OUT/generate.json"
     ;;

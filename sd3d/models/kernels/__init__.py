@@ -33,6 +33,11 @@ def group_norm_module() -> ModuleType | None:
     return _load("group_norm")[0]
 
 
-def unavailable_reason() -> str | None:
-    """Why :func:`group_norm_module` is ``None`` (``None`` when the kernels load)."""
-    return _load("group_norm")[1]
+def geglu_module() -> ModuleType | None:
+    """:mod:`sd3d.models.kernels.geglu`, or ``None`` when Triton cannot be imported."""
+    return _load("geglu")[0]
+
+
+def unavailable_reason(name: str = "group_norm") -> str | None:
+    """Why the kernels module ``name`` does not load (``None`` when it does)."""
+    return _load(name)[1]
