@@ -15,6 +15,8 @@ compare the two in the interpreter and on CUDA. No autograd.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -65,7 +67,7 @@ def unsupported_reason(h: torch.Tensor) -> str | None:
         return (
             f"a {h.device.type} tensor (Triton runs CPU tensors only in its interpreter, TRITON_INTERPRET=1)"
         )
-    if h.device.type == "cuda" and (gpu := triton_unsupported_gpu(h.device)) is not None:
+    if h.device.type == "cuda" and (gpu := _unsupported_gpu(h.device.index)) is not None:
         return gpu
     if h.dtype not in DTYPES:
         return f"dtype {h.dtype} (supported: float32, bfloat16, float16)"
@@ -74,6 +76,12 @@ def unsupported_reason(h: torch.Tensor) -> str | None:
     if h.stride(-1) != 1 or _rows_stride(h) is None:
         return f"strides {h.stride()} (rows of contiguous columns, one stride apart)"
     return None
+
+
+@functools.cache
+def _unsupported_gpu(index: int | None) -> str | None:
+    """:func:`sd3d.core.device.triton_unsupported_gpu`, once per device: this runs before every launch."""
+    return triton_unsupported_gpu(torch.device("cuda", index))
 
 
 def _rows_stride(h: torch.Tensor) -> int | None:
