@@ -50,6 +50,7 @@ hands each GroupNorm the activation module that follows it.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Sequence
 
@@ -60,7 +61,7 @@ from torch import nn
 from sd3d.models import kernels
 
 HALF_DTYPES = (torch.bfloat16, torch.float16)
-IMPLEMENTATIONS = ("auto", "torch", "triton")
+IMPLEMENTATIONS = kernels.IMPLEMENTATIONS
 ROUNDINGS = kernels.GROUP_NORM_ROUNDINGS
 ACTIVATIONS = ("silu", "relu")
 
@@ -75,11 +76,7 @@ def computes_in_half(module: nn.Module, x: torch.Tensor) -> bool:
 
 
 def check_implementation(implementation: str) -> str:
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(
-            f"unknown norm implementation {implementation!r}; known: {', '.join(IMPLEMENTATIONS)}"
-        )
-    return implementation
+    return kernels.check_implementation(implementation, "norm")
 
 
 def _terms(pre_bias: PreBias) -> list[torch.Tensor]:
@@ -151,20 +148,13 @@ class GroupNorm(nn.GroupNorm):
 
     def kernel_unavailable(self, x: torch.Tensor, pre_bias: PreBias = None) -> str | None:
         """Why this call does not run the Triton kernel (``None``: it does)."""
-        if self.implementation == "torch":
-            return "implementation='torch'"
         if self.kernel_error is not None and self.implementation == "auto":
             return f"the kernel failed here: {self.kernel_error}"
-        if torch.compiler.is_compiling():
-            return "traced by torch.compile"
-        if self.implementation == "auto" and x.device.type != "cuda":
-            return f"a {x.device.type} tensor"
+        tensors = itertools.chain((x,), self.parameters(), _terms(pre_bias))  # read only if reached
+        reason = kernels.refusal(self.implementation, x.device, "group_norm", tensors)
+        if reason is not None:
+            return reason
         module = kernels.group_norm_module()
-        if module is None:
-            return f"Triton is not available ({kernels.unavailable_reason()})"
-        tensors = [x, *self.parameters(), *_terms(pre_bias)]
-        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-            return "autograd (the kernel has no backward)"
         out_dtype = self.output_dtype(x)
         if out_dtype is None or (self.weight is not None and self.weight.dtype not in module.DTYPES):
             return f"input {x.dtype} with {self.weight.dtype if self.weight is not None else 'no'} parameters"

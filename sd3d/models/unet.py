@@ -114,9 +114,6 @@ class CrossAttention(nn.Module):
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
 
 
-GEGLU_IMPLEMENTATIONS = ("torch", "auto", "triton")
-
-
 class GEGLU(nn.Module):
     """``a * gelu(g)`` of a projection ``[a, g]``. ``implementation``: ``torch`` (the default, the
     reference), ``auto`` (the fused Triton kernel of :mod:`sd3d.models.kernels.geglu` where it runs,
@@ -130,18 +127,8 @@ class GEGLU(nn.Module):
 
     def kernel_unavailable(self, h: torch.Tensor) -> str | None:
         """Why this call does not run the fused kernel (``None``: it does)."""
-        if self.implementation == "torch":
-            return "implementation='torch'"
-        if torch.compiler.is_compiling():
-            return "traced by torch.compile"
-        if self.implementation == "auto" and h.device.type != "cuda":
-            return f"a {h.device.type} tensor"
-        module = kernels.geglu_module()
-        if module is None:
-            return f"Triton is not available ({kernels.unavailable_reason('geglu')})"
-        if torch.is_grad_enabled() and h.requires_grad:
-            return "autograd (the kernel has no backward)"
-        return module.unsupported_reason(h)
+        reason = kernels.refusal(self.implementation, h.device, "geglu", (h,))
+        return reason if reason is not None else kernels.geglu_module().unsupported_reason(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.proj(x)
@@ -156,10 +143,7 @@ class GEGLU(nn.Module):
 
 def set_geglu_implementation(model: nn.Module, implementation: str) -> None:
     """Set every :class:`GEGLU`'s ``implementation`` (see there)."""
-    if implementation not in GEGLU_IMPLEMENTATIONS:
-        raise ValueError(
-            f"unknown GEGLU implementation {implementation!r}; known: {', '.join(GEGLU_IMPLEMENTATIONS)}"
-        )
+    kernels.check_implementation(implementation, "GEGLU")
     for module in model.modules():
         if isinstance(module, GEGLU):
             module.implementation = implementation

@@ -15,6 +15,12 @@ import functools
 import importlib
 from types import ModuleType
 
+import torch
+
+IMPLEMENTATIONS = ("auto", "torch", "triton")
+"""What a kernel-backed layer (the GroupNorm, GEGLU) may run: ``auto`` the kernel where it can,
+else PyTorch; ``torch`` PyTorch's code, the reference; ``triton`` the kernel or an error."""
+
 GROUP_NORM_ROUNDINGS = ("unfused", "fused")
 """Where the GroupNorm kernel may round (:func:`sd3d.models.kernels.group_norm.group_norm`'s
 ``rounding``); here, without Triton, so that :mod:`sd3d.models.norms` checks the same names."""
@@ -41,3 +47,30 @@ def geglu_module() -> ModuleType | None:
 def unavailable_reason(name: str = "group_norm") -> str | None:
     """Why the kernels module ``name`` does not load (``None`` when it does)."""
     return _load(name)[1]
+
+
+def check_implementation(implementation: str, layer: str) -> str:
+    """``implementation`` if it is one of :data:`IMPLEMENTATIONS`, else a ValueError naming ``layer``."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"unknown {layer} implementation {implementation!r}; known: {', '.join(IMPLEMENTATIONS)}"
+        )
+    return implementation
+
+
+def refusal(implementation: str, device: torch.device, name: str, tensors) -> str | None:
+    """Why a layer whose ``implementation`` is set does not launch the kernels of module ``name``
+    on ``device`` for reasons every kernel shares (``None``: none of them holds; the layer then asks
+    its kernel about the input itself). ``tensors``: the call's inputs and parameters, looked at
+    last (this runs before every launch), for a gradient no kernel here gives."""
+    if implementation == "torch":
+        return "implementation='torch'"
+    if torch.compiler.is_compiling():
+        return "traced by torch.compile"
+    if implementation == "auto" and device.type != "cuda":
+        return f"a {device.type} tensor"
+    if _load(name)[0] is None:
+        return f"Triton is not available ({unavailable_reason(name)})"
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return "autograd (the kernel has no backward)"
+    return None
