@@ -66,6 +66,13 @@ def triton_unsupported_gpu(device: torch.device) -> str | None:
     return None
 
 
+def indexed_cuda(device: torch.device) -> torch.device:
+    """A CUDA ``device`` with its index: ``cuda`` (which ``load_model`` has before any tensor
+    exists) names the current device, which some of PyTorch's CUDA queries refuse to take unnamed
+    (``get_device_properties``, ``get_per_process_memory_fraction``)."""
+    return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
+
+
 def cuda_memory_budget(device: torch.device) -> int:
     """Bytes this process can still allocate on a CUDA ``device``.
 
@@ -75,8 +82,7 @@ def cuda_memory_budget(device: torch.device) -> int:
     as taken. The budget is the smaller of the card's free memory plus those cached blocks, and the
     cap minus what is allocated.
     """
-    if device.index is None:  # "cuda": the current device (get_per_process_memory_fraction needs an index)
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = indexed_cuda(device)  # get_per_process_memory_fraction needs an index
     free, total = torch.cuda.mem_get_info(device)
     allocated = torch.cuda.memory_allocated(device)
     cached_unused = torch.cuda.memory_reserved(device) - allocated

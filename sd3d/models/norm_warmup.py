@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from sd3d.core.device import indexed_cuda
 from sd3d.models import kernels
 from sd3d.models.configs import SyncDreamerConfig
 from sd3d.models.kernels.precompile import CompileWorkers
@@ -247,8 +248,7 @@ def start_norm_kernel_warmup(
     if module is None:
         return None
     try:
-        if device.index is None:  # "cuda": the current device, named (get_device_properties needs it)
-            device = torch.device("cuda", torch.cuda.current_device())
+        device = indexed_cuda(device)
         marker = warmup_marker(
             config, device, dtype, batch_view_num=batch_view_num, decode_batch=decode_batch
         )
