@@ -151,7 +151,9 @@ class GroupNorm(nn.GroupNorm):
         if self.kernel_error is not None and self.implementation == "auto":
             return f"the kernel failed here: {self.kernel_error}"
         tensors = itertools.chain((x,), self.parameters(), _terms(pre_bias))  # read only if reached
-        reason = kernels.refusal(self.implementation, x.device, "group_norm", tensors)
+        reason = kernels.refusal(
+            self.implementation, x.device, kernels.group_norm_module, "group_norm", tensors
+        )
         if reason is not None:
             return reason
         module = kernels.group_norm_module()

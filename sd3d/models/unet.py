@@ -127,7 +127,7 @@ class GEGLU(nn.Module):
 
     def kernel_unavailable(self, h: torch.Tensor) -> str | None:
         """Why this call does not run the fused kernel (``None``: it does)."""
-        reason = kernels.refusal(self.implementation, h.device, "geglu", (h,))
+        reason = kernels.refusal(self.implementation, h.device, kernels.geglu_module, "geglu", (h,))
         return reason if reason is not None else kernels.geglu_module().unsupported_reason(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

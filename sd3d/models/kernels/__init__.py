@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+from collections.abc import Callable
 from types import ModuleType
 
 import torch
@@ -58,18 +59,22 @@ def check_implementation(implementation: str, layer: str) -> str:
     return implementation
 
 
-def refusal(implementation: str, device: torch.device, name: str, tensors) -> str | None:
-    """Why a layer whose ``implementation`` is set does not launch the kernels of module ``name``
-    on ``device`` for reasons every kernel shares (``None``: none of them holds; the layer then asks
-    its kernel about the input itself). ``tensors``: the call's inputs and parameters, looked at
-    last (this runs before every launch), for a gradient no kernel here gives."""
+def refusal(
+    implementation: str, device: torch.device, load: Callable[[], ModuleType | None], name: str, tensors
+) -> str | None:
+    """Why a layer whose ``implementation`` is set does not launch the kernels that ``load`` (e.g.
+    :func:`group_norm_module`, module ``name``) returns, on ``device``, for reasons every kernel
+    shares (``None``: none of them holds; the layer then asks its kernel about the input itself).
+    ``load`` is called only once the device is known to want it (no Triton import for CPU calls).
+    ``tensors``: the call's inputs and parameters, looked at last (this runs before every launch),
+    for a gradient no kernel here gives."""
     if implementation == "torch":
         return "implementation='torch'"
     if torch.compiler.is_compiling():
         return "traced by torch.compile"
     if implementation == "auto" and device.type != "cuda":
         return f"a {device.type} tensor"
-    if _load(name)[0] is None:
+    if load() is None:
         return f"Triton is not available ({unavailable_reason(name)})"
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return "autograd (the kernel has no backward)"
