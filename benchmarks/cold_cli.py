@@ -14,7 +14,9 @@ Why: a cold process on one H100 spent 6-8 s outside the command's own stages (on
 4 s), and only this split says where (it wraps :func:`recon.pipeline.reconstruct` and ``export_mesh``).
 ``train_phases_s`` splits the training further (:attr:`recon.train.TrainResult.phase_seconds`), and
 ``before_s`` the time before it (importing torch, our modules, the command's own start), since that
-part moved by 3 s between machines of one kind in session 12.
+part moved by 3 s between machines of one kind in session 12. ``kernel_warmup``: what the hash
+grid's warm-up did (:mod:`recon.kernels.warmup`); ``--no-kernel-warmup`` (this script's, taken out of
+the command's arguments) starts none, for the comparison on a fresh Triton cache.
 """
 
 import time
@@ -41,7 +43,7 @@ def _since_exec() -> float | None:
         return None
 
 
-def _mark_reconstruction(marks: dict[str, float], phases: dict[str, float]) -> None:
+def _mark_reconstruction(marks: dict[str, float], phases: dict[str, float], warmup: dict) -> None:
     """Record when :func:`recon.pipeline.reconstruct` and ``export_mesh`` start and end (the command
     imports them from the module when it runs, so wrapping the module's attributes is enough)."""
     import recon.pipeline as pipeline
@@ -53,6 +55,8 @@ def _mark_reconstruction(marks: dict[str, float], phases: dict[str, float]) -> N
                 result = fn(*args, **kwargs)
                 # the reconstruction's training by part (recon.train.TrainResult.phase_seconds)
                 phases.update(getattr(result, "train_phases", None) or {})
+                if getattr(result, "kernel_warmup", None) is not None:  # recon.kernels.warmup's record
+                    warmup.update(result.kernel_warmup)
                 return result
             finally:
                 marks[f"{name}_end"] = time.perf_counter() - T0
@@ -90,8 +94,11 @@ def _before(marks: dict[str, float]) -> dict[str, float] | None:
 
 
 def main(argv: list[str]) -> int:
+    no_warmup = "--no-kernel-warmup" in argv  # the A/B of recon.kernels.warmup: kernels compile at launch
+    argv = [a for a in argv if a != "--no-kernel-warmup"]
     marks: dict[str, float] = {}
     phases: dict[str, float] = {}
+    warmup: dict = {}
     if argv[:1] == ["reconstruct"]:
         marks["imports_start"] = time.perf_counter() - T0
         import torch  # noqa: F401
@@ -99,7 +106,11 @@ def main(argv: list[str]) -> int:
         marks["torch_imported"] = time.perf_counter() - T0
         import cli.reconstruct  # noqa: F401
 
-        _mark_reconstruction(marks, phases)
+        _mark_reconstruction(marks, phases, warmup)
+        if no_warmup:
+            import recon.pipeline
+
+            recon.pipeline.start_hash_grid_warmup = lambda *args, **kwargs: None
         marks["modules_imported"] = time.perf_counter() - T0
     from cli.app import main as sd3d
 
@@ -121,6 +132,7 @@ def main(argv: list[str]) -> int:
         "split_s": _split(marks, wall),
         "before_s": _before(marks),
         "train_phases_s": phases or None,
+        "kernel_warmup": warmup or None,
         "argv": argv,
     }
     print("cold_cli " + json.dumps(record), flush=True)

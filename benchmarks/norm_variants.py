@@ -11,7 +11,7 @@ one variant per distinct set of compile-time constants and argument specialisati
 allocated or computed), prepared as on CUDA (channels-last UNet; bf16 weights and half-precision norms
 are assumed for every call), records every GroupNorm call's launches with the kernel's own host code
 (:func:`sd3d.models.kernels.group_norm.kernel_launches`, for an H100's 132 multiprocessors) and counts
-the distinct :func:`~sd3d.models.kernels.group_norm.variant_key`. ``--compile`` compiles each variant
+the distinct :func:`~sd3d.core.triton_precompile.variant_key`. ``--compile`` compiles each variant
 for sm_90 with Triton's ahead-of-time API and reports the seconds (a 2-core CPU here; compilation is
 CPU work, so a GPU machine's first process pays about this over its core speed).
 """
@@ -36,12 +36,12 @@ def record_variants(samples: int, sms: int = H100_SMS) -> dict:
     per chunk, 4 images per decoder call), enumerated on the meta device as the warm-up does."""
     import torch
 
+    from sd3d.core.triton_precompile import variant_key
     from sd3d.models.configs import SyncDreamerConfig
-    from sd3d.models.kernels import group_norm as G
     from sd3d.models.norm_warmup import generation_norm_launches
 
     launches = generation_norm_launches(SyncDreamerConfig(), torch.bfloat16, samples=samples, sms=sms)
-    return dict(collections.Counter(G.variant_key(launch) for launch in launches))
+    return dict(collections.Counter(variant_key(launch) for launch in launches))
 
 
 def compile_variants(keys: list[tuple]) -> list[float]:

@@ -17,8 +17,10 @@ import numpy as np
 import torch
 
 from recon.bake import BakeSettings, ViewProjector
+from recon.encoding import resolve_backend
 from recon.export import check_output_path, write_mesh
 from recon.fields import NeuSField
+from recon.kernels.warmup import start_hash_grid_warmup
 from recon.masks import view_masks
 from recon.mesh import Mesh, decimate, extract_mesh, vertex_normals
 from recon.poses import corrected_cameras
@@ -62,6 +64,9 @@ class ReconResult:
     poses: np.ndarray | None = None
     graph_captures: int = 0  # CUDA graphs the training replayed from (0: eager, also after a failed capture)
     train_phases: dict[str, float] = field(default_factory=dict)  # TrainResult.phase_seconds
+    # what the hash grid's kernel warm-up did (recon.kernels.warmup; None: none ran), or
+    # {"running": True} when it had not finished by the end of the fit
+    kernel_warmup: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,10 @@ def reconstruct(
     preset, engine = settings.preset(dev), settings.engine(dev)
     if not robust:
         preset = replace(preset, **ROBUSTNESS_OFF)
+    warmup = None
+    if resolve_backend(preset.field.encoding_backend, dev) == "triton":
+        # compiled by workers while the views load and the field is built; the fit does not wait
+        warmup = start_hash_grid_warmup(preset.field.grid, dev)
     t0 = time.perf_counter()
     vs = views if isinstance(views, ViewSet) else read_views(views)
     masks, source = view_masks(vs)
@@ -121,6 +130,7 @@ def reconstruct(
         poses=out.poses,
         graph_captures=out.graph_captures,
         train_phases=out.phase_seconds,
+        kernel_warmup=None if warmup is None else {"running": True} if warmup.running else warmup.wait(),
     )
 
 

@@ -19,12 +19,15 @@ import torch
 from PIL import Image
 
 from sd3d.core.progress import Progress
+from sd3d.core.triton_precompile import (
+    CompileWorkers,
+    KernelWarmUp,
+    leave_marker,
+    variant_key,
+)
 from sd3d.models.configs import tiny_config
 from sd3d.models.inference import prepare_for_inference, set_channels_last_
-from sd3d.models.kernels.precompile import CompileWorkers
 from sd3d.models.norm_warmup import (
-    KernelWarmUp,
-    _mark,
     generation_norm_launches,
     norm_launches,
     start_norm_kernel_warmup,
@@ -47,7 +50,6 @@ def test_the_meta_run_enumerates_the_launches_a_generation_makes(monkeypatch):
     call records the launches the kernel would make for it (the same host code, real tensors); the
     meta-device enumeration must give the same set of variants -- a dtype, layout or chunking it got
     wrong would show here as a variant compiled for nothing and one compiled at its launch."""
-    from sd3d.models.kernels import group_norm as G
     from sd3d.preprocess import prepare_input
 
     config = tiny_config()
@@ -58,7 +60,7 @@ def test_the_meta_run_enumerates_the_launches_a_generation_makes(monkeypatch):
     forward = GroupNorm.forward
 
     def recording(self, x, pre_bias=None, activation=None):
-        seen.update(G.variant_key(launch) for launch in norm_launches(self, x, pre_bias, activation, 132))
+        seen.update(variant_key(launch) for launch in norm_launches(self, x, pre_bias, activation, 132))
         return forward(self, x, pre_bias, activation)
 
     monkeypatch.setattr(GroupNorm, "forward", recording)
@@ -70,7 +72,7 @@ def test_the_meta_run_enumerates_the_launches_a_generation_makes(monkeypatch):
     monkeypatch.setattr(GroupNorm, "forward", forward)
 
     launches = generation_norm_launches(config, torch.bfloat16, batch_view_num=8, decode_batch=16, sms=132)
-    expected = {G.variant_key(launch) for launch in launches}
+    expected = {variant_key(launch) for launch in launches}
     assert seen and expected == seen, (sorted(expected - seen), sorted(seen - expected))
     assert {key[0] for key in expected} <= {"_gn_fused_kernel", "_gn_partial_kernel", "_gn_apply_kernel"}
 
@@ -112,17 +114,17 @@ def test_a_warm_up_that_ran_leaves_its_marker_with_what_it_did(tmp_path):
     import json
 
     marker = tmp_path / "cache" / "sd3d-groupnorm-warm-x"
-    _mark(marker, {"variants": 70, "failed": ["RuntimeError: ptxas"], "seconds": 3.0})
+    leave_marker(marker, {"variants": 70, "failed": ["RuntimeError: ptxas"], "seconds": 3.0})
     assert json.loads(marker.read_text()) == {
         "variants": 70,
         "failed": ["RuntimeError: ptxas"],
         "error": None,
     }
-    _mark(marker, {"variants": 70, "failed": []})
+    leave_marker(marker, {"variants": 70, "failed": []})
     assert json.loads(marker.read_text())["failed"] == []
     assert sorted(p.name for p in marker.parent.iterdir()) == [marker.name]
     (tmp_path / "file").write_text("")
-    _mark(tmp_path / "file" / "marker", {"variants": 1, "failed": []})  # parent is a file: ignored
+    leave_marker(tmp_path / "file" / "marker", {"variants": 1, "failed": []})  # parent is a file: ignored
     assert not (tmp_path / "file" / "marker").exists()
 
 
@@ -197,7 +199,7 @@ def test_a_worker_that_dies_gives_up_its_share_only(tmp_path, monkeypatch):
 
 _PROBE_MODULE = """
 import torch
-from sd3d.models.kernels import group_norm as G
+from sd3d.core.triton_precompile import distinct_variants
 from sd3d.models.norm_warmup import norm_launches
 from sd3d.models.norms import GroupNorm
 
@@ -206,7 +208,7 @@ def variants(sms):
     norm = GroupNorm(32, 320).to("meta", torch.bfloat16)
     x = torch.empty(2, 320, 16, 16, device="meta", dtype=torch.bfloat16)
     x = x.contiguous(memory_format=torch.channels_last)
-    return G.distinct_variants(norm_launches(norm, x, None, "silu", sms))
+    return distinct_variants(norm_launches(norm, x, None, "silu", sms))
 """
 
 _LAUNCH_AFTER_WORKERS = """
@@ -214,7 +216,7 @@ import json, os, torch
 from pathlib import Path
 import probe_variants
 from sd3d.models.kernels import group_norm as G
-from sd3d.models.kernels.precompile import CompileWorkers
+from sd3d.core.triton_precompile import CompileWorkers, KernelWarmUp, distinct_variants, leave_marker, variant_key
 
 cache = Path(os.environ["TRITON_CACHE_DIR"])
 sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -292,7 +294,7 @@ def test_a_pinned_worker_answers_triton_without_asking_cuda():
     would make (a CPU has none): afterwards its questions are answered from the pin alone."""
     from triton.runtime import driver
 
-    from sd3d.models.kernels.precompile import pin_triton_gpu
+    from sd3d.core.triton_precompile import pin_triton_gpu
 
     class AsksCuda:
         def __init__(self) -> None:

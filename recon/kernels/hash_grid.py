@@ -38,6 +38,8 @@ import torch
 import triton
 import triton.language as tl
 
+from sd3d.core.triton_precompile import Launch
+
 # Points per program: one per thread at the default four warps. Read at each call, so tests can
 # shrink it to get several programs (and a partial last one) from a small batch.
 BLOCK = 128
@@ -216,17 +218,34 @@ INTERPRETED = type(_forward_kernel).__name__ == "InterpretedFunction"
 # --------------------------------------------------------------------------------------------------
 # host code
 # --------------------------------------------------------------------------------------------------
+def launches(
+    kernel, args: tuple, n: int, n_dense: int, active: int, out_cols: int, block: int, **consts
+) -> list[Launch]:
+    """The launches of one lookup (or its backward): one for the active dense levels, one for the
+    active hashed ones. Host work only, so it also runs on ``meta`` tensors: the warm-up
+    (:mod:`recon.kernels.warmup`) enumerates a fit's variants with it."""
+    if n == 0:
+        return []
+    out = []
+    for level0, count, dense in ((0, min(n_dense, active), True), (n_dense, active - n_dense, False)):
+        if count > 0:
+            constants = {"DENSE": dense, "BLOCK": block, "enable_fp_fusion": False, **consts}
+            out.append(
+                Launch(kernel, (triton.cdiv(n, block), count), (*args, n, level0, out_cols), constants)
+            )
+    return out
+
+
+def run(launch: Launch) -> None:
+    """Launch one :class:`Launch` (a function of its own, so that a test can watch every launch)."""
+    launch.kernel[launch.grid](*launch.args, **launch.constants)
+
+
 def _launch(
     kernel, args: tuple, n: int, n_dense: int, active: int, out_cols: int, block: int, **consts
 ) -> None:
-    """One launch for the active dense levels, one for the active hashed ones."""
-    if n == 0:
-        return
-    for level0, count, dense in ((0, min(n_dense, active), True), (n_dense, active - n_dense, False)):
-        if count > 0:
-            kernel[(triton.cdiv(n, block), count)](
-                *args, n, level0, out_cols, DENSE=dense, BLOCK=block, enable_fp_fusion=False, **consts
-            )
+    for launch in launches(kernel, args, n, n_dense, active, out_cols, block, **consts):
+        run(launch)
 
 
 class _Lookup(torch.autograd.Function):

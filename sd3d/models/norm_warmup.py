@@ -9,7 +9,7 @@ kernel source) pays. That process now enumerates the launches a default generati
 official model run on the ``meta`` device (nothing allocated or computed), each GroupNorm's launches
 computed by the kernel's own host code (:func:`sd3d.models.kernels.group_norm.kernel_launches`) -- and
 compiles them in a few worker processes while the checkpoint loads (:func:`start_norm_kernel_warmup`,
-called by :func:`sd3d.pipelines.syncdreamer.load_model`; :mod:`sd3d.models.kernels.precompile`: on
+called by :func:`sd3d.pipelines.syncdreamer.load_model`; :mod:`sd3d.core.triton_precompile`: on
 threads, session 14's first way, the compiler held this process's interpreter and stretched the
 model's loading from 3 to 17 s); the generation waits for it before its conditioning
 (:meth:`KernelWarmUp.wait`). Variants it misses (other sample counts, chunk sizes) compile at their
@@ -23,19 +23,16 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-import time
 import types
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from sd3d.core.device import indexed_cuda
+from sd3d.core.triton_precompile import CompileWorkers, KernelWarmUp, leave_marker, triton_cache_dir
 from sd3d.models import kernels
 from sd3d.models.configs import SyncDreamerConfig
-from sd3d.models.kernels.precompile import CompileWorkers
 from sd3d.models.norms import GroupNorm
 from sd3d.models.syncdreamer import Conditioning
 
@@ -141,44 +138,6 @@ def norm_launches(norm: GroupNorm, x: torch.Tensor, pre_bias, activation: str | 
     )
 
 
-class KernelWarmUp:
-    """Work started on a daemon thread; :meth:`wait` joins it and returns what it returned (with
-    ``seconds``, or ``error`` if it raised: a failed warm-up only means the launches compile lazily)."""
-
-    def __init__(self, work: Callable[[], dict]) -> None:
-        self._result: dict = {}
-        self._started = time.perf_counter()
-        self._thread = threading.Thread(
-            target=self._run, args=(work,), name="sd3d-kernel-warmup", daemon=True
-        )
-        self._thread.start()
-
-    def _run(self, work: Callable[[], dict]) -> None:
-        try:
-            self._result = dict(work())
-        except Exception as exc:
-            self._result = {"error": f"{type(exc).__name__}: {exc}"}
-        self._result["seconds"] = round(time.perf_counter() - self._started, 3)
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def wait(self) -> dict:
-        self._thread.join()
-        return self._result
-
-
-def triton_cache_dir() -> Path:
-    """Triton's on-disk kernel cache (``TRITON_CACHE_DIR``, else its default under the home folder)."""
-    try:
-        from triton import knobs
-
-        return Path(knobs.cache.dir)
-    except (ImportError, AttributeError):  # a Triton before its knobs module
-        return Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")
-
-
 def warmup_marker(config: SyncDreamerConfig, device: torch.device, dtype: torch.dtype, **shape) -> Path:
     """The file a completed warm-up leaves in Triton's cache: named by everything that decides the
     variants (the kernel's source, Triton's and PyTorch's versions, the GPU, the model's config, the
@@ -205,20 +164,6 @@ def warmup_marker(config: SyncDreamerConfig, device: torch.device, dtype: torch.
     return triton_cache_dir() / f"sd3d-groupnorm-warm-{key}"
 
 
-def _mark(marker: Path, result: dict) -> None:
-    """Leave ``marker`` once a warm-up has run, with what it did (written whole or not at all). Also
-    after failures: a variant that failed compiles (or fails) at its launch as it would have without
-    a warm-up, and a warm-up that failed once would fail again, costing every later process its
-    seconds. A cache folder that cannot be written only means the next process warms up again."""
-    try:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        partial = marker.with_name(marker.name + f".{os.getpid()}.tmp")
-        partial.write_text(json.dumps({k: result.get(k) for k in ("variants", "failed", "error")}) + "\n")
-        partial.replace(marker)
-    except OSError:
-        pass
-
-
 def start_norm_kernel_warmup(
     config: SyncDreamerConfig,
     device: torch.device,
@@ -241,7 +186,7 @@ def start_norm_kernel_warmup(
     it cost 4.7 s (11.0 -> 15.7 s): its 70 cache look-ups and the meta-device run compete with the
     model's loading for the interpreter. So only a process that has not seen these kernels warms up.
     Why processes: the threads held the interpreter so much that the model took 17.1 s to load
-    instead of 3.1 s (:mod:`sd3d.models.kernels.precompile`)."""
+    instead of 3.1 s (:mod:`sd3d.core.triton_precompile`)."""
     if device.type != "cuda" or dtype not in HALF_DTYPES:
         return None
     module = kernels.group_norm_module()
@@ -277,7 +222,7 @@ def start_norm_kernel_warmup(
             result = in_processes()
         else:
             result = module.warm_up(generation_norm_launches(config, dtype, **shape), workers, device)
-        _mark(marker, result)
+        leave_marker(marker, result)
         return result
 
     return KernelWarmUp(work)

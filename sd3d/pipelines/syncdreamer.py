@@ -50,6 +50,7 @@ from sd3d.core.device import make_generator, resolve_device, resolve_dtype
 from sd3d.core.errors import InputImageError, UserError, WeightsError
 from sd3d.core.io import VIEW_FILES, ViewSet, atomic_dir, check_output_dir, contact_sheet, write_views_into
 from sd3d.core.progress import Progress, resolve
+from sd3d.core.triton_precompile import KernelWarmUp
 from sd3d.models.configs import SyncDreamerConfig
 from sd3d.models.inference import (
     HALF_DTYPES,
@@ -59,7 +60,7 @@ from sd3d.models.inference import (
     compile_step_modules_,
     prepare_for_inference,
 )
-from sd3d.models.norm_warmup import KernelWarmUp, start_norm_kernel_warmup
+from sd3d.models.norm_warmup import start_norm_kernel_warmup
 from sd3d.models.syncdreamer_checkpoint import load_syncdreamer
 from sd3d.preprocess import PreparedInput, prepare_input, to_model_rgb
 from sd3d.sampling.cuda_graph import GraphedEps

@@ -1,4 +1,4 @@
-"""Stand-ins for ``@triton.jit`` kernels, for the compile workers' tests (sd3d.models.kernels.precompile).
+"""Stand-ins for ``@triton.jit`` kernels, for the compile workers' tests (sd3d.core.triton_precompile).
 
 A worker process imports this module by name, calls :func:`variants` for the list every worker
 computes alike, and calls ``warmup`` on its share; each call is appended as one JSON line to the file

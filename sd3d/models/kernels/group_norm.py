@@ -62,8 +62,8 @@ import triton
 import triton.language as tl
 
 from sd3d.core.device import triton_unsupported_gpu
+from sd3d.core.triton_precompile import Launch, compile_launch, distinct_variants
 from sd3d.models.kernels import GROUP_NORM_ROUNDINGS
-from sd3d.models.kernels.precompile import compile_launch, kernel_name
 
 ACTIVATIONS = {None: 0, "silu": 1, "relu": 2}
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -726,18 +726,6 @@ def output_like(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return y if flat_strides(y) is not None else torch.empty(x.shape, dtype=dtype, device=x.device)
 
 
-@dataclass(frozen=True)
-class Launch:
-    """One kernel launch: the ``@triton.jit`` function, its grid, its arguments and its compile-time
-    constants (with ``num_warps``). Triton compiles one variant per distinct set of constants (and of
-    argument specialisations, :func:`variant_key`), which a fresh machine pays for once."""
-
-    kernel: object
-    grid: tuple[int, ...]
-    args: tuple
-    constants: dict
-
-
 def kernel_launches(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -836,18 +824,13 @@ def kernel_launches(
     ]
 
 
-def distinct_variants(launches: list[Launch]) -> list[Launch]:
-    """One launch per variant (:func:`variant_key`), in first-seen order: what a warm-up compiles."""
-    return list({variant_key(launch): launch for launch in launches}.values())
-
-
 def warm_up(launches: list[Launch], workers: int, device: torch.device | None = None) -> dict:
     """Compile the variants of ``launches`` (each once) on ``workers`` threads of this process,
     without launching: Triton's ``warmup`` specialises as a launch would (a tensor argument given by
     its dtype counts as 16-byte aligned, as PyTorch's allocations are), compiles, and leaves the kernel
     in its in-memory and on-disk caches, where the launches then find it. Compilation holds the GIL for
     much of its work (on an H100's host, 8 threads were ~1.7x faster than one, and slowed everything
-    else this process did): :mod:`sd3d.models.kernels.precompile` compiles in processes instead; this
+    else this process did): :mod:`sd3d.core.triton_precompile` compiles in processes instead; this
     is its comparison in ``benchmarks/first_generation.py --warmup-threads``. Returns ``{"variants": n, "failed":
     [reason, ...]}``; a variant that fails here is compiled (and fails, if it must) at its launch."""
     from concurrent.futures import ThreadPoolExecutor
@@ -865,22 +848,3 @@ def warm_up(launches: list[Launch], workers: int, device: torch.device | None = 
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(unique) or 1))) as pool:
         failed = [r for r in pool.map(compile_one, unique) if r is not None]
     return {"variants": len(unique), "failed": failed}
-
-
-def variant_key(launch: Launch) -> tuple:
-    """What Triton compiles a launch's variant for: the kernel, its constants, and how each argument
-    is specialised (integers equal to 1 or divisible by 16, tensors by dtype; pointers are taken to
-    be 16-byte aligned, as PyTorch's allocations are)."""
-
-    def spec(a) -> str:
-        if isinstance(a, torch.Tensor):
-            return str(a.dtype)
-        if isinstance(a, bool) or not isinstance(a, int):
-            return type(a).__name__
-        return "1" if a == 1 else "d16" if a % 16 == 0 else "i"
-
-    return (
-        kernel_name(launch.kernel),
-        tuple(sorted(launch.constants.items())),
-        tuple(spec(a) for a in launch.args),
-    )

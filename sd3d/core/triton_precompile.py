@@ -1,5 +1,11 @@
 """Triton kernel variants compiled ahead in worker processes, into Triton's on-disk cache.
 
+Two users: the generation's GroupNorm (:mod:`sd3d.models.norm_warmup`) and the reconstruction's hash
+grid (:mod:`recon.kernels.warmup`). It lives in ``sd3d.core`` because ``recon`` may import nothing
+else of sd3d, and nothing here is specific to either kernel: a :class:`Launch` per variant, the
+workers, the background thread that waits for them (:class:`KernelWarmUp`) and the marker a finished
+warm-up leaves in Triton's cache (:func:`leave_marker`).
+
 Why processes, not threads: session 14 compiled the GroupNorm's ~70 variants on 8 threads while the
 model loaded (benchmarks/RESULTS.md). Triton's compiler holds the interpreter lock for much of its
 work, so 8 threads were only ~1.7x faster than one, and the model's loading, which needs the
@@ -38,14 +44,55 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 WORKER_TIMEOUT_S = 180.0
 """How long :meth:`CompileWorkers.compile` waits for a worker before giving its share up. A worker
 took 13-16 s on an H100's host (session 15); the first generation waits for the warm-up, so a wedged
 compiler must not hold it for long: its kernels then compile at their first launch."""
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch: the ``@triton.jit`` function, its grid, its arguments and its compile-time
+    constants (with ``num_warps``). Triton compiles one variant per distinct set of constants (and of
+    argument specialisations, :func:`variant_key`), which a fresh machine pays for once."""
+
+    kernel: object
+    grid: tuple[int, ...]
+    args: tuple
+    constants: dict
+
+
+def variant_key(launch: Launch) -> tuple:
+    """What Triton compiles a launch's variant for: the kernel, its constants, and how each argument
+    is specialised (integers equal to 1 or divisible by 16, tensors by dtype; pointers are taken to
+    be 16-byte aligned, as PyTorch's allocations are)."""
+
+    import torch
+
+    def spec(a) -> str:
+        if isinstance(a, torch.Tensor):
+            return str(a.dtype)
+        if isinstance(a, bool) or not isinstance(a, int):
+            return type(a).__name__
+        return "1" if a == 1 else "d16" if a % 16 == 0 else "i"
+
+    return (
+        kernel_name(launch.kernel),
+        tuple(sorted(launch.constants.items())),
+        tuple(spec(a) for a in launch.args),
+    )
+
+
+def distinct_variants(launches: list[Launch]) -> list[Launch]:
+    """One launch per variant (:func:`variant_key`), in first-seen order: what a warm-up compiles."""
+    return list({variant_key(launch): launch for launch in launches}.values())
 
 
 def kernel_name(kernel) -> str:
@@ -153,7 +200,7 @@ class CompileWorkers:
         env = dict(os.environ)
         # sd3d's own folder first: a parent that found sd3d through sys.path (a checkout, a benchmark
         # script) must not start workers that cannot import it
-        root = str(Path(__file__).resolve().parents[3])
+        root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
         self._processes = [
             subprocess.Popen(
@@ -210,6 +257,58 @@ class CompileWorkers:
             contexts.append(answer.get("cuda_context"))
             pinned.append(answer.get("pinned"))
         return {**result, "workers": count, "pinned": pinned, "cuda_context": contexts}
+
+
+class KernelWarmUp:
+    """Work started on a daemon thread; :meth:`wait` joins it and returns what it returned (with
+    ``seconds``, or ``error`` if it raised: a failed warm-up only means the launches compile lazily)."""
+
+    def __init__(self, work: Callable[[], dict]) -> None:
+        self._result: dict = {}
+        self._started = time.perf_counter()
+        self._thread = threading.Thread(
+            target=self._run, args=(work,), name="sd3d-kernel-warmup", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, work: Callable[[], dict]) -> None:
+        try:
+            self._result = dict(work())
+        except Exception as exc:
+            self._result = {"error": f"{type(exc).__name__}: {exc}"}
+        self._result["seconds"] = round(time.perf_counter() - self._started, 3)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def wait(self) -> dict:
+        self._thread.join()
+        return self._result
+
+
+def triton_cache_dir() -> Path:
+    """Triton's on-disk kernel cache (``TRITON_CACHE_DIR``, else its default under the home folder)."""
+    try:
+        from triton import knobs
+
+        return Path(knobs.cache.dir)
+    except (ImportError, AttributeError):  # a Triton before its knobs module
+        return Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")
+
+
+def leave_marker(marker: Path, result: dict) -> None:
+    """Leave ``marker`` once a warm-up has run, with what it did (written whole or not at all). Also
+    after failures: a variant that failed compiles (or fails) at its launch as it would have without
+    a warm-up, and a warm-up that failed once would fail again, costing every later process its
+    seconds. A cache folder that cannot be written only means the next process warms up again."""
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        partial = marker.with_name(marker.name + f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps({k: result.get(k) for k in ("variants", "failed", "error")}) + "\n")
+        partial.replace(marker)
+    except OSError:
+        pass
 
 
 def _ask(process: subprocess.Popen, request: bytes) -> dict | str:
