@@ -574,6 +574,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile-budget-s", type=float, default=230.0, help="try compile only before this")
     parser.add_argument("--skip-parity", action="store_true")
     parser.add_argument("--skip-compile", action="store_true")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the fp32 baseline, the default, and the opt-in kernels' side rows only (a short GPU call)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--render", type=Path, default=None, help="print the table of a saved --json")
     args = parser.parse_args(argv)
@@ -586,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from sd3d.core.device import resolve_device
     from sd3d.models.configs import config_by_name
-    from sd3d.models.depth_attention import set_depth_attention_impl
+    from sd3d.models.depth_attention import set_depth_attention_impl, set_depth_attention_kernel
     from sd3d.models.inference import (
         cast_weights_,
         compile_step_modules_,
@@ -636,6 +641,8 @@ def main(argv: list[str] | None = None) -> int:
         repeats=slow,
         keep_ref="fp32",
     )
+    if args.quick:
+        return _quick_rows(args, bench, model, cuda)
     set_depth_attention_impl(model, "fast")
     bench.run("+ depth attention re-associated (exact)", dtype="fp32", cuda_graph=False, repeats=slow)
     if cuda:
@@ -709,6 +716,15 @@ def main(argv: list[str] | None = None) -> int:
             side=True,
         )
         set_geglu_implementation(model, "torch")
+        set_depth_attention_kernel(model, "auto")
+        bench.run(
+            "(side) default + depth-attention kernel (Triton, opt-in: sd3d.models.kernels.depth_attention)",
+            dtype="bf16",
+            cuda_graph=True,
+            repeats=fast,
+            side=True,
+        )
+        set_depth_attention_kernel(model, "torch")
         offload_conditioning_(model)
         bench.run(
             "(side) default + conditioning encoders offloaded to pinned host memory",
@@ -791,6 +807,47 @@ def main(argv: list[str] | None = None) -> int:
     print(render(bench.result))
     parity_ok = all(p[3] for p in bench.result["parity"])
     return 0 if parity_ok else 1
+
+
+def _quick_rows(args, bench, model, cuda: bool) -> int:
+    """``--quick``: from the fp32 baseline straight to the default configuration, then the opt-in
+    kernels one by one and together, the time breakdown with both, and ``--samples 4`` with both."""
+    import torch
+
+    from sd3d.models.depth_attention import set_depth_attention_impl, set_depth_attention_kernel
+    from sd3d.models.inference import cast_weights_, set_channels_last_
+    from sd3d.models.norms import set_norm_implementation
+    from sd3d.models.unet import set_geglu_implementation
+
+    _tf32(None)
+    cast_weights_(model, torch.bfloat16, half_norms=True)
+    if cuda:
+        set_channels_last_(model, unet=True, volume=False)
+    set_norm_implementation(model, "auto")
+    set_depth_attention_impl(model, "folded")
+    fast = args.repeats
+    graph = cuda
+    default = bench.run(
+        "default (bf16, CUDA graph, Triton norms, folded)", dtype="bf16", cuda_graph=graph, repeats=fast
+    )
+    set_depth_attention_kernel(model, "auto")
+    bench.run("+ depth-attention kernel", dtype="bf16", cuda_graph=graph, repeats=fast)
+    set_geglu_implementation(model, "auto")
+    bench.run("+ fused GEGLU", dtype="bf16", cuda_graph=graph, repeats=fast)
+    if cuda or args.config == "tiny":
+        bench.record_breakdown()
+    bench.run(
+        "(side) both kernels, --samples 4", dtype="bf16", cuda_graph=graph, repeats=2, samples=4, side=True
+    )
+    if "median_s" in default and "median_s" in bench.rows[-1]:
+        bench.note(
+            f"--samples 4 with both kernels: {bench.rows[-1]['median_s']:.3f} s, "
+            f"{bench.rows[-1]['median_s'] / bench.rows[-2]['median_s']:.2f}x one sample with both"
+        )
+    bench.note(f"benchmark wall time {bench.elapsed():.0f} s")
+    print()
+    print(render(bench.result))
+    return 0
 
 
 if __name__ == "__main__":

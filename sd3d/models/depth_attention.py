@@ -44,6 +44,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sd3d.models import kernels
 from sd3d.models.norms import GroupNorm, NormActSequential
 
 IMPLEMENTATIONS = ("fast", "folded", "reference")
@@ -71,6 +72,14 @@ def set_depth_attention_impl(model: nn.Module, impl: str) -> None:
             module.impl = impl
 
 
+def set_depth_attention_kernel(model: nn.Module, implementation: str) -> None:
+    """Set every :class:`DepthAttention`'s ``kernel`` (``torch``, ``auto``, ``triton``: see there)."""
+    kernels.check_implementation(implementation, "depth attention")
+    for module in model.modules():
+        if isinstance(module, DepthAttention):
+            module.kernel = implementation
+
+
 def pointwise_conv3d(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     """A 1x1x1 ``Conv3d`` (no bias) as a batched matrix product: (B, I, D, H, W) -> (B, O, D, H, W)."""
     b, _, d, h, w = x.shape
@@ -79,7 +88,13 @@ def pointwise_conv3d(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
 
 
 class DepthAttention(nn.Module):
-    """q from the 2D hidden state (b, inner, h, w); k, v from the 3D context (b, ctx, D, h, w)."""
+    """q from the 2D hidden state (b, inner, h, w); k, v from the 3D context (b, ctx, D, h, w).
+
+    ``kernel`` (the folded form only): ``torch`` (the default) computes its middle -- logits,
+    softmax over the depth samples, weighted sum -- with PyTorch's batched products, which need the
+    context copied with its channels innermost; ``auto`` runs the Triton kernel of
+    :mod:`sd3d.models.kernels.depth_attention` where it can (CUDA, no autograd, not traced), which
+    reads the context as it is, else PyTorch; ``triton`` the kernel or an error."""
 
     def __init__(self, query_dim: int, context_dim: int, heads: int, dim_head: int) -> None:
         super().__init__()
@@ -88,6 +103,7 @@ class DepthAttention(nn.Module):
         self.dim_head = dim_head
         self.scale = dim_head**-0.5
         self.impl = "folded"  # session 15: 0.7 % faster on an H100, as exact (module docstring)
+        self.kernel = "torch"
         self.to_q = nn.Conv2d(query_dim, inner, 1, bias=False)
         self.to_k = nn.Conv3d(context_dim, inner, 1, bias=False)
         self.to_v = nn.Conv3d(context_dim, inner, 1, bias=False)
@@ -161,6 +177,15 @@ class DepthAttention(nn.Module):
             self._folded = (key, m, n)
         return m, n
 
+    def kernel_unavailable(self, q: torch.Tensor, context: torch.Tensor) -> str | None:
+        """Why this call's middle does not run the Triton kernel (``None``: it does)."""
+        reason = kernels.refusal(
+            self.kernel, q.device, kernels.depth_attention_module, "depth_attention", (q, context)
+        )
+        return (
+            reason if reason is not None else kernels.depth_attention_module().unsupported_reason(q, context)
+        )
+
     def forward_folded(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """The folded form (module docstring): x as (pixels, channels) @ M, the two per-pixel
         products, @ N, returned channels-last."""
@@ -173,11 +198,17 @@ class DepthAttention(nn.Module):
         m, n = self.folded_weights(dtype)
         rows = x.permute(0, 2, 3, 1).reshape(b * pixels, -1).to(dtype)  # a view when x is channels-last
         q_ctx = torch.matmul(rows, m).reshape(b, pixels, self.heads, c_dim)  # (b, P, heads, C)
-        ctx = context.reshape(b, c_dim, depth, pixels).permute(0, 3, 2, 1)
-        ctx = ctx.to(dtype, memory_format=torch.contiguous_format)  # (b, P, D, C)
-        logits = torch.matmul(q_ctx, ctx.transpose(-1, -2))  # (b, P, heads, D)
-        attn = torch.softmax(_at_least_fp32(logits), dim=-1).to(dtype)  # over the samples of each ray
-        mixed = torch.matmul(attn, ctx)  # (b, P, heads, C)
+        native = context.reshape(b, c_dim, depth, pixels)  # (b, C, D, P), as the context is made
+        reason = self.kernel_unavailable(q_ctx, native)
+        if reason is None:
+            mixed = kernels.depth_attention_module().depth_attention(q_ctx, native)
+        elif self.kernel == "triton":
+            raise RuntimeError(f"DepthAttention(kernel='triton') cannot run its kernel here: {reason}")
+        else:
+            ctx = native.permute(0, 3, 2, 1).to(dtype, memory_format=torch.contiguous_format)  # (b, P, D, C)
+            logits = torch.matmul(q_ctx, ctx.transpose(-1, -2))  # (b, P, heads, D)
+            attn = torch.softmax(_at_least_fp32(logits), dim=-1).to(dtype)  # over the samples of each ray
+            mixed = torch.matmul(attn, ctx)  # (b, P, heads, C)
         out = torch.matmul(mixed.reshape(b * pixels, self.heads * c_dim), n)  # (b*P, out channels)
         return out.reshape(b, h, w, -1).permute(0, 3, 1, 2)  # channels-last (b, out, h, w)
 

@@ -18,7 +18,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 def run_interpreted(script: Path, *args: str, timeout: float = 600) -> dict:
     """``python script *args`` with ``TRITON_INTERPRET=1``; its last stdout line, parsed."""
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
+    # the repository first, then whatever the caller's path holds (the GPU machine's packages live
+    # in a folder on PYTHONPATH: without it the script could not import PyMCubes there)
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
     res = subprocess.run(
         [sys.executable, str(script), *args], env=env, capture_output=True, text=True, timeout=timeout
     )

@@ -19,7 +19,7 @@ from types import ModuleType
 import torch
 
 IMPLEMENTATIONS = ("auto", "torch", "triton")
-"""What a kernel-backed layer (the GroupNorm, GEGLU) may run: ``auto`` the kernel where it can,
+"""What a kernel-backed layer (the GroupNorm, GEGLU, the depth attention's middle) may run: ``auto`` the kernel where it can,
 else PyTorch; ``torch`` PyTorch's code, the reference; ``triton`` the kernel or an error."""
 
 GROUP_NORM_ROUNDINGS = ("unfused", "fused")
@@ -43,6 +43,11 @@ def group_norm_module() -> ModuleType | None:
 def geglu_module() -> ModuleType | None:
     """:mod:`sd3d.models.kernels.geglu`, or ``None`` when Triton cannot be imported."""
     return _load("geglu")[0]
+
+
+def depth_attention_module() -> ModuleType | None:
+    """:mod:`sd3d.models.kernels.depth_attention`, or ``None`` when Triton cannot be imported."""
+    return _load("depth_attention")[0]
 
 
 def unavailable_reason(name: str = "group_norm") -> str | None:

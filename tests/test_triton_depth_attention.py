@@ -1,0 +1,91 @@
+"""The depth-attention kernel (sd3d/models/kernels/depth_attention.py) against float64 and against
+the PyTorch path it replaces.
+
+In Triton's interpreter on the CPU (a subprocess; skipped without Triton, as in CI) and compiled on
+CUDA (skipped without a GPU). The bound: the kernel computes in float32 and rounds once to the
+output's dtype, so an element is off by at most the dtype's unit roundoff ``u`` of the output's
+largest magnitude, plus float32's accumulation over at most a few hundred terms (< 2^-14 of it);
+and over the whole tensor it must be no worse than the PyTorch path (which also rounds the logits
+and the weights), within half again of its error. The kernel stays opt-in (``DepthAttention.kernel``)
+until a GPU measures it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from support.triton_depth_attention_cases import CASES, measure, measure_layer
+from support.triton_interpreter import run_interpreted
+
+from sd3d.models.depth_attention import DepthAttention, set_depth_attention_kernel
+
+TRITON = importlib.util.find_spec("triton") is not None
+CUDA = torch.cuda.is_available()
+SCRIPT = Path(__file__).parent / "support" / "triton_depth_attention_cases.py"
+UNIT = {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+
+
+def check(result: dict, dtype: torch.dtype) -> None:
+    assert result["finite"] and result["dtype_ok"] and result["contiguous_out"] and result["shape_ok"], result
+    assert result["kernel_max_rel"] <= UNIT[dtype] + 2.0**-14, result
+    assert result["kernel_rel_l2"] <= 1.5 * result["torch_rel_l2"] + 2.0**-20, result
+
+
+@pytest.fixture(scope="module")
+def interpreted() -> dict:
+    if not TRITON:
+        pytest.skip("triton is not installed (CPU-only torch, as in CI): the interpreter needs it")
+    if CUDA:
+        pytest.skip("on a CUDA machine the compiled kernel is tested on these cases instead")
+    return run_interpreted(SCRIPT, *CASES)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_kernel_in_the_interpreter(interpreted, name):
+    check(interpreted[name], CASES[name][5])
+
+
+def test_the_folded_layer_with_the_kernel_in_the_interpreter(interpreted):
+    """The whole layer, float32: the kernel's middle in place of PyTorch's changes the result by
+    round-off only (both within a few float32 ulps of the float64 layer)."""
+    layer = interpreted["layer"]
+    assert layer["kernel_ran"], layer
+    assert layer["kernel_rel_l2"] <= 1.5 * layer["torch_rel_l2"] + 2.0**-20, layer
+
+
+@pytest.mark.skipif(not (TRITON and CUDA), reason="needs Triton and a CUDA device")
+@pytest.mark.parametrize("name", list(CASES))
+def test_kernel_on_cuda(name):
+    check(measure(name, "cuda"), CASES[name][5])
+
+
+@pytest.mark.skipif(not (TRITON and CUDA), reason="needs Triton and a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_folded_layer_with_the_kernel_on_cuda(dtype):
+    """Under bf16 autocast (the generation's setting) and in float32 (TF32 off, as PyTorch's default
+    for matrix products)."""
+    layer = measure_layer("cuda", dtype)
+    assert layer["kernel_ran"], layer
+    assert layer["kernel_rel_l2"] <= 1.5 * layer["torch_rel_l2"] + 2.0**-20, layer
+
+
+def test_the_layer_keeps_pytorch_where_the_kernel_does_not_run():
+    """``torch`` (the default) and ``auto`` off CUDA run PyTorch's middle; ``triton`` where the
+    kernel cannot run says why instead of quietly running something else."""
+    torch.manual_seed(0)
+    layer = DepthAttention(16, 8, 4, 4).eval()
+    x = torch.randn(2, 16, 3, 5)
+    context = torch.randn(2, 8, 6, 3, 5)
+    assert layer.kernel == "torch"
+    with torch.no_grad():
+        reference = layer(x, context)
+        set_depth_attention_kernel(layer, "auto")
+        assert torch.equal(layer(x, context), reference)
+        set_depth_attention_kernel(layer, "triton")
+        with pytest.raises(RuntimeError, match="cannot run its kernel here"):
+            layer(x, context)
+    with pytest.raises(ValueError, match="unknown depth attention implementation"):
+        set_depth_attention_kernel(layer, "cuda")
