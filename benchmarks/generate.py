@@ -23,8 +23,8 @@ autocast with fp32 weights (the previous bf16 path); + bf16 weights; + CUDA grap
 (``norm_kernel="auto"``, the default since session 14: PyTorch's CUDA roundings, its deviation,
 ``norm_deviation.py``; the rows above use PyTorch's norms); + the folded depth attention (the
 default since session 15; the rows above use the re-associated "fast" form); + its middle as one
-Triton kernel (``depth_kernel="auto"``, the default since session 16); (side) the fused GEGLU
-(opt-in); (side) conditioning encoders offloaded;
+Triton kernel (``depth_kernel="auto"``); + the fused GEGLU (``geglu_kernel="auto"``; both the
+default since session 16); (side) conditioning encoders offloaded;
 (side) --samples 4; (side) DDIM eta 0 and the DPM-Solver++ / UniPC 20-step samplers (dev against
 DDIM eta 0, 50 steps); then optional speed-ups, kept only if they pay: channels-last 3D nets,
 torch.compile (cold, then again with warm on-disk caches; skipped when the time budget is short).
@@ -704,8 +704,15 @@ def main(argv: list[str] | None = None) -> int:
         repeats=fast,
     )
     set_depth_attention_kernel(model, "auto")
+    bench.run(
+        "+ depth attention's middle as one Triton kernel (no transposed context copy)",
+        dtype="bf16",
+        cuda_graph=cuda,
+        repeats=fast,
+    )
+    set_geglu_implementation(model, "auto")
     default = bench.run(
-        "+ depth attention's middle as one Triton kernel (no transposed context copy) = default",
+        "+ fused GEGLU (Triton) = default",
         dtype="bf16",
         cuda_graph=cuda,
         repeats=fast,
@@ -716,15 +723,6 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- side rows with the default configuration ------------------------------------------------
     if cuda:
-        set_geglu_implementation(model, "auto")
-        bench.run(
-            "(side) default + fused GEGLU (Triton, opt-in: sd3d.models.kernels.geglu)",
-            dtype="bf16",
-            cuda_graph=True,
-            repeats=fast,
-            side=True,
-        )
-        set_geglu_implementation(model, "torch")
         offload_conditioning_(model)
         bench.run(
             "(side) default + conditioning encoders offloaded to pinned host memory",

@@ -16,18 +16,16 @@
 #   bash benchmarks/gpu_runbook.sh default  # the Triton norm as the default: its tests, generation, sd3d run
 #   bash benchmarks/gpu_runbook.sh warmup   # the kernel warm-up through sd3d run (fresh, marked cache); processes vs threads
 #   bash benchmarks/gpu_runbook.sh e2e      # `sd3d run` end to end, default and capped at 6 GiB
+#   bash benchmarks/gpu_runbook.sh quick    # the kernels' CUDA tests, generate.py --quick (baseline, default, kernels)
 #
 # Thirty minutes hold about three phases after the machine starts (in sessions 10 and 11 five to nine
-# tries failed first, 90-180 s each; in session 15 five tries failed, ~550 s). Session 15 (RESULTS,
-# "Session 15") moved the GroupNorm warm-up into worker processes that enumerate the variants and build
-# Triton's launchers themselves (first step after a warm-up 0.58 s, was 3.1 s; `sd3d run` on an empty
-# cache 41 s, was 44.3 s), found each worker making a CUDA context and pinned Triton to the parent's GPU
-# (8093be2, unrun on a GPU), and made the folded depth attention the default (1.740 vs 1.753 s).
-# First next time: `warmup` (its tests check the pin: no CUDA context in the workers), then `gen` with
-# generate.py's full table (CUDA parity of the folded default; its new row; the opt-in fused GEGLU's
-# side row and tests, sd3d/models/kernels/geglu.py, never run on a GPU), then a CUDA profile with
-# stacks of the 72 strided copies a step (3.85 of 32.3 ms), and fewer warm-up workers if the model's
-# loading still stretches (15.2 s against 2.2 s with synthetic weights).
+# tries failed first, 90-180 s each; in sessions 15 and 16 four or five tries failed, ~470-550 s).
+# Session 16 (RESULTS, "Session 16") made the depth-attention kernel and the fused GEGLU the CUDA
+# defaults (generation 1.776 -> 1.517 s on an H100, measured by `generate.py --quick`, the `quick`
+# phase) and added the hash grid's warm-up (standard reconstruct on a fresh cache 23.3 -> 21.4 s).
+# First next time: `e2e` (`sd3d run` with the new defaults, never run), then `gen` (the whole table
+# with the new default row and CUDA parity), then `cold`. On an H200 (never lent yet): `cold` first,
+# since #13's targets are stated for one.
 
 # Since 75b3916 the hash grid defaults to auto (Triton on CUDA): the PyTorch grid is --hash-grid torch.
 #
@@ -39,7 +37,7 @@
 # .device-carry/h8/reference/syncdreamer-golden-synthetic.{npz,json} (generation parity), copied from
 # ../shared before the call: run(..., carry=[".whl", ".device-carry"]).
 set -u
-phase=${1:?usage: gpu_runbook.sh first|second|cold|robust|plain|gen|default|warmup|e2e}
+phase=${1:?usage: gpu_runbook.sh first|second|cold|robust|plain|gen|default|warmup|e2e|quick}
 OUT=${OUT:?set OUT to the folder that comes back}
 SHARED=.device-carry/h8
 mkdir -p "$OUT"
@@ -177,6 +175,13 @@ for k in ('stage_seconds', 'total_seconds')}), json.dumps(r['generation'].get('k
     unset TRITON_CACHE_DIR
     step warmup-tests 120 python3 -m pytest -q -rs -p no:cacheprovider tests/test_norm_warmup.py
     ;;
+quick)
+    # session 16's short call: the opt-in/default kernels' CUDA tests, then generate.py --quick
+    step kernel-tests 120 python3 -m pytest -q -rs -p no:cacheprovider tests/test_triton_depth_attention.py \
+        tests/test_triton_geglu.py tests/test_hash_grid_warmup.py
+    step generate-quick 300 python3 benchmarks/generate.py --shared "$SHARED" --quick --skip-parity \
+        --json "$OUT/quick.json"
+    ;;
 e2e)
     # end to end on the full-size synthetic checkpoint, views from the object-decoder double (the real
     # weights cannot be fetched there): the default, then the process capped at 6 GiB
@@ -186,7 +191,7 @@ e2e)
     step e2e-graph 120 "${e2e_run[@]}" -o "$OUT/e2e-graph" --cuda-graph
     ;;
 *)
-    echo "unknown phase $phase (first | second | cold | robust | plain | gen | default | warmup | e2e)" >&2
+    echo "unknown phase $phase (first | second | cold | robust | plain | gen | default | warmup | e2e | quick)" >&2
     exit 2
     ;;
 esac

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from support.triton_depth_attention_cases import CASES, measure, measure_layer
-from support.triton_interpreter import run_interpreted
+from support.triton_interpreter import interpreted_cases
 
 from sd3d.models.depth_attention import DepthAttention, set_depth_attention_kernel
 
@@ -36,11 +36,7 @@ def check(result: dict, dtype: torch.dtype) -> None:
 
 @pytest.fixture(scope="module")
 def interpreted() -> dict:
-    if not TRITON:
-        pytest.skip("triton is not installed (CPU-only torch, as in CI): the interpreter needs it")
-    if CUDA:
-        pytest.skip("on a CUDA machine the compiled kernel is tested on these cases instead")
-    return run_interpreted(SCRIPT, *CASES)
+    return interpreted_cases(SCRIPT, CASES)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -89,3 +85,43 @@ def test_the_layer_keeps_pytorch_where_the_kernel_does_not_run():
             layer(x, context)
     with pytest.raises(ValueError, match="unknown depth attention implementation"):
         set_depth_attention_kernel(layer, "cuda")
+
+
+def test_a_kernel_that_fails_falls_back_to_pytorch_once_and_says_so(monkeypatch):
+    """The kernel is the CUDA default, so a GPU that Triton cannot compile for must still get the
+    layer's result: with ``kernel="auto"`` a failing launch warns, PyTorch's middle runs, and the
+    layer does not try again; ``"triton"`` (asked for by name) raises. Simulated on the CPU: the
+    device check is waived and the kernel raises as a compile error would."""
+    from types import SimpleNamespace
+
+    from sd3d.models import kernels
+
+    calls = []
+
+    def failing(*args):
+        calls.append(1)
+        raise RuntimeError("Triton Error [CUDA]: device kernel image is invalid\nmore")
+
+    fake = SimpleNamespace(depth_attention=failing, unsupported_reason=lambda *args: None)
+    monkeypatch.setattr(kernels, "depth_attention_module", lambda: fake)
+    real_refusal = kernels.refusal
+
+    def on_cuda(implementation, device, *args):  # the device check waived, the rest as it is
+        return real_refusal(implementation, torch.device("cuda"), *args)
+
+    monkeypatch.setattr(kernels, "refusal", on_cuda)
+    torch.manual_seed(0)
+    layer = DepthAttention(16, 8, 4, 4).eval()
+    x, context = torch.randn(2, 16, 3, 5), torch.randn(2, 8, 6, 3, 5)
+    with torch.no_grad():
+        expected = layer(x, context)  # kernel "torch": PyTorch's middle
+        layer.kernel = "auto"
+        with pytest.warns(RuntimeWarning, match="depth attention failed .*device kernel image is invalid"):
+            out = layer(x, context)
+        assert torch.equal(out, expected) and len(calls) == 1
+        assert layer.kernel_error == "RuntimeError: Triton Error [CUDA]: device kernel image is invalid"
+        assert torch.equal(layer(x, context), expected) and len(calls) == 1  # not tried again
+        explicit = DepthAttention(16, 8, 4, 4).eval()
+        explicit.kernel = "triton"
+        with pytest.raises(RuntimeError, match="kernel image"):
+            explicit(x, context)

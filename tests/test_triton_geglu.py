@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from support.triton_geglu_cases import CASES, measure
-from support.triton_interpreter import run_interpreted
+from support.triton_interpreter import interpreted_cases
 
 from sd3d.models.unet import GEGLU, set_geglu_implementation
 
@@ -32,11 +32,7 @@ def check(result: dict, dtype: torch.dtype) -> None:
 
 @pytest.fixture(scope="module")
 def interpreted() -> dict:
-    if not TRITON:
-        pytest.skip("triton is not installed (CPU-only torch, as in CI): the interpreter needs it")
-    if CUDA:
-        pytest.skip("on a CUDA machine the compiled kernel is tested on these cases instead")
-    return run_interpreted(SCRIPT, *CASES)
+    return interpreted_cases(SCRIPT, CASES)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -96,3 +92,42 @@ def test_the_layer_keeps_pytorch_where_the_kernel_does_not_run():
             layer(x)
     with pytest.raises(ValueError, match="unknown GEGLU implementation"):
         set_geglu_implementation(layer, "fused")
+
+
+def test_a_kernel_that_fails_falls_back_to_pytorch_once_and_says_so(monkeypatch):
+    """The fused GEGLU is the CUDA default: a launch that fails (a GPU Triton cannot compile for)
+    warns and returns PyTorch's result, and the layer does not try again; ``"triton"`` raises.
+    Simulated on the CPU with the device check waived."""
+    from types import SimpleNamespace
+
+    from sd3d.models import kernels
+
+    calls = []
+
+    def failing(h):
+        calls.append(1)
+        raise RuntimeError("Triton Error [CUDA]: device kernel image is invalid\nmore")
+
+    monkeypatch.setattr(
+        kernels, "geglu_module", lambda: SimpleNamespace(geglu=failing, unsupported_reason=lambda h: None)
+    )
+    real_refusal = kernels.refusal
+
+    def on_cuda(implementation, device, *args):  # the device check waived, the rest as it is
+        return real_refusal(implementation, torch.device("cuda"), *args)
+
+    monkeypatch.setattr(kernels, "refusal", on_cuda)
+    torch.manual_seed(0)
+    layer = GEGLU(8, 12).eval()
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        expected = layer(x)
+        layer.implementation = "auto"
+        with pytest.warns(RuntimeWarning, match="GEGLU failed .*device kernel image is invalid"):
+            out = layer(x)
+        assert torch.equal(out, expected) and len(calls) == 1
+        assert torch.equal(layer(x), expected) and len(calls) == 1  # not tried again
+        explicit = GEGLU(8, 12).eval()
+        explicit.implementation = "triton"
+        with pytest.raises(RuntimeError, match="kernel image"):
+            explicit(x)

@@ -104,6 +104,7 @@ class DepthAttention(nn.Module):
         self.scale = dim_head**-0.5
         self.impl = "folded"  # session 15: 0.7 % faster on an H100, as exact (module docstring)
         self.kernel = "torch"
+        self.kernel_error: str | None = None  # why the kernel failed here (then PyTorch's code runs)
         self.to_q = nn.Conv2d(query_dim, inner, 1, bias=False)
         self.to_k = nn.Conv3d(context_dim, inner, 1, bias=False)
         self.to_v = nn.Conv3d(context_dim, inner, 1, bias=False)
@@ -179,6 +180,8 @@ class DepthAttention(nn.Module):
 
     def kernel_unavailable(self, q: torch.Tensor, context: torch.Tensor) -> str | None:
         """Why this call's middle does not run the Triton kernel (``None``: it does)."""
+        if (failed := kernels.failed_before(self.kernel, self.kernel_error)) is not None:
+            return failed
         reason = kernels.refusal(
             self.kernel, q.device, kernels.depth_attention_module, "depth_attention", (q, context)
         )
@@ -200,11 +203,18 @@ class DepthAttention(nn.Module):
         q_ctx = torch.matmul(rows, m).reshape(b, pixels, self.heads, c_dim)  # (b, P, heads, C)
         native = context.reshape(b, c_dim, depth, pixels)  # (b, C, D, P), as the context is made
         reason = self.kernel_unavailable(q_ctx, native)
+        mixed = None
         if reason is None:
-            mixed = kernels.depth_attention_module().depth_attention(q_ctx, native)
-        elif self.kernel == "triton":
+            mixed = kernels.run_or_fall_back(
+                self,
+                self.kernel,
+                "depth attention",
+                lambda: kernels.depth_attention_module().depth_attention(q_ctx, native),
+            )
+            reason = self.kernel_error
+        if mixed is None and self.kernel == "triton":
             raise RuntimeError(f"DepthAttention(kernel='triton') cannot run its kernel here: {reason}")
-        else:
+        if mixed is None:
             ctx = native.permute(0, 3, 2, 1).to(dtype, memory_format=torch.contiguous_format)  # (b, P, D, C)
             logits = torch.matmul(q_ctx, ctx.transpose(-1, -2))  # (b, P, heads, D)
             attn = torch.softmax(_at_least_fp32(logits), dim=-1).to(dtype)  # over the samples of each ray

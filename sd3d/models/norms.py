@@ -51,7 +51,6 @@ hands each GroupNorm the activation module that follows it.
 from __future__ import annotations
 
 import itertools
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -148,8 +147,8 @@ class GroupNorm(nn.GroupNorm):
 
     def kernel_unavailable(self, x: torch.Tensor, pre_bias: PreBias = None) -> str | None:
         """Why this call does not run the Triton kernel (``None``: it does)."""
-        if self.kernel_error is not None and self.implementation == "auto":
-            return f"the kernel failed here: {self.kernel_error}"
+        if (failed := kernels.failed_before(self.implementation, self.kernel_error)) is not None:
+            return failed
         tensors = itertools.chain((x,), self.parameters(), _terms(pre_bias))  # read only if reached
         reason = kernels.refusal(
             self.implementation, x.device, kernels.group_norm_module, "group_norm", tensors
@@ -169,8 +168,11 @@ class GroupNorm(nn.GroupNorm):
             raise ValueError(f"unknown activation {activation!r}; known: {', '.join(ACTIVATIONS)}")
         reason = self.kernel_unavailable(x, pre_bias)
         if reason is None:
-            try:
-                return kernels.group_norm_module().group_norm(
+            out = kernels.run_or_fall_back(
+                self,
+                self.implementation,
+                "GroupNorm",
+                lambda: kernels.group_norm_module().group_norm(
                     x,
                     self.num_groups,
                     self.weight,
@@ -180,20 +182,11 @@ class GroupNorm(nn.GroupNorm):
                     pre_bias=pre_bias,
                     out_dtype=self.output_dtype(x),
                     rounding=self.kernel_rounding,
-                )
-            except torch.cuda.OutOfMemoryError:
-                raise
-            except Exception as exc:  # e.g. Triton cannot compile for this GPU: the kernel is the
-                # default, so a user whose card it does not support still gets PyTorch's norm
-                if self.implementation == "triton":
-                    raise
-                first = str(exc).splitlines()[0] if str(exc) else ""
-                self.kernel_error = reason = f"{type(exc).__name__}: {first}"
-                warnings.warn(
-                    f"the Triton GroupNorm failed ({reason}); PyTorch's GroupNorm runs instead",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+                ),
+            )
+            if out is not None:
+                return out
+            reason = self.kernel_error
         if self.implementation == "triton":
             raise RuntimeError(f"GroupNorm(implementation='triton') cannot run its kernel here: {reason}")
         for term in _terms(pre_bias):

@@ -127,9 +127,12 @@ class GEGLU(nn.Module):
         super().__init__()
         self.proj = nn.Linear(dim_in, dim_out * 2)
         self.implementation = "torch"
+        self.kernel_error: str | None = None  # why the kernel failed here (then PyTorch's code runs)
 
     def kernel_unavailable(self, h: torch.Tensor) -> str | None:
         """Why this call does not run the fused kernel (``None``: it does)."""
+        if (failed := kernels.failed_before(self.implementation, self.kernel_error)) is not None:
+            return failed
         reason = kernels.refusal(self.implementation, h.device, kernels.geglu_module, "geglu", (h,))
         return reason if reason is not None else kernels.geglu_module().unsupported_reason(h)
 
@@ -137,7 +140,12 @@ class GEGLU(nn.Module):
         h = self.proj(x)
         reason = self.kernel_unavailable(h)
         if reason is None:
-            return kernels.geglu_module().geglu(h)
+            out = kernels.run_or_fall_back(
+                self, self.implementation, "GEGLU", lambda: kernels.geglu_module().geglu(h)
+            )
+            if out is not None:
+                return out
+            reason = self.kernel_error
         if self.implementation == "triton":
             raise RuntimeError(f"GEGLU(implementation='triton') cannot run its kernel here: {reason}")
         x, gate = h.chunk(2, dim=-1)

@@ -27,3 +27,19 @@ def run_interpreted(script: Path, *args: str, timeout: float = 600) -> dict:
     )
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def interpreted_cases(script: Path, names) -> dict:
+    """A kernel test module's interpreter fixture: ``script``'s measurements of ``names`` on the CPU
+    in Triton's interpreter; skipped without Triton (CI), and on a CUDA machine, where the compiled
+    kernel is tested on the same cases instead."""
+    import importlib.util
+
+    import pytest
+    import torch
+
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed (CPU-only torch, as in CI): the interpreter needs it")
+    if torch.cuda.is_available():
+        pytest.skip("on a CUDA machine the compiled kernel is tested on these cases instead")
+    return run_interpreted(script, *names)

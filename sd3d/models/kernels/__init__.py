@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import warnings
 from collections.abc import Callable
 from types import ModuleType
 
@@ -84,3 +85,36 @@ def refusal(
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return "autograd (the kernel has no backward)"
     return None
+
+
+def failed_before(implementation: str, kernel_error: str | None) -> str | None:
+    """Why a layer set to ``implementation`` no longer tries its kernel: it failed at an earlier call
+    (``kernel_error``, kept by :func:`run_or_fall_back`) and the layer may fall back (``auto``)."""
+    if kernel_error is not None and implementation == "auto":
+        return f"the kernel failed here: {kernel_error}"
+    return None
+
+
+def run_or_fall_back(
+    layer, implementation: str, label: str, launch: Callable[[], torch.Tensor]
+) -> torch.Tensor | None:
+    """``launch()``, the kernel call of a kernel-backed ``layer``; if it raises anything but running
+    out of memory, ``None`` after a warning, with the reason kept on ``layer.kernel_error`` so that
+    the layer takes its PyTorch code from then on (:func:`failed_before`). Why: the kernels are the
+    CUDA default, so a GPU that Triton cannot compile for must still get PyTorch's result, not an
+    error. A layer set to ``"triton"`` (its ``implementation``, asked for by name) raises instead."""
+    try:
+        return launch()
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as exc:
+        if implementation == "triton":
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        layer.kernel_error = f"{type(exc).__name__}: {first}"
+        warnings.warn(
+            f"the Triton {label} failed ({layer.kernel_error}); PyTorch's code runs instead",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
