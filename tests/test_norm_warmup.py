@@ -26,8 +26,12 @@ from sd3d.core.triton_precompile import (
     variant_key,
 )
 from sd3d.models.configs import tiny_config
+from sd3d.models.depth_attention import DepthAttention
 from sd3d.models.inference import prepare_for_inference, set_channels_last_
 from sd3d.models.norm_warmup import (
+    depth_attention_launches,
+    geglu_launches,
+    generation_launches,
     generation_norm_launches,
     norm_launches,
     start_norm_kernel_warmup,
@@ -36,6 +40,7 @@ from sd3d.models.norm_warmup import (
 from sd3d.models.norms import GroupNorm
 from sd3d.models.syncdreamer_checkpoint import load_syncdreamer
 from sd3d.models.synthetic import synthetic_state_dict
+from sd3d.models.unet import GEGLU
 from sd3d.pipelines.syncdreamer import GenerationSettings, sample_views, wait_for_kernel_warmup
 
 TRITON = importlib.util.find_spec("triton") is not None
@@ -58,23 +63,43 @@ def test_the_meta_run_enumerates_the_launches_a_generation_makes(monkeypatch):
     set_channels_last_(model, unet=True, volume=False)
     seen: set = set()
     forward = GroupNorm.forward
+    depth_refusal = DepthAttention.kernel_unavailable
+    geglu_forward = GEGLU.forward
 
     def recording(self, x, pre_bias=None, activation=None):
         seen.update(variant_key(launch) for launch in norm_launches(self, x, pre_bias, activation, 132))
         return forward(self, x, pre_bias, activation)
 
+    def recording_depth(self, q, context):
+        seen.update(variant_key(launch) for launch in depth_attention_launches(q, context))
+        return depth_refusal(self, q, context)
+
+    def recording_geglu(self, x):
+        seen.update(variant_key(launch) for launch in geglu_launches(self.proj(x)))
+        return geglu_forward(self, x)
+
     monkeypatch.setattr(GroupNorm, "forward", recording)
+    monkeypatch.setattr(DepthAttention, "kernel_unavailable", recording_depth)
+    monkeypatch.setattr(GEGLU, "forward", recording_geglu)
     rgba = np.zeros((256, 256, 4), dtype=np.uint8)
     rgba[64:192, 64:192] = 200
     prepared = prepare_input(Image.fromarray(rgba, "RGBA"))
     settings = GenerationSettings(steps=2, batch_view_num=8)
     sample_views(model, prepared, settings, dtype=torch.bfloat16, cuda_graph=False)
     monkeypatch.setattr(GroupNorm, "forward", forward)
+    monkeypatch.setattr(DepthAttention, "kernel_unavailable", depth_refusal)
+    monkeypatch.setattr(GEGLU, "forward", geglu_forward)
 
-    launches = generation_norm_launches(config, torch.bfloat16, batch_view_num=8, decode_batch=16, sms=132)
+    launches = generation_launches(config, torch.bfloat16, batch_view_num=8, decode_batch=16, sms=132)
     expected = {variant_key(launch) for launch in launches}
     assert seen and expected == seen, (sorted(expected - seen), sorted(seen - expected))
-    assert {key[0] for key in expected} <= {"_gn_fused_kernel", "_gn_partial_kernel", "_gn_apply_kernel"}
+    names = {key[0] for key in expected}
+    ours = {"_depth_attention_kernel", "_geglu_kernel"}  # the CUDA defaults since session 16
+    assert ours <= names and names - ours <= {"_gn_fused_kernel", "_gn_partial_kernel", "_gn_apply_kernel"}, (
+        names
+    )
+    gn_only = generation_norm_launches(config, torch.bfloat16, batch_view_num=8, decode_batch=16, sms=132)
+    assert {variant_key(x) for x in gn_only} == {k for k in expected if k[0].startswith("_gn_")}
 
 
 def test_nothing_is_started_off_cuda():

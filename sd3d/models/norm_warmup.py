@@ -1,4 +1,8 @@
-"""The Triton GroupNorm's kernel variants of a generation, compiled ahead in the background.
+"""The Triton kernels' variants of a generation, compiled ahead in the background.
+
+Since session 16 this covers every kernel that runs by default on CUDA: the GroupNorm's (the
+reason it was written, below), and the depth attention's and GEGLU's (each compiled its variants at
+its first launch, about 0.7 s of a fresh machine's first generation on an H100).
 
 Why: with the kernel on by default (session 14), a machine's first generation took 17-28 s instead of
 1.8 s on an H100, because its first step compiled some 70 kernel variants one after another (Triton
@@ -30,7 +34,14 @@ from pathlib import Path
 import torch
 
 from sd3d.core.device import indexed_cuda
-from sd3d.core.triton_precompile import CompileWorkers, KernelWarmUp, leave_marker, triton_cache_dir
+from sd3d.core.triton_precompile import (
+    CompileWorkers,
+    KernelWarmUp,
+    distinct_variants,
+    kernel_name,
+    leave_marker,
+    triton_cache_dir,
+)
 from sd3d.models import kernels
 from sd3d.models.configs import SyncDreamerConfig
 from sd3d.models.norms import GroupNorm
@@ -39,7 +50,7 @@ from sd3d.models.syncdreamer import Conditioning
 HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
-def generation_norm_launches(
+def generation_launches(
     config: SyncDreamerConfig,
     dtype: torch.dtype,
     *,
@@ -49,14 +60,18 @@ def generation_norm_launches(
     channels_last: bool = True,
     sms: int = 132,
 ) -> list:
-    """The GroupNorm kernel launches of one generation of ``samples`` x 16 views (conditioning, one
+    """The Triton kernel launches of one generation of ``samples`` x 16 views (conditioning, one
     guided denoising step in chunks of ``batch_view_num`` views, decoding ``decode_batch`` images per
     call) for a model prepared as on CUDA: half-precision (``dtype``) activations and norm parameters,
-    a ``channels_last`` UNet, a device with ``sms`` multiprocessors. Empty without Triton."""
+    a ``channels_last`` UNet, a device with ``sms`` multiprocessors. Every kernel that runs by default
+    on CUDA: the GroupNorm's, the depth attention's and GEGLU's (:mod:`sd3d.models.kernels`). Empty
+    without Triton."""
     if kernels.group_norm_module() is None:
         return []
+    from sd3d.models.depth_attention import DepthAttention
     from sd3d.models.inference import set_channels_last_
     from sd3d.models.syncdreamer_checkpoint import build_meta_model
+    from sd3d.models.unet import GEGLU
 
     meta = torch.device("meta")
     launches: list = []
@@ -66,6 +81,18 @@ def generation_norm_launches(
         launches.extend(norm_launches(self, stand_in, pre_bias, activation, sms))
         return GroupNorm.forward(self, x, pre_bias, activation)  # on meta: shapes only
 
+    def recording_depth(self: DepthAttention, q: torch.Tensor, context: torch.Tensor) -> str:
+        launches.extend(depth_attention_launches(q, context, dtype))
+        return "recorded on the meta device"  # the layer then takes PyTorch's path (shapes only)
+
+    def recording_geglu(self: GEGLU, x: torch.Tensor) -> torch.Tensor:
+        launches.extend(geglu_launches(self.proj(x), dtype))
+        self.implementation = "torch"
+        try:
+            return GEGLU.forward(self, x)
+        finally:
+            self.implementation = "auto"
+
     model = build_meta_model(config).to(meta)
     set_channels_last_(model, unet=channels_last, volume=False)
     for layer in model.modules():  # this model's instances only: a real model may be running
@@ -73,6 +100,10 @@ def generation_norm_launches(
             layer.forward = types.MethodType(recording, layer)
         elif isinstance(layer, torch.nn.Conv2d):
             layer.forward = types.MethodType(_conv_keeping_channels_last, layer)
+        elif isinstance(layer, DepthAttention):
+            layer.kernel_unavailable = types.MethodType(recording_depth, layer)
+        elif isinstance(layer, GEGLU):
+            layer.forward = types.MethodType(recording_geglu, layer)
     B, N = samples, config.view_num
     size, channels = config.latent_size, config.latent_channels
     with torch.no_grad():
@@ -94,13 +125,51 @@ def generation_norm_launches(
     return launches
 
 
-def generation_norm_variants(config: SyncDreamerConfig, dtype: torch.dtype, **shape) -> list:
-    """One launch per kernel variant of :func:`generation_norm_launches` (what a warm-up compiles),
-    in an order every process computes alike (the compile workers each take a share of it)."""
-    module = kernels.group_norm_module()
+def generation_norm_launches(config: SyncDreamerConfig, dtype: torch.dtype, **shape) -> list:
+    """The GroupNorm's launches of :func:`generation_launches` (benchmarks/norm_variants.py counts them)."""
+    names = {
+        kernel_name(k) for k in (kernels.group_norm_module().KERNELS if kernels.group_norm_module() else ())
+    }
+    return [
+        launch
+        for launch in generation_launches(config, dtype, **shape)
+        if kernel_name(launch.kernel) in names
+    ]
+
+
+def generation_kernel_variants(config: SyncDreamerConfig, dtype: torch.dtype, **shape) -> list:
+    """One launch per kernel variant of :func:`generation_launches` (what a warm-up compiles), in an
+    order every process computes alike (the compile workers each take a share of it)."""
+    return distinct_variants(generation_launches(config, dtype, **shape))
+
+
+def depth_attention_launches(
+    q: torch.Tensor, context: torch.Tensor, dtype: torch.dtype | None = None
+) -> list:
+    """The depth-attention kernel's launches for queries ``q`` and ``context`` (real tensors or meta
+    stand-ins), both taken as ``dtype`` (``None``: their own); none where the kernel would not take them."""
+    module = kernels.depth_attention_module()
     if module is None:
         return []
-    return module.distinct_variants(generation_norm_launches(config, dtype, **shape))
+    meta = torch.device("meta")
+    q = torch.empty(q.shape, dtype=dtype or q.dtype, device=meta)  # the kernel makes its queries contiguous
+    context = torch.empty_strided(context.shape, context.stride(), dtype=dtype or context.dtype, device=meta)
+    if module.input_reason(q, context) is not None:
+        return []
+    return module.kernel_launches(q, context, torch.empty_like(q))
+
+
+def geglu_launches(h: torch.Tensor, dtype: torch.dtype | None = None) -> list:
+    """The fused GEGLU's launches for the projection ``h`` (real or meta) in ``dtype`` (``None``: its own)."""
+    module = kernels.geglu_module()
+    if module is None:
+        return []
+    dtype = dtype or h.dtype
+    stand_in = torch.empty_strided(h.shape, h.stride(), dtype=dtype, device=torch.device("meta"))
+    if module.input_reason(stand_in) is not None:
+        return []
+    out = torch.empty(*h.shape[:-1], h.shape[-1] // 2, dtype=dtype, device=torch.device("meta"))
+    return module.kernel_launches(stand_in, out)
 
 
 def _channels_last(t: torch.Tensor) -> bool:
@@ -140,7 +209,7 @@ def norm_launches(norm: GroupNorm, x: torch.Tensor, pre_bias, activation: str | 
 
 def warmup_marker(config: SyncDreamerConfig, device: torch.device, dtype: torch.dtype, **shape) -> Path:
     """The file a completed warm-up leaves in Triton's cache: named by everything that decides the
-    variants (the kernel's source, Triton's and PyTorch's versions, the GPU, the model's config, the
+    variants (the kernels' sources, Triton's and PyTorch's versions, the GPU, the model's config, the
     dtype and the generation's chunking), so that it is found exactly when those kernels are cached,
     and goes with the cache when that is cleared."""
     import hashlib
@@ -148,11 +217,13 @@ def warmup_marker(config: SyncDreamerConfig, device: torch.device, dtype: torch.
 
     import triton
 
-    from sd3d.models.kernels import group_norm
+    from sd3d.models.kernels import depth_attention, geglu, group_norm
+
+    sources = (group_norm, depth_attention, geglu)
 
     props = torch.cuda.get_device_properties(device)
     described = {
-        "kernel": hashlib.sha256(Path(group_norm.__file__).read_bytes()).hexdigest(),
+        "kernels": [hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest() for m in sources],
         "triton": triton.__version__,
         "torch": torch.__version__,
         "gpu": [props.name, props.major, props.minor, props.multi_processor_count],
@@ -212,7 +283,7 @@ def start_norm_kernel_warmup(
     def in_processes() -> dict:
         with CompileWorkers(workers, __name__) as pool:  # they enumerate the variants themselves
             return pool.compile(
-                generation_norm_variants,
+                generation_kernel_variants,
                 dict(config=config, dtype=dtype, **shape),
                 (device.index, capability),
             )

@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from sd3d.core.device import triton_unsupported_gpu
+from sd3d.core.triton_precompile import Launch
 from sd3d.models.kernels.group_norm import _HALF_CODE, _round_to
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -105,6 +106,12 @@ def unsupported_reason(q: torch.Tensor, context: torch.Tensor) -> str | None:
         return gpu
     if context.device != q.device:
         return f"queries on {q.device}, context on {context.device}"
+    return input_reason(q, context)
+
+
+def input_reason(q: torch.Tensor, context: torch.Tensor) -> str | None:
+    """:func:`unsupported_reason` without the device checks: the dtypes and shapes alone (the warm-up
+    asks it of ``meta`` stand-ins)."""
     if q.dtype not in DTYPES or context.dtype not in DTYPES:
         return f"dtypes {q.dtype} / {context.dtype} (supported: float32, bfloat16, float16)"
     if q.dim() != 4 or context.dim() != 4:
@@ -121,6 +128,30 @@ def unsupported_reason(q: torch.Tensor, context: torch.Tensor) -> str | None:
     return None
 
 
+def kernel_launches(q: torch.Tensor, context: torch.Tensor, out: torch.Tensor) -> list[Launch]:
+    """The launch :func:`depth_attention` makes for contiguous queries ``q`` and ``context`` writing
+    ``out`` (host work only, so it also runs on ``meta`` tensors: the kernel warm-up enumerates a
+    generation's variants with it)."""
+    b, pixels, heads, channels = q.shape
+    block_p = max(1, min(triton.next_power_of_2(pixels), ELEMENTS // (heads * channels)))
+    constants = {
+        "C": channels,
+        "HEADS": heads,
+        "BLOCK_P": block_p,
+        "HALF": _HALF_CODE[q.dtype],
+        "num_warps": 8 if block_p * heads * channels >= 8192 else 4,
+    }
+    grid = (triton.cdiv(pixels, block_p), b)
+    return [
+        Launch(
+            _depth_attention_kernel,
+            grid,
+            (q, context, out, pixels, context.shape[2], *context.stride()),
+            constants,
+        )
+    ]
+
+
 def depth_attention(q: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
     """``softmax_D(q . context) @ context`` per pixel and head: ``q`` (b, P, heads, C) (the folded
     queries, scale included), ``context`` (b, C, D, P) in any strides; returns (b, P, heads, C),
@@ -129,22 +160,7 @@ def depth_attention(q: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
     if reason is not None:
         raise ValueError(f"depth_attention cannot take this input: {reason}")
     q = q.contiguous()
-    b, pixels, heads, channels = q.shape
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    block_p = max(1, min(triton.next_power_of_2(pixels), ELEMENTS // (heads * channels)))
-    warps = 8 if block_p * heads * channels >= 8192 else 4
-    grid = (triton.cdiv(pixels, block_p), b)
-    _depth_attention_kernel[grid](
-        q,
-        context,
-        out,
-        pixels,
-        context.shape[2],
-        *context.stride(),
-        C=channels,
-        HEADS=heads,
-        BLOCK_P=block_p,
-        HALF=_HALF_CODE[q.dtype],
-        num_warps=warps,
-    )
+    for launch in kernel_launches(q, context, out):
+        launch.kernel[launch.grid](*launch.args, **launch.constants)
     return out

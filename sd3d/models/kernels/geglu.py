@@ -29,6 +29,7 @@ import triton
 import triton.language as tl
 
 from sd3d.core.device import triton_unsupported_gpu
+from sd3d.core.triton_precompile import Launch
 
 # The GroupNorm kernel's rounding helper (round to nearest even by the bits, as the GPU does; the
 # interpreter's own bfloat16 cast truncates). Shared, not copied; the GroupNorm file is left as it
@@ -76,6 +77,12 @@ def unsupported_reason(h: torch.Tensor) -> str | None:
         )
     if h.device.type == "cuda" and (gpu := _unsupported_gpu(h.device.index)) is not None:
         return gpu
+    return input_reason(h)
+
+
+def input_reason(h: torch.Tensor) -> str | None:
+    """:func:`unsupported_reason` without the device checks: dtype, shape and strides alone (the
+    warm-up asks it of ``meta`` stand-ins)."""
     if h.dtype not in DTYPES:
         return f"dtype {h.dtype} (supported: float32, bfloat16, float16)"
     if h.dim() < 1 or h.shape[-1] % 2 or h.numel() == 0:
@@ -101,27 +108,25 @@ def _rows_stride(h: torch.Tensor) -> int | None:
         return None
 
 
+def kernel_launches(h: torch.Tensor, y: torch.Tensor) -> list[Launch]:
+    """The launch :func:`geglu` makes for the projection ``h`` writing ``y`` (host work only, so it
+    also runs on ``meta`` tensors: the kernel warm-up enumerates a generation's variants with it)."""
+    width = h.shape[-1] // 2
+    rows = h.numel() // h.shape[-1]
+    block_c = min(triton.next_power_of_2(width), 512)
+    block_r = max(1, BLOCK_ELEMENTS // block_c)
+    grid = (triton.cdiv(rows, block_r), triton.cdiv(width, block_c))
+    constants = {"BLOCK_R": block_r, "BLOCK_C": block_c, "HALF": _HALF_CODE[h.dtype], "num_warps": 4}
+    return [Launch(_geglu_kernel, grid, (h, y, rows, width, _rows_stride(h)), constants)]
+
+
 def geglu(h: torch.Tensor) -> torch.Tensor:
     """``a * F.gelu(g)`` for ``a, g = h.chunk(2, dim=-1)``, as a new contiguous tensor of ``h``'s
     dtype (see the module docstring for the roundings)."""
     reason = unsupported_reason(h)
     if reason is not None:
         raise ValueError(f"geglu cannot take this input: {reason}")
-    width = h.shape[-1] // 2
-    rows = h.numel() // h.shape[-1]
-    y = torch.empty(*h.shape[:-1], width, dtype=h.dtype, device=h.device)
-    block_c = min(triton.next_power_of_2(width), 512)
-    block_r = max(1, BLOCK_ELEMENTS // block_c)
-    grid = (triton.cdiv(rows, block_r), triton.cdiv(width, block_c))
-    _geglu_kernel[grid](
-        h,
-        y,
-        rows,
-        width,
-        _rows_stride(h),
-        BLOCK_R=block_r,
-        BLOCK_C=block_c,
-        HALF=_HALF_CODE[h.dtype],
-        num_warps=4,
-    )
+    y = torch.empty(*h.shape[:-1], h.shape[-1] // 2, dtype=h.dtype, device=h.device)
+    for launch in kernel_launches(h, y):
+        launch.kernel[launch.grid](*launch.args, **launch.constants)
     return y
