@@ -34,6 +34,7 @@ from sd3d.core.errors import MissingDependencyError, ViewsFolderError
 from sd3d.core.imports import import_in_background
 from sd3d.core.io import ViewSet, read_views
 from sd3d.core.progress import Progress, resolve
+from sd3d.core.triton_precompile import KernelWarmUp
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ def reconstruct(
     device: str | torch.device = "auto",
     progress: Progress | None = None,
     robust: bool = True,
+    kernel_warmup: KernelWarmUp | None = None,
 ) -> ReconResult:
     """Fit a hash-grid NeuS to 16 views (a :class:`ViewSet`, a views folder or a strip image).
 
@@ -99,16 +101,17 @@ def reconstruct(
     pass the :class:`torch.device`.
     ``robust=False`` fits the plain NeuS (the preset with :data:`recon.presets.ROBUSTNESS_OFF`):
     what a consistency measure wants, since the robust training is made to forgive disagreeing views.
+    ``kernel_warmup``: the hash grid's kernel warm-up a caller started earlier
+    (:func:`start_fit_warmup`; ``sd3d run`` starts it before generating, so that it is done by now);
+    without one, a warm-up starts here where the Triton grid will train.
     """
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     settings = settings or ReconSettings()
     preset, engine = settings.preset(dev), settings.engine(dev)
     if not robust:
         preset = replace(preset, **ROBUSTNESS_OFF)
-    warmup = None
-    if resolve_backend(preset.field.encoding_backend, dev) == "triton":
-        # compiled by workers while the views load and the field is built; the fit does not wait
-        warmup = start_hash_grid_warmup(preset.field.grid, dev)
+    # compiled by workers while the views load and the field is built; the fit does not wait
+    warmup = kernel_warmup if kernel_warmup is not None else start_fit_warmup(preset, dev)
     t0 = time.perf_counter()
     vs = views if isinstance(views, ViewSet) else read_views(views)
     masks, source = view_masks(vs)
@@ -132,6 +135,15 @@ def reconstruct(
         train_phases=out.phase_seconds,
         kernel_warmup=None if warmup is None else {"running": True} if warmup.running else warmup.wait(),
     )
+
+
+def start_fit_warmup(preset: Preset, device: torch.device, workers: int | None = None) -> KernelWarmUp | None:
+    """Start compiling the hash grid's Triton kernels for a fit with ``preset`` on ``device`` in
+    worker processes (:mod:`recon.kernels.warmup`), if that fit will train the Triton grid; ``None``
+    where it will not, or where an earlier process left the kernels compiled."""
+    if resolve_backend(preset.field.encoding_backend, device) != "triton":
+        return None
+    return start_hash_grid_warmup(preset.field.grid, device, workers=workers)
 
 
 def extract_surface(result: ReconResult, progress: Progress | None = None) -> Mesh:

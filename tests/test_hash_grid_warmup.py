@@ -201,7 +201,7 @@ def test_reconstruct_starts_the_warm_up_before_the_fit_and_reports_it(monkeypatc
 
     events: list[str] = []
 
-    def start(cfg, device):
+    def start(cfg, device, workers=None):
         events.append(f"warm-up {cfg.n_levels} levels on {device.type}")
         return KernelWarmUp(lambda: (time.sleep(0.1), {"variants": 20, "compiled": 20, "failed": []})[1])
 
@@ -227,3 +227,13 @@ def test_reconstruct_starts_the_warm_up_before_the_fit_and_reports_it(monkeypatc
         is None
     )
     assert events == ["fit"]
+
+    # a warm-up the caller started (`sd3d run` starts one before generating) is used, not another
+    monkeypatch.setattr(P, "resolve_backend", lambda backend, device: "triton")
+    events.clear()
+    given = KernelWarmUp(lambda: {"variants": 20, "compiled": 20, "failed": [], "workers": 2})
+    given.wait()
+    result = P.reconstruct(
+        REPO / "examples" / "spot", ReconSettings(quality="standard"), device="cpu", kernel_warmup=given
+    )
+    assert events == ["fit"] and result.kernel_warmup["workers"] == 2

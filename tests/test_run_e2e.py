@@ -87,6 +87,7 @@ def test_run_writes_every_output(run_cli, tiny_ckpt, tmp_path):
     assert report["versions"]["torch"] and report["device"] == "cpu"
     assert report["peak_gpu_memory_bytes"] is None
     assert report["reconstruction"]["cuda_graphs"] == 0  # graphs are for CUDA devices only
+    assert report["reconstruction"]["kernel_warmup"] is None  # the Triton hash grid is CUDA's
     phases = report["reconstruction"]["train_phases"]
     assert set(phases) == {"setup", "prefit", "loop", "finish"} and phases["loop"] > 0
     assert set(report["exports"]) == {"glb", "obj", "ply"}
@@ -96,7 +97,19 @@ def test_run_writes_every_output(run_cli, tiny_ckpt, tmp_path):
     }
 
 
-def test_run_given_elevation_samples_and_gif(run_cli, tiny_ckpt, tmp_path):
+def test_run_given_elevation_samples_and_gif(run_cli, tiny_ckpt, tmp_path, monkeypatch):
+    """Also: the reconstruction's kernel warm-up is started once, after the model loads and before
+    the generation, and the report carries what it did (here a stand-in: the real one is CUDA's)."""
+    import sd3d.workflows.run as workflow
+    from sd3d.core.triton_precompile import KernelWarmUp
+
+    started = []
+
+    def stand_in(settings, device):
+        started.append(str(device))
+        return KernelWarmUp(lambda: {"variants": 20, "compiled": 20, "failed": [], "workers": 2})
+
+    monkeypatch.setattr(workflow, "start_recon_warmup", stand_in)
     photo = _photo(tmp_path / "photo.png")
     out = tmp_path / "out"
     res = run_cli(
@@ -117,6 +130,9 @@ def test_run_given_elevation_samples_and_gif(run_cli, tiny_ckpt, tmp_path):
     )
     assert res.code == 0, res
     report = json.loads((out / "report.json").read_text())
+    assert started == ["cpu"]
+    warm = report["reconstruction"]["kernel_warmup"]
+    assert warm["compiled"] == 20 and warm["workers"] == 2 and warm["seconds"] >= 0
     assert report["elevation"] == {"source": "given", "elevation_deg": 20.0}
     assert report["samples"]["count"] == 2 and len(report["samples"]["consistency_scores"]) == 2
     chosen = report["samples"]["chosen"]

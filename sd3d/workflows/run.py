@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from recon.export import obj_sidecars
-from recon.pipeline import export_mesh, extract_surface, reconstruct
+from recon.pipeline import export_mesh, extract_surface, reconstruct, start_fit_warmup
 from recon.presets import ReconSettings
 from recon.raster import load_mesh, render_mesh
 from sd3d.background import check_backend_name
@@ -338,17 +338,33 @@ def rank_samples(views: list) -> tuple[int, list[float]]:
 
 
 def reconstruct_views(
-    views, settings: RunSettings, device, progress: Progress | None = None
+    views, settings: RunSettings, device, progress: Progress | None = None, kernel_warmup=None
 ) -> Reconstruction:
-    """Train the field on one view set and extract its surface, on ``device``."""
+    """Train the field on one view set and extract its surface, on ``device`` (``kernel_warmup``:
+    the hash grid's, if :func:`start_recon_warmup` started it earlier)."""
 
     result = reconstruct(
-        views, settings.recon, seed=settings.generation.seed, device=device, progress=progress
+        views,
+        settings.recon,
+        seed=settings.generation.seed,
+        device=device,
+        progress=progress,
+        kernel_warmup=kernel_warmup,
     )
     start = time.perf_counter()
     surface = extract_surface(result)
     timings = {**result.timings, "extract": time.perf_counter() - start}
     return Reconstruction(replace(result, timings=timings), surface)
+
+
+def start_recon_warmup(settings: RunSettings, device: torch.device):
+    """The reconstruction's kernel warm-up, started before the generation: its two workers compile
+    the hash grid's variants while the GPU generates, instead of while the fit waits for them
+    (recon.kernels.warmup: started at the fit, the workers' own imports took ~3 s of it, and a
+    fresh machine's `sd3d run` spent 14.2 s reconstructing against 10.0 s with the kernels cached;
+    session 16, H100). Two workers, beside the GroupNorm warm-up's eight."""
+    device = torch.device(device)
+    return start_fit_warmup(settings.recon.preset(device), device, workers=2)
 
 
 def write_run_folder(
@@ -437,6 +453,7 @@ def write_run_folder(
             "cuda_graphs": result.graph_captures,
             "seconds": {k: round(v, 3) for k, v in result.timings.items()},
             "train_phases": dict(result.train_phases),
+            "kernel_warmup": result.kernel_warmup,  # the hash grid's (recon.kernels.warmup); None: none ran
         },
         "exports": exports,
         "preview": preview_file.name if preview_file else None,
@@ -487,6 +504,7 @@ def run_photo(
         if model is None:
             device, dtype = settings.device_and_dtype()
             model = load_model(weights_file, None, device, dtype=dtype)
+    recon_warmup = start_recon_warmup(settings, model.device)
     generated = generate_run_views(model, prepared, settings, stages=stages, progress=progress, note=note)
     return finish_run(
         out_dir,
@@ -499,6 +517,7 @@ def run_photo(
         progress=progress,
         note=note,
         overwrite=overwrite,
+        recon_warmup=recon_warmup,
     )
 
 
@@ -569,9 +588,11 @@ def finish_run(
     progress: Progress | None = None,
     note: Callable[[str], None] = lambda name: None,
     overwrite: bool = False,
+    recon_warmup=None,
 ) -> RunResult:
     """The rest of :func:`run_photo` after :func:`generate_run_views`: reconstruct the kept views
-    on ``device`` and write the whole run folder, replacing ``out_dir`` only when all succeeded.
+    on ``device`` and write the whole run folder, replacing ``out_dir`` only when all succeeded
+    (``recon_warmup``: :func:`start_recon_warmup`'s, when the caller started it).
 
     ``stages`` is the run's timer, also when generation happened in an earlier call (the web app
     generates and reconstructs in two requests), so ``report.json`` times every stage. ``settings``
@@ -582,7 +603,7 @@ def finish_run(
     device = torch.device(device)
     note("reconstruct")
     with stages("reconstruct"):
-        recon = reconstruct_views(generated.best, settings, device, progress)
+        recon = reconstruct_views(generated.best, settings, device, progress, kernel_warmup=recon_warmup)
 
     def peak() -> int | None:
         return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
