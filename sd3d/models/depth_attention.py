@@ -35,8 +35,15 @@ multiply-adds in the two projections (16 C^2 instead of 12 C^2 a pixel, for C co
 rounds differently in half precision (M and N are formed in float32 and rounded once). Measured on
 an H100 (benchmarks/RESULTS.md, session 15): generation 1.740 s against 1.753 s (two processes of
 three timed generations each), final latents 1.232e-2 from fp32 against 1.262e-2 (one input, one
-seed): small, but both ways in its favour. (The 72 strided copies of that session's step profile,
-3.85 of 32.3 ms, are therefore mostly elsewhere.)
+seed): small, but both ways in its favour.
+
+Session 16's profile with call sites found the step's largest copies here after all: PyTorch's
+batched products need the context with its channels innermost, ``(b, P, D, C)``, and it is made
+``(b, C, D, P)``, so each call copied it transposed (0.74 ms in each 32x32 block, 3.7 of a 32 ms
+step on an H100). ``kernel="auto"`` (the inference default on CUDA, ``prepare_for_inference``) runs
+the middle -- logits, softmax over the depth samples, weighted sum -- as one Triton kernel that reads
+the context as it is made (:mod:`sd3d.models.kernels.depth_attention`): 1.776 -> 1.626 s a
+generation, deviation from fp32 1.24e-2 -> 1.21e-2.
 """
 
 from __future__ import annotations
