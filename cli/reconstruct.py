@@ -52,23 +52,34 @@ def reconstruct(
 ) -> None:
     import time
 
-    from cli.common import echo, progress
-    from recon.export import check_output_path
-    from recon.pipeline import export_mesh
-    from recon.pipeline import reconstruct as run_reconstruct
-    from recon.presets import ReconSettings, resolve_quality
-    from sd3d.core.device import limit_gpu_memory, resolve_device
-    from sd3d.core.io import read_views
+    from recon.warm_start import start_early_workers
 
-    check_output_path(output)
-    dev = resolve_device(device)
-    limit_gpu_memory(dev, gpu_memory)
-    quality = resolve_quality(quality, dev)
-    settings = ReconSettings(quality, steps, faces, hash_grid=hash_grid, cuda_graph=cuda_graph)
-    settings.engine(dev)  # validates before any work
-    vs = read_views(views)
-    t0 = time.perf_counter()
-    result = run_reconstruct(vs, settings, seed=seed, device=dev, progress=progress())
+    # before this process imports PyTorch: the workers import theirs meanwhile (see there)
+    early = start_early_workers(device, hash_grid)
+    try:
+        from cli.common import echo, progress
+        from recon.export import check_output_path
+        from recon.pipeline import export_mesh
+        from recon.pipeline import reconstruct as run_reconstruct
+        from recon.presets import ReconSettings, resolve_quality
+        from sd3d.core.device import limit_gpu_memory, resolve_device
+        from sd3d.core.io import read_views
+
+        check_output_path(output)
+        dev = resolve_device(device)
+        limit_gpu_memory(dev, gpu_memory)
+        quality = resolve_quality(quality, dev)
+        settings = ReconSettings(quality, steps, faces, hash_grid=hash_grid, cuda_graph=cuda_graph)
+        settings.engine(dev)  # validates before any work
+        vs = read_views(views)
+        t0 = time.perf_counter()
+        workers, early = early, None  # handed over: reconstruct gives them work or closes them
+        result = run_reconstruct(
+            vs, settings, seed=seed, device=dev, progress=progress(), compile_workers=workers
+        )
+    finally:
+        if early is not None:  # a bad argument or input stopped the command first
+            early.close()
     exported = export_mesh(result, output, faces=settings.faces)
     total = time.perf_counter() - t0
     kind = (

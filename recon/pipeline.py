@@ -34,7 +34,7 @@ from sd3d.core.errors import MissingDependencyError, ViewsFolderError
 from sd3d.core.imports import import_in_background
 from sd3d.core.io import ViewSet, read_views
 from sd3d.core.progress import Progress, resolve
-from sd3d.core.triton_precompile import KernelWarmUp
+from sd3d.core.triton_precompile import CompileWorkers, KernelWarmUp
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,7 @@ def reconstruct(
     progress: Progress | None = None,
     robust: bool = True,
     kernel_warmup: KernelWarmUp | None = None,
+    compile_workers: CompileWorkers | None = None,
 ) -> ReconResult:
     """Fit a hash-grid NeuS to 16 views (a :class:`ViewSet`, a views folder or a strip image).
 
@@ -103,7 +104,9 @@ def reconstruct(
     what a consistency measure wants, since the robust training is made to forgive disagreeing views.
     ``kernel_warmup``: the hash grid's kernel warm-up a caller started earlier
     (:func:`start_fit_warmup`; ``sd3d run`` starts it before generating, so that it is done by now);
-    without one, a warm-up starts here where the Triton grid will train.
+    without one, a warm-up starts here where the Triton grid will train, on ``compile_workers`` if
+    given (:func:`recon.warm_start.start_early_workers`: ``sd3d reconstruct`` starts them before
+    it imports PyTorch), which are closed where there is nothing to compile.
     """
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     settings = settings or ReconSettings()
@@ -111,7 +114,9 @@ def reconstruct(
     if not robust:
         preset = replace(preset, **ROBUSTNESS_OFF)
     # compiled by workers while the views load and the field is built; the fit does not wait
-    warmup = kernel_warmup if kernel_warmup is not None else start_fit_warmup(preset, dev)
+    if kernel_warmup is not None and compile_workers is not None:
+        compile_workers.close()
+    warmup = kernel_warmup or start_fit_warmup(preset, dev, pool=compile_workers)
     t0 = time.perf_counter()
     vs = views if isinstance(views, ViewSet) else read_views(views)
     masks, source = view_masks(vs)
@@ -137,13 +142,18 @@ def reconstruct(
     )
 
 
-def start_fit_warmup(preset: Preset, device: torch.device, workers: int | None = None) -> KernelWarmUp | None:
+def start_fit_warmup(
+    preset: Preset, device: torch.device, workers: int | None = None, pool: CompileWorkers | None = None
+) -> KernelWarmUp | None:
     """Start compiling the hash grid's Triton kernels for a fit with ``preset`` on ``device`` in
-    worker processes (:mod:`recon.kernels.warmup`), if that fit will train the Triton grid; ``None``
-    where it will not, or where an earlier process left the kernels compiled."""
+    worker processes (:mod:`recon.kernels.warmup`; ``pool``: ones started earlier), if that fit will
+    train the Triton grid; ``None`` where it will not, or where an earlier process left the kernels
+    compiled (``pool`` is then closed)."""
     if resolve_backend(preset.field.encoding_backend, device) != "triton":
+        if pool is not None:
+            pool.close()
         return None
-    return start_hash_grid_warmup(preset.field.grid, device, workers=workers)
+    return start_hash_grid_warmup(preset.field.grid, device, workers=workers, pool=pool)
 
 
 def extract_surface(result: ReconResult, progress: Progress | None = None) -> Mesh:

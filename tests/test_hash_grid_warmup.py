@@ -21,6 +21,7 @@ import torch
 from support.triton_interpreter import run_interpreted
 
 from recon.presets import PRESETS
+from sd3d.core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 TRITON = importlib.util.find_spec("triton") is not None
@@ -201,7 +202,7 @@ def test_reconstruct_starts_the_warm_up_before_the_fit_and_reports_it(monkeypatc
 
     events: list[str] = []
 
-    def start(cfg, device, workers=None):
+    def start(cfg, device, workers=None, pool=None):
         events.append(f"warm-up {cfg.n_levels} levels on {device.type}")
         return KernelWarmUp(lambda: (time.sleep(0.1), {"variants": 20, "compiled": 20, "failed": []})[1])
 
@@ -237,3 +238,96 @@ def test_reconstruct_starts_the_warm_up_before_the_fit_and_reports_it(monkeypatc
         REPO / "examples" / "spot", ReconSettings(quality="standard"), device="cpu", kernel_warmup=given
     )
     assert events == ["fit"] and result.kernel_warmup["workers"] == 2
+
+
+class _EarlyPool:
+    """Stands in for CompileWorkers started early: records whether it was given work or closed."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.asked: list = []
+
+    def close(self) -> None:
+        self.closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def compile(self, variants, kwargs, gpu) -> dict:
+        self.asked.append((len(variants(**kwargs)), gpu))
+        return {"variants": 20, "compiled": 20, "failed": []}
+
+
+def test_early_workers_start_only_where_a_gpu_may_want_them(tmp_path, monkeypatch):
+    """``sd3d reconstruct`` starts the workers before it imports PyTorch, from what it knows then:
+    not for ``--device cpu`` or a PyTorch-only hash grid, not without a CUDA driver showing a device,
+    not when Triton's cache holds a warm-up marker (the exact check comes later, with PyTorch)."""
+    import sd3d.core.triton_precompile as T
+    from recon.warm_start import MARKER_GLOB, start_early_workers
+
+    started = []
+    monkeypatch.setattr(
+        T, "CompileWorkers", lambda count, preload: started.append((count, preload)) or "pool"
+    )
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(T, "cuda_device_count", lambda: 0)
+    assert start_early_workers("auto") is None  # no driver, no device (this CI machine as it is)
+    monkeypatch.setattr(T, "cuda_device_count", lambda: 1)
+    assert start_early_workers("cpu") is None and start_early_workers("auto", hash_grid="torch") is None
+    assert start_early_workers("cuda:0") == "pool"
+    assert started and started[0][1] == "recon.kernels.warmup"
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / MARKER_GLOB.replace("*", "0123")).write_text("{}")
+    assert start_early_workers("auto") is None and len(started) == 1
+
+
+@pytest.mark.skipif(not TRITON, reason=NO_TRITON)
+def test_early_workers_get_the_work_or_are_closed(tmp_path, monkeypatch):
+    """Workers started early are given the 20 variants where the cache lacks them, and closed unused
+    where an earlier warm-up left its marker."""
+    import recon.kernels.warmup as W
+    from recon import kernels
+
+    monkeypatch.setattr(W, "triton_cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(kernels, "hash_grid_module", lambda: object())
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda d: types.SimpleNamespace(major=9, minor=0)
+    )
+    gpu = torch.device("cuda", 0)
+    pool = _EarlyPool()
+    record = W.start_hash_grid_warmup(STANDARD, gpu, pool=pool).wait()
+    assert pool.asked == [(20, (0, (9, 0)))] and record["compiled"] == 20 and pool.closed
+    unused = _EarlyPool()
+    assert W.start_hash_grid_warmup(STANDARD, gpu, pool=unused) is None  # the marker: nothing to do
+    assert unused.closed and unused.asked == []
+
+
+def test_reconstruct_command_hands_its_early_workers_over_or_closes_them(run_cli, tmp_path, monkeypatch):
+    """The command gives the early workers to the reconstruction, and closes them itself when a bad
+    argument stops it before (no compiler processes left behind)."""
+    import recon.pipeline
+    import recon.warm_start
+
+    pools: list[_EarlyPool] = []
+
+    def early(device, hash_grid="auto"):
+        pools.append(_EarlyPool())
+        return pools[-1]
+
+    monkeypatch.setattr(recon.warm_start, "start_early_workers", early)
+    res = run_cli("reconstruct", REPO / "examples" / "spot", "-o", tmp_path / "m.fbx")
+    assert res.code == 2 and pools[-1].closed  # stopped by the output name
+
+    handed = []
+
+    def stop(views, settings, **kwargs):
+        handed.append(kwargs["compile_workers"])
+        raise UserError("stopped here: the fit is not what this checks")
+
+    monkeypatch.setattr(recon.pipeline, "reconstruct", stop)
+    res = run_cli("reconstruct", REPO / "examples" / "spot", "-o", tmp_path / "m.glb", "--device", "cpu")
+    assert res.code == 2 and "stopped here" in res.err
+    assert handed == [pools[-1]] and not pools[-1].closed  # the reconstruction's to give work or close

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from pathlib import Path
 
 import torch
 
 from recon.encoding import HashGridConfig, level_layout
+from recon.warm_start import MARKER_GLOB, early_worker_count
 from sd3d.core.device import indexed_cuda
 from sd3d.core.triton_precompile import (
     CompileWorkers,
@@ -145,32 +145,43 @@ def warmup_marker(cfg: HashGridConfig, device: torch.device) -> Path:
         "variants": sorted(str(variant_key(launch)) for launch in fit_variants(cfg)),
     }
     key = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:24]
-    return triton_cache_dir() / f"sd3d-hashgrid-warm-{key}"
+    return triton_cache_dir() / MARKER_GLOB.replace("*", key)
 
 
 def start_hash_grid_warmup(
-    cfg: HashGridConfig, device: torch.device, *, workers: int | None = None, force: bool = False
+    cfg: HashGridConfig,
+    device: torch.device,
+    *,
+    workers: int | None = None,
+    force: bool = False,
+    pool: CompileWorkers | None = None,
 ) -> KernelWarmUp | None:
     """Compile :func:`fit_variants` for ``cfg`` on ``device`` in ``workers`` processes (default: up
     to 4, leaving this process a core), in the background; ``None`` where there is nothing to do: not
-    CUDA, no Triton, or an earlier warm-up left its :func:`warmup_marker` (unless ``force``). Never
-    raises: a warm-up that cannot start only means the kernels compile at their launches."""
+    CUDA, no Triton, or an earlier warm-up left its :func:`warmup_marker` (unless ``force``). ``pool``:
+    workers started earlier (:func:`start_early_workers`), given the work instead of new ones, or
+    closed where there is none. Never raises: a warm-up that cannot start only means the kernels
+    compile at their launches."""
     from recon import kernels
 
+    def nothing() -> None:
+        if pool is not None:
+            pool.close()
+
     if device.type != "cuda" or kernels.hash_grid_module() is None:
-        return None
+        return nothing()
     try:
         device = indexed_cuda(device)
         marker = warmup_marker(cfg, device)
         if marker.exists() and not force:
-            return None
+            return nothing()
         props = torch.cuda.get_device_properties(device)
         gpu = (device.index, (props.major, props.minor))
     except Exception as exc:
         warnings.warn(f"hash-grid kernel warm-up skipped: {type(exc).__name__}: {exc}", stacklevel=2)
-        return None
-    count = workers or max(1, min(4, (os.cpu_count() or 1) - 1))
-    pool = CompileWorkers(count, __name__)  # started now: they import PyTorch while this process reads
+        return nothing()
+    # started now unless given: they import PyTorch while this process reads the views
+    pool = pool or CompileWorkers(workers or early_worker_count(), __name__)
 
     def work() -> dict:
         with pool:

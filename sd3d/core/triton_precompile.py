@@ -189,6 +189,38 @@ def cuda_context_current() -> bool | None:
     return bool(context.value)
 
 
+def cuda_device_count() -> int:
+    """CUDA devices the driver shows this process (0 without a driver), asked of the driver itself:
+    no PyTorch import, and no context (``cuInit`` and ``cuDeviceGetCount`` make none)."""
+    import ctypes
+
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int()
+    if libcuda.cuInit(0) != 0 or libcuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
+def start_workers_if_gpu(preload: str, count: int, device: str, marker_glob: str) -> CompileWorkers | None:
+    """Compile workers started at a command's very start, before this process imports PyTorch, where
+    their kernels may be wanted: ``device`` (the command's ``--device``) is not the CPU, the driver
+    shows a CUDA device, and Triton's cache has no file matching ``marker_glob`` (a warm-up's marker:
+    the exact check needs PyTorch and comes later, and where it finds the kernels compiled the
+    workers are closed unused). ``None`` otherwise. Why so early: a worker spends ~3 s importing
+    PyTorch and Triton before it compiles anything (session 16, H100), as long as this process's
+    own imports; started when the work begins, its first kernels came too late for the work's first
+    launches."""
+    if device.strip().lower().startswith("cpu") or cuda_device_count() == 0:
+        return None
+    cache = Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")
+    if any(cache.glob(marker_glob)):
+        return None
+    return CompileWorkers(count, preload)
+
+
 class CompileWorkers:
     """``count`` worker processes, started now (each importing ``preload``, the module of the
     variants' function, while this process carries on), that compile what :meth:`compile` names.
