@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from support.photos import FAST
 
 from sd3d.core.errors import OutputPathError, UserError, ViewsFolderError
 from sd3d.core.io import OUTPUT_MARKER, atomic_dir, check_output_dir, output_marker, read_views, write_error
@@ -347,18 +348,9 @@ def test_full_disk_is_one_line_and_leaves_nothing(run_cli, tiny_ckpt, tmp_path, 
     _one_error_line(res, f"cannot write {work / 'views'}: {full}")
     res = run_cli("--quiet", "render", mesh, "-o", work / "turn", "--size", "16", "--supersample", "1")
     _one_error_line(res, f"cannot write {work / 'turn'}: {full}")
+    # the run writes its folder last, so it trains first: the shortest training that runs (FAST)
     res = run_cli(
-        "--quiet",
-        "run",
-        photo,
-        "-o",
-        work / "out",
-        "--weights",
-        tiny_ckpt,
-        "--steps",
-        "2",
-        "--elevation",
-        "30",
+        "--quiet", "run", photo, "-o", work / "out", "--weights", tiny_ckpt, *FAST, "--elevation", "30"
     )
     _one_error_line(res, f"cannot write {work / 'out'}: {full}")
     assert list(work.iterdir()) == []
