@@ -108,10 +108,14 @@ cold)
     # a cold process as a user meets it, on one machine: reconstruct standard and draft twice each
     # (the second with Triton's kernels and Python's bytecode cached), model loading profiled (is
     # sympy's import, 1.9 s in session 12, gone since aef34e4?), and `sd3d run` end to end
-    step cold-standard 60 "${cold[@]}" -o /tmp/cold-standard.glb --quality standard
-    step cold-standard-2 50 "${cold[@]}" -o /tmp/cold-standard-2.glb --quality standard
-    step cold-draft 40 "${cold[@]}" -o /tmp/cold-draft.glb --quality draft
-    step cold-draft-2 30 "${cold[@]}" -o /tmp/cold-draft-2.glb --quality draft
+    # (session 16) each Triton cache fresh where named so, with and without the hash grid's warm-up
+    # (its workers start before the command imports PyTorch since a09ee91)
+    TRITON_CACHE_DIR=/tmp/tc-s1 step cold-standard 60 "${cold[@]}" -o /tmp/cold-standard.glb --quality standard
+    TRITON_CACHE_DIR=/tmp/tc-s1 step cold-standard-2 50 "${cold[@]}" -o /tmp/cold-standard-2.glb --quality standard
+    TRITON_CACHE_DIR=/tmp/tc-s0 step cold-standard-nowarm 60 "${cold[@]}" -o /tmp/cold-standard-0.glb \
+        --quality standard --no-kernel-warmup
+    TRITON_CACHE_DIR=/tmp/tc-d1 step cold-draft 40 "${cold[@]}" -o /tmp/cold-draft.glb --quality draft
+    TRITON_CACHE_DIR=/tmp/tc-d1 step cold-draft-2 30 "${cold[@]}" -o /tmp/cold-draft-2.glb --quality draft
     e2e_inputs
     step load-profile 60 python3 -c "import cProfile, pstats, sys, torch; from sd3d.pipelines.syncdreamer import load_model; \
 torch.zeros(1, device='cuda'); cProfile.run('load_model(\"/tmp/ckpt/syncdreamer-synthetic-full.ckpt\", device=\"cuda\")', '/tmp/load.prof'); \
