@@ -52,6 +52,15 @@ def test_the_folded_layer_with_the_kernel_in_the_interpreter(interpreted):
     assert layer["kernel_rel_l2"] <= 1.5 * layer["torch_rel_l2"] + 2.0**-20, layer
 
 
+def test_a_model_step_with_both_kernels_in_the_interpreter(interpreted):
+    """A whole guided step of the tiny model with the depth attention's kernel and the fused GEGLU
+    (the CUDA defaults) equals the step with PyTorch's code to float32 round-off, and both kernels
+    ran (the unconditional rows skip the depth attention, so the kernels saw the real batch split)."""
+    step = interpreted["model_step"]
+    assert step["finite"] and step["calls"]["depth_attention"] > 0 and step["calls"]["geglu"] > 0, step
+    assert step["rel"] < 1e-5, step
+
+
 @pytest.mark.skipif(not (TRITON and CUDA), reason="needs Triton and a CUDA device")
 @pytest.mark.parametrize("name", list(CASES))
 def test_kernel_on_cuda(name):

@@ -120,9 +120,49 @@ def _folded_inputs(layer, x: torch.Tensor, context: torch.Tensor) -> tuple[torch
     return q, context.reshape(b, context.shape[1], context.shape[2], h * w)
 
 
+def measure_model_step() -> dict:
+    """One guided denoising step of the tiny SyncDreamer (synthetic weights, float32) with the depth
+    attention's kernel and the fused GEGLU (``"triton"``: the interpreter on the CPU) against the
+    same step with PyTorch's code: the kernels in the real model's shapes, strides and batch split
+    (the unconditional rows skip the depth attention), and how often each ran."""
+    from sd3d.models import kernels
+    from sd3d.models.configs import tiny_config
+    from sd3d.models.depth_attention import set_depth_attention_kernel
+    from sd3d.models.syncdreamer_checkpoint import load_syncdreamer
+    from sd3d.models.synthetic import synthetic_state_dict
+    from sd3d.models.unet import set_geglu_implementation
+
+    config = tiny_config()
+    model = load_syncdreamer(synthetic_state_dict(config), config, "cpu")
+    calls = {"depth_attention": 0, "geglu": 0}
+    for name in calls:
+        module = getattr(kernels, f"{name}_module")()
+        original = getattr(module, name)
+
+        def counted(*args, _name=name, _original=original):
+            calls[_name] += 1
+            return _original(*args)
+
+        setattr(module, name, counted)
+    gen = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, config.image_size, config.image_size, generator=gen) * 2 - 1
+    x = torch.randn(
+        1, config.view_num, config.latent_channels, config.latent_size, config.latent_size, generator=gen
+    )
+    with torch.no_grad():
+        cond = model.condition(image, [30.0], generator=gen)
+        plain = model.predict_eps(x, torch.tensor(981), cond, 2.0, 8)
+        set_depth_attention_kernel(model, "triton")
+        set_geglu_implementation(model, "triton")
+        fused = model.predict_eps(x, torch.tensor(981), cond, 2.0, 8)
+    rel = float((fused - plain).norm() / plain.norm())
+    return {"rel": rel, "calls": calls, "finite": bool(torch.isfinite(fused).all())}
+
+
 def main(names: list[str]) -> int:
     out = {name: measure(name) for name in names or list(CASES)}
     out["layer"] = measure_layer()
+    out["model_step"] = measure_model_step()
     print(json.dumps(out))
     return 0
 
