@@ -238,7 +238,7 @@ def launches(
 
 def run(launch: Launch) -> None:
     """Launch one :class:`Launch` (a function of its own, so that a test can watch every launch)."""
-    launch.kernel[launch.grid](*launch.args, **launch.constants)
+    launch.run()
 
 
 def _launch(

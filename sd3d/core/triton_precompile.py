@@ -68,6 +68,10 @@ class Launch:
     args: tuple
     constants: dict
 
+    def run(self) -> None:
+        """Launch it (the kernels' host code builds its launches, then runs them)."""
+        self.kernel[self.grid](*self.args, **self.constants)
+
 
 def variant_key(launch: Launch) -> tuple:
     """What Triton compiles a launch's variant for: the kernel, its constants, and how each argument
@@ -215,8 +219,7 @@ def start_workers_if_gpu(preload: str, count: int, device: str, marker_glob: str
     launches."""
     if device.strip().lower().startswith("cpu") or cuda_device_count() == 0:
         return None
-    cache = Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")
-    if any(cache.glob(marker_glob)):
+    if any(_cache_dir_from_environment().glob(marker_glob)):
         return None
     return CompileWorkers(count, preload)
 
@@ -326,7 +329,12 @@ def triton_cache_dir() -> Path:
 
         return Path(knobs.cache.dir)
     except (ImportError, AttributeError):  # a Triton before its knobs module
-        return Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")
+        return _cache_dir_from_environment()
+
+
+def _cache_dir_from_environment() -> Path:
+    """Triton's cache folder as its environment names it, without importing Triton."""
+    return Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")
 
 
 def leave_marker(marker: Path, result: dict) -> None:

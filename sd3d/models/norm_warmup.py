@@ -123,9 +123,10 @@ def generation_launches(
 
 def generation_norm_launches(config: SyncDreamerConfig, dtype: torch.dtype, **shape) -> list:
     """The GroupNorm's launches of :func:`generation_launches` (benchmarks/norm_variants.py counts them)."""
-    names = {
-        kernel_name(k) for k in (kernels.group_norm_module().KERNELS if kernels.group_norm_module() else ())
-    }
+    module = kernels.group_norm_module()
+    if module is None:
+        return []
+    names = {kernel_name(k) for k in module.KERNELS}
     return [
         launch
         for launch in generation_launches(config, dtype, **shape)

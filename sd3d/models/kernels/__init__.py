@@ -19,6 +19,8 @@ from types import ModuleType
 
 import torch
 
+from sd3d.core.device import triton_unsupported_gpu
+
 IMPLEMENTATIONS = ("auto", "torch", "triton")
 """What a kernel-backed layer (the GroupNorm, GEGLU, the depth attention's middle) may run: ``auto`` the kernel where it can,
 else PyTorch; ``torch`` PyTorch's code, the reference; ``triton`` the kernel or an error."""
@@ -54,6 +56,23 @@ def depth_attention_module() -> ModuleType | None:
 def unavailable_reason(name: str = "group_norm") -> str | None:
     """Why the kernels module ``name`` does not load (``None`` when it does)."""
     return _load(name)[1]
+
+
+@functools.cache
+def _unsupported_gpu(index: int | None) -> str | None:
+    """:func:`sd3d.core.device.triton_unsupported_gpu`, once per device: this runs before every launch."""
+    return triton_unsupported_gpu(torch.device("cuda", index))
+
+
+def device_reason(device: torch.device, interpreted: bool) -> str | None:
+    """Why no kernel here can take tensors on ``device`` (``None``: it can): the first check of every
+    kernel module's ``unsupported_reason``. ``interpreted``: the module's kernels run in Triton's
+    interpreter, which takes CPU tensors (tests)."""
+    if device.type != "cuda" and not interpreted:
+        return f"a {device.type} tensor (Triton runs CPU tensors only in its interpreter, TRITON_INTERPRET=1)"
+    if device.type == "cuda":
+        return _unsupported_gpu(device.index)
+    return None
 
 
 def check_implementation(implementation: str, layer: str) -> str:

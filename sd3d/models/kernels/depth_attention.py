@@ -20,15 +20,13 @@ float64 computation. No autograd (inference only).
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
-from sd3d.core.device import triton_unsupported_gpu
 from sd3d.core.triton_precompile import Launch
-from sd3d.models.kernels.group_norm import _HALF_CODE, _round_to
+from sd3d.models.kernels import device_reason
+from sd3d.models.kernels.rounding import _HALF_CODE, _round_to
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 ELEMENTS = 8192
@@ -89,21 +87,11 @@ def _power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
-@functools.cache
-def _unsupported_gpu(index: int | None) -> str | None:
-    """:func:`sd3d.core.device.triton_unsupported_gpu`, once per device: this runs before every launch."""
-    return triton_unsupported_gpu(torch.device("cuda", index))
-
-
 def unsupported_reason(q: torch.Tensor, context: torch.Tensor) -> str | None:
     """Why :func:`depth_attention` cannot take queries ``q`` (b, P, heads, C) and ``context``
     (b, C, D, P) (``None`` when it can)."""
-    if q.device.type != "cuda" and not INTERPRETED:
-        return (
-            f"a {q.device.type} tensor (Triton runs CPU tensors only in its interpreter, TRITON_INTERPRET=1)"
-        )
-    if q.device.type == "cuda" and (gpu := _unsupported_gpu(q.device.index)) is not None:
-        return gpu
+    if (reason := device_reason(q.device, INTERPRETED)) is not None:
+        return reason
     if context.device != q.device:
         return f"queries on {q.device}, context on {context.device}"
     return input_reason(q, context)
@@ -162,5 +150,5 @@ def depth_attention(q: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
     q = q.contiguous()
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     for launch in kernel_launches(q, context, out):
-        launch.kernel[launch.grid](*launch.args, **launch.constants)
+        launch.run()
     return out

@@ -22,19 +22,13 @@ inference default (``prepare_for_inference(geglu_kernel="auto")``) since.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
-from sd3d.core.device import triton_unsupported_gpu
 from sd3d.core.triton_precompile import Launch
-
-# The GroupNorm kernel's rounding helper (round to nearest even by the bits, as the GPU does; the
-# interpreter's own bfloat16 cast truncates). Shared, not copied; the GroupNorm file is left as it
-# was measured.
-from sd3d.models.kernels.group_norm import _HALF_CODE, _round_to
+from sd3d.models.kernels import device_reason
+from sd3d.models.kernels.rounding import _HALF_CODE, _round_to
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 BLOCK_ELEMENTS = 4096
@@ -71,13 +65,7 @@ INTERPRETED = type(_geglu_kernel).__name__ == "InterpretedFunction"
 
 def unsupported_reason(h: torch.Tensor) -> str | None:
     """Why :func:`geglu` cannot take the projection ``h`` (``None`` when it can)."""
-    if h.device.type != "cuda" and not INTERPRETED:
-        return (
-            f"a {h.device.type} tensor (Triton runs CPU tensors only in its interpreter, TRITON_INTERPRET=1)"
-        )
-    if h.device.type == "cuda" and (gpu := _unsupported_gpu(h.device.index)) is not None:
-        return gpu
-    return input_reason(h)
+    return device_reason(h.device, INTERPRETED) or input_reason(h)
 
 
 def input_reason(h: torch.Tensor) -> str | None:
@@ -90,12 +78,6 @@ def input_reason(h: torch.Tensor) -> str | None:
     if h.stride(-1) != 1 or _rows_stride(h) is None:
         return f"strides {h.stride()} (rows of contiguous columns, one stride apart)"
     return None
-
-
-@functools.cache
-def _unsupported_gpu(index: int | None) -> str | None:
-    """:func:`sd3d.core.device.triton_unsupported_gpu`, once per device: this runs before every launch."""
-    return triton_unsupported_gpu(torch.device("cuda", index))
 
 
 def _rows_stride(h: torch.Tensor) -> int | None:
@@ -128,5 +110,5 @@ def geglu(h: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"geglu cannot take this input: {reason}")
     y = torch.empty(*h.shape[:-1], h.shape[-1] // 2, dtype=h.dtype, device=h.device)
     for launch in kernel_launches(h, y):
-        launch.kernel[launch.grid](*launch.args, **launch.constants)
+        launch.run()
     return y

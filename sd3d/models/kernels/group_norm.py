@@ -61,9 +61,9 @@ import torch
 import triton
 import triton.language as tl
 
-from sd3d.core.device import triton_unsupported_gpu
 from sd3d.core.triton_precompile import Launch, compile_launch, distinct_variants
-from sd3d.models.kernels import GROUP_NORM_ROUNDINGS
+from sd3d.models.kernels import GROUP_NORM_ROUNDINGS, device_reason
+from sd3d.models.kernels.rounding import _HALF_CODE, _round_to
 
 ACTIVATIONS = {None: 0, "silu": 1, "relu": 2}
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -76,21 +76,6 @@ _MAX_PARTIALS = 8192  # split x block_c partial statistics merged by one program
 # --------------------------------------------------------------------------------------------------
 # device code
 # --------------------------------------------------------------------------------------------------
-@triton.jit
-def _round_to(v, HALF: tl.constexpr):
-    """``v`` (float32) rounded to the nearest ``HALF`` value (1: bfloat16, 2: float16; 0: left as
-    it is), ties to even, kept in float32. bfloat16 by its bits: Triton's interpreter truncates a
-    float32 -> bfloat16 cast, the compiled kernel rounds to nearest; this is the same in both."""
-    if HALF == 1:
-        bits = v.to(tl.uint32, bitcast=True)
-        bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
-        return tl.where(v != v, v, bits.to(tl.float32, bitcast=True))
-    elif HALF == 2:
-        return v.to(tl.float16).to(tl.float32)
-    else:
-        return v
-
-
 @triton.jit
 def _load_term(t_ptr, n, ch, mask_c, stride_tn, stride_tc):
     """One pre-norm bias term's values for sample ``n``, channels ``ch`` (float32)."""
@@ -599,19 +584,7 @@ def unsupported_reason(
     x: torch.Tensor, num_groups: int, out_dtype: torch.dtype | None = None, rounding: str = "unfused"
 ) -> str | None:
     """Why :func:`group_norm` cannot take ``x`` (``None`` when it can): device, dtype, shape or layout."""
-    if x.device.type != "cuda" and not INTERPRETED:
-        return (
-            f"a {x.device.type} tensor (Triton runs CPU tensors only in its interpreter, TRITON_INTERPRET=1)"
-        )
-    if x.device.type == "cuda" and (gpu := _unsupported_gpu(x.device.index)) is not None:
-        return gpu
-    return input_reason(x, num_groups, out_dtype, rounding)
-
-
-@functools.cache
-def _unsupported_gpu(index: int) -> str | None:
-    """:func:`sd3d.core.device.triton_unsupported_gpu`, once per device: this runs before every launch."""
-    return triton_unsupported_gpu(torch.device("cuda", index))
+    return device_reason(x.device, INTERPRETED) or input_reason(x, num_groups, out_dtype, rounding)
 
 
 def input_reason(
@@ -637,7 +610,6 @@ def input_reason(
 
 
 ROUNDINGS = GROUP_NORM_ROUNDINGS
-_HALF_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
 def _torch_affine(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> tuple[int, int]:
@@ -715,7 +687,7 @@ def group_norm(
     if rounding == "unfused" and len(terms) > 2:
         raise ValueError(f"rounding='unfused' takes at most two pre-norm bias terms, got {len(terms)}")
     for launch in kernel_launches(x, y, num_groups, weight, bias, eps, activation, terms, plan, rounding):
-        launch.kernel[launch.grid](*launch.args, **launch.constants)
+        launch.run()
     return y
 
 
