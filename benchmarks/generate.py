@@ -24,7 +24,8 @@ autocast with fp32 weights (the previous bf16 path); + bf16 weights; + CUDA grap
 ``norm_deviation.py``; the rows above use PyTorch's norms); + the folded depth attention (the
 default since session 15; the rows above use the re-associated "fast" form); + its middle as one
 Triton kernel (``depth_kernel="auto"``); + the fused GEGLU (``geglu_kernel="auto"``; both the
-default since session 16); (side) conditioning encoders offloaded;
+default since session 16); + convolution biases folded into the next norm or a 1x1 projection's
+matrix product (``fold_conv_biases``, CUDA only, session 17); (side) conditioning encoders offloaded;
 (side) --samples 4; (side) DDIM eta 0 and the DPM-Solver++ / UniPC 20-step samplers (dev against
 DDIM eta 0, 50 steps); then optional speed-ups, kept only if they pay: channels-last 3D nets,
 torch.compile (cold, then again with warm on-disk caches; skipped when the time budget is short).
@@ -593,6 +594,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from sd3d.core.device import resolve_device
     from sd3d.models.configs import config_by_name
+    from sd3d.models.conv_bias import set_conv_bias_folding
     from sd3d.models.depth_attention import set_depth_attention_impl, set_depth_attention_kernel
     from sd3d.models.inference import (
         cast_weights_,
@@ -711,8 +713,10 @@ def main(argv: list[str] | None = None) -> int:
         repeats=fast,
     )
     set_geglu_implementation(model, "auto")
+    bench.run("+ fused GEGLU (Triton)", dtype="bf16", cuda_graph=cuda, repeats=fast)
+    set_conv_bias_folding(model, cuda)
     default = bench.run(
-        "+ fused GEGLU (Triton) = default",
+        "+ convolution biases folded (sd3d.models.conv_bias) = default",
         dtype="bf16",
         cuda_graph=cuda,
         repeats=fast,
@@ -812,6 +816,7 @@ def _quick_rows(args, bench, model, cuda: bool) -> int:
     kernels one by one and together, the time breakdown with both, and ``--samples 4`` with both."""
     import torch
 
+    from sd3d.models.conv_bias import set_conv_bias_folding
     from sd3d.models.depth_attention import set_depth_attention_impl, set_depth_attention_kernel
     from sd3d.models.inference import cast_weights_, set_channels_last_
     from sd3d.models.norms import set_norm_implementation
@@ -833,18 +838,20 @@ def _quick_rows(args, bench, model, cuda: bool) -> int:
         repeats=fast,
     )
     set_depth_attention_kernel(model, "auto")
-    bench.run("+ depth-attention kernel = default", dtype="bf16", cuda_graph=graph, repeats=fast)
+    bench.run("+ depth-attention kernel", dtype="bf16", cuda_graph=graph, repeats=fast)
     set_geglu_implementation(model, "auto")
     bench.run("+ fused GEGLU", dtype="bf16", cuda_graph=graph, repeats=fast)
+    set_conv_bias_folding(model, cuda)
+    bench.run("+ convolution biases folded = default", dtype="bf16", cuda_graph=graph, repeats=fast)
     if cuda or args.config == "tiny":
         bench.record_breakdown()
     bench.run(
-        "(side) both kernels, --samples 4", dtype="bf16", cuda_graph=graph, repeats=2, samples=4, side=True
+        "(side) the default, --samples 4", dtype="bf16", cuda_graph=graph, repeats=2, samples=4, side=True
     )
     if "median_s" in bench.rows[-2] and "median_s" in bench.rows[-1]:
         bench.note(
-            f"--samples 4 with both kernels: {bench.rows[-1]['median_s']:.3f} s, "
-            f"{bench.rows[-1]['median_s'] / bench.rows[-2]['median_s']:.2f}x one sample with both"
+            f"--samples 4 with the default: {bench.rows[-1]['median_s']:.3f} s, "
+            f"{bench.rows[-1]['median_s'] / bench.rows[-2]['median_s']:.2f}x one sample"
         )
     bench.note(f"benchmark wall time {bench.elapsed():.0f} s")
     print()

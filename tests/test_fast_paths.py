@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from sd3d.models import conv_bias
 from sd3d.models.configs import tiny_config
+from sd3d.models.conv_bias import pointwise_conv2d, set_conv_bias_folding
 from sd3d.models.depth_attention import DepthTransformer, set_depth_attention_impl
 from sd3d.models.flops import count_generation_flops
 from sd3d.models.inference import (
@@ -150,6 +152,54 @@ def test_channels_last_changes_layout_not_values(model64, inputs):
         set_channels_last_(model64, unet=False, volume=False)
     assert not conv.is_contiguous(memory_format=torch.channels_last) or conv.shape[-1] == 1
     assert rel(fast, ref) < 1e-12
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_folded_conv_biases_leave_eps_unchanged(model64, inputs, channels_last, monkeypatch):
+    """float64: the convolution biases moved into the norms' terms and the 1x1 projections' matrix
+    products (sd3d.models.conv_bias) give the plain model's eps; channels-last, the 1x1 projections
+    really ran as matrix products (spatial transformers' in and out, the ResBlocks' skips)."""
+    cond, x_t = inputs
+    model = copy.deepcopy(model64)
+    set_channels_last_(model, unet=channels_last, volume=False)
+    products = []
+    plain_rows = conv_bias.channels_last_rows
+
+    def counted(x):
+        rows = plain_rows(x)
+        products.append(rows is not None)
+        return rows
+
+    monkeypatch.setattr(conv_bias, "channels_last_rows", counted)
+    with torch.no_grad():
+        ref = model.predict_eps(x_t, T, cond, 2.0, 16)
+        assert not products
+        set_conv_bias_folding(model, True)
+        folded = model.predict_eps(x_t, T, cond, 2.0, 16)
+    unet = model.model.diffusion_model
+    transformers = sum(type(m).__name__ == "SpatialTransformer" for m in unet.modules())
+    skips = sum(
+        type(m).__name__ == "ResBlock" and isinstance(m.skip_connection, torch.nn.Conv2d)
+        for m in unet.modules()
+    )
+    assert transformers > 0 and skips > 0
+    assert len(products) == 2 * transformers + skips  # every 1x1 projection, each once
+    if channels_last:
+        assert all(products)
+    assert rel(folded, ref) < 1e-13
+
+
+def test_pointwise_conv2d_adds_both_biases_and_keeps_channels_last():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 5, 1).double()
+    extra = torch.randn(5, dtype=torch.float64)
+    x = torch.randn(2, 6, 3, 4, dtype=torch.float64)
+    ref = conv(x) + extra.view(1, -1, 1, 1)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        with torch.no_grad():
+            out = pointwise_conv2d(conv, x.contiguous(memory_format=layout), extra)
+        assert out.is_contiguous(memory_format=layout)
+        assert rel(out, ref) < 1e-15
 
 
 def test_ddim_tables_on_another_device_keep_their_values():
@@ -343,3 +393,46 @@ def test_offloaded_conditioning_gives_the_same_views(state_dict, prepared):
     assert model.clip_image_encoder.model.visual.proj.device.type == "cpu"  # still parked after the run
     onload_conditioning_(model)
     torch.testing.assert_close(out.latents, ref.latents, rtol=0, atol=0)
+
+
+def _cuda_step(model, inputs) -> torch.Tensor:
+    cond, x_t = inputs
+    cond = type(cond)(**{k: getattr(cond, k).float().cuda() for k in cond.__dataclass_fields__})
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        return model.predict_eps(x_t.float().cuda(), torch.tensor(T, device="cuda"), cond, 2.0, 16).float()
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_biases_moved_into_norm_terms_round_as_cudnns_addition(state_dict, inputs):
+    """On CUDA (bf16, channels-last, the Triton norms), a bias moved into the next norm's terms
+    (identity-skip ResBlocks, the depth transformers' input projections) gives the same bits as
+    cuDNN's convolution followed by PyTorch's addition; the whole model with every fold, the 1x1
+    projections as matrix products included (one rounding fewer), ends no further from float32."""
+    from sd3d.models.depth_attention import DepthTransformer
+    from sd3d.models.inference import prepare_for_inference
+    from sd3d.models.unet import ResBlock
+
+    model = load_syncdreamer(state_dict, tiny_config(), "cuda", dtype=torch.bfloat16)
+    prepare_for_inference(model, torch.bfloat16, offload=False, fold_conv_biases=False)
+    plain = _cuda_step(model, inputs)
+    exact = 0
+    for m in model.modules():
+        if isinstance(m, DepthTransformer) or (
+            isinstance(m, ResBlock) and isinstance(m.skip_connection, torch.nn.Identity)
+        ):
+            m.fold_conv_bias = True
+            exact += 1
+    assert exact > 0
+    assert torch.equal(_cuda_step(model, inputs), plain)
+    set_conv_bias_folding(model, True)
+    folded = _cuda_step(model, inputs)
+    fp32 = load_syncdreamer(state_dict, tiny_config(), "cuda")
+    cond, x_t = inputs
+    cond32 = type(cond)(**{k: getattr(cond, k).float().cuda() for k in cond.__dataclass_fields__})
+    with torch.no_grad():
+        reference = fp32.predict_eps(x_t.float().cuda(), torch.tensor(T, device="cuda"), cond32, 2.0, 16)
+    assert not torch.equal(folded, plain)
+    assert rel(folded, reference) <= 1.1 * rel(plain, reference), (
+        rel(folded, reference),
+        rel(plain, reference),
+    )

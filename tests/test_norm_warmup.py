@@ -51,7 +51,7 @@ TRITON = importlib.util.find_spec("triton") is not None
 )
 def test_the_meta_run_enumerates_the_launches_a_generation_makes(monkeypatch):
     """The launches the warm-up compiles are those a real generation makes: a tiny model prepared as
-    on CUDA (bf16 weights and norms, channels-last UNet) generates on the CPU while every GroupNorm
+    on CUDA (bf16 weights and norms, channels-last UNet, convolution biases folded) generates on the CPU while every GroupNorm
     call records the launches the kernel would make for it (the same host code, real tensors); the
     meta-device enumeration must give the same set of variants -- a dtype, layout or chunking it got
     wrong would show here as a variant compiled for nothing and one compiled at its launch."""
@@ -59,7 +59,7 @@ def test_the_meta_run_enumerates_the_launches_a_generation_makes(monkeypatch):
 
     config = tiny_config()
     model = load_syncdreamer(synthetic_state_dict(config), config, "cpu", torch.bfloat16)
-    prepare_for_inference(model, torch.bfloat16, half_norms=True)
+    prepare_for_inference(model, torch.bfloat16, half_norms=True, fold_conv_biases=True)
     set_channels_last_(model, unet=True, volume=False)
     seen: set = set()
     forward = GroupNorm.forward

@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from sd3d.models import kernels
+from sd3d.models.conv_bias import bias_term, conv_without_bias
 from sd3d.models.norms import GroupNorm, NormActSequential
 
 IMPLEMENTATIONS = ("fast", "folded", "reference")
@@ -241,6 +242,7 @@ class DepthTransformer(nn.Module):
             nn.ReLU(),
         )
         self.depth_attn = DepthAttention(inner, context_dim, n_heads, d_head)
+        self.fold_conv_bias = False  # sd3d.models.conv_bias: proj_in's bias as a term of its norm
         self.proj_out = NormActSequential(
             GroupNorm(norm_groups, inner),
             nn.ReLU(),
@@ -253,6 +255,13 @@ class DepthTransformer(nn.Module):
     def _context(self, context: torch.Tensor) -> torch.Tensor:
         conv, norm, _ = self.proj_context
         return norm(pointwise_conv3d(conv, context), activation="relu")  # ReLU in place or fused
+
+    def _project_in(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.fold_conv_bias:
+            return self.proj_in(x)
+        conv, norm, _ = self.proj_in
+        h = conv_without_bias(conv, x)
+        return norm(h, pre_bias=bias_term(conv, h), activation="silu")
 
     def zero_context_offset(self, h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """(1, dim, h, w): what the layer adds to any input when its context is all zeros."""
@@ -267,7 +276,7 @@ class DepthTransformer(nn.Module):
         n = context.shape[0]
         if n == 0:
             return x + self.zero_context_offset(x.shape[2], x.shape[3], x.dtype, x.device)
-        h = self.depth_attn(self.proj_in(x[:n]), self._context(context))
+        h = self.depth_attn(self._project_in(x[:n]), self._context(context))
         if n == x.shape[0]:
             return self.proj_out(h) + x
         # Both halves are added straight into one output (in x's layout) rather than concatenated

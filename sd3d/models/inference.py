@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from sd3d.core.device import cuda_memory_budget
+from sd3d.models.conv_bias import set_conv_bias_folding
 from sd3d.models.depth_attention import set_depth_attention_kernel
 from sd3d.models.norms import HALF_CAPABLE_NORMS, set_norm_implementation
 from sd3d.models.syncdreamer import SyncDreamer, conditioning_modules
@@ -131,6 +132,7 @@ def prepare_for_inference(
     norm_kernel: str = "auto",
     depth_kernel: str = "auto",
     geglu_kernel: str = "auto",
+    fold_conv_biases: bool | None = None,
 ) -> SyncDreamer:
     """Weights in ``dtype``; norms in half precision too if ``half_norms`` (None: on CUDA); on CUDA a
     channels-last UNet; conditioning offloaded if ``offload`` (None: when the device's free memory
@@ -139,7 +141,8 @@ def prepare_for_inference(
     attention's ``depth_kernel`` likewise (:mod:`sd3d.models.kernels.depth_attention`: session 16,
     H100, 1.776 -> 1.626 s a generation, deviation from fp32 1.24e-2 -> 1.21e-2), and the
     feed-forward's ``geglu_kernel`` (:mod:`sd3d.models.kernels.geglu`: 1.626 -> 1.517 s on top,
-    deviation unchanged)."""
+    deviation unchanged). ``fold_conv_biases`` (None: on CUDA) moves convolution biases out of
+    cuDNN's separate additions (:mod:`sd3d.models.conv_bias`)."""
     set_norm_implementation(model, norm_kernel)
     set_depth_attention_kernel(model, depth_kernel)
     set_geglu_implementation(model, geglu_kernel)
@@ -148,6 +151,9 @@ def prepare_for_inference(
     cast_weights_(model, dtype, half_norms)
     if model.device.type == "cuda":
         set_channels_last_(model, unet=True, volume=False)
+    set_conv_bias_folding(
+        model, model.device.type == "cuda" if fold_conv_biases is None else fold_conv_biases
+    )
     if offload is None:
         offload = should_offload(model)
     if offload:

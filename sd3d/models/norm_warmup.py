@@ -44,6 +44,7 @@ from sd3d.core.triton_precompile import (
 )
 from sd3d.models import kernels
 from sd3d.models.configs import SyncDreamerConfig
+from sd3d.models.conv_bias import set_conv_bias_folding
 from sd3d.models.norms import GroupNorm
 from sd3d.models.syncdreamer import Conditioning
 
@@ -91,11 +92,12 @@ def generation_launches(
 
     model = build_meta_model(config).to(meta)
     set_channels_last_(model, unet=channels_last, volume=False)
+    set_conv_bias_folding(model, True)  # as prepare_for_inference on CUDA
     for layer in model.modules():  # this model's instances only: a real model may be running
         if isinstance(layer, GroupNorm):
             layer.forward = types.MethodType(recording, layer)
         elif isinstance(layer, torch.nn.Conv2d):
-            layer.forward = types.MethodType(_conv_keeping_channels_last, layer)
+            layer._conv_forward = types.MethodType(_conv_keeping_channels_last, layer)
         elif isinstance(layer, DepthAttention):
             layer.kernel_unavailable = types.MethodType(recording_depth, layer)
         elif isinstance(layer, GEGLU):
@@ -173,10 +175,13 @@ def _channels_last(t: torch.Tensor) -> bool:
     return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
-def _conv_keeping_channels_last(self: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+def _conv_keeping_channels_last(
+    self: torch.nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
     """A convolution whose input or weights are channels-last returns channels-last output on CUDA
-    (cuDNN, as on the CPU); the meta device's returns a contiguous one."""
-    out = torch.nn.Conv2d.forward(self, x)
+    (cuDNN, as on the CPU); the meta device's returns a contiguous one. (``_conv_forward``, which
+    ``forward`` and :func:`sd3d.models.conv_bias.conv_without_bias` both call.)"""
+    out = torch.nn.Conv2d._conv_forward(self, x, weight, bias)
     if _channels_last(x) or _channels_last(self.weight):
         out = out.contiguous(memory_format=torch.channels_last)
     return out

@@ -22,6 +22,7 @@ from torch import nn
 from sd3d.models import kernels
 from sd3d.models.attention import attention
 from sd3d.models.configs import UNetConfig
+from sd3d.models.conv_bias import bias_term, conv_without_bias, pointwise_conv2d
 from sd3d.models.depth_attention import DepthTransformer
 from sd3d.models.norms import GroupNorm, GroupNorm32, LayerNorm, NormActSequential
 
@@ -60,12 +61,28 @@ class ResBlock(nn.Module):
         self.skip_connection = (
             nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
         )
+        self.fold_conv_bias = False  # sd3d.models.conv_bias (set_conv_bias_folding)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        if self.fold_conv_bias:
+            return self._forward_folded(x, emb)
         h = self.in_layers(x)
         emb_out = self.emb_layers(emb).to(h.dtype)[..., None, None]
         h = self.out_layers(h, pre_bias=emb_out)  # out_layers(h + emb_out), the addition fused into the norm
         return self.skip_connection(x) + h
+
+    def _forward_folded(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with the convolutions' biases where no addition of their own is needed
+        (:mod:`sd3d.models.conv_bias`): the first convolution's joins the time embedding as a term of
+        the next norm; with a 1x1 skip projection, the last convolution's joins the projection's bias."""
+        norm_in, _, conv_in = self.in_layers
+        h = conv_without_bias(conv_in, norm_in(x, activation="silu"))
+        emb_out = self.emb_layers(emb).to(h.dtype)[..., None, None]
+        norm_out, _, _, conv_out = self.out_layers
+        h = norm_out(h, pre_bias=(bias_term(conv_in, h), emb_out), activation="silu")
+        if isinstance(self.skip_connection, nn.Identity):
+            return x + conv_out(h)
+        return pointwise_conv2d(self.skip_connection, x, conv_out.bias) + conv_without_bias(conv_out, h)
 
 
 class Downsample(nn.Module):
@@ -198,14 +215,20 @@ class SpatialTransformer(nn.Module):
             for _ in range(cfg.transformer_depth)
         )
         self.proj_out = nn.Conv2d(inner, channels, 1)
+        self.fold_conv_bias = False  # sd3d.models.conv_bias: the projections as matrix products
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        y = self.proj_in(self.norm(x))
+        if self.fold_conv_bias:
+            y = pointwise_conv2d(self.proj_in, self.norm(x))
+        else:
+            y = self.proj_in(self.norm(x))
         y = y.flatten(2).transpose(1, 2)
         for block in self.transformer_blocks:
             y = block(y, context)
         y = y.transpose(1, 2).reshape(b, -1, h, w)
+        if self.fold_conv_bias:
+            return pointwise_conv2d(self.proj_out, y) + x
         return self.proj_out(y) + x
 
 
