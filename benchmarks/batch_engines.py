@@ -136,13 +136,50 @@ def _pythonpath() -> str:
 # --------------------------------------------------------------------------------------------------
 # one engine run (in a child process: it installs the decoder double, and Ray's workers get it too)
 # --------------------------------------------------------------------------------------------------
+def _install_object_decoder_on_import() -> None:
+    """Install the object-decoder double when ``sd3d.models.syncdreamer`` is first imported, not now:
+    the double imports PyTorch, and ``sd3d run`` / ``sd3d generate`` start their kernel warm-up's
+    workers before they import it (:mod:`sd3d.models.warm_start`); installed here, PyTorch would
+    already be imported and the timings would not be a user's."""
+    import importlib.abc
+    import importlib.util
+
+    target = "sd3d.models.syncdreamer"
+
+    class Finder(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target_=None):
+            if name != target:
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(name)
+            original = spec.loader
+
+            class Loader(importlib.abc.Loader):
+                def create_module(self, spec_):
+                    return original.create_module(spec_)
+
+                def exec_module(self, module):
+                    original.exec_module(module)
+                    from support import object_decoder
+
+                    object_decoder.install()
+
+            spec.loader = Loader()
+            return spec
+
+    sys.meta_path.insert(0, Finder())
+
+
 def child(argv: list[str]) -> int:
     """``batch_engines.py --child ENGINE -- <sd3d batch args>``: the ``sd3d batch`` command with the
     object-decoder double installed here and, for Ray, in every worker process."""
     engine, args = argv[0], argv[2:]
-    from support import object_decoder
+    if engine == "local":
+        _install_object_decoder_on_import()
+    else:
+        from support import object_decoder
 
-    object_decoder.install()
+        object_decoder.install()
     if engine == "ray":
         import ray
 

@@ -153,35 +153,44 @@ def generate(
     background: Background = "auto",
     max_pixels: MaxPixels = None,
 ) -> None:
-    from sd3d.core.device import limit_gpu_memory, resolve_device, resolve_dtype
-    from sd3d.pipelines.syncdreamer import GenerationSettings, check_output_folder, generated_names
+    from sd3d.models.warm_start import start_early_workers
 
-    if model_name == "zero123":
-        _refuse_syncdreamer_options(crop_size, compile_steps, ddim_discretize)
-        settings = _zero123_settings(steps, cfg, eta, seed, samples, sampler, batch_view_num)
-    else:
-        settings = GenerationSettings(
-            elevation_deg=elevation,
-            steps=steps,
-            cfg=defaults.SYNCDREAMER_CFG if cfg is None else cfg,
-            eta=eta,
-            seed=seed,
-            samples=samples,
-            batch_view_num=batch_view_num,
-            sampler=sampler,
-            ddim_discretize=ddim_discretize,
-        ).check()
-    torch_device = resolve_device(device)  # resolved once here; the library gets torch objects
-    limit_gpu_memory(torch_device, gpu_memory)
-    torch_dtype = resolve_dtype(dtype, torch_device)
-    job = _Job(
-        image, output, overwrite, background, max_pixels, torch_device, torch_dtype, weights, weights_dir
-    )
-    check_output_folder(output, overwrite, generated_names(samples))
-    if model_name == "zero123":
-        _run_zero123(job, settings, elevation)
-    else:
-        _run_syncdreamer(job, settings, defaults.CROP_SIZE if crop_size is None else crop_size, compile_steps)
+    # before this process imports PyTorch: the kernel warm-up's workers import theirs meanwhile
+    compile_workers = start_early_workers(device) if model_name == "syncdreamer" else None
+    try:
+        from sd3d.core.device import limit_gpu_memory, resolve_device, resolve_dtype
+        from sd3d.pipelines.syncdreamer import GenerationSettings, check_output_folder, generated_names
+
+        if model_name == "zero123":
+            _refuse_syncdreamer_options(crop_size, compile_steps, ddim_discretize)
+            settings = _zero123_settings(steps, cfg, eta, seed, samples, sampler, batch_view_num)
+        else:
+            settings = GenerationSettings(
+                elevation_deg=elevation,
+                steps=steps,
+                cfg=defaults.SYNCDREAMER_CFG if cfg is None else cfg,
+                eta=eta,
+                seed=seed,
+                samples=samples,
+                batch_view_num=batch_view_num,
+                sampler=sampler,
+                ddim_discretize=ddim_discretize,
+            ).check()
+        torch_device = resolve_device(device)  # resolved once here; the library gets torch objects
+        limit_gpu_memory(torch_device, gpu_memory)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        job = _Job(
+            image, output, overwrite, background, max_pixels, torch_device, torch_dtype, weights, weights_dir
+        )
+        check_output_folder(output, overwrite, generated_names(samples))
+        if model_name == "zero123":
+            _run_zero123(job, settings, elevation)
+        else:
+            crop = defaults.CROP_SIZE if crop_size is None else crop_size
+            _run_syncdreamer(job, settings, crop, compile_steps, compile_workers)
+    finally:
+        if compile_workers is not None:
+            compile_workers.close()  # the warm-up's own close, or nothing to do, after a finished run
 
 
 @dataclass(frozen=True)
@@ -199,13 +208,19 @@ class _Job:
     weights_dir: Path | None
 
 
-def _run_syncdreamer(job: _Job, settings, crop_size: int, compile_steps: bool) -> None:
-    """Prepare, load, sample and write SyncDreamer's views, then say what was made."""
+def _run_syncdreamer(job: _Job, settings, crop_size: int, compile_steps: bool, compile_workers=None) -> None:
+    """Prepare, load, sample and write SyncDreamer's views, then say what was made (``compile_workers``:
+    the kernel warm-up's, started before PyTorch was imported)."""
     from cli.common import echo, progress, say_background
     from sd3d.pipelines import syncdreamer as sd
 
     prepared = sd.as_prepared(job.image, crop_size, job.background, job.weights_dir, job.max_pixels)
-    model = sd.load_model(sd.weights_path(job.weights, job.weights_dir), device=job.device, dtype=job.dtype)
+    model = sd.load_model(
+        sd.weights_path(job.weights, job.weights_dir),
+        device=job.device,
+        dtype=job.dtype,
+        compile_workers=compile_workers,
+    )
     views = sd.run_generation(
         model, prepared, settings, dtype=job.dtype, progress=progress(), use_compile=compile_steps
     )

@@ -244,6 +244,18 @@ def _settings(
     ),
 )
 def run(image: Path, output: Path, **options) -> None:
+    from sd3d.models.warm_start import start_early_workers
+
+    # before this process imports PyTorch: the kernel warm-up's workers import theirs meanwhile
+    early = start_early_workers(str(options["device"]))
+    try:
+        _run(image, output, early, **options)
+    finally:
+        if early is not None:
+            early.close()  # the warm-up's own close, or nothing to do, after a finished run
+
+
+def _run(image: Path, output: Path, compile_workers, **options) -> None:
     from cli.common import echo, is_quiet, say_background
     from sd3d.core.progress import Progress
     from sd3d.workflows.run import run_photo
@@ -252,7 +264,15 @@ def run(image: Path, output: Path, **options) -> None:
     quiet = is_quiet()
     progress = Progress(enabled=not quiet, transient=True)
     status = _stage_printer(quiet)
-    result = run_photo(image, output, settings, progress=progress, on_stage=status, **_passed_on(options))
+    result = run_photo(
+        image,
+        output,
+        settings,
+        progress=progress,
+        on_stage=status,
+        compile_workers=compile_workers,
+        **_passed_on(options),
+    )
     if not quiet:
         _summary(result.report)
     pre = result.report["preprocess"]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.early_pool import EarlyPool
 from support.triton_interpreter import run_interpreted
 
 from recon.presets import PRESETS
@@ -240,27 +241,6 @@ def test_reconstruct_starts_the_warm_up_before_the_fit_and_reports_it(monkeypatc
     assert events == ["fit"] and result.kernel_warmup["workers"] == 2
 
 
-class _EarlyPool:
-    """Stands in for CompileWorkers started early: records whether it was given work or closed."""
-
-    def __init__(self) -> None:
-        self.closed = False
-        self.asked: list = []
-
-    def close(self) -> None:
-        self.closed = True
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def compile(self, variants, kwargs, gpu) -> dict:
-        self.asked.append((len(variants(**kwargs)), gpu))
-        return {"variants": 20, "compiled": 20, "failed": []}
-
-
 def test_early_workers_start_only_where_a_gpu_may_want_them(tmp_path, monkeypatch):
     """``sd3d reconstruct`` starts the workers before it imports PyTorch, from what it knows then:
     not for ``--device cpu`` or a PyTorch-only hash grid, not without a CUDA driver showing a device,
@@ -297,10 +277,10 @@ def test_early_workers_get_the_work_or_are_closed(tmp_path, monkeypatch):
         torch.cuda, "get_device_properties", lambda d: types.SimpleNamespace(major=9, minor=0)
     )
     gpu = torch.device("cuda", 0)
-    pool = _EarlyPool()
+    pool = EarlyPool()
     record = W.start_hash_grid_warmup(STANDARD, gpu, pool=pool).wait()
     assert pool.asked == [(20, (0, (9, 0)))] and record["compiled"] == 20 and pool.closed
-    unused = _EarlyPool()
+    unused = EarlyPool()
     assert W.start_hash_grid_warmup(STANDARD, gpu, pool=unused) is None  # the marker: nothing to do
     assert unused.closed and unused.asked == []
 
@@ -311,10 +291,10 @@ def test_reconstruct_command_hands_its_early_workers_over_or_closes_them(run_cli
     import recon.pipeline
     import recon.warm_start
 
-    pools: list[_EarlyPool] = []
+    pools: list[EarlyPool] = []
 
     def early(device, hash_grid="auto"):
-        pools.append(_EarlyPool())
+        pools.append(EarlyPool())
         return pools[-1]
 
     monkeypatch.setattr(recon.warm_start, "start_early_workers", early)

@@ -343,3 +343,113 @@ def test_a_pinned_worker_answers_triton_without_asking_cuda():
         assert pin_triton_gpu(0, (9, 0)) is False
     finally:
         driver.set_active(previous)
+
+
+def test_early_generation_workers_start_only_where_a_gpu_may_want_them(tmp_path, monkeypatch):
+    """``sd3d run`` / ``sd3d generate`` start the warm-up's workers before they import PyTorch, from
+    what they know then: not for ``--device cpu``, not without a CUDA driver showing a device, not
+    when Triton's cache holds a warm-up marker (the exact check comes later, with PyTorch)."""
+    import sd3d.core.triton_precompile as T
+    from sd3d.models.warm_start import MARKER_GLOB, start_early_workers
+
+    started = []
+    monkeypatch.setattr(
+        T, "CompileWorkers", lambda count, preload: started.append((count, preload)) or "pool"
+    )
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(T, "cuda_device_count", lambda: 0)
+    assert start_early_workers("auto") is None  # no driver, no device (this CI machine as it is)
+    monkeypatch.setattr(T, "cuda_device_count", lambda: 1)
+    assert start_early_workers("cpu") is None
+    assert start_early_workers("cuda:0") == "pool"
+    assert started == [(started[0][0], "sd3d.models.norm_warmup")] and started[0][0] >= 1
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / MARKER_GLOB.replace("*", "0123")).write_text("{}")
+    assert start_early_workers("auto") is None and len(started) == 1
+
+
+@pytest.mark.skipif(not TRITON, reason="triton is not installed: the warm-up's marker names its version")
+def test_early_workers_get_the_generation_warm_up_or_are_closed(tmp_path, monkeypatch):
+    """Workers started early get the warm-up where the cache lacks its marker (and the marker they
+    leave is one the early start's glob finds next time), and are closed unused where it has one,
+    or where no warm-up applies (not CUDA)."""
+    import fnmatch
+    import types
+
+    from support.early_pool import EarlyPool
+
+    from sd3d.models.warm_start import MARKER_GLOB
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    props = types.SimpleNamespace(name="H", major=9, minor=0, multi_processor_count=132)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: props)
+    gpu = torch.device("cuda", 0)
+    pool = EarlyPool(compiled=3)
+    warm = start_norm_kernel_warmup(tiny_config(), gpu, torch.bfloat16, pool=pool)
+    record = warm.wait()
+    assert len(pool.asked) == 1 and pool.asked[0][1] == (0, (9, 0)) and pool.asked[0][0] > 0
+    assert record["compiled"] == 3 and pool.closed
+    marker = warmup_marker(tiny_config(), gpu, torch.bfloat16, batch_view_num=16, decode_batch=4)
+    assert marker.exists() and fnmatch.fnmatch(marker.name, MARKER_GLOB)
+    unused = EarlyPool()
+    assert start_norm_kernel_warmup(tiny_config(), gpu, torch.bfloat16, pool=unused) is None
+    assert unused.closed and unused.asked == []
+    on_cpu = EarlyPool()
+    assert start_norm_kernel_warmup(tiny_config(), torch.device("cpu"), torch.bfloat16, pool=on_cpu) is None
+    assert on_cpu.closed and on_cpu.asked == []
+
+
+def test_run_and_generate_hand_their_early_workers_over_and_close_them(run_cli, tmp_path, monkeypatch):
+    """``sd3d run`` and ``sd3d generate`` give the workers they started before importing PyTorch to
+    the model's loading, and close them when they end, also when a bad argument stops them first
+    (no compiler processes left behind)."""
+    from support.early_pool import EarlyPool
+
+    import cli.generate
+    import cli.run
+    import sd3d.models.warm_start
+    import sd3d.workflows.run
+    from sd3d.core.errors import UserError
+
+    pools: list[EarlyPool] = []
+    monkeypatch.setattr(
+        sd3d.models.warm_start, "start_early_workers", lambda device: pools.append(EarlyPool()) or pools[-1]
+    )
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.full((64, 64, 4), 200, np.uint8), "RGBA").save(photo)
+
+    handed = []
+    res = run_cli("run", photo, "-o", tmp_path / "out", "--steps", "0")
+    assert res.code == 2 and not pools  # refused by the option's own check: nothing was started
+    stray = tmp_path / "views"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("the user's")
+    res = run_cli("generate", photo, "-o", stray)  # a folder sd3d did not write: refused in the command
+    assert res.code == 2 and len(pools) == 1 and pools[-1].closed and "notes.txt" in os.listdir(stray)
+
+    def refuse(**options):
+        raise UserError("refused here: the settings are not what this checks")
+
+    monkeypatch.setattr(cli.run, "_settings", refuse)
+    res = run_cli("run", photo, "-o", tmp_path / "out")
+    assert res.code == 2 and "refused here" in res.err and len(pools) == 2 and pools[-1].closed
+    monkeypatch.undo()
+    monkeypatch.setattr(
+        sd3d.models.warm_start,
+        "start_early_workers",
+        lambda device: pools.append(EarlyPool()) or pools[-1],
+    )
+
+    def stop(*args, **kwargs):
+        handed.append(kwargs.get("compile_workers", args[-1] if args else None))
+        raise UserError("stopped here: the generation is not what this checks")
+
+    monkeypatch.setattr(sd3d.workflows.run, "run_photo", stop)
+    res = run_cli("run", photo, "-o", tmp_path / "out")
+    assert res.code == 2 and "stopped here" in res.err
+    assert handed == [pools[-1]] and pools[-1].closed
+    monkeypatch.setattr(cli.generate, "_run_syncdreamer", stop)
+    res = run_cli("generate", photo, "-o", tmp_path / "new-views")
+    assert res.code == 2 and "stopped here" in res.err
+    assert handed[-1] is pools[-1] and pools[-1].closed and len(pools) == 4 and handed[0] is pools[2]

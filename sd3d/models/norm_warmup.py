@@ -47,6 +47,7 @@ from sd3d.models.configs import SyncDreamerConfig
 from sd3d.models.conv_bias import set_conv_bias_folding
 from sd3d.models.norms import GroupNorm
 from sd3d.models.syncdreamer import Conditioning
+from sd3d.models.warm_start import early_worker_count
 
 HALF_DTYPES = (torch.bfloat16, torch.float16)
 
@@ -219,9 +220,13 @@ def warmup_marker(config: SyncDreamerConfig, device: torch.device, dtype: torch.
 
     import triton
 
+    from sd3d.models import conv_bias, inference, norms, unet, volume
+    from sd3d.models import depth_attention as depth_layer
     from sd3d.models.kernels import depth_attention, geglu, group_norm
 
-    sources = (group_norm, depth_attention, geglu)
+    # the kernels, and the layers that decide which launches a generation makes (a model change that
+    # adds variants, as session 17's conv-bias folding did, must not find an older marker)
+    sources = (group_norm, depth_attention, geglu, conv_bias, inference, norms, unet, volume, depth_layer)
 
     props = torch.cuda.get_device_properties(device)
     described = {
@@ -247,6 +252,7 @@ def start_norm_kernel_warmup(
     workers: int | None = None,
     processes: bool = True,
     force: bool = False,
+    pool: CompileWorkers | None = None,
 ) -> KernelWarmUp | None:
     """Compile a one-sample generation's GroupNorm kernel variants in the background, in ``workers``
     processes (default: up to 8, leaving a CPU core to this process; ``processes=False``: threads of
@@ -259,9 +265,19 @@ def start_norm_kernel_warmup(
     it cost 4.7 s (11.0 -> 15.7 s): its 70 cache look-ups and the meta-device run compete with the
     model's loading for the interpreter. So only a process that has not seen these kernels warms up.
     Why processes: the threads held the interpreter so much that the model took 17.1 s to load
-    instead of 3.1 s (:mod:`sd3d.core.triton_precompile`)."""
+    instead of 3.1 s (:mod:`sd3d.core.triton_precompile`). ``pool``: workers started earlier
+    (:mod:`sd3d.models.warm_start`), given the work instead of new ones, or closed where there is none."""
+    started = _start(config, device, dtype, batch_view_num, decode_batch, workers, processes, force, pool)
+    if started is None and pool is not None:
+        pool.close()
+    return started
+
+
+def _start(config, device, dtype, batch_view_num, decode_batch, workers, processes, force, pool):
     if device.type != "cuda" or dtype not in HALF_DTYPES:
         return None
+    if pool is not None and not processes:
+        return None  # the threads' way (kept for the comparison) has no use for worker processes
     module = kernels.group_norm_module()
     if module is None:
         return None
@@ -277,14 +293,13 @@ def start_norm_kernel_warmup(
     except Exception as exc:  # an optimisation only: the kernels then compile at their launches
         warnings.warn(f"GroupNorm kernel warm-up skipped: {type(exc).__name__}: {exc}", stacklevel=2)
         return None
-    cores = os.cpu_count() or 1
-    workers = workers or max(1, min(8, cores - 1 if processes else cores))
+    workers = workers or (early_worker_count() if processes else max(1, min(8, os.cpu_count() or 1)))
 
     shape = dict(batch_view_num=batch_view_num, decode_batch=decode_batch, sms=sms)
 
     def in_processes() -> dict:
-        with CompileWorkers(workers, __name__) as pool:  # they enumerate the variants themselves
-            return pool.compile(
+        with pool or CompileWorkers(workers, __name__) as workers_:  # they enumerate the variants
+            return workers_.compile(
                 generation_kernel_variants,
                 dict(config=config, dtype=dtype, **shape),
                 (device.index, capability),

@@ -157,6 +157,7 @@ def load_model(
     config=None,
     dtype: str | torch.dtype = "auto",
     offload: bool | None = None,
+    compile_workers=None,
 ) -> SyncDreamer:
     """Find, validate and load the SyncDreamer checkpoint onto ``device``, ready for inference.
 
@@ -164,6 +165,9 @@ def load_model(
     stay float32), read tensor by tensor, so no float32 copy of the model is ever made on the GPU.
     On CPU they stay float32 (a ``bf16`` run there uses autocast). ``offload``: keep the conditioning
     encoders in host memory between inputs (``None``: only when the GPU is short of memory).
+    ``compile_workers``: the kernel warm-up's workers, if the command started them before it imported
+    PyTorch (:mod:`sd3d.models.warm_start`); they get the warm-up's work or are closed (the command
+    closes them too when it ends, whatever happened before).
     """
 
     path = weights_path(weights, weights_dir)
@@ -171,7 +175,7 @@ def load_model(
     dt = dtype if not isinstance(dtype, str) else resolve_dtype(dtype, dev)
     weight_dtype = dt if dev.type == "cuda" else torch.float32
     # started while the checkpoint loads, for the official model unless another config is named
-    warmup = start_kernel_warmup(config or SyncDreamerConfig(), dev, weight_dtype)
+    warmup = start_kernel_warmup(config or SyncDreamerConfig(), dev, weight_dtype, pool=compile_workers)
     model = load_syncdreamer(path, config, dev, weight_dtype)
     model = prepare_for_inference(model, weight_dtype, offload)
     model.kernel_warmup = warmup
@@ -179,7 +183,12 @@ def load_model(
 
 
 def start_kernel_warmup(
-    config: SyncDreamerConfig, device: torch.device, dtype: torch.dtype, *, processes: bool = True
+    config: SyncDreamerConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    processes: bool = True,
+    pool=None,
 ) -> KernelWarmUp | None:
     """A machine's first process compiles the GroupNorm kernels (seconds): start that for a default
     generation (the views per chunk and images per decoder call that :func:`sample_views` will pick)
@@ -193,6 +202,7 @@ def start_kernel_warmup(
         batch_view_num=default_batch_view_num(device, dtype),
         decode_batch=choose_decode_batch(device, dtype, cam.NUM_VIEWS),
         processes=processes,
+        pool=pool,
     )
 
 

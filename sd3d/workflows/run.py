@@ -478,9 +478,12 @@ def run_photo(
     progress: Progress | None = None,
     on_stage: Callable[[str], None] | None = None,
     overwrite: bool = False,
+    compile_workers=None,
 ) -> RunResult:
     """Photo -> ``out_dir`` with ``input.png``, ``views/``, ``mesh.glb`` (+ formats), the preview and
-    ``report.json``. ``model``: an already loaded SyncDreamer (``sd3d batch`` loads it once).
+    ``report.json``. ``model``: an already loaded SyncDreamer (``sd3d batch`` loads it once);
+    ``compile_workers``: the generation kernels' warm-up workers that ``sd3d run`` started before it
+    imported PyTorch, for :func:`load_model` (the caller closes them when it ends).
 
     Every setting, the output folder (:func:`sd3d.core.io.check_output_dir`; ``overwrite`` lets a
     non-empty folder sd3d did not write be used, none of its files replaced) and the weights are
@@ -503,7 +506,7 @@ def run_photo(
     with stages("load_model"):
         if model is None:
             device, dtype = settings.device_and_dtype()
-            model = load_model(weights_file, None, device, dtype=dtype)
+            model = load_model(weights_file, None, device, dtype=dtype, compile_workers=compile_workers)
     recon_warmup = start_recon_warmup(settings, model.device)
     generated = generate_run_views(model, prepared, settings, stages=stages, progress=progress, note=note)
     return finish_run(
