@@ -174,6 +174,8 @@ def child(argv: list[str]) -> int:
     """``batch_engines.py --child ENGINE -- <sd3d batch args>``: the ``sd3d batch`` command with the
     object-decoder double installed here and, for Ray, in every worker process."""
     engine, args = argv[0], argv[2:]
+    if os.environ.get("SD3D_BENCH_IMPORT_TORCH_FIRST"):
+        import torch  # noqa: F401  (the A/B of the early warm-up start: the order before it existed)
     if engine == "local":
         _install_object_decoder_on_import()
     else:
