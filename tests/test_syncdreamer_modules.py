@@ -129,3 +129,27 @@ def test_unet_without_depth_attention_is_the_zero123_unet():
     assert len(with_depth.output_conditions) == len(with_depth.output_blocks) - (cfg.num_res_blocks + 1)
     with pytest.raises(ValueError, match="source_dict"):
         with_depth(torch.randn(1, 8, 32, 32), torch.tensor([1]), torch.randn(1, 1, cfg.context_dim))
+
+
+def test_one_token_cross_attention_skips_its_norm_and_equals_the_full_attention():
+    """With a one-token context (SyncDreamer's and Zero123's), a transformer block skips norm2 (its
+    output cannot change attn2's: one key, softmax weight 1) and still gives the full attention's
+    result: the same context as two identical tokens (weights 1/2 each, so the same v) takes the
+    general path through norm2, q, k and the softmax; float64."""
+    from sd3d.models.unet import BasicTransformerBlock
+
+    torch.manual_seed(0)
+    block = BasicTransformerBlock(dim=16, heads=2, dim_head=8, context_dim=12).double().eval()
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(3, 10, 16, dtype=torch.float64)
+    ctx = torch.randn(3, 1, 12, dtype=torch.float64)
+    calls = []
+    block.norm2.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        one = block(x, ctx)
+        assert not calls
+        two = block(x, torch.cat([ctx, ctx], dim=1))
+        assert calls
+    assert float((one - two).norm() / two.norm()) < 1e-13
+    assert float(block.attn2.single_key_output(ctx).abs().max()) > 0.1  # attn2 really contributes

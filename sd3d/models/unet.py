@@ -122,13 +122,18 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         context = x if context is None else context
         if context is not x and context.shape[1] == 1:
-            # One key: the softmax weight is exactly 1, so every query receives v (docs/reference/syncdreamer.md §6.1).
-            return self.to_out(self.to_v(context)).expand(-1, x.shape[1], -1)
+            return self.single_key_output(context).expand(-1, x.shape[1], -1)
         b, n, _ = x.shape
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
         q, k, v = (t.reshape(b, t.shape[1], self.heads, -1).transpose(1, 2) for t in (q, k, v))
         out = attention(q, k, v)
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
+
+    def single_key_output(self, context: torch.Tensor) -> torch.Tensor:
+        """(B, 1, query_dim): what every query receives from a one-token ``context`` (B, 1, C). One
+        key: the softmax weight is exactly 1, so every query receives v (docs/reference/syncdreamer.md
+        §6.1), whatever the queries are."""
+        return self.to_out(self.to_v(context))
 
 
 class GEGLU(nn.Module):
@@ -198,7 +203,12 @@ class BasicTransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         x = self.attn1(self.norm1(x)) + x
-        x = self.attn2(self.norm2(x), context) + x
+        if context.shape[1] == 1:
+            # SyncDreamer's and Zero123's one-token context: the output does not depend on the
+            # queries, so norm2 (16 LayerNorms a UNet pass whose output was never read) is skipped
+            x = self.attn2.single_key_output(context) + x
+        else:
+            x = self.attn2(self.norm2(x), context) + x
         return self.ff(self.norm3(x)) + x
 
 
