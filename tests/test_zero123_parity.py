@@ -80,8 +80,10 @@ def _guided_eps_with_taps(model, x_T, context, concat) -> tuple[torch.Tensor, di
     hooks = [
         blk.register_forward_hook(lambda m, a, o, i=i: taps.__setitem__(i, o)) for i, blk in enumerate(blocks)
     ]
-    attn2 = unet.input_blocks[1][1].transformer_blocks[0].attn2
-    hooks.append(attn2.register_forward_hook(lambda m, a, o: taps.__setitem__("attn2", o)))
+    # attn2's output projection: with the one-token context it is what every query receives
+    # (BasicTransformerBlock calls CrossAttention.single_key_output, not the layer's forward)
+    attn2_out = unet.input_blocks[1][1].transformer_blocks[0].attn2.to_out
+    hooks.append(attn2_out.register_forward_hook(lambda m, a, o: taps.__setitem__("attn2", o)))
     hooks.append(unet.time_embed.register_forward_hook(lambda m, a, o: taps.__setitem__("temb", o)))
     hooks.append(unet.register_forward_hook(lambda m, a, o: taps.__setitem__("eps", o)))
     try:
