@@ -40,6 +40,7 @@ Results are written to ``--json`` after every row, so a run cut short still leav
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
@@ -811,6 +812,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if parity_ok else 1
 
 
+@contextlib.contextmanager
+def _norm2_computed():
+    """The transformer blocks as before 321d064: norm2 computed for a one-token context, its output
+    unread (the layer's one-key path ignores its queries), for the A/B of that commit."""
+    from sd3d.models.unet import BasicTransformerBlock
+
+    plain = BasicTransformerBlock.forward
+
+    def forward(self, x, context):
+        x = self.attn1(self.norm1(x)) + x
+        x = self.attn2(self.norm2(x), context) + x
+        return self.ff(self.norm3(x)) + x
+
+    BasicTransformerBlock.forward = forward
+    try:
+        yield
+    finally:
+        BasicTransformerBlock.forward = plain
+
+
 def _quick_rows(args, bench, model, cuda: bool) -> int:
     """``--quick``: from the fp32 baseline straight to the default configuration, then the opt-in
     kernels one by one and together, the time breakdown with both, and ``--samples 4`` with both."""
@@ -842,7 +863,16 @@ def _quick_rows(args, bench, model, cuda: bool) -> int:
     set_geglu_implementation(model, "auto")
     bench.run("+ fused GEGLU", dtype="bf16", cuda_graph=graph, repeats=fast)
     set_conv_bias_folding(model, cuda)
-    bench.run("+ convolution biases folded = default", dtype="bf16", cuda_graph=graph, repeats=fast)
+    with _norm2_computed():
+        bench.run(
+            "+ convolution biases folded, norm2 computed (before 321d064)",
+            dtype="bf16",
+            cuda_graph=graph,
+            repeats=fast,
+        )
+    bench.run(
+        "+ one-token cross-attention skips norm2 = default", dtype="bf16", cuda_graph=graph, repeats=fast
+    )
     if cuda or args.config == "tiny":
         bench.record_breakdown()
     bench.run(
