@@ -436,3 +436,38 @@ def test_biases_moved_into_norm_terms_round_as_cudnns_addition(state_dict, input
         rel(folded, reference),
         rel(plain, reference),
     )
+
+
+def test_zero_context_offset_is_kept_until_a_weight_or_the_setting_changes():
+    """The unconditional rows' constant offset is computed once, not every step, and again when a
+    weight it depends on changes in place or is replaced, when another size is asked for,
+    or under autocast; with autograd on nothing is kept."""
+    layer = DepthTransformer(dim=24, n_heads=4, d_head=8, context_dim=16).eval()
+    computed = []
+    plain = layer._compute_zero_context_offset
+
+    def counted(*args):
+        computed.append(args)
+        return plain(*args)
+
+    layer._compute_zero_context_offset = counted
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        first = layer.zero_context_offset(5, 6, torch.float32, cpu)
+        assert layer.zero_context_offset(5, 6, torch.float32, cpu) is first and len(computed) == 1
+        assert torch.equal(first, plain(5, 6, torch.float32, cpu))
+        layer.proj_out[2].weight.mul_(2)
+        second = layer.zero_context_offset(5, 6, torch.float32, cpu)
+        assert len(computed) == 2 and torch.equal(second, plain(5, 6, torch.float32, cpu))
+        layer.depth_attn.to_v.weight.data = layer.depth_attn.to_v.weight.data * 3
+        third = layer.zero_context_offset(5, 6, torch.float32, cpu)
+        assert len(computed) == 3 and torch.equal(third, plain(5, 6, torch.float32, cpu))
+        layer.zero_context_offset(4, 6, torch.float32, cpu)
+        layer.zero_context_offset(5, 7, torch.float32, cpu)
+        assert len(computed) == 5
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            layer.zero_context_offset(5, 6, torch.float32, cpu)
+        assert len(computed) == 6
+    layer.zero_context_offset(5, 6, torch.float32, cpu)  # autograd on: computed, not kept
+    layer.zero_context_offset(5, 6, torch.float32, cpu)
+    assert len(computed) == 8

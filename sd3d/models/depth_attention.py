@@ -264,7 +264,38 @@ class DepthTransformer(nn.Module):
         return norm(h, pre_bias=bias_term(conv, h), activation="silu")
 
     def zero_context_offset(self, h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """(1, dim, h, w): what the layer adds to any input when its context is all zeros."""
+        """(1, dim, h, w): what the layer adds to any input when its context is all zeros. Kept, as
+        :meth:`DepthAttention.folded_weights` keeps its matrices and on the same terms (until a weight
+        it depends on changes; not while a CUDA graph is captured, not traced, not with autograd):
+        it is the same every step, and computing it took ten small launches per layer and step."""
+        cacheable = not torch.compiler.is_compiling() and not torch.is_grad_enabled()
+        if cacheable:
+            params = (
+                *self.proj_context[1].parameters(),
+                *self.depth_attn.to_v.parameters(),
+                *self.depth_attn.to_out.parameters(),
+                *self.proj_out.parameters(),
+            )
+            norms = tuple(
+                (m.implementation, m.kernel_rounding) for m in self.modules() if isinstance(m, GroupNorm)
+            )
+            try:
+                autocast = torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type)
+            except RuntimeError:  # a device autocast does not know (meta: the flop count, the warm-up)
+                autocast = None
+            key = (h, w, dtype, device, norms, autocast)
+            key += tuple((p.data_ptr(), _version(p), p.dtype, p.device) for p in params)
+            cached = getattr(self, "_zero_context_offset", None)
+            if cached is not None and cached[0] == key:
+                return cached[1]
+        offset = self._compute_zero_context_offset(h, w, dtype, device)
+        if cacheable and not (offset.is_cuda and torch.cuda.is_current_stream_capturing()):
+            self._zero_context_offset = (key, offset)
+        return offset
+
+    def _compute_zero_context_offset(
+        self, h: int, w: int, dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
         norm = self.proj_context[1]
         ctx = torch.relu(norm.bias.to(dtype=dtype, device=device))  # GN of zeros = its bias
         v = torch.matmul(self.depth_attn.to_v.weight.reshape(-1, ctx.shape[0]).to(dtype), ctx)
