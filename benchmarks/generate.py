@@ -832,6 +832,19 @@ def _norm2_computed():
         BasicTransformerBlock.forward = plain
 
 
+@contextlib.contextmanager
+def _offset_recomputed():
+    """The depth transformers as before a1da2a8: the zero-context offset computed every call."""
+    from sd3d.models.depth_attention import DepthTransformer
+
+    plain = DepthTransformer.zero_context_offset
+    DepthTransformer.zero_context_offset = DepthTransformer._compute_zero_context_offset
+    try:
+        yield
+    finally:
+        DepthTransformer.zero_context_offset = plain
+
+
 def _quick_rows(args, bench, model, cuda: bool) -> int:
     """``--quick``: from the fp32 baseline straight to the default configuration, then the opt-in
     kernels one by one and together, the time breakdown with both, and ``--samples 4`` with both."""
@@ -852,27 +865,22 @@ def _quick_rows(args, bench, model, cuda: bool) -> int:
     fast = args.repeats
     graph = cuda
     set_depth_attention_kernel(model, "torch")
-    bench.run(
-        "session 15's default (bf16, CUDA graph, Triton norms, folded)",
-        dtype="bf16",
-        cuda_graph=graph,
-        repeats=fast,
-    )
-    set_depth_attention_kernel(model, "auto")
-    bench.run("+ depth-attention kernel", dtype="bf16", cuda_graph=graph, repeats=fast)
-    set_geglu_implementation(model, "auto")
-    bench.run("+ fused GEGLU", dtype="bf16", cuda_graph=graph, repeats=fast)
-    set_conv_bias_folding(model, cuda)
-    with _norm2_computed():
+    with _norm2_computed(), _offset_recomputed():  # the code before 321d064 and a1da2a8
         bench.run(
-            "+ convolution biases folded, norm2 computed (before 321d064)",
+            "session 15's default (bf16, CUDA graph, Triton norms, folded)",
             dtype="bf16",
             cuda_graph=graph,
             repeats=fast,
         )
-    bench.run(
-        "+ one-token cross-attention skips norm2 = default", dtype="bf16", cuda_graph=graph, repeats=fast
-    )
+        set_depth_attention_kernel(model, "auto")
+        bench.run("+ depth-attention kernel", dtype="bf16", cuda_graph=graph, repeats=fast)
+        set_geglu_implementation(model, "auto")
+        bench.run("+ fused GEGLU (session 16's default)", dtype="bf16", cuda_graph=graph, repeats=fast)
+        set_conv_bias_folding(model, cuda)
+        bench.run("+ convolution biases folded", dtype="bf16", cuda_graph=graph, repeats=fast)
+    with _offset_recomputed():
+        bench.run("+ one-token cross-attention skips norm2", dtype="bf16", cuda_graph=graph, repeats=fast)
+    bench.run("+ zero-context offset kept = default", dtype="bf16", cuda_graph=graph, repeats=fast)
     if cuda or args.config == "tiny":
         bench.record_breakdown()
     bench.run(
