@@ -23,11 +23,12 @@
 # Session 16 (RESULTS, "Session 16") made the depth-attention kernel and the fused GEGLU the CUDA
 # defaults (generation 1.776 -> 1.517 s on an H100, measured by `generate.py --quick`, the `quick`
 # phase) and added the hash grid's warm-up (standard reconstruct on a fresh cache 23.3 -> 21.4 s).
-# Session 17 ran `sd3d run` with those defaults (fresh Triton cache 34.6 s a process, cached 22.8 s),
-# cold reconstruct with the early warm-up (standard 19.7 s on a fresh cache, draft 7.6 s cached), and
-# folded the convolution biases (1.494 -> 1.475 s; `quick`). First next time: `gen` (the whole table
-# with the new default row and CUDA parity, never run with the session 16-17 defaults), then `default`
-# (throughput). On an H200 (never lent yet): `cold` first, since #13's targets are stated for one.
+# Session 17 ran `sd3d run` with those defaults (a fresh Triton cache 34.6-47.5 s a process, cached
+# 22.8-25.1 s), cold reconstruct with the early warm-up (standard 19.7 s on a fresh cache, draft 7.6 s
+# cached), and took generation from 1.517 to 1.422 s (`quick`: conv biases folded, norm2 skipped, the
+# zero-context offset kept). First next time: `gen` (the whole table with CUDA parity, never run with
+# the session 16-17 defaults). On an H200 (never lent yet): `cold` first, since #13's targets are
+# stated for one.
 
 # Since 75b3916 the hash grid defaults to auto (Triton on CUDA): the PyTorch grid is --hash-grid torch.
 #
