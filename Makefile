@@ -22,12 +22,14 @@ install:
 	$(PYTHON) -m pip install -q "$(TORCH)" || $(PYTHON) -m pip install -q "torch>=2.4"
 	$(PYTHON) -m pip install -q -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
 	$(PYTHON) scripts/fetch_u2netp.py --dest weights
+	$(PYTHON) scripts/warm_imports.py
 
 # The newest versions pyproject.toml allows (no constraints): what a user's `pip install` gets today.
 install-latest:
 	$(PYTHON) -m pip install -q "$(TORCH)" || $(PYTHON) -m pip install -q "torch>=2.4"
 	$(PYTHON) -m pip install -q --upgrade --upgrade-strategy eager -e ".[$(EXTRAS)]"
 	$(PYTHON) scripts/fetch_u2netp.py --dest weights
+	$(PYTHON) scripts/warm_imports.py
 
 # Re-resolve every dependency to its newest allowed version in a throwaway venv and write the pins.
 lock:
