@@ -29,7 +29,9 @@ matrix product (``fold_conv_biases``, CUDA only, session 17); (side) conditionin
 (side) --samples 4; (side) DDIM eta 0 and the DPM-Solver++ / UniPC 20-step samplers (dev against
 DDIM eta 0, 50 steps); then optional speed-ups, kept only if they pay: channels-last 3D nets,
 torch.compile (cold, then again with warm on-disk caches; skipped when the time budget is short).
-(cuDNN autotuning was measured too: no gain, 2.535 vs 2.536 s.) Then where the default's time
+(cuDNN autotuning was measured too: no gain, 2.535 vs 2.536 s.) Since session 17 every row skips
+the unread norm2 of the one-token cross-attention and keeps the depth transformers' zero-context
+offset (both exact; ``--quick`` measures them apart, with stand-ins for the code before). Then where the default's time
 goes (part timings, kernel profile) and the CUDA parity check against the golden fixture in fp32
 with TF32 off (norms ``auto``: the Triton kernel on CUDA, PyTorch's elsewhere).
 
