@@ -69,6 +69,25 @@ def _version(t: torch.Tensor) -> int:
     return -1 if t.is_inference() else t._version
 
 
+def _kept(module: nn.Module, attr: str, setting: tuple, params, compute):
+    """``compute()``, kept on ``module.<attr>`` for as long as ``setting`` and the storage, version,
+    dtype and device of every tensor in ``params`` stay the same. Not kept under torch.compile (it
+    traces the computation into its graph), with autograd on (a kept value would hold a stale graph;
+    inference runs without it), nor while a CUDA graph is being captured (its replays recompute it).
+    ``compute`` returns a tensor or a tuple of tensors."""
+    cacheable = not torch.compiler.is_compiling() and not torch.is_grad_enabled()
+    if cacheable:
+        key = (*setting, *((p.data_ptr(), _version(p), p.dtype, p.device) for p in params))
+        cached = getattr(module, attr, None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+    value = compute()
+    first = value[0] if isinstance(value, tuple) else value
+    if cacheable and not (first.is_cuda and torch.cuda.is_current_stream_capturing()):
+        setattr(module, attr, (key, value))
+    return value
+
+
 def set_depth_attention_impl(model: nn.Module, impl: str) -> None:
     """Switch every :class:`DepthAttention` in ``model`` to ``impl`` (``fast`` or ``reference``)."""
     if impl not in IMPLEMENTATIONS:
@@ -165,15 +184,10 @@ class DepthAttention(nn.Module):
         changes (its storage or version), except while a CUDA graph is being captured, whose replays
         then recompute them, under torch.compile, which traces them into its graph, and with
         autograd on."""
-        # torch.compile traces the products instead; with autograd on, a cached pair would keep a
-        # stale graph (inference runs without it)
-        cacheable = not torch.compiler.is_compiling() and not torch.is_grad_enabled()
-        if cacheable:
-            weights = (self.to_q.weight, self.to_k.weight, self.to_v.weight, self.to_out.weight)
-            key = (dtype, *((w.data_ptr(), _version(w), w.dtype, w.device) for w in weights))
-            cached = getattr(self, "_folded", None)
-            if cached is not None and cached[0] == key:
-                return cached[1], cached[2]
+        weights = (self.to_q.weight, self.to_k.weight, self.to_v.weight, self.to_out.weight)
+        return _kept(self, "_folded", (dtype,), weights, lambda: self._fold(dtype))
+
+    def _fold(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         exact = torch.float64 if dtype == torch.float64 else torch.float32
         c_dim = self.to_k.weight.shape[1]
         w_q = self.to_q.weight.reshape(self.heads, self.dim_head, -1).to(exact)
@@ -182,8 +196,6 @@ class DepthAttention(nn.Module):
         w_out = self.to_out.weight.reshape(-1, self.heads, self.dim_head).to(exact)
         m = (torch.einsum("hei,hec->ihc", w_q, w_k) * self.scale).reshape(w_q.shape[-1], -1).to(dtype)
         n = torch.einsum("hec,ohe->hco", w_v, w_out).reshape(self.heads * c_dim, -1).to(dtype)
-        if cacheable and not (m.is_cuda and torch.cuda.is_current_stream_capturing()):
-            self._folded = (key, m, n)
         return m, n
 
     def kernel_unavailable(self, q: torch.Tensor, context: torch.Tensor) -> str | None:
@@ -264,34 +276,31 @@ class DepthTransformer(nn.Module):
         return norm(h, pre_bias=bias_term(conv, h), activation="silu")
 
     def zero_context_offset(self, h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """(1, dim, h, w): what the layer adds to any input when its context is all zeros. Kept, as
-        :meth:`DepthAttention.folded_weights` keeps its matrices and on the same terms (until a weight
-        it depends on changes; not while a CUDA graph is captured, not traced, not with autograd):
-        it is the same every step, and computing it took ten small launches per layer and step."""
-        cacheable = not torch.compiler.is_compiling() and not torch.is_grad_enabled()
-        if cacheable:
-            params = (
-                *self.proj_context[1].parameters(),
-                *self.depth_attn.to_v.parameters(),
-                *self.depth_attn.to_out.parameters(),
-                *self.proj_out.parameters(),
-            )
-            norms = tuple(
-                (m.implementation, m.kernel_rounding) for m in self.modules() if isinstance(m, GroupNorm)
-            )
-            try:
-                autocast = torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type)
-            except RuntimeError:  # a device autocast does not know (meta: the flop count, the warm-up)
-                autocast = None
-            key = (h, w, dtype, device, norms, autocast)
-            key += tuple((p.data_ptr(), _version(p), p.dtype, p.device) for p in params)
-            cached = getattr(self, "_zero_context_offset", None)
-            if cached is not None and cached[0] == key:
-                return cached[1]
-        offset = self._compute_zero_context_offset(h, w, dtype, device)
-        if cacheable and not (offset.is_cuda and torch.cuda.is_current_stream_capturing()):
-            self._zero_context_offset = (key, offset)
-        return offset
+        """(1, dim, h, w): what the layer adds to any input when its context is all zeros. Kept
+        (:func:`_kept`, as :meth:`DepthAttention.folded_weights`) while the weights it depends on, the
+        norms' implementation and autocast stay the same: it is the same every step, and computing
+        it took ten small launches per layer and step."""
+        params = (
+            *self.proj_context[1].parameters(),
+            *self.depth_attn.to_v.parameters(),
+            *self.depth_attn.to_out.parameters(),
+            *self.proj_out.parameters(),
+        )
+        norms = tuple(
+            (m.implementation, m.kernel_rounding) for m in self.modules() if isinstance(m, GroupNorm)
+        )
+        try:
+            autocast = torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type)
+        except RuntimeError:  # a device autocast does not know (meta: the flop count, the warm-up)
+            autocast = None
+        setting = (h, w, dtype, device, norms, autocast)
+        return _kept(
+            self,
+            "_zero_context_offset",
+            setting,
+            params,
+            lambda: self._compute_zero_context_offset(h, w, dtype, device),
+        )
 
     def _compute_zero_context_offset(
         self, h: int, w: int, dtype: torch.dtype, device: torch.device
