@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from support.early_pool import EarlyPool
+from support.early_pool import EarlyPool, check_early_start
 from support.triton_interpreter import run_interpreted
 
 from recon.presets import PRESETS
@@ -245,23 +245,12 @@ def test_early_workers_start_only_where_a_gpu_may_want_them(tmp_path, monkeypatc
     """``sd3d reconstruct`` starts the workers before it imports PyTorch, from what it knows then:
     not for ``--device cpu`` or a PyTorch-only hash grid, not without a CUDA driver showing a device,
     not when Triton's cache holds a warm-up marker (the exact check comes later, with PyTorch)."""
-    import sd3d.core.triton_precompile as T
     from recon.warm_start import MARKER_GLOB, start_early_workers
 
-    started = []
-    monkeypatch.setattr(
-        T, "CompileWorkers", lambda count, preload: started.append((count, preload)) or "pool"
+    torch_grid = lambda: start_early_workers("auto", hash_grid="torch")  # noqa: E731
+    check_early_start(
+        start_early_workers, "recon.kernels.warmup", MARKER_GLOB, tmp_path, monkeypatch, refused=(torch_grid,)
     )
-    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(T, "cuda_device_count", lambda: 0)
-    assert start_early_workers("auto") is None  # no driver, no device (this CI machine as it is)
-    monkeypatch.setattr(T, "cuda_device_count", lambda: 1)
-    assert start_early_workers("cpu") is None and start_early_workers("auto", hash_grid="torch") is None
-    assert start_early_workers("cuda:0") == "pool"
-    assert started and started[0][1] == "recon.kernels.warmup"
-    (tmp_path / "cache").mkdir()
-    (tmp_path / "cache" / MARKER_GLOB.replace("*", "0123")).write_text("{}")
-    assert start_early_workers("auto") is None and len(started) == 1
 
 
 @pytest.mark.skipif(not TRITON, reason=NO_TRITON)

@@ -349,23 +349,11 @@ def test_early_generation_workers_start_only_where_a_gpu_may_want_them(tmp_path,
     """``sd3d run`` / ``sd3d generate`` start the warm-up's workers before they import PyTorch, from
     what they know then: not for ``--device cpu``, not without a CUDA driver showing a device, not
     when Triton's cache holds a warm-up marker (the exact check comes later, with PyTorch)."""
-    import sd3d.core.triton_precompile as T
+    from support.early_pool import check_early_start
+
     from sd3d.models.warm_start import MARKER_GLOB, start_early_workers
 
-    started = []
-    monkeypatch.setattr(
-        T, "CompileWorkers", lambda count, preload: started.append((count, preload)) or "pool"
-    )
-    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(T, "cuda_device_count", lambda: 0)
-    assert start_early_workers("auto") is None  # no driver, no device (this CI machine as it is)
-    monkeypatch.setattr(T, "cuda_device_count", lambda: 1)
-    assert start_early_workers("cpu") is None
-    assert start_early_workers("cuda:0") == "pool"
-    assert started == [(started[0][0], "sd3d.models.norm_warmup")] and started[0][0] >= 1
-    (tmp_path / "cache").mkdir()
-    (tmp_path / "cache" / MARKER_GLOB.replace("*", "0123")).write_text("{}")
-    assert start_early_workers("auto") is None and len(started) == 1
+    check_early_start(start_early_workers, "sd3d.models.norm_warmup", MARKER_GLOB, tmp_path, monkeypatch)
 
 
 @pytest.mark.skipif(not TRITON, reason="triton is not installed: the warm-up's marker names its version")
