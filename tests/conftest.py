@@ -37,6 +37,23 @@ _torch_threads()
 
 
 @pytest.fixture(autouse=True)
+def _torch_thread_count_unchanged():
+    """A test must leave PyTorch's intra-op thread count as it found it. The count is process-wide, so
+    a change leaks into every later test of the same worker; on the 2-core CI machine two threads per
+    worker spin-wait on cores the other worker holds (one estimate read 3.8 s of thread time instead of
+    0.25 s after rembg's numba pool had moved it; sd3d.background.rembg_u2netp keeps it now). Restored,
+    then reported as this test's error, so the leak is named where it happens."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    after = torch.get_num_threads()
+    if after != before:
+        torch.set_num_threads(before)
+        pytest.fail(f"the test changed torch's intra-op thread count from {before} to {after}")
+
+
+@pytest.fixture(autouse=True)
 def _private_hf_cache(tmp_path_factory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test gets an empty Hugging Face cache: weights are looked for there too, and a test must
     neither find the developer's real checkpoints nor write into that shared cache."""

@@ -195,3 +195,44 @@ def test_real_rembg_u2netp_segments_a_testset_object(testset_dir, monkeypatch):
     assert os.environ["U2NET_HOME"] == "/nonexistent/elsewhere"  # restored after the session is made
     np.testing.assert_array_equal(np.asarray(fg.rgba)[..., :3], np.asarray(photo))
     assert _iou(np.asarray(fg.rgba)[..., 3] > 127, truth) > 0.95
+
+
+_THREADS_PROBE = """
+import sys
+import torch
+torch.set_num_threads(1)
+assert torch.get_num_threads() == 1  # read once before, as any torch work would (the count moves only then)
+if sys.argv[1] == "import":
+    import rembg  # noqa: F401  (the plain import, without the backend's guard)
+else:
+    from PIL import Image, ImageDraw
+    from sd3d.background import remove_background
+    photo = Image.new("RGB", (64, 48), (235, 235, 230))
+    ImageDraw.Draw(photo).ellipse((16, 8, 48, 40), fill=(200, 30, 30))
+    remove_background(photo, "rembg", weights_dir=sys.argv[2])
+print(torch.get_num_threads())
+"""
+
+
+def test_rembg_keeps_torch_thread_count(tmp_path):
+    """numba's OpenMP pool (started by rembg's import of pymatting) shares PyTorch's OpenMP runtime and
+    resets its thread count to numba's: the CI suite's torch went from 1 to 2 threads after the first
+    rembg test, and thread-time bars of later tests on that worker read 4 s for 0.25 s of work (spin
+    waits on the oversubscribed cores). Fresh processes, since this one may have rembg imported."""
+    import subprocess
+
+    if not rembg_backend.rembg_installed():
+        pytest.skip("rembg/onnxruntime not installed (pip install 'sd3d[rembg]')")
+    model = rembg_backend.model_path()
+    if not model.is_file():
+        pytest.skip(f"u2netp.onnx not at {model} (run scripts/fetch_u2netp.py)")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}
+
+    def threads_after(*args: str) -> int:
+        out = subprocess.run(
+            [sys.executable, "-c", _THREADS_PROBE, *args], env=env, capture_output=True, text=True, check=True
+        )
+        return int(out.stdout.split()[-1])
+
+    assert threads_after("import") == 2  # the library's behaviour that the backend guards against
+    assert threads_after("backend", str(model.parent)) == 1

@@ -4,6 +4,11 @@ rembg and onnxruntime are an optional extra (``pip install 'sd3d[rembg]'``) impo
 backend runs. rembg finds models through ``U2NET_HOME``; we point it at the sd3d weights folder only
 while the session is created (and restore the variable afterwards), so rembg never downloads anything:
 ``scripts/fetch_u2netp.py`` (run by ``make install``) places the file there.
+
+rembg imports pymatting, whose numba functions start numba's OpenMP thread pool; that pool shares
+PyTorch's OpenMP runtime (one ``libgomp.so.1`` per process) and sets its thread count to the CPU count,
+so PyTorch's intra-op thread count silently changed with it (``OMP_NUM_THREADS=1`` or a
+``torch.set_num_threads`` of the caller lost). The backend keeps PyTorch's count across its work.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,6 +72,22 @@ def _u2net_home(folder: Path) -> Iterator[None]:
             os.environ["U2NET_HOME"] = old
 
 
+@contextlib.contextmanager
+def _torch_threads_kept() -> Iterator[None]:
+    """PyTorch's intra-op thread count as it was before the block (see the module doc).
+
+    Only where PyTorch is already imported: this module does not import it (preprocessing alone
+    never needs it), and every sd3d pipeline that goes on to PyTorch work imports it first. A numba
+    pool started here in a process without PyTorch leaves its count to a later ``import torch``."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    try:
+        yield
+    finally:
+        if torch is not None and torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 class RembgBackend:
     name = "rembg"
 
@@ -86,18 +108,19 @@ class RembgBackend:
                 f"rembg model {path.name} not found at {path}; "
                 f"run: python scripts/fetch_u2netp.py --dest {path.parent}"
             )
-        from rembg import new_session, remove
+        with _torch_threads_kept():
+            from rembg import new_session, remove
 
-        with _u2net_home(path.parent):
-            try:
-                session = new_session(MODEL_NAME, providers=_providers())
-            except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for a bad file
-                reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-                raise WeightsError(
-                    f"rembg model {path} cannot be loaded (corrupt or truncated? {reason}); fetch it "
-                    f"again: python scripts/fetch_u2netp.py --dest {path.parent} (or make install)"
-                ) from exc
-        matte = remove(image.convert("RGB"), session=session, only_mask=True)
+            with _u2net_home(path.parent):
+                try:
+                    session = new_session(MODEL_NAME, providers=_providers())
+                except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for a bad file
+                    reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+                    raise WeightsError(
+                        f"rembg model {path} cannot be loaded (corrupt or truncated? {reason}); fetch it "
+                        f"again: python scripts/fetch_u2netp.py --dest {path.parent} (or make install)"
+                    ) from exc
+            matte = remove(image.convert("RGB"), session=session, only_mask=True)
         alpha = np.asarray(matte.convert("L") if matte.mode != "L" else matte)
         return clean_matte(alpha)
 
