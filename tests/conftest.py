@@ -36,21 +36,35 @@ def _torch_threads() -> None:
 _torch_threads()
 
 
+# PyTorch's process-wide settings a test could leave changed for the rest of its worker: how to read
+# each and how to put it back.
+_TORCH_GLOBALS = {
+    "intra-op thread count": ("get_num_threads", "set_num_threads"),
+    "grad mode": ("is_grad_enabled", "set_grad_enabled"),
+    "default dtype": ("get_default_dtype", "set_default_dtype"),
+    "deterministic algorithms": ("are_deterministic_algorithms_enabled", "use_deterministic_algorithms"),
+}
+
+
 @pytest.fixture(autouse=True)
-def _torch_thread_count_unchanged():
-    """A test must leave PyTorch's intra-op thread count as it found it. The count is process-wide, so
-    a change leaks into every later test of the same worker; on the 2-core CI machine two threads per
-    worker spin-wait on cores the other worker holds (one estimate read 3.8 s of thread time instead of
-    0.25 s after rembg's numba pool had moved it; sd3d.background.rembg_u2netp keeps it now). Restored,
-    then reported as this test's error, so the leak is named where it happens."""
+def _torch_globals_unchanged():
+    """A test must leave PyTorch's process-wide settings as it found them: a change leaks into every
+    later test of the same worker. The thread count did: rembg's numba pool moved it to 2, and on the
+    2-core CI machine two threads per worker spin-wait on cores the other worker holds (one elevation
+    estimate read 3.8 s of thread time instead of 0.25 s; sd3d.background.rembg_u2netp keeps it now).
+    Restored, then reported as this test's error, so the leak is named where it happens."""
     import torch
 
-    before = torch.get_num_threads()
+    before = {name: getattr(torch, get)() for name, (get, _) in _TORCH_GLOBALS.items()}
     yield
-    after = torch.get_num_threads()
-    if after != before:
-        torch.set_num_threads(before)
-        pytest.fail(f"the test changed torch's intra-op thread count from {before} to {after}")
+    changed = []
+    for name, (get, put) in _TORCH_GLOBALS.items():
+        now = getattr(torch, get)()
+        if now != before[name]:
+            getattr(torch, put)(before[name])
+            changed.append(f"{name} from {before[name]} to {now}")
+    if changed:
+        pytest.fail("the test changed torch's " + "; ".join(changed))
 
 
 @pytest.fixture(autouse=True)
