@@ -198,7 +198,7 @@ def test_the_field_ends_with_the_average_of_its_last_weights():
     expected = 5.0  # from step 5 on: 5, then halfway towards 6, 7, 8, 9
     for value in history[6:]:
         expected += 0.5 * (value - expected)
-    assert float(net.weight[0, 0]) == 9.0  # training's own weights until the end
+    assert float(net.weight.detach()[0, 0]) == 9.0  # training's own weights until the end
     average.apply()
     torch.testing.assert_close(net.weight, torch.full((1, 2), expected))
     off = _WeightAverage(net, replace(preset, average_window=0.0))
