@@ -119,6 +119,7 @@ def test_missing_weights_is_one_line_with_the_download_command(run_cli, photo, t
     [
         (["--steps", "abc"], "--steps must be an integer"),
         (["--steps", "3"], "--steps 3 is not usable"),
+        (["--steps", "105"], "use 100 or 112, or --ddim-discretize quad (any step count)"),
         (["--cfg", "nan"], "--cfg must be a finite number"),
         (["--elevation", "95"], "--elevation must be between -90 and 90"),
         (["--samples", "0"], "--samples must be between 1 and 64"),

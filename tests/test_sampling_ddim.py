@@ -9,7 +9,14 @@ import pytest
 import torch
 from support.ulp import assert_within_ulps
 
-from sd3d.sampling.ddim import ddim_sample, ddim_step, ddim_tables, ddim_timesteps
+from sd3d.sampling.ddim import (
+    ddim_sample,
+    ddim_step,
+    ddim_tables,
+    ddim_timesteps,
+    nearest_usable_steps,
+    uniform_steps_usable,
+)
 from sd3d.sampling.diffusers_samplers import diffusers_sample, make_scheduler
 from sd3d.sampling.schedule import scaled_linear_schedule
 
@@ -59,6 +66,21 @@ def test_timesteps_and_first_alpha_prev(schedule):
     assert float(ddim_tables(schedule, 50, eta=0.0).sigmas.abs().max()) == 0.0
     with pytest.raises(ValueError):
         ddim_timesteps(0)
+
+
+def test_usable_step_counts_are_those_the_official_rule_keeps_below_t():
+    """The cheap rule agrees with building the timesteps, for every count the pipelines accept, and
+    the suggestions are the nearest usable counts on each side."""
+    for steps in range(1, 1001):
+        last = list(range(0, 1000, 1000 // steps))[-1] + 1
+        assert uniform_steps_usable(steps) == (last < 1000), steps
+    bad = [s for s in range(1, 501) if not uniform_steps_usable(s)]
+    assert bad[:16] == [3, 9, 27, 36, 37, *range(101, 112)] and len(bad) == 99
+    assert nearest_usable_steps(3, 500) == [2, 4]
+    assert nearest_usable_steps(105, 500) == [100, 112]
+    assert nearest_usable_steps(300, 500) == [250, 334]  # 251..333: T // S = 3 puts the last at 1000
+    assert nearest_usable_steps(2, 2) == [1]  # nothing above the limit
+    assert all(uniform_steps_usable(s) for s in nearest_usable_steps(37, 500))
 
 
 @pytest.mark.parametrize("steps", [10, 50])

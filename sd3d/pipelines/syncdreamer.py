@@ -64,7 +64,7 @@ from sd3d.models.norm_warmup import start_norm_kernel_warmup
 from sd3d.models.syncdreamer_checkpoint import load_syncdreamer
 from sd3d.preprocess import PreparedInput, prepare_input, to_model_rgb
 from sd3d.sampling.cuda_graph import GraphedEps
-from sd3d.sampling.ddim import ddim_timesteps
+from sd3d.sampling.ddim import ddim_timesteps, nearest_usable_steps
 from sd3d.sampling.samplers import SAMPLERS, make_sampler
 from sd3d.sampling.schedule import scaled_linear_schedule
 from sd3d.weights import require
@@ -76,6 +76,7 @@ if TYPE_CHECKING:
     from sd3d.preprocess import PreparedInput
 
 DDIM_DISCRETIZATIONS = ("uniform", "quad")  # the official SyncDDIMSampler's ddim_discretize choices
+MAX_STEPS = 500
 WEIGHTS_NAME = "syncdreamer"
 
 
@@ -100,8 +101,8 @@ class GenerationSettings:
             raise UserError(
                 f"--elevation must be between {lo:g} and {hi:g} degrees, got {self.elevation_deg}"
             )
-        if not 1 <= self.steps <= 500:
-            raise UserError(f"--steps must be between 1 and 500, got {self.steps}")
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise UserError(f"--steps must be between 1 and {MAX_STEPS}, got {self.steps}")
         if self.ddim_discretize not in DDIM_DISCRETIZATIONS:
             raise UserError(
                 f"unknown DDIM discretization {self.ddim_discretize!r}: use {' or '.join(DDIM_DISCRETIZATIONS)}"
@@ -110,7 +111,11 @@ class GenerationSettings:
             try:
                 ddim_timesteps(self.steps, discretize=self.ddim_discretize)
             except ValueError as exc:
-                raise UserError(f"--steps {self.steps} is not usable with DDIM: {exc}") from None
+                near = " or ".join(str(s) for s in nearest_usable_steps(self.steps, MAX_STEPS))
+                raise UserError(
+                    f"--steps {self.steps} is not usable with DDIM: {exc}; use {near}, or "
+                    "--ddim-discretize quad (any step count)"
+                ) from None
         elif self.ddim_discretize != "uniform":
             raise UserError(
                 f"--ddim-discretize {self.ddim_discretize} is a DDIM option; the {self.sampler} sampler "

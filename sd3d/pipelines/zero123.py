@@ -38,7 +38,7 @@ from sd3d.core.zero123_pose import orbit_center, pose_from_deltas, relative_pose
 from sd3d.models.zero123 import images_to_uint8
 from sd3d.models.zero123_checkpoint import load_zero123
 from sd3d.preprocess import PreparedInput
-from sd3d.sampling.ddim import ZERO123, ddim_sample, ddim_tables
+from sd3d.sampling.ddim import ZERO123, ddim_sample, ddim_tables, nearest_usable_steps, uniform_steps_usable
 from sd3d.sampling.schedule import zero123_schedule
 from sd3d.sampling.stochastic_conditioning import (
     INPUT_VIEW,
@@ -212,22 +212,13 @@ def load_model(
     return model
 
 
-def _steps_supported(steps: int, num_timesteps: int = 1000) -> bool:
-    """The official rule ``range(0, T, T // S) + 1`` must stay below T (S = 3, 9, 27, ... would not)."""
-    c = num_timesteps // steps
-    return (num_timesteps - 1) // c * c + 1 < num_timesteps
-
-
 def check_sampling_args(steps: int, cfg: float, samples: int = 1, eta: float = 1.0) -> None:
     """One-line UserErrors for impossible sampling settings (before any weights are read)."""
 
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= int(steps) <= 1000:
         raise UserError(f"--steps must be an integer between 1 and 1000, got {steps}")
-    if not _steps_supported(int(steps)):
-        near = [s for s in range(1, 1001) if _steps_supported(s)]
-        below = max((s for s in near if s < steps), default=None)
-        above = min((s for s in near if s > steps), default=None)
-        hint = " or ".join(str(s) for s in (below, above) if s is not None)
+    if not uniform_steps_usable(int(steps)):
+        hint = " or ".join(str(s) for s in nearest_usable_steps(int(steps), 1000))
         raise UserError(
             f"--steps {steps} is not possible with the official DDIM timestep rule (it would reach t = 1000); "
             f"use {hint}"

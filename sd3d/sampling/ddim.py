@@ -78,11 +78,28 @@ def ddim_timesteps(steps: int, num_timesteps: int = 1000, discretize: str = "uni
         raise ValueError(f"unknown DDIM discretization {discretize!r}: use {' or '.join(DISCRETIZATIONS)}")
     c = num_timesteps // steps
     ts = np.asarray(list(range(0, num_timesteps, c)), dtype=np.int64) + 1
-    if ts[-1] >= num_timesteps:
+    if not uniform_steps_usable(steps, num_timesteps):
         raise ValueError(
             f"{steps} steps put the last DDIM timestep at {ts[-1]}, past the {num_timesteps}-step schedule"
         )
     return ts
+
+
+def uniform_steps_usable(steps: int, num_timesteps: int = 1000) -> bool:
+    """Whether the official uniform rule ``range(0, T, T // S) + 1`` stays below ``T`` for ``S`` steps.
+
+    It does not for 99 of the counts 1..500 at T = 1000 (3, 9, 27, 36, 37, 101-111, 251-...): their
+    last timestep lands on T, which the official samplers index out of range."""
+    c = num_timesteps // steps
+    return (num_timesteps - 1) // c * c + 1 < num_timesteps
+
+
+def nearest_usable_steps(steps: int, max_steps: int, num_timesteps: int = 1000) -> list[int]:
+    """The closest step counts below and above ``steps`` (within 1..``max_steps``) that the uniform
+    rule accepts: what an error for an unusable count suggests instead."""
+    below = next((s for s in range(steps - 1, 0, -1) if uniform_steps_usable(s, num_timesteps)), None)
+    above = next((s for s in range(steps + 1, max_steps + 1) if uniform_steps_usable(s, num_timesteps)), None)
+    return [s for s in (below, above) if s is not None]
 
 
 @dataclass(frozen=True)
