@@ -88,7 +88,7 @@ def ddim_timesteps(steps: int, num_timesteps: int = 1000, discretize: str = "uni
 def uniform_steps_usable(steps: int, num_timesteps: int = 1000) -> bool:
     """Whether the official uniform rule ``range(0, T, T // S) + 1`` stays below ``T`` for ``S`` steps.
 
-    It does not for 99 of the counts 1..500 at T = 1000 (3, 9, 27, 36, 37, 101-111, 251-...): their
+    It does not for 99 of the counts 1..500 at T = 1000 (3, 9, 27, 36, 37, 101-111, 251-333): their
     last timestep lands on T, which the official samplers index out of range."""
     c = num_timesteps // steps
     return (num_timesteps - 1) // c * c + 1 < num_timesteps
