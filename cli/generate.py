@@ -153,11 +153,14 @@ def generate(
     background: Background = "auto",
     max_pixels: MaxPixels = None,
 ) -> None:
+    from contextlib import nullcontext
+
     from sd3d.models.warm_start import start_early_workers
 
-    # before this process imports PyTorch: the kernel warm-up's workers import theirs meanwhile
-    compile_workers = start_early_workers(device) if model_name == "syncdreamer" else None
-    try:
+    # before this process imports PyTorch: the kernel warm-up's workers import theirs meanwhile;
+    # leaving the block ends them (the warm-up's own close, or nothing to do, after a finished run)
+    early = start_early_workers(device) if model_name == "syncdreamer" else None
+    with early or nullcontext() as compile_workers:
         from sd3d.core.device import limit_gpu_memory, resolve_device, resolve_dtype
         from sd3d.pipelines.syncdreamer import GenerationSettings, check_output_folder, generated_names
 
@@ -188,9 +191,6 @@ def generate(
         else:
             crop = defaults.CROP_SIZE if crop_size is None else crop_size
             _run_syncdreamer(job, settings, crop, compile_steps, compile_workers)
-    finally:
-        if compile_workers is not None:
-            compile_workers.close()  # the warm-up's own close, or nothing to do, after a finished run
 
 
 @dataclass(frozen=True)

@@ -244,15 +244,14 @@ def _settings(
     ),
 )
 def run(image: Path, output: Path, **options) -> None:
+    from contextlib import nullcontext
+
     from sd3d.models.warm_start import start_early_workers
 
-    # before this process imports PyTorch: the kernel warm-up's workers import theirs meanwhile
-    early = start_early_workers(str(options["device"]))
-    try:
-        _run(image, output, early, **options)
-    finally:
-        if early is not None:
-            early.close()  # the warm-up's own close, or nothing to do, after a finished run
+    # before this process imports PyTorch: the kernel warm-up's workers import theirs meanwhile;
+    # leaving the block ends them (the warm-up's own close, or nothing to do, after a finished run)
+    with start_early_workers(str(options["device"])) or nullcontext() as compile_workers:
+        _run(image, output, compile_workers, **options)
 
 
 def _run(image: Path, output: Path, compile_workers, **options) -> None:
