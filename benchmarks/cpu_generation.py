@@ -37,6 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if len(set(args.steps)) < 2:
         parser.error("--steps needs two different step counts to separate the fixed cost")
+    from sd3d.core.errors import UserError
+    from sd3d.pipelines.syncdreamer import GenerationSettings
+
+    for steps in args.steps:
+        try:
+            GenerationSettings(steps=steps).check()  # before minutes of building and sampling
+        except UserError as exc:
+            parser.error(str(exc))
 
     import torch
     from generate import _input  # the generation benchmark's input (the fixture's photo when present)
@@ -44,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from sd3d.models.configs import official_config
     from sd3d.models.syncdreamer_checkpoint import load_syncdreamer
     from sd3d.models.synthetic import synthetic_state_dict
-    from sd3d.pipelines.syncdreamer import GenerationSettings, sample_views
+    from sd3d.pipelines.syncdreamer import sample_views
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
     t0 = time.perf_counter()
